@@ -1,0 +1,34 @@
+"""fairvlm: the library behind the book *Social bias in vision-language models*.
+
+Chapters import and call; this package computes. Modules:
+
+- ``fairvlm.params``   -- notebook parameter validation (``PROFILE``, ``SEED``, ...)
+- ``fairvlm.results``  -- headline numbers and per-item tables with provenance
+- ``fairvlm.plotting`` -- one theme and one byte-stable ``savefig``
+- ``fairvlm.data``     -- PAIRS, SocialCounterfactuals and So-B-IT loaders
+- ``fairvlm.models``   -- embedded, tiny and paper models behind one ``load(name)``
+- ``fairvlm.hooks``    -- ``capture`` / ``edit`` context managers at named sites
+- ``fairvlm.testbed``  -- the counterfactual world with a planted bias
+- ``fairvlm.metrics``  -- fairness and utility metrics
+"""
+
+from fairvlm.errors import FairVLMError
+
+__version__ = "0.1.0"
+
+__all__ = ["FairVLMError", "__version__", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so the same parameters give the same tables."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return
+    torch.manual_seed(seed)

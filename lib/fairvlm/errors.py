@@ -1,0 +1,50 @@
+"""One exception type for everything a user can fix.
+
+Library code raises :class:`FairVLMError` (or a subclass) with a message that says what
+went wrong *and what to do about it*. In notebooks and on the command line these errors
+are shown as one line, not as a deep traceback (see :func:`install_short_tracebacks`).
+"""
+
+from __future__ import annotations
+
+
+class FairVLMError(Exception):
+    """An error caused by input the user can fix (a name, a path, a parameter)."""
+
+
+class UnknownNameError(FairVLMError, KeyError):
+    """A model, dataset or option name that is not one of the known ones."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(FairVLMError):
+    """A missing, truncated or altered data file."""
+
+
+def unknown(kind: str, name: object, known) -> UnknownNameError:
+    """Build the standard 'unknown X' error listing the valid choices."""
+    choices = ", ".join(sorted(map(str, known)))
+    return UnknownNameError(f"unknown {kind} {name!r}; choose one of: {choices}")
+
+
+def install_short_tracebacks() -> None:
+    """In IPython, show :class:`FairVLMError` as one clear line instead of a traceback.
+
+    Called by :func:`fairvlm.params.check_params`, so every chapter gets it. Other
+    exceptions keep their full traceback: those are bugs, and the stack helps.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+
+    def _handler(shell, etype, evalue, tb, tb_offset=None):
+        print(f"{etype.__name__}: {evalue}")
+        return None
+
+    ip.set_custom_exc((FairVLMError,), _handler)

@@ -1,0 +1,38 @@
+"""Where things go: results, figures and the model/testbed cache.
+
+All three can be moved with environment variables, so that cells copied into another
+project write somewhere sensible:
+
+- ``FAIRVLM_RESULTS`` (default ``./results``)
+- ``FAIRVLM_FIGURES`` (default ``./figures``)
+- ``FAIRVLM_CACHE``   (default ``~/.cache/fairvlm``): de-quantized SmolLM2, testbed models
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("FAIRVLM_RESULTS", "results"))
+
+
+def figures_dir() -> Path:
+    return Path(os.environ.get("FAIRVLM_FIGURES", "figures"))
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("FAIRVLM_CACHE")
+    path = Path(env) if env else Path.home() / ".cache" / "fairvlm"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def repo_root() -> Path | None:
+    """The book's repository root if this package is an editable install inside it."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "_config.yml").is_file() and (parent / "notebooks").is_dir():
+            return parent
+    return None

@@ -1,0 +1,131 @@
+"""Headline numbers and per-item tables, written with what produced them.
+
+Every chapter ends with one call::
+
+    save_results("07_clip_heads", params=P, headline={...},
+                 provenance={"models": ["testbed-clip"], "data": ["testbed (synthetic)"]},
+                 tables={"retrieval": df})
+
+which writes ``results/07_clip_heads.json`` (headline numbers, parameters, package
+versions, git commit) and ``results/07_clip_heads/<name>.csv`` (tidy tables: one row per
+item, model, condition). Writes are atomic: the files appear complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fairvlm.errors import FairVLMError
+from fairvlm.paths import repo_root, results_dir
+
+TRACKED_PACKAGES = (
+    "fairvlm", "torch", "transformers", "trl", "peft", "numpy", "pandas", "scikit-learn",
+    "scipy", "seaborn", "vaderSentiment", "papermill", "jupyter-book",
+)
+
+
+def package_versions(names=TRACKED_PACKAGES) -> dict:
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the book's checkout (with ``-dirty`` if it has local changes)."""
+    root = repo_root() or Path.cwd()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if hasattr(value, "as_dict"):
+        return _jsonable(value.as_dict())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    raise FairVLMError(f"cannot write {type(value).__name__} to a results file: {value!r}")
+
+
+def save_results(
+    slug: str,
+    *,
+    params,
+    headline: Mapping,
+    provenance: Mapping,
+    tables: Mapping[str, pd.DataFrame] | None = None,
+    out_dir: Path | None = None,
+) -> Path:
+    """Write ``<results>/<slug>.json`` and ``<results>/<slug>/<table>.csv`` atomically.
+
+    ``provenance`` must say which models and data produced the numbers
+    (keys ``models`` and ``data``), so no testbed number is mistaken for a paper's.
+    Returns the path of the JSON file.
+    """
+    missing = {"models", "data"} - set(provenance)
+    if missing:
+        raise FairVLMError(f"provenance for {slug!r} must name {sorted(missing)}")
+    out_dir = Path(out_dir) if out_dir is not None else results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "chapter": slug,
+        "params": _jsonable(params),
+        "headline": _jsonable(headline),
+        "provenance": _jsonable(provenance),
+        "tables": sorted(tables) if tables else [],
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+    }
+    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=out_dir))
+    try:
+        (staging / f"{slug}.json").write_text(text)
+        if tables:
+            (staging / slug).mkdir()
+            for name, df in tables.items():
+                if not isinstance(df, pd.DataFrame):
+                    raise FairVLMError(f"table {name!r} must be a pandas DataFrame")
+                df.to_csv(staging / slug / f"{name}.csv", index=False, float_format="%.6g")
+        final_json = out_dir / f"{slug}.json"
+        final_dir = out_dir / slug
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        if tables:
+            os.replace(staging / slug, final_dir)
+        os.replace(staging / f"{slug}.json", final_json)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / f"{slug}.json"
