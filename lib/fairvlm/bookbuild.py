@@ -109,11 +109,16 @@ def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None)
         except pm.PapermillExecutionError as exc:
             failed = root / "_build" / "failed"
             failed.mkdir(parents=True, exist_ok=True)
+            where = f"cell {exc.exec_count}"
             if partial.exists():
+                import nbformat
+
+                ran = nbformat.read(partial, as_version=4)
+                hit = [c for c in ran.cells
+                       if c.get("execution_count") == exc.exec_count and c.cell_type == "code"]
+                if hit:
+                    where += f" ({_first_line(hit[0].source)!r})"
                 os.replace(partial, failed / final.name)
-            cell = nb.cells[exc.cell_index] if exc.cell_index < len(nb.cells) else None
-            where = f"cell {exc.exec_count}" + (
-                f" ({_first_line(cell.source)!r})" if cell is not None else "")
             raise BuildError(
                 f"notebook {source.name} failed at {where}: {exc.ename}: {exc.evalue}\n"
                 f"  the executed notebook is in {failed / final.name}"
@@ -142,7 +147,7 @@ def write_toc(root: Path, executed: list[Path]) -> Path:
 
 def build_html(root: Path, executed: list[Path]) -> Path:
     toc = write_toc(root, executed)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "--toc", str(toc),
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(root), "--toc", str(toc),
            "--config", str(root / "_config.yml"), "-W", "-n", "--keep-going"]
     proc = subprocess.run(cmd, cwd=root)
     if proc.returncode != 0:

@@ -44,7 +44,10 @@ def install_short_tracebacks() -> None:
         return
 
     def _handler(shell, etype, evalue, tb, tb_offset=None):
-        print(f"{etype.__name__}: {evalue}")
-        return None
+        # a one-line "traceback": the kernel still reports the cell as failed
+        # (papermill stops there), but the reader sees only what to fix
+        stb = [f"{etype.__name__}: {evalue}"]
+        shell._showtraceback(etype, evalue, stb)
+        return stb
 
     ip.set_custom_exc((FairVLMError,), _handler)
