@@ -12,7 +12,7 @@ PARAMS     ?=
 # a local CPU wheel. Users with a newer torch keep theirs.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup book html test unit clean
+.PHONY: setup book html test unit clean pairs
 
 setup: .make/setup
 
@@ -38,3 +38,7 @@ test: setup
 
 clean:
 	rm -rf _build book/executed results .make
+
+# PAIRS (CC-BY 4.0) pinned to upstream commit 507075a and sha256-checked into data/pairs
+pairs: setup
+	$(PYTHON) -m fairvlm.data fetch-pairs data/pairs

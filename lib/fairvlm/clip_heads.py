@@ -1,0 +1,500 @@
+"""Attention heads of a CLIP vision encoder at the CLS token: decompose, then intervene.
+
+Gomez-Grabowska et al. (ECIR 2026, "Debiasing CLIP with neural interventions") probe the
+*per-head contributions* of the last vision layer to the CLS token and edit the heads that
+encode gender or ethnicity. This module computes those contributions for any Hugging Face
+CLIP-style vision encoder (``CLIPModel``, ``CLIPVisionModel``,
+``CLIPVisionModelWithProjection``, a ``VisionTextDualEncoderModel`` with a CLIP vision
+tower) and edits them during image encoding.
+
+The decomposition, for encoder layer ``l`` with ``H`` heads of width ``d_h`` (``D = H d_h``)
+and CLS position ``t = 0``::
+
+    z        = concatenated head outputs entering self_attn.out_proj, at token t  (B, D)
+    c_h      = z[:, h*d_h:(h+1)*d_h] @ W_out[:, h*d_h:(h+1)*d_h].T               (B, D)
+    attn_out = sum_h c_h + b_out
+    resid_mid = resid_pre + attn_out
+
+``c_h`` is head ``h``'s contribution (the paper's ``x^{(l,h)}``), taken *before* the
+out_proj bias; ``resid_pre`` is the hidden state entering the layer (the skip connection)
+and ``resid_mid`` the hidden state right after the attention residual add, i.e. the input
+of ``layer_norm2`` before the MLP (TransformerLens names). :func:`cls_decomposition`
+returns all four so that the identity ``sum_h c_h + b_out + resid_pre == resid_mid`` can be
+checked (the test suite does, on random and trained encoders).
+
+Everything works for any batch size: head slices are taken along the feature axis of the
+``(B, T, D)`` tensor, never along the batch axis (the authors' open_clip code indexes the
+``(B*H, T, d_h)`` tensor by head and is only right for ``B = 1``).
+
+Interventions (:func:`intervene`) are forward hooks on ``out_proj`` that change the CLS row
+of its output by ``sum_{h in S} (target_h - c_h)``: replace by a prototype (the mean
+contribution over all images or one group's images), zero ablation, or damping
+``target_h = alpha * c_h``; optionally only on chosen coordinates ("neurons") of ``c_h``.
+Hooks are always removed on exit, also when the body raises.
+
+Heads are numbered from 0 here; the paper numbers them from 1 (its head 12 is our 11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from fairvlm.errors import FairVLMError
+from fairvlm.params import ParameterError
+
+__all__ = [
+    "CLSDecomposition",
+    "HeadIntervention",
+    "HeadPrototypes",
+    "attention_shape",
+    "cls_decomposition",
+    "damping",
+    "encoder_layers",
+    "head_contributions",
+    "head_outputs",
+    "head_prototypes",
+    "intervene",
+    "project_heads",
+    "prototype_replacement",
+    "resolve_layer",
+    "vision_tower",
+    "zero_ablation",
+]
+
+MODES = ("replace", "zero", "damp")
+
+
+# --------------------------------------------------------------------------- structure
+def vision_tower(model: nn.Module) -> nn.Module:
+    """The module holding ``embeddings`` and ``encoder.layers`` of the vision encoder.
+
+    Accepts a ``CLIPModel``, ``CLIPVisionModel(WithProjection)``, a
+    ``VisionTextDualEncoderModel`` whose vision side is a CLIP vision model, a
+    :class:`fairvlm.models.LoadedModel` (its ``.model`` is used), or the tower itself.
+    """
+    m = getattr(model, "model", None) if not isinstance(model, nn.Module) else model
+    if m is None:
+        raise FairVLMError(f"expected a torch model or a LoadedModel, got {type(model).__name__}")
+    seen = 0
+    while not (hasattr(m, "encoder") and hasattr(m, "embeddings")):
+        nxt = getattr(m, "vision_model", None)
+        if nxt is None or seen > 4:
+            raise FairVLMError(
+                f"{type(m).__name__} has no CLIP-style vision encoder (looked for "
+                "vision_model.encoder.layers); pass a CLIPModel, CLIPVisionModel or a "
+                "VisionTextDualEncoderModel with a CLIP vision tower"
+            )
+        m, seen = nxt, seen + 1
+    layers = getattr(m.encoder, "layers", None)
+    if not layers or not hasattr(layers[0], "self_attn") or not hasattr(layers[0].self_attn, "out_proj"):
+        raise FairVLMError(
+            f"{type(m).__name__}.encoder.layers does not hold CLIP attention layers "
+            "(self_attn.out_proj missing)"
+        )
+    return m
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ``nn.ModuleList`` of vision encoder layers."""
+    return vision_tower(model).encoder.layers
+
+
+def resolve_layer(model: nn.Module, layer: int) -> int:
+    """Turn ``layer`` (negative counts from the end, -1 = last) into a 0-based index."""
+    n = len(encoder_layers(model))
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+        raise ParameterError(f"layer={layer!r} is out of range for a {n}-layer encoder; use -{n}..{n - 1}")
+    return int(layer) % n
+
+
+def attention_shape(model: nn.Module, layer: int = -1) -> tuple[int, int, int]:
+    """``(num_heads, head_dim, embed_dim)`` of the attention in encoder layer ``layer``."""
+    attn = encoder_layers(model)[resolve_layer(model, layer)].self_attn
+    n_heads, head_dim = int(attn.num_heads), int(attn.head_dim)
+    embed = int(attn.out_proj.weight.shape[0])
+    if n_heads * head_dim != attn.out_proj.weight.shape[1]:
+        raise FairVLMError(
+            f"out_proj takes {attn.out_proj.weight.shape[1]} features, not heads x head_dim "
+            f"= {n_heads} x {head_dim}; this attention is not a standard multi-head layer"
+        )
+    return n_heads, head_dim, embed
+
+
+def _check_heads(heads: Iterable[int], n_heads: int) -> tuple[int, ...]:
+    out = []
+    for h in heads:
+        if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 0 <= h < n_heads:
+            raise ParameterError(
+                f"head {h!r} is out of range; heads are numbered 0..{n_heads - 1} "
+                "(the paper's head k is our k-1)"
+            )
+        out.append(int(h))
+    if not out:
+        raise ParameterError("choose at least one head")
+    if len(set(out)) != len(out):
+        raise ParameterError(f"heads {out} contain duplicates")
+    return tuple(out)
+
+
+@contextmanager
+def _registered(handles: list):
+    """Yield, then remove every hook handle in ``handles`` (also on exceptions)."""
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+        handles.clear()
+
+
+def _device_dtype(model: nn.Module):
+    p = next(vision_tower(model).parameters())
+    return p.device, p.dtype
+
+
+def _check_pixels(pixel_values) -> torch.Tensor:
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        shape = getattr(pixel_values, "shape", None)
+        raise ParameterError(
+            f"pixel_values must be a (batch, channels, height, width) tensor; got {shape}"
+        )
+    if pixel_values.shape[0] == 0:
+        raise ParameterError("pixel_values holds no images")
+    return pixel_values
+
+
+# ------------------------------------------------------------------------ decomposition
+@dataclass(frozen=True)
+class CLSDecomposition:
+    """The CLS token of one encoder layer, split into its additive parts.
+
+    ``heads``: (B, H, D) per-head contributions (before the out_proj bias);
+    ``out_bias``: (D,) the out_proj bias (zeros if the projection has none);
+    ``resid_pre``: (B, D) the hidden state entering the layer (skip connection);
+    ``resid_mid``: (B, D) the hidden state after the attention residual add (input of
+    ``layer_norm2``, before the MLP). ``reconstruction()`` adds the first three.
+    """
+
+    layer: int
+    heads: torch.Tensor
+    out_bias: torch.Tensor
+    resid_pre: torch.Tensor
+    resid_mid: torch.Tensor
+
+    def reconstruction(self) -> torch.Tensor:
+        return self.heads.sum(dim=1) + self.out_bias + self.resid_pre
+
+
+def _contrib(z: torch.Tensor, weight: torch.Tensor, n_heads: int, heads=None) -> torch.Tensor:
+    """(B, H*d_h) head outputs and (D, H*d_h) out_proj weight -> (B, H', D) contributions."""
+    b = z.shape[0]
+    d_out = weight.shape[0]
+    head_dim = weight.shape[1] // n_heads
+    zh = z.reshape(b, n_heads, head_dim)
+    wh = weight.reshape(d_out, n_heads, head_dim)
+    if heads is not None:
+        zh, wh = zh[:, list(heads)], wh[:, list(heads)]
+    return torch.einsum("bhk,dhk->bhd", zh, wh)
+
+
+@torch.no_grad()
+def cls_decomposition(model: nn.Module, pixel_values: torch.Tensor, layer: int = -1, token: int = 0) -> CLSDecomposition:
+    """Run the vision encoder once and split layer ``layer``'s ``token`` row additively.
+
+    ``pixel_values``: (B, 3, S, S) preprocessed images. See :class:`CLSDecomposition`.
+    """
+    pixel_values = _check_pixels(pixel_values)
+    tower = vision_tower(model)
+    li = resolve_layer(model, layer)
+    enc_layer = tower.encoder.layers[li]
+    attn = enc_layer.self_attn
+    n_heads, _, d = attention_shape(model, li)
+    store: dict = {}
+
+    def grab_pre(_m, args, kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        store["pre"] = hs[:, token].detach().clone()
+
+    def grab_z(_m, args):
+        store["z"] = args[0][:, token].detach().clone()
+
+    def grab_mid(_m, args):
+        store["mid"] = args[0][:, token].detach().clone()
+
+    handles = [
+        enc_layer.register_forward_pre_hook(grab_pre, with_kwargs=True),
+        attn.out_proj.register_forward_pre_hook(grab_z),
+        enc_layer.layer_norm2.register_forward_pre_hook(grab_mid),
+    ]
+    device, dtype = _device_dtype(model)
+    with _registered(handles):
+        tower(pixel_values=pixel_values.to(device=device, dtype=dtype))
+    w = attn.out_proj.weight.detach()
+    bias = attn.out_proj.bias.detach() if attn.out_proj.bias is not None else torch.zeros(d, dtype=w.dtype, device=w.device)
+    return CLSDecomposition(
+        layer=li, heads=_contrib(store["z"], w, n_heads), out_bias=bias.clone(),
+        resid_pre=store["pre"], resid_mid=store["mid"],
+    )
+
+
+@torch.no_grad()
+def head_outputs(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    layers: Sequence[int] = (-1,),
+    *,
+    batch_size: int = 64,
+    token: int = 0,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """Raw per-head attention outputs at ``token`` (before out_proj) for several layers.
+
+    Returns ``{layer_index: (N, H, d_h) float32 CPU tensor}`` (layer indices 0-based). This is
+    the compact form (``d_h`` instead of ``D`` numbers per head); :func:`project_heads`
+    turns it into contributions. One forward pass per batch serves all layers.
+    """
+    pixel_values = _check_pixels(pixel_values)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(f"batch_size={batch_size!r} must be a positive integer")
+    tower = vision_tower(model)
+    idx = sorted({resolve_layer(model, layer) for layer in layers})
+    shapes = {li: attention_shape(model, li) for li in idx}
+    chunks: dict[int, list] = {li: [] for li in idx}
+    current: dict = {}
+    handles = []
+    for li in idx:
+        def grab(_m, args, li=li):
+            current[li] = args[0][:, token].detach().float().cpu()
+        handles.append(tower.encoder.layers[li].self_attn.out_proj.register_forward_pre_hook(grab))
+    device, dtype = _device_dtype(model)
+    starts = range(0, pixel_values.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="head outputs", unit="batch")
+    with _registered(handles):
+        for s in starts:
+            batch = pixel_values[s : s + batch_size].to(device=device, dtype=dtype)
+            tower(pixel_values=batch)
+            for li in idx:
+                n_heads, head_dim, _ = shapes[li]
+                chunks[li].append(current[li].reshape(-1, n_heads, head_dim))
+    return {li: torch.cat(chunks[li]) for li in idx}
+
+
+def project_heads(model: nn.Module, layer: int, z: torch.Tensor, heads: Sequence[int] | None = None) -> torch.Tensor:
+    """Per-head contributions ``(N, H', D)`` from raw head outputs ``z`` of shape (N, H, d_h).
+
+    ``heads`` selects a subset (default: all). The out_proj bias is *not* included.
+    """
+    li = resolve_layer(model, layer)
+    n_heads, head_dim, _ = attention_shape(model, li)
+    if z.ndim != 3 or z.shape[1:] != (n_heads, head_dim):
+        raise ParameterError(f"z must have shape (N, {n_heads}, {head_dim}); got {tuple(z.shape)}")
+    if heads is not None:
+        heads = _check_heads(heads, n_heads)
+    w = encoder_layers(model)[li].self_attn.out_proj.weight.detach().float().cpu()
+    return _contrib(z.reshape(z.shape[0], -1).float().cpu(), w, n_heads, heads)
+
+
+def head_contributions(
+    model: nn.Module, pixel_values: torch.Tensor, layer: int = -1, *, batch_size: int = 64, token: int = 0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Per-head contributions to the CLS token of ``layer``: (N, H, D) float32 on CPU.
+
+    Head ``h``'s slice of the attention output times its slice of out_proj, before the
+    bias (the paper's Eq. 1). Batched; the result does not depend on ``batch_size``.
+    """
+    li = resolve_layer(model, layer)
+    z = head_outputs(model, pixel_values, (li,), batch_size=batch_size, token=token, progress=progress)[li]
+    return project_heads(model, li, z)
+
+
+# --------------------------------------------------------------------------- prototypes
+@dataclass(frozen=True)
+class HeadPrototypes:
+    """Mean head contributions of one layer: ``means[group]`` is (H, D).
+
+    The key ``"all"`` holds the mean over every image (the paper's "person"/neutral
+    prototype); the other keys are group labels. ``counts[group]`` = images averaged.
+    """
+
+    layer: int
+    means: Mapping[str, torch.Tensor]
+    counts: Mapping[str, int]
+
+    def __getitem__(self, group: str) -> torch.Tensor:
+        if group not in self.means:
+            from fairvlm.errors import unknown
+
+            raise unknown("prototype group", group, self.means)
+        return self.means[group]
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.means)
+
+
+def head_prototypes(contributions: torch.Tensor, labels: Sequence | None = None, *, layer: int = -1) -> HeadPrototypes:
+    """Prototypes (the paper's Eq. 2) from contributions (N, H, D) and optional group labels.
+
+    ``labels[i]`` is image ``i``'s group (stringified); ``"all"`` is always added. ``layer``
+    records which encoder layer the contributions came from (passed on to interventions).
+    """
+    if contributions.ndim != 3 or contributions.shape[0] == 0:
+        raise ParameterError(f"contributions must be a non-empty (N, H, D) tensor; got {tuple(contributions.shape)}")
+    c = contributions.float()
+    means = {"all": c.mean(dim=0)}
+    counts = {"all": int(c.shape[0])}
+    if labels is not None:
+        lab = np.asarray([str(x) for x in labels])
+        if lab.shape[0] != c.shape[0]:
+            raise ParameterError(f"{lab.shape[0]} labels for {c.shape[0]} images")
+        if "all" in set(lab.tolist()):
+            raise ParameterError("'all' is reserved for the mean over every image; rename that group")
+        for g in sorted(set(lab.tolist())):
+            mask = torch.from_numpy(lab == g)
+            means[g] = c[mask].mean(dim=0)
+            counts[g] = int(mask.sum())
+    return HeadPrototypes(layer=layer, means=means, counts=counts)
+
+
+# ------------------------------------------------------------------------ interventions
+@dataclass(frozen=True)
+class HeadIntervention:
+    """An edit of chosen heads' contributions at one token of one encoder layer.
+
+    ``mode``: ``"replace"`` (``values``: (len(heads), D) replacement contributions),
+    ``"zero"`` (zero ablation) or ``"damp"`` (multiply by ``alpha`` in [0, 1]).
+    ``neurons``: optional boolean mask (len(heads), D); only those coordinates of each
+    head's contribution are edited (neuron-level interventions), the rest are kept.
+    ``name`` labels tables.
+    """
+
+    heads: tuple[int, ...]
+    mode: str
+    layer: int = -1
+    values: torch.Tensor | None = None
+    alpha: float | None = None
+    neurons: torch.Tensor | None = None
+    token: int = 0
+    name: str = field(default="")
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            from fairvlm.errors import unknown
+
+            raise unknown("intervention mode", self.mode, MODES)
+        if self.mode == "replace" and self.values is None:
+            raise ParameterError("a 'replace' intervention needs values (one row per head)")
+        if self.mode == "damp":
+            a = self.alpha
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+                raise ParameterError(f"alpha={a!r} must be a number in [0, 1]")
+        if self.values is not None and (self.values.ndim != 2 or self.values.shape[0] != len(self.heads)):
+            raise ParameterError(
+                f"values must have one row per head ({len(self.heads)}); got {tuple(self.values.shape)}"
+            )
+        if self.neurons is not None and (
+            self.neurons.dtype != torch.bool or self.neurons.ndim != 2 or self.neurons.shape[0] != len(self.heads)
+        ):
+            raise ParameterError("neurons must be a boolean (len(heads), D) mask")
+
+
+def prototype_replacement(prototypes: HeadPrototypes, group: str, heads: Sequence[int], *, neurons=None, name: str | None = None) -> HeadIntervention:
+    """Replace ``heads``' CLS contributions with ``group``'s prototype (``"all"``: the mean)."""
+    means = prototypes[group]
+    heads = tuple(int(h) for h in heads)
+    for h in heads:
+        if not 0 <= h < means.shape[0]:
+            raise ParameterError(f"head {h} is out of range; the prototypes have {means.shape[0]} heads (0-based)")
+    return HeadIntervention(
+        heads=heads, mode="replace", layer=prototypes.layer, values=means[list(heads)].clone(),
+        neurons=neurons, name=name or f"{group} h{','.join(map(str, heads))}",
+    )
+
+
+def zero_ablation(heads: Sequence[int], *, layer: int = -1, neurons=None, name: str | None = None) -> HeadIntervention:
+    """Set ``heads``' CLS contributions to zero."""
+    heads = tuple(int(h) for h in heads)
+    return HeadIntervention(heads=heads, mode="zero", layer=layer, neurons=neurons,
+                            name=name or f"zero h{','.join(map(str, heads))}")
+
+
+def damping(heads: Sequence[int], alpha: float, *, layer: int = -1, neurons=None, name: str | None = None) -> HeadIntervention:
+    """Scale ``heads``' CLS contributions by ``alpha`` (0: zero ablation, 1: no change)."""
+    heads = tuple(int(h) for h in heads)
+    return HeadIntervention(heads=heads, mode="damp", layer=layer, alpha=alpha, neurons=neurons,
+                            name=name or f"damp{alpha:g} h{','.join(map(str, heads))}")
+
+
+def _make_hook(edit: HeadIntervention, out_proj: nn.Linear, n_heads: int):
+    w = out_proj.weight.detach()
+    d_out = w.shape[0]
+    head_dim = w.shape[1] // n_heads
+    heads = list(edit.heads)
+    wh = w.reshape(d_out, n_heads, head_dim)[:, heads].contiguous()  # (D, S, d_h)
+    values = edit.values.to(device=w.device, dtype=w.dtype) if edit.values is not None else None
+    if values is not None and values.shape[1] != d_out:
+        raise ParameterError(f"replacement values have width {values.shape[1]}; the layer writes {d_out}")
+    mask = edit.neurons.to(w.device) if edit.neurons is not None else None
+    if mask is not None and mask.shape[1] != d_out:
+        raise ParameterError(f"neuron mask has width {mask.shape[1]}; the layer writes {d_out}")
+    tok = edit.token
+
+    def hook(_m, args, output):
+        z = args[0][:, tok]  # (B, H*d_h)
+        c = torch.einsum("bsk,dsk->bsd", z.reshape(z.shape[0], n_heads, head_dim)[:, heads], wh)
+        if edit.mode == "replace":
+            target = values.unsqueeze(0).expand_as(c)
+        elif edit.mode == "zero":
+            target = torch.zeros_like(c)
+        else:
+            target = c * float(edit.alpha)
+        if mask is not None:
+            target = torch.where(mask.unsqueeze(0), target, c)
+        out = output.clone()
+        out[:, tok] = out[:, tok] + (target - c).sum(dim=1).to(out.dtype)
+        return out
+
+    return hook
+
+
+@contextmanager
+def intervene(model: nn.Module, *edits: HeadIntervention):
+    """Apply head interventions during every forward pass inside the ``with`` block.
+
+    ``edits`` may target different layers or disjoint head sets of one layer; editing the
+    same head twice raises (build one intervention, e.g. from an intersectional group's
+    prototype). Hooks are removed on exit, also when the body raises. With no edits this
+    is a no-op context.
+    """
+    layers = encoder_layers(model)
+    handles: list = []
+    used: dict[int, set] = {}
+    plan = []
+    for e in edits:
+        if not isinstance(e, HeadIntervention):
+            raise ParameterError(f"expected HeadIntervention objects, got {type(e).__name__}")
+        li = resolve_layer(model, e.layer)
+        n_heads, _, _ = attention_shape(model, li)
+        _check_heads(e.heads, n_heads)
+        clash = used.setdefault(li, set()) & set(e.heads)
+        if clash:
+            raise ParameterError(
+                f"heads {sorted(clash)} of layer {li} are edited by two interventions; merge them "
+                "into one (e.g. the prototype of the intersectional group)"
+            )
+        used[li] |= set(e.heads)
+        plan.append((li, _make_hook(e, layers[li].self_attn.out_proj, n_heads)))
+    for li, hook in plan:
+        handles.append(layers[li].self_attn.out_proj.register_forward_hook(hook))
+    with _registered(handles):
+        yield model

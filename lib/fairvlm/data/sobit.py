@@ -1,0 +1,115 @@
+"""So-B-IT: the Social Bias Implications Taxonomy (Hamidieh et al., AIES 2024).
+
+A JSON object that maps 10 categories ("appearance", "occupation", ...) to lists of
+descriptive words that often carry stereotypes. The CLIP head-intervention paper
+(Gomez-Grabowska et al., ECIR 2026) retrieves the top-100 FairFace images for each word
+and reports the normalized entropy of their demographic labels per category.
+
+The upstream file spells one category "behavorial"; this module calls it "behavioral"
+and accepts the upstream spelling as an alias (:data:`CATEGORY_ALIASES`) wherever a
+category name is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from fairvlm.data import _roots
+from fairvlm.errors import DataError, unknown
+
+SOBIT_ENV = "FAIRVLM_SOBIT"
+SOBIT_FILE = "So-B-IT_taxonomy.json"
+SOBIT_REPO = "ameliagmz/Debiasing_CLIP_Neural_Interventions"
+SOBIT_COMMIT = "cc90ab99a1191ddf9e8c5c4ec644158d4d077c2d"
+#: upstream spelling -> the name used in this book
+CATEGORY_ALIASES = {"behavorial": "behavioral"}
+
+_HOW_TO_GET = (
+    f"Download {SOBIT_FILE} from https://github.com/{SOBIT_REPO} (commit {SOBIT_COMMIT[:7]}) "
+    f"into data/sobit/, or point ${SOBIT_ENV} at the file or its folder."
+)
+
+
+def normalize_category(name: str) -> str:
+    """Lower-case, strip and map an alias (``"behavorial"`` -> ``"behavioral"``)."""
+    key = " ".join(str(name).strip().lower().split())
+    return CATEGORY_ALIASES.get(key, key)
+
+
+def sobit_path(path: str | os.PathLike | None = None, *, required: bool = True) -> Path | None:
+    """The taxonomy file: ``path`` (the file or its folder), ``$FAIRVLM_SOBIT``,
+    ``data/sobit/``, ``../shared/data/sobit/``."""
+    for source in (path, os.environ.get(SOBIT_ENV)):
+        if source:
+            p = Path(source).expanduser()
+            if p.is_dir():
+                p = p / SOBIT_FILE
+            if not p.is_file():
+                raise DataError(f"So-B-IT taxonomy not found at {p}. {_HOW_TO_GET}")
+            return p
+    folder = _roots.resolve("sobit", None, SOBIT_ENV, what="the So-B-IT taxonomy",
+                            how_to_get=_HOW_TO_GET, required=required)
+    if folder is None:
+        return None
+    if not (folder / SOBIT_FILE).is_file():
+        if not required:
+            return None
+        raise DataError(f"So-B-IT taxonomy not found at {folder / SOBIT_FILE}. {_HOW_TO_GET}")
+    return folder / SOBIT_FILE
+
+
+def load_sobit(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The taxonomy as a tidy frame: one row per (category, word), columns
+    ``category, word``.
+
+    Categories are normalized (:func:`normalize_category`) and kept in file order; words
+    are stripped and kept in file order. A word listed in two categories (e.g. "lazy")
+    gives two rows; a word repeated within one category is kept once. Raises
+    :class:`DataError` for a missing file or one that is not an object of word lists.
+    """
+    p = sobit_path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the So-B-IT taxonomy {p}: {exc}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{p}: expected a JSON object mapping categories to word lists")
+    rows, seen = [], set()
+    for category, words in raw.items():
+        name = normalize_category(category)
+        if name in seen:
+            raise DataError(f"{p}: category {name!r} appears twice (after normalizing "
+                            f"{category!r})")
+        seen.add(name)
+        if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+            raise DataError(f"{p}: category {category!r} must hold a list of non-empty words")
+        kept = dict.fromkeys(w.strip() for w in words)
+        rows.extend((name, w) for w in kept)
+    return pd.DataFrame(rows, columns=["category", "word"]).astype("string")
+
+
+def sobit_categories(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Words per category: columns ``category, n_words, examples`` (first three words)."""
+    df = load_sobit(path)
+    g = df.groupby("category", sort=False)["word"]
+    return pd.DataFrame({
+        "n_words": g.size(),
+        "examples": g.apply(lambda w: ", ".join(w.iloc[:3])),
+    }).reset_index()
+
+
+def sobit_words(category: str, path: str | os.PathLike | None = None) -> list[str]:
+    """The words of one category (an alias such as ``"behavorial"`` is accepted).
+
+    Raises :class:`~fairvlm.errors.UnknownNameError` listing the categories otherwise.
+    """
+    df = load_sobit(path)
+    name = normalize_category(category)
+    known = list(dict.fromkeys(df["category"]))
+    if name not in known:
+        raise unknown("So-B-IT category", category, known)
+    return df.loc[df["category"] == name, "word"].tolist()

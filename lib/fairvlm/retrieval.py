@@ -1,0 +1,561 @@
+"""Text-to-image retrieval for fairness audits: galleries, embeddings, per-query metrics,
+and two embedding-space debiasing baselines.
+
+Galleries (:class:`Gallery`: one row of metadata per image plus a lazy image loader) in
+the public formats of the datasets the CLIP-heads paper uses:
+
+- :func:`load_fairface`: FairFace (Karkkainen & Joo 2021) either as the original release
+  (``fairface_label_{train,val}.csv`` with columns ``file, age, gender, race,
+  service_test`` and the image folders ``train/``, ``val/``) or as the Hugging Face
+  parquet export (``HuggingFaceM4/FairFace``: ``<config>/<split>-*.parquet`` with an
+  ``image`` struct of bytes and class-label integers for ``age, gender, race``; label names
+  are read from the file's ``huggingface`` schema metadata when present).
+- :func:`load_sispi`: SISPI (Gomez, SIGIR 2025): images named
+  ``{profession}_{index}_{gender}_{ethnicity}.{jpg,png}``, either as a folder or as parquet
+  files with ``image`` and ``file_name`` columns.
+- :func:`load_karpathy`: the Karpathy split of COCO or Flickr30K (``dataset_coco.json`` /
+  ``dataset_flickr30k.json``: ``images[*].{filepath, filename, split, sentences[*].raw}``).
+- :func:`pairs_gallery`: PAIRS (Fraser & Kiritchenko 2024) through
+  :func:`fairvlm.data.load_pairs`.
+
+Embeddings (:func:`embed_images`, :func:`embed_texts`) are L2-normalized, so dot products
+are cosine similarities; :func:`embed_images` takes head interventions from
+:mod:`fairvlm.clip_heads` and applies them while encoding.
+
+Baselines, both post-hoc on embeddings:
+
+- :func:`clip_clip_dims` (CLIP-clip, Wang et al. EMNLP 2021): keep the ``m`` embedding
+  dimensions with the *lowest* mutual information with the protected attribute
+  (scikit-learn ``mutual_info_classif`` on image embeddings), drop the rest from both image
+  and text embeddings, renormalize.
+- :func:`biased_prompts_projection` (Chuang et al. 2023, "Debiasing vision-language models
+  via biased prompts"): ``P0 = I - A (A^T A)^+ A^T`` projects out the span of the spurious
+  prompt embeddings ``A``; the calibrated projection is ``P = P0 (lambda M + I)^{-1}`` with
+  ``M = (1/|S|) sum_{(i,j) in S} (z_i - z_j)(z_i - z_j)^T`` over pairs of prompts that differ
+  only in the protected attribute, ``lambda = 1000``. It is applied to text (query)
+  embeddings only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from fairvlm import metrics
+from fairvlm.errors import DataError, FairVLMError, unknown
+from fairvlm.params import ParameterError
+
+__all__ = [
+    "FAIRFACE_NAMES",
+    "Gallery",
+    "biased_prompts_projection",
+    "clip_clip_dims",
+    "embed_images",
+    "embed_texts",
+    "keep_dims",
+    "load_fairface",
+    "load_karpathy",
+    "load_sispi",
+    "pairs_gallery",
+    "pixel_values",
+    "project_texts",
+    "query_fairness",
+    "word_entropy",
+]
+
+#: Class names of the Hugging Face FairFace export (used when a parquet file carries no
+#: ``huggingface`` schema metadata).
+FAIRFACE_NAMES = {
+    "age": ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"],
+    "gender": ["Male", "Female"],
+    "race": ["East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_Hispanic", "Southeast Asian"],
+}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+# ------------------------------------------------------------------------------- gallery
+def _open_image(src, what: str) -> Image.Image:
+    try:
+        if isinstance(src, (bytes, bytearray)):
+            im = Image.open(io.BytesIO(src))
+        else:
+            im = Image.open(src)
+        im.load()
+    except FileNotFoundError:
+        raise DataError(f"{what}: image file {src} is missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{what}: cannot decode image ({exc}); re-download the file") from None
+    return im.convert("RGB")
+
+
+@dataclass
+class Gallery:
+    """Images with demographic metadata for retrieval audits.
+
+    ``meta``: one row per image (attribute columns such as ``gender``, ``race``,
+    ``scenario``; a ``path`` column when images live on disk). ``captions``: optional
+    frame with columns ``image`` (row index into ``meta``) and ``caption``.
+    ``source``: where the data came from (for provenance). Images load lazily as RGB PIL
+    images through :meth:`image`.
+    """
+
+    name: str
+    meta: pd.DataFrame
+    loader: Callable[[int], Image.Image] = field(repr=False)
+    captions: pd.DataFrame | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def image(self, i: int) -> Image.Image:
+        if not 0 <= int(i) < len(self):
+            raise ParameterError(f"image index {i} is out of range for {self.name} ({len(self)} images)")
+        return self.loader(int(i))
+
+    def images(self, indices: Iterable[int] | None = None) -> list[Image.Image]:
+        idx = range(len(self)) if indices is None else indices
+        return [self.image(i) for i in idx]
+
+    def subset(self, indices: Sequence[int]) -> Gallery:
+        """A gallery of the chosen rows (captions pointing at dropped images are dropped)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        meta = self.meta.iloc[idx].reset_index(drop=True)
+        old = self.loader
+        caps = None
+        if self.captions is not None:
+            remap = {int(o): n for n, o in enumerate(idx)}
+            keep = self.captions[self.captions["image"].isin(remap)]
+            caps = keep.assign(image=keep["image"].map(remap)).reset_index(drop=True)
+        return Gallery(self.name, meta, lambda i: old(int(idx[i])), caps, self.source)
+
+
+def _path_loader(paths: Sequence[str], what: str):
+    paths = list(paths)
+    return lambda i: _open_image(paths[i], what)
+
+
+def _limit(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    if limit is None or limit >= len(df):
+        return df.reset_index(drop=True)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ParameterError(f"limit={limit!r} must be a positive integer or None")
+    return df.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True)
+
+
+def _read_parquet(files: list[Path], what: str):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow comes with pandas' parquet support
+        raise FairVLMError(f"reading {what} parquet files needs pyarrow: pip install pyarrow") from None
+    tables, names = [], {}
+    for f in files:
+        try:
+            t = pq.read_table(f)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{f}: not a readable parquet file ({exc}); re-download it") from None
+        md = t.schema.metadata or {}
+        if b"huggingface" in md:
+            try:
+                feats = json.loads(md[b"huggingface"])["info"]["features"]
+                for col, spec in feats.items():
+                    if isinstance(spec, dict) and "names" in spec:
+                        names[col] = list(spec["names"])
+            except (KeyError, ValueError, TypeError):
+                pass
+        tables.append(t.to_pandas())
+    return pd.concat(tables, ignore_index=True), names
+
+
+def _image_bytes(cell, what: str):
+    if isinstance(cell, dict) and cell.get("bytes") is not None:
+        return cell["bytes"]
+    if isinstance(cell, (bytes, bytearray)):
+        return cell
+    raise DataError(f"{what}: an image cell holds no bytes ({type(cell).__name__})")
+
+
+def load_fairface(root: str | os.PathLike, split: str = "validation", *, limit: int | None = None, seed: int = 0) -> Gallery:
+    """FairFace as a :class:`Gallery` with columns ``age, gender, race`` (+ ``path``).
+
+    ``root``: the folder of the original release (holding ``fairface_label_val.csv``) or of
+    the Hugging Face parquet export (``*.parquet`` whose name starts with the split, in
+    ``root`` or one sub-folder such as ``0.25/``). ``split``: ``"validation"`` or ``"train"``.
+    ``limit``: a random subset of that many images (seeded), e.g. the paper's 500 probe
+    images. Gender names are lower-cased (``male``/``female``); race names are kept.
+    """
+    if split not in ("validation", "train"):
+        raise unknown("FairFace split", split, ("validation", "train"))
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"FairFace folder {root} does not exist; download FairFace and pass its folder")
+    csv = root / ("fairface_label_val.csv" if split == "validation" else "fairface_label_train.csv")
+    if csv.is_file():
+        try:
+            df = pd.read_csv(csv, dtype=str)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise DataError(f"{csv}: cannot read ({exc})") from None
+        missing = {"file", "age", "gender", "race"} - set(df.columns)
+        if missing:
+            raise DataError(f"{csv}: missing columns {sorted(missing)}; expected file, age, gender, race")
+        df = _limit(df, limit, seed)
+        df["path"] = [str(root / f) for f in df["file"]]
+        df["gender"] = df["gender"].str.lower()
+        meta = df[["file", "path", "age", "gender", "race"]]
+        return Gallery("FairFace", meta, _path_loader(meta["path"], "FairFace"), source=str(csv))
+    prefix = "validation" if split == "validation" else "train"
+    files = sorted(p for p in [*root.glob("*.parquet"), *root.glob("*/*.parquet")] if p.name.startswith(prefix))
+    if not files:
+        raise DataError(
+            f"{root} holds neither {csv.name} (original FairFace release) nor {prefix}-*.parquet "
+            "(Hugging Face export HuggingFaceM4/FairFace); point root at one of them"
+        )
+    df, names = _read_parquet(files, "FairFace")
+    missing = {"image", "age", "gender", "race"} - set(df.columns)
+    if missing:
+        raise DataError(f"{files[0]}: missing columns {sorted(missing)}")
+    df = _limit(df, limit, seed)
+    meta = pd.DataFrame(index=range(len(df)))
+    for col in ("age", "gender", "race"):
+        vocab = names.get(col, FAIRFACE_NAMES[col])
+        codes = df[col].to_numpy()
+        if codes.dtype.kind in "iu":
+            if codes.min() < 0 or codes.max() >= len(vocab):
+                raise DataError(f"FairFace {col} codes outside 0..{len(vocab) - 1}")
+            meta[col] = [vocab[int(c)] for c in codes]
+        else:
+            meta[col] = df[col].astype(str).to_numpy()
+    meta["gender"] = meta["gender"].str.lower()
+    blobs = [_image_bytes(c, "FairFace") for c in df["image"]]
+    return Gallery("FairFace", meta, lambda i: _open_image(blobs[i], "FairFace"), source=str(files[0].parent))
+
+
+_SISPI_RE = re.compile(
+    r"^(?P<profession>.+?)_(?P<index>\d+)_(?P<gender>male|female)_(?P<ethnicity>.+)\.(?:jpe?g|png|webp)$",
+    re.IGNORECASE,
+)
+
+
+def _parse_sispi(name: str) -> dict:
+    m = _SISPI_RE.match(Path(name).name)
+    if m is None:
+        raise DataError(
+            f"SISPI file name {name!r} does not follow profession_index_gender_ethnicity.jpg"
+        )
+    d = m.groupdict()
+    return {"profession": d["profession"].replace("_", " "), "index": int(d["index"]),
+            "gender": d["gender"].lower(), "ethnicity": d["ethnicity"].lower()}
+
+
+def load_sispi(root: str | os.PathLike, *, limit: int | None = None, seed: int = 0) -> Gallery:
+    """SISPI as a :class:`Gallery` with columns ``file, profession, index, gender, ethnicity``.
+
+    ``root``: a folder of images named ``{profession}_{index}_{gender}_{ethnicity}.jpg``, or a
+    folder of parquet files with ``image`` (struct with bytes) and ``file_name`` columns.
+    Professions with underscores are written with spaces (``"fire_fighter"`` ->
+    ``"fire fighter"``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"SISPI folder {root} does not exist; download SISPI and pass its folder")
+    images = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if images:
+        rows = [{"file": p.name, "path": str(p), **_parse_sispi(p.name)} for p in images]
+        meta = _limit(pd.DataFrame(rows), limit, seed)
+        return Gallery("SISPI", meta, _path_loader(meta["path"], "SISPI"), source=str(root))
+    files = sorted([*root.glob("*.parquet"), *root.glob("*/*.parquet")])
+    if not files:
+        raise DataError(f"{root} holds no SISPI images (*.jpg/*.png) and no parquet files")
+    df, _ = _read_parquet(files, "SISPI")
+    if not {"image", "file_name"} <= set(df.columns):
+        raise DataError(f"{files[0]}: SISPI parquet needs the columns image and file_name")
+    df = _limit(df, limit, seed)
+    meta = pd.DataFrame([{"file": f, **_parse_sispi(f)} for f in df["file_name"]])
+    blobs = [_image_bytes(c, "SISPI") for c in df["image"]]
+    return Gallery("SISPI", meta, lambda i: _open_image(blobs[i], "SISPI"), source=str(files[0].parent))
+
+
+def load_karpathy(json_path: str | os.PathLike, image_root: str | os.PathLike, split: str = "test", *, limit: int | None = None) -> Gallery:
+    """COCO / Flickr30K Karpathy split as a gallery with captions.
+
+    ``json_path``: ``dataset_coco.json`` or ``dataset_flickr30k.json``; ``image_root``: the
+    folder that holds ``<filepath>/<filename>`` (COCO: the folder with ``val2014/``; Flickr30K
+    entries have no filepath, so the images folder itself). ``split``: ``train``,
+    ``restval``, ``val`` or ``test``. ``limit``: the first ``limit`` images of the split.
+    ``captions`` has one row per sentence (``image``, ``caption``).
+    """
+    json_path, image_root = Path(json_path), Path(image_root)
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        entries = data["images"]
+    except FileNotFoundError:
+        raise DataError(f"Karpathy split file {json_path} is missing") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{json_path}: not a Karpathy split file ({exc})") from None
+    splits = sorted({e.get("split") for e in entries})
+    if split not in splits:
+        raise unknown("Karpathy split", split, splits)
+    rows, caps = [], []
+    for e in entries:
+        if e.get("split") != split:
+            continue
+        if limit is not None and len(rows) >= limit:
+            break
+        try:
+            rel = Path(e.get("filepath", "")) / e["filename"]
+            sentences = [s["raw"].strip() for s in e["sentences"]]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{json_path}: malformed image entry ({exc})") from None
+        for s in sentences:
+            caps.append((len(rows), s))
+        rows.append({"file": str(rel), "path": str(image_root / rel), "id": e.get("cocoid", e.get("imgid"))})
+    meta = pd.DataFrame(rows)
+    captions = pd.DataFrame(caps, columns=["image", "caption"])
+    name = "COCO" if "coco" in json_path.name.lower() else "Flickr30K" if "flickr" in json_path.name.lower() else json_path.stem
+    return Gallery(name, meta, _path_loader(meta["path"], name), captions, source=str(json_path))
+
+
+def pairs_gallery(root=None, *, mapped_only: bool = False) -> Gallery:
+    """PAIRS as a gallery (columns ``section, scenario, label, gender, race, path``)."""
+    from fairvlm.data import load_pairs
+
+    meta = load_pairs(root, mapped_only=mapped_only).reset_index(drop=True)
+    return Gallery("PAIRS", meta, _path_loader(meta["path"].tolist(), "PAIRS"), source="PAIRS (katiefraser/PAIRS@507075a)")
+
+
+# ---------------------------------------------------------------------------- embeddings
+def _unwrap(model):
+    """(torch model, tokenizer or None, image processor or None) from a model or LoadedModel."""
+    if isinstance(model, torch.nn.Module):
+        return model, None, None
+    inner = getattr(model, "model", None)
+    if not isinstance(inner, torch.nn.Module):
+        raise FairVLMError(f"expected a CLIP-style model or a LoadedModel, got {type(model).__name__}")
+    proc = getattr(model, "processor", None)
+    return inner, getattr(model, "tokenizer", None), getattr(proc, "image_processor", proc)
+
+
+def _features(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("image_embeds", "text_embeds", "pooler_output"):
+        val = getattr(out, key, None)
+        if val is not None:
+            return val
+    return out[0]
+
+
+def pixel_values(processor, images: Sequence[Image.Image], *, batch_size: int = 64) -> torch.Tensor:
+    """Preprocess PIL images with a CLIP image processor (or a processor holding one)."""
+    if not images:
+        raise ParameterError("no images to preprocess")
+    proc = processor
+    if not isinstance(proc, torch.nn.Module) and hasattr(proc, "processor") and hasattr(proc, "model"):
+        proc = proc.processor  # a LoadedModel
+    proc = getattr(proc, "image_processor", proc)
+    out = []
+    for s in range(0, len(images), batch_size):
+        chunk = [im.convert("RGB") for im in images[s : s + batch_size]]
+        out.append(proc(images=chunk, return_tensors="pt")["pixel_values"])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed_images(model, pixels: torch.Tensor, *, edits: Sequence = (), batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """L2-normalized image embeddings (N, d) of a CLIP-style model, float32 on CPU.
+
+    ``pixels``: (N, 3, S, S) from :func:`pixel_values`. ``edits``: head interventions
+    (:class:`fairvlm.clip_heads.HeadIntervention`) applied while encoding. Uses
+    ``get_image_features`` (projection included) when the model has it, else the pooled
+    output of a bare vision model.
+    """
+    from fairvlm.clip_heads import intervene
+
+    net, _, _ = _unwrap(model)
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[0] == 0:
+        raise ParameterError("pixels must be a non-empty (N, 3, S, S) tensor from pixel_values()")
+    p = next(net.parameters())
+    starts = range(0, pixels.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="encoding images", unit="batch")
+    out = []
+    with intervene(net, *edits):
+        for s in starts:
+            pv = pixels[s : s + batch_size].to(device=p.device, dtype=p.dtype)
+            if hasattr(net, "get_image_features"):
+                emb = _features(net.get_image_features(pixel_values=pv))
+            else:
+                emb = _features(net(pixel_values=pv))
+            out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed_texts(model, texts: Sequence[str], *, tokenizer=None, batch_size: int = 128) -> torch.Tensor:
+    """L2-normalized text embeddings (N, d) from ``get_text_features``, float32 on CPU."""
+    net, tok, _ = _unwrap(model)
+    tok = tokenizer or tok
+    if tok is None:
+        raise ParameterError("embed_texts needs a tokenizer (pass tokenizer= or a LoadedModel)")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ParameterError("no texts to embed")
+    p = next(net.parameters())
+    max_len = getattr(tok, "model_max_length", 77)
+    max_len = 77 if not max_len or max_len > 10_000 else max_len
+    out = []
+    for s in range(0, len(texts), batch_size):
+        enc = tok(texts[s : s + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        enc = {k: v.to(p.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        emb = _features(net.get_text_features(**enc))
+        out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------- fairness tables
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def query_fairness(
+    sim,
+    groups: Sequence,
+    *,
+    k: int,
+    queries: Sequence[str] | None = None,
+    candidates=None,
+    target: Mapping | None = None,
+) -> pd.DataFrame:
+    """NDKL and MaxSkew@k per query.
+
+    ``sim``: (Q, N) query-image similarities; ``groups``: (N,) the group of each image.
+    ``candidates``: optional boolean (Q, N) mask; each query then ranks only its candidates
+    (the SISPI protocol ranks the images of the queried profession). ``target``: the
+    desired distribution (default: uniform over the groups of the whole gallery). NDKL is
+    computed over the full candidate ranking, MaxSkew over its top ``k``.
+    Returns columns ``query, n_ranked, ndkl, max_skew``.
+    """
+    s = _np(sim).astype(float)
+    g = np.asarray([str(x) for x in groups], dtype=object)
+    if s.ndim != 2 or s.shape[1] != len(g):
+        raise ParameterError(f"sim must be (Q, {len(g)}); got {s.shape}")
+    all_groups = sorted(set(g.tolist()))
+    target = metrics.uniform(all_groups) if target is None else {str(a): b for a, b in target.items()}
+    cand = np.ones_like(s, dtype=bool) if candidates is None else _np(candidates).astype(bool)
+    if cand.shape != s.shape:
+        raise ParameterError(f"candidates must have the shape of sim {s.shape}; got {cand.shape}")
+    names = [str(i) for i in range(s.shape[0])] if queries is None else [str(q) for q in queries]
+    if len(names) != s.shape[0]:
+        raise ParameterError(f"{len(names)} query names for {s.shape[0]} queries")
+    rows = []
+    for qi in range(s.shape[0]):
+        idx = np.flatnonzero(cand[qi])
+        if len(idx) < k:
+            raise DataError(f"query {names[qi]!r} has {len(idx)} candidates, fewer than k={k}")
+        order = idx[np.argsort(-s[qi, idx], kind="stable")]
+        ranked = g[order].tolist()
+        rows.append({
+            "query": names[qi], "n_ranked": len(order),
+            "ndkl": metrics.ndkl(ranked, target),
+            "max_skew": metrics.max_skew(ranked, list(target), k, target),
+        })
+    return pd.DataFrame(rows)
+
+
+def word_entropy(sim, attributes: Mapping[str, Sequence], *, k: int = 100, queries: Sequence[str] | None = None) -> pd.DataFrame:
+    """Normalized entropy of each attribute among each query's top ``k`` images.
+
+    ``sim``: (Q, N); ``attributes``: ``{name: (N,) labels}`` (e.g. gender and race);
+    the number of groups of an attribute is the number of distinct labels in the gallery.
+    Returns columns ``query, attribute, entropy``.
+    """
+    s = _np(sim).astype(float)
+    if s.ndim != 2:
+        raise ParameterError(f"sim must be 2-D; got {s.shape}")
+    if not 1 <= k <= s.shape[1]:
+        raise ParameterError(f"k={k} must lie in [1, {s.shape[1]}] (the gallery size)")
+    names = [str(i) for i in range(s.shape[0])] if queries is None else [str(q) for q in queries]
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    rows = []
+    for attr, labels in attributes.items():
+        lab = np.asarray([str(x) for x in labels], dtype=object)
+        if len(lab) != s.shape[1]:
+            raise ParameterError(f"attribute {attr!r} has {len(lab)} labels for {s.shape[1]} images")
+        n_groups = len(set(lab.tolist()))
+        for qi in range(s.shape[0]):
+            rows.append({"query": names[qi], "attribute": attr,
+                         "entropy": metrics.normalized_entropy(lab[top[qi]].tolist(), n_groups)})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ baselines
+def clip_clip_dims(image_emb, labels: Sequence, m: int, *, seed: int = 0) -> np.ndarray:
+    """CLIP-clip: indices (sorted) of the ``m`` dims with the lowest mutual information with
+    ``labels``, estimated by ``sklearn.feature_selection.mutual_info_classif`` (k-NN
+    estimator, ``random_state=seed``) on the (N, d) image embeddings."""
+    from sklearn.feature_selection import mutual_info_classif
+
+    x = _np(image_emb).astype(float)
+    y = np.asarray([str(v) for v in labels])
+    if x.ndim != 2 or len(y) != x.shape[0]:
+        raise ParameterError(f"image_emb must be (N, d) with N labels; got {x.shape} and {len(y)} labels")
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= x.shape[1]:
+        raise ParameterError(f"m={m!r} must be an integer in [1, {x.shape[1]}]")
+    if len(set(y.tolist())) < 2:
+        raise DataError("CLIP-clip needs labels with at least two groups")
+    mi = mutual_info_classif(x, y, discrete_features=False, random_state=seed)
+    keep = np.argsort(mi, kind="stable")[: int(m)]
+    return np.sort(keep)
+
+
+def keep_dims(emb, dims: np.ndarray) -> torch.Tensor:
+    """Keep only ``dims`` of (N, d) embeddings and renormalize (CLIP-clip's clipped space)."""
+    e = torch.as_tensor(_np(emb), dtype=torch.float32)
+    return torch.nn.functional.normalize(e[:, torch.as_tensor(np.asarray(dims), dtype=torch.long)], dim=-1)
+
+
+def biased_prompts_projection(spurious, pairs_a, pairs_b, *, lam: float = 1000.0) -> torch.Tensor:
+    """The calibrated projection ``P = P0 (lam M + I)^{-1}`` of Chuang et al. (2023), (d, d).
+
+    ``spurious``: (S, d) embeddings of prompts naming only the protected attribute (e.g.
+    "a photo of a man", "a photo of a woman"); ``pairs_a``/``pairs_b``: (P, d) embeddings of
+    prompt pairs that differ only in that attribute ("a photo of a male doctor" / "... female
+    doctor"). Apply with :func:`project_texts`.
+    """
+    a = torch.as_tensor(_np(spurious), dtype=torch.float64)
+    za = torch.as_tensor(_np(pairs_a), dtype=torch.float64)
+    zb = torch.as_tensor(_np(pairs_b), dtype=torch.float64)
+    if a.ndim != 2 or za.shape != zb.shape or za.ndim != 2 or za.shape[1] != a.shape[1] or za.shape[0] == 0:
+        raise ParameterError(
+            f"spurious must be (S, d) and both pair sets (P, d) with the same d; got "
+            f"{tuple(a.shape)}, {tuple(za.shape)}, {tuple(zb.shape)}"
+        )
+    if not lam >= 0:
+        raise ParameterError(f"lam={lam!r} must be >= 0")
+    d = a.shape[1]
+    v = a.T  # (d, S)
+    p0 = torch.eye(d, dtype=torch.float64) - v @ torch.linalg.pinv(v.T @ v) @ v.T
+    diff = za - zb
+    m = diff.T @ diff / diff.shape[0]
+    p = p0 @ torch.linalg.inv(lam * m + torch.eye(d, dtype=torch.float64))
+    return p.float()
+
+
+def project_texts(text_emb, projection: torch.Tensor) -> torch.Tensor:
+    """Apply a (d, d) projection to (N, d) text embeddings (``z -> P z``) and renormalize."""
+    t = torch.as_tensor(_np(text_emb), dtype=torch.float32)
+    if projection.shape != (t.shape[1], t.shape[1]):
+        raise ParameterError(f"projection must be ({t.shape[1]}, {t.shape[1]}); got {tuple(projection.shape)}")
+    return torch.nn.functional.normalize(t @ projection.T, dim=-1)

@@ -1,0 +1,328 @@
+"""fairvlm.clip_heads (per-head CLS decomposition, interventions) and fairvlm.probes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel
+
+from fairvlm import clip_heads as ch
+from fairvlm import probes, retrieval
+from fairvlm.errors import DataError, FairVLMError, UnknownNameError
+from fairvlm.params import ParameterError
+
+
+def _clip(attn: str = "sdpa", seed: int = 0) -> CLIPModel:
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=2, pad_token_id=1),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
+                           image_size=32, patch_size=8),
+        projection_dim=24,
+    )
+    cfg._attn_implementation = attn
+    model = CLIPModel(cfg).eval()
+    # random init gives near-zero biases; make them visible so the identity test means something
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            layer.self_attn.out_proj.bias.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _clip()
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+# ------------------------------------------------------------------------ decomposition
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("layer", [0, 1, -1])
+def test_identity_heads_bias_skip_give_resid_mid(attn, layer, pixels):
+    m = _clip(attn)
+    d = ch.cls_decomposition(m, pixels, layer=layer)
+    assert d.heads.shape == (7, 6, 48)
+    torch.testing.assert_close(d.reconstruction(), d.resid_mid, atol=1e-5, rtol=1e-5)
+    # the captured sites are the ones we claim: resid_pre is hidden_states[l] and
+    # resid_mid + MLP(LN2(resid_mid)) is hidden_states[l + 1]
+    hs = m.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+    li = layer % 3
+    torch.testing.assert_close(d.resid_pre, hs[li][:, 0], atol=1e-6, rtol=1e-6)
+    blk = m.vision_model.encoder.layers[li]
+    with torch.no_grad():
+        post = d.resid_mid + blk.mlp(blk.layer_norm2(d.resid_mid))
+    torch.testing.assert_close(post, hs[li + 1][:, 0], atol=1e-5, rtol=1e-5)
+    # the bias matters: dropping it breaks the identity
+    assert (d.heads.sum(1) + d.resid_pre - d.resid_mid).abs().max() > 0.1
+
+
+def test_each_head_matches_a_manual_attention_computation(model, pixels):
+    li = 2
+    hs = model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[li]
+    attn = model.vision_model.encoder.layers[li].self_attn
+    ln = model.vision_model.encoder.layers[li].layer_norm1
+    contrib = ch.head_contributions(model, pixels, layer=li)
+    with torch.no_grad():
+        x = ln(hs)
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        for h in range(6):
+            sl = slice(8 * h, 8 * (h + 1))
+            w = torch.softmax(q[:, 0:1, sl] @ k[:, :, sl].transpose(1, 2) / math.sqrt(8), dim=-1)
+            out_h = (w @ v[:, :, sl])[:, 0]  # (B, 8) head h's output at CLS
+            expect = out_h @ attn.out_proj.weight[:, sl].T
+            torch.testing.assert_close(contrib[:, h], expect, atol=1e-5, rtol=1e-5)
+
+
+def test_contributions_do_not_depend_on_batch_size_or_order(model, pixels):
+    full = ch.head_contributions(model, pixels, batch_size=64)
+    ones = ch.head_contributions(model, pixels, batch_size=1)
+    threes = ch.head_contributions(model, pixels, batch_size=3)
+    torch.testing.assert_close(full, ones, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full, threes, atol=1e-5, rtol=1e-5)
+    perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    torch.testing.assert_close(ch.head_contributions(model, pixels[perm]), full[perm], atol=1e-5, rtol=1e-5)
+    # different images give different contributions (the capture is not stale)
+    assert (full[0] - full[1]).abs().max() > 1e-3
+
+
+def test_head_outputs_many_layers_at_once(model, pixels):
+    z = ch.head_outputs(model, pixels, layers=(0, -1), batch_size=4)
+    assert sorted(z) == [0, 2] and z[0].shape == (7, 6, 8)
+    torch.testing.assert_close(ch.project_heads(model, 0, z[0]), ch.head_contributions(model, pixels, layer=0))
+    assert ch.project_heads(model, -1, z[2], heads=[4, 1]).shape == (7, 2, 48)
+
+
+def test_vision_only_model_and_loadedmodel_wrappers(pixels):
+    torch.manual_seed(0)
+    vm = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, image_size=32, patch_size=8)).eval()
+    d = ch.cls_decomposition(vm, pixels)
+    torch.testing.assert_close(d.reconstruction(), d.resid_mid, atol=1e-5, rtol=1e-5)
+    assert ch.attention_shape(vm) == (4, 8, 32)
+    with pytest.raises(FairVLMError, match="vision encoder"):
+        ch.vision_tower(torch.nn.Linear(3, 3))
+    with pytest.raises(ParameterError, match="out of range"):
+        ch.resolve_layer(vm, 2)
+    with pytest.raises(ParameterError):
+        ch.cls_decomposition(vm, torch.zeros(3, 32, 32))
+
+
+def test_identity_on_tiny_clip():
+    from fairvlm.models import load
+
+    lm = load("tiny-clip")
+    from PIL import Image
+
+    imgs = [Image.new("RGB", (40, 40), (30 * i, 200 - 20 * i, 90)) for i in range(5)]
+    pv = retrieval.pixel_values(lm.processor, imgs)
+    for layer in range(lm.n_vision_layers):
+        d = ch.cls_decomposition(lm, pv, layer=layer)
+        torch.testing.assert_close(d.reconstruction(), d.resid_mid, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_identity_on_testbed_clip():
+    from fairvlm.models import load
+
+    lm = load("testbed-clip", size="smoke")
+    g = torch.Generator().manual_seed(0)
+    size = lm.model.config.vision_config.image_size
+    pv = torch.randn(4, 3, size, size, generator=g)
+    d = ch.cls_decomposition(lm, pv)
+    torch.testing.assert_close(d.reconstruction(), d.resid_mid, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------ interventions
+def _no_hooks(model):
+    return all(not l.self_attn.out_proj._forward_hooks for l in model.vision_model.encoder.layers)
+
+
+def test_prototype_replacement_sets_the_head_contributions(model, pixels):
+    base = ch.cls_decomposition(model, pixels)
+    contrib = base.heads
+    labels = ["a", "b", "a", "b", "a", "b", "a"]
+    protos = ch.head_prototypes(contrib, labels, layer=-1)
+    torch.testing.assert_close(protos["a"], contrib[[0, 2, 4, 6]].mean(0))
+    torch.testing.assert_close(protos["all"], contrib.mean(0))
+    assert protos.counts == {"all": 7, "a": 4, "b": 3}
+    edit = ch.prototype_replacement(protos, "b", heads=[1, 4])
+    with ch.intervene(model, edit):
+        after = ch.cls_decomposition(model, pixels)
+    kept = contrib.clone()
+    kept[:, [1, 4]] = protos["b"][[1, 4]]
+    expect = kept.sum(1) + base.out_bias + base.resid_pre
+    torch.testing.assert_close(after.resid_mid, expect, atol=1e-5, rtol=1e-5)
+    assert _no_hooks(model)
+    # and the final embedding changes
+    with ch.intervene(model, edit):
+        e1 = retrieval.embed_images(model, pixels)
+    assert (e1 - retrieval.embed_images(model, pixels)).abs().max() > 1e-4
+
+
+def test_zero_damp_and_neuron_mask(model, pixels):
+    base = ch.cls_decomposition(model, pixels)
+    c = base.heads
+    rest = base.out_bias + base.resid_pre
+    with ch.intervene(model, ch.zero_ablation([0, 5])):
+        z = ch.cls_decomposition(model, pixels).resid_mid
+    torch.testing.assert_close(z, c.sum(1) - c[:, [0, 5]].sum(1) + rest, atol=1e-5, rtol=1e-5)
+    with ch.intervene(model, ch.damping([0, 5], alpha=0.0)):
+        d0 = ch.cls_decomposition(model, pixels).resid_mid
+    torch.testing.assert_close(d0, z, atol=1e-5, rtol=1e-5)
+    with ch.intervene(model, ch.damping([3], alpha=0.1)):
+        d1 = ch.cls_decomposition(model, pixels).resid_mid
+    torch.testing.assert_close(d1, c.sum(1) - 0.9 * c[:, 3] + rest, atol=1e-5, rtol=1e-5)
+    with ch.intervene(model, ch.damping([0, 1, 2], alpha=1.0)):
+        same = retrieval.embed_images(model, pixels)
+    torch.testing.assert_close(same, retrieval.embed_images(model, pixels), atol=1e-6, rtol=1e-6)
+    mask = torch.zeros(1, 48, dtype=torch.bool)
+    mask[0, [2, 7]] = True
+    with ch.intervene(model, ch.zero_ablation([3], neurons=mask)):
+        n = ch.cls_decomposition(model, pixels).resid_mid
+    delta = n - base.resid_mid
+    torch.testing.assert_close(delta[:, [2, 7]], -c[:, 3, [2, 7]], atol=1e-5, rtol=1e-5)
+    others = [i for i in range(48) if i not in (2, 7)]
+    assert delta[:, others].abs().max() < 1e-5
+
+
+def test_interventions_on_two_layers_and_hook_cleanup(model, pixels):
+    ref = retrieval.embed_images(model, pixels)
+    edits = [ch.zero_ablation([1], layer=0), ch.damping([2], 0.5, layer=-1)]
+    with ch.intervene(model, *edits):
+        hooked = [len(l.self_attn.out_proj._forward_hooks) for l in model.vision_model.encoder.layers]
+        changed = retrieval.embed_images(model, pixels)
+    assert hooked == [1, 0, 1]
+    assert (changed - ref).abs().max() > 1e-4
+    assert _no_hooks(model)
+    with pytest.raises(RuntimeError):
+        with ch.intervene(model, ch.zero_ablation([0])):
+            raise RuntimeError("boom")
+    assert _no_hooks(model)
+    torch.testing.assert_close(retrieval.embed_images(model, pixels), ref)
+
+
+def test_intervention_errors(model):
+    with pytest.raises(ParameterError, match="edited by two"):
+        with ch.intervene(model, ch.zero_ablation([1, 2]), ch.damping([2], 0.5)):
+            pass
+    with pytest.raises(ParameterError, match="0..5"):
+        with ch.intervene(model, ch.zero_ablation([6])):
+            pass
+    assert _no_hooks(model)
+    with pytest.raises(UnknownNameError):
+        ch.HeadIntervention(heads=(0,), mode="scale")
+    with pytest.raises(ParameterError):
+        ch.damping([0], alpha=1.5)
+    with pytest.raises(ParameterError):
+        ch.HeadIntervention(heads=(0, 1), mode="replace", values=torch.zeros(1, 48))
+    protos = ch.head_prototypes(torch.zeros(4, 6, 48), ["x", "y", "x", "y"])
+    with pytest.raises(UnknownNameError):
+        ch.prototype_replacement(protos, "z", [0])
+    with pytest.raises(ParameterError, match="reserved"):
+        ch.head_prototypes(torch.zeros(2, 6, 48), ["all", "x"])
+
+
+# ------------------------------------------------------------------------------- probes
+def _planted(n=200, h=5, d=16, head=2, neuron=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.array(["female", "male"])[rng.integers(0, 2, n)]
+    x = rng.normal(size=(n, h, d)).astype(np.float32)
+    x[:, head, :] += 1.0 * (y == "male")[:, None]          # a whole head carries gender
+    x[:, 0, neuron] += 3.0 * (y == "male")                  # one strong neuron in head 0
+    return torch.from_numpy(x), y
+
+
+def test_batched_probes_equal_separately_trained_linear_layers():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(3, 50, 4)).astype(np.float32))
+    y = rng.integers(0, 3, 50)
+    cfg = probes.ProbeConfig(epochs=7, lr=0.01)
+    w, b = probes.train_probes(x, y, 3, cfg)
+    for p in range(3):
+        lin = torch.nn.Linear(4, 3)
+        torch.nn.init.zeros_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+        opt = torch.optim.Adam(lin.parameters(), lr=0.01)
+        for _ in range(7):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(x[p]), torch.as_tensor(y)).backward()
+            opt.step()
+        torch.testing.assert_close(w[p], lin.weight.detach().T, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b[p], lin.bias.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_probe_heads_finds_the_planted_head_and_rules():
+    x, y = _planted()
+    res = probes.probe_heads(x, y, positive="male", layer=11)
+    t = res.table
+    assert list(t.columns) == ["layer", "head", "accuracy", "auroc", "ap"]
+    assert len(t) == 5 and t["layer"].eq(11).all()
+    assert int(t.loc[t["ap"].idxmax(), "head"]) == 2
+    assert t.loc[t["head"] == 2, "accuracy"].item() > 0.85
+    assert t.loc[t["head"] == 4, "auroc"].item() < 0.75
+    assert len(res.test_idx) == 40 and len(np.intersect1d(res.train_idx, res.test_idx)) == 0
+    assert probes.select_experts(t, k=1) == [2]
+    assert 2 in probes.select_experts(t, k=2)
+    top2 = np.sort(t["ap"].to_numpy())[::-1][:2]
+    assert probes.select_experts(t, rule="threshold", threshold=float(top2.mean())) == [2]
+    assert probes.select_experts(t, rule="threshold", threshold=1.0) == []
+    prec, rec = probes.pr_curve(res, 2)
+    assert prec.shape == rec.shape and rec[0] == 1.0
+    again = probes.probe_heads(x, y, positive="male", layer=11)
+    assert again.table.equals(t)  # deterministic
+    with pytest.raises(UnknownNameError):
+        probes.select_experts(t, rule="best")
+    with pytest.raises(ParameterError):
+        probes.select_experts(t, k=9)
+
+
+def test_probe_neurons_finds_the_planted_neuron():
+    x, y = _planted()
+    res = probes.probe_neurons(x, y, heads=[0, 4], positive="male")
+    t = res.table
+    assert len(t) == 2 * 16
+    best = t.loc[t["ap"].idxmax()]
+    assert (int(best["head"]), int(best["neuron"])) == (0, 3)
+    assert best["ap"] > 0.9
+    noise = t[(t["head"] == 4)]["auroc"]  # pure-noise neurons sit around chance
+    assert 0.35 < noise.median() < 0.65
+
+
+def test_init_choice_and_multiclass():
+    x, y = _planted()
+    z = probes.probe_heads(x, y, positive="male").table
+    r = probes.probe_heads(x, y, positive="male", config=probes.ProbeConfig(init="torch", standardize=False)).table
+    assert not np.allclose(z["ap"], r["ap"])
+    rng = np.random.default_rng(7)
+    y3 = np.array(["a", "b", "c"])[rng.integers(0, 3, 200)]
+    x3 = torch.from_numpy(rng.normal(size=(200, 5, 16)).astype(np.float32))
+    x3[:, 1, :3] += torch.from_numpy(np.eye(3, dtype=np.float32)[np.searchsorted(["a", "b", "c"], y3)] * 2)
+    res = probes.probe_heads(x3, y3)
+    assert res.positive is None and res.classes == ["a", "b", "c"]
+    assert int(res.table.loc[res.table["ap"].idxmax(), "head"]) == 1
+    with pytest.raises(ParameterError):
+        probes.pr_curve(res, 0)
+
+
+def test_probe_errors():
+    x, y = _planted(n=20)
+    with pytest.raises(DataError, match="two classes"):
+        probes.probe_heads(x, ["m"] * 20)
+    with pytest.raises(DataError, match="at least 2"):
+        probes.probe_heads(x, ["m"] * 19 + ["f"])
+    with pytest.raises(ParameterError):
+        probes.probe_heads(x[:, 0], y)
+    with pytest.raises(ParameterError):
+        probes.ProbeConfig(epochs=0)
+    with pytest.raises(UnknownNameError):
+        probes.ProbeConfig(init="xavier")
+    with pytest.raises(UnknownNameError):
+        probes.probe_heads(x, y, positive="other")
