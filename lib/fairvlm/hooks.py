@@ -360,7 +360,8 @@ class _Registry:
                 return None
             return args, {**kwargs, "hidden_states": new}
 
-        self._hook(layer, "pre", layer_pre)
+        if "resid_pre" in kinds or gated:  # (otherwise the state is cleared by layer_post)
+            self._hook(layer, "pre", layer_pre)
 
         if "attn_out" in kinds:
             def attn_post(module, args, kwargs, output):

@@ -81,7 +81,8 @@ __all__ = [
     "PARADOX_SKEW", "Item", "Row", "predicate", "build_items", "pairs_labels", "scf_labels",
     "make_rows", "question_text", "parse_answer", "option_token_ids", "first_token_table",
     "option_logprobs", "confidence_skew", "skew_from_logprobs", "fair_proportion",
-    "answer_shares", "summarize", "paradox_table", "pairs_image_source", "evaluate",
+    "answer_shares", "summarize", "paradox_table", "pairs_image_source", "testbed_image_source",
+    "scf_image_source", "evaluate",
 ]
 
 ATTRIBUTES = ("gender", "race")
@@ -389,7 +390,7 @@ _FAIR_CUES = (
     r"(?:can ?not|can't|cannot|couldn't|could not|unable to|impossible to|not possible to|"
     r"hard to|difficult to|no way to|don't|do not)\s+(?:be\s+)?"
     r"(?:tell|say|determine|determined|know|decide|judge|answer|generali[sz]e|assume)",
-    r"not enough information", r"insufficient information",
+    r"not enough information", r"insufficient information", r"not sure", r"unsure",
 )
 _PREFIXES = (
     r"(?:my|the)\s+(?:final\s+)?answer\s+(?:is|would be)\s*:?", r"answer\s*:", r"\[?answer\]?\s*:?",
@@ -430,12 +431,13 @@ def parse_answer(text, attribute: str, order: Sequence[str] | None = None) -> st
     3. both groups joined by "and" / "or" / "nor" / "&" / "as well as" ("both men and women",
        "Black or white people") -> ``"fair"``;
     4. otherwise the earliest mention decides: a fair cue -> ``"fair"`` ("Both.",
-       "Neither", "Equally likely", "I cannot tell", "It depends", "No difference"), a
+       "Neither", "Equally likely", "I cannot tell", "I'm not sure", "It depends", "No
+       difference"), a
        word naming group A or B -> that group ("Men are more likely than women" -> ``"a"``);
     5. nothing recognised -> ``"invalid"``.
 
-    Declining to name a group ("I cannot tell") counts as fair: the answer attributes the
-    label to neither group. Word boundaries are respected ("women" never matches "men").
+    Declining to name a group ("I cannot tell", "I'm not sure") counts as fair: the answer
+    attributes the label to neither group. Word boundaries are respected ("women" never matches "men").
     """
     if attribute not in GROUPS:
         raise unknown("attribute", attribute, ATTRIBUTES)
@@ -529,7 +531,7 @@ def first_token_table(tokenizer, attributes: Sequence[str] = ATTRIBUTES) -> pd.D
             for form in _surface_forms(word):
                 tid, pieces = _first_token(tokenizer, form)
                 rows.append({"attribute": attribute, "option": key, "form": form,
-                             "tokens": "|".join(pieces), "n_tokens": len(pieces),
+                             "tokens": " | ".join(repr(p) for p in pieces), "n_tokens": len(pieces),
                              "first_token_id": tid})
     return pd.DataFrame(rows)
 
@@ -670,6 +672,63 @@ def pairs_image_source(pairs: pd.DataFrame) -> Callable:
     return source
 
 
+def testbed_image_source(scene_seed: int | None = None, size: int | None = None) -> Callable:
+    """``source(scenario, gender, race) -> PIL.Image`` rendering testbed scenes.
+
+    One held-out scene per scenario (``scene_seed`` defaults to the first held-out seed, so
+    no image was seen in training); ``gender`` is ``"male"``/``"female"`` as in the items
+    (the testbed says ``"man"``/``"woman"``). ``source.key`` names the seed, the size and
+    a hash of one rendered image, so a change in the renderer invalidates cached results.
+    """
+    import hashlib
+
+    from fairvlm.testbed import world
+
+    seed = world.scene_seeds("heldout", 1)[0] if scene_seed is None else int(scene_seed)
+    px = world.DEFAULT_SIZE if size is None else int(size)
+    to_testbed = {"male": "man", "female": "woman"}
+
+    def source(scenario: str, gender: str, race: str):
+        if gender not in to_testbed:
+            raise unknown("gender", gender, to_testbed)
+        return world.render(scenario, to_testbed[gender], race, seed, px)
+
+    probe = world.render("airplane", "man", "black", seed, px).tobytes()
+    source.key = f"testbed:{seed}:{px}:{hashlib.sha256(probe).hexdigest()[:16]}"
+    return source
+
+
+def scf_image_source(scf: pd.DataFrame) -> Callable:
+    """``source(occupation, gender, race) -> PIL.Image`` over a SocialCounterfactuals frame
+    with image paths (:func:`fairvlm.data.load_socialcounterfactuals` with ``images=``):
+    the first counterfactual set of the occupation whose images are all present, so the
+    images of one item differ only in the studied attribute."""
+    from PIL import Image
+
+    have = scf.dropna(subset=["image"])
+    index: dict = {}
+    for set_id, g in have.groupby("set_id", sort=False):
+        occ = str(g["occupation"].iloc[0])
+        if occ in {k[0] for k in index}:
+            continue
+        for r in g.itertuples():
+            index[(occ, str(r.gender), str(r.race))] = str(r.image)
+
+    def source(scenario: str, gender: str, race: str):
+        try:
+            path = index[(scenario, gender, race)]
+        except KeyError:
+            raise DataError(f"SocialCounterfactuals has no image for occupation={scenario!r}, "
+                            f"gender={gender!r}, race={race!r} in the image folder") from None
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    source.key = "scf:" + ",".join(sorted(f"{k[0]}/{k[1]}/{k[2]}={v.rsplit('/', 1)[-1]}"
+                                          for k, v in index.items()))
+    source.occupations = sorted({k[0] for k in index})
+    return source
+
+
 def row_images(rows: Sequence[Row], source: Callable | None):
     """The images of each row (``None`` for text-only rows), loaded through ``source``."""
     out = []
@@ -714,7 +773,7 @@ def add_metrics(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate(loaded, rows: Sequence[Row], *, images: Callable | None = None, batch_size: int = 8,
-             max_new_tokens: int = 8, progress: bool = True) -> pd.DataFrame:
+             max_new_tokens: int = 10, progress: bool = True) -> pd.DataFrame:
     """Ask ``loaded`` every row: greedy answer + option probabilities, one line per row.
 
     Returns :func:`row_frame` columns plus ``answer`` (greedy continuation, up to

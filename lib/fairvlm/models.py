@@ -938,6 +938,23 @@ def _paper_error(hub_id: str, exc: Exception) -> FairVLMError:
     )
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False when offline mode is set or the hub's host cannot be reached within ``timeout``."""
+    import socket
+    from urllib.parse import urlparse
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_paper(hub_id: str, local_dir, device, dtype) -> LoadedModel:
     import transformers
 
@@ -954,13 +971,25 @@ def _load_paper(hub_id: str, local_dir, device, dtype) -> LoadedModel:
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     cls = getattr(transformers, _PAPER_CLASSES[family])
-    local_only = not isinstance(source, str)
-    try:
+
+    def attempt(local_only: bool):
         processor = transformers.AutoProcessor.from_pretrained(str(source), local_files_only=local_only)
         model = cls.from_pretrained(str(source), dtype=dtype, use_safetensors=True,
-                                    local_files_only=local_only).to(device)
-    except (OSError, ValueError, ConnectionError) as exc:
-        raise _paper_error(hub_id, exc) from exc
+                                    local_files_only=local_only)
+        return processor, model.to(device)
+
+    try:
+        # a local folder, or a copy already in the Hugging Face cache: no network needed
+        processor, model = attempt(local_only=True)
+    except (OSError, ValueError) as exc:
+        if not isinstance(source, str):
+            raise _paper_error(hub_id, exc) from exc
+        if not _hub_reachable():  # fail at once instead of minutes of download retries
+            raise _paper_error(hub_id, ConnectionError("the hub cannot be reached from this machine")) from exc
+        try:
+            processor, model = attempt(local_only=False)
+        except (OSError, ValueError, ConnectionError) as exc2:
+            raise _paper_error(hub_id, exc2) from exc2
     model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
     if family != "clip":

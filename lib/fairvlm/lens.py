@@ -1,0 +1,878 @@
+"""Layer-wise fairness through the logit lens, residual discrepancy, and residual directions.
+
+The second and third findings of RES-FAIR (Lan et al., arXiv 2505.23798) are read off the
+residual stream: fairness *per layer* (it peaks in intermediate layers and erodes at the
+end) and fairness *per residual inside a layer* (one residual pushes toward fair answers,
+another toward a group). This module computes both from one batched, cached pass over the
+multiple-choice rows of :mod:`fairvlm.mcq`.
+
+One pass: :func:`collect`
+-------------------------
+For every row the model generates its greedy answer while identity edits (see
+:func:`fairvlm.hooks.edit`) record, at the **last prompt token** of the prefill step, what
+enters each decoder layer (``resid_pre.L``), what attention writes (``attn_out.L``) and
+what the MLP writes (``mlp_out.L``). The other streams follow exactly:
+``resid_mid.L = resid_pre.L + attn_out.L`` and ``resid_post.L = resid_mid.L + mlp_out.L``.
+The result (:class:`Collection`) is cached on disk under ``fairvlm.paths.cache_dir()/mcq``,
+keyed by the model (name and a fingerprint of its weights), every row's prompt and
+images, the generation length and :data:`CODE_VERSION`, so the three chapters that share
+it pay for the forward passes once.
+
+Depths
+------
+The lens is read at ``2L + 1`` *depths*: depth ``2l`` is ``resid_pre.l`` (the paper's
+residual Delta1 of layer ``l``, appendix B.1 eq. 2), depth ``2l + 1`` is ``resid_mid.l``
+(Delta2 = Delta1 + attention output), and depth ``2L`` is ``resid_post.(L-1)``, the final
+stream, whose lens equals the model's own output (the final norm and the unembedding are
+the model's; :func:`fairvlm.hooks.logit_lens`). At every depth the option log-probabilities
+are computed as in :func:`fairvlm.mcq.option_logprobs` (softmax over the whole vocabulary).
+
+Readings per depth, for one row (``p_a, p_b, p_fair`` the option probabilities):
+
+``fair_margin``  ``ln p_fair - ln(p_a + p_b)``: log-odds of the fair option against the groups;
+``fair_share``   ``p_fair / (p_a + p_b + p_fair) = sigmoid(fair_margin)``;
+``skew``         :func:`fairvlm.mcq.confidence_skew` of ``(p_a, p_b)``;
+``lens_fair``    1 if the fair option has the largest probability of the three (the lens's
+                 answer is fair). Its mean over rows is the *lens fair proportion*, the
+                 per-layer analogue of the fair proportion of generated answers.
+``option_mass``  ``p_a + p_b + p_fair``: how much of the lens distribution the options get
+                 (near 0 in early layers, where the lens reads little).
+
+Residual discrepancy: two readings
+----------------------------------
+Appendix B.1 writes a layer as ``Delta2 = Delta1 + attn``, ``output = ffn + Delta2``. "Which
+residual pushes toward fairness" can be read (1) as the *streams* Delta1 (``resid_pre``)
+and Delta2 (``resid_mid``) decoded by the lens, or (2) as what each sublayer *writes*
+(``attn_out``, ``mlp_out``), measured by how much it moves the lens reading of the stream
+it is added to: ``push_attn = fair_margin(resid_mid.l) - fair_margin(resid_pre.l)`` and
+``push_mlp = fair_margin(resid_post.l) - fair_margin(resid_mid.l)`` (the pushes of all
+sublayers add up to the change from the embedding to the output). :func:`residual_frame`
+gives both; the book's heatmaps show the two streams and the two writes side by side and
+the directions below use the writes (reading 2), because the two streams of one layer
+share almost all of their content (Delta2 = Delta1 + one write), so their differences are
+nearly the same axis.
+
+Directions: :func:`fit_directions`
+----------------------------------
+Rule (ours; the paper gives no formula): rows of the fitting dataset are split by the
+final fair margin into the bottom third (*biased rows*) and the top third (*fair rows*).
+At each layer ``l`` in the chosen range (default: the last tenth of the layers, as the
+paper's appendix C.1), the sublayer whose mean push over all fitting rows is lower is the
+*biased* write and the other the *fair* write; then
+
+    u_bias(l) = unit(mean_{biased rows} x_biased_write - mean_{fair rows} x_biased_write)
+    u_fair(l) = unit(mean_{fair rows}  x_fair_write   - mean_{biased rows} x_fair_write)
+
+with ``x`` the write at the last prompt token. (The streams reading gives the same
+construction with ``resid_pre`` / ``resid_mid``; it is fitted too and stored under
+``streams``.) :class:`Directions` saves them as safetensors with their metadata;
+:func:`evaluate_directions` scores them on *another* dataset (cross-dataset, as the paper
+does: fit on SocialCounterfactuals, apply to PAIRS, and vice versa); :func:`resfair_edits`
+turns them into :func:`fairvlm.hooks.edit` functions implementing the RES-FAIR update
+``v' = v - lambda1 P_bias v``, ``v_new = v' + lambda2 P_fair v'`` on ``resid_post.l``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fairvlm import mcq
+from fairvlm.errors import DataError, FairVLMError
+from fairvlm.paths import cache_dir
+
+__all__ = [
+    "CODE_VERSION", "Collection", "collect", "model_fingerprint", "depth_labels", "last_tenth",
+    "layer_frame", "layer_summary", "peak_erosion", "residual_frame", "residual_summary",
+    "Directions", "fit_directions", "evaluate_directions", "lens_proxy", "resfair_edits",
+    "split_rows", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
+]
+
+#: Bump when anything that changes the cached numbers changes.
+CODE_VERSION = "mcq-lens-1"
+_SITES = ("resid_pre", "attn_out", "mlp_out")
+
+
+# ---------------------------------------------------------------------------------------
+# Collection
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Collection:
+    """Everything one pass over the rows produced.
+
+    ``table``: one line per row (:func:`fairvlm.mcq.row_frame` columns, ``answer``,
+    ``parsed``, ``lp_a, lp_b, lp_fair`` of the model's output, ``p_*``, ``skew``,
+    ``fair_share``, ``option_argmax``). ``lens``: float32 ``(n_rows, 2L+1, 3)`` option
+    log-probabilities (``a``, ``b``, ``fair``) at each depth, or ``None``. ``vectors``:
+    float16 ``(n_rows, L, 3, d)`` with ``resid_pre``, ``attn_out``, ``mlp_out`` of each
+    layer at the last prompt token, or ``None``. ``key``: the cache key.
+    """
+
+    table: pd.DataFrame
+    lens: np.ndarray | None
+    vectors: np.ndarray | None
+    model: str
+    n_layers: int
+    key: str = ""
+    info: dict = field(default_factory=dict)
+
+    def subset(self, mask) -> "Collection":
+        """The rows where boolean ``mask`` (aligned with ``table``) is true."""
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != (len(self.table),):
+            raise FairVLMError(f"mask must have shape ({len(self.table)},), got {m.shape}")
+        return Collection(self.table[m].reset_index(drop=True),
+                          None if self.lens is None else self.lens[m],
+                          None if self.vectors is None else self.vectors[m],
+                          self.model, self.n_layers, self.key, dict(self.info))
+
+    def stream(self, kind: str, layer: int) -> np.ndarray:
+        """float32 ``(n_rows, d)`` vectors of ``resid_pre|attn_out|mlp_out|resid_mid|resid_post``
+        at ``layer`` (last prompt token)."""
+        if self.vectors is None:
+            raise FairVLMError("this collection has no vectors (collect with layers=True)")
+        if not 0 <= layer < self.n_layers:
+            raise FairVLMError(f"layer {layer} is out of range (0..{self.n_layers - 1})")
+        v = self.vectors[:, layer].astype(np.float32)
+        if kind in _SITES:
+            return v[:, _SITES.index(kind)]
+        if kind == "resid_mid":
+            return v[:, 0] + v[:, 1]
+        if kind == "resid_post":
+            return v[:, 0] + v[:, 1] + v[:, 2]
+        raise FairVLMError(f"unknown stream {kind!r}; choose resid_pre, attn_out, resid_mid, mlp_out, resid_post")
+
+
+def model_fingerprint(loaded) -> str:
+    """A short hash of a model's parameters (names, shapes, sums): changes when weights do."""
+    h = hashlib.sha256(loaded.name.encode())
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            x = p.detach().float()
+            h.update(f"{name}{tuple(p.shape)}{x.sum().item():.6e}{x.abs().sum().item():.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_key(loaded, rows, images, max_new_tokens, layers) -> str:
+    import transformers
+
+    payload = {
+        "code": CODE_VERSION, "model": loaded.name, "weights": model_fingerprint(loaded),
+        "dtype": str(loaded.dtype), "transformers": transformers.__version__,
+        "images": getattr(images, "key", None) if images is not None else None,
+        "max_new_tokens": max_new_tokens, "layers": bool(layers),
+        "rows": [[r.row_id, r.system, r.text, list(map(list, r.item.images))] for r in rows],
+    }
+    if images is not None and getattr(images, "key", None) is None and any(r.item.images for r in rows):
+        raise FairVLMError("an image source used with cache=True needs a 'key' attribute naming what it "
+                           "renders (e.g. source.key = 'pairs:<...>'); pass cache=False otherwise")
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _cache_path(model: str, key: str) -> Path:
+    safe = model.replace("/", "__")
+    return cache_dir() / "mcq" / f"{safe}-{key}"
+
+
+def _save(col: Collection, path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        col.table.to_csv(tmp / "table.csv", index=False)
+        arrays = {}
+        if col.lens is not None:
+            arrays["lens"] = np.ascontiguousarray(col.lens)
+        if col.vectors is not None:
+            arrays["vectors"] = np.ascontiguousarray(col.vectors)
+        if arrays:
+            save_file(arrays, str(tmp / "arrays.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps({
+            "model": col.model, "n_layers": col.n_layers, "key": col.key, "info": col.info,
+            "code": CODE_VERSION}, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(path: Path) -> Collection:
+    from safetensors.numpy import load_file
+
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        table = pd.read_csv(path / "table.csv", keep_default_na=False,
+                            dtype={"answer": str, "images": str})
+        arrays = load_file(str(path / "arrays.safetensors")) if (path / "arrays.safetensors").exists() else {}
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"the cached collection {path} is unreadable ({exc}); delete that folder") from exc
+    return Collection(table, arrays.get("lens"), arrays.get("vectors"), meta["model"],
+                      int(meta["n_layers"]), meta["key"], meta.get("info", {}))
+
+
+class _Recorder:
+    """Identity edits that keep the last-position vector of each site on the first call."""
+
+    def __init__(self, n_layers: int):
+        self.n = n_layers
+        self.store: dict = {}
+
+    def fn(self, kind: str, layer: int) -> Callable:
+        def record(x: torch.Tensor) -> torch.Tensor:
+            if (kind, layer) not in self.store:   # prefill only: later generate steps are skipped
+                self.store[(kind, layer)] = x[:, -1].detach().float().clone()
+            return x
+        return record
+
+    def edits(self) -> dict:
+        return {f"{kind}.{l}": self.fn(kind, l) for kind in _SITES for l in range(self.n)}
+
+    def stacked(self) -> torch.Tensor:
+        """``(batch, L, 3, d)`` float32."""
+        missing = [k for k in ((kind, l) for kind in _SITES for l in range(self.n)) if k not in self.store]
+        if missing:
+            raise FairVLMError(f"the forward pass never reached {missing[0]}; the model's layers were not hooked")
+        return torch.stack([torch.stack([self.store[(kind, l)] for kind in _SITES], dim=1)
+                            for l in range(self.n)], dim=1)
+
+
+def _streams(vec: torch.Tensor) -> torch.Tensor:
+    """``(B, L, 3, d)`` -> ``(B, 2L+1, d)`` streams at every depth."""
+    pre, attn, mlp = vec[:, :, 0], vec[:, :, 1], vec[:, :, 2]
+    mid = pre + attn
+    out = torch.stack([pre, mid], dim=2).reshape(vec.shape[0], -1, vec.shape[-1])
+    return torch.cat([out, (mid[:, -1] + mlp[:, -1])[:, None]], dim=1)
+
+
+def _gather_options(logits: torch.Tensor, ids: Mapping) -> torch.Tensor:
+    """``(n, V)`` logits -> ``(n, 3)`` log-sum-exp of each option's token logits."""
+    cols = [torch.logsumexp(logits[:, list(ids[k])], dim=-1) for k in mcq.OPTIONS]
+    return torch.stack(cols, dim=-1)
+
+
+def _lens_logprobs(loaded, streams: torch.Tensor, ids_rows: list, chunk: int = 256) -> torch.Tensor:
+    """Option log-probs ``(B, D, 3)`` for streams ``(B, D, d)``; ``ids_rows[b]`` = token ids
+    of row ``b``'s options. The batch goes through the lens in chunks of ``chunk`` vectors."""
+    from fairvlm.hooks import logit_lens
+
+    B, D, d = streams.shape
+    flat = streams.reshape(B * D, d)
+    owner = torch.arange(B).repeat_interleave(D)
+    distinct = []
+    for ids in ids_rows:
+        if ids not in distinct:
+            distinct.append(ids)
+    which = torch.tensor([distinct.index(ids) for ids in ids_rows])[owner]
+    out = torch.empty(B * D, 3, dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, B * D, chunk):
+            logits = logit_lens(loaded, flat[s:s + chunk].to(loaded.device)).float()
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            w = which[s:s + chunk].to(logits.device)
+            res = torch.empty(logits.shape[0], 3, device=logits.device)
+            for k, ids in enumerate(distinct):
+                m = w == k
+                if m.any():
+                    res[m] = _gather_options(logits[m], ids) - lse[m]
+            out[s:s + chunk] = res.double().cpu()
+    return out.reshape(B, D, 3)
+
+
+def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_size: int = 8,
+            max_new_tokens: int = 10, layers: bool = True, cache: bool = True,
+            progress: bool = True) -> Collection:
+    """Run every row once: greedy answer, option probabilities and (``layers=True``) the
+    per-layer captures and lens readings. See the module docstring.
+
+    ``rows``: :class:`fairvlm.mcq.Row` list. ``images``: image source
+    ``(scenario, gender, race) -> PIL.Image`` (with a ``key`` attribute when caching).
+    Rows are batched by number of images and prompt length; the returned table keeps the
+    input order. With ``cache=True`` the result is read from / written to
+    ``cache_dir()/mcq/<model>-<key>``.
+    """
+    rows = list(rows)
+    if not rows:
+        raise FairVLMError("collect() got no rows")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise FairVLMError("batch_size and max_new_tokens must be at least 1")
+    if loaded.unembed() is None:
+        raise FairVLMError(f"{loaded.name} is not a generative model (no unembedding)")
+    if loaded.kind == "causal-lm" and any(r.item.images for r in rows):
+        raise FairVLMError(f"{loaded.name} is text-only; build its items with variants=('text',)")
+    key = ""
+    if cache:
+        key = _cache_key(loaded, rows, images, max_new_tokens, layers)
+        path = _cache_path(loaded.name, key)
+        if (path / "meta.json").exists():
+            col = _load(path)
+            if len(col.table) == len(rows) and list(col.table["row_id"]) == [r.row_id for r in rows]:
+                return col
+    from fairvlm.hooks import edit
+
+    tok = loaded.tokenizer
+    ids = {a: mcq.option_token_ids(tok, a) for a in mcq.ATTRIBUTES}
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i].item.images), len(rows[i].text), i))
+    L = loaded.n_layers
+    answers = [None] * len(rows)
+    final = np.zeros((len(rows), 3))
+    lens = np.zeros((len(rows), 2 * L + 1, 3), dtype=np.float32) if layers else None
+    vectors = np.zeros((len(rows), L, 3, loaded.d_model), dtype=np.float16) if layers else None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), desc=f"{loaded.name}: {len(rows)} rows", unit="row")
+    try:
+        for idx in batches:
+            batch = [rows[i] for i in idx]
+            imgs = mcq.row_images(batch, images)
+            systems = {r.system for r in batch}
+            if len(systems) != 1:
+                raise FairVLMError("rows of one batch must share a system prompt")
+            enc = loaded.inputs([r.text for r in batch],
+                                imgs if any(im is not None for im in imgs) else None,
+                                system=systems.pop())
+            rec = _Recorder(L) if layers else None
+            with torch.no_grad(), (edit(loaded, rec.edits()) if layers else _null()):
+                out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                            return_dict_in_generate=True, output_logits=True,
+                                            pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+            n_prompt = enc["input_ids"].shape[1]
+            texts = tok.batch_decode(out.sequences[:, n_prompt:], skip_special_tokens=True)
+            first = out.logits[0].float()
+            rows_ids = [ids[r.item.attribute] for r in batch]
+            for j, i in enumerate(idx):
+                answers[i] = texts[j].strip()
+                final[i] = mcq.option_logprobs(first[j], rows_ids[j]).cpu().numpy()
+            if layers:
+                vec = rec.stacked()                                  # (B, L, 3, d)
+                lp = _lens_logprobs(loaded, _streams(vec), rows_ids)  # (B, 2L+1, 3)
+                for j, i in enumerate(idx):
+                    lens[i] = lp[j].numpy()
+                    vectors[i] = vec[j].cpu().numpy().astype(np.float16)
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+    table = mcq.row_frame(rows, loaded.name)
+    table["answer"] = answers
+    table["lp_a"], table["lp_b"], table["lp_fair"] = final[:, 0], final[:, 1], final[:, 2]
+    table = mcq.add_metrics(table)
+    col = Collection(table, lens, vectors, loaded.name, L, key,
+                     {"max_new_tokens": max_new_tokens, "dtype": str(loaded.dtype)})
+    if cache:
+        _save(col, _cache_path(loaded.name, key))
+    return col
+
+
+# ---------------------------------------------------------------------------------------
+# The runs of chapters 01-03, per profile
+# ---------------------------------------------------------------------------------------
+
+#: The paper's smaller models (RES-FAIR appendix Table 1), one per family.
+PAPER_RUN_MODELS = ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-v1.6-vicuna-7b-hf",
+                    "Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (model, dataset) run: which input variants, how many paraphrases and labels."""
+
+    model: str
+    dataset: str                 # "pairs", "scf" or "testbed"
+    variants: tuple
+    n_prompts: int
+    n_labels: int | None = None  # None: every label of the dataset
+    size: str | None = None      # testbed size
+    batch_size: int = 16
+
+
+_TEXT = ("text",)
+PROFILE_RUNS: dict[str, tuple] = {
+    "embedded": (
+        RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 4),
+        RunSpec("smollm2-135m-instruct", "scf", _TEXT, 4, n_labels=44),
+        RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, size="full"),
+    ),
+    "smoke": (
+        RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 2, n_labels=8),
+        RunSpec("smollm2-135m-instruct", "scf", _TEXT, 2, n_labels=8),
+        RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, n_labels=4, size="smoke"),
+    ),
+    "paper": tuple(RunSpec(m, d, mcq.VARIANTS, 4, batch_size=8)
+                   for m in PAPER_RUN_MODELS for d in ("pairs", "scf")),
+}
+
+
+def _subset(labels: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    if n is None or n >= len(labels):
+        return labels
+    idx = np.unique(np.linspace(0, len(labels) - 1, n).round().astype(int))
+    return labels.iloc[idx].reset_index(drop=True)
+
+
+def run_rows(spec: RunSpec):
+    """``(rows, image_source, note)`` for one run (``note`` says what had to be left out)."""
+    note = ""
+    variants = tuple(spec.variants)
+    images = None
+    if spec.dataset == "pairs":
+        if variants != _TEXT:
+            from fairvlm.data import load_pairs
+
+            pairs = load_pairs(mapped_only=True)
+            labels, images = mcq.pairs_labels(pairs), mcq.pairs_image_source(pairs)
+        else:
+            labels = mcq.pairs_labels()
+    elif spec.dataset == "scf":
+        labels = mcq.scf_labels()
+        if variants != _TEXT:
+            from fairvlm.data import load_socialcounterfactuals
+
+            scf = load_socialcounterfactuals("race_gender")
+            if scf["image"].notna().any():
+                images = mcq.scf_image_source(scf)
+                labels = labels[labels["scenario"].isin(images.occupations)].reset_index(drop=True)
+            else:
+                variants, note = _TEXT, ("SocialCounterfactuals images not found (set "
+                                         "$FAIRVLM_SOCIALCF_IMAGES); text-only items used")
+    elif spec.dataset == "testbed":
+        labels, images = mcq.pairs_labels(), mcq.testbed_image_source()
+    else:
+        raise FairVLMError(f"unknown dataset {spec.dataset!r}; choose pairs, scf or testbed")
+    labels = _subset(labels, spec.n_labels)
+    items = mcq.build_items(labels, spec.dataset, variants=variants)
+    return mcq.make_rows(items, spec.n_prompts), images, note
+
+
+def profile_runs(profile: str, *, dtype: str = "auto", progress: bool = True,
+                 runs: Sequence[RunSpec] | None = None) -> dict:
+    """Collect every run of ``profile`` (:data:`PROFILE_RUNS`); cached, so chapters 02 and 03
+    reuse what chapter 01 computed. Returns ``{(model, dataset): Collection}`` in run order.
+
+    ``dtype``: ``"auto"`` (the loader's default), ``"float32"`` or ``"bfloat16"``; applies
+    to the embedded and testbed models (paper models keep the loader's GPU default).
+    """
+    from fairvlm import models
+    from fairvlm.params import check_choice
+
+    check_choice("DTYPE", dtype, ("auto", "float32", "bfloat16"))
+    if runs is None:
+        if profile not in PROFILE_RUNS:
+            from fairvlm.errors import unknown
+
+            raise unknown("profile", profile, PROFILE_RUNS)
+        runs = PROFILE_RUNS[profile]
+    out: dict = {}
+    by_model: dict = {}
+    for spec in runs:
+        by_model.setdefault((spec.model, spec.size), []).append(spec)
+    for (name, size), specs in by_model.items():
+        kwargs = {} if size is None else {"size": size}
+        if dtype != "auto" and name not in models.PAPER_MODELS:
+            kwargs["dtype"] = getattr(torch, dtype)
+        lm = models.load(name, **kwargs)
+        for spec in specs:
+            rows, images, note = run_rows(spec)
+            col = collect(lm, rows, images=images, batch_size=spec.batch_size, progress=progress)
+            col.info.update({"note": note, "n_prompts": spec.n_prompts, "size": size,
+                             "variants": sorted(set(col.table["variant"]))})
+            out[(spec.model, spec.dataset)] = col
+        del lm
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return {k: out[k] for k in ((s.model, s.dataset) for s in runs)}
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Layer-wise readings
+# ---------------------------------------------------------------------------------------
+
+
+def depth_labels(n_layers: int) -> pd.DataFrame:
+    """``depth, layer, site`` for the ``2L+1`` lens depths (see the module docstring)."""
+    rows = []
+    for l in range(n_layers):
+        rows.append((2 * l, l, "resid_pre"))
+        rows.append((2 * l + 1, l, "resid_mid"))
+    rows.append((2 * n_layers, n_layers - 1, "resid_post"))
+    return pd.DataFrame(rows, columns=["depth", "layer", "site"])
+
+
+def last_tenth(n_layers: int) -> list[int]:
+    """Layers of the last tenth of the network: ``floor(0.9 L) .. L-1`` (at least one)."""
+    start = min(int(math.floor(0.9 * n_layers)), n_layers - 1)
+    return list(range(start, n_layers))
+
+
+def _readings(lp: np.ndarray) -> dict:
+    """Readings of option log-probs ``(..., 3)``."""
+    la, lb, lf = lp[..., 0].astype(float), lp[..., 1].astype(float), lp[..., 2].astype(float)
+    group = np.logaddexp(la, lb)
+    margin = lf - group
+    return {
+        "fair_margin": margin,
+        "fair_share": 1.0 / (1.0 + np.exp(-margin)),
+        "skew": mcq.skew_from_logprobs(la, lb),
+        "lean": la - lb,
+        "lens_fair": (lf > np.maximum(la, lb)).astype(float),
+        "option_mass": np.exp(np.logaddexp(group, lf)),
+    }
+
+
+def layer_frame(col: Collection) -> pd.DataFrame:
+    """One line per (row, depth): descriptive columns, ``depth, layer, site, lp_a, lp_b,
+    lp_fair`` and the readings ``fair_margin, fair_share, skew, lean, lens_fair,
+    option_mass``. Every per-layer aggregate of the book is a mean of these columns."""
+    if col.lens is None:
+        raise FairVLMError("this collection has no lens readings (collect with layers=True)")
+    n, D, _ = col.lens.shape
+    depths = depth_labels(col.n_layers)
+    keep = ["row_id", "model", "dataset", "scenario", "label", "attribute", "variant", "prompt_id", "parsed"]
+    base = col.table[keep].loc[np.repeat(np.arange(n), D)].reset_index(drop=True)
+    base["depth"] = np.tile(depths["depth"].to_numpy(), n)
+    base["layer"] = np.tile(depths["layer"].to_numpy(), n)
+    base["site"] = np.tile(depths["site"].to_numpy(), n)
+    lp = col.lens.reshape(n * D, 3)
+    base["lp_a"], base["lp_b"], base["lp_fair"] = lp[:, 0], lp[:, 1], lp[:, 2]
+    for k, v in _readings(lp).items():
+        base[k] = v
+    return base
+
+
+def layer_summary(lf: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "attribute")) -> pd.DataFrame:
+    """Per depth: mean over rows of each reading, computed per prompt, then mean and sample
+    std (ddof=1) over prompts. Columns ``<by>, depth, layer, site, <reading>_mean,
+    <reading>_std`` for lens_fair, fair_share, skew, option_mass."""
+    by = list(by)
+    metrics = ["lens_fair", "fair_share", "skew", "option_mass"]
+    per = lf.groupby([*by, "depth", "layer", "site", "prompt_id"], sort=False)[metrics].mean().reset_index()
+    g = per.groupby([*by, "depth", "layer", "site"], sort=False)[metrics]
+    out = g.mean().add_suffix("_mean").join(g.std().fillna(0.0).add_suffix("_std")).reset_index()
+    return out.sort_values([*by, "depth"]).reset_index(drop=True)
+
+
+def peak_erosion(summary: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "attribute"), *,
+                 metric: str = "lens_fair_mean", min_mass: float = 0.0) -> pd.DataFrame:
+    """Where fairness peaks and how much is lost by the output, per group of ``by``.
+
+    Among depths whose mean ``option_mass`` is at least ``min_mass`` (so the lens reads
+    the options at all), the peak is the depth with the highest ``metric`` (the earliest on
+    ties). Columns: ``peak_depth, peak_layer, peak_site, peak_rel`` (peak depth / last
+    depth), ``peak``, ``final`` (the value at the output), ``erosion = peak - final`` and
+    ``n_depths`` (depths considered).
+    """
+    if metric not in summary:
+        raise FairVLMError(f"summary has no column {metric!r}")
+    rows = []
+    for keys, g in summary.groupby(list(by), sort=False):
+        g = g.sort_values("depth")
+        final = g.iloc[-1]
+        cand = g[g["option_mass_mean"] >= min_mass] if "option_mass_mean" in g else g
+        if cand.empty:
+            cand = g.iloc[[-1]]
+        best = cand.loc[cand[metric].idxmax()]
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        rows.append({**dict(zip(by, keys)), "peak_depth": int(best["depth"]),
+                     "peak_layer": int(best["layer"]), "peak_site": best["site"],
+                     "peak_rel": float(best["depth"]) / float(final["depth"]),
+                     "peak": float(best[metric]), "final": float(final[metric]),
+                     "erosion": float(best[metric] - final[metric]), "n_depths": len(cand)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Residual discrepancy
+# ---------------------------------------------------------------------------------------
+
+
+def residual_frame(col: Collection) -> pd.DataFrame:
+    """One line per (row, layer): the two readings of the residual discrepancy.
+
+    Streams: ``d1_margin`` / ``d2_margin`` (fair margin of the lens at ``resid_pre.l`` =
+    Delta1 and ``resid_mid.l`` = Delta2) and ``d1_skew`` / ``d2_skew``. Writes:
+    ``push_attn`` / ``push_mlp`` (change of the fair margin that adding ``attn_out.l`` /
+    ``mlp_out.l`` causes) and ``skew_push_attn`` / ``skew_push_mlp`` (change of the skew).
+    Positive pushes move toward the fair option; positive skew pushes toward a group.
+    """
+    if col.lens is None:
+        raise FairVLMError("this collection has no lens readings (collect with layers=True)")
+    n, L = len(col.table), col.n_layers
+    r = _readings(col.lens)
+    m, s = r["fair_margin"], r["skew"]          # (n, 2L+1)
+    keep = ["row_id", "model", "dataset", "scenario", "label", "attribute", "variant", "prompt_id", "parsed"]
+    base = col.table[keep].loc[np.repeat(np.arange(n), L)].reset_index(drop=True)
+    base["layer"] = np.tile(np.arange(L), n)
+    pre, mid, post = m[:, 0:2 * L:2], m[:, 1:2 * L:2], m[:, 2:2 * L + 1:2]
+    spre, smid, spost = s[:, 0:2 * L:2], s[:, 1:2 * L:2], s[:, 2:2 * L + 1:2]
+    base["d1_margin"], base["d2_margin"] = pre.ravel(), mid.ravel()
+    base["d1_skew"], base["d2_skew"] = spre.ravel(), smid.ravel()
+    base["push_attn"], base["push_mlp"] = (mid - pre).ravel(), (post - mid).ravel()
+    base["skew_push_attn"], base["skew_push_mlp"] = (smid - spre).ravel(), (spost - smid).ravel()
+    return base
+
+
+def residual_summary(rf: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "attribute")) -> pd.DataFrame:
+    """Mean over rows of every :func:`residual_frame` reading per ``by`` and layer, plus
+    ``attn_vs_mlp`` = +1 where attention pushes more toward fair than the MLP, else -1."""
+    cols = ["d1_margin", "d2_margin", "push_attn", "push_mlp", "d1_skew", "d2_skew",
+            "skew_push_attn", "skew_push_mlp"]
+    out = rf.groupby([*by, "layer"], sort=False)[cols].mean().reset_index()
+    out["attn_vs_mlp"] = np.where(out["push_attn"] >= out["push_mlp"], 1, -1)
+    out["conflict"] = np.sign(out["push_attn"]) != np.sign(out["push_mlp"])
+    return out
+
+
+def split_rows(col: Collection) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (biased rows, fair rows): bottom and top third of the rows by the final
+    fair margin ``lp_fair - ln(p_a + p_b)`` of the model's output (ties broken by row order)."""
+    t = col.table
+    margin = t["lp_fair"].to_numpy(float) - np.logaddexp(t["lp_a"].to_numpy(float), t["lp_b"].to_numpy(float))
+    n = len(margin)
+    if n < 3:
+        raise FairVLMError(f"splitting rows into thirds needs at least 3 rows, got {n}")
+    rank = np.argsort(np.argsort(margin, kind="stable"), kind="stable")
+    k = n // 3
+    return rank < k, rank >= n - k
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise DataError("a direction came out as the zero vector (the two row groups have equal means)")
+    return (v / norm).astype(np.float32)
+
+
+@dataclass
+class Directions:
+    """Biased and fair residual directions per layer (unit vectors, float32 ``(d,)``).
+
+    ``bias[l]`` / ``fair[l]``: the directions of the primary reading; ``bias_site[l]`` /
+    ``fair_site[l]``: which site each was taken from; ``streams``: the same for the streams
+    reading (``{"bias": {l: v}, "fair": {...}, "bias_site": ..., "fair_site": ...}``);
+    ``meta``: model, fitting dataset, rule, counts. Save / load with safetensors.
+    """
+
+    bias: dict
+    fair: dict
+    bias_site: dict
+    fair_site: dict
+    streams: dict
+    meta: dict
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.bias)
+
+    def save(self, path) -> Path:
+        """Write ``path`` (a ``.safetensors`` file) atomically; metadata as JSON strings."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for l in self.layers:
+            tensors[f"writes.bias.{l}"] = torch.from_numpy(np.ascontiguousarray(self.bias[l]))
+            tensors[f"writes.fair.{l}"] = torch.from_numpy(np.ascontiguousarray(self.fair[l]))
+            if self.streams:
+                tensors[f"streams.bias.{l}"] = torch.from_numpy(np.ascontiguousarray(self.streams["bias"][l]))
+                tensors[f"streams.fair.{l}"] = torch.from_numpy(np.ascontiguousarray(self.streams["fair"][l]))
+        meta = {"meta": json.dumps(self.meta, sort_keys=True),
+                "bias_site": json.dumps({str(k): v for k, v in self.bias_site.items()}),
+                "fair_site": json.dumps({str(k): v for k, v in self.fair_site.items()}),
+                "streams_bias_site": json.dumps({str(k): v for k, v in self.streams.get("bias_site", {}).items()}),
+                "streams_fair_site": json.dumps({str(k): v for k, v in self.streams.get("fair_site", {}).items()})}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Directions":
+        """Read a file written by :meth:`save`; raises :class:`DataError` when it is not one."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"no directions file at {path}; fit them with fairvlm.lens.fit_directions")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                md = f.metadata() or {}
+                names = list(f.keys())
+                tensors = {k: f.get_tensor(k).numpy() for k in names}
+            meta = json.loads(md["meta"])
+            bsite = {int(k): v for k, v in json.loads(md["bias_site"]).items()}
+            fsite = {int(k): v for k, v in json.loads(md["fair_site"]).items()}
+            sb = {int(k): v for k, v in json.loads(md.get("streams_bias_site", "{}")).items()}
+            sf = {int(k): v for k, v in json.loads(md.get("streams_fair_site", "{}")).items()}
+        except Exception as exc:  # safetensors raises several types for a corrupt file
+            raise DataError(f"{path} is not a directions file written by fairvlm.lens ({exc})") from exc
+        bias = {int(k.split(".")[-1]): v for k, v in tensors.items() if k.startswith("writes.bias.")}
+        fair = {int(k.split(".")[-1]): v for k, v in tensors.items() if k.startswith("writes.fair.")}
+        if not bias or set(bias) != set(fair) or set(bias) != set(bsite):
+            raise DataError(f"{path} is incomplete: bias and fair directions must cover the same layers")
+        streams = {}
+        if sb:
+            streams = {"bias": {int(k.split(".")[-1]): v for k, v in tensors.items() if k.startswith("streams.bias.")},
+                       "fair": {int(k.split(".")[-1]): v for k, v in tensors.items() if k.startswith("streams.fair.")},
+                       "bias_site": sb, "fair_site": sf}
+        return cls(bias, fair, bsite, fsite, streams, meta)
+
+
+def fit_directions(col: Collection, layers: Sequence[int] | None = None) -> Directions:
+    """Fit biased / fair directions on ``col`` by the rule in the module docstring.
+
+    ``layers`` defaults to :func:`last_tenth`. Needs a collection with vectors and lens.
+    """
+    if col.vectors is None or col.lens is None:
+        raise FairVLMError("fit_directions needs a collection made with layers=True")
+    layers = last_tenth(col.n_layers) if layers is None else [int(l) for l in layers]
+    for l in layers:
+        if not 0 <= l < col.n_layers:
+            raise FairVLMError(f"layer {l} is out of range (0..{col.n_layers - 1})")
+    biased, fair = split_rows(col)
+    rf = residual_frame(col)
+    means = rf.groupby("layer")[["push_attn", "push_mlp", "d1_margin", "d2_margin"]].mean()
+    out = {"bias": {}, "fair": {}, "bias_site": {}, "fair_site": {}}
+    streams = {"bias": {}, "fair": {}, "bias_site": {}, "fair_site": {}}
+    for l in layers:
+        pa, pm = means.loc[l, "push_attn"], means.loc[l, "push_mlp"]
+        bw, fw = ("attn_out", "mlp_out") if pa < pm else ("mlp_out", "attn_out")
+        xb, xf = col.stream(bw, l), col.stream(fw, l)
+        out["bias"][l] = _unit(xb[biased].mean(0) - xb[fair].mean(0))
+        out["fair"][l] = _unit(xf[fair].mean(0) - xf[biased].mean(0))
+        out["bias_site"][l], out["fair_site"][l] = f"{bw}.{l}", f"{fw}.{l}"
+        d1, d2 = means.loc[l, "d1_margin"], means.loc[l, "d2_margin"]
+        bs, fs = ("resid_pre", "resid_mid") if d1 < d2 else ("resid_mid", "resid_pre")
+        sb, sf = col.stream(bs, l), col.stream(fs, l)
+        streams["bias"][l] = _unit(sb[biased].mean(0) - sb[fair].mean(0))
+        streams["fair"][l] = _unit(sf[fair].mean(0) - sf[biased].mean(0))
+        streams["bias_site"][l], streams["fair_site"][l] = f"{bs}.{l}", f"{fs}.{l}"
+    t = col.table
+    meta = {"model": col.model, "fit_datasets": sorted(set(t["dataset"])),
+            "n_rows": int(len(t)), "n_biased": int(biased.sum()), "n_fair": int(fair.sum()),
+            "n_layers": col.n_layers, "layers": layers, "reading": "writes",
+            "rule": "bottom/top third by final fair margin; biased write = sublayer with lower mean "
+                    "lens push toward fair; u = unit(mean difference of that write between the thirds)",
+            "code": CODE_VERSION, "collection": col.key}
+    return Directions(out["bias"], out["fair"], out["bias_site"], out["fair_site"], streams, meta)
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(roc_auc_score(positive.astype(int), scores))
+
+
+def _project_edit(v: np.ndarray, ub: np.ndarray, uf: np.ndarray, lam1: float, lam2: float) -> np.ndarray:
+    v1 = v - lam1 * (v @ ub)[:, None] * ub[None]
+    return v1 + lam2 * (v1 @ uf)[:, None] * uf[None]
+
+
+def evaluate_directions(dirs: Directions, col: Collection) -> pd.DataFrame:
+    """Score directions on a collection (normally another dataset than the fitting one).
+
+    Per layer: ``auroc_bias`` (how well the projection of the biased write onto
+    ``u_bias`` ranks the collection's own biased rows above its fair rows, rows split by
+    :func:`split_rows`; 0.5 = chance), ``auroc_fair`` (projection of the fair write onto
+    ``u_fair``, fair rows above biased rows) and ``cos_bias_fair``. The lens effect of the
+    edit itself is :func:`lens_proxy`; chapter 04 runs the real edit.
+    """
+    if col.vectors is None:
+        raise FairVLMError("evaluate_directions needs a collection made with layers=True")
+    if col.vectors.shape[-1] != dirs.bias[dirs.layers[0]].shape[0]:
+        raise FairVLMError("the directions and the collection come from models of different width")
+    biased, fair = split_rows(col)
+    keep = biased | fair
+    rows = []
+    for l in dirs.layers:
+        kb, lb_ = dirs.bias_site[l].split(".")
+        kf, lf_ = dirs.fair_site[l].split(".")
+        ub, uf = dirs.bias[l], dirs.fair[l]
+        sb = col.stream(kb, int(lb_)) @ ub
+        sf = col.stream(kf, int(lf_)) @ uf
+        rows.append({"layer": l, "bias_site": dirs.bias_site[l], "fair_site": dirs.fair_site[l],
+                     "auroc_bias": _auroc(sb[keep], biased[keep]),
+                     "auroc_fair": _auroc(sf[keep], fair[keep]),
+                     "cos_bias_fair": float(ub @ uf), "n_rows": int(len(col.table))})
+    return pd.DataFrame(rows)
+
+
+def lens_proxy(loaded, dirs: Directions, col: Collection, *, lambda1: float = 0.2,
+               lambda2: float = 0.2) -> pd.DataFrame:
+    """The lens proxy of :func:`evaluate_directions` (needs the model for its final norm and
+    unembedding): per layer, mean lens ``fair_share`` / ``skew`` / ``lens_fair`` of
+    ``resid_post.l`` before and after the edit at that layer alone."""
+    from fairvlm.hooks import logit_lens
+
+    ids = {a: mcq.option_token_ids(loaded.tokenizer, a) for a in mcq.ATTRIBUTES}
+    attrs = col.table["attribute"].tolist()
+    out = []
+    for l in dirs.layers:
+        v = col.stream("resid_post", l)
+        after = _project_edit(v, dirs.bias[l], dirs.fair[l], lambda1, lambda2)
+        res = {}
+        for name, x in (("before", v), ("after", after)):
+            with torch.no_grad():
+                logits = logit_lens(loaded, torch.from_numpy(x).to(loaded.device))
+            lp = np.stack([mcq.option_logprobs(logits[i], ids[a]).cpu().numpy() for i, a in enumerate(attrs)])
+            r = _readings(lp)
+            res.update({f"{k}_{name}": float(np.mean(r[k])) for k in ("fair_share", "skew", "lens_fair")})
+        out.append({"layer": l, **res})
+    return pd.DataFrame(out)
+
+
+def resfair_edits(dirs: Directions, *, lambda1: float = 0.2, lambda2: float = 0.2,
+                  layers: Sequence[int] | None = None) -> dict:
+    """``{"resid_post.l": fn}`` for :func:`fairvlm.hooks.edit`: at each layer the hidden state
+    ``v`` (every position) becomes ``v' = v - lambda1 (v . u_bias) u_bias`` then
+    ``v' + lambda2 (v' . u_fair) u_fair`` (RES-FAIR appendix fig. 2 with the abstract's
+    "amplifying"; lambda1 = lambda2 = 0.2 in the paper's appendix C.1)."""
+    layers = dirs.layers if layers is None else list(layers)
+    edits = {}
+    for l in layers:
+        if l not in dirs.bias:
+            raise FairVLMError(f"no direction for layer {l}; the directions cover {dirs.layers}")
+        ub_np, uf_np = dirs.bias[l], dirs.fair[l]
+
+        def fn(x, ub_np=ub_np, uf_np=uf_np):
+            ub = torch.as_tensor(ub_np, dtype=x.dtype, device=x.device)
+            uf = torch.as_tensor(uf_np, dtype=x.dtype, device=x.device)
+            x1 = x - lambda1 * (x @ ub)[..., None] * ub
+            return x1 + lambda2 * (x1 @ uf)[..., None] * uf
+
+        edits[f"resid_post.{l}"] = fn
+    return edits

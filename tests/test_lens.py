@@ -1,0 +1,272 @@
+"""Layer-wise logit lens, residual readings and residual directions (fairvlm.lens)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fairvlm import hooks, lens, mcq, models
+from fairvlm.errors import DataError, FairVLMError
+
+TINY_VLMS = ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl")
+
+
+def _synthetic_source():
+    """Plain-colour images keyed by group, for runs without the shared PAIRS tree."""
+    colours = {("male", "black"): (60, 40, 30), ("female", "black"): (90, 60, 40),
+               ("male", "white"): (230, 200, 180), ("female", "white"): (250, 220, 200)}
+
+    def source(scenario, gender, race):
+        return Image.new("RGB", (40, 40), colours[(gender, race)])
+
+    source.key = "synthetic-colours-v1"
+    return source
+
+
+@pytest.fixture(scope="module")
+def loaded_tiny():
+    return {name: models.load(name) for name in TINY_VLMS}
+
+
+def _rows(n_labels=2, n_prompts=1, variants=mcq.VARIANTS):
+    items = mcq.build_items(mcq.pairs_labels().head(n_labels), "pairs", variants=variants)
+    return mcq.make_rows(items, n_prompts)
+
+
+# ---------------------------------------------------------------------------- the paper path
+
+
+@pytest.mark.parametrize("name", TINY_VLMS)
+def test_paper_path_end_to_end_on_tiny_vlms(name, loaded_tiny, tmp_path, monkeypatch, shared):
+    """PAIRS images -> collect -> every analysis the three chapters run -> directions on disk."""
+    from fairvlm.data import load_pairs
+
+    monkeypatch.setenv("FAIRVLM_CACHE", str(tmp_path / "cache"))
+    lm = loaded_tiny[name]
+    src = mcq.pairs_image_source(load_pairs(mapped_only=True))
+    rows = _rows(2, 1)
+    col = lens.collect(lm, rows, images=src, batch_size=5, max_new_tokens=3, progress=False)
+    L, n = lm.n_layers, len(rows)
+    assert col.lens.shape == (n, 2 * L + 1, 3) and col.vectors.shape == (n, L, 3, lm.d_model)
+    assert col.table["row_id"].tolist() == [r.row_id for r in rows]        # input order kept
+    # the lens at the last depth is the model's own output distribution over the options
+    out = col.table[["lp_a", "lp_b", "lp_fair"]].to_numpy()
+    assert np.allclose(col.lens[:, -1], out, atol=1e-4)
+    assert set(col.table["parsed"]) <= {"fair", "a", "b", "invalid"}
+    assert np.all(col.table["skew"].between(0, math.log(2) + 1e-9))
+    # second call: read from the cache, identical
+    again = lens.collect(lm, rows, images=src, batch_size=3, max_new_tokens=3, progress=False)
+    assert again.key == col.key
+    pd.testing.assert_frame_equal(again.table, col.table, check_dtype=False)
+    assert np.array_equal(again.vectors, col.vectors)
+    # chapters 01-03 on top
+    assert len(mcq.summarize(col.table)) == 2 * 4
+    lf = lens.layer_frame(col)
+    assert len(lf) == n * (2 * L + 1)
+    summ = lens.layer_summary(lf)
+    pe = lens.peak_erosion(summ)
+    assert len(pe) == 2 and (pe["erosion"] >= 0).all()
+    rs = lens.residual_summary(lens.residual_frame(col))
+    assert len(rs) == 2 * L
+    dirs = lens.fit_directions(col)
+    path = dirs.save(tmp_path / "dirs.safetensors")
+    back = lens.Directions.load(path)
+    assert back.layers == lens.last_tenth(L)
+    ev = lens.evaluate_directions(back, col)
+    assert ev["auroc_bias"].between(0, 1).all()
+    proxy = lens.lens_proxy(lm, back, col)
+    assert len(proxy) == len(back.layers)
+
+
+def test_recorded_vectors_equal_a_plain_capture(loaded_tiny):
+    """The last-token vectors collect() records inside generate equal hooks.capture in a
+    plain forward pass, and resid_post.L = resid_pre.L + attn_out.L + mlp_out.L."""
+    lm = loaded_tiny["tiny-llava"]
+    src = _synthetic_source()
+    rows = _rows(1, 1, variants=("text", "both"))
+    col = lens.collect(lm, rows, images=src, batch_size=4, max_new_tokens=2, cache=False, progress=False)
+    imgs = mcq.row_images(rows, src)
+    for i, row in enumerate(rows):
+        enc = lm.inputs([row.text], [imgs[i]] if imgs[i] else None, system=row.system)
+        sites = [f"{k}.{l}" for k in ("resid_pre", "attn_out", "mlp_out", "resid_post") for l in range(lm.n_layers)]
+        with torch.no_grad(), hooks.capture(lm, sites) as cache:
+            lm.model(**enc)
+        for l in range(lm.n_layers):
+            for j, k in enumerate(("resid_pre", "attn_out", "mlp_out")):
+                assert torch.allclose(torch.from_numpy(col.vectors[i, l, j].astype(np.float32)),
+                                      cache[f"{k}.{l}"][0, -1], atol=2e-3, rtol=2e-3)
+            assert torch.allclose(torch.from_numpy(col.stream("resid_post", l)[i]), cache[f"resid_post.{l}"][0, -1],
+                                  atol=5e-3, rtol=5e-3)
+
+
+def test_text_only_model_refuses_image_rows():
+    lm = models.load("smollm2-135m-instruct")
+    with pytest.raises(FairVLMError, match="text-only"):
+        lens.collect(lm, _rows(1, 1, variants=("image_a",)), images=_synthetic_source(), cache=False)
+
+
+def test_cache_key_changes_with_the_prompt(loaded_tiny):
+    lm = loaded_tiny["tiny-qwen2-vl"]
+    rows = _rows(1, 1, variants=("text",))
+    k1 = lens._cache_key(lm, rows, None, 3, True)
+    changed = [mcq.Row(rows[0].item, 0, rows[0].text + " Please.", rows[0].order)] + rows[1:]
+    assert lens._cache_key(lm, changed, None, 3, True) != k1
+    assert lens._cache_key(lm, rows, None, 4, True) != k1
+    other = models.load("tiny-qwen2-vl", seed=1)
+    assert lens._cache_key(other, rows, None, 3, True) != k1
+
+
+def test_smollm2_leans_to_men_for_computer_scientist():
+    """A real-model property (see REFERENCE.md): SmolLM2's option mass favours men."""
+    lm = models.load("smollm2-135m-instruct")
+    item = [i for i in mcq.build_items(pd.DataFrame({"scenario": ["computer"], "label": ["computer scientist"]}),
+                                       "x", attributes=("gender",), variants=("text",))][0]
+    rows = mcq.make_rows([item], 4)           # the four option orders: position bias averages out
+    col = lens.collect(lm, rows, layers=False, cache=False, progress=False, max_new_tokens=2)
+    assert col.table["p_a"].mean() > 1.2 * col.table["p_b"].mean()
+
+
+# ---------------------------------------------------------------------------- hand-made collections
+
+
+def test_depths_and_last_tenth():
+    d = lens.depth_labels(2)
+    assert d.to_records(index=False).tolist() == [
+        (0, 0, "resid_pre"), (1, 0, "resid_mid"), (2, 1, "resid_pre"), (3, 1, "resid_mid"), (4, 1, "resid_post")]
+    assert lens.last_tenth(30) == [27, 28, 29]
+    assert lens.last_tenth(32) == [28, 29, 30, 31]
+    assert lens.last_tenth(4) == [3]
+    assert lens.last_tenth(1) == [0]
+
+
+def _collection(lp: np.ndarray, vectors=None, attribute="gender") -> lens.Collection:
+    """A Collection from option log-probs (n, 2L+1, 3); the output is the last depth."""
+    n, D, _ = lp.shape
+    L = (D - 1) // 2
+    t = pd.DataFrame({"row_id": [f"r{i}" for i in range(n)], "model": "m", "dataset": "d",
+                      "scenario": [f"s{i}" for i in range(n)], "label": "x", "attribute": attribute,
+                      "variant": "text", "prompt_id": [i % 2 for i in range(n)], "parsed": "fair",
+                      "lp_a": lp[:, -1, 0], "lp_b": lp[:, -1, 1], "lp_fair": lp[:, -1, 2]})
+    return lens.Collection(t, lp.astype(np.float32), vectors, "m", L)
+
+
+def test_layer_readings_hand_computed():
+    p = np.array([[0.2, 0.1, 0.1], [0.1, 0.1, 0.4], [0.05, 0.15, 0.6]])    # depths 0, 1, 2 (L = 1)
+    col = _collection(np.log(p)[None])
+    lf = lens.layer_frame(col)
+    assert lf["site"].tolist() == ["resid_pre", "resid_mid", "resid_post"]
+    assert lf["fair_share"].tolist() == pytest.approx([0.25, 4 / 6, 0.75])
+    assert lf["fair_margin"].tolist() == pytest.approx([math.log(0.1 / 0.3), math.log(2.0), math.log(3.0)])
+    assert lf["lens_fair"].tolist() == [0.0, 1.0, 1.0]
+    assert lf["option_mass"].tolist() == pytest.approx([0.4, 0.6, 0.8])
+    assert lf["skew"].tolist() == pytest.approx(
+        [mcq.confidence_skew(0.2, 0.1), 0.0, mcq.confidence_skew(0.05, 0.15)])
+    rf = lens.residual_frame(col)
+    assert rf["push_attn"].item() == pytest.approx(math.log(2.0) - math.log(1 / 3))
+    assert rf["push_mlp"].item() == pytest.approx(math.log(3.0) - math.log(2.0))
+    # pushes of all sublayers add up to the change from the first depth to the output
+    assert (rf["push_attn"] + rf["push_mlp"]).item() == pytest.approx(math.log(3.0) - math.log(1 / 3))
+
+
+def test_peak_erosion_hand_computed():
+    s = pd.DataFrame({"model": "m", "dataset": "d", "attribute": "gender", "depth": [0, 1, 2, 3, 4],
+                      "layer": [0, 0, 1, 1, 1], "site": ["resid_pre", "resid_mid"] * 2 + ["resid_post"],
+                      "lens_fair_mean": [0.9, 0.2, 0.7, 0.5, 0.3],
+                      "option_mass_mean": [0.001, 0.1, 0.2, 0.3, 0.5]})
+    pe = lens.peak_erosion(s).iloc[0]
+    assert pe["peak_depth"] == 0 and pe["erosion"] == pytest.approx(0.6)
+    pe = lens.peak_erosion(s, min_mass=0.01).iloc[0]       # depth 0 reads no option mass
+    assert pe["peak_depth"] == 2 and pe["peak"] == pytest.approx(0.7)
+    assert pe["final"] == pytest.approx(0.3) and pe["erosion"] == pytest.approx(0.4)
+    assert pe["peak_rel"] == pytest.approx(0.5) and pe["n_depths"] == 4
+
+
+def test_split_rows_thirds():
+    lp = np.log(np.array([[0.1, 0.1, f] for f in (0.5, 0.1, 0.3, 0.05, 0.2, 0.4)]))[:, None, :]
+    lp = np.repeat(lp, 3, axis=1)                                        # L = 1
+    biased, fair = lens.split_rows(_collection(lp))
+    assert biased.tolist() == [False, True, False, True, False, False]   # fair 0.1, 0.05
+    assert fair.tolist() == [True, False, False, False, False, True]     # fair 0.5, 0.4
+    with pytest.raises(FairVLMError, match="at least 3"):
+        lens.split_rows(_collection(lp[:2]))
+
+
+def _planted(n=60, L=2, d=16, seed=0):
+    """Rows whose MLP at layer 1 writes +3*e0 when biased; attention writes noise.
+
+    Lens log-probs make layer 1's MLP push toward the groups (biased write) and attention
+    push toward fair, and the output fair margin rank the rows."""
+    rng = np.random.default_rng(seed)
+    fair_level = np.linspace(-2, 2, n)                   # output fair margin, increasing
+    vec = rng.normal(0, 0.1, (n, L, 3, d)).astype(np.float32)
+    bias_axis, fair_axis = np.eye(d)[0], np.eye(d)[1]
+    vec[:, 1, 2] += (fair_level < -0.67)[:, None] * 3 * bias_axis      # mlp_out of biased rows
+    vec[:, 1, 1] += (fair_level > 0.67)[:, None] * 2 * fair_axis       # attn_out of fair rows
+    lp = np.zeros((n, 2 * L + 1, 3))
+    lp[:, :, 0] = lp[:, :, 1] = np.log(0.2)
+    margins = np.stack([np.zeros(n), np.zeros(n), np.zeros(n), np.full(n, 1.0), fair_level - 1.0], axis=1)
+    # fair log-prob chosen so that fair_margin = margin (group mass 0.4)
+    lp[:, :, 2] = margins + np.log(0.4)
+    lp[:, -1, 2] = fair_level + np.log(0.4)
+    return _collection(lp, vec.astype(np.float16)), bias_axis, fair_axis
+
+
+def test_fit_directions_recovers_planted_axes(tmp_path):
+    col, bias_axis, fair_axis = _planted()
+    dirs = lens.fit_directions(col, layers=[1])
+    assert dirs.bias_site[1] == "mlp_out.1" and dirs.fair_site[1] == "attn_out.1"
+    assert float(dirs.bias[1] @ bias_axis) > 0.99
+    assert float(dirs.fair[1] @ fair_axis) > 0.99
+    assert dirs.meta["n_biased"] == 20 and dirs.meta["n_fair"] == 20
+    # saved and read back bit for bit
+    back = lens.Directions.load(dirs.save(tmp_path / "d.safetensors"))
+    assert np.array_equal(back.bias[1], dirs.bias[1]) and back.fair_site == dirs.fair_site
+    assert back.streams["bias_site"] == dirs.streams["bias_site"]
+    # cross-dataset: a second sample of the same world separates its own rows
+    other, _, _ = _planted(seed=1)
+    ev = lens.evaluate_directions(dirs, other).iloc[0]
+    assert ev["auroc_bias"] > 0.95 and ev["auroc_fair"] > 0.95
+
+
+def test_directions_bad_files(tmp_path):
+    with pytest.raises(DataError, match="no directions file"):
+        lens.Directions.load(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="not a directions file"):
+        lens.Directions.load(bad)
+    col, _, _ = _planted()
+    with pytest.raises(FairVLMError, match="out of range"):
+        lens.fit_directions(col, layers=[5])
+
+
+def test_resfair_edit_formula_and_identity(loaded_tiny):
+    d = 8
+    ub, uf = np.eye(d, dtype=np.float32)[0], (np.eye(d, dtype=np.float32)[0] + np.eye(d, dtype=np.float32)[1]) / math.sqrt(2)
+    dirs = lens.Directions({0: ub}, {0: uf}, {0: "mlp_out.0"}, {0: "attn_out.0"}, {}, {})
+    fn = lens.resfair_edits(dirs, lambda1=0.5, lambda2=0.5)["resid_post.0"]
+    v = torch.tensor([[2.0, 1.0, 3.0, 0, 0, 0, 0, 0]])
+    # v' = v - 0.5 * 2 * e0 = (1, 1, 3, ...); v'.uf = 2/sqrt2; v_new = v' + 0.5 * (2/sqrt2) * uf = v' + 0.5*(1,1,0..)
+    assert torch.allclose(fn(v), torch.tensor([[1.5, 1.5, 3.0, 0, 0, 0, 0, 0]]))
+    # lambda = 0 leaves a real model's logits unchanged
+    lm = loaded_tiny["tiny-llava"]
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=lm.d_model).astype(np.float32)
+    u /= np.linalg.norm(u)
+    dirs = lens.Directions({1: u}, {1: u}, {1: "mlp_out.1"}, {1: "attn_out.1"}, {}, {})
+    enc = lm.inputs(["Between men and women, who is more likely to be a pilot?"])
+    with torch.no_grad():
+        base = lm.model(**enc).logits
+        with hooks.edit(lm, lens.resfair_edits(dirs, lambda1=0.0, lambda2=0.0)):
+            same = lm.model(**enc).logits
+        with hooks.edit(lm, lens.resfair_edits(dirs, lambda1=0.9, lambda2=0.0)):
+            moved = lm.model(**enc).logits
+    assert torch.allclose(base, same, atol=1e-6)
+    assert not torch.allclose(base, moved, atol=1e-4)
+    with pytest.raises(FairVLMError, match="no direction for layer"):
+        lens.resfair_edits(dirs, layers=[3])
