@@ -497,8 +497,8 @@ G, R = gender_experts, race_experts
 union = sorted(set(G) | set(R))
 neuron_mask = torch.zeros(len(G), WIDTH, dtype=torch.bool)
 for i, h in enumerate(G):
-    idx = expert_neurons.loc[expert_neurons["head"] == h, "neuron"].to_numpy()
-    neuron_mask[i, torch.as_tensor(idx, dtype=torch.long)] = True
+    idx = np.array(expert_neurons.loc[expert_neurons["head"] == h, "neuron"], dtype=np.int64)
+    neuron_mask[i, torch.from_numpy(idx)] = True
 white_key = "white" if "white" in protos["race"].groups else None
 mw_key = "male|white" if "male|white" in protos["group"].groups else None
 
@@ -806,7 +806,8 @@ gap = float(experts_g["ap"].mean() - others_g["ap"].median())
 claims = [
     ("Table 1: a few last-layer heads carry gender (ViT-B/32 heads 3, 11, 12; AP up to 0.98 vs about 0.75)",
      f"experts {heads1(G)}: mean AP {experts_g['ap'].mean():.3f} vs median {others_g['ap'].median():.3f} elsewhere",
-     verdict(experts_g["ap"].min() > others_g["ap"].max() and gap >= 0.05, gap >= 0.02)),
+     verdict(experts_g["ap"].min() > others_g["ap"].max() and gap >= 0.05 and experts_g["ap"].mean() >= 0.75,
+             gap >= 0.02 and experts_g["ap"].mean() >= 0.6)),
     ("Figure 1: expert heads hold many high-AP neurons, other heads few",
      f"{frac_above.get('expert', 0):.1%} of expert-head neurons above the 95th percentile of the others",
      verdict(frac_above.get("expert", 0) >= 0.2, frac_above.get("expert", 0) > 0.1)),
@@ -846,12 +847,21 @@ if util_cols:
     claims.append(("Table 5: CLIP-clip costs more utility than the intervention",
                    f"{c0} drop: CLIP-clip {clip_drop:+.3f}, male (experts) {male_drop:+.3f}",
                    verdict(clip_drop > male_drop)))
-t_plain = encode_time["none"]
-t_proto = encode_time["person (experts)"]
+# overhead: interleaved repeats on the same images, median per condition (as the benchmark does)
+bench_pixels = galleries[main["gallery"]]["pixels"][:256]
+bench_edit = [ch.prototype_replacement(protos["gender"], "all", G)]
+t_plain, t_proto = [], []
+for _ in range(5):
+    for edits, store in (((), t_plain), (bench_edit, t_proto)):
+        t0 = time.perf_counter()
+        retrieval.embed_images(model, bench_pixels, edits=edits, batch_size=64)
+        store.append(time.perf_counter() - t0)
+t_plain, t_proto = float(np.median(t_plain)), float(np.median(t_proto))
+overhead = t_proto / t_plain
 claims.append(("Sec. 3.2: the intervention adds negligible inference cost",
-               f"gallery encode {t_proto:.2f} s with a {len(G)}-head prototype vs {t_plain:.2f} s without "
-               f"(ratio {t_proto / t_plain:.2f}; benchmarks/bench_clip_heads.py measures it properly)",
-               verdict(t_proto / t_plain <= 1.05, t_proto / t_plain <= 1.2)))
+               f"median encode time ratio {overhead:.3f} with a {len(G)}-head prototype ({len(bench_pixels)} images, "
+               "5 interleaved repeats; benchmarks/bench_clip_heads.py for a ViT-B/32-sized encoder)",
+               verdict(overhead <= 1.05, overhead <= 1.2)))
 model_data = f"{MODEL_NAME}; {data_desc}"
 paper_vs_book = pd.DataFrame([{"claim": c, "this book": o, "model and data": model_data, "verdict": v}
                               for c, o, v in claims])
@@ -915,7 +925,7 @@ saved = save_results(
         "utility_by_variant": {c: S[c].to_dict() for c in util_cols},
         "planted_spearman_gender_baseline": (float(gt.set_index("variant").loc["none", "spearman_gender"])
                                              if len(gt) else None),
-        "encode_time_ratio_prototype": t_proto / t_plain,
+        "encode_time_ratio_prototype": overhead,
         "verdicts": dict(zip(paper_vs_book["claim"], paper_vs_book["verdict"])),
         "runtime_s": runtime_s,
     },

@@ -326,3 +326,20 @@ def test_probe_errors():
         probes.ProbeConfig(init="xavier")
     with pytest.raises(UnknownNameError):
         probes.probe_heads(x, y, positive="other")
+
+
+def test_embeddings_match_the_model_zoo_helpers():
+    from PIL import Image
+
+    from fairvlm.models import load
+
+    lm = load("tiny-clip")
+    imgs = [Image.new("RGB", (40, 40), (10 * i, 100, 200 - 10 * i)) for i in range(6)]
+    pv = retrieval.pixel_values(lm, imgs, batch_size=4)
+    mine = retrieval.embed_images(lm, pv, batch_size=4)
+    torch.testing.assert_close(mine, lm.embed_images(imgs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine.norm(dim=-1), torch.ones(6))
+    words = ["a doctor", "a photo of a nurse", "x"]
+    torch.testing.assert_close(retrieval.embed_texts(lm, words), lm.embed_text(words), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ParameterError):
+        retrieval.embed_texts(lm.model, words)  # no tokenizer

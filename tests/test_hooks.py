@@ -89,6 +89,7 @@ def test_residual_identities(name):
         for i in range(n):
             pre, attn, mid = c[f"{p}resid_pre.{i}"], c[f"{p}attn_out.{i}"], c[f"{p}resid_mid.{i}"]
             mlp, post = c[f"{p}mlp_out.{i}"], c[f"{p}resid_post.{i}"]
+            assert post.shape[-1] == (lm.d_vision if p else lm.d_model)
             assert attn.abs().max() > 0 and mlp.abs().max() > 0
             torch.testing.assert_close(mid, pre + attn, rtol=0, atol=1e-6)
             torch.testing.assert_close(post, mid + mlp, rtol=0, atol=1e-6)

@@ -188,6 +188,8 @@ def test_tiny_architecture_and_inputs(name):
         with torch.no_grad():
             out = lm.model(**enc)
         assert out.logits_per_text.shape == (2, 2)
+        torch.testing.assert_close(lm.embed_images([_image(), _image(seed=1)]), out.image_embeds)
+        torch.testing.assert_close(lm.embed_text(["a photo of a nurse", "a doctor"]), out.text_embeds)
         return
     # one text-only row, one row with two images (multi-image prompt)
     enc = lm.inputs(["no image here", "compare these two"], [None, [_image(), _image(seed=1)]])
@@ -196,6 +198,7 @@ def test_tiny_architecture_and_inputs(name):
     assert out.logits.shape[:2] == enc["input_ids"].shape
     assert out.logits.shape[-1] >= len(lm.tokenizer)
     ids = enc["input_ids"]
+    assert enc["attention_mask"][0, 0] == 0 and enc["attention_mask"][0, -1] == 1  # left padding
     image_id = {"llava": "<image>", "llava-next": "<image>", "qwen2-vl": "<|image_pad|>",
                 "qwen2.5-vl": "<|image_pad|>", "mllama": "<|image|>"}[family]
     image_id = lm.tokenizer.convert_tokens_to_ids(image_id)
@@ -239,3 +242,16 @@ def test_testbed_names_dispatch_to_testbed_load_hf(monkeypatch):
     assert cache["image_tokens"].shape == (1, 16, lm.d_model)
     with pytest.raises(FairVLMError, match="testbed size"):
         models.load("testbed-clip", size="huge")
+
+
+def test_vlm_uses_the_processor_chat_template_when_it_has_one():
+    lm = models.load("tiny-llava")
+    plain = lm.tokenizer.decode(lm.inputs("hi", [_image()])["input_ids"][0])
+    assert plain.startswith("USER: <image>") and plain.endswith("hi ASSISTANT:")
+    lm.processor.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+        "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}")
+    enc = lm.inputs("hi", [_image()], system="be fair", assistant_prefix="Answer:")
+    text = lm.tokenizer.decode(enc["input_ids"][0])
+    assert text.startswith("[system]be fair[user]<image>") and text.endswith("hi[assistant]Answer:")

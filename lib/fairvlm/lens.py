@@ -96,7 +96,7 @@ __all__ = [
     "CODE_VERSION", "Collection", "collect", "model_fingerprint", "depth_labels", "last_tenth",
     "layer_frame", "layer_summary", "peak_erosion", "residual_frame", "residual_summary",
     "Directions", "fit_directions", "evaluate_directions", "lens_proxy", "resfair_edits",
-    "split_rows", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
+    "split_rows", "directions_path", "split_by_label", "cross_pairs", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
 ]
 
 #: Bump when anything that changes the cached numbers changes.
@@ -294,7 +294,7 @@ def _lens_logprobs(loaded, streams: torch.Tensor, ids_rows: list, chunk: int = 2
 
 
 def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_size: int = 8,
-            max_new_tokens: int = 10, layers: bool = True, cache: bool = True,
+            max_new_tokens: int = 16, layers: bool = True, cache: bool = True,
             progress: bool = True) -> Collection:
     """Run every row once: greedy answer, option probabilities and (``layers=True``) the
     per-layer captures and lens readings. See the module docstring.
@@ -853,6 +853,53 @@ def lens_proxy(loaded, dirs: Directions, col: Collection, *, lambda1: float = 0.
             res.update({f"{k}_{name}": float(np.mean(r[k])) for k in ("fair_share", "skew", "lens_fair")})
         out.append({"layer": l, **res})
     return pd.DataFrame(out)
+
+
+def directions_path(model: str, fit: str) -> Path:
+    """Where chapter 03 saves the directions of ``model`` fitted on ``fit``:
+    ``<results>/directions/<model>__fit-<fit>.safetensors`` (``/`` in hub ids -> ``__``)."""
+    from fairvlm.paths import results_dir
+
+    return results_dir() / "directions" / f"{model.replace('/', '__')}__fit-{fit}.safetensors"
+
+
+def split_by_label(col: Collection) -> tuple[Collection, Collection]:
+    """Two collections over disjoint halves of the labels (even / odd position in sorted
+    scenario order): the held-out evaluation for a model that has a single dataset."""
+    scen = sorted(set(col.table["scenario"]))
+    if len(scen) < 2:
+        raise FairVLMError("splitting by label needs at least two labels")
+    even = set(scen[0::2])
+    mask = col.table["scenario"].isin(even).to_numpy()
+    return col.subset(mask), col.subset(~mask)
+
+
+def cross_pairs(runs: Mapping) -> list[dict]:
+    """The fit / evaluation pairs of chapter 03 for ``{(model, dataset): Collection}``.
+
+    A model with several datasets gets every ordered pair of them (fit on one, evaluate on
+    another: the paper's cross-dataset setting). A model with one dataset is fitted on half
+    of its labels and evaluated on the other half (``split_by_label``), and the reverse.
+    Each entry: ``model, fit, eval, fit_col, eval_col``.
+    """
+    by_model: dict = {}
+    for (model, dataset), col in runs.items():
+        by_model.setdefault(model, {})[dataset] = col
+    out = []
+    for model, cols in by_model.items():
+        if len(cols) >= 2:
+            for fit, fcol in cols.items():
+                for ev, ecol in cols.items():
+                    if fit != ev:
+                        out.append({"model": model, "fit": fit, "eval": ev, "fit_col": fcol, "eval_col": ecol})
+        else:
+            (dataset, col), = cols.items()
+            a, b = split_by_label(col)
+            out.append({"model": model, "fit": f"{dataset}-even", "eval": f"{dataset}-odd",
+                        "fit_col": a, "eval_col": b})
+            out.append({"model": model, "fit": f"{dataset}-odd", "eval": f"{dataset}-even",
+                        "fit_col": b, "eval_col": a})
+    return out
 
 
 def resfair_edits(dirs: Directions, *, lambda1: float = 0.2, lambda2: float = 0.2,

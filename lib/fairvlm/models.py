@@ -32,7 +32,9 @@ VLMs / CLIP, the tokenizer otherwise), ``tokenizer``, ``name``, ``family`` (``"l
 ``"bert"``, ``"llava"``, ``"llava-next"``, ``"qwen2-vl"``, ``"qwen2.5-vl"``, ``"mllama"``,
 ``"clip"``, ``"dual-encoder"``), ``kind`` (``"causal-lm"``, ``"text-encoder"``, ``"vlm"``,
 ``"dual-encoder"``), ``n_layers`` (language decoder layers; text-encoder layers for CLIP/BERT),
-``n_vision_layers`` (0 without a vision encoder), ``d_model``, ``device``, ``dtype``, ``info``.
+``n_vision_layers`` (0 without a vision encoder), ``d_model`` (language stream width),
+``d_vision`` (vision stream width or None), ``device``, ``dtype``, ``info`` (where the weights
+came from).
 
 ``inputs(texts, images=None, *, chat=True, system=None, assistant_prefix="")`` returns a
 ``BatchEncoding`` on ``device`` that ``model(**enc)`` and ``model.generate(**enc)`` take.
@@ -40,8 +42,10 @@ VLMs / CLIP, the tokenizer otherwise), ``tokenizer``, ``name``, ``family`` (``"l
 ``None``, a PIL image, or a list of PIL images (multi-image prompts; images come before the text
 in the user turn). Decoder families pad on the **left**, so position ``-1`` is every row's last
 prompt token. ``chat=True`` wraps each text as one user turn of the family's chat format and
-adds the assistant header (plus ``assistant_prefix``); ``chat=False`` tokenises the raw text
-(VLM image placeholders are still inserted). For CLIP families ``inputs`` returns text and/or
+adds the assistant header (plus ``assistant_prefix``): the processor's chat template when it
+has one (hub VLMs), else the family's fixed format (LLaVA-1.5: ``USER: <image>\n{text}
+ASSISTANT:``; SmolLM2: its own ChatML template with its default system line). ``chat=False``
+tokenises the raw text (VLM image placeholders are still inserted before it). For CLIP families ``inputs`` returns text and/or
 image inputs for the dual encoder (``images``: one PIL image per row, no chat format).
 
 Accessors the hooks use (``fairvlm.hooks``): ``decoder_layers()`` (the language decoder's layer
@@ -156,6 +160,14 @@ class LoadedModel:
         cfg = self.model.config
         cfg = getattr(cfg, "text_config", None) or cfg
         return int(cfg.hidden_size)
+
+    @property
+    def d_vision(self) -> int | None:
+        """Width of the vision encoder's residual stream (``None`` without one)."""
+        vc = getattr(self.model.config, "vision_config", None)
+        if vc is None:
+            return None
+        return int(getattr(vc, "embed_dim", None) or vc.hidden_size)
 
     @property
     def device(self) -> torch.device:
@@ -305,14 +317,24 @@ class LoadedModel:
         return enc.to(self.device)
 
     def _prompt(self, text: str, n_images: int, chat: bool, system, assistant_prefix: str) -> str:
+        """One prompt string. VLMs whose processor carries a chat template (hub checkpoints,
+        and a testbed that sets one) use it; otherwise the family's fixed format below."""
+        template = getattr(self.processor, "chat_template", None) if self.kind == "vlm" else None
+        if chat and template:
+            content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+            messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+            messages.append({"role": "user", "content": content})
+            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return prompt + assistant_prefix
         fmt = PROMPT_FORMATS[self.family]
         return fmt(self, text, n_images, chat, system) + (assistant_prefix if chat else "")
 
     def _clip_inputs(self, texts, images):
         out = {}
         tok = self.tokenizer
-        enc = tok(texts, padding=True, truncation=True, return_tensors="pt",
-                  max_length=getattr(tok, "model_max_length", 77) if getattr(tok, "model_max_length", 0) < 10_000 else 77)
+        limit = getattr(tok, "model_max_length", None)
+        limit = limit if isinstance(limit, int) and limit < 100_000 else 77  # unset limits are huge
+        enc = tok(texts, padding=True, truncation=True, return_tensors="pt", max_length=limit)
         out.update(enc)
         if images is not None:
             flat = []
@@ -563,6 +585,7 @@ def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, final)
         except OSError:
@@ -980,7 +1003,8 @@ def _load_paper(hub_id: str, local_dir, device, dtype) -> LoadedModel:
 
     try:
         # a local folder, or a copy already in the Hugging Face cache: no network needed
-        processor, model = attempt(local_only=True)
+        with _quiet():
+            processor, model = attempt(local_only=True)
     except (OSError, ValueError) as exc:
         if not isinstance(source, str):
             raise _paper_error(hub_id, exc) from exc

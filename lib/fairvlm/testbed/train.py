@@ -107,8 +107,8 @@ SIZES = {
                         llava_images=400, llava_steps=24, llava_batch=8, llava_lr=2e-3,
                         eval_every=10, eval_scenes=2, captions_per_image=2),
 }
-VISION = dict(image_size=DEFAULT_SIZE, patch_size=PATCH, hidden_size=192, intermediate_size=768,
-              num_hidden_layers=6, num_attention_heads=6, hidden_act="gelu", num_channels=3)
+VISION = dict(image_size=DEFAULT_SIZE, patch_size=PATCH, hidden_size=128, intermediate_size=512,
+              num_hidden_layers=4, num_attention_heads=4, hidden_act="gelu", num_channels=3)
 PROJECTION_DIM = 256
 
 
@@ -408,7 +408,7 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         log["step"].append(step)
-        log["loss"].append(float(loss))
+        log["loss"].append(float(loss.detach()))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.clip_steps:
             acc, el = _zero_shot(model, eval_pix, eval_y, prompt_feats)
             log["eval_step"].append(step + 1)
@@ -545,7 +545,7 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
         torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
         opt.step()
         log["step"].append(step)
-        log["loss"].append(float(loss))
+        log["loss"].append(float(loss.detach()))
         bar.set_postfix(loss=f"{float(loss):.3f}")
     t_train = time.time() - t1
 

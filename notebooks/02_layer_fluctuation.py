@@ -1,0 +1,298 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Layer-wise fluctuation: where fairness peaks and where it erodes
+#
+# ## Overview
+#
+# The second RES-FAIR finding (Lan et al., 2025, abstract, finding 2; main-text Figure 4
+# and appendix Figure 6 for race on SocialCounterfactuals) is that fairness is not spread
+# evenly over the depth of a model: read layer by layer, the model's preference for the
+# fair option *peaks in intermediate layers* and is *eroded in the final layers*. The
+# appendix gives the curves only as figures, so the claim we can check is its shape:
+# an interior peak, and a drop from the peak to the output.
+#
+# The reading tool is the logit lens (nostalgebraist, 2020): take the residual stream at
+# some depth, pass it through the model's own final norm and unembedding, and read the
+# next-token distribution the model would produce if it stopped there. This chapter reads
+# the three options of the multiple-choice task of chapter 01 at every depth of every row.
+#
+# ## Prerequisites and time to run
+#
+# The same runs as chapter 01 (same parameters), whose forward passes are cached: if
+# chapter 01 ran first this chapter takes about half a minute on 2 CPU cores; otherwise
+# it pays for the passes itself (about 3 minutes embedded). `paper` needs what chapter 01
+# needs.
+#
+# ## Parameters
+#
+# `MIN_OPTION_MASS`: when locating the peak, only depths where the lens gives the three
+# options at least this much probability mass in total (mean over rows) count; in the
+# first layers the lens reads almost nothing about the options and its ranking of them is
+# noise. The other parameters are chapter 01's.
+
+# %% tags=["parameters"]
+PROFILE = "embedded"
+SEED = 0
+DTYPE = "bfloat16"
+TESTBED = True
+MIN_OPTION_MASS = 0.01
+
+# %%
+from fairvlm.params import check_choice, check_params, check_range
+
+P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, MIN_OPTION_MASS=MIN_OPTION_MASS)
+_ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto"))
+_ = check_choice("TESTBED", TESTBED, (True, False))
+_ = check_range("MIN_OPTION_MASS", MIN_OPTION_MASS, 0.0, 1.0)
+
+# %% [markdown]
+# ## Imports
+
+# %% tags=["hide-input"]
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+import fairvlm
+from fairvlm import hooks, lens, mcq, models
+from fairvlm.plotting import savefig, set_theme
+from fairvlm.results import save_results
+
+fairvlm.seed_everything(SEED)
+set_theme()
+SLUG = "02_layer_fluctuation"
+
+# %% [markdown]
+# ## Depths and readings
+#
+# A decoder layer $l$ adds two writes to the residual stream: attention, then the MLP.
+# We read the lens at $2L + 1$ depths: before each layer (`resid_pre.l`, the paper's
+# residual $\Delta_1$ of that layer), between its attention and its MLP (`resid_mid.l`,
+# $\Delta_2$), and after the last layer (`resid_post`), where the lens *is* the model's
+# output. At each depth and for each row we read the option probabilities
+# $p_A, p_B, p_\text{fair}$ from the lens distribution (same rule as chapter 01) and
+# summarise them as:
+#
+# - **lens fair proportion**: the share of rows whose most probable option at that depth is
+#   the fair one. It is the per-layer counterpart of the fair proportion of answers;
+# - **fair share** $p_\text{fair}/(p_A + p_B + p_\text{fair})$, averaged over rows;
+# - **confidence skew** of $(p_A, p_B)$, as in chapter 01;
+# - **option mass** $p_A + p_B + p_\text{fair}$: how much the lens reads the options at all.
+#
+# Each curve is the mean over prompts of the per-prompt mean over rows, with the standard
+# deviation over prompts as a band.
+
+# %%
+runs_spec = [s for s in lens.PROFILE_RUNS[PROFILE] if TESTBED or s.dataset != "testbed"]
+runs = lens.profile_runs(PROFILE, dtype=DTYPE, runs=runs_spec)
+layer_rows = pd.concat([lens.layer_frame(c) for c in runs.values()], ignore_index=True)
+n_depths = layer_rows.groupby("model")["depth"].max()
+layer_rows["rel_depth"] = layer_rows["depth"] / layer_rows["model"].map(n_depths)
+summary = lens.layer_summary(layer_rows)
+summary["rel_depth"] = summary["depth"] / summary["model"].map(n_depths)
+display(layer_rows.groupby(["model", "dataset"]).agg(rows=("row_id", "nunique"), depths=("depth", "nunique")))
+
+# %% [markdown]
+# What the lens sees for one row, at a few depths: the top next tokens of the first row
+# of the first run (the prompt is in chapter 01). Early layers decode to tokens unrelated
+# to the question; the options appear only in the upper half of the network.
+
+# %%
+first_key = next(iter(runs))
+first = runs[first_key]
+if first_key[0] not in models.PAPER_MODELS:
+    kw = {"size": next(s.size for s in runs_spec if s.model == first_key[0])} if first_key[0].startswith("testbed") else {}
+    if DTYPE != "auto":
+        kw["dtype"] = getattr(torch, DTYPE)
+    lm = models.load(first_key[0], **kw)
+    L = first.n_layers
+    picks = sorted({0, L // 2, (3 * L) // 4, L - 1})
+    streams = np.stack([first.stream("resid_pre", l)[0] for l in picks] + [first.stream("resid_post", L - 1)[0]])
+    tops = hooks.logit_lens_top(lm, torch.from_numpy(streams), k=4)
+    display(Markdown(f"Row `{first.table['row_id'][0]}`, answer: *{first.table['answer'][0]}*"))
+    display(pd.DataFrame({"depth": [f"resid_pre.{l}" for l in picks] + [f"resid_post.{L - 1} (output)"],
+                          "top tokens (probability)": [", ".join(f"{t!r} {p:.2f}" for t, p in row) for row in tops]})
+            .style.hide(axis="index"))
+else:
+    display(Markdown("(Skipped for paper models: it would load the model once more.)"))
+
+# %% [markdown]
+# ## Fairness across the layers
+#
+# One line per model and dataset; depth is relative (0 = embedding, 1 = output) so models
+# of different depth share an axis. Solid where the options get at least
+# `MIN_OPTION_MASS` of the lens distribution, dotted where the lens barely reads them
+# (there the ranking of the options is noise). The grey band marks the last tenth of the
+# layers, the range the paper takes its residual vectors from (chapter 03).
+
+# %%
+metrics = [("fair_share", "fair share"), ("lens_fair", "lens fair proportion"),
+           ("skew", "confidence skew (nats)"), ("option_mass", "option mass")]
+attrs = list(mcq.ATTRIBUTES)
+fig, axes = plt.subplots(len(metrics), len(attrs), figsize=(11, 10), sharex=True, squeeze=False)
+for j, attribute in enumerate(attrs):
+    for i, (m, label) in enumerate(metrics):
+        ax = axes[i, j]
+        for (name, dataset), g in summary[summary.attribute == attribute].groupby(["model", "dataset"], sort=False):
+            g = g.sort_values("depth")
+            if m == "option_mass":
+                ax.plot(g["rel_depth"], g[f"{m}_mean"], label=f"{name} / {dataset}", lw=1.2)
+                continue
+            readable = g["option_mass_mean"] >= MIN_OPTION_MASS
+            mean = g[f"{m}_mean"].where(readable)
+            line, = ax.plot(g["rel_depth"], mean, label=f"{name} / {dataset}", lw=1.4)
+            ax.plot(g["rel_depth"], g[f"{m}_mean"].where(~readable), color=line.get_color(), lw=0.6,
+                    alpha=0.35, ls=":")
+            ax.fill_between(g["rel_depth"], mean - g[f"{m}_std"], mean + g[f"{m}_std"],
+                            color=line.get_color(), alpha=0.15, lw=0)
+        ax.axvspan(0.9, 1.0, color="grey", alpha=0.12, lw=0)
+        if m == "option_mass":
+            ax.set_yscale("log")
+            ax.set_ylim(1e-12, 2)
+            ax.axhline(MIN_OPTION_MASS, color="grey", ls=":", lw=0.8)
+        ax.set_ylabel(label)
+        if i == 0:
+            ax.set_title(attribute)
+        if i == len(metrics) - 1:
+            ax.set_xlabel("relative depth (0 = embedding, 1 = output)")
+axes[0, 0].legend(fontsize=7)
+savefig(fig, f"{SLUG}_curves")
+
+# %% [markdown]
+# ## Peak and erosion
+#
+# For each model, dataset and attribute: the depth where the mean fair share is highest
+# (among depths with option mass at least `MIN_OPTION_MASS`), its value, the value at the
+# output, and the *erosion* (peak minus output); `peak_rel` is the peak's relative depth
+# and `readable_from` the first relative depth the lens reads the options at. The fair
+# share is the primary measure because it is continuous; the lens fair proportion (which
+# option wins) saturates when one option dominates, and its peak and erosion are in the
+# `_won` columns.
+
+# %%
+pe = lens.peak_erosion(summary, metric="fair_share_mean", min_mass=MIN_OPTION_MASS)
+pe_won = lens.peak_erosion(summary, metric="lens_fair_mean", min_mass=MIN_OPTION_MASS)
+readable_from = (summary[summary["option_mass_mean"] >= MIN_OPTION_MASS]
+                 .groupby(["model", "dataset", "attribute"])["rel_depth"].min().rename("readable_from"))
+pe = pe.merge(readable_from.reset_index(), on=["model", "dataset", "attribute"], how="left")
+pe_both = pe.merge(pe_won[["model", "dataset", "attribute", "peak_rel", "peak", "final", "erosion"]],
+                   on=["model", "dataset", "attribute"], suffixes=("", "_won"))
+display(pe_both.style.format(precision=3).hide(axis="index"))
+
+# %% [markdown]
+# Where the inputs have images (testbed and paper runs), the same per input variant: does
+# an image move the peak or deepen the erosion?
+
+# %%
+variant_summary = lens.layer_summary(layer_rows, by=("model", "dataset", "attribute", "variant"))
+pe_variant = lens.peak_erosion(variant_summary, by=("model", "dataset", "attribute", "variant"),
+                               metric="fair_share_mean", min_mass=MIN_OPTION_MASS)
+multi = pe_variant.groupby(["model", "dataset"])["variant"].transform("nunique") > 1
+if multi.any():
+    display(pe_variant[multi].style.format(precision=3).hide(axis="index"))
+    vs = variant_summary.merge(pe_variant[multi][["model", "dataset"]].drop_duplicates(), on=["model", "dataset"])
+    vs["rel_depth"] = vs["depth"] / vs["model"].map(n_depths)
+    vs = vs[vs["option_mass_mean"] >= MIN_OPTION_MASS]
+    grid = sns.relplot(data=vs, x="rel_depth", y="fair_share_mean", hue="variant", col="attribute",
+                       row="model", kind="line", height=2.8, aspect=1.5)
+    grid.set_axis_labels("relative depth", "fair share")
+    savefig(grid.figure, f"{SLUG}_variants")
+else:
+    display(Markdown("Every run of this profile is text-only."))
+
+# %% [markdown]
+# ## Paper vs this book
+
+# %%
+ERODE = 0.05   # a drop of at least 5 points of fair share counts as erosion
+verdict_rows = []
+for r in pe.itertuples():
+    interior = 0.1 < r.peak_rel < 0.95
+    eroded = r.erosion >= ERODE
+    verdict = "reproduced" if interior and eroded else ("partly" if interior or eroded else "not reproduced")
+    verdict_rows.append({
+        "paper claim": "fairness peaks in intermediate layers, erodes in the final layers (finding 2)",
+        "paper number": "shape only (main Fig. 4, App. Fig. 6)",
+        "this book": f"fair share peak {r.peak:.2f} at rel. depth {r.peak_rel:.2f} "
+                     f"({r.peak_site}.{r.peak_layer}); output {r.final:.2f}; erosion {r.erosion:.2f}; "
+                     f"lens readable from rel. depth {r.readable_from:.2f}",
+        "model + data": f"{r.model}, {r.dataset}, {r.attribute}",
+        "verdict": verdict})
+verdicts = pd.DataFrame(verdict_rows)
+display(verdicts.style.hide(axis="index"))
+
+# %% [markdown]
+# Verdict rule: *reproduced* when the fair-share peak lies strictly inside the network
+# (relative depth between 0.1 and 0.95) **and** the output is at least 5 points of fair
+# share below it; *partly* when only one holds. The peak search skips depths where the
+# options get less than `MIN_OPTION_MASS` of the lens distribution, so "intermediate"
+# can only mean "inside the readable range": where that range starts late (the
+# `readable_from` column), the claim about *intermediate* layers is only partly testable
+# with a logit lens. These are statements about the models named in the table, not
+# measurements of the paper's models.
+
+# %%
+main = pe.iloc[0]
+glue("main_run", f"{main['model']} / {main['dataset']} / {main['attribute']}", display=False)
+glue("main_peak", f"{main['peak']:.2f}", display=False)
+glue("main_peak_rel", f"{main['peak_rel']:.2f}", display=False)
+glue("main_final", f"{main['final']:.2f}", display=False)
+glue("n_reproduced", int((verdicts["verdict"] == "reproduced").sum()), display=False)
+glue("n_cells", len(verdicts), display=False)
+
+# %% [markdown]
+# ## Summary and what's next
+#
+# For {glue:text}`main_run` the fair share peaks at {glue:text}`main_peak` at relative
+# depth {glue:text}`main_peak_rel` and ends at {glue:text}`main_final` at the output; the paper's shape (interior peak, then erosion) holds in
+# {glue:text}`n_reproduced` of {glue:text}`n_cells` model/dataset/attribute cells. The
+# logit lens is a biased instrument in early layers (the unembedding was trained for the
+# last layer), which is why the peak search ignores depths where the options barely
+# register; a tuned lens (Belrose et al., 2023) would read the early layers better.
+# Chapter 03 splits each layer into its two residual streams and the two writes between
+# them, to see which part of a layer pulls toward a group.
+#
+# ## References
+#
+# - Lan et al. (2025). RES-FAIR (RESidual Flow Adjustment for Inference Recalibration).
+#   arXiv:2505.23798 (abstract; appendix C.4, Figure 6).
+# - nostalgebraist (2020). *interpreting GPT: the logit lens.* LessWrong.
+# - Belrose et al. (2023). *Eliciting latent predictions from transformers with the tuned
+#   lens.* arXiv:2303.08112.
+
+# %%
+save_results(
+    SLUG, params=P,
+    headline={
+        "fair_share_peak": {f"{r.model}|{r.dataset}|{r.attribute}": {
+            "peak": r.peak, "peak_rel": r.peak_rel, "final": r.final, "erosion": r.erosion,
+            "readable_from": r.readable_from} for r in pe.itertuples()},
+        "n_reproduced": int((verdicts["verdict"] == "reproduced").sum()), "n_cells": len(verdicts),
+        "min_option_mass": MIN_OPTION_MASS,
+    },
+    provenance={"models": [f"{m} ({runs[(m, d)].info.get('dtype')})" for (m, d) in runs],
+                "data": sorted({f"{d} ({'synthetic testbed' if d == 'testbed' else 'real labels'})"
+                                for (_, d) in runs})},
+    tables={"layer_rows": layer_rows[["row_id", "model", "dataset", "attribute", "variant", "prompt_id",
+                                      "depth", "layer", "site", "lp_a", "lp_b", "lp_fair", "lens_fair",
+                                      "fair_share", "skew", "option_mass"]],
+            "summary": summary, "peak_erosion": pe_both, "peak_erosion_by_variant": pe_variant,
+            "verdicts": verdicts},
+)

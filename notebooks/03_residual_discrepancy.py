@@ -1,0 +1,362 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Residual discrepancy: which part of a layer pulls toward a group
+#
+# ## Overview
+#
+# The third RES-FAIR finding (Lan et al., 2025, abstract, finding 3) is that inside a
+# single layer the residual streams disagree: some carry the model toward the fair
+# answer, others toward a group. Appendix B.1 (eqs. 1-2, Figure 2) names two residuals per
+# layer: $\Delta_1$, the stream entering the layer, and $\Delta_2 = \Delta_1 +$ the
+# attention output, the stream entering the MLP; the layer's output is $\Delta_2 +$ the
+# MLP output. RES-FAIR's mitigation (chapter 04) then takes a *biased* and a *fair*
+# residual vector from the last tenth of the layers (appendix C.1), projects the hidden
+# state away from the first and amplifies the second, with vectors fitted on one dataset
+# and applied to the other.
+#
+# This chapter measures the discrepancy layer by layer, extracts biased and fair
+# directions with a stated rule, checks that they carry over to a dataset they were not
+# fitted on, and saves them for chapter 04.
+#
+# ## Prerequisites and time to run
+#
+# The same cached runs as chapters 01 and 02 (same parameters); about half a minute on 2
+# CPU cores when chapter 01 ran first. `paper` needs what chapter 01 needs and loads each
+# paper model once more for the lens check of the directions.
+#
+# ## Parameters
+#
+# `LAMBDA1` and `LAMBDA2` are the weights of the RES-FAIR update
+# $v' = v - \lambda_1 P_\text{bias} v$, $v_\text{new} = v' + \lambda_2 P_\text{fair} v'$
+# (0.2 and 0.2 in the paper's appendix C.1), used here only for a lens check.
+
+# %% tags=["parameters"]
+PROFILE = "embedded"
+SEED = 0
+DTYPE = "bfloat16"
+TESTBED = True
+LAMBDA1 = 0.2
+LAMBDA2 = 0.2
+
+# %%
+from fairvlm.params import check_choice, check_params, check_range
+
+P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, LAMBDA1=LAMBDA1, LAMBDA2=LAMBDA2)
+_ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto"))
+_ = check_choice("TESTBED", TESTBED, (True, False))
+_ = check_range("LAMBDA1", LAMBDA1, 0.0, 1.0)
+_ = check_range("LAMBDA2", LAMBDA2, 0.0, 1.0)
+
+# %% [markdown]
+# ## Imports
+
+# %% tags=["hide-input"]
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+from matplotlib.patches import Rectangle
+from myst_nb import glue
+
+import fairvlm
+from fairvlm import lens, mcq, models
+from fairvlm.plotting import savefig, set_theme
+from fairvlm.results import save_results
+
+fairvlm.seed_everything(SEED)
+set_theme()
+SLUG = "03_residual_discrepancy"
+
+# %% [markdown]
+# ## Two readings of "residual"
+#
+# The appendix's equations fix the *streams*: $\Delta_1$ of layer $l$ is `resid_pre.l`
+# and $\Delta_2$ is `resid_mid.l`. But "which residual carries bias" can also be read as
+# which *write* into the stream carries it: `attn_out.l` (what attention adds,
+# $\Delta_2 - \Delta_1$) or `mlp_out.l` (what the MLP adds). We compute both:
+#
+# - **streams**: the lens fair margin $\ln p_\text{fair} - \ln(p_A + p_B)$ of
+#   $\Delta_1$ and of $\Delta_2$ (positive: the fair option outweighs both groups);
+# - **writes**: the *push* of each sublayer, i.e. how much adding its write changes the
+#   lens fair margin of the stream (positive: toward fair). The pushes of all sublayers
+#   add up to the change from the embedding to the output.
+#
+# The heatmaps show both. The directions use the writes, because the two streams of one
+# layer differ by a single write and share everything else, so directions taken from them
+# come out nearly parallel (the cosine is reported below), while the two writes are
+# produced by different modules and can point in genuinely different directions.
+
+# %%
+runs_spec = [s for s in lens.PROFILE_RUNS[PROFILE] if TESTBED or s.dataset != "testbed"]
+runs = lens.profile_runs(PROFILE, dtype=DTYPE, runs=runs_spec)
+res_rows = pd.concat([lens.residual_frame(c) for c in runs.values()], ignore_index=True)
+res_summary = lens.residual_summary(res_rows)
+n_layers = {m: c.n_layers for (m, _), c in runs.items()}
+tenth = {m: lens.last_tenth(L) for m, L in n_layers.items()}
+display(pd.DataFrame([{"model": m, "layers": L, "last tenth": f"{tenth[m][0]}..{tenth[m][-1]}"}
+                      for m, L in n_layers.items()]).style.hide(axis="index"))
+
+# %% [markdown]
+# ## Which residual pushes where
+#
+# For every run, mean over rows per layer. Top two rows of each panel: the streams (lens
+# fair margin of $\Delta_1$ and $\Delta_2$); bottom two: the writes (push of attention and
+# of the MLP). Blue is toward fair, red toward a group. The black frame marks the last
+# tenth of the layers. In early layers the lens reads almost nothing about the options
+# (chapter 02), so the margins there are dominated by noise in tiny probabilities.
+
+# %%
+for (name, dataset), _col in runs.items():
+    fig, axes = plt.subplots(2, 2, figsize=(12, 4.2), squeeze=False,
+                             gridspec_kw={"hspace": 0.55, "wspace": 0.15})
+    for j, attribute in enumerate(mcq.ATTRIBUTES):
+        g = res_summary[(res_summary.model == name) & (res_summary.dataset == dataset)
+                        & (res_summary.attribute == attribute)].sort_values("layer")
+        for i, (cols, labels, title) in enumerate([
+                (["d1_margin", "d2_margin"], ["Δ1 resid_pre", "Δ2 resid_mid"], "streams: lens fair margin"),
+                (["push_attn", "push_mlp"], ["attn_out", "mlp_out"], "writes: push toward fair")]):
+            ax = axes[i, j]
+            data = g[cols].T.to_numpy()
+            lim = float(np.nanmax(np.abs(data))) or 1.0
+            sns.heatmap(data, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim,
+                        yticklabels=labels, xticklabels=5, cbar_kws={"shrink": 0.8})
+            start = tenth[name][0]
+            ax.add_patch(Rectangle((start, 0), n_layers[name] - start, 2, fill=False, lw=1.5, ec="black"))
+            ax.set_title(f"{attribute}: {title}", fontsize=9)
+            ax.set_xlabel("layer" if i == 1 else "")
+    fig.suptitle(f"{name} on {dataset}", fontsize=10)
+    savefig(fig, f"{SLUG}_heatmap_{name.replace('/', '_')}_{dataset}")
+
+# %% [markdown]
+# ## Conflict inside a layer
+#
+# A layer is *in conflict* when its two writes push in opposite directions (one toward
+# fair, one toward a group); for the streams, when $\Delta_1$ and $\Delta_2$ fall on
+# opposite sides (one margin positive, the other negative). Per row and layer, then
+# averaged: the share of (row, layer) pairs in conflict, over all layers and over the last
+# tenth, and which sublayer is the fair one in the last tenth (layer means).
+
+# %%
+res_rows["write_conflict"] = np.sign(res_rows["push_attn"]) != np.sign(res_rows["push_mlp"])
+res_rows["stream_conflict"] = np.sign(res_rows["d1_margin"]) != np.sign(res_rows["d2_margin"])
+res_rows["in_last_tenth"] = [l in tenth[m] for m, l in zip(res_rows["model"], res_rows["layer"])]
+conf = []
+for (name, dataset, attribute), g in res_rows.groupby(["model", "dataset", "attribute"], sort=False):
+    last = g[g["in_last_tenth"]]
+    means = last.groupby("layer")[["push_attn", "push_mlp"]].mean()
+    conf.append({
+        "model": name, "dataset": dataset, "attribute": attribute,
+        "write conflict (all layers)": g["write_conflict"].mean(),
+        "write conflict (last tenth)": last["write_conflict"].mean(),
+        "stream conflict (last tenth)": last["stream_conflict"].mean(),
+        "last-tenth layers with opposite mean pushes": float((np.sign(means.push_attn) != np.sign(means.push_mlp)).mean()),
+        "fair write in last tenth": ", ".join(f"{l}:{'attn' if r.push_attn > r.push_mlp else 'mlp'}"
+                                              for l, r in means.iterrows()),
+        "mean push attn (last tenth)": means["push_attn"].mean(),
+        "mean push mlp (last tenth)": means["push_mlp"].mean(),
+    })
+conflict = pd.DataFrame(conf)
+display(conflict.style.format(precision=3).hide(axis="index"))
+
+# %% [markdown]
+# ## Biased and fair directions
+#
+# **Rule** (ours; the paper gives no formula). The rows of the fitting data are split by
+# the output's fair margin into the bottom third (*biased rows*) and the top third
+# (*fair rows*). At each layer of the last tenth, the sublayer whose mean push over all
+# fitting rows is lower is the *biased write*, the other the *fair write*, and
+#
+# $$u_\text{bias} = \mathrm{unit}\big(\bar x^\text{biased rows}_\text{biased write} -
+#   \bar x^\text{fair rows}_\text{biased write}\big), \qquad
+#   u_\text{fair} = \mathrm{unit}\big(\bar x^\text{fair rows}_\text{fair write} -
+#   \bar x^\text{biased rows}_\text{fair write}\big),$$
+#
+# with $x$ the write at the last prompt token. The streams reading is fitted the same way
+# from $\Delta_1$ / $\Delta_2$ and saved beside it.
+#
+# **Cross-dataset.** As in the paper (appendix C.1), directions fitted on one dataset are
+# evaluated on another: SocialCounterfactuals to PAIRS and back for a model with both. A
+# model with a single dataset (the testbed) is fitted on half of its labels and evaluated
+# on the other half. The evaluation asks whether a direction still separates the *other*
+# dataset's own biased and fair rows: the AUROC of the projection of the biased write on
+# $u_\text{bias}$ (biased rows should score higher) and of the fair write on
+# $u_\text{fair}$ (fair rows should score higher); 0.5 is chance.
+
+# %%
+pairs_ = lens.cross_pairs(runs)
+evals, saved, cos_rows = [], [], []
+for pr in pairs_:
+    dirs = lens.fit_directions(pr["fit_col"])
+    dirs.meta.update({"fit": pr["fit"], "eval": pr["eval"], "profile": PROFILE, "dtype": DTYPE})
+    path = dirs.save(lens.directions_path(pr["model"], pr["fit"]))
+    saved.append(str(path))
+    ev = lens.evaluate_directions(dirs, pr["eval_col"]).assign(model=pr["model"], fit=pr["fit"], eval=pr["eval"])
+    evals.append(ev)
+    for l in dirs.layers:
+        cos_rows.append({"model": pr["model"], "fit": pr["fit"], "layer": l,
+                         "cos(bias, fair) writes": float(dirs.bias[l] @ dirs.fair[l]),
+                         "cos(bias, fair) streams": float(dirs.streams["bias"][l] @ dirs.streams["fair"][l]),
+                         "cos(writes, streams) bias": float(dirs.bias[l] @ dirs.streams["bias"][l])})
+direction_eval = pd.concat(evals, ignore_index=True)
+cosines = pd.DataFrame(cos_rows)
+display(direction_eval[["model", "fit", "eval", "layer", "bias_site", "fair_site", "auroc_bias", "auroc_fair",
+                        "cos_bias_fair"]].style.format(precision=3).hide(axis="index"))
+display(Markdown("Saved: " + ", ".join(f"`{p}`" for p in saved)))
+
+# %% [markdown]
+# Cosines between the directions. The streams reading's biased and fair directions are
+# close to antiparallel (a projection cannot tell $u$ from $-u$, so removing one and
+# amplifying the other would largely cancel), which is why the writes are the primary
+# reading:
+
+# %%
+display(cosines.groupby(["model", "fit"])[["cos(bias, fair) writes", "cos(bias, fair) streams",
+                                            "cos(writes, streams) bias"]].mean()
+        .style.format(precision=3))
+
+# %% [markdown]
+# A lens check of the RES-FAIR update (not the real intervention, which chapter 04 runs):
+# at each layer of the last tenth alone, apply
+# $v' = v - \lambda_1 P_\text{bias} v$, $v_\text{new} = v' + \lambda_2 P_\text{fair} v'$
+# to the stream leaving the layer of every evaluation row, and read the lens there before
+# and after. Later layers are not re-run, so this shows only whether the directions point
+# the way the rule says.
+
+# %%
+proxies = []
+loaded_cache = {}
+for pr in pairs_:
+    name = pr["model"]
+    if name in models.PAPER_MODELS and name not in loaded_cache:
+        loaded_cache.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if name not in loaded_cache:
+        spec = next(s for s in runs_spec if s.model == name)
+        kw = {"size": spec.size} if spec.size else {}
+        if DTYPE != "auto" and name not in models.PAPER_MODELS:
+            kw["dtype"] = getattr(torch, DTYPE)
+        loaded_cache[name] = models.load(name, **kw)
+    dirs = lens.Directions.load(lens.directions_path(name, pr["fit"]))
+    px = lens.lens_proxy(loaded_cache[name], dirs, pr["eval_col"], lambda1=LAMBDA1, lambda2=LAMBDA2)
+    proxies.append(px.assign(model=name, fit=pr["fit"], eval=pr["eval"]))
+loaded_cache.clear()
+proxy = pd.concat(proxies, ignore_index=True)
+proxy["Δ fair share"] = proxy["fair_share_after"] - proxy["fair_share_before"]
+proxy["Δ skew"] = proxy["skew_after"] - proxy["skew_before"]
+display(proxy[["model", "fit", "eval", "layer", "fair_share_before", "fair_share_after", "Δ fair share",
+               "skew_before", "skew_after", "Δ skew"]].style.format(precision=4).hide(axis="index"))
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+for ax, col, title in ((axes[0], "auroc_bias", "u_bias: biased rows above fair rows"),
+                       (axes[1], "auroc_fair", "u_fair: fair rows above biased rows")):
+    sns.lineplot(data=direction_eval.assign(run=direction_eval["model"] + ": " + direction_eval["fit"]
+                                            + " → " + direction_eval["eval"]),
+                 x="layer", y=col, hue="run", marker="o", ax=ax)
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("AUROC on the evaluation data")
+    ax.legend(fontsize=6)
+savefig(fig, f"{SLUG}_transfer")
+
+# %% [markdown]
+# ## Paper vs this book
+
+# %%
+verdict_rows = []
+for _, r in conflict.iterrows():
+    rate, layers_opposite = r["write conflict (last tenth)"], r["last-tenth layers with opposite mean pushes"]
+    verdict = ("reproduced" if rate >= 0.5 and layers_opposite >= 0.5
+               else "partly" if rate >= 0.5 or layers_opposite >= 0.5 else "not reproduced")
+    verdict_rows.append({
+        "paper claim": "residuals of one layer carry conflicting knowledge: some push fair, some biased (finding 3)",
+        "paper number": "qualitative (abstract; App. B.1, Fig. 2)",
+        "this book": f"writes in conflict in {rate:.0%} of (row, layer) pairs of the last tenth; "
+                     f"opposite mean pushes in {layers_opposite:.0%} of those layers",
+        "model + data": f"{r['model']}, {r['dataset']}, {r['attribute']}", "verdict": verdict})
+best = direction_eval.groupby(["model", "fit", "eval"])[["auroc_bias", "auroc_fair"]].mean().reset_index()
+for r in best.itertuples(index=False):
+    ok = min(r.auroc_bias, r.auroc_fair)
+    verdict = "reproduced" if ok >= 0.6 else ("partly" if max(r.auroc_bias, r.auroc_fair) >= 0.6 else "not reproduced")
+    verdict_rows.append({
+        "paper claim": "biased / fair residual vectors fitted on one dataset apply to the other (App. C.1)",
+        "paper number": "no separation number; only the downstream debiasing (chapter 04)",
+        "this book": f"mean AUROC over the last tenth: bias {r.auroc_bias:.2f}, fair {r.auroc_fair:.2f}",
+        "model + data": f"{r.model}, fit {r.fit} → eval {r.eval}", "verdict": verdict})
+verdicts = pd.DataFrame(verdict_rows)
+display(verdicts.style.hide(axis="index"))
+
+# %% [markdown]
+# Verdict rules. Conflict: *reproduced* when at least half of the (row, layer) pairs of
+# the last tenth have writes pushing in opposite directions **and** at least half of those
+# layers do so on average; *partly* for one of the two. Transfer: *reproduced* when both
+# directions separate the evaluation data's biased and fair rows with mean AUROC at least
+# 0.6, *partly* when one does. The transfer test is weaker than the paper's use of the
+# vectors (chapter 04 measures the debiasing itself); these are results on the models
+# named, not on the paper's.
+
+# %%
+first = conflict.iloc[0]
+glue("main_run", f"{first['model']} / {first['dataset']} / {first['attribute']}", display=False)
+glue("main_conflict", f"{first['write conflict (last tenth)']:.0%}", display=False)
+glue("main_conflict_all", f"{first['write conflict (all layers)']:.0%}", display=False)
+top = best.iloc[0]
+glue("transfer_run", f"{top['model']}: {top['fit']} → {top['eval']}", display=False)
+glue("transfer_bias", f"{top['auroc_bias']:.2f}", display=False)
+glue("transfer_fair", f"{top['auroc_fair']:.2f}", display=False)
+
+# %% [markdown]
+# ## Summary and what's next
+#
+# For {glue:text}`main_run`, the two writes of a layer push in opposite directions for
+# {glue:text}`main_conflict` of the (row, layer) pairs in the last tenth of the layers
+# ({glue:text}`main_conflict_all` over all layers). Directions fitted by the rule above
+# transfer to data they were not fitted on with mean AUROC {glue:text}`transfer_bias`
+# (biased direction) and {glue:text}`transfer_fair` (fair direction) for
+# {glue:text}`transfer_run`. The directions are saved as safetensors under
+# `results/directions/` (`fairvlm.lens.Directions.load`; chapter 04 refits them from the
+# cached runs with `fairvlm.lens.fit_directions`, which gives the same vectors, and applies
+# them with `fairvlm.lens.resfair_edits`).
+#
+# ## References
+#
+# - Lan et al. (2025). RES-FAIR (RESidual Flow Adjustment for Inference Recalibration).
+#   arXiv:2505.23798 (abstract; appendix B.1, Figure 2; C.1).
+# - Elhage et al. (2021). *A mathematical framework for transformer circuits.*
+#   Transformer Circuits Thread (the residual stream as a sum of writes).
+# - nostalgebraist (2020). *interpreting GPT: the logit lens.* LessWrong.
+
+# %%
+save_results(
+    SLUG, params=P,
+    headline={
+        "write_conflict_last_tenth": {f"{r['model']}|{r['dataset']}|{r['attribute']}": r["write conflict (last tenth)"]
+                                      for _, r in conflict.iterrows()},
+        "transfer_auroc": {f"{r.model}|{r.fit}->{r.eval}": {"bias": r.auroc_bias, "fair": r.auroc_fair}
+                           for r in best.itertuples(index=False)},
+        "directions_files": saved, "lambda1": LAMBDA1, "lambda2": LAMBDA2,
+    },
+    provenance={"models": [f"{m} ({runs[(m, d)].info.get('dtype')})" for (m, d) in runs],
+                "data": sorted({f"{d} ({'synthetic testbed' if d == 'testbed' else 'real labels'})"
+                                for (_, d) in runs})},
+    tables={"residual_rows": res_rows, "residual_summary": res_summary, "conflict": conflict,
+            "direction_eval": direction_eval, "direction_cosines": cosines, "lens_proxy": proxy,
+            "verdicts": verdicts},
+)

@@ -1,0 +1,391 @@
+"""The counterfactual testbed: world, bias spec, captions, cache key and the smoke-built models."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fairvlm import testbed
+from fairvlm.errors import DataError, FairVLMError, UnknownNameError
+from fairvlm.params import ParameterError
+from fairvlm.testbed import captions as C
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC_PATH = ROOT / "data" / "testbed_bias_spec.yaml"
+
+
+@pytest.fixture(scope="module")
+def spec_data():
+    return yaml.safe_load(SPEC_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return testbed.load_spec(SPEC_PATH)
+
+
+def _arr(im):
+    return np.asarray(im).astype(np.int16)
+
+
+# ---- the world ---------------------------------------------------------------------------
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    a = testbed.render("airplane", "woman", "black", 7)
+    b = testbed.render("airplane", "woman", "black", 7)
+    assert a.size == (64, 64) and a.mode == "RGB"
+    assert hashlib.sha256(a.tobytes()).digest() == hashlib.sha256(b.tobytes()).digest()
+    c = testbed.render("airplane", "woman", "black", 8)
+    assert a.tobytes() != c.tobytes()
+    big = testbed.render("airplane", "woman", "black", 7, size=128)
+    assert big.size == (128, 128)
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_variants_differ_only_on_the_person(split):
+    """Every pixel that changes between any two variants lies in the person's mask."""
+    seeds = testbed.scene_seeds(split, len(testbed.SCENARIO_KEYS), start=11)
+    for key, seed in zip(testbed.SCENARIO_KEYS, seeds):
+        imgs = {v: _arr(im) for v, im in testbed.render_variants(key, seed).items()}
+        mask = testbed.person_mask(key, seed)
+        assert 0.03 < mask.mean() < 0.5, (key, mask.mean())
+        changed = np.zeros(mask.shape, bool)
+        for v in testbed.VARIANTS:
+            for w in testbed.VARIANTS:
+                changed |= (imgs[v] != imgs[w]).any(-1)
+        assert not (changed & ~mask).any(), f"{key} seed {seed}: pixels outside the person changed"
+        # race alone and gender alone each change something
+        assert (imgs["black_man"] != imgs["white_man"]).any(), key
+        assert (imgs["black_man"] != imgs["black_woman"]).any(), key
+
+
+def test_race_changes_the_skin_tone():
+    """Pixels that differ between black and white variants are darker in the black variant."""
+    darker = []
+    for i, key in enumerate(testbed.SCENARIO_KEYS[:20]):
+        b = _arr(testbed.render(key, "woman", "black", 100 + i)).sum(-1)
+        w = _arr(testbed.render(key, "woman", "white", 100 + i)).sum(-1)
+        diff = b != w
+        darker.append((b[diff] < w[diff]).mean())
+    assert np.mean(darker) > 0.9
+
+
+def test_scenes_vary_with_the_seed():
+    """Different scenes of one scenario are not near-copies (models must generalise)."""
+    imgs = [_arr(testbed.render("scrubs", "man", "white", s)) for s in range(6)]
+    dists = [np.abs(imgs[i] - imgs[j]).mean() for i in range(6) for j in range(i + 1, 6)]
+    assert min(dists) > 8.0
+
+
+def test_bad_render_arguments_raise():
+    with pytest.raises(UnknownNameError, match="scenario"):
+        testbed.render("spaceship", "man", "black", 0)
+    with pytest.raises(UnknownNameError, match="gender"):
+        testbed.render("airplane", "boy", "black", 0)
+    with pytest.raises(UnknownNameError, match="race"):
+        testbed.render("airplane", "man", "asian", 0)
+    with pytest.raises(FairVLMError, match="scene_seed"):
+        testbed.render("airplane", "man", "black", -1)
+    with pytest.raises(FairVLMError, match="size"):
+        testbed.render("airplane", "man", "black", 0, size=3)
+
+
+def test_splits_and_balanced_gallery():
+    assert testbed.split_of(5) == "train" and testbed.split_of(1_000_005) == "heldout"
+    assert testbed.scene_seeds("heldout", 3, start=2) == [1_000_002, 1_000_003, 1_000_004]
+    with pytest.raises(UnknownNameError):
+        testbed.scene_seeds("valid", 3)
+    g = testbed.gallery(2, scenarios=["airplane", "mopping", "guitar"])
+    assert len(g) == 3 * 2 * 4
+    counts = g.groupby(["scenario", "variant"]).size()
+    assert (counts == 2).all() and len(counts) == 12
+    assert all(testbed.split_of(int(s)) == "heldout" for s in g["scene_seed"])
+    # the four variants of a scene share its seed (counterfactual quadruplets)
+    assert (g.groupby(["scenario", "scene_seed"])["variant"].nunique() == 4).all()
+    assert set(g["section"]) == {"occupations", "status"}
+
+
+def test_scenario_keys_are_the_pairs_keys(shared):
+    pairs = shared / "data" / "pairs"
+    found = {(p.parent.name, p.name) for p in pairs.glob("*/*") if p.is_dir()}
+    ours = {(testbed.SCENARIOS[k].section, k) for k in testbed.SCENARIO_KEYS}
+    assert ours == found and len(ours) == 50
+
+
+# ---- the bias spec ---------------------------------------------------------------------
+
+
+def test_spec_loads_with_planted_values(spec):
+    assert spec.strength == 1.0
+    assert spec.share("airplane")["white_man"] == pytest.approx(0.65)
+    m = spec.marginal("airplane")
+    assert m["man"] == pytest.approx(0.80) and m["black"] == pytest.approx(0.20)
+    table = spec.share_table()
+    assert len(table) == 50 and np.allclose(table[list(testbed.GROUPS)].sum(1), 1.0)
+    assert table.set_index("scenario").loc["scrubs", "note"] == "counter-stereotypical"
+    assert spec.word_share("aggressive")["black_man"] == pytest.approx(0.55)
+
+
+def test_strength_scales_toward_balance(spec):
+    half = spec.with_strength(0.5)
+    # airplane/white_man: (1 - 0.5) / 4 + 0.5 * 0.65 = 0.45
+    assert half.share("airplane")["white_man"] == pytest.approx(0.45)
+    zero = spec.with_strength(0.0)
+    for k in testbed.SCENARIO_KEYS:
+        assert all(v == pytest.approx(0.25) for v in zero.share(k).values())
+    assert all(v == pytest.approx(0.25) for v in zero.word_share("dangerous").values())
+    rates = zero.mention_table()
+    assert rates["p_mention_gender"].nunique() == 1 and rates["p_mention_race"].nunique() == 1
+    # at strength 1, the rates are the spec's: race named 0.7 for Black, 0.25 for White people
+    full = spec.mention_table().set_index("group")
+    assert full.loc["black_woman", "p_mention_race"] == pytest.approx(0.7)
+    assert full.loc["white_man", "p_mention_race"] == pytest.approx(0.25)
+    with pytest.raises(ParameterError, match="strength"):
+        spec.with_strength(1.5)
+    with pytest.raises(ParameterError, match="strength"):
+        testbed.load_spec(SPEC_PATH, strength=-0.1)
+
+
+def _mutated(data, fn):
+    d = copy.deepcopy(data)
+    fn(d)
+    return d
+
+
+def test_spec_validation_errors(spec_data):
+    ok = testbed.parse_spec(copy.deepcopy(spec_data))
+    assert ok.digest() == testbed.load_spec(SPEC_PATH).digest()
+
+    def unknown_scenario(d):
+        d["scenarios"]["spaceship"] = dict(d["scenarios"]["airplane"])
+
+    with pytest.raises(UnknownNameError, match="spaceship"):
+        testbed.parse_spec(_mutated(spec_data, unknown_scenario))
+
+    def bad_sum(d):
+        d["scenarios"]["airplane"]["white_man"] = 0.55
+
+    with pytest.raises(DataError, match="sum to 0.9"):
+        testbed.parse_spec(_mutated(spec_data, bad_sum))
+
+    def bad_word_sum(d):
+        d["words"]["poor"]["black_man"] = 0.5
+
+    with pytest.raises(DataError, match="words.poor"):
+        testbed.parse_spec(_mutated(spec_data, bad_word_sum))
+
+    with pytest.raises(DataError, match="strength"):
+        testbed.parse_spec(_mutated(spec_data, lambda d: d.update(strength=2)))
+    with pytest.raises(DataError, match="lacks 1 scenario"):
+        testbed.parse_spec(_mutated(spec_data, lambda d: d["scenarios"].pop("tent")))
+    with pytest.raises(UnknownNameError, match="category"):
+        testbed.parse_spec(_mutated(spec_data, lambda d: d["words"]["poor"].update(category="wealth")))
+    with pytest.raises(UnknownNameError, match="group"):
+        testbed.parse_spec(_mutated(spec_data, lambda d: d["scenarios"]["tent"].update(asian_man=0.0)))
+    with pytest.raises(DataError, match="probability"):
+        testbed.parse_spec(_mutated(spec_data, lambda d: d["captions"].update(p_word=1.2)))
+    with pytest.raises(DataError, match="does not exist"):
+        testbed.load_spec(ROOT / "data" / "no_such_spec.yaml")
+
+
+def test_spec_file_errors(tmp_path):
+    bad = tmp_path / "spec.yaml"
+    bad.write_text("scenarios: [unclosed\n")
+    with pytest.raises(DataError, match="cannot read"):
+        testbed.load_spec(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(DataError, match="mapping"):
+        testbed.load_spec(bad)
+
+
+def test_spec_words_belong_to_their_sobit_category(spec, shared):
+    import json
+
+    taxonomy = json.loads((shared / "data" / "sobit" / "So-B-IT_taxonomy.json").read_text())
+    taxonomy = {("behavioral" if k == "behavorial" else k): v for k, v in taxonomy.items()}
+    for word, cat in spec.categories.items():
+        assert word in taxonomy[cat], (word, cat)
+
+
+# ---- text --------------------------------------------------------------------------------
+
+
+def test_caption_word_rates_follow_the_spec(spec):
+    """Word frequencies in sampled captions match P(word) * P(group | word)-weights."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    for group in ("black_man", "white_woman"):
+        gender, race = testbed.parse_variant(group)
+        caps = [C.caption(spec, "studying", gender, race, rng) for _ in range(n)]
+        rate = np.mean([" aggressive " in f" {c} " for c in caps])
+        expected = spec.captions["p_word"] * spec.word_weights(group)["aggressive"]
+        assert rate == pytest.approx(expected, abs=0.015), group
+    # balanced world: no word prefers a group
+    zero = spec.with_strength(0.0)
+    w = zero.word_weights("black_man")
+    assert all(v == pytest.approx(1 / len(w)) for v in w.values())
+
+
+def test_caption_marking(spec):
+    """Atypical people are named more often: a Black woman pilot more than a White man pilot."""
+    bw = spec.caption_mention("airplane", "woman", "black")
+    wm = spec.caption_mention("airplane", "man", "white")
+    # p_gender = 0.35 * (0.5 / P(gender))**0.5: women 0.2 of pilots -> 0.35 * 1.5811
+    assert bw[0] == pytest.approx(0.35 * (0.5 / 0.2) ** 0.5)
+    assert wm[0] == pytest.approx(0.35 * (0.5 / 0.8) ** 0.5)
+    assert bw[1] > wm[1]
+
+
+def test_descriptions_and_questions(spec):
+    rng = np.random.default_rng(1)
+    for key in testbed.SCENARIO_KEYS:
+        d = C.description(spec, key, "woman", "black", rng)
+        assert C.names_scenario(d, key), d
+        assert d[0].isupper() and d.endswith(".")
+    qa = dict(C.qa_pairs(spec, "airplane", "woman", "black", rng))
+    assert "A woman." in qa.values() and "Black." in qa.values()
+    assert C.zero_shot_prompts(["airplane"]) == ["a photo of a person standing in front of an airplane"]
+
+
+@pytest.mark.parametrize("text,gender,race", [
+    ("A Black female pilot standing in front of an airplane.", True, True),
+    ("A White pilot.", False, True),
+    ("A man wearing a white collared shirt.", True, False),
+    ("A person serving drinks in a black apron.", False, False),
+    ("Black.", False, True),
+    ("", False, False),
+    ("She is holding a black ski mask.", True, False),
+    ("two white women on a bus", True, True),
+])
+def test_mentions(text, gender, race):
+    assert C.mentions(text) == {"gender": gender, "race": race}
+
+
+def test_names_scenario():
+    assert C.names_scenario("A pilot standing by a plane.", "airplane")
+    assert not C.names_scenario("A person standing outside.", "airplane")
+    assert C.names_scenario("Someone wearing a ski mask.", "ski_mask")
+
+
+# ---- cache key and processors --------------------------------------------------------------
+
+
+def test_cache_key_tracks_spec_size_and_seed(spec, spec_data):
+    k = testbed.cache_key(spec, "smoke", 0)
+    assert k == testbed.cache_key(testbed.load_spec(SPEC_PATH), "smoke", 0)
+    changed = testbed.parse_spec(_mutated(spec_data, lambda d: d["scenarios"]["airplane"].update(
+        white_man=0.60, white_woman=0.20)))
+    assert testbed.cache_key(changed, "smoke", 0) != k
+    assert testbed.cache_key(spec.with_strength(0.5), "smoke", 0) != k
+    assert testbed.cache_key(spec, "full", 0) != k
+    assert testbed.cache_key(spec, "smoke", 1) != k
+    with pytest.raises(UnknownNameError):
+        testbed.cache_key(spec, "medium", 0)
+
+
+def test_processor_matches_training_normalisation():
+    imgs = [testbed.render("guitar", "man", "black", s) for s in range(3)]
+    proc = testbed.clip_image_processor()(images=imgs, return_tensors="pt")["pixel_values"]
+    ours = testbed.pixel_values(imgs)
+    assert proc.shape == (3, 3, 64, 64)
+    assert np.allclose(proc.numpy(), ours.numpy(), atol=1e-5)
+
+
+def test_llava_prompt_format():
+    p = testbed.llava_prompt("Describe the image.")
+    assert p == "<|im_start|>user\n<image>\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n"
+    assert testbed.llava_prompt("Hi", system="Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+
+
+def test_unknown_model_and_size():
+    with pytest.raises(UnknownNameError, match="testbed model"):
+        testbed.load_hf("testbed-blip", "smoke")
+    with pytest.raises(UnknownNameError, match="testbed size"):
+        testbed.build("huge")
+
+
+# ---- the smoke-built models ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_build():
+    return testbed.build("smoke", progress=False)
+
+
+@pytest.mark.slow
+def test_smoke_clip_beats_chance_on_scenario_retrieval(smoke_build):
+    import torch
+
+    model, processor = testbed.load_hf("testbed-clip", "smoke")
+    from transformers import VisionTextDualEncoderModel
+
+    assert isinstance(model, VisionTextDualEncoderModel)
+    keys = list(testbed.SCENARIO_KEYS)
+    g = testbed.gallery(2, scenarios=keys, start=900)       # 50 x 2 scenes x 4 = 400 images
+    imgs = testbed.render_rows(g)
+    with torch.no_grad():
+        pix = processor.image_processor(images=imgs, return_tensors="pt")["pixel_values"]
+        img = torch.nn.functional.normalize(model.get_image_features(pixel_values=pix).pooler_output, dim=-1)
+        enc = processor.tokenizer(C.zero_shot_prompts(keys), padding=True, return_tensors="pt")
+        txt = torch.nn.functional.normalize(model.get_text_features(**enc).pooler_output, dim=-1)
+    sims = (txt @ img.t()).numpy()                           # (50 prompts, 400 images)
+    labels = g["scenario"].to_numpy()
+    top = np.argsort(-sims, axis=1)[:, :8]
+    precision = np.mean([np.mean(labels[top[i]] == k) for i, k in enumerate(keys)])
+    assert precision > 5 * (1 / 50), precision              # chance is 1/50
+    # the text tower is the real MiniLM, untouched
+    from transformers import BertModel
+
+    from fairvlm.models import minilm_dir
+
+    ref = BertModel.from_pretrained(minilm_dir())
+    w = "encoder.layer.3.attention.self.query.weight"
+    assert torch.equal(model.text_model.state_dict()[w], ref.state_dict()[w])
+
+
+@pytest.mark.slow
+def test_smoke_llava_runs_and_keeps_smollm2_frozen(smoke_build):
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    model, processor = testbed.load_hf("testbed-llava", "smoke")
+    assert isinstance(model, LlavaForConditionalGeneration)
+    assert model.config.vision_feature_layer == -2
+    img = testbed.render("guitar", "woman", "white", 1_000_123)
+    enc = processor(images=[img], text=[testbed.llava_prompt("Describe the image.")], return_tensors="pt")
+    image_id = model.config.image_token_id
+    assert int((enc["input_ids"] == image_id).sum()) == 16
+    # chat template of the processor gives the same prompt
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    assert processor.apply_chat_template(msgs, add_generation_prompt=True) == testbed.llava_prompt("Describe the image.")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+    # the language model is SmolLM2, untouched (apart from the added <image> embedding row)
+    from fairvlm.models import load
+
+    smol = load("smollm2-135m-instruct").model
+    w = "layers.7.mlp.down_proj.weight"
+    assert torch.equal(model.model.language_model.state_dict()[w], smol.model.state_dict()[w])
+    emb = model.get_input_embeddings().weight
+    assert emb.shape[0] == smol.get_input_embeddings().weight.shape[0] + 1
+    assert torch.equal(emb[:-1], smol.get_input_embeddings().weight)
+
+
+@pytest.mark.slow
+def test_build_is_cached_and_cli_reports_it(smoke_build, capsys):
+    from fairvlm.testbed.__main__ import main
+
+    assert testbed.is_built("smoke")
+    assert testbed.build("smoke", progress=False) == smoke_build      # no retraining
+    assert main(["where", "--size", "smoke"]) == 0
+    assert "(built)" in capsys.readouterr().out
+    log = testbed.training_log("smoke")
+    assert len(log["clip"]["loss"]) == testbed.SIZES["smoke"].clip_steps
+    assert log["clip"]["loss"][-1] < log["clip"]["loss"][0]
