@@ -117,8 +117,10 @@ display(pd.DataFrame([{"model": m, "layers": L, "last tenth": f"{tenth[m][0]}..{
 # For every run, mean over rows per layer. Top two rows of each panel: the streams (lens
 # fair margin of $\Delta_1$ and $\Delta_2$); bottom two: the writes (push of attention and
 # of the MLP). Blue is toward fair, red toward a group. The black frame marks the last
-# tenth of the layers. In early layers the lens reads almost nothing about the options
-# (chapter 02), so the margins there are dominated by noise in tiny probabilities.
+# tenth of the layers. The colour scale is clipped at the 95th percentile of the layers
+# after the first (the embedding's lens reading is extreme and would swamp it). In early
+# layers the lens reads almost nothing about the options (chapter 02), so the margins
+# there are ratios of tiny probabilities: read the right-hand side of each panel.
 
 # %%
 for (name, dataset), _col in runs.items():
@@ -132,7 +134,7 @@ for (name, dataset), _col in runs.items():
                 (["push_attn", "push_mlp"], ["attn_out", "mlp_out"], "writes: push toward fair")]):
             ax = axes[i, j]
             data = g[cols].T.to_numpy()
-            lim = float(np.nanmax(np.abs(data))) or 1.0
+            lim = float(np.nanpercentile(np.abs(data[:, 1:]), 95)) or 1.0   # layer 0 would swamp the scale
             sns.heatmap(data, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim,
                         yticklabels=labels, xticklabels=5, cbar_kws={"shrink": 0.8})
             start = tenth[name][0]

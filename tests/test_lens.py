@@ -49,7 +49,7 @@ def test_paper_path_end_to_end_on_tiny_vlms(name, loaded_tiny, tmp_path, monkeyp
     monkeypatch.setenv("FAIRVLM_CACHE", str(tmp_path / "cache"))
     lm = loaded_tiny[name]
     src = mcq.pairs_image_source(load_pairs(mapped_only=True))
-    rows = _rows(2, 1)
+    rows = _rows(3, 1)
     col = lens.collect(lm, rows, images=src, batch_size=5, max_new_tokens=3, progress=False)
     L, n = lm.n_layers, len(rows)
     assert col.lens.shape == (n, 2 * L + 1, 3) and col.vectors.shape == (n, L, 3, lm.d_model)
@@ -66,6 +66,7 @@ def test_paper_path_end_to_end_on_tiny_vlms(name, loaded_tiny, tmp_path, monkeyp
     assert np.array_equal(again.vectors, col.vectors)
     # chapters 01-03 on top
     assert len(mcq.summarize(col.table)) == 2 * 4
+    assert (mcq.summarize(col.table)["n_items"] == 3).all()
     lf = lens.layer_frame(col)
     assert len(lf) == n * (2 * L + 1)
     summ = lens.layer_summary(lf)
@@ -189,9 +190,13 @@ def test_peak_erosion_hand_computed():
 def test_split_rows_thirds():
     lp = np.log(np.array([[0.1, 0.1, f] for f in (0.5, 0.1, 0.3, 0.05, 0.2, 0.4)]))[:, None, :]
     lp = np.repeat(lp, 3, axis=1)                                        # L = 1
-    biased, fair = lens.split_rows(_collection(lp))
+    biased, fair = lens.split_rows(_collection(lp), within=())
     assert biased.tolist() == [False, True, False, True, False, False]   # fair 0.1, 0.05
     assert fair.tolist() == [True, False, False, False, False, True]     # fair 0.5, 0.4
+    # within prompt groups (prompt_id alternates 0, 1): thirds of {0.5, 0.3, 0.2} and {0.1, 0.05, 0.4}
+    biased, fair = lens.split_rows(_collection(lp))
+    assert biased.tolist() == [False, False, False, True, True, False]
+    assert fair.tolist() == [True, False, False, False, False, True]
     with pytest.raises(FairVLMError, match="at least 3"):
         lens.split_rows(_collection(lp[:2]))
 

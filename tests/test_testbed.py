@@ -127,7 +127,7 @@ def test_spec_loads_with_planted_values(spec):
     m = spec.marginal("airplane")
     assert m["man"] == pytest.approx(0.80) and m["black"] == pytest.approx(0.20)
     table = spec.share_table()
-    assert len(table) == 50 and np.allclose(table[list(testbed.GROUPS)].sum(1), 1.0)
+    assert len(table) == 50 and np.allclose(table[list(testbed.GROUPS)].sum(axis=1), 1.0)
     assert table.set_index("scenario").loc["scrubs", "note"] == "counter-stereotypical"
     assert spec.word_share("aggressive")["black_man"] == pytest.approx(0.55)
 

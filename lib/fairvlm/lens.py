@@ -55,7 +55,9 @@ nearly the same axis.
 Directions: :func:`fit_directions`
 ----------------------------------
 Rule (ours; the paper gives no formula): rows of the fitting dataset are split by the
-final fair margin into the bottom third (*biased rows*) and the top third (*fair rows*).
+final fair margin into the bottom third (*biased rows*) and the top third (*fair rows*),
+within each (attribute, input variant, prompt) group so that the contrast is about the
+label and not about the question's wording or inputs (:func:`split_rows`).
 At each layer ``l`` in the chosen range (default: the last tenth of the layers, as the
 paper's appendix C.1), the sublayer whose mean push over all fitting rows is lower is the
 *biased* write and the other the *fair* write; then
@@ -415,7 +417,7 @@ PROFILE_RUNS: dict[str, tuple] = {
     "smoke": (
         RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 2, n_labels=8),
         RunSpec("smollm2-135m-instruct", "scf", _TEXT, 2, n_labels=8),
-        RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, n_labels=4, size="smoke"),
+        RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, n_labels=6, size="smoke"),
     ),
     "paper": tuple(RunSpec(m, d, mcq.VARIANTS, 4, batch_size=8)
                    for m in PAPER_RUN_MODELS for d in ("pairs", "scf")),
@@ -649,17 +651,36 @@ def residual_summary(rf: pd.DataFrame, by: Sequence[str] = ("model", "dataset", 
     return out
 
 
-def split_rows(col: Collection) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (biased rows, fair rows): bottom and top third of the rows by the final
-    fair margin ``lp_fair - ln(p_a + p_b)`` of the model's output (ties broken by row order)."""
+def split_rows(col: Collection, within: Sequence[str] = ("attribute", "variant", "prompt_id")
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (biased rows, fair rows): within each group of ``within``, the bottom
+    and the top third of the rows by the final fair margin ``lp_fair - ln(p_a + p_b)`` of
+    the model's output (ties broken by row order; groups of fewer than 3 rows are left out).
+
+    Splitting inside (attribute, variant, prompt) groups keeps the contrast about the
+    *label*: otherwise a direction could learn "race question vs gender question", "image
+    vs no image" or "option order" instead of bias.
+    """
     t = col.table
     margin = t["lp_fair"].to_numpy(float) - np.logaddexp(t["lp_a"].to_numpy(float), t["lp_b"].to_numpy(float))
     n = len(margin)
     if n < 3:
         raise FairVLMError(f"splitting rows into thirds needs at least 3 rows, got {n}")
-    rank = np.argsort(np.argsort(margin, kind="stable"), kind="stable")
-    k = n // 3
-    return rank < k, rank >= n - k
+    biased, fair = np.zeros(n, bool), np.zeros(n, bool)
+    keys = [c for c in within if c in t.columns]
+    groups = t.groupby(keys, sort=False).indices.values() if keys else [np.arange(n)]
+    for idx in groups:
+        idx = np.asarray(idx)
+        k = len(idx) // 3
+        if k == 0:
+            continue
+        order = idx[np.argsort(margin[idx], kind="stable")]
+        biased[order[:k]] = True
+        fair[order[-k:]] = True
+    if not biased.any():
+        raise FairVLMError(f"no ({', '.join(keys)}) group has the 3 rows needed to split into thirds; "
+                           "use at least 3 labels per attribute, variant and prompt")
+    return biased, fair
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -783,8 +804,9 @@ def fit_directions(col: Collection, layers: Sequence[int] | None = None) -> Dire
     meta = {"model": col.model, "fit_datasets": sorted(set(t["dataset"])),
             "n_rows": int(len(t)), "n_biased": int(biased.sum()), "n_fair": int(fair.sum()),
             "n_layers": col.n_layers, "layers": layers, "reading": "writes",
-            "rule": "bottom/top third by final fair margin; biased write = sublayer with lower mean "
-                    "lens push toward fair; u = unit(mean difference of that write between the thirds)",
+            "rule": "bottom/top third by final fair margin within (attribute, variant, prompt); "
+                    "biased write = sublayer with lower mean lens push toward fair; "
+                    "u = unit(mean difference of that write between the thirds)",
             "code": CODE_VERSION, "collection": col.key}
     return Directions(out["bias"], out["fair"], out["bias_site"], out["fair_site"], streams, meta)
 

@@ -300,12 +300,15 @@ def _quiet():
 
 def _encode_text(model, tok, texts, batch: int = 256) -> torch.Tensor:
     """Pooler outputs ``(n, 384)`` of the frozen MiniLM text tower (float32)."""
-    outs = []
+    texts = list(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))   # less padding per batch
+    out = torch.zeros(len(texts), model.config.hidden_size)
     with torch.no_grad():
         for i in range(0, len(texts), batch):
-            enc = tok(texts[i:i + batch], padding=True, truncation=True, max_length=64, return_tensors="pt")
-            outs.append(model(**enc).pooler_output.float())
-    return torch.cat(outs) if outs else torch.zeros(0, model.config.hidden_size)
+            idx = order[i:i + batch]
+            enc = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            out[idx] = model(**enc).pooler_output.float()
+    return out
 
 
 def _cosine_lr(step: int, total: int, base: float, warmup: float = 0.08) -> float:
@@ -339,7 +342,7 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
         VisionTextDualEncoderModel
 
     cfg = _check_size(size)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
     items = training_items(spec, cfg.clip_images, seed)
     pix_u8 = _render_uint8(items, "rendering training scenes", progress)
@@ -417,7 +420,8 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
             bar.set_postfix(loss=f"{float(loss):.3f}", heldout_acc=f"{acc:.2f}")
     model.eval()
     log.update({"seconds_render": t_render, "seconds_text": t_text, "seconds_train": time.time() - t2,
-                "seconds_total": time.time() - t0, "n_captions": len(vocab), "n_images": n,
+                "seconds_total": time.time() - t0, "cpu_seconds_total": time.process_time() - c0,
+                "n_captions": len(vocab), "n_images": n,
                 "final_heldout_acc": log["eval_acc"][-1]})
     return model, log
 
@@ -480,7 +484,7 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     from fairvlm.models import load as load_model
 
     cfg = _check_size(size)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
     lm = load_model("smollm2-135m-instruct")
     smol = lm.model
@@ -561,7 +565,8 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     llava.generation_config.bos_token_id = tok.bos_token_id
     llava.generation_config.do_sample = False
     llava.eval()
-    log.update({"seconds_train": t_train, "seconds_total": time.time() - t0, "n_images": len(items),
+    log.update({"seconds_train": t_train, "seconds_total": time.time() - t0,
+                "cpu_seconds_total": time.process_time() - c0, "n_images": len(items),
                 "n_examples": len(examples)})
     return llava, tok, log
 
@@ -588,7 +593,7 @@ def build(size: str = "full", *, seed: int = 0, spec_path=None, force: bool = Fa
         if is_built(size, seed=seed, spec=spec) and not force:
             return root
         root.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         torch_threads = torch.get_num_threads()
         clip, clip_log = train_clip(spec, size, seed, progress=progress)
         _atomic_write_dir(root / "clip", lambda d: clip.save_pretrained(d, safe_serialization=True))
@@ -602,6 +607,7 @@ def build(size: str = "full", *, seed: int = 0, spec_path=None, force: bool = Fa
         record = {"size": size, "seed": seed, "spec_digest": spec.digest(), "spec_path": str(spec.path),
                   "code_version": CODE_VERSION, "source_digest": _source_digest(), "config": asdict(SIZES[size]),
                   "vision": VISION, "torch_threads": torch_threads, "seconds": time.time() - t0,
+                  "cpu_seconds": time.process_time() - c0, "load_average": os.getloadavg(),
                   "clip": clip_log, "llava": llava_log}
         _atomic_write_json(root / "build.json", record)
     return root
