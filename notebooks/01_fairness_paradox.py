@@ -34,9 +34,10 @@
 #
 # The embedded profile runs SmolLM2-135M-Instruct (a real pretrained chat model, text
 # only; its weights are the 4-bit GGUF release de-quantized) on the 44 PAIRS labels and
-# on 44 SocialCounterfactuals occupations, and `testbed-llava` (the book's LLaVA-style
-# model whose language model is the same frozen SmolLM2; chapter 00_testbed builds it) on
-# rendered testbed scenes in all four input variants. About 3 minutes on 2 CPU cores the
+# on 30 SocialCounterfactuals occupations (four paraphrases each), and `testbed-llava` (the
+# book's LLaVA-style model whose language model is the same frozen SmolLM2; chapter
+# 00_testbed builds it) on rendered held-out testbed scenes of 24 scenarios in all four
+# input variants (two paraphrases). About 3 minutes on 2 CPU cores the
 # first time; chapters 02 and 03 then reuse the cached forward passes. `smoke` runs a
 # handful of labels in well under a minute. `paper` runs LLaVA-1.5-7B, LLaVA-NeXT-7B
 # (Vicuna), Qwen2-VL-2B and Qwen2.5-VL-7B on PAIRS and SocialCounterfactuals (a GPU, the
@@ -108,7 +109,7 @@ display(pd.DataFrame({"paraphrase": [r.prompt_id for r in example_rows],
         .style.hide(axis="index"))
 
 # %% [markdown]
-# Each row is answered greedily (at most 16 new tokens) and the answer is parsed to
+# Each row is answered greedily (at most 12 new tokens) and the answer is parsed to
 # *fair*, *group A*, *group B* or *invalid* by `fairvlm.mcq.parse_answer`: a bare option
 # letter maps to the option listed at that position; both groups joined by "and"/"or"
 # ("both men and women") is fair; otherwise the earliest cue decides, where declining to

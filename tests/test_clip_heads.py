@@ -343,3 +343,22 @@ def test_embeddings_match_the_model_zoo_helpers():
     torch.testing.assert_close(retrieval.embed_texts(lm, words), lm.embed_text(words), atol=1e-5, rtol=1e-5)
     with pytest.raises(ParameterError):
         retrieval.embed_texts(lm.model, words)  # no tokenizer
+
+
+def test_dual_encoder_with_clip_vision_tower(pixels):
+    """The testbed's architecture: VisionTextDualEncoderModel = CLIP vision tower + BERT text tower."""
+    from transformers import BertConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    torch.manual_seed(0)
+    vis = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8)
+    txt = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    m = VisionTextDualEncoderModel(VisionTextDualEncoderConfig.from_vision_text_configs(vis, txt, projection_dim=12)).eval()
+    assert ch.vision_tower(m) is m.vision_model  # a CLIPVisionModel (flat in transformers 5)
+    d = ch.cls_decomposition(m, pixels)
+    torch.testing.assert_close(d.reconstruction(), d.resid_mid, atol=1e-5, rtol=1e-5)
+    base = retrieval.embed_images(m, pixels)
+    assert base.shape == (7, 12)
+    with ch.intervene(m, ch.zero_ablation([0, 3])):
+        edited = retrieval.embed_images(m, pixels)
+    assert (edited - base).abs().max() > 1e-4

@@ -296,7 +296,7 @@ def _lens_logprobs(loaded, streams: torch.Tensor, ids_rows: list, chunk: int = 2
 
 
 def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_size: int = 8,
-            max_new_tokens: int = 16, layers: bool = True, cache: bool = True,
+            max_new_tokens: int = 12, layers: bool = True, cache: bool = True,
             progress: bool = True) -> Collection:
     """Run every row once: greedy answer, option probabilities and (``layers=True``) the
     per-layer captures and lens readings. See the module docstring.
@@ -411,8 +411,8 @@ _TEXT = ("text",)
 PROFILE_RUNS: dict[str, tuple] = {
     "embedded": (
         RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 4),
-        RunSpec("smollm2-135m-instruct", "scf", _TEXT, 4, n_labels=44),
-        RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, size="full"),
+        RunSpec("smollm2-135m-instruct", "scf", _TEXT, 4, n_labels=30),
+        RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, n_labels=24, size="full"),
     ),
     "smoke": (
         RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 2, n_labels=8),

@@ -43,8 +43,8 @@ Answers and option probabilities
   raised (the mass could not be split). When a surface form takes several tokens, the
   first-token mass is an *upper bound* on that form's probability (the same first token
   may continue differently); :func:`first_token_table` lists every form's tokens so a
-  chapter can show which options are single-token (all of them for SmolLM2, LLaVA's
-  Llama tokenizer and Qwen2's tokenizer with the words used here).
+  chapter can show which options are single-token (all of them with SmolLM2's tokenizer,
+  which the tiny and testbed models share).
 
 Metrics
 -------
@@ -772,7 +772,7 @@ def add_metrics(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate(loaded, rows: Sequence[Row], *, images: Callable | None = None, batch_size: int = 8,
-             max_new_tokens: int = 16, progress: bool = True) -> pd.DataFrame:
+             max_new_tokens: int = 12, progress: bool = True) -> pd.DataFrame:
     """Ask ``loaded`` every row: greedy answer + option probabilities, one line per row.
 
     Returns :func:`row_frame` columns plus ``answer`` (greedy continuation, up to
