@@ -52,7 +52,8 @@
 # per scenario, each drawn in the four variants; 0 = profile default) size the probe set
 # and the evaluation gallery. `EXPERT_RULE` / `EXPERT_K` choose the experts
 # (`fairvlm.probes.select_experts`), `DAMP_ALPHA` the damping factor (paper: 0.1),
-# `ENTROPY_K` the top-k of the entropy metric (paper: 100), `CLIPCLIP_KEEP` the fraction
+# `ENTROPY_K` the top-k of the entropy metric (0 = profile default: 100 as in the paper on
+# the `paper` profile, the number of images per scenario on the testbed), `CLIPCLIP_KEEP` the fraction
 # of embedding dimensions CLIP-clip keeps, `BIASED_PROMPTS_LAMBDA` the calibration weight
 # of the biased-prompts projection (Chuang et al.: 1000). The `*_DIR` parameters point the
 # `paper` profile at local copies of the datasets.
@@ -66,7 +67,7 @@ GALLERY_SCENES = 0
 EXPERT_RULE = "top_k"
 EXPERT_K = 3
 DAMP_ALPHA = 0.1
-ENTROPY_K = 100
+ENTROPY_K = 0
 CLIPCLIP_KEEP = 0.78
 BIASED_PROMPTS_LAMBDA = 1000.0
 FAIRFACE_DIR = ""
@@ -91,7 +92,7 @@ check_range("GALLERY_SCENES", GALLERY_SCENES, 0, 1000, kind=int)
 check_choice("EXPERT_RULE", EXPERT_RULE, ("top_k", "threshold"))
 check_range("EXPERT_K", EXPERT_K, 1, 64, kind=int)
 check_range("DAMP_ALPHA", DAMP_ALPHA, 0.0, 1.0)
-check_range("ENTROPY_K", ENTROPY_K, 2, 10_000, kind=int)
+check_range("ENTROPY_K", ENTROPY_K, 0, 10_000, kind=int)
 check_range("CLIPCLIP_KEEP", CLIPCLIP_KEEP, 0.01, 1.0)
 check_range("BIASED_PROMPTS_LAMBDA", BIASED_PROMPTS_LAMBDA, 0.0, 1e9)
 check_range("FAIRFACE_LIMIT", FAIRFACE_LIMIT, 0, 10**7, kind=int)
@@ -108,6 +109,9 @@ TESTBED_SIZE = "smoke" if PROFILE == "smoke" else "full"
 N_PROBE_SCENES = PROBE_SCENES or (1 if PROFILE == "smoke" else 3)      # x 50 scenarios x 4 variants
 N_GALLERY_SCENES = GALLERY_SCENES or (2 if PROFILE == "smoke" else 6)  # x 50 scenarios x 4 variants
 N_WORDS_PER_CATEGORY = 4 if PROFILE == "smoke" else None                # So-B-IT words per category
+# top-k of the entropy metric: the paper's 100 of FairFace's ~11k images; on the testbed the
+# images of one scenario (the gallery is far smaller, so 100 would cover a twelfth of it)
+K_ENTROPY = ENTROPY_K or (100 if PROFILE == "paper" else 4 * N_GALLERY_SCENES)
 
 # %% [markdown]
 # ## Imports
@@ -623,7 +627,7 @@ for v in variants:
     # So-B-IT words: normalized entropy of gender and race in the top-k
     wmeta = galleries[word_gallery]["meta"]
     Iw = image_emb[name][word_gallery]
-    k_ent = min(ENTROPY_K, len(wmeta))
+    k_ent = min(K_ENTROPY, len(wmeta))
     for style in WORD_STYLES:
         prompts = [word_prompt(style, w) for w in sobit["word"]]
         sim = (texts(T, prompts) @ Iw.T).numpy()
@@ -655,6 +659,11 @@ for v in variants:
 
 scen_table = pd.concat(scen_rows, ignore_index=True)
 word_table = pd.concat(word_rows, ignore_index=True)
+if planted_scen is not None:  # the planted ground truth beside every measured row
+    scen_table = scen_table.merge(planted_scen[["scenario", "p_man", "p_black"]].rename(
+        columns={"scenario": "query", "p_man": "planted_p_man", "p_black": "planted_p_black"}), on="query", how="left")
+    word_table = word_table.merge(planted_words[["word", "p_man", "p_black"]].rename(
+        columns={"p_man": "planted_p_man", "p_black": "planted_p_black"}), on="word", how="left")
 util = pd.DataFrame(summary_rows)
 main_suite = scenario_suites[0]["name"]
 fair = (scen_table[scen_table["suite"] == main_suite].groupby("variant", sort=False)
@@ -701,9 +710,9 @@ if planted_scen is not None:
             "mean_abs_gender_skew": float(np.abs(m["topk_male_share"] - 0.5).mean()),
         })
     gt = pd.DataFrame(gt_rows)
-    wt = word_table.merge(planted_words[["word", "p_man", "p_black"]], on="word")
+    wt = word_table.dropna(subset=["planted_p_man"])
     wgt = (wt.groupby(["variant", "style"], sort=False)
-           .apply(lambda d: spearmanr(d["p_man"], d["topk_male_share"]).statistic, include_groups=False)
+           .apply(lambda d: spearmanr(d["planted_p_man"], d["topk_male_share"]).statistic, include_groups=False)
            .unstack("style").add_prefix("words_spearman_gender (").add_suffix(")"))
     gt = gt.set_index("variant").join(wgt).reset_index()
     display(gt.round(3).style.hide(axis="index").format(precision=3))

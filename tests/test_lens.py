@@ -275,3 +275,56 @@ def test_resfair_edit_formula_and_identity(loaded_tiny):
     assert not torch.allclose(base, moved, atol=1e-4)
     with pytest.raises(FairVLMError, match="no direction for layer"):
         lens.resfair_edits(dirs, layers=[3])
+
+
+# ---------------------------------------------------------------------------- runs of the chapters
+
+
+def test_run_rows_of_the_smoke_profile(shared):
+    by = {s.dataset: s for s in lens.PROFILE_RUNS["smoke"]}
+    rows, images, note = lens.run_rows(by["pairs"])
+    assert len(rows) == 8 * 2 * 1 * 2 and images is None and note == ""
+    rows, images, _ = lens.run_rows(by["testbed"])
+    assert len(rows) == 6 * 2 * 4 * 2
+    assert images.key.startswith("testbed:")
+    im = images(rows[-1].item.scenario, *rows[-1].item.images[0])
+    assert im.size == (64, 64)
+    rows, _, _ = lens.run_rows(by["scf"])
+    assert {r.item.dataset for r in rows} == {"scf"} and len({r.item.label for r in rows}) == 8
+    with pytest.raises(FairVLMError, match="unknown dataset"):
+        lens.run_rows(lens.RunSpec("smollm2-135m-instruct", "coco", ("text",), 1))
+
+
+def test_profile_runs_rejects_unknown_profile_and_dtype():
+    with pytest.raises(FairVLMError, match="profile"):
+        lens.profile_runs("laptop")
+    with pytest.raises(FairVLMError, match="DTYPE"):
+        lens.profile_runs("smoke", dtype="int8")
+
+
+def test_cross_pairs_and_label_halves():
+    lp = np.zeros((12, 5, 3))
+    a = _collection(lp)
+    b = _collection(lp)
+    runs = {("m1", "pairs"): a, ("m1", "scf"): b, ("m2", "testbed"): _collection(lp)}
+    pairs_ = lens.cross_pairs(runs)
+    assert [(p["model"], p["fit"], p["eval"]) for p in pairs_] == [
+        ("m1", "pairs", "scf"), ("m1", "scf", "pairs"),
+        ("m2", "testbed-even", "testbed-odd"), ("m2", "testbed-odd", "testbed-even")]
+    half_a, half_b = pairs_[2]["fit_col"], pairs_[2]["eval_col"]
+    assert not set(half_a.table["scenario"]) & set(half_b.table["scenario"])
+    assert len(half_a.table) + len(half_b.table) == 12
+    assert lens.directions_path("llava-hf/llava-1.5-7b-hf", "scf").name == "llava-hf__llava-1.5-7b-hf__fit-scf.safetensors"
+
+
+def test_mcq_evaluate_matches_collect_and_sees_edits(loaded_tiny):
+    lm = loaded_tiny["tiny-qwen2-vl"]
+    rows = _rows(1, 1, variants=("text", "image_b"))
+    src = _synthetic_source()
+    table = mcq.evaluate(lm, rows, images=src, max_new_tokens=2, progress=False)
+    col = lens.collect(lm, rows, images=src, max_new_tokens=2, cache=False, progress=False)
+    assert np.allclose(table[["lp_a", "lp_b", "lp_fair"]], col.table[["lp_a", "lp_b", "lp_fair"]], atol=1e-5)
+    # an edit at the last layer changes the option probabilities evaluate() reports
+    with hooks.edit(lm, {f"resid_post.{lm.n_layers - 1}": lambda x: x * 0.5}):
+        edited = mcq.evaluate(lm, rows, images=src, max_new_tokens=2, progress=False)
+    assert not np.allclose(edited["lp_a"], table["lp_a"], atol=1e-4)

@@ -50,6 +50,8 @@ GENDER_ORDER = ("a", "b", "fair")
     ("...", "invalid"),
     ("Sure! Here", "invalid"),
     ("I think the answer is \"", "invalid"),
+    ("The two images are not the same. The first image is", "invalid"),
+    ("They are not equally likely: men", "a"),
 ])
 def test_parse_gender(text, expected):
     assert mcq.parse_answer(text, "gender", GENDER_ORDER) == expected

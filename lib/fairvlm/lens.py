@@ -159,13 +159,22 @@ class Collection:
 
 
 def model_fingerprint(loaded) -> str:
-    """A short hash of a model's parameters (names, shapes, sums): changes when weights do."""
+    """A short hash of a model's parameters: names, shapes, and the sum and absolute sum of
+    every 61st element of each (float64). Changes when the weights do (a retrained testbed,
+    another dtype); computed once per :class:`~fairvlm.models.LoadedModel` and kept in its
+    ``info``."""
+    cached = loaded.info.get("_fingerprint") if isinstance(loaded.info, dict) else None
+    if cached:
+        return cached
     h = hashlib.sha256(loaded.name.encode())
     with torch.no_grad():
         for name, p in loaded.model.named_parameters():
-            x = p.detach().float()
-            h.update(f"{name}{tuple(p.shape)}{x.sum().item():.6e}{x.abs().sum().item():.6e}".encode())
-    return h.hexdigest()[:16]
+            x = p.detach().reshape(-1)[::61].double()
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}{x.sum().item():.8e}{x.abs().sum().item():.8e}".encode())
+    out = h.hexdigest()[:16]
+    if isinstance(loaded.info, dict):
+        loaded.info["_fingerprint"] = out
+    return out
 
 
 def _cache_key(loaded, rows, images, max_new_tokens, layers) -> str:
@@ -223,6 +232,9 @@ def _load(path: Path) -> Collection:
         arrays = load_file(str(path / "arrays.safetensors")) if (path / "arrays.safetensors").exists() else {}
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"the cached collection {path} is unreadable ({exc}); delete that folder") from exc
+    # metrics and parsed answers are recomputed from the raw answers and log-probabilities,
+    # so a fix to the parser or a metric never leaves stale numbers in the cache
+    table = mcq.add_metrics(table)
     return Collection(table, arrays.get("lens"), arrays.get("vectors"), meta["model"],
                       int(meta["n_layers"]), meta["key"], meta.get("info", {}))
 
