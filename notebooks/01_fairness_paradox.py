@@ -197,6 +197,34 @@ display(shown[["model", "dataset", "attribute", "variant", "fair proportion", "c
                "n_items", "n_prompts"]].style.hide(axis="index"))
 
 # %% [markdown]
+# ## Position or social group?
+#
+# The option order changes with the paraphrase, and a small model gives much of its group
+# mass to whichever group the question lists first. `fairvlm.mcq.order_balanced`
+# separates the two per item: with $\ell = \ln p_A - \ln p_B$ on each prompt, the
+# *social lean* is the mean of $\ell$ over the item's prompts (half of which list A first,
+# so the position effect cancels), the *position lean* is the mean log-odds gained by the
+# first-listed group, and the *order-balanced skew* is the confidence skew of the social
+# lean alone. An item is *fair-majority* when at least half of its prompts are answered
+# fair; the order-balanced paradox share is the share of those whose order-balanced skew
+# still reaches the 2:1 threshold.
+
+# %%
+items = mcq.order_balanced(rows)
+fair_major = items[items["fair_rate"] >= 0.5]
+position = (items.groupby(["model", "dataset", "attribute"])
+            .agg(**{"position lean (log-odds, first-listed)": ("position_lean", "mean"),
+                    "|social lean| (log-odds)": ("social_lean", lambda x: x.abs().mean()),
+                    "items": ("item_id", "size"), "orders balanced": ("balanced", "all")})
+            .join(fair_major.groupby(["model", "dataset", "attribute"])
+                  .agg(**{"fair-majority items": ("item_id", "size"),
+                          "order-balanced skew | fair-majority": ("balanced_skew", "mean"),
+                          "order-balanced paradox share": ("balanced_skew",
+                                                           lambda x: (x >= mcq.PARADOX_SKEW).mean())}))
+            .reset_index())
+display(position.style.format(precision=3).hide(axis="index"))
+
+# %% [markdown]
 # The paradox is a statement about single rows, so the next figure looks at rows. Left:
 # the share $q_A$ of group A in the renormalised group distribution, for rows that
 # answered fair and rows that named a group. A calibrated fair answer would sit at
@@ -271,7 +299,7 @@ display(by_label.groupby("model").head(5).style.format(precision=3).hide(axis="i
 # images (`data/testbed_bias_spec.yaml`). `testbed-llava` learned to describe those
 # images; its language model is the frozen SmolLM2, so its answers mix the text prior
 # with what the images taught the projector. If the images carry the planted bias into
-# the answers, the mean lean $q_A - 1/2$ per scenario should rank like the planted
+# the answers, the order-balanced social lean per scenario should rank like the planted
 # skew (share of men, or of Black people, minus 1/2). This is the check no paper can run:
 # we know the truth.
 
@@ -285,8 +313,9 @@ if len(testbed_rows):
 
     shares = load_spec().share_table().set_index("scenario")
     rows_t = []
-    for (attribute, variant), g in testbed_rows.groupby(["attribute", "variant"]):
-        lean = g.groupby("scenario")["q_a"].mean() - 0.5
+    testbed_items = items[items["dataset"] == "testbed"]
+    for (attribute, variant), g in testbed_items.groupby(["attribute", "variant"]):
+        lean = g.groupby("scenario")["social_lean"].mean()
         planted = shares.loc[lean.index, "gender_skew" if attribute == "gender" else "race_skew"]
         rho = spearmanr(lean, planted).statistic if lean.nunique() > 1 and planted.nunique() > 1 else float("nan")
         rows_t.append({"attribute": attribute, "variant": variant, "scenarios": len(lean),
@@ -314,31 +343,39 @@ for (name, dataset), col in runs.items():
         sk = paradox[(paradox.model == name) & (paradox.dataset == dataset) & (paradox.attribute == attribute)]
         sk_fair = float(sk["skew | fair answer"].iloc[0]) if len(sk) else float("nan")
         share = float(sk["paradox share of fair answers"].iloc[0]) if len(sk) else float("nan")
+        po = position[(position.model == name) & (position.dataset == dataset) & (position.attribute == attribute)]
+        bal = float(po["order-balanced paradox share"].iloc[0]) if len(po) else float("nan")
+        raw_ok = sk_fair >= mcq.PARADOX_SKEW and share >= 0.5
+        bal_ok = bal >= 0.5
         if not (fp > 0) or math.isnan(sk_fair):
             verdict = "not testable here (no fair answers)"
-        elif sk_fair >= mcq.PARADOX_SKEW and share >= 0.5:
+        elif raw_ok and bal_ok:
             verdict = "reproduced"
-        elif sk_fair >= mcq.PARADOX_SKEW or share >= 0.25:
-            verdict = "partly"
+        elif raw_ok or bal_ok:
+            verdict = "partly" + (" (lean mostly from option order)" if raw_ok else "")
         else:
             verdict = "not reproduced"
         verdict_rows.append({
             "paper claim": "fair answers over skewed group probabilities (finding 1)",
             "paper number": "fair 0.39-0.69 (App. Tab. 1); KL 0.10-0.25 (App. Tab. 2)",
-            "this book": f"fair {fp:.2f}; skew given fair {sk_fair:.3f}; paradox share {share:.2f}",
+            "this book": f"fair {fp:.2f}; skew given fair {sk_fair:.3f}; paradox share {share:.2f}; "
+                         f"order-balanced paradox share {bal:.2f}",
             "model + data": f"{name}, {dataset}, {attribute}",
             "verdict": verdict})
 verdicts = pd.DataFrame(verdict_rows)
 display(verdicts.style.hide(axis="index"))
 
 # %% [markdown]
-# Verdict rule: *reproduced* when fair answers carry on average at least a 2:1 lean
-# (mean skew given a fair answer at least 0.057 nats) **and** at least half of the fair
-# answers are paradox rows; *partly* when one of the two holds (or a quarter of the fair
-# answers are paradox rows); otherwise *not reproduced*. Numbers from SmolLM2 and the
-# testbed are about those models, not the paper's: a 135M-parameter text model and a
-# synthetic world cannot confirm or refute a number measured on LLaVA or Qwen2-VL, only
-# whether the same *pattern* appears. The paper profile runs the paper's models.
+# Verdict rule: the raw paradox holds when fair answers carry on average at least a 2:1
+# lean (mean skew given a fair answer at least 0.057 nats) **and** at least half of the
+# fair answers are paradox rows; the order-balanced paradox holds when at least half of
+# the fair-majority items keep a 2:1 lean once the option order is averaged out.
+# *Reproduced* when both hold, *partly* when one does (flagged when the lean comes mostly
+# from the option order), otherwise *not reproduced*. The paper does not report how its
+# options were ordered, so its KL may include a position effect too. Numbers from SmolLM2
+# and the testbed are about those models, not the paper's: a 135M-parameter text model
+# and a synthetic world cannot confirm or refute a number measured on LLaVA or Qwen2-VL,
+# only whether the same *pattern* appears. The paper profile runs the paper's models.
 
 # %%
 embedded_key = next(iter(runs))
@@ -352,6 +389,10 @@ glue("main_skew_fair_gender",
 glue("main_paradox_share_race",
      f"{float(main[main.attribute == 'race']['paradox share of fair answers'].iloc[0]):.2f}", display=False)
 glue("n_rows_total", len(rows), display=False)
+main_pos = position[(position.model == embedded_key[0]) & (position.dataset == embedded_key[1])]
+glue("main_position_lean", f"{main_pos['position lean (log-odds, first-listed)'].mean():.2f}", display=False)
+glue("main_balanced_share_race",
+     f"{float(main_pos[main_pos.attribute == 'race']['order-balanced paradox share'].iloc[0]):.2f}", display=False)
 
 # %% [markdown]
 # ## Summary and what's next
@@ -361,11 +402,13 @@ glue("n_rows_total", len(rows), display=False)
 # for race; behind the fair answers on gender the group distribution has a mean skew of
 # {glue:text}`main_skew_fair_gender` nats, and {glue:text}`main_paradox_share_race` of
 # the fair answers on race lean at least 2:1 (all {glue:text}`n_rows_total` rows are in
-# `results/01_fairness_paradox/rows.csv`). Two cautions travel with these numbers: the
-# option order moves the probabilities a lot (the first-listed group gains mass), which
-# is why every summary averages over the four orders, and invalid answers are kept in
-# the denominator. Chapter 02 follows the same rows through the layers with the logit
-# lens, chapter 03 through the two residual streams of each layer.
+# `results/01_fairness_paradox/rows.csv`). Much of that lean is the option order: on
+# average the first-listed group gains {glue:text}`main_position_lean` in log-odds. With
+# the order averaged out, {glue:text}`main_balanced_share_race` of the fair-majority race
+# items still lean at least 2:1, which is the part of the paradox that is about the
+# groups. Invalid answers are kept in the denominator of the fair proportion throughout.
+# Chapter 02 follows the same rows through the layers with the logit lens, chapter 03
+# through the two residual streams of each layer.
 #
 # ## References
 #
@@ -386,6 +429,10 @@ headline = {
     "paradox_share_of_fair": {f"{r['model']}|{r['dataset']}|{r['attribute']}": r["paradox share of fair answers"]
                               for _, r in paradox.iterrows()},
     "testbed_spearman_lean_vs_planted": planted_rho,
+    "order_balanced_paradox_share": {f"{r['model']}|{r['dataset']}|{r['attribute']}":
+                                     r["order-balanced paradox share"] for _, r in position.iterrows()},
+    "position_lean": {f"{r['model']}|{r['dataset']}|{r['attribute']}":
+                      r["position lean (log-odds, first-listed)"] for _, r in position.iterrows()},
     "paradox_skew_threshold": mcq.PARADOX_SKEW,
 }
 save_results(
@@ -393,6 +440,7 @@ save_results(
     provenance={"models": [f"{m} ({runs[(m, d)].info.get('dtype')})" for (m, d) in runs],
                 "data": sorted({f"{d} ({'synthetic testbed' if d == 'testbed' else 'real labels'})"
                                 for (_, d) in runs})},
-    tables={"rows": rows.drop(columns=["answer kind"]), "summary": summary, "paradox": paradox,
+    tables={"rows": rows.drop(columns=["answer kind"]), "items": items, "summary": summary,
+            "paradox": paradox, "position": position,
             "verdicts": verdicts, "testbed_planted": planted_table},
 )

@@ -222,11 +222,19 @@ else:
 
 # %%
 ERODE = 0.05   # a drop of at least 5 points of fair share counts as erosion
+n_layers_of = {m: c.n_layers for (m, _), c in runs.items()}
 verdict_rows = []
 for r in pe.itertuples():
-    interior = 0.1 < r.peak_rel < 0.95
+    intermediate = 0.1 <= r.peak_rel <= 0.8
     eroded = r.erosion >= ERODE
-    verdict = "reproduced" if interior and eroded else ("partly" if interior or eroded else "not reproduced")
+    if intermediate and eroded:
+        verdict = "reproduced"
+    elif eroded:
+        verdict = f"partly (erosion, but the peak is late: layer {r.peak_layer + 1} of {n_layers_of[r.model]})"
+    elif intermediate:
+        verdict = "partly (intermediate peak, no erosion)"
+    else:
+        verdict = "not reproduced"
     verdict_rows.append({
         "paper claim": "fairness peaks in intermediate layers, erodes in the final layers (finding 2)",
         "paper number": "shape only (main Fig. 4, App. Fig. 6)",
@@ -239,13 +247,13 @@ verdicts = pd.DataFrame(verdict_rows)
 display(verdicts.style.hide(axis="index"))
 
 # %% [markdown]
-# Verdict rule: *reproduced* when the fair-share peak lies strictly inside the network
-# (relative depth between 0.1 and 0.95) **and** the output is at least 5 points of fair
+# Verdict rule: *reproduced* when the fair-share peak lies in the intermediate layers
+# (relative depth between 0.1 and 0.8) **and** the output is at least 5 points of fair
 # share below it; *partly* when only one holds. The peak search skips depths where the
-# options get less than `MIN_OPTION_MASS` of the lens distribution, so "intermediate"
-# can only mean "inside the readable range": where that range starts late (the
-# `readable_from` column), the claim about *intermediate* layers is only partly testable
-# with a logit lens. These are statements about the models named in the table, not
+# options get less than `MIN_OPTION_MASS` of the lens distribution: where the lens starts
+# reading the options late (the `readable_from` column), a logit lens cannot see an
+# earlier peak, so a late peak there is as much a limit of the instrument as a property
+# of the model. These are statements about the models named in the table, not
 # measurements of the paper's models.
 
 # %%

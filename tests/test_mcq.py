@@ -314,3 +314,23 @@ def test_pairs_image_source(shared):
     assert src.key.startswith("pairs:")
     with pytest.raises(DataError, match="no image"):
         src("airplane", "female", "green")
+
+
+def test_order_balanced_separates_position_from_social_lean():
+    # one item asked twice: A first (lo = ln 4) and B first (lo = ln 1/2 ... i.e. -ln 2)
+    df = pd.DataFrame({"model": "m", "dataset": "d", "item_id": "i", "scenario": "s", "label": "x",
+                       "attribute": "gender", "variant": "text",
+                       "lp_a": np.log([0.4, 0.1]), "lp_b": np.log([0.1, 0.2]),
+                       "order": ["a,b,fair", "b,a,fair"], "parsed": ["fair", "a"]})
+    out = mcq.order_balanced(df).iloc[0]
+    assert out["social_lean"] == pytest.approx((math.log(4) - math.log(2)) / 2)      # ln(2)/2
+    assert out["position_lean"] == pytest.approx((math.log(4) + math.log(2)) / 2)    # first-listed gains
+    assert out["balanced"] and out["fair_rate"] == 0.5 and out["n_prompts"] == 2
+    q = 1 / (1 + math.exp(-math.log(2) / 2))
+    assert out["balanced_skew"] == pytest.approx(float(mcq.confidence_skew(q, 1 - q)))
+    # a pure position effect leaves no social lean and no balanced skew
+    df2 = df.assign(lp_a=np.log([0.4, 0.1]), lp_b=np.log([0.1, 0.4]))
+    out2 = mcq.order_balanced(df2).iloc[0]
+    assert out2["social_lean"] == pytest.approx(0.0) and out2["balanced_skew"] == pytest.approx(0.0)
+    assert out2["position_lean"] == pytest.approx(math.log(4))
+    assert not mcq.order_balanced(df.iloc[:1]).iloc[0]["balanced"]

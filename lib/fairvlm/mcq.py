@@ -81,7 +81,7 @@ __all__ = [
     "PARADOX_SKEW", "Item", "Row", "predicate", "build_items", "pairs_labels", "scf_labels",
     "make_rows", "question_text", "parse_answer", "option_token_ids", "first_token_table",
     "option_logprobs", "confidence_skew", "skew_from_logprobs", "fair_proportion",
-    "answer_shares", "summarize", "paradox_table", "pairs_image_source", "testbed_image_source",
+    "answer_shares", "summarize", "paradox_table", "order_balanced", "pairs_image_source", "testbed_image_source",
     "scf_image_source", "evaluate",
 ]
 
@@ -649,6 +649,41 @@ def paradox_table(df: pd.DataFrame, *, threshold: float = PARADOX_SKEW) -> pd.Da
     out["lean"] = [GROUPS[a][0].value if pa >= pb else GROUPS[a][1].value
                    for a, pa, pb in zip(out["attribute"], out["p_a"], out["p_b"])]
     return out.sort_values(["paradox", "skew"], ascending=[False, False], kind="stable")
+
+
+def order_balanced(df: pd.DataFrame) -> pd.DataFrame:
+    """Separate the social lean of each item from its preference for the first-listed group.
+
+    The option order changes with the paraphrase (:data:`OPTION_ORDERS`), and small models
+    favour whichever group is listed first. Per row let ``lo = ln p_a - ln p_b`` and
+    ``s = +1`` if the question lists group A before group B, else ``-1``. Per item (over
+    its prompts):
+
+    - ``social_lean = mean(lo)``: the lean toward group A with the order averaged out
+      (exactly, when half of the prompts list A first: ``balanced`` is then True);
+    - ``position_lean = mean(s * lo)``: the log-odds gained by the first-listed group;
+    - ``balanced_skew``: :func:`confidence_skew` of ``(sigmoid(social_lean),
+      1 - sigmoid(social_lean))``, the confidence skew the item keeps once order is
+      averaged out;
+    - ``fair_rate``: share of its prompts answered fair; ``n_prompts``.
+
+    One line per (model, dataset, item): the columns ``model, dataset, item_id, scenario,
+    label, attribute, variant`` plus the above.
+    """
+    need = {"lp_a", "lp_b", "order", "parsed", "item_id"} - set(df.columns)
+    if need:
+        raise FairVLMError(f"order_balanced() needs the columns {sorted(need)}")
+    lo = df["lp_a"].to_numpy(float) - df["lp_b"].to_numpy(float)
+    first_a = np.array([o.split(",").index("a") < o.split(",").index("b") for o in df["order"]])
+    d = df.assign(_lo=lo, _slo=np.where(first_a, lo, -lo), _fa=first_a.astype(float),
+                  _fair=(df["parsed"] == "fair").astype(float))
+    keys = [c for c in ("model", "dataset", "item_id", "scenario", "label", "attribute", "variant") if c in d]
+    out = d.groupby(keys, sort=False).agg(social_lean=("_lo", "mean"), position_lean=("_slo", "mean"),
+                                          share_a_first=("_fa", "mean"), fair_rate=("_fair", "mean"),
+                                          n_prompts=("_lo", "size")).reset_index()
+    out["balanced"] = np.isclose(out["share_a_first"], 0.5)
+    out["balanced_skew"] = skew_from_logprobs(out["social_lean"] / 2, -out["social_lean"] / 2)
+    return out.drop(columns=["share_a_first"])
 
 
 # ---------------------------------------------------------------------------------------
