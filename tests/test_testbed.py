@@ -389,3 +389,62 @@ def test_build_is_cached_and_cli_reports_it(smoke_build, capsys):
     log = testbed.training_log("smoke")
     assert len(log["clip"]["loss"]) == testbed.SIZES["smoke"].clip_steps
     assert log["clip"]["loss"][-1] < log["clip"]["loss"][0]
+
+
+# ---- measurement helpers on hand-computed cases ------------------------------------------------
+
+
+def _toy_gallery():
+    import pandas as pd
+
+    rows = []
+    for k, s in (("airplane", 1_000_000), ("mopping", 1_000_001)):
+        for v in testbed.VARIANTS:
+            g, r = testbed.parse_variant(v)
+            rows.append({"scenario": k, "scene_seed": s, "variant": v, "gender": g, "race": r})
+    return pd.DataFrame(rows)   # order: bm, bw, wm, ww for each scene
+
+
+def test_group_skew_hand_computed():
+    from fairvlm.testbed.measure import group_skew
+
+    g = _toy_gallery()
+    # one query; scene 1 sims (bm, bw, wm, ww) = (.9, .5, .7, .3); scene 2 = (.2, .2, .4, .0)
+    sims = np.array([[0.9, 0.5, 0.7, 0.3, 0.2, 0.2, 0.4, 0.0]])
+    out = group_skew(sims, g, ["q"], k=2).iloc[0]
+    # top-2: bm (.9), wm (.7): both men, one Black
+    assert out["share_man"] == 1.0 and out["share_black"] == 0.5
+    assert out["gender_skew"] == 0.5 and out["race_skew"] == 0.0
+    # paired: scene 1 men (.9 + .7) - women (.5 + .3) = .8 -> /2 = .4; scene 2 (.2 + .4) - (.2 + 0) = .4 -> .2
+    assert out["cf_gender"] == pytest.approx((0.4 + 0.2) / 2)
+    # race: scene 1 (.9 + .5) - (.7 + .3) = .4 -> .2; scene 2 (.2 + .2) - (.4 + 0) = 0 -> 0
+    assert out["cf_race"] == pytest.approx(0.1)
+    with pytest.raises(FairVLMError, match="quadruplets"):
+        group_skew(sims[:, :7], g.iloc[:7], ["q"], k=2)
+    with pytest.raises(FairVLMError, match="k="):
+        group_skew(sims, g, ["q"], k=0)
+
+
+def test_zero_shot_probe_and_rank_agreement():
+    import torch
+
+    from fairvlm.testbed.measure import linear_probe, rank_agreement, zero_shot
+
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]])
+    prompts = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    zs = zero_shot(img, prompts, ["a", "b", "b"], ["a", "b"])
+    assert list(zs["predicted"]) == ["a", "b", "a"] and zs["correct"].mean() == pytest.approx(2 / 3)
+    x = np.array([[0.0], [0.1], [1.0], [1.1]])
+    assert linear_probe(x, [0, 0, 1, 1], np.array([[0.05], [1.05]]), [0, 1]) == 1.0
+    assert rank_agreement([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_agreement([4, 3, 2, 1], [10, 20, 30, 40]) == pytest.approx(-1.0)
+    assert np.isnan(rank_agreement([1, 1, 1], [1, 2, 3]))
+
+
+def test_mention_table():
+    from fairvlm.testbed.measure import mention_table
+
+    g = _toy_gallery().iloc[:2]
+    t = mention_table(["A Black male pilot standing by a plane.", "A person mopping."], g)
+    assert list(t["names_scenario"]) == [True, False]          # row 2 is an airplane scene
+    assert list(t["mentions_gender"]) == [True, False] and list(t["mentions_race"]) == [True, False]

@@ -190,23 +190,34 @@ def _atomic_write_json(path: Path, data: dict) -> None:
 
 
 def training_items(spec: BiasSpec, n: int, seed: int = 0):
-    """``n`` training images: scenarios in equal numbers, groups drawn with the planted shares,
-    distinct training scene seeds. A DataFrame with ``scenario``, ``gender``, ``race``,
-    ``variant``, ``scene_seed`` (shuffled; deterministic given ``seed``)."""
+    """``n`` training images drawn from the planted distribution, in scene pairs.
+
+    Scenarios come in equal numbers; each image's group is drawn independently with the
+    scenario's planted shares; rows ``2i`` and ``2i + 1`` share a scenario and a training scene
+    seed (two independent draws of the group for one scene), so a training batch holds
+    near-counterfactual pairs and the contrastive loss must look at the person to tell their
+    captions apart. The planted shares are unchanged by the pairing. A DataFrame with
+    ``scenario``, ``gender``, ``race``, ``variant``, ``scene_seed`` and ``pair`` (deterministic
+    given ``seed``; pairs in random order).
+    """
     import pandas as pd
 
     rng = np.random.default_rng([seed, 1])
     lo, hi = SPLITS["train"]
-    seeds = rng.choice(hi - lo, size=n, replace=False) + lo
-    keys = [SCENARIO_KEYS[i % len(SCENARIO_KEYS)] for i in range(n)]
+    n_pairs = (n + 1) // 2
+    seeds = rng.choice(hi - lo, size=n_pairs, replace=False) + lo
+    pair_order = rng.permutation(n_pairs)
     rows = []
-    for k, s in zip(keys, seeds):
+    for j in pair_order:
+        k = SCENARIO_KEYS[j % len(SCENARIO_KEYS)]
         share = spec.share(k)
-        v = GROUPS[int(rng.choice(len(GROUPS), p=np.array([share[g] for g in GROUPS])))]
-        gender, race = parse_variant(v)
-        rows.append({"scenario": k, "gender": gender, "race": race, "variant": v, "scene_seed": int(s)})
-    df = pd.DataFrame(rows)
-    return df.iloc[rng.permutation(n)].reset_index(drop=True)
+        p = np.array([share[g] for g in GROUPS])
+        for _ in range(2):
+            v = GROUPS[int(rng.choice(len(GROUPS), p=p))]
+            gender, race = parse_variant(v)
+            rows.append({"scenario": k, "gender": gender, "race": race, "variant": v,
+                         "scene_seed": int(seeds[j]), "pair": int(j)})
+    return pd.DataFrame(rows[:n])
 
 
 def pixel_values(images) -> torch.Tensor:
@@ -378,18 +389,21 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.clip_lr, betas=(0.9, 0.98))
     n = len(items)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_pairs = n // 2
+    gen = torch.Generator().manual_seed(seed + 17)
+    order = torch.randperm(n_pairs, generator=gen)
     log = {"step": [], "loss": [], "eval_step": [], "eval_acc": [], "eval_loss": []}
     pos = 0
+    half = cfg.clip_batch // 2
     t2 = time.time()
     bar = tqdm(range(cfg.clip_steps), desc="training testbed-clip", disable=not progress)
-    gen = torch.Generator().manual_seed(seed + 17)
     for step in bar:
-        if pos + cfg.clip_batch > n:
-            order = torch.randperm(n, generator=gen)
+        if pos + half > n_pairs:
+            order = torch.randperm(n_pairs, generator=gen)
             pos = 0
-        idx = order[pos:pos + cfg.clip_batch]
-        pos += cfg.clip_batch
+        pairs = order[pos:pos + half]
+        pos += half
+        idx = torch.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)   # both images of each scene
         pick = torch.randint(cfg.captions_per_image, (len(idx),), generator=gen)
         cid = cap_ids[idx, pick]
         x = _normalise(torch.from_numpy(pix_u8[idx.numpy()]).float() / 255)

@@ -154,8 +154,8 @@ def layout(key: str, scene_seed: int) -> Layout:
     scene_seed = _check_seed(scene_seed)
     rng = np.random.default_rng([scene_seed, zlib.crc32(key.encode())])
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
-    u = float(rng.uniform(0.9, 1.2))
-    hy = float(rng.uniform(0.17, 0.26))
+    u = float(rng.uniform(1.0, 1.3))
+    hy = float(rng.uniform(0.16, 0.24))
     cx = float(rng.uniform(0.36, 0.64))
     pose = pick(_RANDOM_POSES)
     if sc.pose is not None:
