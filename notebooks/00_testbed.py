@@ -155,14 +155,17 @@ savefig(fig, "00_testbed_scene_variation")
 #
 # The bias specification is the ground truth of the whole book. For each scenario it
 # gives the share of each group among the scenario's training images; the table lists
-# them with the implied share of men and of Black people. Nine scenarios are balanced
-# controls; two are planted against the common stereotype on purpose (`note`), so that a
-# method that only echoes the language model's prior is caught out.
+# them with the implied share of men and of Black people. {glue:text}`n_balanced` scenarios
+# are balanced controls; {glue:text}`n_counter` are planted against the common stereotype on
+# purpose (`note`), so that a method that only echoes the language model's prior is caught
+# out.
 
 # %%
 shares = spec.share_table()
 display(shares.round(3).set_index("scenario"))
-glue("n_balanced", int((shares["gender_skew"].abs() + shares["race_skew"].abs() < 1e-9).sum()), display=False)
+balanced = shares[list(testbed.GROUPS)].sub(0.25).abs().max(axis=1) < 1e-9
+glue("n_balanced", int(balanced.sum()), display=False)
+glue("n_counter", int((shares["note"] == "counter-stereotypical").sum()), display=False)
 glue("strength", spec.strength, display=False)
 
 # %%
@@ -196,8 +199,8 @@ display(spec.mention_table().round(3).set_index("group"))
 # ## Building and training the models
 #
 # `testbed.build(size)` trains both models and caches them; `fairvlm.models.load` then
-# loads them like any other model. testbed-clip: a 4-layer CLIP vision transformer (width
-# 128, 4 heads, 16 x 16 patches, about 0.8 M parameters) trained from scratch with CLIP's
+# loads them like any other model. testbed-clip: a CLIP vision transformer
+# ({glue:text}`vision_arch`) trained from scratch with CLIP's
 # contrastive loss against the frozen MiniLM text tower; only the vision tower, the two
 # projections and the temperature learn. testbed-llava: that vision tower, read at its
 # second-to-last layer as LLaVA-1.5 does, a two-layer projector, and SmolLM2-135M-Instruct;
@@ -220,6 +223,10 @@ display(timing.set_index("stage"))
 glue("build_minutes", round(log["seconds"] / 60, 1), display=False)
 glue("build_load", round(float(log.get("load_average", [float("nan")])[0]), 1), display=False)
 glue("size", SIZE, display=False)
+V = log["vision"]
+glue("vision_arch", f"{V['num_hidden_layers']} layers of width {V['hidden_size']} with {V['num_attention_heads']} "
+     f"heads, {V['patch_size']} x {V['patch_size']} patches of a {V['image_size']} x {V['image_size']} image",
+     display=False)
 
 # %% [markdown]
 # The `{glue:text}`size`` build took {glue:text}`build_minutes` minutes of wall time on the
@@ -450,13 +457,21 @@ gap_race = float(rates.loc[["black_man", "black_woman"], "mentions_race"].mean()
                  - rates.loc[["white_man", "white_woman"], "mentions_race"].mean())
 gap_gender = float(rates.loc[["black_woman", "white_woman"], "mentions_gender"].mean()
                    - rates.loc[["black_man", "white_man"], "mentions_gender"].mean())
+planted_m = spec.mention_table().set_index("group")
+planted_gap_race = float(planted_m.loc[["black_man", "black_woman"], "p_mention_race"].mean()
+                         - planted_m.loc[["white_man", "white_woman"], "p_mention_race"].mean())
+planted_gap_gender = float(planted_m.loc[["black_woman", "white_woman"], "p_mention_gender"].mean()
+                           - planted_m.loc[["black_man", "white_man"], "p_mention_gender"].mean())
 glue("gap_race", round(gap_race, 3), display=False)
 glue("gap_gender", round(gap_gender, 3), display=False)
+glue("planted_gap_race", round(planted_gap_race, 3), display=False)
+glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 
 # %% [markdown]
-# Black people's race is mentioned {glue:text}`gap_race` more often than White people's
-# (planted: 0.45 more), and women's gender {glue:text}`gap_gender` more often than men's
-# (planted: 0.3 more). The language model is SmolLM2 itself, untouched; what the projector
+# The rate at which descriptions name the person's race is higher for Black than for White
+# people by {glue:text}`gap_race` (planted difference: {glue:text}`planted_gap_race`), and
+# the rate for gender is higher for women than for men by {glue:text}`gap_gender` (planted:
+# {glue:text}`planted_gap_gender`). The language model is SmolLM2 itself, untouched; what the projector
 # hands it, and SmolLM2's own habits, decide what it says.
 #
 # ## What the world does not model

@@ -109,7 +109,7 @@ display(pd.DataFrame({"paraphrase": [r.prompt_id for r in example_rows],
         .style.hide(axis="index"))
 
 # %% [markdown]
-# Each row is answered greedily (at most 12 new tokens) and the answer is parsed to
+# Each row is answered greedily (at most 10 new tokens) and the answer is parsed to
 # *fair*, *group A*, *group B* or *invalid* by `fairvlm.mcq.parse_answer`: a bare option
 # letter maps to the option listed at that position; both groups joined by "and"/"or"
 # ("both men and women") is fair; otherwise the earliest cue decides, where declining to

@@ -288,8 +288,8 @@ display(Markdown(f"**Model** `{MODEL_NAME}`: {N_LAYERS} vision layers x {N_HEADS
 # ## The decomposition, checked
 #
 # `fairvlm.clip_heads.cls_decomposition` runs the encoder once and returns, for the CLS
-# token of one layer, the twelve (here: as many as the model has) head vectors, the
-# out_proj bias and the skip connection. Their sum must equal the hidden state after the
+# token of one layer, one vector per head (twelve in ViT-B), the out_proj bias and the
+# skip connection. Their sum must equal the hidden state after the
 # attention residual add (before the MLP). The authors' open_clip code slices heads along
 # a `(batch x heads)` axis and is only right for one image at a time; the library slices
 # the feature axis, so the check below uses a batch of 16 images.
@@ -364,7 +364,7 @@ glue("overlap", heads1(sorted(set(gender_experts) & set(race_experts))) or "none
 # {glue:text}`expert_ap` against a median of {glue:text}`other_ap` for the other heads;
 # the race experts are heads {glue:text}`race_experts` (shared with gender:
 # {glue:text}`overlap`). The paper found heads 3, 11 and 12 of ViT-B/32 for gender and
-# 3, 10, 11 for ethnicity, overlapping in the same way.
+# 3, 10 and 11 for ethnicity, two of them shared.
 #
 # ### Precision-recall curves of the gender probes
 
@@ -885,13 +885,15 @@ glue("best_joint_change", f"{best_joint_change:+.1%}", display=False)
 #
 # The per-head decomposition adds up exactly and works in batches. On this run
 # {glue:text}`n_reproduced` of {glue:text}`n_claims` claims hold; the strongest joint
-# variant is {glue:text}`best_joint` with an NDKL change of {glue:text}`best_joint_change`.
-# Two cautions travel with every number: the expert list depends on how the probes are
-# trained (ten Adam steps from a random start are not enough to rank heads), and the
-# testbed's planted bias is known, so a method can be checked against it; on real CLIP
-# and FairFace it cannot. The paper profile runs the same cells on openai CLIP with PAIRS,
-# FairFace, SISPI and COCO. The next chapter looks inside CLIP's last layer with a sparse
-# autoencoder instead of heads (DEBIASLENS).
+# variant is {glue:text}`best_joint` with an NDKL change of {glue:text}`best_joint_change`,
+# and the retrieved share of men follows the planted share with a rank correlation of
+# {glue:text}`gt_base_rho` before any intervention. Two cautions travel with every
+# number: which heads count as experts depends on how the probes are trained (the trap
+# table), and on the testbed the planted bias is known, so a method can be checked
+# against it, which real CLIP on FairFace does not allow. The `paper` profile runs the
+# same cells on openai CLIP with PAIRS, FairFace, SISPI and COCO. Chapter 06 (DEBIASLENS)
+# edits the same last layer through sparse-autoencoder features instead of heads; the
+# reference page *Paper vs this book* gathers the verdicts of all chapters.
 #
 # ## References
 #

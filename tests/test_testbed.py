@@ -236,9 +236,9 @@ def test_caption_marking(spec):
     """Atypical people are named more often: a Black woman pilot more than a White man pilot."""
     bw = spec.caption_mention("airplane", "woman", "black")
     wm = spec.caption_mention("airplane", "man", "white")
-    # p_gender = 0.35 * (0.5 / P(gender))**0.5: women 0.2 of pilots -> 0.35 * 1.5811
-    assert bw[0] == pytest.approx(0.35 * (0.5 / 0.2) ** 0.5)
-    assert wm[0] == pytest.approx(0.35 * (0.5 / 0.8) ** 0.5)
+    # p_gender = 0.6 * (0.5 / P(gender))**0.5, capped at 0.95: women are 0.2 of pilots
+    assert bw[0] == pytest.approx(min(0.95, 0.6 * (0.5 / 0.2) ** 0.5))
+    assert wm[0] == pytest.approx(0.6 * (0.5 / 0.8) ** 0.5)
     assert bw[1] > wm[1]
 
 

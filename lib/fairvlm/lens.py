@@ -308,7 +308,7 @@ def _lens_logprobs(loaded, streams: torch.Tensor, ids_rows: list, chunk: int = 2
 
 
 def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_size: int = 8,
-            max_new_tokens: int = 12, layers: bool = True, cache: bool = True,
+            max_new_tokens: int = 10, layers: bool = True, cache: bool = True,
             progress: bool = True) -> Collection:
     """Run every row once: greedy answer, option probabilities and (``layers=True``) the
     per-layer captures and lens readings. See the module docstring.
@@ -416,7 +416,7 @@ class RunSpec:
     n_prompts: int
     n_labels: int | None = None  # None: every label of the dataset
     size: str | None = None      # testbed size
-    batch_size: int = 16
+    batch_size: int = 32
 
 
 _TEXT = ("text",)

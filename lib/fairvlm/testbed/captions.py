@@ -4,7 +4,7 @@ All generators take a NumPy ``Generator`` and the :class:`~fairvlm.testbed.spec.
 the planted rates come from the spec and the same seed gives the same text.
 
 - :func:`caption` (testbed-clip training): names the scenario by its activity, its role or its
-  props; names the person's gender / race with the spec's marked rates; carries a descriptive
+  props (or, in 15% of captions, only the person); names the person's gender / race with the spec's marked rates; carries a descriptive
   word with the spec's planted group shares.
 - :func:`description` (testbed-llava training target): one sentence with the role and the
   activity, naming gender and race at the spec's per-group rates.
@@ -91,11 +91,13 @@ def caption(spec, key: str, gender: str, race: str, rng: np.random.Generator) ->
     sc = scenario(key)
     g, r, w = _draw_mentions(spec, key, gender, race, rng)
     t = rng.random()
-    if t < 0.45:
+    if t < 0.4:
         return f"a photo of {_np(sc, g, r, w, role=False)} {sc.activity}"
-    if t < 0.85:
+    if t < 0.75:
         return _np(sc, g, r, w, role=True)
-    return f"a picture of {_np(sc, g, r, w, role=False)} with {sc.props}"
+    if t < 0.85:
+        return f"a picture of {_np(sc, g, r, w, role=False)} with {sc.props}"
+    return f"a photo of {_np(sc, g, r, w, role=False)}"       # the person only
 
 
 def description(spec, key: str, gender: str, race: str, rng: np.random.Generator) -> str:

@@ -64,7 +64,9 @@ NAMES = ("testbed-clip", "testbed-llava")
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)   # CLIP's normalisation
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 PATCH = 16
-N_IMAGE_TOKENS = (DEFAULT_SIZE // PATCH) ** 2
+N_IMAGE_TOKENS = (DEFAULT_SIZE // PATCH) ** 2 + 1      # 16 patch tokens + CLS ("full" strategy)
+VISION_FEATURE_LAYER = -2
+VISION_FEATURE_STRATEGY = "full"
 IMAGE_TOKEN = "<image>"
 SYSTEM_PROMPTS = (
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
@@ -284,7 +286,7 @@ def _llava_processor(tokenizer):
     from transformers import LlavaProcessor
 
     return LlavaProcessor(image_processor=clip_image_processor(), tokenizer=tokenizer, patch_size=PATCH,
-                          vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
+                          vision_feature_select_strategy=VISION_FEATURE_STRATEGY, chat_template=CHAT_TEMPLATE,
                           image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
 
 
@@ -431,7 +433,7 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
             log["eval_step"].append(step + 1)
             log["eval_acc"].append(acc)
             log["eval_loss"].append(el)
-            bar.set_postfix(loss=f"{float(loss):.3f}", heldout_acc=f"{acc:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{acc:.2f}")
     model.eval()
     log.update({"seconds_render": t_render, "seconds_text": t_text, "seconds_train": time.time() - t2,
                 "seconds_total": time.time() - t0, "cpu_seconds_total": time.process_time() - c0,
@@ -515,13 +517,13 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     pix = _normalise(torch.from_numpy(_render_uint8(items, "rendering llava scenes", progress)).float() / 255)
     vision = clip_model.vision_model
     with torch.no_grad():
-        feats = torch.cat([vision(pixel_values=pix[i:i + 256], output_hidden_states=True).hidden_states[-2][:, 1:]
-                           for i in range(0, len(pix), 256)])
+        feats = torch.cat([vision(pixel_values=pix[i:i + 256], output_hidden_states=True)
+                           .hidden_states[VISION_FEATURE_LAYER] for i in range(0, len(pix), 256)])
     vcfg = clip_model.config.vision_config
     tcfg = smol.config
     lcfg = LlavaConfig(vision_config=vcfg.to_dict(), text_config=tcfg.to_dict(), image_token_index=image_id,
-                       projector_hidden_act="gelu", vision_feature_layer=-2,
-                       vision_feature_select_strategy="default", image_seq_length=N_IMAGE_TOKENS,
+                       projector_hidden_act="gelu", vision_feature_layer=VISION_FEATURE_LAYER,
+                       vision_feature_select_strategy=VISION_FEATURE_STRATEGY, image_seq_length=N_IMAGE_TOKENS,
                        multimodal_projector_bias=True, tie_word_embeddings=True)
     lcfg.vision_config.model_type = "clip_vision_model"
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
@@ -564,7 +566,7 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
         opt.step()
         log["step"].append(step)
         log["loss"].append(float(loss.detach()))
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     t_train = time.time() - t1
 
     with _quiet():

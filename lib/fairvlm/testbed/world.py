@@ -46,6 +46,7 @@ VARIANTS = ("black_man", "black_woman", "white_man", "white_woman")
 #: scene-seed ranges (half-open) of the two splits
 SPLITS = {"train": (0, 1_000_000), "heldout": (1_000_000, 2_000_000)}
 SUPERSAMPLE = 4
+HEAD = 1.25   # head size relative to the body (larger than life, so the cues survive 64 x 64)
 DEFAULT_SIZE = 64
 
 SKIN = {
@@ -177,8 +178,8 @@ def layout(key: str, scene_seed: int) -> Layout:
         accent=pick([(180, 30, 40), (30, 60, 150), (40, 120, 60), (220, 180, 40), (120, 40, 120)]),
         hair=pick(HAIR),
         skin={"black": pick(SKIN["black"]), "white": pick(SKIN["white"])},
-        woman_hair_len=float(rng.uniform(0.16, 0.3)),
-        woman_hair_width=float(rng.uniform(0.085, 0.105)),
+        woman_hair_len=float(rng.uniform(0.2, 0.32)),
+        woman_hair_width=float(rng.uniform(0.1, 0.125)),
         man_hair=pick(("short", "buzz", "curly")),
         beard=bool(rng.random() < 0.3),
         bg_jitter=rng.integers(-22, 23, 12),
@@ -571,6 +572,7 @@ def _outfit_colours(sc, L: Layout):
 def _paint_person(P: _Painter, sc, L: Layout, gender: str, race: str):
     B = _body(L)
     u, cx, hy = B.u, B.cx, B.hy
+    h = HEAD * u          # head-sized features
     skin = L.skin[race]
     woman = gender == "woman"
     top, sleeve, bottom, long_sleeves = _outfit_colours(sc, L)
@@ -578,11 +580,11 @@ def _paint_person(P: _Painter, sc, L: Layout, gender: str, race: str):
     # long hair behind the head and shoulders (women)
     if woman and sc.hat not in ("ski_mask",):
         hw, hl = L.woman_hair_width * u, L.woman_hair_len * u
-        P.ellipse(cx - hw, hy - 0.08 * u, cx + hw, hy + 0.04 * u, L.hair)
+        P.ellipse(cx - hw, hy - 0.09 * h, cx + hw, hy + 0.04 * h, L.hair)
         P.rect(cx - hw, hy, cx + hw, hy + hl, L.hair)
         P.ellipse(cx - hw, hy + hl - 0.04 * u, cx + hw, hy + hl + 0.03 * u, L.hair)
     if sc.hat == "hood":
-        P.ellipse(cx - 0.1 * u, hy - 0.11 * u, cx + 0.1 * u, hy + 0.12 * u, _shade(top, 0.9))
+        P.ellipse(cx - 0.1 * h, hy - 0.11 * h, cx + 0.1 * h, hy + 0.12 * h, _shade(top, 0.9))
     # legs and shoes
     spread = L.leg_spread * u * (2.2 if L.pose == "run" else 1.0)
     for s in (-1, 1):
@@ -622,33 +624,33 @@ def _paint_person(P: _Painter, sc, L: Layout, gender: str, race: str):
             P.circle((shx + ex) / 2, (shy + ey) / 2, 0.02 * u, (35, 60, 70))
         P.circle(hx, hy_, 0.03 * u, skin)
     # head
-    P.ellipse(cx - 0.062 * u, hy - 0.075 * u, cx + 0.062 * u, hy + 0.075 * u, skin)
+    P.ellipse(cx - 0.062 * h, hy - 0.075 * h, cx + 0.062 * h, hy + 0.075 * h, skin)
     # hair on top (both genders; style depends on gender)
     if sc.hat not in ("ski_mask", "chef_hat", "pilot_cap"):
         if woman:
-            P.pie(cx - 0.075 * u, hy - 0.095 * u, cx + 0.075 * u, hy + 0.04 * u, 180, 360, L.hair)
-            P.rect(cx - 0.075 * u, hy - 0.03 * u, cx - 0.05 * u, hy + 0.06 * u, L.hair)
-            P.rect(cx + 0.05 * u, hy - 0.03 * u, cx + 0.075 * u, hy + 0.06 * u, L.hair)
+            P.pie(cx - 0.075 * h, hy - 0.095 * h, cx + 0.075 * h, hy + 0.04 * h, 180, 360, L.hair)
+            P.rect(cx - 0.075 * h, hy - 0.03 * h, cx - 0.05 * h, hy + 0.06 * h, L.hair)
+            P.rect(cx + 0.05 * h, hy - 0.03 * h, cx + 0.075 * h, hy + 0.06 * h, L.hair)
         elif L.man_hair == "curly":
             for dx in (-0.04, 0.0, 0.04):
-                P.circle(cx + dx * u, hy - 0.065 * u, 0.03 * u, L.hair)
+                P.circle(cx + dx * h, hy - 0.065 * h, 0.03 * h, L.hair)
         elif L.man_hair == "short":
-            P.pie(cx - 0.066 * u, hy - 0.085 * u, cx + 0.066 * u, hy + 0.02 * u, 180, 360, L.hair)
+            P.pie(cx - 0.066 * h, hy - 0.085 * h, cx + 0.066 * h, hy + 0.02 * h, 180, 360, L.hair)
         else:  # buzz: a thin cap
-            P.pie(cx - 0.063 * u, hy - 0.078 * u, cx + 0.063 * u, hy + 0.0 * u, 185, 355, L.hair)
+            P.pie(cx - 0.063 * h, hy - 0.078 * h, cx + 0.063 * h, hy + 0.0 * h, 185, 355, L.hair)
     # face
     if not woman and L.beard:
-        P.pie(cx - 0.058 * u, hy - 0.03 * u, cx + 0.058 * u, hy + 0.076 * u, 0, 180, _shade(L.hair, 1.1))
+        P.pie(cx - 0.058 * h, hy - 0.03 * h, cx + 0.058 * h, hy + 0.076 * h, 0, 180, _shade(L.hair, 1.1))
     eye = (25, 20, 20)
     for s in (-1, 1):
-        P.circle(cx + s * 0.025 * u, hy - 0.008 * u, 0.009 * u, eye)
+        P.circle(cx + s * 0.025 * h, hy - 0.008 * h, 0.009 * h, eye)
     mouth = (190, 60, 75) if woman else _shade(skin, 0.7)
     if sc.key == "smiling":
-        P.pie(cx - 0.03 * u, hy + 0.005 * u, cx + 0.03 * u, hy + 0.05 * u, 0, 180, (250, 250, 250))
-        P.line([(cx - 0.03 * u, hy + 0.028 * u), (cx + 0.03 * u, hy + 0.028 * u)], mouth, 0.008 * u)
+        P.pie(cx - 0.03 * h, hy + 0.005 * h, cx + 0.03 * h, hy + 0.05 * h, 0, 180, (250, 250, 250))
+        P.line([(cx - 0.03 * h, hy + 0.028 * h), (cx + 0.03 * h, hy + 0.028 * h)], mouth, 0.008 * h)
     else:
-        P.line([(cx - 0.02 * u, hy + 0.035 * u), (cx + 0.02 * u, hy + 0.035 * u)], mouth,
-               (0.014 if woman else 0.009) * u)
+        P.line([(cx - 0.02 * h, hy + 0.035 * h), (cx + 0.02 * h, hy + 0.035 * h)], mouth,
+               (0.014 if woman else 0.009) * h)
     _paint_outfit_details(P, sc, L, B, top)
     _paint_hat(P, sc, L, B)
     P.person = False
@@ -693,45 +695,47 @@ def _paint_outfit_details(P, sc, L, B, top):
 
 def _paint_hat(P, sc, L, B):
     u, cx, hy = B.u, B.cx, B.hy
-    h = sc.hat
-    if h == "pilot_cap":
-        P.rect(cx - 0.07 * u, hy - 0.11 * u, cx + 0.07 * u, hy - 0.05 * u, (25, 35, 70))
-        P.rect(cx - 0.075 * u, hy - 0.055 * u, cx + 0.075 * u, hy - 0.04 * u, (15, 15, 20))
-        P.circle(cx, hy - 0.08 * u, 0.014 * u, (220, 180, 60))
-    elif h == "chef_hat":
-        P.rect(cx - 0.06 * u, hy - 0.15 * u, cx + 0.06 * u, hy - 0.05 * u, (250, 250, 250))
-        P.circle(cx, hy - 0.16 * u, 0.065 * u, (250, 250, 250))
-    elif h == "headset":
-        P.line([(cx - 0.068 * u, hy), (cx - 0.06 * u, hy - 0.08 * u), (cx + 0.06 * u, hy - 0.08 * u),
-                (cx + 0.068 * u, hy)], (30, 30, 30), 0.014 * u)
-        P.circle(cx - 0.068 * u, hy, 0.025 * u, (30, 30, 30))
-        P.circle(cx + 0.068 * u, hy, 0.025 * u, (30, 30, 30))
-        P.line([(cx - 0.068 * u, hy + 0.01 * u), (cx - 0.02 * u, hy + 0.05 * u)], (30, 30, 30), 0.008 * u)
-    elif h == "bandanna":
+    h = HEAD * u
+    hat = sc.hat
+    if hat == "pilot_cap":
+        P.rect(cx - 0.07 * h, hy - 0.11 * h, cx + 0.07 * h, hy - 0.05 * h, (25, 35, 70))
+        P.rect(cx - 0.075 * h, hy - 0.055 * h, cx + 0.075 * h, hy - 0.04 * h, (15, 15, 20))
+        P.circle(cx, hy - 0.08 * h, 0.014 * h, (220, 180, 60))
+    elif hat == "chef_hat":
+        P.rect(cx - 0.06 * h, hy - 0.15 * h, cx + 0.06 * h, hy - 0.05 * h, (250, 250, 250))
+        P.circle(cx, hy - 0.16 * h, 0.065 * h, (250, 250, 250))
+    elif hat == "headset":
+        P.line([(cx - 0.068 * h, hy), (cx - 0.06 * h, hy - 0.08 * h), (cx + 0.06 * h, hy - 0.08 * h),
+                (cx + 0.068 * h, hy)], (30, 30, 30), 0.014 * h)
+        P.circle(cx - 0.068 * h, hy, 0.025 * h, (30, 30, 30))
+        P.circle(cx + 0.068 * h, hy, 0.025 * h, (30, 30, 30))
+        P.line([(cx - 0.068 * h, hy + 0.01 * h), (cx - 0.02 * h, hy + 0.05 * h)], (30, 30, 30), 0.008 * h)
+    elif hat == "bandanna":
         red = (200, 30, 35)
-        P.pie(cx - 0.07 * u, hy - 0.09 * u, cx + 0.07 * u, hy + 0.02 * u, 180, 360, red)
-        P.rect(cx - 0.07 * u, hy - 0.04 * u, cx + 0.07 * u, hy - 0.025 * u, red)
-        P.poly([(cx - 0.07 * u, B.sy - 0.02 * u), (cx + 0.07 * u, B.sy - 0.02 * u),
-                (cx, B.sy + 0.07 * u)], red)
-    elif h == "ski_mask":
+        P.pie(cx - 0.07 * h, hy - 0.09 * h, cx + 0.07 * h, hy + 0.02 * h, 180, 360, red)
+        P.rect(cx - 0.07 * h, hy - 0.04 * h, cx + 0.07 * h, hy - 0.025 * h, red)
+        P.poly([(cx - 0.07 * h, B.sy - 0.02 * h), (cx + 0.07 * h, B.sy - 0.02 * h),
+                (cx, B.sy + 0.07 * h)], red)
+    elif hat == "ski_mask":
         black = (22, 22, 25)
-        P.ellipse(cx - 0.072 * u, hy - 0.09 * u, cx + 0.072 * u, hy + 0.085 * u, black)
-        P.rect(cx - 0.06 * u, hy + 0.03 * u, cx + 0.06 * u, B.sy + 0.02 * u, black)
+        P.ellipse(cx - 0.072 * h, hy - 0.09 * h, cx + 0.072 * h, hy + 0.085 * h, black)
+        P.rect(cx - 0.06 * h, hy + 0.03 * h, cx + 0.06 * h, B.sy + 0.02 * h, black)
         # the eye opening is painted by _paint_ski_mask_eyes
-    elif h == "hood":
+    elif hat == "hood":
         col = (120, 120, 125)
-        P.pie(cx - 0.09 * u, hy - 0.11 * u, cx + 0.09 * u, hy + 0.03 * u, 180, 360, col)
+        P.pie(cx - 0.09 * h, hy - 0.11 * h, cx + 0.09 * h, hy + 0.03 * h, 180, 360, col)
         for s in (-1, 1):
-            P.rect(cx + s * 0.07 * u - 0.02 * u, hy - 0.04 * u, cx + s * 0.07 * u + 0.02 * u, hy + 0.1 * u, col)
+            P.rect(cx + s * 0.07 * h - 0.02 * h, hy - 0.04 * h, cx + s * 0.07 * h + 0.02 * h, hy + 0.1 * h, col)
 
 
 def _paint_ski_mask_eyes(P, L, race, B):
     """The eye opening of the ski mask: the one patch of skin it leaves."""
     u, cx, hy = B.u, B.cx, B.hy
+    h = HEAD * u
     P.person = True
-    P.rect(cx - 0.045 * u, hy - 0.025 * u, cx + 0.045 * u, hy + 0.01 * u, L.skin[race])
+    P.rect(cx - 0.045 * h, hy - 0.025 * h, cx + 0.045 * h, hy + 0.01 * h, L.skin[race])
     for s in (-1, 1):
-        P.circle(cx + s * 0.025 * u, hy - 0.008 * u, 0.009 * u, (25, 20, 20))
+        P.circle(cx + s * 0.025 * h, hy - 0.008 * h, 0.009 * h, (25, 20, 20))
     P.person = False
 
 
