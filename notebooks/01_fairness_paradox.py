@@ -78,7 +78,7 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 import fairvlm
-from fairvlm import lens, mcq, models
+from fairvlm import lens, mcq
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
 
@@ -119,23 +119,9 @@ display(pd.DataFrame({"paraphrase": [r.prompt_id for r in example_rows],
 # option is the next-token probability mass of the first token of each of its surface
 # forms (the word capitalised and lower case, with and without a leading space), summed
 # over those distinct tokens. The options' first tokens must differ, otherwise the mass
-# could not be split and the library refuses. For the tokenizers here every form is a
-# single token, so the first-token mass is the probability of the word itself:
-
-# %%
-runs_spec = [s for s in lens.PROFILE_RUNS[PROFILE] if TESTBED or s.dataset != "testbed"]
-model_names = list(dict.fromkeys(s.model for s in runs_spec))
-tok_tables = []
-for name in model_names:
-    if name in models.PAPER_MODELS:
-        continue  # paper tokenizers are checked when the models load in profile_runs
-    kw = {"size": next(s.size for s in runs_spec if s.model == name)} if name.startswith("testbed") else {}
-    tt = mcq.first_token_table(models.load(name, **kw).tokenizer)
-    tok_tables.append(tt.assign(model=name))
-if tok_tables:
-    tok_table = pd.concat(tok_tables, ignore_index=True)
-    display(tok_table.pivot_table(index=["model", "attribute", "option"], values="n_tokens",
-                                  aggfunc="max").rename(columns={"n_tokens": "max tokens per form"}))
+# could not be split and the library refuses. When a form takes several tokens its
+# first-token mass only bounds its probability from above; the table after the runs below
+# shows how many tokens each form takes for every model run here.
 
 # %% [markdown]
 # The two measures, for a row with option probabilities $p_A$, $p_B$, $p_\text{fair}$:
@@ -162,6 +148,7 @@ if tok_tables:
 # disk, keyed by the model's weights and every prompt.
 
 # %%
+runs_spec = [s for s in lens.PROFILE_RUNS[PROFILE] if TESTBED or s.dataset != "testbed"]
 runs = lens.profile_runs(PROFILE, dtype=DTYPE, runs=runs_spec)
 rows = pd.concat([c.table for c in runs.values()], ignore_index=True)
 rows["q_a"] = rows["p_a"] / (rows["p_a"] + rows["p_b"])
@@ -171,6 +158,15 @@ for (name, dataset), col in runs.items():
 display(rows.groupby(["model", "dataset"]).agg(rows=("row_id", "size"), items=("item_id", "nunique"),
                                                 prompts=("prompt_id", "nunique"),
                                                 variants=("variant", "nunique")))
+
+# %% [markdown]
+# Tokens per option form (the largest over the form's variants); 1 everywhere means the
+# first-token mass is exactly the probability of the option word:
+
+# %%
+tok_table = pd.concat([pd.DataFrame(c.info["first_tokens"]).assign(model=m)
+                       for (m, _), c in runs.items()], ignore_index=True).drop_duplicates()
+display(tok_table.pivot_table(index=["model", "attribute"], columns="option", values="n_tokens", aggfunc="max"))
 
 # %% [markdown]
 # What the models actually say, most frequent answers first:

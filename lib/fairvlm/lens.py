@@ -102,7 +102,7 @@ __all__ = [
 ]
 
 #: Bump when anything that changes the cached numbers changes.
-CODE_VERSION = "mcq-lens-1"
+CODE_VERSION = "mcq-lens-2"
 _SITES = ("resid_pre", "attn_out", "mlp_out")
 
 
@@ -117,7 +117,9 @@ class Collection:
 
     ``table``: one line per row (:func:`fairvlm.mcq.row_frame` columns, ``answer``,
     ``parsed``, ``lp_a, lp_b, lp_fair`` of the model's output, ``p_*``, ``skew``,
-    ``fair_share``, ``option_argmax``). ``lens``: float32 ``(n_rows, 2L+1, 3)`` option
+    ``fair_share``, ``option_argmax``). ``info`` holds ``dtype``, ``max_new_tokens`` and
+    ``first_tokens`` (:func:`fairvlm.mcq.first_token_table` of the model's tokenizer, as a
+    dict of lists). ``lens``: float32 ``(n_rows, 2L+1, 3)`` option
     log-probabilities (``a``, ``b``, ``fair``) at each depth, or ``None``. ``vectors``:
     float16 ``(n_rows, L, 3, d)`` with ``resid_pre``, ``attn_out``, ``mlp_out`` of each
     layer at the last prompt token, or ``None``. ``key``: the cache key.
@@ -390,8 +392,9 @@ def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_siz
     table["answer"] = answers
     table["lp_a"], table["lp_b"], table["lp_fair"] = final[:, 0], final[:, 1], final[:, 2]
     table = mcq.add_metrics(table)
+    tokens = mcq.first_token_table(tok).to_dict(orient="list")
     col = Collection(table, lens, vectors, loaded.name, L, key,
-                     {"max_new_tokens": max_new_tokens, "dtype": str(loaded.dtype)})
+                     {"max_new_tokens": max_new_tokens, "dtype": str(loaded.dtype), "first_tokens": tokens})
     if cache:
         _save(col, _cache_path(loaded.name, key))
     return col

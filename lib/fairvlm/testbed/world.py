@@ -135,6 +135,7 @@ class Layout:
     woman_hair_len: float
     woman_hair_width: float
     man_hair: str        # "short" | "buzz" | "curly"
+    earrings: bool       # women wear earrings in this scene
     beard: bool
     bg_jitter: np.ndarray
     floor_y: float
@@ -178,8 +179,9 @@ def layout(key: str, scene_seed: int) -> Layout:
         accent=pick([(180, 30, 40), (30, 60, 150), (40, 120, 60), (220, 180, 40), (120, 40, 120)]),
         hair=pick(HAIR),
         skin={"black": pick(SKIN["black"]), "white": pick(SKIN["white"])},
-        woman_hair_len=float(rng.uniform(0.2, 0.32)),
-        woman_hair_width=float(rng.uniform(0.1, 0.125)),
+        woman_hair_len=float(rng.uniform(0.26, 0.4)),
+        woman_hair_width=float(rng.uniform(0.12, 0.15)),
+        earrings=bool(rng.random() < 0.5),
         man_hair=pick(("short", "buzz", "curly")),
         beard=bool(rng.random() < 0.3),
         bg_jitter=rng.integers(-22, 23, 12),
@@ -644,13 +646,16 @@ def _paint_person(P: _Painter, sc, L: Layout, gender: str, race: str):
     eye = (25, 20, 20)
     for s in (-1, 1):
         P.circle(cx + s * 0.025 * h, hy - 0.008 * h, 0.009 * h, eye)
-    mouth = (190, 60, 75) if woman else _shade(skin, 0.7)
+    mouth = (200, 40, 60) if woman else _shade(skin, 0.7)
+    if woman and L.earrings and sc.hat not in ("ski_mask", "hood"):
+        for s in (-1, 1):
+            P.circle(cx + s * 0.068 * h, hy + 0.03 * h, 0.014 * h, (235, 200, 60))
     if sc.key == "smiling":
         P.pie(cx - 0.03 * h, hy + 0.005 * h, cx + 0.03 * h, hy + 0.05 * h, 0, 180, (250, 250, 250))
         P.line([(cx - 0.03 * h, hy + 0.028 * h), (cx + 0.03 * h, hy + 0.028 * h)], mouth, 0.008 * h)
     else:
         P.line([(cx - 0.02 * h, hy + 0.035 * h), (cx + 0.02 * h, hy + 0.035 * h)], mouth,
-               (0.014 if woman else 0.009) * h)
+               (0.02 if woman else 0.009) * h)
     _paint_outfit_details(P, sc, L, B, top)
     _paint_hat(P, sc, L, B)
     P.person = False
