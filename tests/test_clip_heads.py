@@ -362,3 +362,20 @@ def test_dual_encoder_with_clip_vision_tower(pixels):
     with ch.intervene(m, ch.zero_ablation([0, 3])):
         edited = retrieval.embed_images(m, pixels)
     assert (edited - base).abs().max() > 1e-4
+
+
+def test_grouped_split_keeps_counterfactual_sets_together():
+    # features depend on the scene only; each scene is drawn as a female and a male twin
+    rng = np.random.default_rng(0)
+    scenes = rng.normal(size=(100, 3, 16)).astype(np.float32)
+    x = torch.from_numpy(np.repeat(scenes, 2, axis=0) + 0.05 * rng.normal(size=(200, 3, 16)).astype(np.float32))
+    y = np.tile(["female", "male"], 100)
+    scene_id = np.repeat(np.arange(100), 2)
+    naive = probes.probe_heads(x, y, positive="female")
+    assert naive.table["auroc"].max() < 0.35  # twins split apart: the probe learns the opposite label
+    grouped = probes.probe_heads(x, y, positive="female", groups=scene_id)
+    assert set(scene_id[grouped.train_idx]).isdisjoint(scene_id[grouped.test_idx])
+    assert grouped.table["auroc"].between(0.35, 0.65).all()
+    assert len(grouped.test_idx) == 40
+    with pytest.raises(ParameterError):
+        probes.split_indices(np.array([0, 1, 0, 1]), groups=[1, 2])

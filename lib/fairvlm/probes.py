@@ -13,7 +13,12 @@ and Adam's update is element-wise, so each probe follows exactly the trajectory 
 follow alone (the test suite checks this against separately trained ``nn.Linear`` probes).
 The authors' script warm-starts one probe across heads; here every probe starts fresh.
 
-Two choices the paper leaves open, stated here:
+Three choices the paper leaves open, stated here:
+
+- the 80/20 split is stratified by label, or, when ``groups`` are given, keeps every
+  group (e.g. the four renderings of one counterfactual scene) on one side
+  (:func:`split_indices` explains why splitting a counterfactual set apart drives held-out
+  AUROC *below* chance);
 
 - ``init="zeros"`` (default): probes start at zero. Ten Adam steps of size 1e-3 move each
   weight by at most about 0.01, less than PyTorch's default ``nn.Linear`` init
@@ -47,7 +52,7 @@ from sklearn.metrics import (
     precision_recall_curve,
     roc_auc_score,
 )
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from fairvlm.errors import DataError, unknown
 from fairvlm.params import ParameterError
@@ -97,15 +102,35 @@ def encode_labels(labels: Sequence) -> tuple[np.ndarray, list]:
     return np.asarray([index[x] for x in lab], dtype=np.int64), classes
 
 
-def split_indices(y: np.ndarray, test_size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/test split of ``range(len(y))`` (sorted index arrays)."""
+def split_indices(
+    y: np.ndarray, test_size: float = 0.2, seed: int = 0, groups: Sequence | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test split of ``range(len(y))`` (sorted index arrays).
+
+    Without ``groups``: stratified by ``y``. With ``groups`` (one id per example): every
+    group goes wholly to one side (``GroupShuffleSplit``, about ``test_size`` of the groups
+    in the test split). Use groups for counterfactual sets: if the male and female
+    renderings of one scene land on different sides, a probe that only recognises the
+    scene is rewarded for predicting the *opposite* label, and held-out AUROC falls below
+    chance.
+    """
     counts = np.bincount(y)
     if counts.min() < 2:
         raise DataError(
-            f"every class needs at least 2 examples for a stratified split; counts are {counts.tolist()}"
+            f"every class needs at least 2 examples for a split; counts are {counts.tolist()}"
         )
     idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y)
+    if groups is None:
+        tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y)
+        return np.sort(tr), np.sort(te)
+    g = np.asarray([str(x) for x in groups])
+    if g.shape != (len(y),):
+        raise ParameterError(f"groups has {g.shape[0]} entries for {len(y)} examples")
+    if len(set(g.tolist())) < 2:
+        raise DataError("a grouped split needs at least two groups")
+    tr, te = next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed).split(idx, y, g))
+    if len(set(y[tr].tolist())) < len(counts) or len(set(y[te].tolist())) < 2:
+        raise DataError("the grouped split left a class out of one side; use more groups or another seed")
     return np.sort(tr), np.sort(te)
 
 
@@ -186,7 +211,8 @@ def _metrics(prob: np.ndarray, y: np.ndarray, n_classes: int, positive: int | No
     return acc, auroc, ap
 
 
-def _run(feats: torch.Tensor, labels: Sequence, ids: pd.DataFrame, config: ProbeConfig, positive, split) -> ProbeResult:
+def _run(feats: torch.Tensor, labels: Sequence, ids: pd.DataFrame, config: ProbeConfig, positive, split,
+         groups=None) -> ProbeResult:
     y, classes = encode_labels(labels)
     if feats.shape[1] != len(y):
         raise ParameterError(f"{feats.shape[1]} feature rows for {len(y)} labels")
@@ -199,7 +225,7 @@ def _run(feats: torch.Tensor, labels: Sequence, ids: pd.DataFrame, config: Probe
             pos = classes.index(str(positive))
         else:
             raise unknown("positive class", positive, classes)
-    tr, te = split if split is not None else split_indices(y, config.test_size, config.seed)
+    tr, te = split if split is not None else split_indices(y, config.test_size, config.seed, groups)
     x = feats.float()
     xtr, xte = x[:, tr], x[:, te]
     if config.standardize:
@@ -223,12 +249,14 @@ def probe_heads(
     positive=None,
     layer: int | None = None,
     split: tuple[np.ndarray, np.ndarray] | None = None,
+    groups: Sequence | None = None,
 ) -> ProbeResult:
     """One fresh linear probe per head on its (D,) contribution vector.
 
     ``contributions``: (N, H, D) from :func:`fairvlm.clip_heads.head_contributions`;
     ``labels``: N group labels. ``split``: optional (train_idx, test_idx) to share one split
-    across calls. Returns a :class:`ProbeResult` whose table has one row per head
+    across calls; otherwise :func:`split_indices` with ``groups`` (e.g. one id per
+    counterfactual set, so a set never straddles the split). Returns a :class:`ProbeResult` whose table has one row per head
     (``head`` is 0-based; ``layer`` is added when given).
     """
     if contributions.ndim != 3:
@@ -237,7 +265,7 @@ def probe_heads(
     ids = pd.DataFrame({"head": np.arange(h)})
     if layer is not None:
         ids.insert(0, "layer", layer)
-    return _run(contributions.permute(1, 0, 2), labels, ids, config, positive, split)
+    return _run(contributions.permute(1, 0, 2), labels, ids, config, positive, split, groups)
 
 
 def probe_neurons(
@@ -248,6 +276,7 @@ def probe_neurons(
     config: ProbeConfig = ProbeConfig(),
     positive=None,
     split: tuple[np.ndarray, np.ndarray] | None = None,
+    groups: Sequence | None = None,
 ) -> ProbeResult:
     """One fresh one-feature probe per coordinate ("neuron") of the chosen heads' contributions.
 
@@ -262,7 +291,7 @@ def probe_neurons(
             raise ParameterError(f"head {x} is out of range 0..{h - 1}")
     feats = contributions[:, heads, :].permute(1, 2, 0).reshape(len(heads) * d, n, 1)
     ids = pd.DataFrame({"head": np.repeat(heads, d), "neuron": np.tile(np.arange(d), len(heads))})
-    return _run(feats, labels, ids, config, positive, split)
+    return _run(feats, labels, ids, config, positive, split, groups)
 
 
 def pr_curve(result: ProbeResult, row: int) -> tuple[np.ndarray, np.ndarray]:
