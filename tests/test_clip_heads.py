@@ -379,3 +379,32 @@ def test_grouped_split_keeps_counterfactual_sets_together():
     assert len(grouped.test_idx) == 40
     with pytest.raises(ParameterError):
         probes.split_indices(np.array([0, 1, 0, 1]), groups=[1, 2])
+
+
+def test_fast_path_equals_full_encoding(model, pixels):
+    from transformers import BertConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    torch.manual_seed(0)
+    vis = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=32, patch_size=8)
+    txt = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    dual = VisionTextDualEncoderModel(VisionTextDualEncoderConfig.from_vision_text_configs(vis, txt, projection_dim=12)).eval()
+    bare = CLIPVisionModel(vis).eval()
+    protos = ch.head_prototypes(ch.head_contributions(model, pixels), ["a", "b"] * 3 + ["a"])
+    for m, edits in [(model, [ch.prototype_replacement(protos, "b", [1, 5])]),
+                     (dual, [ch.zero_ablation([2]), ch.damping([0], 0.3, layer=1)]),
+                     (bare, [ch.damping([1, 3], 0.5)])]:
+        for layer in (-1, 1):
+            cache = ch.layer_inputs(m, pixels, layer=layer, batch_size=3)
+            assert cache.shape[:2] == (7, 17)
+            usable = [e for e in edits if ch.resolve_layer(m, e.layer) >= ch.resolve_layer(m, layer)]
+            fast = ch.embed_from_layer(m, cache, layer=layer, edits=usable, batch_size=4)
+            if m is bare:
+                with ch.intervene(m, *usable):
+                    full = torch.nn.functional.normalize(m(pixel_values=pixels).pooler_output, dim=-1)
+            else:
+                full = retrieval.embed_images(m, pixels, edits=usable)
+            torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ParameterError, match="cannot act"):
+        ch.embed_from_layer(dual, ch.layer_inputs(dual, pixels), edits=[ch.damping([0], 0.3, layer=1)])
+    assert _no_hooks(model)

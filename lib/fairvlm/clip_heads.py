@@ -33,6 +33,11 @@ contribution over all images or one group's images), zero ablation, or damping
 Hooks are always removed on exit, also when the body raises.
 
 Heads are numbered from 0 here; the paper numbers them from 1 (its head 12 is our 11).
+
+Fast path for many variants: every edit of the paper acts on the last layer, so the hidden
+states entering that layer are the same under every variant. :func:`layer_inputs` caches
+them once and :func:`embed_from_layer` runs only the remaining layers, the post-layernorm
+and the projection, with the edits applied; the result equals a full forward pass (tested).
 """
 
 from __future__ import annotations
@@ -55,11 +60,13 @@ __all__ = [
     "attention_shape",
     "cls_decomposition",
     "damping",
+    "embed_from_layer",
     "encoder_layers",
     "head_contributions",
     "head_outputs",
     "head_prototypes",
     "intervene",
+    "layer_inputs",
     "project_heads",
     "prototype_replacement",
     "resolve_layer",
@@ -498,3 +505,85 @@ def intervene(model: nn.Module, *edits: HeadIntervention):
         handles.append(layers[li].self_attn.out_proj.register_forward_hook(hook))
     with _registered(handles):
         yield model
+
+
+# ------------------------------------------------------------------------------ fast path
+@torch.no_grad()
+def layer_inputs(
+    model: nn.Module, pixel_values: torch.Tensor, layer: int = -1, *, batch_size: int = 64, progress: bool = False
+) -> torch.Tensor:
+    """Hidden states entering encoder layer ``layer`` (all tokens): (N, T, D) float32 on CPU.
+
+    Feed them to :func:`embed_from_layer` to encode the same images under many edits of
+    ``layer`` and later layers without recomputing the earlier ones.
+    """
+    pixel_values = _check_pixels(pixel_values)
+    tower = vision_tower(model)
+    li = resolve_layer(model, layer)
+    out: list = []
+
+    class _Stop(Exception):
+        pass
+
+    def grab(_m, args, kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        out.append(hs.detach().float().cpu())
+        raise _Stop
+
+    device, dtype = _device_dtype(model)
+    starts = range(0, pixel_values.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="layer inputs", unit="batch")
+    with _registered([tower.encoder.layers[li].register_forward_pre_hook(grab, with_kwargs=True)]):
+        for s in starts:
+            try:
+                tower(pixel_values=pixel_values[s : s + batch_size].to(device=device, dtype=dtype))
+            except _Stop:
+                pass
+    return torch.cat(out)
+
+
+def _projection(model: nn.Module):
+    m = model if isinstance(model, nn.Module) else getattr(model, "model", None)
+    return getattr(m, "visual_projection", None)
+
+
+@torch.no_grad()
+def embed_from_layer(
+    model: nn.Module, hidden: torch.Tensor, layer: int = -1, *, edits: Sequence[HeadIntervention] = (),
+    batch_size: int = 256, normalize: bool = True,
+) -> torch.Tensor:
+    """Image embeddings from cached :func:`layer_inputs` of ``layer``: (N, d) float32 on CPU.
+
+    Runs encoder layers ``layer..last`` with ``edits`` applied, the post-layernorm of the
+    CLS token and the model's ``visual_projection`` (when it has one; a bare vision model
+    returns its pooled output), then L2-normalizes (``normalize=True``). Equal to encoding
+    the images from scratch under the same edits. Edits of layers before ``layer`` raise,
+    since the cache already holds their unedited output.
+    """
+    tower = vision_tower(model)
+    li = resolve_layer(model, layer)
+    if hidden.ndim != 3 or hidden.shape[-1] != tower.encoder.layers[li].self_attn.out_proj.weight.shape[0]:
+        raise ParameterError(f"hidden must be (N, T, D) layer inputs from layer_inputs(); got {tuple(hidden.shape)}")
+    for e in edits:
+        if resolve_layer(model, e.layer) < li:
+            raise ParameterError(
+                f"an edit of layer {resolve_layer(model, e.layer)} cannot act on inputs cached at layer {li}; "
+                "cache an earlier layer"
+            )
+    device, dtype = _device_dtype(model)
+    proj = _projection(model)
+    outs = []
+    with intervene(model, *edits):
+        for s in range(0, hidden.shape[0], batch_size):
+            h = hidden[s : s + batch_size].to(device=device, dtype=dtype)
+            for blk in tower.encoder.layers[li:]:
+                h = blk(h, None)
+                h = h[0] if isinstance(h, tuple) else h
+            pooled = tower.post_layernorm(h[:, 0])
+            emb = proj(pooled) if proj is not None else pooled
+            emb = emb.float()
+            outs.append((torch.nn.functional.normalize(emb, dim=-1) if normalize else emb).cpu())
+    return torch.cat(outs)
