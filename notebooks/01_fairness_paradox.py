@@ -109,7 +109,8 @@ display(pd.DataFrame({"paraphrase": [r.prompt_id for r in example_rows],
         .style.hide(axis="index"))
 
 # %% [markdown]
-# Each row is answered greedily (at most 10 new tokens) and the answer is parsed to
+# Each row is answered greedily (at most 8 new tokens, enough for answers such as
+# 'I think the answer is "Both."') and the answer is parsed to
 # *fair*, *group A*, *group B* or *invalid* by `fairvlm.mcq.parse_answer`: a bare option
 # letter maps to the option listed at that position; both groups joined by "and"/"or"
 # ("both men and women") is fair; otherwise the earliest cue decides, where declining to
@@ -203,7 +204,10 @@ display(shown[["model", "dataset", "attribute", "variant", "fair proportion", "c
 # first-listed group, and the *order-balanced skew* is the confidence skew of the social
 # lean alone. An item is *fair-majority* when at least half of its prompts are answered
 # fair; the order-balanced paradox share is the share of those whose order-balanced skew
-# still reaches the 2:1 threshold.
+# still reaches the 2:1 threshold. One more confound stays: a model may prefer one option
+# *word* whatever the label. When nearly all items lean to the same group, the lean is
+# mostly such a label-independent preference; the standard deviation of the social lean
+# over labels is the part that depends on the label, i.e. the stereotype proper.
 
 # %%
 items = mcq.order_balanced(rows)
@@ -211,6 +215,8 @@ fair_major = items[items["fair_rate"] >= 0.5]
 position = (items.groupby(["model", "dataset", "attribute"])
             .agg(**{"position lean (log-odds, first-listed)": ("position_lean", "mean"),
                     "|social lean| (log-odds)": ("social_lean", lambda x: x.abs().mean()),
+                    "items leaning to A": ("social_lean", lambda x: (x > 0).mean()),
+                    "label-dependent lean (std over labels)": ("social_lean", "std"),
                     "items": ("item_id", "size"), "orders balanced": ("balanced", "all")})
             .join(fair_major.groupby(["model", "dataset", "attribute"])
                   .agg(**{"fair-majority items": ("item_id", "size"),
@@ -387,6 +393,8 @@ glue("main_paradox_share_race",
 glue("n_rows_total", len(rows), display=False)
 main_pos = position[(position.model == embedded_key[0]) & (position.dataset == embedded_key[1])]
 glue("main_position_lean", f"{main_pos['position lean (log-odds, first-listed)'].mean():.2f}", display=False)
+glue("main_lean_a_race", f"{float(main_pos[main_pos.attribute == 'race']['items leaning to A'].iloc[0]):.2f}",
+     display=False)
 glue("main_balanced_share_race",
      f"{float(main_pos[main_pos.attribute == 'race']['order-balanced paradox share'].iloc[0]):.2f}", display=False)
 
@@ -401,8 +409,11 @@ glue("main_balanced_share_race",
 # `results/01_fairness_paradox/rows.csv`). Much of that lean is the option order: on
 # average the first-listed group gains {glue:text}`main_position_lean` in log-odds. With
 # the order averaged out, {glue:text}`main_balanced_share_race` of the fair-majority race
-# items still lean at least 2:1, which is the part of the paradox that is about the
-# groups. Invalid answers are kept in the denominator of the fair proportion throughout.
+# items still lean at least 2:1. That remainder is not all stereotype: a share of
+# {glue:text}`main_lean_a_race` of the race items lean toward the same group (A, Black
+# people), whatever the label, which points to a preference for one option word; the
+# label-dependent part is the spread of the lean over labels in the table above. Invalid
+# answers are kept in the denominator of the fair proportion throughout.
 # Chapter 02 follows the same rows through the layers with the logit lens, chapter 03
 # through the two residual streams of each layer.
 #

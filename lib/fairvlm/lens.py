@@ -310,7 +310,7 @@ def _lens_logprobs(loaded, streams: torch.Tensor, ids_rows: list, chunk: int = 2
 
 
 def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_size: int = 8,
-            max_new_tokens: int = 10, layers: bool = True, cache: bool = True,
+            max_new_tokens: int = 8, layers: bool = True, cache: bool = True,
             progress: bool = True) -> Collection:
     """Run every row once: greedy answer, option probabilities and (``layers=True``) the
     per-layer captures and lens readings. See the module docstring.

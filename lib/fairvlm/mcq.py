@@ -811,7 +811,7 @@ def add_metrics(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate(loaded, rows: Sequence[Row], *, images: Callable | None = None, batch_size: int = 8,
-             max_new_tokens: int = 10, progress: bool = True) -> pd.DataFrame:
+             max_new_tokens: int = 8, progress: bool = True) -> pd.DataFrame:
     """Ask ``loaded`` every row: greedy answer + option probabilities, one line per row.
 
     Returns :func:`row_frame` columns plus ``answer`` (greedy continuation, up to
