@@ -132,6 +132,7 @@ import fairvlm
 from fairvlm import clip_heads as ch
 from fairvlm import metrics, probes, retrieval
 from fairvlm.data import load_sobit
+from fairvlm.errors import DataError
 from fairvlm.models import load
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
@@ -268,8 +269,17 @@ else:
     data_desc = ("PAIRS (mapped labels)" + (", FairFace" if FAIRFACE_DIR else "") + (", SISPI" if SISPI_DIR else "")
                  + (", COCO Karpathy test" if COCO_JSON else ""))
 
-# So-B-IT words (the real taxonomy), in both prompt styles
-sobit = load_sobit()
+# So-B-IT words (the real taxonomy), in both prompt styles. Without the taxonomy file
+# (a laptop with no copy of the data) the testbed's planted words, which come from
+# So-B-IT categories, stand in for it.
+try:
+    sobit = load_sobit()
+except DataError as exc:
+    if planted_words is None:
+        raise
+    display(Markdown(f"**So-B-IT taxonomy not found**, so only the testbed's planted words are "
+                     f"used as word queries. {exc}"))
+    sobit = planted_words[["category", "word"]].iloc[:0]
 if N_WORDS_PER_CATEGORY:
     sobit = sobit.groupby("category", sort=False).head(N_WORDS_PER_CATEGORY)
 if planted_words is not None:  # the testbed's planted words join their So-B-IT category

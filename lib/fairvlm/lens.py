@@ -82,6 +82,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -499,6 +500,7 @@ def profile_runs(profile: str, *, dtype: str = "auto", progress: bool = True,
             raise unknown("profile", profile, PROFILE_RUNS)
         runs = PROFILE_RUNS[profile]
     out: dict = {}
+    skipped: dict = {}
     by_model: dict = {}
     for spec in runs:
         by_model.setdefault((spec.model, spec.size), []).append(spec)
@@ -508,7 +510,14 @@ def profile_runs(profile: str, *, dtype: str = "auto", progress: bool = True,
             kwargs["dtype"] = getattr(torch, dtype)
         lm = models.load(name, **kwargs)
         for spec in specs:
-            rows, images, note = run_rows(spec)
+            try:
+                rows, images, note = run_rows(spec)
+            except DataError as exc:
+                if profile == "paper":
+                    raise
+                # a laptop without the real data: the other runs still tell their story
+                skipped[(spec.model, spec.dataset)] = str(exc)
+                continue
             col = collect(lm, rows, images=images, batch_size=spec.batch_size, progress=progress)
             col.info.update({"note": note, "n_prompts": spec.n_prompts, "size": size,
                              "variants": sorted(set(col.table["variant"]))})
@@ -516,7 +525,11 @@ def profile_runs(profile: str, *, dtype: str = "auto", progress: bool = True,
         del lm
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return {k: out[k] for k in ((s.model, s.dataset) for s in runs)}
+    for key, why in skipped.items():
+        warnings.warn(f"{key[0]} on {key[1]} skipped: {why}", stacklevel=2)
+    if not out:
+        raise DataError("none of the runs could find its data: " + "; ".join(skipped.values()))
+    return {k: out[k] for k in ((s.model, s.dataset) for s in runs) if k in out}
 
 
 class _null:
