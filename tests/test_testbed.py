@@ -360,7 +360,11 @@ def test_smoke_llava_runs_and_keeps_smollm2_frozen(smoke_build):
     img = testbed.render("guitar", "woman", "white", 1_000_123)
     enc = processor(images=[img], text=[testbed.llava_prompt("Describe the image.")], return_tensors="pt")
     image_id = model.config.image_token_id
-    assert int((enc["input_ids"] == image_id).sum()) == 16
+    from fairvlm.testbed.train import N_IMAGE_TOKENS, VISION_FEATURE_STRATEGY
+
+    # 16 patch tokens, plus CLS when the projector reads the "full" feature set
+    assert N_IMAGE_TOKENS == 16 + (VISION_FEATURE_STRATEGY == "full")
+    assert int((enc["input_ids"] == image_id).sum()) == N_IMAGE_TOKENS
     # chat template of the processor gives the same prompt
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
     assert processor.apply_chat_template(msgs, add_generation_prompt=True) == testbed.llava_prompt("Describe the image.")
