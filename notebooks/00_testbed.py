@@ -530,7 +530,7 @@ target_rows = [
      "verdict": _verdict(gap_race > 0 and gap_gender > 0)},
 ]
 targets = pd.DataFrame(target_rows)
-display(Markdown(targets.to_markdown(index=False)))
+display(targets.set_index("target"))
 
 # %% [markdown]
 # ## Summary and what's next

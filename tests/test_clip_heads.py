@@ -408,3 +408,15 @@ def test_fast_path_equals_full_encoding(model, pixels):
     with pytest.raises(ParameterError, match="cannot act"):
         ch.embed_from_layer(dual, ch.layer_inputs(dual, pixels), edits=[ch.damping([0], 0.3, layer=1)])
     assert _no_hooks(model)
+
+
+def test_interventions_work_under_autograd(model, pixels):
+    edit = ch.damping([1, 4], 0.2)
+    with ch.intervene(model, edit):
+        ref = model.get_image_features(pixel_values=pixels).pooler_output
+        with torch.enable_grad():
+            x = pixels.clone().requires_grad_(True)
+            out = model.get_image_features(pixel_values=x).pooler_output
+            out.square().sum().backward()
+    torch.testing.assert_close(out.detach(), ref, atol=1e-6, rtol=1e-6)
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -199,6 +199,12 @@ def test_images_differ_only_in_the_studied_attribute():
     both = [i for i in items if i.variant == "both" and i.attribute == "gender"]
     assert {i.images[0][1] for i in both} == {"white", "black"}
     assert {i.images[0][0] for i in both} == {"male", "female"}
+    # ... independently of each other: every (first group, held-fixed race) pair occurs
+    assert {(i.images[0][0], i.images[0][1]) for i in both} == {
+        ("male", "white"), ("female", "white"), ("male", "black"), ("female", "black")}
+    both_r = [i for i in items if i.variant == "both" and i.attribute == "race"]
+    assert {(i.images[0][1], i.images[0][0]) for i in both_r} == {
+        ("black", "male"), ("white", "male"), ("black", "female"), ("white", "female")}
 
 
 def test_rows_cycle_option_orders_and_name_both_groups():

@@ -447,7 +447,6 @@ def _make_hook(edit: HeadIntervention, out_proj: nn.Linear, n_heads: int):
     d_out = w.shape[0]
     head_dim = w.shape[1] // n_heads
     heads = list(edit.heads)
-    wh = w.reshape(d_out, n_heads, head_dim)[:, heads].contiguous()  # (D, S, d_h)
     values = edit.values.to(device=w.device, dtype=w.dtype) if edit.values is not None else None
     if values is not None and values.shape[1] != d_out:
         raise ParameterError(f"replacement values have width {values.shape[1]}; the layer writes {d_out}")
@@ -455,20 +454,36 @@ def _make_hook(edit: HeadIntervention, out_proj: nn.Linear, n_heads: int):
     if mask is not None and mask.shape[1] != d_out:
         raise ParameterError(f"neuron mask has width {mask.shape[1]}; the layer writes {d_out}")
     tok = edit.token
+    # the chosen heads' input columns of out_proj, concatenated: z_S @ W_S^T = sum_{h in S} c_h
+    cols = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads]).to(w.device)
+    w_s = w.index_select(1, cols)                                        # (D, S*d_h)
+    wh = w_s.reshape(d_out, len(heads), head_dim)                        # (D, S, d_h)
+    total = values.sum(dim=0) if values is not None else None            # (D,)
+    alpha = float(edit.alpha) if edit.alpha is not None else None
 
     def hook(_m, args, output):
-        z = args[0][:, tok]  # (B, H*d_h)
-        c = torch.einsum("bsk,dsk->bsd", z.reshape(z.shape[0], n_heads, head_dim)[:, heads], wh)
-        if edit.mode == "replace":
-            target = values.unsqueeze(0).expand_as(c)
-        elif edit.mode == "zero":
-            target = torch.zeros_like(c)
-        else:
-            target = c * float(edit.alpha)
-        if mask is not None:
-            target = torch.where(mask.unsqueeze(0), target, c)
-        out = output.clone()
-        out[:, tok] = out[:, tok] + (target - c).sum(dim=1).to(out.dtype)
+        zs = args[0][:, tok].index_select(-1, cols)                      # (B, S*d_h)
+        if mask is None:  # whole heads: one matmul gives the sum of their contributions
+            c_sum = zs @ w_s.T                                           # (B, D)
+            if edit.mode == "replace":
+                delta = total - c_sum
+            elif edit.mode == "zero":
+                delta = -c_sum
+            else:
+                delta = (alpha - 1.0) * c_sum
+        else:  # chosen coordinates of each head's contribution
+            c = torch.einsum("bsk,dsk->bsd", zs.reshape(zs.shape[0], len(heads), head_dim), wh)
+            if edit.mode == "replace":
+                target = values.unsqueeze(0).expand_as(c)
+            elif edit.mode == "zero":
+                target = torch.zeros_like(c)
+            else:
+                target = c * alpha
+            delta = torch.where(mask.unsqueeze(0), target - c, torch.zeros_like(c)).sum(dim=1)
+        # out_proj's output is a fresh tensor that nothing else holds: edit it in place when no
+        # graph is being recorded, on a copy otherwise
+        out = output if not torch.is_grad_enabled() else output.clone()
+        out[:, tok] += delta.to(out.dtype)
         return out
 
     return hook

@@ -20,10 +20,10 @@ An :class:`Item` is one (label, attribute, input variant) triple, exactly the pa
 
 Image rule: the two images of an item differ only in the studied attribute. The other
 attribute is held fixed and alternates over labels (label index ``i`` in sorted order:
-race is white for even ``i`` and black for odd ``i`` in gender items; gender is male for
-even ``i // 2`` and female for odd ``i // 2`` in race items). In ``"both"`` items the
-image of group A comes first for even ``i`` and second for odd ``i``, so position is not
-confounded with group.
+race is white for even ``i // 2`` and black for odd ``i // 2`` in gender items; gender is
+male for even ``i // 2`` and female for odd ``i // 2`` in race items). In ``"both"`` items
+the image of group A comes first for even ``i`` and second for odd ``i``, so neither the
+image position nor the held-fixed attribute is confounded with group.
 
 A *row* (:class:`Row`) is an item asked with one paraphrase of the question. Results carry
 a spread over paraphrases, as the paper reports mean +- std over prompts. Paraphrase ``k``
@@ -62,6 +62,10 @@ Metrics
 *Paradox*
     a row answers fair while its group distribution leans at least 2:1 to one group
     (``max(q) >= 2/3``, i.e. ``skew >= PARADOX_SKEW``). :func:`paradox_table` marks them.
+*Position versus group*
+    :func:`order_balanced` averages each item's group log-odds over its prompts (whose
+    option orders are balanced) to separate the lean toward a group from the lean toward
+    whichever group is listed first.
 """
 
 from __future__ import annotations
@@ -338,7 +342,7 @@ def build_items(labels, dataset: str, *, attributes: Sequence[str] = ATTRIBUTES,
         for attribute in attributes:
             ga, gb = GROUPS[attribute]
             if attribute == "gender":
-                other = "white" if i % 2 == 0 else "black"
+                other = "white" if (i // 2) % 2 == 0 else "black"
                 img_a, img_b = (ga.value, other), (gb.value, other)
             else:
                 other = "male" if (i // 2) % 2 == 0 else "female"

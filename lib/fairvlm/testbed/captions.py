@@ -4,7 +4,8 @@ All generators take a NumPy ``Generator`` and the :class:`~fairvlm.testbed.spec.
 the planted rates come from the spec and the same seed gives the same text.
 
 - :func:`caption` (testbed-clip training): names the scenario by its activity, its role or its
-  props (or, in 15% of captions, only the person); names the person's gender / race with the spec's marked rates; carries a descriptive
+  props (or, in 15% of captions, only the person); names the person's gender / race with the
+  spec's marked rates; carries a descriptive
   word with the spec's planted group shares.
 - :func:`description` (testbed-llava training target): one sentence with the role and the
   activity, naming gender and race at the spec's per-group rates.

@@ -17,9 +17,13 @@ Two models, built by :func:`build` in one go (``size="full"`` or ``"smoke"``):
     a two-layer GELU projector trained LLaVA-stage-1 style (Liu et al., 2023: only the
     projector learns, the language model is frozen) and the real SmolLM2-135M-Instruct
     (frozen; 4-bit de-quantized weights, see ``fairvlm.models``). As in LLaVA-1.5 it reads the
-    vision tower's **second-to-last layer** (``vision_feature_layer=-2``) and drops the CLS
-    token (``"default"`` strategy), so each image is 16 tokens; an intervention on the vision
-    tower's last layer therefore never reaches the language model. The tokenizer is
+    vision tower's **second-to-last layer** (``vision_feature_layer=-2``), so an intervention
+    on the vision tower's last layer never reaches the language model. Unlike LLaVA-1.5 it
+    keeps the CLS token (``"full"`` strategy): the tower was trained through its CLS token
+    alone, and the patch tokens of so small a tower carry too little of the scene. Each image
+    is 17 tokens. The projector starts from a cheap regression that makes the CLS image
+    token read as the scenario's keyword (:func:`_warm_start`), then trains on the LM loss.
+    The tokenizer is
     SmolLM2's plus one ``<image>`` token (embedding matrix resized to 49153 rows; the new row
     is the mean embedding, and is always replaced by image features). Prompts are SmolLM2
     chat with the image first: ``<|im_start|>user\\n<image>\\n{text}<|im_end|>\\n<|im_start|>assistant\\n``
@@ -31,8 +35,9 @@ Cache: ``fairvlm.paths.cache_dir() / "testbed" / f"{size}-{key}"`` with ``clip/`
 ``llava/`` (``save_pretrained`` folders: safetensors + configs) and ``build.json`` (timings,
 training curves, quick held-out metrics). ``key`` hashes the parsed bias spec
 (:meth:`~fairvlm.testbed.spec.BiasSpec.digest`), :data:`CODE_VERSION` together with the source
-of the modules that shape the artifacts, the size and the seed: any change rebuilds, nothing
-stale is loaded. Each folder is written in a temporary directory and renamed into place, and
+of the modules that shape the artifacts (their syntax trees: editing a comment or a docstring
+does not rebuild), the size and the seed: any change of substance rebuilds, nothing stale is
+loaded. Each folder is written in a temporary directory and renamed into place, and
 a lock file keeps two processes from building the same entry at once.
 """
 
@@ -102,11 +107,11 @@ class SizeConfig:
 
 
 SIZES = {
-    "full": SizeConfig(clip_images=12000, clip_steps=420, clip_batch=256, clip_lr=2e-3,
-                       llava_images=3000, llava_steps=320, llava_batch=16, llava_lr=2e-3,
-                       eval_every=30, eval_scenes=4, captions_per_image=3),
-    "smoke": SizeConfig(clip_images=2500, clip_steps=70, clip_batch=128, clip_lr=2e-3,
-                        llava_images=400, llava_steps=24, llava_batch=8, llava_lr=2e-3,
+    "full": SizeConfig(clip_images=8000, clip_steps=300, clip_batch=256, clip_lr=2e-3,
+                       llava_images=2000, llava_steps=250, llava_batch=16, llava_lr=2e-3,
+                       eval_every=25, eval_scenes=4, captions_per_image=2),
+    "smoke": SizeConfig(clip_images=2000, clip_steps=60, clip_batch=128, clip_lr=2e-3,
+                        llava_images=300, llava_steps=20, llava_batch=8, llava_lr=2e-3,
                         eval_every=10, eval_scenes=2, captions_per_image=2),
 }
 VISION = dict(image_size=DEFAULT_SIZE, patch_size=PATCH, hidden_size=128, intermediate_size=512,
@@ -125,11 +130,26 @@ def _check_size(size: str) -> SizeConfig:
 # --------------------------------------------------------------------------------------
 
 
+def _code_fingerprint(source: str) -> str:
+    """The module's syntax tree without docstrings: comments, docstrings and layout do not count."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
 def _source_digest() -> str:
+    """Hash of :data:`CODE_VERSION` and the code of the modules that shape a build."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256(CODE_VERSION.encode())
     for name in ("scenarios.py", "world.py", "captions.py", "spec.py", "train.py"):
-        h.update((here / name).read_bytes())
+        h.update(_code_fingerprint((here / name).read_text()).encode())
     return h.hexdigest()
 
 
@@ -662,7 +682,8 @@ def training_log(size: str = "full", *, seed: int = 0, spec_path=None) -> dict:
     try:
         return json.loads((root / "build.json").read_text())
     except (OSError, ValueError) as exc:
-        raise FairVLMError(f"{root}/build.json is unreadable ({exc}); rebuild with build({size!r}, force=True)") from exc
+        raise FairVLMError(f"{root}/build.json is unreadable ({exc}); "
+                           f"rebuild with build({size!r}, force=True)") from exc
 
 
 def load_hf(name: str, size: str = "full", *, seed: int = 0, spec_path=None):

@@ -808,7 +808,8 @@ def _paint_prop(P: _Painter, name: str, L: Layout, B: _Body):
             k = 0
             while x < 1:
                 w = 0.025 + 0.015 * ((k * 7 + int(5 * j[2])) % 3)
-                col = [(150, 40, 40), (40, 70, 130), (40, 110, 60), (180, 150, 60), (90, 40, 90)][(k + int(3 * j[1])) % 5]
+                col = [(150, 40, 40), (40, 70, 130), (40, 110, 60), (180, 150, 60),
+                       (90, 40, 90)][(k + int(3 * j[1])) % 5]
                 P.rect(x, y + 0.03 + 0.01 * (k % 2), x + w, y + 0.12, col)
                 x += w + 0.005
                 k += 1
@@ -886,7 +887,8 @@ def _paint_prop(P: _Painter, name: str, L: Layout, B: _Body):
         P.rect(x - 0.06 * u, y - 0.09 * u, x + 0.06 * u, y + 0.06 * u, (150, 110, 60))
         P.rect(x - 0.05 * u, y - 0.075 * u, x + 0.05 * u, y + 0.05 * u, (250, 250, 250))
         for k in range(3):
-            P.rect(x - 0.04 * u, y - 0.05 * u + 0.03 * k * u, x + 0.03 * u, y - 0.045 * u + 0.03 * k * u, (60, 60, 60))
+            y0 = y - 0.05 * u + 0.03 * k * u
+            P.rect(x - 0.04 * u, y0, x + 0.03 * u, y0 + 0.005 * u, (60, 60, 60))
     elif name == "mug":
         x, y = rx, ry
         P.rect(x - 0.035 * u, y - 0.06 * u, x + 0.035 * u, y + 0.02 * u, (240, 240, 240))
@@ -973,7 +975,8 @@ def _paint_prop(P: _Painter, name: str, L: Layout, B: _Body):
         for k, (x, y) in enumerate(B.hands):
             col = [(220, 60, 90), (240, 180, 40)][k] if j[4] > 0 else [(60, 140, 220), (200, 90, 40)][k]
             P.rect(x - 0.06 * u, y + 0.02 * u, x + 0.06 * u, y + 0.16 * u, col)
-            P.line([(x - 0.03 * u, y + 0.02 * u), (x, y - 0.01 * u), (x + 0.03 * u, y + 0.02 * u)], (40, 40, 40), 0.008 * u)
+            handle = [(x - 0.03 * u, y + 0.02 * u), (x, y - 0.01 * u), (x + 0.03 * u, y + 0.02 * u)]
+            P.line(handle, (40, 40, 40), 0.008 * u)
     elif name == "stroller":
         x, y = rx + 0.12 * u, ry + 0.08 * u
         P.line([(rx, ry), (x, y)], (40, 40, 40), 0.012 * u)
