@@ -12,7 +12,7 @@ PARAMS     ?=
 # a local CPU wheel. Users with a newer torch keep theirs.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup book html test unit clean pairs
+.PHONY: setup book html test unit clean pairs data
 
 setup: .make/setup
 
@@ -24,7 +24,7 @@ setup: .make/setup
 	$(PYTHON) -m ipykernel install --user --name python3 >/dev/null
 	@mkdir -p .make && touch $@
 
-book: setup
+book: setup data
 	$(PYTHON) -m fairvlm.bookbuild --chapters "$(CHAPTERS)" --params "$(PARAMS)"
 
 html: setup
@@ -38,6 +38,12 @@ test: setup
 
 clean:
 	rm -rf _build book/executed results .make
+
+# PAIRS, SocialCounterfactuals metadata and So-B-IT, each pinned to an upstream commit and
+# sha256-checked, into data/ -- only those not found already. A failed download is a warning
+# that says what the chapters will skip, so `make book` still runs offline.
+data: setup
+	$(PYTHON) -m fairvlm.data fetch all --if-missing --best-effort
 
 # PAIRS (CC-BY 4.0) pinned to upstream commit 507075a and sha256-checked into data/pairs
 pairs: setup

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from urllib.error import URLError
@@ -12,7 +15,8 @@ import pandas as pd
 import pytest
 
 import fairvlm.data as D
-from fairvlm.data import _roots, pairs as pairs_mod
+import fairvlm.data.__main__ as cli_mod
+from fairvlm.data import _roots, fetch as fetch_mod, pairs as pairs_mod
 from fairvlm.data.__main__ import main as cli
 from fairvlm.errors import DataError, UnknownNameError
 
@@ -437,3 +441,205 @@ def test_sobit_bad_files(tmp_path):
         D.load_sobit(f)
     with pytest.raises(DataError, match="not found"):
         D.load_sobit(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------ fetching the others
+
+SCF_FILES = ["metadata_race_gender.csv", "metadata_physical_gender.csv",
+             "metadata_physical_race.csv"]
+#: name -> (fetch function, folder in ../shared/data, manifest, its files)
+OTHERS = {
+    "socialcf": (D.fetch_socialcf, "socialcounterfactuals", "socialcf.sha256", SCF_FILES),
+    "sobit": (D.fetch_sobit, "sobit", "sobit.sha256", ["So-B-IT_taxonomy.json"]),
+}
+UNREACHABLE = "file:///nonexistent-fairvlm-mirror/"
+
+
+def _manifest(name: str) -> dict[str, str]:
+    return fetch_mod.read_manifest(fetch_mod.manifest_path(OTHERS[name][2]))
+
+
+def _bad_copy(shared: Path, name: str, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the shared files with one of them altered (one byte flipped)."""
+    _, folder, _, files = OTHERS[name]
+    src = tmp_path / "bad-source"
+    shutil.copytree(shared / "data" / folder, src)
+    for f in src.iterdir():
+        f.chmod(0o644)
+    victim = files[-1]
+    data = (src / victim).read_bytes()
+    (src / victim).write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    return src, victim
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_manifests_pin_exactly_the_shared_files(shared, name):
+    _, folder, _, files = OTHERS[name]
+    manifest = _manifest(name)
+    assert sorted(manifest) == sorted(files)
+    for rel, digest in manifest.items():
+        assert D.sha256_file(shared / "data" / folder / rel) == digest
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_fetch_from_file_url_gives_a_verified_loadable_copy(shared, name, tmp_path):
+    fetch, folder, _, files = OTHERS[name]
+    dest = tmp_path / "out" / folder
+    assert fetch(dest, base_url=(shared / "data" / folder).as_uri(), progress=False) == dest
+    # only the manifest's files (no SOURCE.md or licence from the shared folder) + SHA256SUMS
+    assert sorted(p.name for p in dest.iterdir()) == sorted(files + ["SHA256SUMS"])
+    assert {f: D.sha256_file(dest / f) for f in files} == _manifest(name)
+    assert not _leftovers(dest.parent, folder)
+    if name == "socialcf":
+        assert D.set_statistics(D.load_socialcounterfactuals("physical_race", dest))[
+            "n_sets"].item() == 836
+    else:
+        assert len(D.load_sobit(dest)) == 441
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_corrupted_source_fails_naming_the_file_and_leaves_nothing(shared, name, tmp_path):
+    fetch, folder, _, files = OTHERS[name]
+    src, victim = _bad_copy(shared, name, tmp_path)
+    dest = tmp_path / "out" / folder
+    for kwargs in ({"base_url": src.as_uri()}, {"source": src}):
+        with pytest.raises(DataError, match=re.escape(victim)) as err:
+            fetch(dest, progress=False, **kwargs)
+        assert "nothing was written" in str(err.value)
+        assert all(f not in str(err.value) for f in files if f != victim)
+        assert not dest.exists() and not _leftovers(dest.parent, folder)
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_verified_dest_is_returned_untouched(shared, name, tmp_path):
+    fetch, folder, _, files = OTHERS[name]
+    dest = fetch(tmp_path / folder, source=shared / "data" / folder, progress=False)
+    stamps = {p.name: p.stat().st_mtime_ns for p in dest.iterdir()}
+    # nothing is downloaded: an unreachable URL does not matter
+    assert fetch(dest, base_url=UNREACHABLE, progress=False) == dest
+    assert {p.name: p.stat().st_mtime_ns for p in dest.iterdir()} == stamps
+    # a damaged copy is not "verified": refused, then replaced only with overwrite
+    (dest / files[0]).write_text("damaged")
+    with pytest.raises(DataError, match=rf"(?s)already exists.*{re.escape(files[0])}.*overwrite"):
+        fetch(dest, source=shared / "data" / folder, progress=False)
+    assert (dest / files[0]).read_text() == "damaged"
+    fetch(dest, source=shared / "data" / folder, overwrite=True, progress=False)
+    assert D.sha256_file(dest / files[0]) == _manifest(name)[files[0]]
+
+
+def test_default_urls_are_the_pinned_raw_files(tmp_path, monkeypatch):
+    urls = []
+
+    def offline(url, timeout):
+        urls.append(url)
+        raise URLError("no network")
+
+    monkeypatch.setattr(fetch_mod, "_urlopen", offline)
+    for fetch, folder in ((D.fetch_socialcf, "scf"), (D.fetch_sobit, "sobit")):
+        with pytest.raises(DataError, match=r"could not download .*no network"):
+            fetch(tmp_path / folder, progress=False)
+        assert not (tmp_path / folder).exists()
+    assert urls == [
+        "https://raw.githubusercontent.com/IntelLabs/multimodal_cognitive_ai/"
+        "d1f2acc39b686f56dff1fd24cecb4f28640d39ad/Uncovering_LVLM_Bias/metadata/"
+        "metadata_race_gender.csv",
+        "https://raw.githubusercontent.com/ameliagmz/Debiasing_CLIP_Neural_Interventions/"
+        "cc90ab99a1191ddf9e8c5c4ec644158d4d077c2d/So-B-IT_taxonomy.json",
+    ]
+
+
+def test_fetch_accepts_a_clone_of_the_socialcf_repository(shared, tmp_path):
+    clone = tmp_path / "multimodal_cognitive_ai"
+    shutil.copytree(shared / "data" / "socialcounterfactuals",
+                    clone / "Uncovering_LVLM_Bias" / "metadata")
+    dest = D.fetch_socialcf(tmp_path / "scf", source=clone, progress=False)
+    assert {f: D.sha256_file(dest / f) for f in SCF_FILES} == _manifest("socialcf")
+
+
+# ------------------------------------------------------------------ the fetch command
+
+
+@pytest.fixture()
+def found_nowhere(no_defaults, monkeypatch):
+    """No dataset found by the loaders (the manifests still come from the checkout)."""
+    for var in ("FAIRVLM_SOCIALCF", "FAIRVLM_SOBIT"):
+        monkeypatch.delenv(var, raising=False)
+    return no_defaults
+
+
+def test_cli_fetch_one_and_all(shared, found_nowhere, tmp_path, capsys):
+    dest = tmp_path / "one"
+    assert cli(["fetch", "sobit", str(dest), "--base-url",
+                (shared / "data" / "sobit").as_uri()]) == 0
+    assert "So-B-IT taxonomy is at" in capsys.readouterr().out
+    assert len(D.load_sobit(dest)) == 441
+    parent = tmp_path / "all"
+    assert cli(["fetch", "all", str(parent), "--source", str(shared / "data")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(all files verified)") == 3
+    assert D.verify_pairs(parent / "pairs") == 200
+    assert D.sobit_path(parent / "sobit").parent == parent / "sobit"
+    assert {f: D.sha256_file(parent / "socialcounterfactuals" / f) for f in SCF_FILES} == (
+        _manifest("socialcf"))
+
+
+def test_cli_if_missing_skips_what_the_loaders_find(shared, found_nowhere, tmp_path,
+                                                    monkeypatch, capsys):
+    data = shared / "data"
+    monkeypatch.setenv("FAIRVLM_PAIRS", str(data / "pairs"))
+    monkeypatch.setenv("FAIRVLM_SOCIALCF", str(data / "socialcounterfactuals"))
+    monkeypatch.setenv("FAIRVLM_SOBIT", str(data / "sobit"))
+    parent = tmp_path / "dest"
+    assert cli(["fetch", "all", str(parent), "--if-missing", "--base-url", UNREACHABLE]) == 2
+    assert cli(["fetch", "all", str(parent), "--if-missing"]) == 0
+    out = capsys.readouterr().out
+    for folder in ("pairs", "socialcounterfactuals", "sobit"):
+        assert re.search(rf"found at {re.escape(str(data / folder))}\b.*not fetched", out)
+    assert not parent.exists()
+    # without the variable nothing finds So-B-IT: only it is fetched
+    monkeypatch.delenv("FAIRVLM_SOBIT")
+    assert cli(["fetch", "all", str(parent), "--if-missing", "--source", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "So-B-IT taxonomy is at" in out and out.count("not fetched") == 2
+    assert sorted(p.name for p in parent.iterdir()) == ["sobit"]
+
+
+def test_cli_unknown_name_lists_the_known_ones(capsys):
+    assert cli(["fetch", "coco", "--best-effort"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: unknown dataset 'coco'; choose one of: "
+                           "all, pairs, sobit, socialcf")
+
+
+def test_cli_best_effort_reports_what_is_skipped(shared, found_nowhere, tmp_path, capsys,
+                                                 monkeypatch):
+    dest = tmp_path / "scf"
+    args = ["fetch", "socialcf", str(dest), "--base-url", UNREACHABLE]
+    assert cli(args) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"^error: could not download .*metadata_race_gender.csv", err, re.M)
+    assert cli(args + ["--best-effort"]) == 0
+    err = capsys.readouterr().err
+    warnings = re.findall(r"^warning: .*$", err, re.M)
+    assert len(warnings) == 1
+    assert re.fullmatch(r"warning: SocialCounterfactuals metadata not fetched \(could not "
+                        r"download .*\); chapter 00 .* chapters 01-03 .*\. Fetch it later "
+                        r"with: python -m fairvlm\.data fetch socialcf", warnings[0])
+    assert "Traceback" not in err and not dest.exists()
+
+    # `make data`: the found ones are skipped, the failed one is one warning line
+    data = shared / "data"
+    monkeypatch.setenv("FAIRVLM_PAIRS", str(data / "pairs"))
+    monkeypatch.setenv("FAIRVLM_SOCIALCF", str(data / "socialcounterfactuals"))
+    monkeypatch.setitem(cli_mod.DATASETS, "sobit", dataclasses.replace(
+        cli_mod.DATASETS["sobit"], fetch=functools.partial(D.fetch_sobit, base_url=UNREACHABLE)))
+    parent = tmp_path / "data"
+    assert cli(["fetch", "all", str(parent), "--if-missing", "--best-effort"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("not fetched") == 2
+    warnings = re.findall(r"^warning: .*$", captured.err, re.M)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: So-B-IT taxonomy not fetched")
+    assert "chapter 07" in warnings[0] and "fetch sobit" in warnings[0]
+    assert not (parent / "sobit").exists()
+    assert cli(["fetch", "all", str(parent), "--if-missing"]) == 1
+    assert "error: could not download" in capsys.readouterr().err

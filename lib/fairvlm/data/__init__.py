@@ -4,9 +4,9 @@
   :func:`verify_pairs`, the RES-FAIR label mapping :data:`PAIRS_LABELS` /
   :func:`label_table`.
 - **SocialCounterfactuals** (Howard et al. 2024): :func:`load_socialcounterfactuals`,
-  :func:`counterfactual_sets`, :func:`set_statistics`.
-- **So-B-IT** (Hamidieh et al. 2024): :func:`load_sobit`, :func:`sobit_words`,
-  :func:`sobit_categories`.
+  :func:`fetch_socialcf`, :func:`counterfactual_sets`, :func:`set_statistics`.
+- **So-B-IT** (Hamidieh et al. 2024): :func:`load_sobit`, :func:`fetch_sobit`,
+  :func:`sobit_words`, :func:`sobit_categories`.
 
 Every loader finds its data the same way: an explicit argument, then an environment
 variable (``FAIRVLM_PAIRS``, ``FAIRVLM_SOCIALCF``, ``FAIRVLM_SOBIT``), then
@@ -14,7 +14,10 @@ variable (``FAIRVLM_PAIRS``, ``FAIRVLM_SOCIALCF``, ``FAIRVLM_SOBIT``), then
 ``../shared/data/<name>`` beside it. Missing or corrupt data raise
 :class:`fairvlm.errors.DataError` with what to do about it.
 
-Command line: ``python -m fairvlm.data fetch-pairs [DEST] [--source DIR]`` and
+Every ``fetch_*`` downloads files pinned to one upstream commit and checks each against a
+sha256 manifest in ``data/`` (:mod:`fairvlm.data.fetch`). Command line:
+``python -m fairvlm.data fetch {pairs,socialcf,sobit,all} [DEST] [--source DIR]``,
+``python -m fairvlm.data fetch all --if-missing`` (only what the loaders do not find),
 ``python -m fairvlm.data verify-pairs [ROOT]``.
 """
 
@@ -33,11 +36,12 @@ from fairvlm.data.pairs import (
     pairs_label,
     pairs_root,
     read_manifest,
-    sha256_file,
     verify_pairs,
 )
+from fairvlm.data.fetch import sha256_file
 from fairvlm.data.sobit import (
     CATEGORY_ALIASES,
+    fetch_sobit,
     load_sobit,
     normalize_category,
     sobit_categories,
@@ -48,6 +52,7 @@ from fairvlm.data.socialcf import (
     LEVELS,
     SEGMENTS,
     counterfactual_sets,
+    fetch_socialcf,
     load_socialcounterfactuals,
     set_statistics,
     socialcf_root,
@@ -56,8 +61,8 @@ from fairvlm.data.socialcf import (
 __all__ = [
     "CATEGORY_ALIASES", "LEVELS", "PAIRS_BASE_URL", "PAIRS_COMMIT", "PAIRS_LABELS",
     "PAIRS_LABEL_CORRECTIONS", "PAIRS_URL", "SECTIONS", "SEGMENTS", "VARIANTS",
-    "counterfactual_sets", "fetch_pairs", "label_table", "load_pairs",
-    "load_socialcounterfactuals", "load_sobit", "manifest_path", "normalize_category",
+    "counterfactual_sets", "fetch_pairs", "fetch_socialcf", "fetch_sobit", "label_table",
+    "load_pairs", "load_socialcounterfactuals", "load_sobit", "manifest_path", "normalize_category",
     "pairs_label", "pairs_root", "read_manifest", "set_statistics", "sha256_file",
     "socialcf_root", "sobit_categories", "sobit_path", "sobit_words", "verify_pairs",
 ]

@@ -25,21 +25,19 @@ listed in :data:`PAIRS_LABEL_CORRECTIONS` (the appendix's text and ours side by 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
-import tempfile
-import urllib.parse
 from pathlib import Path
-from urllib.error import URLError
-from urllib.request import urlopen
+from urllib.request import urlopen  # handed to fetch_tree at each call: tests replace it here
 
 import pandas as pd
 
 from fairvlm.data import _roots
+from fairvlm.data.fetch import Remote, check_tree, fetch_tree, summary
+from fairvlm.data.fetch import sha256_file  # noqa: F401  (re-exported, as before)
+from fairvlm.data.fetch import manifest_path as _manifest_path
+from fairvlm.data.fetch import read_manifest as _read_manifest
 from fairvlm.errors import DataError, unknown
-from fairvlm.paths import repo_root
 
 PAIRS_REPO = "katiefraser/PAIRS"
 PAIRS_URL = f"https://github.com/{PAIRS_REPO}"
@@ -49,6 +47,9 @@ PAIRS_BASE_URL = f"https://raw.githubusercontent.com/{PAIRS_REPO}/{PAIRS_COMMIT}
 #: The environment variable that points :func:`load_pairs` at a PAIRS tree.
 PAIRS_ENV = "FAIRVLM_PAIRS"
 MANIFEST_NAME = "pairs.sha256"
+#: What :func:`fairvlm.data.fetch.fetch_tree` needs to fetch PAIRS.
+PAIRS_REMOTE = Remote(title="PAIRS", manifest_name=MANIFEST_NAME, base_url=PAIRS_BASE_URL,
+                      folder="pairs", func="fetch_pairs", clone_subdir="data")
 
 SECTIONS = ("occupations", "status", "potential_crime")
 #: (race, gender, file stem) in the order rows are returned.
@@ -252,72 +253,17 @@ def load_pairs(
 def manifest_path() -> Path:
     """The sha256 manifest of the pinned PAIRS tree: ``data/pairs.sha256`` in the book's
     checkout (or under the current directory)."""
-    bases = [Path.cwd()] + ([repo_root()] if repo_root() is not None else [])
-    for b in bases:
-        p = b / "data" / MANIFEST_NAME
-        if p.is_file():
-            return p
-    raise DataError(
-        f"the PAIRS manifest data/{MANIFEST_NAME} was not found (looked under "
-        + ", ".join(str(b) for b in bases)
-        + "); run from the book's checkout or pass manifest=PATH"
-    )
+    return _manifest_path(MANIFEST_NAME, "PAIRS")
 
 
 def read_manifest(path: str | os.PathLike | None = None) -> dict[str, str]:
-    """Read a ``sha256sum``-format manifest: ``{relative path: sha256 hex}``.
+    """Read a ``sha256sum``-format manifest (default: the PAIRS one):
+    ``{relative path: sha256 hex}``.
 
     Each line is ``<64 hex digits><two spaces><relative path>``. Paths must be relative
     and stay inside the tree (no ``..``); anything else raises :class:`DataError`.
     """
-    path = Path(path) if path is not None else manifest_path()
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DataError(f"cannot read the PAIRS manifest {path}: {exc}") from None
-    entries: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line.strip())
-        rel = m.group(2).removeprefix("./") if m else ""
-        if m is None or rel.startswith("/") or ".." in Path(rel).parts or rel in entries:
-            raise DataError(f"{path}, line {n}: not a valid manifest line: {line!r}")
-        entries[rel] = m.group(1)
-    if not entries:
-        raise DataError(f"the PAIRS manifest {path} is empty")
-    return entries
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _check(tree: Path, manifest: dict[str, str]) -> list[str]:
-    """Problems of ``tree`` against ``manifest``: one line per missing or altered file."""
-    problems = []
-    for rel, want in manifest.items():
-        f = tree / rel
-        if not f.is_file():
-            problems.append(f"{rel}: missing")
-            continue
-        got = sha256_file(f)
-        if got != want:
-            problems.append(
-                f"{rel}: sha256 {got[:12]}... != expected {want[:12]}... "
-                f"({f.stat().st_size} bytes; the file is truncated or altered)"
-            )
-    return problems
-
-
-def _summary(problems: list[str], limit: int = 8) -> str:
-    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-    return "\n  " + "\n  ".join(problems[:limit]) + more
+    return _read_manifest(path if path is not None else manifest_path(), "PAIRS")
 
 
 def verify_pairs(root: str | os.PathLike | None = None, manifest: str | os.PathLike | None = None) -> int:
@@ -328,35 +274,14 @@ def verify_pairs(root: str | os.PathLike | None = None, manifest: str | os.PathL
     """
     base = pairs_root(root)
     entries = read_manifest(manifest)
-    problems = _check(base, entries)
+    problems = check_tree(base, entries)
     if problems:
-        raise DataError(f"PAIRS at {base} does not match {MANIFEST_NAME}:{_summary(problems)}\n"
+        raise DataError(f"PAIRS at {base} does not match {MANIFEST_NAME}:{summary(problems)}\n"
                         f"{_HOW_TO_GET}")
     return len(entries)
 
 
 # --------------------------------------------------------------------------- fetch
-
-
-def _download(url: str, target: Path, timeout: float) -> None:
-    try:
-        with urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
-            shutil.copyfileobj(response, out)
-    except (URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DataError(
-            f"could not download {url}: {reason}. Check the network, or copy PAIRS from a "
-            "local folder with fetch_pairs(dest, source=DIR) / --source DIR"
-        ) from None
-
-
-def _source_tree(source: Path) -> Path:
-    """Accept either the PAIRS data folder or a clone of the whole repository."""
-    if not source.is_dir():
-        raise DataError(f"source folder {source} does not exist")
-    if not (source / "occupations").is_dir() and (source / "data" / "occupations").is_dir():
-        return source / "data"
-    return source
 
 
 def fetch_pairs(
@@ -385,61 +310,10 @@ def fetch_pairs(
     anything else a :class:`DataError` asks to remove it (or pass ``overwrite=True``,
     which replaces it only after the new copy has been verified). ``dest`` defaults to
     ``data/pairs`` in the book's checkout. The tree also gets a ``SHA256SUMS`` file, so
-    ``sha256sum -c SHA256SUMS`` works inside it.
+    ``sha256sum -c SHA256SUMS`` works inside it. (The work is done by
+    :func:`fairvlm.data.fetch.fetch_tree`.)
     """
-    from tqdm.auto import tqdm
-
-    entries = read_manifest(manifest)
-    if not base_url.endswith("/"):
-        base_url += "/"
-    if dest is None:
-        dest = (repo_root() or Path.cwd()) / "data" / "pairs"
-    dest = Path(dest).expanduser()
-    if dest.exists() and not overwrite:
-        problems = _check(dest, entries) if dest.is_dir() else [f"{dest} is not a folder"]
-        if not problems:
-            return dest
-        raise DataError(
-            f"{dest} already exists and is not a verified PAIRS tree:{_summary(problems, 3)}\n"
-            "Remove it, or call fetch_pairs(..., overwrite=True) / pass --overwrite"
-        )
-    src = _source_tree(Path(source).expanduser()) if source is not None else None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    old = None
-    try:
-        problems = []
-        what = f"copying PAIRS from {src}" if src else "downloading PAIRS"
-        for rel, want in tqdm(entries.items(), desc=what, unit="file", disable=not progress):
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if src is not None:
-                if not (src / rel).is_file():
-                    problems.append(f"{rel}: missing from {src}")
-                    continue
-                shutil.copyfile(src / rel, target)
-            else:
-                _download(urllib.parse.urljoin(base_url, urllib.parse.quote(rel)), target, timeout)
-            got = sha256_file(target)
-            if got != want:
-                problems.append(
-                    f"{rel}: sha256 {got[:12]}... != expected {want[:12]}... "
-                    f"({target.stat().st_size} bytes; the file is truncated or altered)"
-                )
-        if problems:
-            origin = str(src) if src is not None else base_url
-            raise DataError(
-                f"PAIRS from {origin} failed verification against {MANIFEST_NAME}; "
-                f"nothing was written to {dest}:{_summary(problems)}"
-            )
-        (staging / "SHA256SUMS").write_text(
-            "".join(f"{want}  {rel}\n" for rel, want in entries.items()))
-        if dest.exists():  # overwrite=True: swap only now that the new copy is verified
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.replace(dest, old / dest.name)
-        os.replace(staging, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return dest
+    return fetch_tree(PAIRS_REMOTE, dest, source, base_url=base_url,
+                      manifest=manifest,
+                      overwrite=overwrite, timeout=timeout, progress=progress,
+                      urlopen=urlopen)

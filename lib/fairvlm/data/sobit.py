@@ -19,18 +19,27 @@ from pathlib import Path
 import pandas as pd
 
 from fairvlm.data import _roots
+from fairvlm.data.fetch import Remote, fetch_tree
 from fairvlm.errors import DataError, unknown
 
 SOBIT_ENV = "FAIRVLM_SOBIT"
 SOBIT_FILE = "So-B-IT_taxonomy.json"
 SOBIT_REPO = "ameliagmz/Debiasing_CLIP_Neural_Interventions"
 SOBIT_COMMIT = "cc90ab99a1191ddf9e8c5c4ec644158d4d077c2d"
+#: The taxonomy is fetched from ``SOBIT_BASE_URL + So-B-IT_taxonomy.json``: it sits at the
+#: root of the upstream repository (its file listing shows no other copy).
+SOBIT_BASE_URL = f"https://raw.githubusercontent.com/{SOBIT_REPO}/{SOBIT_COMMIT}/"
+SOBIT_MANIFEST_NAME = "sobit.sha256"
+#: What :func:`fairvlm.data.fetch.fetch_tree` needs to fetch the taxonomy.
+SOBIT_REMOTE = Remote(title="So-B-IT taxonomy", manifest_name=SOBIT_MANIFEST_NAME,
+                      base_url=SOBIT_BASE_URL, folder="sobit", func="fetch_sobit")
 #: upstream spelling -> the name used in this book
 CATEGORY_ALIASES = {"behavorial": "behavioral"}
 
 _HOW_TO_GET = (
-    f"Download {SOBIT_FILE} from https://github.com/{SOBIT_REPO} (commit {SOBIT_COMMIT[:7]}) "
-    f"into data/sobit/, or point ${SOBIT_ENV} at the file or its folder."
+    f"Fetch {SOBIT_FILE} with `python -m fairvlm.data fetch sobit` (downloads it from "
+    f"https://github.com/{SOBIT_REPO} at commit {SOBIT_COMMIT[:7]} into data/sobit/ and "
+    f"checks it), or point ${SOBIT_ENV} at the file or its folder."
 )
 
 
@@ -60,6 +69,31 @@ def sobit_path(path: str | os.PathLike | None = None, *, required: bool = True) 
             return None
         raise DataError(f"So-B-IT taxonomy not found at {folder / SOBIT_FILE}. {_HOW_TO_GET}")
     return folder / SOBIT_FILE
+
+
+def fetch_sobit(
+    dest: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+    *,
+    base_url: str = SOBIT_BASE_URL,
+    manifest: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Put a verified copy of the taxonomy in the folder ``dest`` and return ``dest``.
+
+    The file is checked against the sha256 manifest ``data/sobit.sha256``. Without
+    ``source`` it is downloaded from ``base_url + So-B-IT_taxonomy.json`` (GitHub's raw
+    file at the pinned commit; a ``file://`` URL works too); with ``source`` (a folder
+    holding the file, e.g. a clone of the repository) it is copied. ``dest`` defaults to
+    ``data/sobit`` in the book's checkout. Staged, verified and renamed into place as
+    :func:`fairvlm.data.fetch_pairs` is: a bad file raises :class:`DataError` naming it and
+    leaves nothing at ``dest``; a verified ``dest`` is returned untouched;
+    ``overwrite=True`` replaces anything else once the new copy is verified.
+    """
+    return fetch_tree(SOBIT_REMOTE, dest, source, base_url=base_url, manifest=manifest,
+                      overwrite=overwrite, timeout=timeout, progress=progress)
 
 
 def load_sobit(path: str | os.PathLike | None = None) -> pd.DataFrame:

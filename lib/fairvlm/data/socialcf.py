@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from fairvlm.data import _roots
+from fairvlm.data.fetch import Remote, fetch_tree
 from fairvlm.errors import DataError, unknown
 
 SCF_ENV = "FAIRVLM_SOCIALCF"
@@ -47,6 +48,15 @@ SCF_METADATA_URL = (
     f"https://github.com/{SCF_REPO}/tree/{SCF_COMMIT}/Uncovering_LVLM_Bias/metadata"
 )
 SCF_IMAGES_HUB = "Intel/SocialCounterfactuals"
+#: The metadata CSVs are fetched from ``SCF_BASE_URL + <file name>`` (MIT licence).
+SCF_BASE_URL = (
+    f"https://raw.githubusercontent.com/{SCF_REPO}/{SCF_COMMIT}/Uncovering_LVLM_Bias/metadata/"
+)
+SCF_MANIFEST_NAME = "socialcf.sha256"
+#: What :func:`fairvlm.data.fetch.fetch_tree` needs to fetch the metadata.
+SCF_REMOTE = Remote(title="SocialCounterfactuals metadata", manifest_name=SCF_MANIFEST_NAME,
+                    base_url=SCF_BASE_URL, folder="socialcounterfactuals",
+                    func="fetch_socialcf", clone_subdir="Uncovering_LVLM_Bias/metadata")
 
 #: Attribute levels, as this module writes them (lower case).
 LEVELS: dict[str, tuple[str, ...]] = {
@@ -68,8 +78,9 @@ COLUMNS = (
 )
 
 _HOW_TO_GET = (
-    f"Download the metadata CSVs (metadata_race_gender.csv, ...) from {SCF_METADATA_URL} "
-    f"into data/socialcounterfactuals/, or point ${SCF_ENV} at the folder that holds them."
+    "Fetch the metadata CSVs with `python -m fairvlm.data fetch socialcf` (downloads them "
+    f"from {SCF_METADATA_URL} into data/socialcounterfactuals/ and checks every file), or "
+    f"point ${SCF_ENV} at the folder that holds them."
 )
 _META_COLUMNS = ("seed", "p2p_threshold", "cfg_scale", "filename", "rank")
 
@@ -80,6 +91,32 @@ def socialcf_root(root: str | os.PathLike | None = None, *, required: bool = Tru
     return _roots.resolve("socialcounterfactuals", root, SCF_ENV,
                           what="the SocialCounterfactuals metadata", how_to_get=_HOW_TO_GET,
                           required=required)
+
+
+def fetch_socialcf(
+    dest: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+    *,
+    base_url: str = SCF_BASE_URL,
+    manifest: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Put a verified copy of the three metadata CSVs at ``dest`` and return ``dest``.
+
+    Files are listed by the sha256 manifest ``data/socialcf.sha256``. Without ``source``
+    each is downloaded from ``base_url + name`` (GitHub's raw files of
+    ``Uncovering_LVLM_Bias/metadata/`` at the pinned commit; a ``file://`` URL works too);
+    with ``source`` (a folder holding the CSVs, or a clone of the repository) each is
+    copied. ``dest`` defaults to ``data/socialcounterfactuals`` in the book's checkout.
+    Staged, verified and renamed into place as :func:`fairvlm.data.fetch_pairs` is: a bad
+    file raises :class:`DataError` naming it and leaves nothing at ``dest``; a verified
+    ``dest`` is returned untouched; ``overwrite=True`` replaces anything else once the new
+    copy is verified. No images are fetched (see the module's docstring).
+    """
+    return fetch_tree(SCF_REMOTE, dest, source, base_url=base_url, manifest=manifest,
+                      overwrite=overwrite, timeout=timeout, progress=progress)
 
 
 def _caption_regex(segment: str) -> re.Pattern:
