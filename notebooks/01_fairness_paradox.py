@@ -34,10 +34,10 @@
 #
 # The embedded profile runs SmolLM2-135M-Instruct (a real pretrained chat model, text
 # only; its weights are the 4-bit GGUF release de-quantized) on the 44 PAIRS labels and
-# on 30 SocialCounterfactuals occupations (four paraphrases each), and `testbed-llava` (the
+# on 60 SocialCounterfactuals occupations (four paraphrases each), and `testbed-llava` (the
 # book's LLaVA-style model whose language model is the same frozen SmolLM2; chapter
-# 00_testbed builds it) on rendered held-out testbed scenes of 24 scenarios in all four
-# input variants (two paraphrases). About 3 minutes on 2 CPU cores the
+# 00_testbed builds it) on rendered held-out testbed scenes of all 50 scenarios in all four
+# input variants (four paraphrases). About 4 minutes on 2 CPU cores the
 # first time; chapters 02 and 03 then reuse the cached forward passes. `smoke` runs a
 # handful of labels in well under a minute. `paper` runs LLaVA-1.5-7B, LLaVA-NeXT-7B
 # (Vicuna), Qwen2-VL-2B and Qwen2.5-VL-7B on PAIRS and SocialCounterfactuals (a GPU, the
@@ -319,15 +319,41 @@ if len(testbed_rows):
     for (attribute, variant), g in testbed_items.groupby(["attribute", "variant"]):
         lean = g.groupby("scenario")["social_lean"].mean()
         planted = shares.loc[lean.index, "gender_skew" if attribute == "gender" else "race_skew"]
-        rho = spearmanr(lean, planted).statistic if lean.nunique() > 1 and planted.nunique() > 1 else float("nan")
+        ok = lean.nunique() > 1 and planted.nunique() > 1
+        test = spearmanr(lean, planted) if ok else None
+        rho = float(test.statistic) if ok else float("nan")
         rows_t.append({"attribute": attribute, "variant": variant, "scenarios": len(lean),
-                       "spearman(lean, planted)": rho})
+                       "spearman(lean, planted)": rho, "p-value": float(test.pvalue) if ok else float("nan")})
         planted_rho[f"{attribute}_{variant}"] = rho
     planted_table = pd.DataFrame(rows_t)
     display(planted_table.style.format(precision=3).hide(axis="index"))
+    image_rows = planted_table[planted_table["variant"] != "text"]
+    follows = image_rows[(image_rows["spearman(lean, planted)"] > 0) & (image_rows["p-value"] < 0.05)]
+    if len(follows):
+        verdict_text = ("The lean follows the planted skew (positive rank correlation, p < 0.05) in "
+                        + ", ".join(f"{r.attribute}/{r.variant} (rho {r['spearman(lean, planted)']:.2f})"
+                                    for _, r in follows.iterrows())
+                        + "; in the other image variants it does not.")
+    else:
+        verdict_text = (f"In none of the {len(image_rows)} image variants does the lean rank like the planted "
+                        f"skew (largest rho {image_rows['spearman(lean, planted)'].max():.2f}; none positive "
+                        "with p < 0.05).")
+    display(Markdown(f"**Reading.** {verdict_text}"))
 else:
     planted_table = pd.DataFrame()
     display(Markdown("No testbed run in this profile."))
+
+# %% [markdown]
+# Why the planted statistics need not reach the answers: training (chapter 00_testbed)
+# taught the projector to *describe the image in front of the model*, and the description
+# names the group at the planted rates. A question such as "who is more likely to be a
+# nurse?" asks for something else, an association between a role and a group across many
+# images, and that would have to live in the language model, which stayed frozen. So the
+# testbed's multiple-choice lean is SmolLM2's own text prior, moved by what it reads off
+# the image tokens, and not a copy of the planted data. The paper's models differ here:
+# their language models were fine-tuned on image-text instructions, which can write data
+# statistics into them. The text-only row is the prior alone and need not match the
+# planted skew at all.
 
 # %% [markdown]
 # ## Paper vs this book

@@ -33,7 +33,7 @@
 #
 # The same runs as chapter 01 (same parameters), whose forward passes are cached: if
 # chapter 01 ran first this chapter takes about half a minute on 2 CPU cores; otherwise
-# it pays for the passes itself (about 3 minutes embedded). `paper` needs what chapter 01
+# it pays for the passes itself (about 4 minutes embedded). `paper` needs what chapter 01
 # needs.
 #
 # ## Parameters

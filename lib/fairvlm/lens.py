@@ -427,8 +427,8 @@ _TEXT = ("text",)
 PROFILE_RUNS: dict[str, tuple] = {
     "embedded": (
         RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 4),
-        RunSpec("smollm2-135m-instruct", "scf", _TEXT, 4, n_labels=30),
-        RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, n_labels=24, size="full"),
+        RunSpec("smollm2-135m-instruct", "scf", _TEXT, 4, n_labels=60),
+        RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 4, size="full"),
     ),
     "smoke": (
         RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 2, n_labels=8),
