@@ -307,7 +307,31 @@ display(pd.Series(probe, name="probe accuracy").round(3).to_frame())
 
 # %% [markdown]
 # Gender is decoded with accuracy {glue:text}`probe_gender` and race with
-# {glue:text}`probe_race`.
+# {glue:text}`probe_race`. How much of that is the encoder's doing? The same probe on the
+# raw pixels (the 64 x 64 images the encoder sees, flattened) gives the baseline: what a
+# linear reader gets from the drawing alone.
+
+# %%
+def _flat_pixels(rows):
+    return np.stack([np.asarray(im, dtype=np.float32).ravel() / 255 for im in testbed.render_rows(rows)])
+
+
+train_pix, test_pix = _flat_pixels(probe_gallery), _flat_pixels(gallery)
+pixel_probe = {attr: measure.linear_probe(train_pix, probe_gallery[attr], test_pix, gallery[attr], seed=SEED)
+               for attr in ("gender", "race")}
+probe_vs_pixels = pd.DataFrame({"image embedding": {a: probe[a] for a in pixel_probe},
+                                "raw pixels": pixel_probe})
+display(probe_vs_pixels.round(3))
+glue("pixel_probe_gender", round(pixel_probe["gender"], 3), display=False)
+glue("pixel_probe_race", round(pixel_probe["race"], 3), display=False)
+
+# %% [markdown]
+# On raw pixels the probe reaches {glue:text}`pixel_probe_gender` for gender and
+# {glue:text}`pixel_probe_race` for race. Where the embedding is not clearly above the
+# pixels, the encoder has not made the group more readable than the drawing already is:
+# at 64 x 64 pixels the gender cues (hair, lips, beard, torso outline) cover a few
+# pixels, and the contrastive objective rewards them only in the captions that name
+# gender and only against the other image of a scene pair.
 #
 # ### Does its retrieval follow the planted skew?
 #
@@ -434,8 +458,28 @@ display(desc.sample(min(10, len(desc)), random_state=SEED)[["scenario", "variant
 # {glue:text}`naming_rate` of the descriptions name the scenario's role or activity
 # (design target: at least 0.8 for the `full` build). Asked directly, testbed-llava answers
 # the gender question correctly for {glue:text}`llava_gender_acc` of the images and the
-# race question for {glue:text}`llava_race_acc`. How often its descriptions mention gender
-# and race, per group, against the rates planted in its training descriptions:
+# race question for {glue:text}`llava_race_acc` (chance: 0.5; the four variants of each
+# scene are all asked, so a model that always gives the same answer scores exactly 0.5).
+
+# %%
+answers = pd.DataFrame({"gender question": pd.Series(gender_answers).str.strip().value_counts().head(4),
+                        "race question": pd.Series(race_answers).str.strip().value_counts().head(4)})
+display(answers.fillna(0).astype(int))
+sees_group = min(desc["gender_answer_correct"].mean(), desc["race_answer_correct"].mean()) >= 0.75
+display(Markdown(
+    "**Reading.** " + ("testbed-llava tells the groups apart when asked." if sees_group else
+                       "testbed-llava does not reliably tell the groups apart when asked: its answers above "
+                       "lean on one reply, the language model's prior, more than on the image. Its "
+                       "projector was trained with the language model frozen (LLaVA stage 1) on a few "
+                       "thousand examples, and group cues are small in these images (see the pixel probe "
+                       "above). A larger share of gender and race questions in training did not change "
+                       "this in our trials. Chapters 01 to 03 therefore use testbed-llava for what the "
+                       "image adds to the prompt, not as a model that perceives the group well; the "
+                       "SmolLM2 text runs carry the real pretraining bias.")))
+
+# %% [markdown]
+# How often its descriptions mention gender and race, per group, against the rates planted
+# in its training descriptions:
 
 # %%
 rates = desc.groupby("variant")[["names_scenario", "mentions_gender", "mentions_race"]].mean()
@@ -492,6 +536,10 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 #   trained for minutes on one synthetic world, and a projector trained on a few thousand
 #   examples. The language side is real (MiniLM, SmolLM2-135M-Instruct, both far smaller
 #   than the papers' models) and brings its own associations, which is partly the point.
+# - **A language model that barely sees the group.** testbed-llava's answers to direct
+#   gender and race questions are reported above against chance; its descriptions name
+#   groups at rates that follow the planted ones, but that is a habit learned per
+#   description, not evidence that it perceives who is in the picture.
 # - **One world, one seed.** The numbers are for seed 0; other seeds give other models.
 #
 # ## Paper vs this book
@@ -524,6 +572,10 @@ target_rows = [
     {"target": "descriptions name the role or activity >= 0.8 (full build)",
      "this book": round(naming, 3), "model and data": f"testbed-llava ({SIZE}), {len(desc)} held-out images",
      "verdict": _verdict(naming >= 0.8)},
+    {"target": "answers direct gender and race questions well above chance (>= 0.75)",
+     "this book": f"gender {desc['gender_answer_correct'].mean():.3f}, race {desc['race_answer_correct'].mean():.3f}",
+     "model and data": f"testbed-llava ({SIZE}), {len(desc)} held-out images",
+     "verdict": _verdict(sees_group)},
     {"target": "race named more often for Black people, gender more often for women (as planted)",
      "this book": f"race gap {gap_race:.3f}, gender gap {gap_gender:.3f}",
      "model and data": f"testbed-llava ({SIZE}), {len(desc)} held-out images",
@@ -578,6 +630,8 @@ saved = save_results(
         "llava_naming_rate": naming,
         "llava_gender_answer_accuracy": float(desc["gender_answer_correct"].mean()),
         "llava_race_answer_accuracy": float(desc["race_answer_correct"].mean()),
+        "pixel_probe_gender": pixel_probe["gender"],
+        "pixel_probe_race": pixel_probe["race"],
         "llava_race_mention_gap": gap_race,
         "llava_gender_mention_gap": gap_gender,
         "build_seconds": log["seconds"],

@@ -39,7 +39,7 @@
 #
 # The chapter *The counterfactual testbed* introduces the world and testbed-clip; the
 # metrics are defined in the `fairvlm.metrics` docstrings. Time on 2 CPU cores: about
-# 1 minute with `PROFILE="smoke"`, at most 5 minutes on the `embedded` default (plus the
+# 1 minute with `PROFILE="smoke"`, about 1 minute on the `embedded` default (plus the
 # one-off testbed build if it is not cached). The `paper` profile loads
 # openai/clip-vit-base-patch32 (or `MODEL="openai/clip-vit-base-patch16"`) from the hub and
 # wants a GPU; it probes on FairFace (`FAIRFACE_DIR`, 500 training images) or on PAIRS,
@@ -106,8 +106,8 @@ if bool(COCO_JSON) != bool(COCO_IMAGES):
 ON_TESTBED = PROFILE != "paper"
 MODEL_NAME = MODEL or ("openai/clip-vit-base-patch32" if PROFILE == "paper" else "testbed-clip")
 TESTBED_SIZE = "smoke" if PROFILE == "smoke" else "full"
-N_PROBE_SCENES = PROBE_SCENES or (1 if PROFILE == "smoke" else 3)      # x 50 scenarios x 4 variants
-N_GALLERY_SCENES = GALLERY_SCENES or (2 if PROFILE == "smoke" else 6)  # x 50 scenarios x 4 variants
+N_PROBE_SCENES = PROBE_SCENES or (1 if PROFILE == "smoke" else 10)     # x 50 scenarios x 4 variants
+N_GALLERY_SCENES = GALLERY_SCENES or (2 if PROFILE == "smoke" else 10) # x 50 scenarios x 4 variants
 N_WORDS_PER_CATEGORY = 4 if PROFILE == "smoke" else None                # So-B-IT words per category
 # top-k of the entropy metric: the paper's 100 of FairFace's ~11k images; on the testbed the
 # images of one scenario (the gallery is far smaller, so 100 would cover a twelfth of it)

@@ -4,7 +4,7 @@ Two models, built by :func:`build` in one go (``size="full"`` or ``"smoke"``):
 
 ``testbed-clip``
     A transformers ``VisionTextDualEncoderModel``: a ``CLIPVisionModel`` (64 x 64 input, 16 x 16
-    patches so 16 patch tokens + CLS, width 192, 6 layers x 6 heads) trained from scratch,
+    patches so 16 patch tokens + CLS, width 128, 4 layers x 4 heads) trained from scratch,
     plus the real all-MiniLM-L6-v2 text tower kept **frozen** (LiT-style locked text; Zhai et
     al., 2022). Trained: the vision tower, both projections (to 256 dims) and the temperature,
     with the symmetric contrastive loss of CLIP on captions from
