@@ -229,7 +229,7 @@ glue("vision_arch", f"{V['num_hidden_layers']} layers of width {V['hidden_size']
      display=False)
 
 # %% [markdown]
-# The `{glue:text}`size`` build took {glue:text}`build_minutes` minutes of wall time on the
+# The {glue:text}`size` build took {glue:text}`build_minutes` minutes of wall time on the
 # machine that built it (its load average at the end was {glue:text}`build_load`: on a
 # shared machine the wall time overstates what 2 free cores need). The curves below are
 # the training loss of each stage and, for testbed-clip, zero-shot scenario accuracy on a
