@@ -1,0 +1,136 @@
+"""fairvlm.verdicts: every outcome of the rule on constructed cases, and the bootstrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fairvlm.errors import FairVLMError
+from fairvlm.verdicts import Verdict, bootstrap_ci, decide, verdict_table
+
+
+# ------------------------------------------------------------------ greater / less
+def test_effect_interval_clear_of_null_is_reproduced():
+    v = decide(0.30, (0.25, 0.35), null=0.10, null_interval=(0.08, 0.12))
+    assert v.verdict == "reproduced"
+
+
+def test_point_beyond_but_interval_overlapping_null_is_partly():
+    v = decide(0.15, (0.10, 0.20), null=0.10, null_interval=(0.08, 0.12))
+    assert v.verdict == "partly"
+
+
+@pytest.mark.parametrize("effect,iv", [(0.11, (0.05, 0.30)), (0.12, (0.12, 0.12)), (0.09, (0.0, 0.5))])
+def test_effect_inside_null_interval_is_never_reproduced(effect, iv):
+    # even with a huge or degenerate effect interval, a point estimate inside the null's
+    # interval is not the paper's effect
+    v = decide(effect, iv, null=0.10, null_interval=(0.08, 0.12))
+    assert v.verdict == "not reproduced"
+
+
+def test_effect_on_wrong_side_is_not_reproduced():
+    v = decide(-0.3, (-0.4, -0.2), null=0.0, null_interval=(-0.05, 0.05))
+    assert v.verdict == "not reproduced"
+
+
+def test_direction_less_mirrors_greater():
+    assert decide(-0.3, (-0.4, -0.2), null=0.0, null_interval=(-0.05, 0.05), direction="less").verdict == "reproduced"
+    assert decide(-0.07, (-0.1, -0.04), null=0.0, null_interval=(-0.05, 0.05), direction="less").verdict == "partly"
+    assert decide(0.3, (0.2, 0.4), null=0.0, direction="less").verdict == "not reproduced"
+
+
+def test_min_effect_demotes_a_small_separation_to_partly():
+    v = decide(0.52, (0.515, 0.525), null=0.5, min_effect=0.05)
+    assert v.verdict == "partly"
+    assert decide(0.60, (0.58, 0.62), null=0.5, min_effect=0.05).verdict == "reproduced"
+
+
+def test_point_null_without_interval():
+    assert decide(0.6, (0.55, 0.65), null=0.5).verdict == "reproduced"
+    assert decide(0.5, (0.45, 0.55), null=0.5).verdict == "not reproduced"
+
+
+# ------------------------------------------------------------------ within
+def test_within_band():
+    assert decide(0.004, (-0.005, 0.009), null=0.0, direction="within", tol=0.01).verdict == "reproduced"
+    assert decide(0.004, (-0.02, 0.03), null=0.0, direction="within", tol=0.01).verdict == "partly"
+    assert decide(0.05, (0.04, 0.06), null=0.0, direction="within", tol=0.01).verdict == "not reproduced"
+
+
+# ------------------------------------------------------------------ not testable
+def test_not_testable_by_flag_and_by_nan():
+    v = decide(0.3, (0.2, 0.4), null=0.0, testable=False, why="the model encodes no group")
+    assert v.verdict == "not testable here" and "encodes no group" in v.why
+    assert decide(float("nan"), (0.1, 0.2), null=0.0).verdict == "not testable here"
+    assert decide(0.3, (float("nan"), float("nan")), null=0.0).verdict == "not testable here"
+    assert decide(0.3, (0.2, 0.4), null=float("nan")).verdict == "not testable here"
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("kwargs,match", [
+    ({"direction": "bigger"}, "direction"),
+    ({"direction": "within"}, "tol"),
+    ({"direction": "within", "tol": float("nan")}, "tol"),
+    ({"min_effect": -1}, "min_effect"),
+    ({"min_effect": float("nan")}, "min_effect"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(FairVLMError, match=match):
+        decide(0.3, (0.2, 0.4), null=0.0, **kwargs)
+
+
+def test_reversed_or_inconsistent_interval_raises():
+    with pytest.raises(FairVLMError, match="reversed"):
+        decide(0.3, (0.4, 0.2), null=0.0)
+    with pytest.raises(FairVLMError, match="outside its own interval"):
+        decide(0.9, (0.2, 0.4), null=0.0)
+    with pytest.raises(FairVLMError, match="pair"):
+        decide(0.3, 0.2, null=0.0)
+
+
+# ------------------------------------------------------------------ bootstrap
+def test_bootstrap_is_seeded_and_covers_the_mean():
+    rng = np.random.default_rng(1)
+    x = rng.normal(1.0, 1.0, size=400)
+    a = bootstrap_ci(x, seed=3)
+    b = bootstrap_ci(x, seed=3)
+    assert a == b
+    assert a[0] < x.mean() < a[1]
+    # the percentile interval of the mean is about +-1.96 * sd / sqrt(n)
+    half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)
+    assert (a[1] - a[0]) / 2 == pytest.approx(half, rel=0.15)
+
+
+def test_bootstrap_paired_difference_is_tighter_than_unpaired():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, size=300)
+    after = base + 0.1 + rng.normal(0, 0.05, size=300)
+
+    def diff(a, b, axis=-1):
+        return b.mean(axis) - a.mean(axis)
+
+    paired = bootstrap_ci(base, after, statistic=diff, paired=True)
+    unpaired = bootstrap_ci(base, after, statistic=diff, paired=False)
+    assert paired[0] > 0.05 and paired[1] < 0.15
+    assert (paired[1] - paired[0]) < (unpaired[1] - unpaired[0]) / 3
+
+
+def test_bootstrap_degenerate_and_small_samples():
+    assert bootstrap_ci(np.ones(10)) == (1.0, 1.0)
+    lo, hi = bootstrap_ci([0.5])
+    assert np.isnan(lo) and np.isnan(hi)
+    with pytest.raises(FairVLMError, match="NaN"):
+        bootstrap_ci([0.1, float("nan"), 0.3])
+    with pytest.raises(FairVLMError, match="equal length"):
+        bootstrap_ci([1, 2, 3], [1, 2], statistic=lambda a, b, axis=-1: a.mean(axis) - b.mean(axis), paired=True)
+
+
+def test_verdict_table_prints_null_beside_effect():
+    v = decide(0.3, (0.25, 0.35), null=0.1, null_interval=(0.08, 0.12))
+    t = verdict_table([{"claim": "c1", "paper": "Table 1", "verdict": v}])
+    assert list(t.columns[:2]) == ["claim", "paper"]
+    assert {"effect", "interval", "null", "null interval", "verdict", "rule"} <= set(t.columns)
+    assert t.loc[0, "verdict"] == "reproduced" and t.loc[0, "null interval"] == "[0.080, 0.120]"
+    with pytest.raises(FairVLMError, match="claim"):
+        verdict_table([{"verdict": v}])
+    assert isinstance(v, Verdict)
