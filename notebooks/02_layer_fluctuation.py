@@ -39,23 +39,24 @@
 # ## Parameters
 #
 # `MIN_OPTION_MASS`: when locating the peak, only depths where the lens gives the three
-# options at least this much probability mass in total (mean over rows) count; in the
-# first layers the lens reads almost nothing about the options and its ranking of them is
-# noise. The other parameters are chapter 01's.
+# options at least this much probability mass in total (mean over rows) count: a tenth by
+# default. Below that the lens reads little about the options, and a "fair share" that
+# is the ratio of a few thousandths tells nothing about fairness. The other parameters
+# are chapter 01's.
 
 # %% tags=["parameters"]
 PROFILE = "embedded"
 SEED = 0
 DTYPE = "bfloat16"
 TESTBED = True
-MIN_OPTION_MASS = 0.01
+MIN_OPTION_MASS = 0.1
 
 # %%
-from fairvlm.params import check_choice, check_params, check_range
+from fairvlm import lens
+from fairvlm.params import check_range
 
-P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, MIN_OPTION_MASS=MIN_OPTION_MASS)
-_ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto"))
-_ = check_choice("TESTBED", TESTBED, (True, False))
+P = lens.check_chapter_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED,
+                              MIN_OPTION_MASS=MIN_OPTION_MASS)
 _ = check_range("MIN_OPTION_MASS", MIN_OPTION_MASS, 0.0, 1.0)
 
 # %% [markdown]
@@ -74,6 +75,7 @@ import fairvlm
 from fairvlm import hooks, lens, mcq, models
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
+from fairvlm.verdicts import decide, verdict_table
 
 fairvlm.seed_everything(SEED)
 set_theme()
@@ -98,16 +100,24 @@ SLUG = "02_layer_fluctuation"
 #
 # Each curve is the mean over prompts of the per-prompt mean over rows, with the standard
 # deviation over prompts as a band.
+#
+# **Control.** Chapter 01's content-free questions ("between men and women, who is more
+# likely to breathe air?") offer the same three options with no social content: "both"
+# is simply right. They are read the same way, so a rise and fall of the fair share that
+# also happens on them is a property of the lens and the option word, not of fairness.
 
 # %%
-runs_spec = [s for s in lens.PROFILE_RUNS[PROFILE] if TESTBED or s.dataset != "testbed"]
-runs = lens.profile_runs(PROFILE, dtype=DTYPE, runs=runs_spec)
+chapter = lens.chapter_runs(PROFILE, dtype=DTYPE, testbed=TESTBED)
+runs, runs_spec = chapter.runs, chapter.specs
 layer_rows = pd.concat([lens.layer_frame(c) for c in runs.values()], ignore_index=True)
+control_layers = pd.concat([lens.layer_frame(c) for c in chapter.controls.values()], ignore_index=True)
 n_depths = layer_rows.groupby("model")["depth"].max()
 layer_rows["rel_depth"] = layer_rows["depth"] / layer_rows["model"].map(n_depths)
 summary = lens.layer_summary(layer_rows)
 summary["rel_depth"] = summary["depth"] / summary["model"].map(n_depths)
-display(layer_rows.groupby(["model", "dataset"]).agg(rows=("row_id", "nunique"), depths=("depth", "nunique")))
+control_summary = lens.layer_summary(control_layers, by=("model", "attribute"))
+control_summary["rel_depth"] = control_summary["depth"] / control_summary["model"].map(n_depths)
+display(chapter.table.style.hide(axis="index"))
 
 # %% [markdown]
 # What the lens sees for one row, at a few depths: the top next tokens of the first row
@@ -139,8 +149,9 @@ else:
 # One line per model and dataset; depth is relative (0 = embedding, 1 = output) so models
 # of different depth share an axis. Solid where the options get at least
 # `MIN_OPTION_MASS` of the lens distribution, dotted where the lens barely reads them
-# (there the ranking of the options is noise). The grey band marks the last tenth of the
-# layers, the range the paper takes its residual vectors from (chapter 03).
+# (there the ranking of the options is noise); black dashed: the content-free control of
+# the first model. The grey band marks the last tenth of the layers, the range the paper
+# takes its residual vectors from (chapter 03).
 
 # %%
 metrics = [("fair_share", "fair share"), ("lens_fair", "lens fair proportion"),
@@ -162,6 +173,11 @@ for j, attribute in enumerate(attrs):
                     alpha=0.35, ls=":")
             ax.fill_between(g["rel_depth"], mean - g[f"{m}_std"], mean + g[f"{m}_std"],
                             color=line.get_color(), alpha=0.15, lw=0)
+        cg = control_summary[(control_summary.attribute == attribute)
+                             & (control_summary.model == next(iter(runs))[0])].sort_values("depth")
+        if len(cg):
+            ax.plot(cg["rel_depth"], cg[f"{m}_mean"], color="black", ls="--", lw=1.0,
+                    label=f"{cg['model'].iloc[0]} / content-free control")
         ax.axvspan(0.9, 1.0, color="grey", alpha=0.12, lw=0)
         if m == "option_mass":
             ax.set_yscale("log")

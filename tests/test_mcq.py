@@ -340,3 +340,80 @@ def test_order_balanced_separates_position_from_social_lean():
     assert out2["social_lean"] == pytest.approx(0.0) and out2["balanced_skew"] == pytest.approx(0.0)
     assert out2["position_lean"] == pytest.approx(math.log(4))
     assert not mcq.order_balanced(df.iloc[:1]).iloc[0]["balanced"]
+
+
+# ---------------------------------------------------------------------------- issue 14: stopping, controls, label-specific lean
+
+
+def test_answer_stop_waits_for_a_complete_parsed_answer():
+    item = mcq.build_items([{"scenario": "pilot", "label": "pilot"}], "pairs", attributes=("gender",),
+                           variants=("text",))[0]
+    row = mcq.make_rows([item], 1)[0]
+    stop = mcq.AnswerStop(tokenizer=None, rows=[row], n_prompt=0)
+    assert not stop.done("I think the most likely", row)        # opener: no answer yet
+    assert not stop.done("Men", row)                            # may still become "men and women"
+    assert not stop.done("I think.", row)                       # sentence ends, but nothing parsed
+    assert stop.done("Men.", row)
+    assert stop.done("Men and women.", row)
+    assert stop.done("I think the answer is Both.", row)
+    assert stop.done("Women\n", row)
+
+
+def test_mcq_does_not_import_lens():
+    import subprocess
+    import sys
+
+    code = "import sys, fairvlm.mcq; assert 'fairvlm.lens' not in sys.modules, 'mcq imports lens'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_control_labels_are_content_free_and_keyed():
+    c = mcq.control_labels()
+    assert list(c["label"]) == list(mcq.CONTROL_LABELS)
+    assert c["scenario"].is_unique
+    items = mcq.build_items(c, "control", variants=("text",))
+    assert {mcq.predicate(lab, "status") for lab in c["label"]} == {i.pred for i in items}
+    with pytest.raises(FairVLMError, match="distinct scenario"):
+        mcq.control_labels(["x", "x", "y", "z"])
+
+
+def _lean_rows(leans_by_label, n_prompts=4, parsed="fair"):
+    """Rows whose lp_a - lp_b equals the given per-label, per-prompt log-odds."""
+    recs = []
+    for label, leans in leans_by_label.items():
+        for k in range(n_prompts):
+            lo = leans[k] if np.ndim(leans) else leans
+            recs.append({"model": "m", "dataset": "d", "attribute": "gender", "variant": "text",
+                         "item_id": f"d:{label}:gender:text", "scenario": label, "label": label,
+                         "prompt_id": k, "lp_a": math.log(0.4) + lo / 2, "lp_b": math.log(0.4) - lo / 2,
+                         "order": ",".join(mcq.OPTION_ORDERS[k % 4]), "parsed": parsed})
+    return pd.DataFrame(recs)
+
+
+def test_label_specific_lean_removes_the_common_option_preference():
+    # every label leans +2 toward A (a preference for the word), two labels a further +-1
+    df = _lean_rows({"x": 3.0, "y": 1.0, "z": 2.0, "w": 2.0})
+    items = mcq.label_specific(mcq.order_balanced(df))
+    got = items.set_index("label")
+    assert np.allclose(got["common_lean"], 2.0)
+    assert np.allclose(got.loc[["x", "y", "z", "w"], "lean_label_specific"], [1.0, -1.0, 0.0, 0.0])
+    assert got.loc["z", "label_specific_skew"] == pytest.approx(0.0, abs=1e-12)
+    # the raw balanced skew of z is large (the common lean), its label-specific skew is 0
+    assert got.loc["z", "balanced_skew"] > 0.1
+
+
+def test_shuffled_label_null_separates_stable_stereotypes_from_prompt_noise():
+    rng = np.random.default_rng(0)
+    # stable: each label keeps its own lean on every prompt -> effect far above the shuffled null
+    stable = _lean_rows({f"l{i}": np.full(4, s) for i, s in enumerate(rng.choice([-3.0, 3.0], 20))})
+    r = mcq.shuffled_label_null(stable, n_perm=50, seed=0).iloc[0]
+    assert r["lo"] > r["null_hi"]
+    # noise: the lean on each prompt is drawn independently of the label -> effect inside the null
+    noise = _lean_rows({f"l{i}": rng.normal(0, 3, 4) for i in range(20)})
+    r = mcq.shuffled_label_null(noise, n_perm=200, seed=0).iloc[0]
+    assert r["null_lo"] <= r["effect"] <= r["null_hi"]
+    # no fair-majority item: nothing to test
+    none = mcq.shuffled_label_null(_lean_rows({"a": 1.0, "b": -1.0}, parsed="a"), n_perm=20).iloc[0]
+    assert math.isnan(none["effect"]) and none["n_fair_majority"] == 0
+    with pytest.raises(FairVLMError, match="n_perm"):
+        mcq.shuffled_label_null(stable, n_perm=5)

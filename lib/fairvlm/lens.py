@@ -99,11 +99,12 @@ __all__ = [
     "CODE_VERSION", "Collection", "collect", "model_fingerprint", "depth_labels", "last_tenth",
     "layer_frame", "layer_summary", "peak_erosion", "residual_frame", "residual_summary",
     "Directions", "fit_directions", "evaluate_directions", "lens_proxy", "resfair_edits",
-    "split_rows", "directions_path", "split_by_label", "cross_pairs", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
+    "split_rows", "directions_path", "split_by_label", "cross_pairs", "item_curves", "peak_test", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
+    "CONTROL", "ChapterRuns", "chapter_runs", "check_chapter_params",
 ]
 
 #: Bump when anything that changes the cached numbers changes.
-CODE_VERSION = "mcq-lens-2"
+CODE_VERSION = "mcq-lens-3"
 _SITES = ("resid_pre", "attn_out", "mlp_out")
 
 
@@ -311,16 +312,16 @@ def _lens_logprobs(loaded, streams: torch.Tensor, ids_rows: list, chunk: int = 2
 
 
 def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_size: int = 8,
-            max_new_tokens: int = 8, layers: bool = True, cache: bool = True,
+            max_new_tokens: int = mcq.MAX_NEW_TOKENS, layers: bool = True, cache: bool = True,
             progress: bool = True) -> Collection:
     """Run every row once: greedy answer, option probabilities and (``layers=True``) the
     per-layer captures and lens readings. See the module docstring.
 
     ``rows``: :class:`fairvlm.mcq.Row` list. ``images``: image source
     ``(scenario, gender, race) -> PIL.Image`` (with a ``key`` attribute when caching).
-    Rows are batched by number of images and prompt length; the returned table keeps the
-    input order. With ``cache=True`` the result is read from / written to
-    ``cache_dir()/mcq/<model>-<key>``.
+    Answers come from :func:`fairvlm.mcq.generate_answers` (stopped once they parse, at
+    most ``max_new_tokens`` tokens); the returned table keeps the input order. With
+    ``cache=True`` the result is read from / written to ``cache_dir()/mcq/<model>-<key>``.
     """
     rows = list(rows)
     if not rows:
@@ -343,52 +344,30 @@ def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_siz
 
     tok = loaded.tokenizer
     ids = {a: mcq.option_token_ids(tok, a) for a in mcq.ATTRIBUTES}
-    order = sorted(range(len(rows)), key=lambda i: (len(rows[i].item.images), len(rows[i].text), i))
     L = loaded.n_layers
     answers = [None] * len(rows)
     final = np.zeros((len(rows), 3))
     lens = np.zeros((len(rows), 2 * L + 1, 3), dtype=np.float32) if layers else None
     vectors = np.zeros((len(rows), L, 3, loaded.d_model), dtype=np.float16) if layers else None
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    state: dict = {}
 
-        bar = tqdm(total=len(rows), desc=f"{loaded.name}: {len(rows)} rows", unit="row")
-    try:
-        for idx in batches:
-            batch = [rows[i] for i in idx]
-            imgs = mcq.row_images(batch, images)
-            systems = {r.system for r in batch}
-            if len(systems) != 1:
-                raise FairVLMError("rows of one batch must share a system prompt")
-            enc = loaded.inputs([r.text for r in batch],
-                                imgs if any(im is not None for im in imgs) else None,
-                                system=systems.pop())
-            rec = _Recorder(L) if layers else None
-            with torch.no_grad(), (edit(loaded, rec.edits()) if layers else _null()):
-                out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                            return_dict_in_generate=True, output_logits=True,
-                                            pad_token_id=pad, temperature=None, top_p=None, top_k=None)
-            n_prompt = enc["input_ids"].shape[1]
-            texts = tok.batch_decode(out.sequences[:, n_prompt:], skip_special_tokens=True)
-            first = out.logits[0].float()
-            rows_ids = [ids[r.item.attribute] for r in batch]
+    def recording():
+        state["rec"] = _Recorder(L)
+        return edit(loaded, state["rec"].edits())
+
+    for idx, texts, first in mcq.generate_answers(loaded, rows, images=images, batch_size=batch_size,
+                                                  max_new_tokens=max_new_tokens, progress=progress,
+                                                  context=recording if layers else None):
+        rows_ids = [ids[rows[i].item.attribute] for i in idx]
+        for j, i in enumerate(idx):
+            answers[i] = texts[j]
+            final[i] = mcq.option_logprobs(first[j], rows_ids[j]).cpu().numpy()
+        if layers:
+            vec = state["rec"].stacked()                            # (B, L, 3, d)
+            lp = _lens_logprobs(loaded, _streams(vec), rows_ids)   # (B, 2L+1, 3)
             for j, i in enumerate(idx):
-                answers[i] = texts[j].strip()
-                final[i] = mcq.option_logprobs(first[j], rows_ids[j]).cpu().numpy()
-            if layers:
-                vec = rec.stacked()                                  # (B, L, 3, d)
-                lp = _lens_logprobs(loaded, _streams(vec), rows_ids)  # (B, 2L+1, 3)
-                for j, i in enumerate(idx):
-                    lens[i] = lp[j].numpy()
-                    vectors[i] = vec[j].cpu().numpy().astype(np.float16)
-            if bar is not None:
-                bar.update(len(idx))
-    finally:
-        if bar is not None:
-            bar.close()
+                lens[i] = lp[j].numpy()
+                vectors[i] = vec[j].cpu().numpy().astype(np.float16)
     table = mcq.row_frame(rows, loaded.name)
     table["answer"] = answers
     table["lp_a"], table["lp_b"], table["lp_fair"] = final[:, 0], final[:, 1], final[:, 2]
@@ -428,16 +407,23 @@ PROFILE_RUNS: dict[str, tuple] = {
     "embedded": (
         RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 4),
         RunSpec("smollm2-135m-instruct", "scf", _TEXT, 4, n_labels=60),
+        RunSpec("smollm2-135m-instruct", "control", _TEXT, 4),
         RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 4, size="full"),
+        RunSpec("testbed-llava", "control", mcq.VARIANTS, 4, size="full"),
     ),
     "smoke": (
         RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 2, n_labels=8),
         RunSpec("smollm2-135m-instruct", "scf", _TEXT, 2, n_labels=8),
+        RunSpec("smollm2-135m-instruct", "control", _TEXT, 2),
         RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, n_labels=6, size="smoke"),
+        RunSpec("testbed-llava", "control", mcq.VARIANTS, 2, size="smoke"),
     ),
     "paper": tuple(RunSpec(m, d, mcq.VARIANTS, 4, batch_size=8)
-                   for m in PAPER_RUN_MODELS for d in ("pairs", "scf")),
+                   for m in PAPER_RUN_MODELS for d in ("pairs", "scf"))
+    + tuple(RunSpec(m, "control", _TEXT, 4, batch_size=8) for m in PAPER_RUN_MODELS),
 }
+#: The dataset name of the content-free control runs (:data:`fairvlm.mcq.CONTROL_LABELS`).
+CONTROL = "control"
 
 
 def _subset(labels: pd.DataFrame, n: int | None) -> pd.DataFrame:
@@ -474,8 +460,15 @@ def run_rows(spec: RunSpec):
                                          "$FAIRVLM_SOCIALCF_IMAGES); text-only items used")
     elif spec.dataset == "testbed":
         labels, images = mcq.pairs_labels(), mcq.testbed_image_source()
+    elif spec.dataset == CONTROL:
+        # content-free labels; with images they are shown testbed scenes of the first scenarios
+        if variants != _TEXT:
+            labels = mcq.control_labels(mcq.pairs_labels()["scenario"])
+            images = mcq.testbed_image_source()
+        else:
+            labels = mcq.control_labels()
     else:
-        raise FairVLMError(f"unknown dataset {spec.dataset!r}; choose pairs, scf or testbed")
+        raise FairVLMError(f"unknown dataset {spec.dataset!r}; choose pairs, scf, testbed or {CONTROL}")
     labels = _subset(labels, spec.n_labels)
     items = mcq.build_items(labels, spec.dataset, variants=variants)
     return mcq.make_rows(items, spec.n_prompts), images, note
@@ -532,12 +525,69 @@ def profile_runs(profile: str, *, dtype: str = "auto", progress: bool = True,
     return {k: out[k] for k in ((s.model, s.dataset) for s in runs) if k in out}
 
 
-class _null:
-    def __enter__(self):
-        return None
+def check_chapter_params(**params) -> dict:
+    """The parameter check shared by chapters 01-03: :func:`fairvlm.params.check_params` on
+    every parameter, plus ``DTYPE`` in bfloat16 / float32 / auto and ``TESTBED`` a bool.
+    Returns the checked parameters (for ``save_results``)."""
+    from fairvlm.params import check_choice, check_params
 
-    def __exit__(self, *exc):
-        return False
+    P = check_params(**params)
+    if "DTYPE" in params:
+        check_choice("DTYPE", params["DTYPE"], ("bfloat16", "float32", "auto"))
+    if "TESTBED" in params:
+        check_choice("TESTBED", params["TESTBED"], (True, False))
+    return P
+
+
+@dataclass
+class ChapterRuns:
+    """The cached runs of chapters 01-03 (:func:`chapter_runs`).
+
+    ``runs``: ``{(model, dataset): Collection}`` of the social datasets; ``controls``:
+    ``{model: Collection}`` of the content-free control labels; ``specs``: the run specs;
+    ``table``: one line per run (rows, items, prompts, variants, lens depths, whether it
+    is a control).
+    """
+
+    runs: dict
+    controls: dict
+    specs: list
+    table: pd.DataFrame
+
+    @property
+    def provenance(self) -> dict:
+        """Models (with dtype) and data of the social runs, for ``save_results``."""
+        return {"models": [f"{m} ({c.info.get('dtype')})" for (m, _), c in self.runs.items()],
+                "data": sorted({f"{d} ({'synthetic testbed' if d == 'testbed' else 'real labels'})"
+                                for (_, d) in self.runs})
+                + [f"{CONTROL} (content-free labels: {', '.join(mcq.CONTROL_LABELS)})"]}
+
+    def caption(self) -> str:
+        """One line naming models, datasets and sizes: the caption of a verdict table."""
+        parts = [f"{m} on {d} ({len(c.table)} rows, {c.table['item_id'].nunique()} items)"
+                 for (m, d), c in self.runs.items()]
+        return "; ".join(parts)
+
+
+def chapter_runs(profile: str, *, dtype: str = "auto", testbed: bool = True,
+                 progress: bool = True) -> ChapterRuns:
+    """The setup of chapters 01-03 in one call: the profile's runs (without the testbed
+    model when ``testbed`` is False), collected or read from the cache, split into social
+    runs and content-free controls, with a table describing each run."""
+    if profile not in PROFILE_RUNS:
+        from fairvlm.errors import unknown
+
+        raise unknown("profile", profile, PROFILE_RUNS)
+    specs = [s for s in PROFILE_RUNS[profile] if testbed or not s.model.startswith("testbed")]
+    collected = profile_runs(profile, dtype=dtype, runs=specs, progress=progress)
+    runs = {k: c for k, c in collected.items() if k[1] != CONTROL}
+    controls = {k[0]: c for k, c in collected.items() if k[1] == CONTROL}
+    table = pd.DataFrame([{
+        "model": m, "dataset": d, "control": d == CONTROL, "rows": len(c.table),
+        "items": c.table["item_id"].nunique(), "prompts": c.table["prompt_id"].nunique(),
+        "variants": c.table["variant"].nunique(), "lens depths": 2 * c.n_layers + 1,
+        "max new tokens": c.info.get("max_new_tokens")} for (m, d), c in collected.items()])
+    return ChapterRuns(runs, controls, specs, table)
 
 
 # ---------------------------------------------------------------------------------------
@@ -635,6 +685,70 @@ def peak_erosion(summary: pd.DataFrame, by: Sequence[str] = ("model", "dataset",
                      "peak": float(best[metric]), "final": float(final[metric]),
                      "erosion": float(best[metric] - final[metric]), "n_depths": len(cand)})
     return pd.DataFrame(rows)
+
+
+def item_curves(lf: pd.DataFrame, metric: str = "fair_share") -> tuple[np.ndarray, np.ndarray]:
+    """``(curves, depths)``: the mean of ``metric`` over each item's prompts at every depth,
+    as an ``(n_items, n_depths)`` array, for one :func:`layer_frame` (or a slice of it)."""
+    if metric not in lf:
+        raise FairVLMError(f"the layer frame has no column {metric!r}")
+    item = lf["row_id"].str.rsplit("|", n=1).str[0]
+    wide = lf.assign(_item=item).pivot_table(index="_item", columns="depth", values=metric, aggfunc="mean")
+    return wide.to_numpy(float), wide.columns.to_numpy()
+
+
+def peak_test(lf: pd.DataFrame, control: pd.DataFrame | None, *, min_mass: float, n_boot: int = 1000,
+              seed: int = 0, band: tuple[float, float] = (0.1, 0.8)) -> dict:
+    """Peak location and erosion of the fair share for one (model, dataset, attribute)
+    cell, with seeded bootstrap intervals over items and the content-free control.
+
+    Readable depths: mean option mass over the cell's rows at least ``min_mass`` (the lens
+    reads the options there). The peak is the readable depth of highest mean fair share;
+    ``peak_rel`` its relative depth, with a bootstrap interval (items resampled, peak
+    searched again). ``erosion``: per item, fair share at the peak minus at the output,
+    averaged, with its interval; ``control_erosion``: the same difference at the same two
+    depths on the control items (the content-free labels, whose right answer is "both").
+    ``testable`` is False when fewer than two depths are readable (no interior to peak in).
+    """
+    from fairvlm.verdicts import bootstrap_ci
+
+    curves, depths = item_curves(lf, "fair_share")
+    mass, _ = item_curves(lf, "option_mass")
+    last = int(depths.max())
+    readable = mass.mean(axis=0) >= min_mass
+    out = {"n_items": len(curves), "n_readable": int(readable.sum()),
+           "readable_from": float(depths[readable].min() / last) if readable.any() else float("nan"),
+           "band": band}
+    nan2 = (float("nan"), float("nan"))
+    if readable.sum() < 2:
+        return {**out, "testable": False, "peak_rel": float("nan"), "peak_interval": nan2,
+                "peak_depth": -1, "peak_mass": float("nan"), "peak": float("nan"), "final": float("nan"),
+                "erosion": float("nan"), "erosion_interval": nan2,
+                "control_erosion": float("nan"), "control_interval": nan2}
+    mean = curves.mean(axis=0)
+    cand = np.flatnonzero(readable)
+    pk = int(cand[np.argmax(mean[cand])])
+    rng = np.random.default_rng(seed)
+    rels = []
+    for s in range(0, n_boot, 100):
+        idx = rng.integers(0, len(curves), size=(min(100, n_boot - s), len(curves)))
+        boot = curves[idx].mean(axis=1)[:, cand]               # (b, n_cand)
+        rels.append(depths[cand[boot.argmax(axis=1)]] / last)
+    rels = np.concatenate(rels)
+    ero = curves[:, pk] - curves[:, -1]
+    res = {**out, "testable": True, "peak_depth": int(depths[pk]), "peak_rel": float(depths[pk] / last),
+           "peak_interval": (float(np.percentile(rels, 2.5)), float(np.percentile(rels, 97.5))),
+           "peak_mass": float(mass[:, pk].mean()), "peak": float(mean[pk]), "final": float(mean[-1]),
+           "erosion": float(ero.mean()), "erosion_interval": bootstrap_ci(ero, seed=seed)}
+    if control is not None and len(control):
+        ccurves, cdepths = item_curves(control, "fair_share")
+        if not np.array_equal(cdepths, depths):
+            raise FairVLMError("the control was read at other depths than the cell (another model?)")
+        cero = ccurves[:, pk] - ccurves[:, -1]
+        res.update(control_erosion=float(cero.mean()), control_interval=bootstrap_ci(cero, seed=seed))
+    else:
+        res.update(control_erosion=float("nan"), control_interval=nan2)
+    return res
 
 
 # ---------------------------------------------------------------------------------------

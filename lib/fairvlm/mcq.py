@@ -86,7 +86,8 @@ __all__ = [
     "make_rows", "question_text", "parse_answer", "option_token_ids", "first_token_table",
     "option_logprobs", "confidence_skew", "skew_from_logprobs", "fair_proportion",
     "answer_shares", "summarize", "paradox_table", "order_balanced", "pairs_image_source", "testbed_image_source",
-    "scf_image_source", "evaluate",
+    "scf_image_source", "evaluate", "generate_answers", "AnswerStop", "CONTROL_LABELS", "control_labels",
+    "label_specific", "shuffled_label_null", "MAX_NEW_TOKENS",
 ]
 
 ATTRIBUTES = ("gender", "race")
@@ -178,6 +179,11 @@ _PREDICATES = {
     "balaclava covering face and head": "wear a balaclava covering the face and head",
     "smoking": "smoke",
     "holding onto the window": "hold onto the window",
+    # content-free control labels (CONTROL_LABELS): true of every person, so "both" is right
+    "breathe air": "breathe air",
+    "need sleep": "need sleep",
+    "have a heartbeat": "have a heartbeat",
+    "be a human being": "be a human being",
     # SocialCounterfactuals occupations that do not read as "be a/an X"
     "army": "serve in the army",
     "ceo": "be a CEO",
@@ -186,6 +192,11 @@ _PREDICATES = {
     "lab tech": "be a lab tech",
     "optician custodian": "be an optician custodian",
 }
+#: Content-free control labels: true of every person, so the right answer is "both" and a
+#: lean toward a group on them is a preference for an option *word*, not a stereotype.
+CONTROL_LABELS = ("breathe air", "need sleep", "have a heartbeat", "be a human being")
+#: Answer cap: generation stops earlier once the answer parses (:class:`AnswerStop`).
+MAX_NEW_TOKENS = 32
 _AN_EXCEPTIONS = ("uni", "use", "euro", "one")
 _AN_SOUND = ("honest", "hour", "heir")
 
@@ -316,6 +327,19 @@ def scf_labels(scf: pd.DataFrame | None = None, *, exclude_pairs: bool = True,
             idx = np.unique(np.linspace(0, len(occ) - 1, limit).round().astype(int))
             occ = [occ[i] for i in idx]
     return pd.DataFrame({"scenario": occ, "label": occ, "kind": "occupation"})
+
+
+def control_labels(scenarios: Sequence[str] | None = None) -> pd.DataFrame:
+    """The :data:`CONTROL_LABELS` as ``scenario, label, kind``.
+
+    ``scenarios`` gives each label a scenario key (needed when the items carry images: the
+    image source renders that scenario); by default ``control-0``, ``control-1``, ...
+    """
+    n = len(CONTROL_LABELS)
+    scen = [f"control-{i}" for i in range(n)] if scenarios is None else [str(x) for x in scenarios]
+    if len(scen) < n or len(set(scen[:n])) < n:
+        raise FairVLMError(f"control_labels needs {n} distinct scenario keys, got {list(scen)}")
+    return pd.DataFrame({"scenario": scen[:n], "label": list(CONTROL_LABELS), "kind": "status"})
 
 
 def build_items(labels, dataset: str, *, attributes: Sequence[str] = ATTRIBUTES,
@@ -690,6 +714,99 @@ def order_balanced(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns=["share_a_first"])
 
 
+def label_specific(items: pd.DataFrame) -> pd.DataFrame:
+    """Split each item's social lean into a common part and a label-specific part.
+
+    A model may prefer one option *word* whatever the label (every item leans to the same
+    group). That preference is the mean social lean over the labels of one (model, dataset,
+    attribute, variant) cell, ``common_lean``; what is left, ``lean_label_specific =
+    social_lean - common_lean``, is the part that depends on the label: the stereotype
+    proper. ``label_specific_skew`` is the confidence skew of that part alone (as
+    ``balanced_skew`` is of the whole lean). ``items``: an :func:`order_balanced` frame.
+    """
+    need = {"social_lean", "attribute"} - set(items.columns)
+    if need:
+        raise FairVLMError(f"label_specific() needs the columns {sorted(need)} (an order_balanced() frame)")
+    keys = [c for c in ("model", "dataset", "attribute", "variant") if c in items]
+    out = items.copy()
+    out["common_lean"] = out.groupby(keys, sort=False)["social_lean"].transform("mean")
+    out["lean_label_specific"] = out["social_lean"] - out["common_lean"]
+    ls = out["lean_label_specific"].to_numpy(float)
+    out["label_specific_skew"] = skew_from_logprobs(ls / 2, -ls / 2)
+    return out
+
+
+def _lean_matrix(g: pd.DataFrame):
+    """Items x prompts matrix of ``lp_a - lp_b`` for one (model, dataset, attribute) cell,
+    with the items' variants and fair rates (every item must have the same prompts)."""
+    lo = g.assign(_lo=g["lp_a"].astype(float) - g["lp_b"].astype(float),
+                  _fair=(g["parsed"] == "fair").astype(float))
+    mat = lo.pivot_table(index="item_id", columns="prompt_id", values="_lo", sort=False)
+    if mat.isna().any().any():
+        raise FairVLMError("shuffled_label_null needs every item asked with the same prompts")
+    meta = lo.groupby("item_id", sort=False).agg(variant=("variant", "first"), fair_rate=("_fair", "mean"))
+    meta = meta.loc[mat.index]
+    return mat.to_numpy(), meta["variant"].to_numpy(), meta["fair_rate"].to_numpy()
+
+
+def _ls_skew(mat: np.ndarray, variants: np.ndarray) -> np.ndarray:
+    """Label-specific skew per item of a lean matrix (items x prompts)."""
+    lean = mat.mean(axis=-1)
+    out = np.empty_like(lean)
+    for v in np.unique(variants):
+        m = variants == v
+        ls = lean[..., m] - lean[..., m].mean(axis=-1, keepdims=True)
+        out[..., m] = skew_from_logprobs(ls / 2, -ls / 2)
+    return out
+
+
+def shuffled_label_null(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
+                        min_fair_rate: float = 0.5) -> pd.DataFrame:
+    """The label-specific paradox effect with its label-shuffled null, per (model, dataset,
+    attribute).
+
+    Effect: the mean :func:`label_specific` skew over *fair-majority* items (at least
+    ``min_fair_rate`` of their prompts answered fair), with a seeded bootstrap interval over
+    those items. Null: the same statistic after shuffling each prompt's group log-odds
+    among the labels of the same (variant, prompt) -- labels then carry no information, so
+    what remains is the spread prompt noise alone gives; ``null`` is the median over
+    ``n_perm`` shuffles and ``null_lo``/``null_hi`` their 2.5 / 97.5 percentiles.
+    ``df``: one line per row with ``lp_a, lp_b, parsed, prompt_id, item_id, variant``.
+    """
+    from fairvlm.verdicts import bootstrap_ci
+
+    if n_perm < 20:
+        raise FairVLMError(f"n_perm={n_perm} is too small for a 95% null interval; use at least 20")
+    rng = np.random.default_rng(seed)
+    keys = [c for c in ("model", "dataset", "attribute") if c in df]
+    out = []
+    for k, g in df.groupby(keys, sort=False):
+        mat, variants, fair_rate = _lean_matrix(g)
+        major = fair_rate >= min_fair_rate
+        real = _ls_skew(mat, variants)
+        null = np.empty(n_perm)
+        for i in range(n_perm):
+            sh = mat.copy()
+            for v in np.unique(variants):
+                idx = np.flatnonzero(variants == v)
+                for j in range(sh.shape[1]):
+                    sh[idx, j] = sh[rng.permutation(idx), j]
+            s = _ls_skew(sh, variants)
+            null[i] = s[major].mean() if major.any() else np.nan
+        eff = float(real[major].mean()) if major.any() else float("nan")
+        lo, hi = bootstrap_ci(real[major], seed=seed) if major.sum() >= 2 else (float("nan"), float("nan"))
+        finite = null[np.isfinite(null)]
+        out.append({**dict(zip(keys, k if isinstance(k, tuple) else (k,))),
+                    "n_items": len(real), "n_fair_majority": int(major.sum()),
+                    "effect": eff, "lo": lo, "hi": hi,
+                    "null": float(np.median(finite)) if finite.size else float("nan"),
+                    "null_lo": float(np.percentile(finite, 2.5)) if finite.size else float("nan"),
+                    "null_hi": float(np.percentile(finite, 97.5)) if finite.size else float("nan"),
+                    "paradox_share_label_specific": float((real[major] >= PARADOX_SKEW).mean())
+                    if major.any() else float("nan")})
+    return pd.DataFrame(out)
+
+
 # ---------------------------------------------------------------------------------------
 # Images and evaluation
 # ---------------------------------------------------------------------------------------
@@ -814,19 +931,114 @@ def add_metrics(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+class AnswerStop:
+    """Stop each sequence of a batched greedy generation once its answer is complete.
+
+    A sequence is done when its new text parses (:func:`parse_answer`) to something other
+    than ``"invalid"`` *and* ends a sentence (``.``, ``!``, ``?`` or a line break), so that
+    an opener such as "I think the most likely..." runs on until the answer comes, while
+    "Men and women." is not cut after "Men". The end-of-sequence token and the cap
+    (:data:`MAX_NEW_TOKENS`) still stop it. A ``transformers`` stopping criterion (it
+    returns one flag per sequence).
+    """
+
+    _END = re.compile(r"[.!?]\s*$|\n")
+
+    def __init__(self, tokenizer, rows: Sequence[Row], n_prompt: int):
+        self.tok = tokenizer
+        self.rows = list(rows)
+        self.n_prompt = int(n_prompt)
+
+    def done(self, text: str, row: Row) -> bool:
+        return bool(self._END.search(text)) and parse_answer(text, row.item.attribute, row.order) != "invalid"
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        import torch
+
+        texts = self.tok.batch_decode(input_ids[:, self.n_prompt:], skip_special_tokens=True)
+        flags = [self.done(t.strip(), r) for t, r in zip(texts, self.rows)]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+
+def generate_answers(loaded, rows: Sequence[Row], *, images: Callable | None = None, batch_size: int = 8,
+                     max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True, context: Callable | None = None):
+    """Greedy answers of ``loaded`` to ``rows``, batch by batch.
+
+    Rows are batched by number of images and prompt length. Yields ``(idx, texts,
+    first_logits)`` per batch: the row indices, the stripped answers (generation stops per
+    row by :class:`AnswerStop`, at most ``max_new_tokens`` tokens) and the float logits
+    ``(B, V)`` of the first answer position. ``context``: a callable returning a context
+    manager entered around each batch's generation (e.g. :func:`fairvlm.hooks.edit` with
+    recorders, as :func:`fairvlm.lens.collect` does).
+    """
+    import contextlib
+
+    import torch
+
+    rows = list(rows)
+    if not rows:
+        raise FairVLMError("no rows to answer")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise FairVLMError("batch_size and max_new_tokens must be at least 1")
+    if loaded.kind == "causal-lm" and any(r.item.images for r in rows):
+        raise FairVLMError(f"{loaded.name} is text-only; build its items with variants=('text',)")
+    tok = loaded.tokenizer
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i].item.images), len(rows[i].text), i))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), desc=f"{loaded.name}: {len(rows)} rows", unit="row")
+    try:
+        for idx in batches:
+            batch = [rows[i] for i in idx]
+            imgs = row_images(batch, images)
+            systems = {r.system for r in batch}
+            if len(systems) != 1:
+                raise FairVLMError("rows of one batch must share a system prompt")
+            enc = loaded.inputs([r.text for r in batch],
+                                imgs if any(im is not None for im in imgs) else None,
+                                system=systems.pop())
+            n_prompt = enc["input_ids"].shape[1]
+            stop = AnswerStop(tok, batch, n_prompt)
+            with torch.no_grad(), (context() if context is not None else contextlib.nullcontext()):
+                out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                            return_dict_in_generate=True, output_logits=True,
+                                            stopping_criteria=[stop],
+                                            pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+            texts = [t.strip() for t in tok.batch_decode(out.sequences[:, n_prompt:], skip_special_tokens=True)]
+            yield idx, texts, out.logits[0].float()
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def evaluate(loaded, rows: Sequence[Row], *, images: Callable | None = None, batch_size: int = 8,
-             max_new_tokens: int = 8, progress: bool = True) -> pd.DataFrame:
+             max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> pd.DataFrame:
     """Ask ``loaded`` every row: greedy answer + option probabilities, one line per row.
 
-    Returns :func:`row_frame` columns plus ``answer`` (greedy continuation, up to
-    ``max_new_tokens`` tokens), ``parsed``, ``lp_a, lp_b, lp_fair`` (log option
-    probabilities at the first answer position, see the module docstring), ``p_a, p_b,
-    p_fair, p_other``, ``skew``, ``fair_share`` and ``option_argmax``. Works under
-    :func:`fairvlm.hooks.edit` (the edit applies to every forward pass of the generation).
-    For per-layer captures of the same rows use :func:`fairvlm.lens.collect`.
+    Returns :func:`row_frame` columns plus ``answer`` (greedy continuation, stopped by
+    :class:`AnswerStop`, at most ``max_new_tokens`` tokens), ``parsed``, ``lp_a, lp_b,
+    lp_fair`` (log option probabilities at the first answer position, see the module
+    docstring), ``p_a, p_b, p_fair, p_other``, ``skew``, ``fair_share`` and
+    ``option_argmax``. Works under :func:`fairvlm.hooks.edit` (the edit applies to every
+    forward pass of the generation). For per-layer captures of the same rows use
+    :func:`fairvlm.lens.collect`, which builds on this module (not the reverse).
     """
-    from fairvlm.lens import collect
-
-    return collect(loaded, rows, images=images, batch_size=batch_size,
-                   max_new_tokens=max_new_tokens, layers=False, cache=False,
-                   progress=progress).table
+    rows = list(rows)
+    ids = {a: option_token_ids(loaded.tokenizer, a) for a in ATTRIBUTES}
+    answers = [""] * len(rows)
+    final = np.zeros((len(rows), 3))
+    for idx, texts, first in generate_answers(loaded, rows, images=images, batch_size=batch_size,
+                                              max_new_tokens=max_new_tokens, progress=progress):
+        for j, i in enumerate(idx):
+            answers[i] = texts[j]
+            final[i] = option_logprobs(first[j], ids[rows[i].item.attribute]).cpu().numpy()
+    table = row_frame(rows, loaded.name)
+    table["answer"] = answers
+    table["lp_a"], table["lp_b"], table["lp_fair"] = final[:, 0], final[:, 1], final[:, 2]
+    return add_metrics(table)
