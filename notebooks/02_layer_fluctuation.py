@@ -235,42 +235,55 @@ else:
 
 # %% [markdown]
 # ## Paper vs this book
+#
+# Two claims per model, dataset and attribute, each decided by the book's rule
+# (`fairvlm.verdicts.decide`; intervals are seeded bootstraps over items,
+# `fairvlm.lens.peak_test`), and only on depths where the options hold at least
+# `MIN_OPTION_MASS` of the lens distribution:
+#
+# 1. *the peak is intermediate*: the 95% interval of the peak's relative depth lies inside
+#    the band 0.1-0.8 (a claim of "where", so the rule is the band, printed as null ±
+#    tolerance);
+# 2. *the final layers erode it*: the drop of the fair share from the peak depth to the
+#    output, per item, exceeds the same drop on the content-free control items (whose
+#    right answer is "both") beyond both intervals.
+#
+# With fewer than two readable depths the lens cannot locate a peak: *not testable here*.
 
 # %%
-ERODE = 0.05   # a drop of at least 5 points of fair share counts as erosion
-n_layers_of = {m: c.n_layers for (m, _), c in runs.items()}
-verdict_rows = []
-for r in pe.itertuples():
-    intermediate = 0.1 <= r.peak_rel <= 0.8
-    eroded = r.erosion >= ERODE
-    if intermediate and eroded:
-        verdict = "reproduced"
-    elif eroded:
-        verdict = f"partly (erosion, but the peak is late: layer {r.peak_layer + 1} of {n_layers_of[r.model]})"
-    elif intermediate:
-        verdict = "partly (intermediate peak, no erosion)"
-    else:
-        verdict = "not reproduced"
+BAND = (0.1, 0.8)
+tests, verdict_rows = [], []
+for (name, dataset, attribute), g in layer_rows.groupby(["model", "dataset", "attribute"], sort=False):
+    ctrl = control_layers[(control_layers.model == name) & (control_layers.attribute == attribute)]
+    t = lens.peak_test(g, ctrl, min_mass=MIN_OPTION_MASS, seed=SEED, band=BAND)
+    tests.append({"model": name, "dataset": dataset, "attribute": attribute,
+                  **{k: v for k, v in t.items() if k != "band"}})
+    why = "" if t["testable"] else (f"the lens gives the options at least {MIN_OPTION_MASS:g} of its mass at "
+                                    f"{t['n_readable']} depth(s) only")
+    cell = f"{name}, {dataset}, {attribute}"
     verdict_rows.append({
-        "paper claim": "fairness peaks in intermediate layers, erodes in the final layers (finding 2)",
-        "paper number": "shape only (main Fig. 4, App. Fig. 6)",
-        "this book": f"fair share peak {r.peak:.2f} at rel. depth {r.peak_rel:.2f} "
-                     f"({r.peak_site}.{r.peak_layer}); output {r.final:.2f}; erosion {r.erosion:.2f}; "
-                     f"lens readable from rel. depth {r.readable_from:.2f}",
-        "model + data": f"{r.model}, {r.dataset}, {r.attribute}",
-        "verdict": verdict})
-verdicts = pd.DataFrame(verdict_rows)
-display(verdicts.style.hide(axis="index"))
+        "claim": "fairness peaks in intermediate layers (finding 2)", "paper": "shape only (Fig. 4, App. Fig. 6)",
+        "cell": cell, "measure": "relative depth of the fair-share peak",
+        "option mass at peak": t["peak_mass"],
+        "verdict": decide(t["peak_rel"], t["peak_interval"], sum(BAND) / 2, direction="within",
+                          tol=(BAND[1] - BAND[0]) / 2, testable=t["testable"], why=why)})
+    verdict_rows.append({
+        "claim": "fairness erodes in the final layers (finding 2)", "paper": "shape only (Fig. 4, App. Fig. 6)",
+        "cell": cell, "measure": "fair share at peak minus output, vs the content-free control",
+        "option mass at peak": t["peak_mass"],
+        "verdict": decide(t["erosion"], t["erosion_interval"], t["control_erosion"], t["control_interval"],
+                          direction="greater", testable=t["testable"], why=why)})
+peak_tests = pd.DataFrame(tests)
+verdicts = verdict_table(verdict_rows)
+display(Markdown(f"*Provenance: {chapter.caption()}; control: {', '.join(mcq.CONTROL_LABELS)}; "
+                 f"bootstrap over items, seed {SEED}.*"))
+display(verdicts.drop(columns=["rule"]).style.format(precision=3).hide(axis="index"))
 
 # %% [markdown]
-# Verdict rule: *reproduced* when the fair-share peak lies in the intermediate layers
-# (relative depth between 0.1 and 0.8) **and** the output is at least 5 points of fair
-# share below it; *partly* when only one holds. The peak search skips depths where the
-# options get less than `MIN_OPTION_MASS` of the lens distribution: where the lens starts
-# reading the options late (the `readable_from` column), a logit lens cannot see an
-# earlier peak, so a late peak there is as much a limit of the instrument as a property
-# of the model. These are statements about the models named in the table, not
-# measurements of the paper's models.
+# These are statements about the models named in the table, not measurements of the
+# paper's models. Where the lens starts reading the options late (the `readable_from`
+# column above), a logit lens cannot see an earlier peak, so a late peak there is as much
+# a limit of the instrument as a property of the model.
 
 # %%
 main = pe.iloc[0]
@@ -278,15 +291,36 @@ glue("main_run", f"{main['model']} / {main['dataset']} / {main['attribute']}", d
 glue("main_peak", f"{main['peak']:.2f}", display=False)
 glue("main_peak_rel", f"{main['peak_rel']:.2f}", display=False)
 glue("main_final", f"{main['final']:.2f}", display=False)
-glue("n_reproduced", int((verdicts["verdict"] == "reproduced").sum()), display=False)
-glue("n_cells", len(verdicts), display=False)
+counts = {c: verdicts[verdicts["claim"].str.startswith(c)]["verdict"].value_counts() for c in ("fairness peaks",
+                                                                                            "fairness erodes")}
+n_cells = len(peak_tests)
+glue("n_cells", n_cells, display=False)
+n_untestable = int((~peak_tests["testable"]).sum())
+
+
+def _tally(c):
+    v = counts[c]
+    return (f"{v.get('reproduced', 0)} reproduced, {v.get('partly', 0)} partly, "
+            f"{v.get('not reproduced', 0)} not reproduced")
+
+
+glue("peak_tally", _tally("fairness peaks"), display=False)
+glue("erosion_tally", _tally("fairness erodes"), display=False)
+glue("untestable_sentence",
+     (f"In {n_untestable} of the {n_cells} cells the lens never gives the options {MIN_OPTION_MASS:g} of its mass "
+      "at two depths, so there the shape cannot be tested." if n_untestable else
+      f"Every cell has at least two depths where the options hold {MIN_OPTION_MASS:g} of the lens mass."),
+     display=False)
 
 # %% [markdown]
 # ## Summary and what's next
 #
 # For {glue:text}`main_run` the fair share peaks at {glue:text}`main_peak` at relative
-# depth {glue:text}`main_peak_rel` and ends at {glue:text}`main_final` at the output; the paper's shape (interior peak, then erosion) holds in
-# {glue:text}`n_reproduced` of {glue:text}`n_cells` model/dataset/attribute cells. The
+# depth {glue:text}`main_peak_rel` (among depths where the options hold enough of the
+# lens mass) and ends at {glue:text}`main_final` at the output. Over the
+# {glue:text}`n_cells` model/dataset/attribute cells, the intermediate peak is
+# {glue:text}`peak_tally`; the erosion beyond the content-free control is
+# {glue:text}`erosion_tally`. {glue:text}`untestable_sentence` The
 # logit lens is a biased instrument in early layers (the unembedding was trained for the
 # last layer), which is why the peak search ignores depths where the options barely
 # register; a tuned lens (Belrose et al., 2023) would read the early layers better.
@@ -308,15 +342,19 @@ save_results(
         "fair_share_peak": {f"{r.model}|{r.dataset}|{r.attribute}": {
             "peak": r.peak, "peak_rel": r.peak_rel, "final": r.final, "erosion": r.erosion,
             "readable_from": r.readable_from} for r in pe.itertuples()},
-        "n_reproduced": int((verdicts["verdict"] == "reproduced").sum()), "n_cells": len(verdicts),
+        "peak_tests": {f"{r.model}|{r.dataset}|{r.attribute}": {
+            "peak_rel": r.peak_rel, "peak_interval": list(r.peak_interval), "erosion": r.erosion,
+            "erosion_interval": list(r.erosion_interval), "control_erosion": r.control_erosion,
+            "control_interval": list(r.control_interval), "testable": bool(r.testable)}
+            for r in peak_tests.itertuples(index=False)},
+        "verdicts": {f"{r['claim']} | {r['cell']}": r["verdict"] for _, r in verdicts.iterrows()},
+        "n_reproduced": int((verdicts["verdict"] == "reproduced").sum()), "n_verdicts": len(verdicts),
         "min_option_mass": MIN_OPTION_MASS,
     },
-    provenance={"models": [f"{m} ({runs[(m, d)].info.get('dtype')})" for (m, d) in runs],
-                "data": sorted({f"{d} ({'synthetic testbed' if d == 'testbed' else 'real labels'})"
-                                for (_, d) in runs})},
+    provenance=chapter.provenance,
     tables={"layer_rows": layer_rows[["row_id", "model", "dataset", "attribute", "variant", "prompt_id",
                                       "depth", "layer", "site", "lp_a", "lp_b", "lp_fair", "lens_fair",
                                       "fair_share", "skew", "option_mass"]],
             "summary": summary, "peak_erosion": pe_both, "peak_erosion_by_variant": pe_variant,
-            "verdicts": verdicts},
+            "verdicts": verdicts, "peak_tests": peak_tests, "control_summary": control_summary},
 )

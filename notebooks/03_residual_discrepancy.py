@@ -52,11 +52,11 @@ LAMBDA1 = 0.2
 LAMBDA2 = 0.2
 
 # %%
-from fairvlm.params import check_choice, check_params, check_range
+from fairvlm import lens
+from fairvlm.params import check_range
 
-P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, LAMBDA1=LAMBDA1, LAMBDA2=LAMBDA2)
-_ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto"))
-_ = check_choice("TESTBED", TESTBED, (True, False))
+P = lens.check_chapter_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED,
+                              LAMBDA1=LAMBDA1, LAMBDA2=LAMBDA2)
 _ = check_range("LAMBDA1", LAMBDA1, 0.0, 1.0)
 _ = check_range("LAMBDA2", LAMBDA2, 0.0, 1.0)
 
@@ -77,6 +77,7 @@ import fairvlm
 from fairvlm import lens, mcq, models
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
+from fairvlm.verdicts import bootstrap_ci, decide, verdict_table
 
 fairvlm.seed_everything(SEED)
 set_theme()
@@ -102,8 +103,8 @@ SLUG = "03_residual_discrepancy"
 # produced by different modules and can point in genuinely different directions.
 
 # %%
-runs_spec = [s for s in lens.PROFILE_RUNS[PROFILE] if TESTBED or s.dataset != "testbed"]
-runs = lens.profile_runs(PROFILE, dtype=DTYPE, runs=runs_spec)
+chapter = lens.chapter_runs(PROFILE, dtype=DTYPE, testbed=TESTBED)
+runs, runs_spec = chapter.runs, chapter.specs
 res_rows = pd.concat([lens.residual_frame(c) for c in runs.values()], ignore_index=True)
 res_summary = lens.residual_summary(res_rows)
 n_layers = {m: c.n_layers for (m, _), c in runs.items()}
@@ -174,6 +175,10 @@ for (name, dataset, attribute), g in res_rows.groupby(["model", "dataset", "attr
     })
 conflict = pd.DataFrame(conf)
 display(conflict.style.format(precision=3).hide(axis="index"))
+# per row: the share of its last-tenth layers in conflict (the unit the intervals resample)
+row_conflict = (res_rows[res_rows["in_last_tenth"]]
+                .groupby(["model", "dataset", "attribute", "row_id"], sort=False)[["write_conflict", "stream_conflict"]]
+                .mean().reset_index())
 
 # %% [markdown]
 # ## Biased and fair directions
@@ -241,7 +246,7 @@ display(cosines.groupby(["model", "fit"])[["cos(bias, fair) writes", "cos(bias, 
 
 # %%
 proxies = []
-loaded_cache = {}
+loaded_cache, unembed_dirs = {}, {}
 for pr in pairs_:
     name = pr["model"]
     if name in models.PAPER_MODELS and name not in loaded_cache:
@@ -254,6 +259,7 @@ for pr in pairs_:
         if DTYPE != "auto" and name not in models.PAPER_MODELS:
             kw["dtype"] = getattr(torch, DTYPE)
         loaded_cache[name] = models.load(name, **kw)
+        unembed_dirs[name] = lens.unembedding_directions(loaded_cache[name])
     dirs = lens.Directions.load(lens.directions_path(name, pr["fit"]))
     px = lens.lens_proxy(loaded_cache[name], dirs, pr["eval_col"], lambda1=LAMBDA1, lambda2=LAMBDA2)
     proxies.append(px.assign(model=name, fit=pr["fit"], eval=pr["eval"]))
@@ -263,6 +269,39 @@ proxy["Δ fair share"] = proxy["fair_share_after"] - proxy["fair_share_before"]
 proxy["Δ skew"] = proxy["skew_after"] - proxy["skew_before"]
 display(proxy[["model", "fit", "eval", "layer", "fair_share_before", "fair_share_after", "Δ fair share",
                "skew_before", "skew_after", "Δ skew"]].style.format(precision=4).hide(axis="index"))
+lowered = proxy[proxy["Δ fair share"] < 0]
+if len(lowered):
+    proxy_sentence = (f"The update *lowers* the fair share in {len(lowered)} of the {len(proxy)} (pair, layer) "
+                      "readings, against the rule's intent: "
+                      + "; ".join(f"{r['model']} {r['fit']} → {r['eval']}, layer {r['layer']} "
+                                  f"({r['Δ fair share']:+.4f})" for _, r in lowered.iterrows())
+                      + ". A direction that points the wrong way there cannot debias by the rule's construction.")
+else:
+    proxy_sentence = (f"The update raises (or keeps) the fair share in all {len(proxy)} (pair, layer) readings, "
+                      "as the rule intends.")
+glue("proxy_sentence", proxy_sentence, display=False)
+
+# %% [markdown]
+# {glue:text}`proxy_sentence`
+#
+# **Controls for the transfer AUROC.** An AUROC above 0.5 only means something against
+# directions that were not fitted: for each fit/evaluation pair and reading, 200 random
+# unit directions at the same sites (their mean AUROC over the last tenth gives the null
+# and its 95% range), and the unembedding difference between the fair option and the two
+# group options (`fairvlm.lens.unembedding_directions`: the direction a stream would move
+# along to raise the fair option's logit, with no fitting at all). The fitted direction's
+# interval is a bootstrap over the evaluation rows (`fairvlm.lens.transfer_test`).
+
+# %%
+transfer_rows = []
+for pr in pairs_:
+    dirs = lens.Directions.load(lens.directions_path(pr["model"], pr["fit"]))
+    for reading, d in (("writes", dirs), ("streams", lens.streams_view(dirs))):
+        t = lens.transfer_test(d, pr["eval_col"], seed=SEED, unembed=unembed_dirs[pr["model"]])
+        transfer_rows.append(t.assign(model=pr["model"], fit=pr["fit"], eval=pr["eval"], reading=reading))
+transfer = pd.concat(transfer_rows, ignore_index=True)
+display(transfer[["model", "fit", "eval", "reading", "kind", "effect", "lo", "hi", "null", "null_lo", "null_hi",
+                  "unembed_auroc"]].style.format(precision=3).hide(axis="index"))
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
@@ -280,59 +319,75 @@ savefig(fig, f"{SLUG}_transfer")
 
 # %% [markdown]
 # ## Paper vs this book
+#
+# Every verdict follows the book's rule (`fairvlm.verdicts.decide`): the effect's 95%
+# interval must lie beyond the null's, in the paper's direction. **Conflict**, for both
+# readings: the effect is the share of (row, layer) pairs of the last tenth whose two
+# writes push opposite ways (writes) or whose $\Delta_1$ and $\Delta_2$ fall on opposite
+# sides (streams), with a bootstrap interval over rows; the null is 0.5, the conflict rate
+# of two independent fair coins. **Transfer**, for both readings and both directions: the
+# mean AUROC over the last tenth on the evaluation data against the random-direction null
+# above; the unembedding control is printed beside. The transfer test is weaker than the
+# paper's use of the vectors (chapter 04 measures the debiasing itself).
 
 # %%
 verdict_rows = []
-for _, r in conflict.iterrows():
-    rate, layers_opposite = r["write conflict (last tenth)"], r["last-tenth layers with opposite mean pushes"]
-    verdict = ("reproduced" if rate >= 0.5 and layers_opposite >= 0.5
-               else "partly" if rate >= 0.5 or layers_opposite >= 0.5 else "not reproduced")
+for (name, dataset, attribute), g in row_conflict.groupby(["model", "dataset", "attribute"], sort=False):
+    for reading, col_name in (("writes", "write_conflict"), ("streams", "stream_conflict")):
+        x = g[col_name].to_numpy(float)
+        verdict_rows.append({
+            "claim": "residuals of one layer carry conflicting knowledge (finding 3)",
+            "paper": "qualitative (abstract; App. B.1, Fig. 2)", "reading": reading,
+            "cell": f"{name}, {dataset}, {attribute}",
+            "measure": "share of (row, layer) pairs in conflict, last tenth; null: independent signs",
+            "verdict": decide(float(x.mean()), bootstrap_ci(x, seed=SEED), 0.5, direction="greater")})
+for r in transfer.itertuples(index=False):
     verdict_rows.append({
-        "paper claim": "residuals of one layer carry conflicting knowledge: some push fair, some biased (finding 3)",
-        "paper number": "qualitative (abstract; App. B.1, Fig. 2)",
-        "this book": f"writes in conflict in {rate:.0%} of (row, layer) pairs of the last tenth; "
-                     f"opposite mean pushes in {layers_opposite:.0%} of those layers",
-        "model + data": f"{r['model']}, {r['dataset']}, {r['attribute']}", "verdict": verdict})
-best = direction_eval.groupby(["model", "fit", "eval"])[["auroc_bias", "auroc_fair"]].mean().reset_index()
-for r in best.itertuples(index=False):
-    ok = min(r.auroc_bias, r.auroc_fair)
-    verdict = "reproduced" if ok >= 0.6 else ("partly" if max(r.auroc_bias, r.auroc_fair) >= 0.6 else "not reproduced")
-    verdict_rows.append({
-        "paper claim": "biased / fair residual vectors fitted on one dataset apply to the other (App. C.1)",
-        "paper number": "no separation number; only the downstream debiasing (chapter 04)",
-        "this book": f"mean AUROC over the last tenth: bias {r.auroc_bias:.2f}, fair {r.auroc_fair:.2f}",
-        "model + data": f"{r.model}, fit {r.fit} → eval {r.eval}", "verdict": verdict})
-verdicts = pd.DataFrame(verdict_rows)
-display(verdicts.style.hide(axis="index"))
-
-# %% [markdown]
-# Verdict rules. Conflict: *reproduced* when at least half of the (row, layer) pairs of
-# the last tenth have writes pushing in opposite directions **and** at least half of those
-# layers do so on average; *partly* for one of the two. Transfer: *reproduced* when both
-# directions separate the evaluation data's biased and fair rows with mean AUROC at least
-# 0.6, *partly* when one does. The transfer test is weaker than the paper's use of the
-# vectors (chapter 04 measures the debiasing itself); these are results on the models
-# named, not on the paper's.
+        "claim": f"{r.kind} residual vectors fitted on one dataset apply to another (App. C.1)",
+        "paper": "no separation number; only the downstream debiasing (chapter 04)", "reading": r.reading,
+        "cell": f"{r.model}, fit {r.fit} → eval {r.eval}",
+        "measure": f"mean AUROC over the last tenth; null: random directions (unembedding control {r.unembed_auroc:.2f})",
+        "verdict": decide(r.effect, (r.lo, r.hi), r.null, (r.null_lo, r.null_hi), direction="greater")})
+verdicts = verdict_table(verdict_rows)
+display(Markdown(f"*Provenance: {chapter.caption()}; last tenth of the layers; bootstrap over rows and "
+                 f"200 random directions, seed {SEED}.*"))
+display(verdicts.drop(columns=["rule"]).style.format(precision=3).hide(axis="index"))
 
 # %%
 first = conflict.iloc[0]
 glue("main_run", f"{first['model']} / {first['dataset']} / {first['attribute']}", display=False)
 glue("main_conflict", f"{first['write conflict (last tenth)']:.0%}", display=False)
 glue("main_conflict_all", f"{first['write conflict (all layers)']:.0%}", display=False)
-top = best.iloc[0]
-glue("transfer_run", f"{top['model']}: {top['fit']} → {top['eval']}", display=False)
-glue("transfer_bias", f"{top['auroc_bias']:.2f}", display=False)
-glue("transfer_fair", f"{top['auroc_fair']:.2f}", display=False)
+glue("main_stream_conflict", f"{first['stream conflict (last tenth)']:.0%}", display=False)
+
+
+def _tally(mask) -> str:
+    v = verdicts.loc[mask, "verdict"].value_counts()
+    return (f"{v.get('reproduced', 0)} of {int(mask.sum())} reproduced, {v.get('partly', 0)} partly, "
+            f"{v.get('not reproduced', 0)} not reproduced")
+
+
+is_conf = verdicts["claim"].str.startswith("residuals")
+glue("conflict_writes_tally", _tally(is_conf & (verdicts["reading"] == "writes")), display=False)
+glue("conflict_streams_tally", _tally(is_conf & (verdicts["reading"] == "streams")), display=False)
+glue("transfer_writes_tally", _tally(~is_conf & (verdicts["reading"] == "writes")), display=False)
+glue("transfer_streams_tally", _tally(~is_conf & (verdicts["reading"] == "streams")), display=False)
+tw = transfer[transfer["reading"] == "writes"]
+beats_unembed = int((tw["effect"] > tw["unembed_auroc"]).sum())
+glue("unembed_sentence", f"The fitted write directions beat the unembedding control in {beats_unembed} of "
+                         f"{len(tw)} (pair, direction) cases.", display=False)
 
 # %% [markdown]
 # ## Summary and what's next
 #
 # For {glue:text}`main_run`, the two writes of a layer push in opposite directions for
 # {glue:text}`main_conflict` of the (row, layer) pairs in the last tenth of the layers
-# ({glue:text}`main_conflict_all` over all layers). Directions fitted by the rule above
-# transfer to data they were not fitted on with mean AUROC {glue:text}`transfer_bias`
-# (biased direction) and {glue:text}`transfer_fair` (fair direction) for
-# {glue:text}`transfer_run`. The directions are saved as safetensors under
+# ({glue:text}`main_conflict_all` over all layers), and the two streams fall on opposite
+# sides for {glue:text}`main_stream_conflict`. Against the independent-signs null of 0.5,
+# the conflict is {glue:text}`conflict_writes_tally` under the writes reading and
+# {glue:text}`conflict_streams_tally` under the streams reading. Transfer beyond random
+# directions: {glue:text}`transfer_writes_tally` (writes), {glue:text}`transfer_streams_tally`
+# (streams). {glue:text}`unembed_sentence` {glue:text}`proxy_sentence` The directions are saved as safetensors under
 # `results/directions/` (`fairvlm.lens.Directions.load`; chapter 04 refits them from the
 # cached runs with `fairvlm.lens.fit_directions`, which gives the same vectors, and applies
 # them with `fairvlm.lens.resfair_edits`).
@@ -351,14 +406,16 @@ save_results(
     headline={
         "write_conflict_last_tenth": {f"{r['model']}|{r['dataset']}|{r['attribute']}": r["write conflict (last tenth)"]
                                       for _, r in conflict.iterrows()},
-        "transfer_auroc": {f"{r.model}|{r.fit}->{r.eval}": {"bias": r.auroc_bias, "fair": r.auroc_fair}
-                           for r in best.itertuples(index=False)},
+        "stream_conflict_last_tenth": {f"{r['model']}|{r['dataset']}|{r['attribute']}":
+                                       r["stream conflict (last tenth)"] for _, r in conflict.iterrows()},
+        "transfer_auroc": {f"{r.model}|{r.fit}->{r.eval}|{r.reading}|{r.kind}": {
+            "effect": r.effect, "interval": [r.lo, r.hi], "null": r.null, "null_interval": [r.null_lo, r.null_hi],
+            "unembed_control": r.unembed_auroc} for r in transfer.itertuples(index=False)},
+        "verdicts": {f"{r['claim']} | {r['reading']} | {r['cell']}": r["verdict"] for _, r in verdicts.iterrows()},
         "directions_files": saved, "lambda1": LAMBDA1, "lambda2": LAMBDA2,
     },
-    provenance={"models": [f"{m} ({runs[(m, d)].info.get('dtype')})" for (m, d) in runs],
-                "data": sorted({f"{d} ({'synthetic testbed' if d == 'testbed' else 'real labels'})"
-                                for (_, d) in runs})},
+    provenance=chapter.provenance,
     tables={"residual_rows": res_rows, "residual_summary": res_summary, "conflict": conflict,
             "direction_eval": direction_eval, "direction_cosines": cosines, "lens_proxy": proxy,
-            "verdicts": verdicts},
+            "verdicts": verdicts, "transfer_test": transfer},
 )

@@ -273,3 +273,39 @@ def test_pairs_gallery(shared):
     assert len(g) == 200
     assert set(g.meta["gender"]) == {"male", "female"}
     assert g.image(0).mode == "RGB"
+
+
+# ---------------------------------------------------------------------------- NDCG and mAP (hand-computed)
+
+
+def test_ndcg_hand_computed():
+    # scores rank items 2, 0, 1, 3; relevance 3, 0, 2, 1 at items 0..3 -> ranked relevance 2, 3, 0, 1
+    scores = np.array([[0.8, 0.1, 0.9, 0.05]])
+    rel = np.array([[3.0, 0.0, 2.0, 1.0]])
+    dcg = 2 / math.log2(2) + 3 / math.log2(3) + 0 + 1 / math.log2(5)
+    idcg = 3 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
+    assert metrics.ndcg_at_k(scores, rel) == pytest.approx(dcg / idcg)
+    # @2: only the first two positions
+    assert metrics.ndcg_at_k(scores, rel, k=2) == pytest.approx((2 + 3 / math.log2(3)) / (3 + 2 / math.log2(3)))
+    # the ideal ranking scores 1, a reversed binary ranking less
+    assert metrics.ndcg_at_k(np.array([[3.0, 2.0, 1.0]]), np.array([[1, 1, 0]], bool)) == pytest.approx(1.0)
+    assert metrics.ndcg_at_k(np.array([[1.0, 2.0, 3.0]]), np.array([[1, 0, 0]], bool)) == pytest.approx(0.5)
+    with pytest.raises(DataError, match="no relevant item"):
+        metrics.ndcg_at_k(np.ones((1, 3)), np.zeros((1, 3)))
+    with pytest.raises(ParameterError, match="k="):
+        metrics.ndcg_at_k(scores, rel, k=5)
+
+
+def test_mean_average_precision_hand_computed():
+    # query 0: relevant at ranks 1 and 3 -> AP = (1/1 + 2/3) / 2; query 1: relevant at rank 2 -> AP = 1/2
+    scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6]])
+    rel = np.array([[1, 0, 1, 0], [0, 1, 0, 0]], bool)
+    assert metrics.mean_average_precision(scores, rel) == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
+    # AP@2: query 0 finds one of min(2, 2) -> 1/2; query 1: (1/2) / min(2, 1) = 1/2
+    assert metrics.mean_average_precision(scores, rel, k=2) == pytest.approx(0.5)
+    # ties are broken by item index (stable): equal scores rank item 0 first
+    assert metrics.mean_average_precision(np.zeros((1, 2)), np.array([[0, 1]], bool)) == pytest.approx(0.5)
+    with pytest.raises(ParameterError, match="boolean"):
+        metrics.mean_average_precision(scores, rel.astype(float))
+    with pytest.raises(DataError, match="no relevant item"):
+        metrics.mean_average_precision(scores, np.zeros((2, 4), bool))

@@ -99,7 +99,7 @@ __all__ = [
     "CODE_VERSION", "Collection", "collect", "model_fingerprint", "depth_labels", "last_tenth",
     "layer_frame", "layer_summary", "peak_erosion", "residual_frame", "residual_summary",
     "Directions", "fit_directions", "evaluate_directions", "lens_proxy", "resfair_edits",
-    "split_rows", "directions_path", "split_by_label", "cross_pairs", "item_curves", "peak_test", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
+    "split_rows", "directions_path", "split_by_label", "cross_pairs", "item_curves", "peak_test", "streams_view", "unembedding_directions", "transfer_test", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
     "CONTROL", "ChapterRuns", "chapter_runs", "check_chapter_params",
 ]
 
@@ -993,6 +993,93 @@ def evaluate_directions(dirs: Directions, col: Collection) -> pd.DataFrame:
                      "auroc_fair": _auroc(sf[keep], fair[keep]),
                      "cos_bias_fair": float(ub @ uf), "n_rows": int(len(col.table))})
     return pd.DataFrame(rows)
+
+
+def streams_view(dirs: Directions) -> Directions:
+    """The streams reading of ``dirs`` (directions from ``resid_pre`` / ``resid_mid``) as
+    the primary directions, so :func:`evaluate_directions` and :func:`transfer_test` score it."""
+    if not dirs.streams:
+        raise FairVLMError("these directions carry no streams reading")
+    st = dirs.streams
+    return Directions(dict(st["bias"]), dict(st["fair"]), dict(st["bias_site"]), dict(st["fair_site"]), {},
+                      {**dirs.meta, "reading": "streams"})
+
+
+def unembedding_directions(loaded) -> dict:
+    """Control directions from the unembedding, per attribute: ``{"bias": {attr: u},
+    "fair": {attr: u}}`` with ``u_fair = unit(w_fair - (w_a + w_b) / 2)`` and ``u_bias =
+    -u_fair``, where ``w_k`` is the mean unembedding row of option ``k``'s first tokens. A
+    stream that moves along ``u_fair`` raises the fair option's logit against the groups'."""
+    head = loaded.unembed()
+    if head is None:
+        raise FairVLMError(f"{loaded.name} has no unembedding")
+    W = head.weight.detach().float().cpu().numpy()
+    out: dict = {"bias": {}, "fair": {}}
+    for a in mcq.ATTRIBUTES:
+        ids = mcq.option_token_ids(loaded.tokenizer, a)
+        w = {k: W[list(ids[k])].mean(axis=0) for k in mcq.OPTIONS}
+        u = _unit(w["fair"] - (w["a"] + w["b"]) / 2)
+        out["fair"][a], out["bias"][a] = u, -u
+    return out
+
+
+def transfer_test(dirs: Directions, col: Collection, *, n_random: int = 200, n_boot: int = 500,
+                  seed: int = 0, unembed: dict | None = None) -> pd.DataFrame:
+    """Transfer AUROC of ``dirs`` on ``col`` with controls measured in the same run.
+
+    For ``kind`` in bias / fair: ``effect`` = the AUROC of :func:`evaluate_directions`
+    averaged over the directions' layers, with a seeded bootstrap interval over the
+    evaluation rows (``lo``, ``hi``); ``null`` / ``null_lo`` / ``null_hi`` = the median and
+    2.5 / 97.5 percentiles of the same mean AUROC for ``n_random`` random unit directions
+    at the same sites; ``unembed_auroc`` = the mean AUROC of the unembedding control
+    (:func:`unembedding_directions`, per row's attribute) when ``unembed`` is given.
+    """
+    if col.vectors is None:
+        raise FairVLMError("transfer_test needs a collection made with layers=True")
+    if n_random < 20:
+        raise FairVLMError(f"n_random={n_random} is too small for a 95% null interval; use at least 20")
+    from sklearn.metrics import roc_auc_score
+
+    biased, fair = split_rows(col)
+    keep = biased | fair
+    rng = np.random.default_rng(seed)
+    attrs = col.table["attribute"].to_numpy()[keep]
+    out = []
+    for kind, positive in (("bias", biased[keep]), ("fair", fair[keep])):
+        if positive.all() or not positive.any():
+            out.append({"kind": kind, "effect": float("nan"), "lo": float("nan"), "hi": float("nan"),
+                        "null": float("nan"), "null_lo": float("nan"), "null_hi": float("nan"),
+                        "unembed_auroc": float("nan"), "n_rows": int(keep.sum())})
+            continue
+        sites = dirs.bias_site if kind == "bias" else dirs.fair_site
+        vecs = dirs.bias if kind == "bias" else dirs.fair
+        X = {l: col.stream(sites[l].split(".")[0], int(sites[l].split(".")[1]))[keep] for l in dirs.layers}
+        scores = np.stack([X[l] @ vecs[l] for l in dirs.layers])               # (n_layers, n)
+        y = positive.astype(int)
+        effect = float(np.mean([roc_auc_score(y, sc) for sc in scores]))
+        boots = []
+        for _ in range(n_boot):
+            i = rng.integers(0, len(y), len(y))
+            if y[i].min() == y[i].max():
+                continue
+            boots.append(np.mean([roc_auc_score(y[i], sc[i]) for sc in scores]))
+        d = next(iter(X.values())).shape[1]
+        nulls = []
+        for _ in range(n_random):
+            r = []
+            for l in dirs.layers:
+                u = rng.standard_normal(d)
+                r.append(roc_auc_score(y, X[l] @ (u / np.linalg.norm(u))))
+            nulls.append(np.mean(r))
+        ue = float("nan")
+        if unembed is not None:
+            ue = float(np.mean([roc_auc_score(y, np.einsum("nd,nd->n", X[l], np.stack(
+                [unembed[kind][a] for a in attrs]))) for l in dirs.layers]))
+        out.append({"kind": kind, "effect": effect,
+                    "lo": float(np.percentile(boots, 2.5)), "hi": float(np.percentile(boots, 97.5)),
+                    "null": float(np.median(nulls)), "null_lo": float(np.percentile(nulls, 2.5)),
+                    "null_hi": float(np.percentile(nulls, 97.5)), "unembed_auroc": ue, "n_rows": int(keep.sum())})
+    return pd.DataFrame(out)
 
 
 def lens_proxy(loaded, dirs: Directions, col: Collection, *, lambda1: float = 0.2,

@@ -261,3 +261,68 @@ def zero_shot_accuracy(image_emb, class_emb, labels: Sequence[int]) -> float:
     if y.min(initial=0) < 0 or y.max(initial=0) >= c.shape[0]:
         raise ParameterError(f"labels must lie in [0, {c.shape[0]})")
     return float(np.mean(np.argmax(v @ c.T, axis=1) == y))
+
+
+def _ranked_relevance(scores, relevance) -> np.ndarray:
+    """Relevance ``(n_queries, n_items)`` reordered by descending score (ties by item index)."""
+    s = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=float)
+    if s.ndim != 2 or s.size == 0:
+        raise ParameterError(f"scores must be a non-empty 2-D matrix; got shape {s.shape}")
+    rel = np.asarray(relevance, dtype=float)
+    if rel.shape != s.shape:
+        raise ParameterError(f"relevance has shape {rel.shape}; expected {s.shape} (one value per query and item)")
+    if not np.isfinite(rel).all() or (rel < 0).any():
+        raise ParameterError("relevance values must be finite and >= 0")
+    order = np.argsort(-s, axis=1, kind="stable")
+    return np.take_along_axis(rel, order, axis=1)
+
+
+def ndcg_at_k(scores, relevance, k: int | None = None) -> float:
+    """Normalized discounted cumulative gain at ``k``, mean over queries (Jarvelin and
+    Kekalainen, 2002; the utility column of the Debiasing-CLIP paper's Table 2).
+
+    ``DCG@k = sum_{i=1..k} rel_i / log2(i + 1)`` over the ranking by descending score (ties
+    by item index), ``NDCG@k = DCG@k / IDCG@k`` with ``IDCG@k`` the DCG of the ideal
+    ordering. ``relevance``: ``(n_queries, n_items)`` graded (>= 0) or boolean. ``k=None``:
+    the whole ranking. Queries without any relevant item raise :class:`DataError`.
+    """
+    ranked = _ranked_relevance(scores, relevance)
+    n = ranked.shape[1]
+    if k is None:
+        k = n
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ParameterError(f"k={k!r} must be an integer in [1, {n}]")
+    ideal = -np.sort(-np.asarray(relevance, dtype=float), axis=1)
+    if not (ideal[:, 0] > 0).all():
+        missing = int(np.flatnonzero(ideal[:, 0] <= 0)[0])
+        raise DataError(f"query {missing} has no relevant item; NDCG is undefined for it")
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = ranked[:, :k] @ disc
+    idcg = ideal[:, :k] @ disc
+    return float(np.mean(dcg / idcg))
+
+
+def mean_average_precision(scores, relevant, k: int | None = None) -> float:
+    """Mean average precision over queries (the mAP column of the Debiasing-CLIP Table 2).
+
+    Per query, ``AP@k = (1 / min(k, R)) * sum_{i<=k, item i relevant} precision@i`` with
+    ``R`` the number of relevant items (``k=None``: the whole ranking, so the divisor is
+    ``R``). ``relevant``: boolean ``(n_queries, n_items)``. Ties by item index.
+    """
+    rel = np.asarray(relevant)
+    if rel.dtype != bool:
+        raise ParameterError("relevant must be a boolean (n_queries, n_items) matrix")
+    ranked = _ranked_relevance(scores, rel).astype(bool)
+    n = ranked.shape[1]
+    if k is None:
+        k = n
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ParameterError(f"k={k!r} must be an integer in [1, {n}]")
+    n_rel = rel.sum(axis=1)
+    if not (n_rel > 0).all():
+        missing = int(np.flatnonzero(n_rel == 0)[0])
+        raise DataError(f"query {missing} has no relevant item; average precision is undefined for it")
+    top = ranked[:, :k]
+    prec = np.cumsum(top, axis=1) / np.arange(1, k + 1)
+    ap = (prec * top).sum(axis=1) / np.minimum(k, n_rel)
+    return float(np.mean(ap))
