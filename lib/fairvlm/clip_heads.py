@@ -602,3 +602,78 @@ def embed_from_layer(
             emb = emb.float()
             outs.append((torch.nn.functional.normalize(emb, dim=-1) if normalize else emb).cpu())
     return torch.cat(outs)
+
+
+# ------------------------------------------------------------------------------ the variants of chapter 07
+def neuron_mask(neuron_table, heads: Sequence[int], width: int, *, min_ap: float) -> torch.Tensor:
+    """Boolean (len(heads), width) mask of the *expert neurons*: coordinates of ``heads``
+    whose one-feature probe reaches AP above ``min_ap`` (the paper's 0.42, Table 3).
+    ``neuron_table``: :func:`fairvlm.probes.probe_neurons` table (``head, neuron, ap``)."""
+    if not 0.0 <= float(min_ap) <= 1.0:
+        raise ParameterError(f"min_ap={min_ap!r} must lie in [0, 1]")
+    mask = torch.zeros(len(heads), int(width), dtype=torch.bool)
+    sel = neuron_table[neuron_table["ap"] > float(min_ap)]
+    for i, h in enumerate(heads):
+        idx = np.asarray(sel.loc[sel["head"] == h, "neuron"], dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= width):
+            raise ParameterError(f"neuron index out of range 0..{width - 1} for head {h}")
+        mask[i, torch.from_numpy(idx)] = True
+    return mask
+
+
+def standard_variants(protos: Mapping[str, HeadPrototypes], gender_experts: Sequence[int],
+                      race_experts: Sequence[int], *, layer: int, damp_alpha: float,
+                      neurons: torch.Tensor | None = None, control_heads: Sequence[int] = ()) -> list[dict]:
+    """The interventions of the CLIP-heads chapter, one dict per variant (``variant``,
+    ``family``, ``heads`` 1-based string, ``edits``; ``prototype`` where one is used).
+
+    ``protos``: ``{"gender", "race", "group"}`` prototypes (:func:`head_prototypes` with
+    gender, race and gender|race labels). Families: baseline; prototype / zero / damping on
+    all gender experts (Table 2); the same per single expert head; the male prototype on
+    ``control_heads`` (as many non-expert heads: the control a head-level effect is
+    measured against); neuron-level replacement, zeroing and damping on the expert neurons
+    ``neurons`` (Table 3); race and intersectional prototypes; two embedding baselines
+    (CLIP-clip, biased prompts) with no head edit.
+    """
+    G, R = list(gender_experts), list(race_experts)
+    union = sorted(set(G) | set(R))
+
+    def h1(hs):
+        return ",".join(str(h + 1) for h in hs)
+
+    def name_of(grp):
+        return {"all": "person"}.get(grp, grp)
+
+    pg = protos["gender"]
+    out = [{"variant": "none", "family": "baseline", "heads": "", "edits": []}]
+    for grp in ("all", "male", "female"):
+        out.append({"variant": f"{name_of(grp)} (experts)", "family": "prototype", "prototype": name_of(grp),
+                    "heads": h1(G), "edits": [prototype_replacement(pg, grp, G)]})
+    out.append({"variant": "zero (experts)", "family": "zero", "heads": h1(G), "edits": [zero_ablation(G, layer=layer)]})
+    out.append({"variant": f"damp {damp_alpha:g} (experts)", "family": "damping", "heads": h1(G),
+                "edits": [damping(G, damp_alpha, layer=layer)]})
+    for h in G:
+        for grp in ("all", "male", "female"):
+            out.append({"variant": f"{name_of(grp)} (h:{h + 1})", "family": "single head", "prototype": name_of(grp),
+                        "heads": h1([h]), "edits": [prototype_replacement(pg, grp, [h])]})
+    if control_heads:
+        out.append({"variant": "male (control heads)", "family": "control", "prototype": "male",
+                    "heads": h1(control_heads), "edits": [prototype_replacement(pg, "male", list(control_heads))]})
+    if neurons is not None and bool(neurons.any()):
+        for grp in ("all", "male"):
+            out.append({"variant": f"{name_of(grp)} (expert neurons)", "family": "neurons", "prototype": name_of(grp),
+                        "heads": h1(G), "edits": [prototype_replacement(pg, grp, G, neurons=neurons)]})
+        out.append({"variant": "zero (expert neurons)", "family": "neurons", "heads": h1(G),
+                    "edits": [zero_ablation(G, layer=layer, neurons=neurons)]})
+        out.append({"variant": f"damp {damp_alpha:g} (expert neurons)", "family": "neuron damping", "heads": h1(G),
+                    "edits": [damping(G, damp_alpha, layer=layer, neurons=neurons)]})
+    if "white" in protos["race"].groups:
+        out.append({"variant": "white (race experts)", "family": "prototype", "prototype": "white",
+                    "heads": h1(R), "edits": [prototype_replacement(protos["race"], "white", R)]})
+    if "male|white" in protos["group"].groups:
+        out.append({"variant": "male+white (union)", "family": "prototype", "prototype": "male+white",
+                    "heads": h1(union), "edits": [prototype_replacement(protos["group"], "male|white", union)]})
+    out.append({"variant": "CLIP-clip", "family": "baseline method", "heads": "", "edits": []})
+    out.append({"variant": "biased prompts", "family": "baseline method", "heads": "", "edits": []})
+    return out
+

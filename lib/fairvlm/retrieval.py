@@ -559,3 +559,342 @@ def project_texts(text_emb, projection: torch.Tensor) -> torch.Tensor:
     if projection.shape != (t.shape[1], t.shape[1]):
         raise ParameterError(f"projection must be ({t.shape[1]}, {t.shape[1]}); got {tuple(projection.shape)}")
     return torch.nn.functional.normalize(t @ projection.T, dim=-1)
+
+
+# ------------------------------------------------------------------------------ the head audit (chapter 07)
+GENDER_NAMES = {"man": "male", "woman": "female", "male": "male", "female": "female"}
+#: the two prompt styles of a So-B-IT word query (Table 4): the bare word and a template
+WORD_STYLES = {"word": "{w}", "template": "a photo of {a} {w} person"}
+
+
+def normalize_groups(meta: pd.DataFrame) -> pd.DataFrame:
+    """``meta`` with ``gender`` as ``male``/``female`` (the testbed's ``man``/``woman``
+    renamed), ``race`` lower case and ``group = gender|race``."""
+    out = meta.copy()
+    out["gender"] = [GENDER_NAMES.get(str(g).lower(), str(g).lower()) for g in out["gender"]]
+    out["race"] = [str(r).lower() for r in out["race"]]
+    out["group"] = out["gender"] + "|" + out["race"]
+    return out
+
+
+def word_prompt(style: str, word: str) -> str:
+    """A So-B-IT word as a query in one of :data:`WORD_STYLES`."""
+    if style not in WORD_STYLES:
+        raise unknown("word prompt style", style, WORD_STYLES)
+    a = "an" if word[:1].lower() in "aeiou" else "a"
+    return WORD_STYLES[style].format(w=word, a=a)
+
+
+@dataclass
+class AuditData:
+    """Everything chapter 07 encodes and ranks, for one profile.
+
+    ``galleries``: ``{name: {"meta", "pixels", "image"}}`` (evaluation images);
+    ``probe_meta`` / ``probe_pixels`` / ``probe_sets``: the probe set (disjoint from every
+    gallery) and its counterfactual-set ids for grouped splits (or None);
+    ``scenario_suites``: ranking audits, each ``{"name", "gallery", "key_col", "queries"}``
+    with ``queries`` columns ``key, prompt, role``; ``recall_suite`` / ``zeroshot_suite``:
+    utility (or None); ``word_gallery``: where So-B-IT words are ranked; ``planted_scen`` /
+    ``planted_words``: the testbed's ground truth (None on real data); ``description``:
+    one line for captions.
+    """
+
+    galleries: dict
+    probe_meta: pd.DataFrame
+    probe_pixels: torch.Tensor
+    probe_sets: np.ndarray | None
+    scenario_suites: list
+    recall_suite: dict | None
+    zeroshot_suite: dict | None
+    word_gallery: str
+    planted_scen: pd.DataFrame | None = None
+    planted_words: pd.DataFrame | None = None
+    description: str = ""
+
+
+def testbed_audit_data(loaded, n_probe_scenes: int, n_gallery_scenes: int, *, seed: int = 0) -> AuditData:
+    """The testbed audit: probe set and gallery are counterfactual quadruplets of held-out
+    scenes (disjoint seeds), one query per scenario ("a photo of a/an <role>"), one held-out
+    caption per gallery image for Recall@K (relevant: same scenario, and the same gender /
+    race where the caption names them) and zero-shot scenario classification."""
+    from fairvlm.testbed import captions as tb_captions
+    from fairvlm.testbed import world
+    from fairvlm.testbed.scenarios import SCENARIOS
+    from fairvlm.testbed.spec import load_spec
+
+    spec = load_spec()
+    size = world.DEFAULT_SIZE
+    probe_rows = world.gallery(n_probe_scenes, split="heldout", start=500)
+    probe_pixels = pixel_values(loaded, world.render_rows(probe_rows, size))
+    probe_sets = (probe_rows["scenario"] + "#" + probe_rows["scene_seed"].astype(str)).to_numpy()
+    gal_rows = world.gallery(n_gallery_scenes, split="heldout", start=0)
+    gal_images = world.render_rows(gal_rows, size)
+    gal_meta = normalize_groups(gal_rows)
+    keys = list(dict.fromkeys(gal_meta["scenario"]))
+    roles = [SCENARIOS[k].role for k in keys]
+    queries = pd.DataFrame({"key": keys, "prompt": [f"a photo of {tb_captions.with_article(r)}" for r in roles],
+                            "role": roles})
+    rng = np.random.default_rng(seed)
+    caps = [tb_captions.caption(spec, r.scenario, {"male": "man", "female": "woman"}[r.gender], r.race, rng)
+            for r in gal_meta.itertuples()]
+    scen, gen, rac = (gal_meta[c].to_numpy() for c in ("scenario", "gender", "race"))
+    rel = np.zeros((len(caps), len(gal_meta)), dtype=bool)
+    for i, c in enumerate(caps):
+        named = tb_captions.mentions(c)
+        ok = scen == scen[i]
+        if named["gender"]:
+            ok &= gen == gen[i]
+        if named["race"]:
+            ok &= rac == rac[i]
+        rel[i] = ok
+    return AuditData(
+        galleries={"testbed": {"meta": gal_meta, "pixels": pixel_values(loaded, gal_images),
+                               "image": gal_images.__getitem__}},
+        probe_meta=normalize_groups(probe_rows), probe_pixels=probe_pixels, probe_sets=probe_sets,
+        scenario_suites=[{"name": "testbed scenarios", "gallery": "testbed", "key_col": "scenario",
+                          "queries": queries}],
+        recall_suite={"gallery": "testbed", "captions": caps, "relevant": rel,
+                      "relevance": "same scenario, and the same gender/race when the caption names them"},
+        zeroshot_suite={"gallery": "testbed", "key_col": "scenario", "classes": keys,
+                        "prompts": tb_captions.zero_shot_prompts(keys)},
+        word_gallery="testbed",
+        planted_scen=spec.share_table()[["scenario", "p_man", "p_black", "gender_skew", "race_skew", "note"]],
+        planted_words=spec.word_table()[["word", "category", "p_man", "p_black", "gender_skew", "race_skew", "note"]],
+        description=(f"testbed world (synthetic): probe set {len(probe_rows)} images, gallery {len(gal_meta)} "
+                     "images, held-out scenes, 4 variants each"))
+
+
+def paper_audit_data(loaded, *, pairs_dir=None, fairface_dir: str = "", fairface_limit: int | None = None,
+                     sispi_dir: str = "", coco_json: str = "", coco_images: str = "", seed: int = 0) -> AuditData:
+    """The real-data audit of the paper profile.
+
+    Probes, prototypes and CLIP-clip are fitted on FairFace train (500 images) when
+    ``fairface_dir`` is given. Without FairFace they are fitted on half of the PAIRS
+    scenarios (even positions in sorted order) and every PAIRS number is measured on the
+    other half, so nothing is fitted on the gallery it is evaluated on.
+    """
+    pairs = pairs_gallery(pairs_dir or None, mapped_only=True)
+    pmeta = normalize_groups(pairs.meta)
+    pix = pixel_values(loaded, pairs.images())
+    if fairface_dir:
+        probe_g = load_fairface(fairface_dir, "train", limit=500, seed=seed)
+        probe_meta, probe_pixels, probe_sets = normalize_groups(probe_g.meta), pixel_values(loaded, probe_g.images()), None
+        eval_mask = np.ones(len(pmeta), dtype=bool)
+    else:
+        scen = sorted(set(pmeta["scenario"]))
+        if len(scen) < 4:
+            raise DataError(f"splitting PAIRS by scenario needs at least 4 scenarios, found {len(scen)}; "
+                            "set FAIRFACE_DIR to probe on FairFace instead")
+        fit = set(scen[0::2])
+        eval_mask = ~pmeta["scenario"].isin(fit).to_numpy()
+        probe_meta = pmeta[~eval_mask].reset_index(drop=True)
+        probe_pixels = pix[torch.from_numpy(~eval_mask)]
+        probe_sets = probe_meta["scenario"].to_numpy()
+    idx = np.flatnonzero(eval_mask)
+    gmeta = pmeta[eval_mask].reset_index(drop=True)
+    galleries = {"pairs": {"meta": gmeta, "pixels": pix[torch.from_numpy(idx)],
+                           "image": lambda i, idx=idx: pairs.image(int(idx[i]))}}
+    labels = list(dict.fromkeys(gmeta["label"]))
+    suites = [{"name": "PAIRS labels", "gallery": "pairs", "key_col": "label",
+               "queries": pd.DataFrame({"key": labels, "prompt": [f"a photo of a {x}" for x in labels],
+                                        "role": labels})}]
+    zeroshot = {"gallery": "pairs", "key_col": "label", "classes": labels,
+                "prompts": [f"a photo of a {x}" for x in labels]}
+    word_gallery = "pairs"
+    if fairface_dir:
+        ff_val = load_fairface(fairface_dir, "validation", limit=fairface_limit or None, seed=seed)
+        galleries["fairface"] = {"meta": normalize_groups(ff_val.meta),
+                                 "pixels": pixel_values(loaded, ff_val.images()), "image": ff_val.image}
+        word_gallery = "fairface"
+    if sispi_dir:
+        sispi = load_sispi(sispi_dir)
+        sm = normalize_groups(sispi.meta.rename(columns={"ethnicity": "race"}))
+        galleries["sispi"] = {"meta": sm, "pixels": pixel_values(loaded, sispi.images()), "image": sispi.image}
+        profs = list(dict.fromkeys(sm["profession"]))
+        suites.append({"name": "SISPI professions", "gallery": "sispi", "key_col": "profession",
+                       "queries": pd.DataFrame({"key": profs, "role": profs, "prompt": [
+                           f"a photo of {'an' if p[0] in 'aeiou' else 'a'} {p}" for p in profs]})})
+    recall = None
+    if coco_json:
+        coco = load_karpathy(coco_json, coco_images, "test")
+        galleries["coco"] = {"meta": coco.meta.assign(gender="na", race="na", group="na"),
+                             "pixels": pixel_values(loaded, coco.images()), "image": coco.image}
+        rel = np.zeros((len(coco.captions), len(coco)), dtype=bool)
+        rel[np.arange(len(coco.captions)), coco.captions["image"].to_numpy()] = True
+        recall = {"gallery": "coco", "captions": coco.captions["caption"].tolist(), "relevant": rel,
+                  "relevance": "the captioned image (Karpathy test split)"}
+    desc = ("PAIRS (mapped labels" + ("" if fairface_dir else ", scenarios split: probes on half, audit on the other")
+            + ")" + (", FairFace" if fairface_dir else "") + (", SISPI" if sispi_dir else "")
+            + (", COCO Karpathy test" if coco_json else ""))
+    return AuditData(galleries, probe_meta, probe_pixels, probe_sets, suites, recall, zeroshot, word_gallery,
+                     description=desc)
+
+
+def word_queries(planted_words: pd.DataFrame | None = None, per_category: int | None = None) -> pd.DataFrame:
+    """So-B-IT words (``category, word``), ``per_category`` of each at most; the testbed's
+    planted words join their category. Without the taxonomy file the planted words stand in
+    (and the frame's ``attrs["note"]`` says so); without either a :class:`DataError`."""
+    from fairvlm.data import load_sobit
+
+    note = ""
+    try:
+        sobit = load_sobit()
+    except DataError as exc:
+        if planted_words is None:
+            raise
+        note = f"So-B-IT taxonomy not found, so only the testbed's planted words are used as word queries. {exc}"
+        sobit = planted_words[["category", "word"]].iloc[:0]
+    if per_category:
+        sobit = sobit.groupby("category", sort=False).head(per_category)
+    if planted_words is not None:
+        extra = planted_words[~planted_words["word"].isin(sobit["word"])][["category", "word"]]
+        sobit = pd.concat([sobit, extra], ignore_index=True)
+    out = sobit.drop_duplicates("word").reset_index(drop=True)
+    out.attrs["note"] = note
+    return out
+
+
+def audit_texts(data: AuditData, words: pd.DataFrame) -> list[str]:
+    """Every text any suite of ``data`` needs (scenario queries, word prompts in both
+    styles, captions, zero-shot prompts), each once, in a fixed order."""
+    out = []
+    for s in data.scenario_suites:
+        out += s["queries"]["prompt"].tolist()
+    out += [word_prompt(st, w) for st in WORD_STYLES for w in words["word"]]
+    if data.recall_suite:
+        out += data.recall_suite["captions"]
+    if data.zeroshot_suite:
+        out += data.zeroshot_suite["prompts"]
+    return list(dict.fromkeys(out))
+
+
+def score_variant(data: AuditData, words: pd.DataFrame, image_emb: Mapping, text_emb, text_index: Mapping,
+                  *, k_entropy: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Fairness and utility of one variant (its image embeddings per gallery and its text
+    embeddings). Returns ``(per_query, per_word, utility)``:
+
+    - per scenario query: NDKL over the query's own scenario images (SISPI protocol),
+      MaxSkew@k over the whole gallery (k = images per scenario), NDCG@k and AP (relevant:
+      the scenario's images), the top-k share of men / Black people;
+    - per So-B-IT word and prompt style: normalized entropy of gender and race in the top
+      ``k_entropy`` and the top-k shares;
+    - utility: Recall@1/5/10 both ways and zero-shot accuracy (when the suites exist).
+    """
+    def texts(items):
+        return text_emb[[text_index[t] for t in items]]
+
+    scen_rows, word_rows, util = [], [], {}
+    for suite in data.scenario_suites:
+        meta = data.galleries[suite["gallery"]]["meta"]
+        sim = (texts(suite["queries"]["prompt"]) @ image_emb[suite["gallery"]].T).numpy()
+        keys_arr = meta[suite["key_col"]].to_numpy()
+        cand = np.stack([keys_arr == k for k in suite["queries"]["key"]])
+        k_skew = int(cand.sum(axis=1).min())
+        per_attr = {}
+        for attr in ("gender", "race"):
+            t_nd = query_fairness(sim, meta[attr], k=min(k_skew, 4), candidates=cand, queries=suite["queries"]["key"])
+            t_sk = query_fairness(sim, meta[attr], k=k_skew, queries=suite["queries"]["key"])
+            per_attr[attr] = (t_nd["ndkl"].to_numpy(), t_sk["max_skew"].to_numpy())
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :k_skew]
+        ndcg = [metrics.ndcg_at_k(sim[i:i + 1], cand[i:i + 1], k_skew) for i in range(len(sim))]
+        ap = [metrics.mean_average_precision(sim[i:i + 1], cand[i:i + 1]) for i in range(len(sim))]
+        scen_rows.append(pd.DataFrame({
+            "suite": suite["name"], "query": suite["queries"]["key"],
+            "ndkl_gender": per_attr["gender"][0], "ndkl_race": per_attr["race"][0],
+            "maxskew_gender": per_attr["gender"][1], "maxskew_race": per_attr["race"][1],
+            "ndcg": ndcg, "ap": ap,
+            "topk_male_share": (meta["gender"].to_numpy()[top] == "male").mean(axis=1),
+            "topk_black_share": (meta["race"].to_numpy()[top] == "black").mean(axis=1), "k": k_skew}))
+    wmeta = data.galleries[data.word_gallery]["meta"]
+    k_ent = min(k_entropy, len(wmeta))
+    for style in WORD_STYLES:
+        sim = (texts([word_prompt(style, w) for w in words["word"]]) @ image_emb[data.word_gallery].T).numpy()
+        ent = word_entropy(sim, {"gender": wmeta["gender"], "race": wmeta["race"]}, k=k_ent, queries=words["word"])
+        ent = ent.pivot(index="query", columns="attribute", values="entropy").reindex(words["word"])
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :k_ent]
+        word_rows.append(pd.DataFrame({
+            "style": style, "word": words["word"].to_numpy(), "category": words["category"].to_numpy(),
+            "entropy_gender": ent["gender"].to_numpy(), "entropy_race": ent["race"].to_numpy(),
+            "topk_male_share": (wmeta["gender"].to_numpy()[top] == "male").mean(axis=1),
+            "topk_black_share": (wmeta["race"].to_numpy()[top] == "black").mean(axis=1)}))
+    if data.recall_suite:
+        rs = data.recall_suite
+        sim = (texts(rs["captions"]) @ image_emb[rs["gallery"]].T).numpy()
+        r_t2i = metrics.recall_at_k(sim, rs["relevant"], (1, 5, 10))
+        r_i2t = metrics.recall_at_k(sim.T, rs["relevant"].T, (1, 5, 10))
+        util.update({f"t2i_R@{k}": r_t2i[k] for k in (1, 5, 10)})
+        util.update({f"i2t_R@{k}": r_i2t[k] for k in (1, 5, 10)})
+        # per caption: 1 when a relevant image is in the top 5 (the unit of utility intervals)
+        order = np.argsort(-sim, axis=1, kind="stable")[:, :5]
+        util["_t2i_hit@5"] = np.take_along_axis(rs["relevant"], order, axis=1).any(axis=1).astype(float)
+    if data.zeroshot_suite:
+        zs = data.zeroshot_suite
+        zmeta = data.galleries[zs["gallery"]]["meta"]
+        cls_index = {c: i for i, c in enumerate(zs["classes"])}
+        y = [cls_index[c] for c in zmeta[zs["key_col"]]]
+        util["zero_shot_acc"] = metrics.zero_shot_accuracy(image_emb[zs["gallery"]], texts(zs["prompts"]), y)
+    return pd.concat(scen_rows, ignore_index=True), pd.concat(word_rows, ignore_index=True), util
+
+
+def random_ranking_floor(data: AuditData, *, n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """NDKL and MaxSkew@k of *random* rankings of the same galleries, per suite and
+    attribute: ``floor`` (mean over ``n`` draws of the mean over queries) with its 2.5 /
+    97.5 percentiles. A finite list cannot be perfectly fair at every prefix, so this is
+    what "no bias" looks like for these lists; an intervention cannot meaningfully go
+    below it."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for suite in data.scenario_suites:
+        meta = data.galleries[suite["gallery"]]["meta"]
+        keys_arr = meta[suite["key_col"]].to_numpy()
+        cand = np.stack([keys_arr == k for k in suite["queries"]["key"]])
+        k_skew = int(cand.sum(axis=1).min())
+        for attr in ("gender", "race"):
+            nd, sk = [], []
+            for _ in range(n):
+                sim = rng.random(cand.shape)
+                nd.append(query_fairness(sim, meta[attr], k=min(k_skew, 4), candidates=cand)["ndkl"].mean())
+                sk.append(query_fairness(sim, meta[attr], k=k_skew)["max_skew"].mean())
+            for metric, vals in (("ndkl", nd), ("maxskew", sk)):
+                rows.append({"suite": suite["name"], "attribute": attr, "metric": metric,
+                             "floor": float(np.mean(vals)), "lo": float(np.percentile(vals, 2.5)),
+                             "hi": float(np.percentile(vals, 97.5)), "n_draws": n})
+    return pd.DataFrame(rows)
+
+
+def time_edits(model, pixel_values: torch.Tensor, edits: Sequence, *,
+               repeats: int = 7, batch_size: int = 64) -> dict:
+    """Wall-clock cost of encoding with ``edits``, with an A/A noise check.
+
+    Three conditions run interleaved ``repeats`` times on the same images: plain, edited,
+    and plain again. Returns the median wall times, ``ratio`` = median(edited) /
+    median(plain) with a bootstrap interval over repeats, ``noise`` = median(plain again) /
+    median(plain) with its interval (what two identical runs differ by), and ``valid``:
+    False when the edited run is *faster* than plain beyond the noise band (a hook cannot
+    speed a forward pass up, so such a timing measures the machine, not the edit).
+    """
+    import time
+
+    if repeats < 3:
+        raise ParameterError(f"repeats={repeats} must be at least 3")
+    times = {"plain": [], "edited": [], "plain again": []}
+    for _ in range(repeats):
+        for key, ed in (("plain", ()), ("edited", edits), ("plain again", ())):
+            t0 = time.perf_counter()
+            embed_images(model, pixel_values, edits=ed, batch_size=batch_size)
+            times[key].append(time.perf_counter() - t0)
+    t = {k: np.asarray(v) for k, v in times.items()}
+    rng = np.random.default_rng(0)
+
+    def ratio_ci(a, b):
+        r = [np.median(a[rng.integers(0, len(a), len(a))]) / np.median(b[rng.integers(0, len(b), len(b))])
+             for _ in range(1000)]
+        return float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))
+
+    ratio = float(np.median(t["edited"]) / np.median(t["plain"]))
+    noise = float(np.median(t["plain again"]) / np.median(t["plain"]))
+    r_ci, n_ci = ratio_ci(t["edited"], t["plain"]), ratio_ci(t["plain again"], t["plain"])
+    return {"median_plain_s": float(np.median(t["plain"])), "median_edited_s": float(np.median(t["edited"])),
+            "ratio": ratio, "interval": (min(r_ci[0], ratio), max(r_ci[1], ratio)),
+            "noise": noise, "noise_interval": (min(n_ci[0], noise), max(n_ci[1], noise)),
+            "valid": bool(ratio >= min(n_ci[0], noise)), "repeats": repeats}
