@@ -420,3 +420,109 @@ def test_interventions_work_under_autograd(model, pixels):
             out.square().sum().backward()
     torch.testing.assert_close(out.detach(), ref, atol=1e-6, rtol=1e-6)
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------ issue 14: experts, traps, variants, audit
+def test_default_k_is_a_quarter_of_the_heads():
+    assert [probes.default_k(h) for h in (1, 3, 4, 8, 12, 16)] == [1, 1, 1, 2, 3, 4]
+    with pytest.raises(ParameterError):
+        probes.default_k(0)
+
+
+def test_warm_started_probe_gives_later_heads_more_steps():
+    # two identical heads: the warm-started probe reads head 1 after 2 x 5 steps, exactly
+    # what a fresh probe with the same start reaches after 10 steps on that head
+    x, y = _planted(n=80, h=1, d=6, head=0)
+    both = torch.cat([x, x], dim=1)
+    yc, _ = probes.encode_labels(y)
+    split = probes.split_indices(yc, 0.2, 0)
+    cfg = probes.ProbeConfig(epochs=5, init="torch", standardize=False, seed=3)
+    warm = probes.probe_heads_warm_start(both, y, split=split, config=cfg)
+    fresh10 = probes.probe_heads(x, y, split=split, config=probes.ProbeConfig(epochs=10, init="torch",
+                                                                             standardize=False, seed=3))
+    fresh5 = probes.probe_heads(x, y, split=split, config=cfg)
+    np.testing.assert_allclose(warm.scores[1], fresh10.scores[0], atol=1e-5)
+    np.testing.assert_allclose(warm.scores[0], fresh5.scores[0], atol=1e-5)
+
+
+def test_logreg_probe_and_expert_gap_test_on_a_planted_head():
+    x, y = _planted(n=240, h=5, d=16, head=2)
+    yc, _ = probes.encode_labels(y)
+    split = probes.split_indices(yc, 0.25, 0)
+    lr = probes.probe_heads_logreg(x, y, split=split, positive="male")
+    assert int(lr.table.loc[lr.table["ap"].idxmax(), "head"]) in (0, 2)
+    res = probes.probe_heads(x, y, positive="male", split=split)
+    t = probes.expert_gap_test(res, x, y, k=1, positive="male", n_shuffles=20, n_boot=200)
+    assert t["experts"] in ([0], [2])
+    assert t["interval"][0] > t["null_interval"][1]           # a real expert beats the selection null
+    # with every head pure noise the gap stays within what selection alone produces
+    noise = torch.from_numpy(np.random.default_rng(5).normal(size=(240, 5, 16)).astype(np.float32))
+    r0 = probes.probe_heads(noise, y, positive="male", split=split)
+    t0 = probes.expert_gap_test(r0, noise, y, k=1, positive="male", n_shuffles=20, n_boot=200)
+    assert t0["effect"] <= t0["null_interval"][1] + 0.05
+    assert math.isnan(probes.expert_gap(res.table, list(range(5))))
+
+
+def test_trap_table_lists_every_recipe():
+    x, y = _planted(n=120, h=4, d=8, head=2)
+    groups = np.repeat(np.arange(60), 2)
+    t = probes.trap_table(x, y, experts=[2], k=1, groups=groups, positive="male", seeds=[0, 1])
+    assert set(t["probe"]) == {"book default (grouped split, zero init, standardized)",
+                               "paper recipe (PyTorch init, raw features, 10 Adam steps)",
+                               "converged logistic regression", "authors' warm-started sequential probe",
+                               "random split (counterfactual sets split apart)"}
+    assert len(t) == 10 and t["mean_ap"].between(0, 1).all()
+
+
+def test_neuron_mask_and_standard_variants():
+    import pandas as pd
+
+    table = pd.DataFrame({"head": [1, 1, 3, 3], "neuron": [0, 2, 1, 2], "ap": [0.9, 0.3, 0.5, 0.42]})
+    m = ch.neuron_mask(table, [1, 3], 4, min_ap=0.42)
+    assert m.tolist() == [[True, False, False, False], [False, True, False, False]]
+    contrib = torch.randn(8, 4, 6)
+    g = ["male", "female"] * 4
+    r = ["white", "black", "black", "white"] * 2
+    protos = {"gender": ch.head_prototypes(contrib, g), "race": ch.head_prototypes(contrib, r),
+              "group": ch.head_prototypes(contrib, [f"{a}|{b}" for a, b in zip(g, r)])}
+    mask = torch.zeros(1, 6, dtype=torch.bool)
+    mask[0, 2] = True
+    v = ch.standard_variants(protos, [1], [2], layer=-1, damp_alpha=0.1, neurons=mask, control_heads=[3])
+    names = [x["variant"] for x in v]
+    assert len(names) == len(set(names))
+    assert {"none", "male (experts)", "male (control heads)", "damp 0.1 (expert neurons)",
+            "male+white (union)", "CLIP-clip"} <= set(names)
+    ctrl = next(x for x in v if x["variant"] == "male (control heads)")
+    assert ctrl["heads"] == "4" and ctrl["edits"][0].heads == (3,)
+    damp_n = next(x for x in v if x["variant"] == "damp 0.1 (expert neurons)")["edits"][0]
+    assert damp_n.mode == "damp" and bool(damp_n.neurons[0, 2]) and int(damp_n.neurons.sum()) == 1
+
+
+def test_random_ranking_floor_hand_computed():
+    import pandas as pd
+
+    # two queries, each with one man and one woman of its own scenario: any ranking has the
+    # top-1 all one gender (KL = ln 2) and the top-2 balanced (KL = 0)
+    meta = pd.DataFrame({"scenario": ["a", "a", "b", "b"], "gender": ["male", "female", "female", "male"],
+                         "race": ["black", "white", "black", "white"]})
+    data = retrieval.AuditData(
+        galleries={"g": {"meta": meta, "pixels": None, "image": None}}, probe_meta=meta, probe_pixels=None,
+        probe_sets=None, scenario_suites=[{"name": "s", "gallery": "g", "key_col": "scenario",
+                                           "queries": pd.DataFrame({"key": ["a", "b"], "prompt": ["p", "q"],
+                                                                    "role": ["a", "b"]})}],
+        recall_suite=None, zeroshot_suite=None, word_gallery="g")
+    f = retrieval.random_ranking_floor(data, n=20, seed=0).set_index(["metric", "attribute"])
+    expected = math.log(2) / (1 + 1 / math.log2(3))
+    assert f.loc[("ndkl", "gender"), "floor"] == pytest.approx(expected)
+    assert f.loc[("ndkl", "gender"), "lo"] == pytest.approx(expected)
+    assert f.loc[("ndkl", "race"), "floor"] == pytest.approx(expected)
+
+
+def test_time_edits_reports_a_ratio_and_an_aa_noise_band(model, pixels):
+    edit = ch.zero_ablation([0], layer=-1)
+    t = retrieval.time_edits(model, pixels, [edit], repeats=3, batch_size=4)
+    assert t["interval"][0] <= t["ratio"] <= t["interval"][1]
+    assert t["noise_interval"][0] <= t["noise"] <= t["noise_interval"][1]
+    assert isinstance(t["valid"], bool) and t["median_plain_s"] > 0
+    with pytest.raises(ParameterError):
+        retrieval.time_edits(model, pixels, [edit], repeats=2)

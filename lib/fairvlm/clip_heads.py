@@ -614,7 +614,7 @@ def neuron_mask(neuron_table, heads: Sequence[int], width: int, *, min_ap: float
     mask = torch.zeros(len(heads), int(width), dtype=torch.bool)
     sel = neuron_table[neuron_table["ap"] > float(min_ap)]
     for i, h in enumerate(heads):
-        idx = np.asarray(sel.loc[sel["head"] == h, "neuron"], dtype=np.int64)
+        idx = np.array(sel.loc[sel["head"] == h, "neuron"], dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= width):
             raise ParameterError(f"neuron index out of range 0..{width - 1} for head {h}")
         mask[i, torch.from_numpy(idx)] = True
