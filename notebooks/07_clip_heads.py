@@ -141,7 +141,7 @@ from fairvlm import probes, retrieval
 from fairvlm.models import load
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
-from fairvlm.verdicts import bootstrap_ci, decide, verdict_table
+from fairvlm.verdicts import verdict_table
 
 fairvlm.seed_everything(SEED)
 set_theme()
@@ -448,29 +448,12 @@ glue("t_variants", f"{t_variants:.0f}", display=False)
 # balanced at every prefix, so no intervention can meaningfully go below it.
 
 # %% tags=["hide-input"]
-scen_parts, word_parts, util_rows = [], [], []
-for v in variants:
-    name = v["variant"]
-    q, w, u = retrieval.score_variant(data, words, image_emb[name], text_emb[name], text_index, k_entropy=K_ENTROPY)
-    scen_parts.append(q.assign(variant=name))
-    word_parts.append(w.assign(variant=name))
-    util_rows.append({"variant": name, "family": v["family"], "heads": v["heads"], **u})
-scen_table = pd.concat(scen_parts, ignore_index=True)
-word_table = pd.concat(word_parts, ignore_index=True)
-hits = {r["variant"]: r.pop("_t2i_hit@5") for r in util_rows if "_t2i_hit@5" in r}
-if data.planted_scen is not None:  # the planted ground truth beside every measured row
-    scen_table = scen_table.merge(data.planted_scen[["scenario", "p_man", "p_black"]].rename(
-        columns={"scenario": "query", "p_man": "planted_p_man", "p_black": "planted_p_black"}), on="query", how="left")
-    word_table = word_table.merge(data.planted_words[["word", "p_man", "p_black"]].rename(
-        columns={"p_man": "planted_p_man", "p_black": "planted_p_black"}), on="word", how="left")
+scores = retrieval.score_variants(data, words, variants, image_emb, text_emb, text_index, k_entropy=K_ENTROPY)
+scen_table, word_table, summary, hits = scores["queries"], scores["words"], scores["summary"], scores["hits"]
 main_suite = data.scenario_suites[0]["name"]
 main_q = scen_table[scen_table["suite"] == main_suite]
-fair = main_q.groupby("variant", sort=False)[["ndkl_gender", "ndkl_race", "maxskew_gender", "maxskew_race",
-                                              "ndcg", "ap"]].mean().rename(columns={"ap": "mAP", "ndcg": "NDCG@k"})
-ent_mean = word_table.groupby(["variant", "style"], sort=False)[["entropy_gender", "entropy_race"]].mean().unstack("style")
-ent_mean.columns = [f"H_{a.split('_')[1]} ({s})" for a, s in ent_mean.columns]
-summary = pd.DataFrame(util_rows).set_index("variant").join(fair).join(ent_mean).reset_index()
-summary["ndkl_gender_change"] = summary["ndkl_gender"] / float(fair.loc["none", "ndkl_gender"]) - 1.0
+fair = summary.set_index("variant")
+ent_cols = [c for c in summary.columns if c.startswith("H_")]
 floor = retrieval.random_ranking_floor(data, n=100, seed=SEED)
 fl = floor[floor["suite"] == main_suite].set_index(["metric", "attribute"])
 floor_row = {"variant": "random ranking (floor)", "family": "null", "heads": "",
@@ -478,7 +461,7 @@ floor_row = {"variant": "random ranking (floor)", "family": "null", "heads": "",
 k_ent = min(K_ENTROPY, len(data.galleries[data.word_gallery]["meta"]))
 glue("k_ent", k_ent, display=False)
 show_cols = ["variant", "heads", "ndkl_gender", "ndkl_gender_change", "ndkl_race", "maxskew_gender", "maxskew_race",
-             "NDCG@k", "mAP", *ent_mean.columns]
+             "NDCG@k", "mAP", *ent_cols]
 show_cols += [c for c in ["t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "zero_shot_acc"]
               if c in summary]
 shown = pd.concat([pd.DataFrame([floor_row]), summary], ignore_index=True)
@@ -578,100 +561,12 @@ savefig(fig, "07_clip_heads_top8")
 # photographs.
 
 # %% tags=["hide-input"]
-def per_query(variant, col="ndkl_gender"):
-    return main_q[main_q["variant"] == variant].set_index("query")[col]
-
-
-def reduction(variant, col="ndkl_gender"):
-    """Per query: baseline minus variant (positive = the variant lowered it)."""
-    return (per_query("none", col) - per_query(variant, col)).to_numpy(float)
-
-
-def ci(x):
-    return bootstrap_ci(np.asarray(x, float), seed=SEED)
-
-
-base_ndkl = float(fair.loc["none", "ndkl_gender"])
-floor_hi = float(fl.loc[("ndkl", "gender"), "hi"])
-has_bias = base_ndkl > floor_hi
-no_bias_why = (f"baseline NDKL {base_ndkl:.3f} is inside the random-ranking floor (up to {floor_hi:.3f}): "
-               "no bias to remove")
-male_red, ctrl_red = reduction("male (experts)"), reduction("male (control heads)")
-rows = [{"claim": "Table 1: a few last-layer heads carry gender (ViT-B/32 heads 3, 11, 12)",
-         "measure": f"AP gap, experts {heads1(G)} vs other heads; null: same selection on shuffled labels",
-         "verdict": decide(gap["effect"], gap["interval"], gap["null"], gap["null_interval"])},
-        {"claim": "Figure 1: expert heads hold many high-AP neurons, other heads few",
-         "measure": f"share of neurons with AP > {NEURON_AP:g}, expert heads vs heads {heads1(low_heads)}",
-         "verdict": decide(above["expert"].mean(), ci(above["expert"]), above["other"].mean(), ci(above["other"]))},
-        {"claim": "Table 2: the male prototype on the experts cuts NDKL (up to 42%)",
-         "measure": f"NDKL reduction per query ({-summary.set_index('variant').loc['male (experts)', 'ndkl_gender_change']:+.1%} "
-                    "relative); null: the same prototype on control heads",
-         "verdict": decide(male_red.mean(), ci(male_red), ctrl_red.mean(), ci(ctrl_red),
-                           testable=has_bias, why="" if has_bias else no_bias_why)}]
-single = [v["variant"] for v in variants if v["family"] == "single head" and v["variant"].startswith("male")]
-best_single = min(single, key=lambda v: per_query(v).mean())
-joint_gain = (per_query(best_single) - per_query("male (experts)")).to_numpy(float)
-rows.append({"claim": "Table 2: editing all experts beats editing one",
-             "measure": f"NDKL of the best single head ({best_single}) minus all experts, per query",
-             "verdict": decide(joint_gain.mean(), ci(joint_gain), 0.0, testable=has_bias and len(G) > 1,
-                               why="" if has_bias and len(G) > 1 else
-                               (no_bias_why if not has_bias else "a single expert: nothing to compare"))})
-others = [v for v in ("person (experts)", "female (experts)", "zero (experts)") if v in image_emb]
-runner = min(others, key=lambda v: per_query(v).mean())
-male_best = (per_query(runner) - per_query("male (experts)")).to_numpy(float)
-rows.append({"claim": "Table 2: the male prototype is the best edit of the experts",
-             "measure": f"NDKL of the best other edit ({runner}) minus male, per query",
-             "verdict": decide(male_best.mean(), ci(male_best), 0.0, testable=has_bias,
-                               why="" if has_bias else no_bias_why)})
-if hits:
-    drop = hits["none"] - hits["male (experts)"]
-    rows.append({"claim": "Tables 2 and 5: utility barely moves (about 2 points of Recall@K)",
-                 "measure": "drop of text-to-image hit@5 per caption, male (experts); band ±0.02",
-                 "verdict": decide(drop.mean(), ci(drop), 0.0, direction="within", tol=0.02)})
-if "male (expert neurons)" in image_emb:
-    nrn = reduction("male (expert neurons)")
-    rows.append({"claim": "Table 3 (left): neuron-level edits do little, less than head-level",
-                 "measure": "NDKL reduction per query, male prototype on expert neurons; null: on the whole experts",
-                 "verdict": decide(nrn.mean(), ci(nrn), male_red.mean(), ci(male_red), direction="less",
-                                   testable=has_bias, why="" if has_bias else no_bias_why)})
-    dmp = -reduction(f"damp {DAMP_ALPHA:g} (expert neurons)")
-    rows.append({"claim": f"Table 3 (right): damping expert neurons (alpha {DAMP_ALPHA:g}) changes NDKL little",
-                 "measure": f"NDKL change per query; band ±5% of the baseline ({0.05 * base_ndkl:.3f})",
-                 "verdict": decide(dmp.mean(), ci(dmp), 0.0, direction="within", tol=0.05 * base_ndkl)})
-else:
-    for c in ("Table 3 (left): neuron-level edits do little, less than head-level",
-              f"Table 3 (right): damping expert neurons (alpha {DAMP_ALPHA:g}) changes NDKL little"):
-        rows.append({"claim": c, "measure": f"no neuron of the experts reaches AP {NEURON_AP:g}",
-                     "verdict": decide(float("nan"), (float("nan"),) * 2, 0.0, testable=False,
-                                       why=f"no expert neuron above AP {NEURON_AP:g}")})
-wt = word_table[word_table["style"] == "word"]
-
-
-def h_change(variant):
-    return (wt[wt["variant"] == variant].set_index("word")["entropy_gender"]
-            - wt[wt["variant"] == "none"].set_index("word")["entropy_gender"]).to_numpy(float)
-
-
-hm, hc = h_change("male (experts)"), h_change("male (control heads)")
-S = summary.set_index("variant")
-rows.append({"claim": "Table 4: the male prototype raises gender entropy over So-B-IT words",
-             "measure": f"entropy change per word; null: control heads (CLIP-clip {S.loc['CLIP-clip', 'H_gender (word)'] - S.loc['none', 'H_gender (word)']:+.3f}, "
-                        f"biased prompts {S.loc['biased prompts', 'H_gender (word)'] - S.loc['none', 'H_gender (word)']:+.3f})",
-             "verdict": decide(hm.mean(), ci(hm), hc.mean(), ci(hc))})
-if hits:
-    extra = (hits["none"] - hits["CLIP-clip"]) - (hits["none"] - hits["male (experts)"])
-    rows.append({"claim": "Table 5: CLIP-clip costs more utility than the intervention",
-                 "measure": "hit@5 drop of CLIP-clip minus drop of male (experts), per caption",
-                 "verdict": decide(extra.mean(), ci(extra), 0.0)})
 timing = retrieval.time_edits(model, data.galleries[suite["gallery"]]["pixels"][:256],
                               [ch.prototype_replacement(protos["gender"], "all", G)], repeats=TIMING_REPEATS)
-rows.append({"claim": "Sec. 3.2: the intervention adds negligible inference cost",
-             "measure": f"wall-clock median ratio edited/plain ({TIMING_REPEATS} interleaved repeats); null: plain/plain "
-                        "(A/A); band ±0.05; benchmarks/bench_clip_heads.py times a ViT-B/32-sized encoder",
-             "verdict": decide(timing["ratio"], timing["interval"], timing["noise"], timing["noise_interval"],
-                               direction="within", tol=0.05, testable=timing["valid"],
-                               why="" if timing["valid"] else "the edited run was faster than plain beyond the "
-                               "noise band: the timing measures the machine, not the edit")})
+rows, audit = retrieval.head_audit_claims(scores, floor, main_suite=main_suite, gap=gap, neurons_above=above,
+                                          experts=G, control_heads=low_heads, neuron_ap=NEURON_AP,
+                                          damp_alpha=DAMP_ALPHA, timing=timing, seed=SEED)
+base_ndkl, floor_hi, S = audit["base_ndkl"], audit["floor_hi"], summary.set_index("variant")
 paper_vs_book = verdict_table(rows)
 display(Markdown(f"*Provenance: {MODEL_NAME}; {data.description}; seed {SEED}.*"))
 display(paper_vs_book.drop(columns=["rule"]).style.hide(axis="index").format(precision=3))
@@ -683,7 +578,7 @@ glue("male_change", f"{S.loc['male (experts)', 'ndkl_gender_change']:+.1%}", dis
 glue("floor_sentence",
      f"The baseline NDKL for gender is {base_ndkl:.3f}, against a random-ranking floor of "
      f"{fl.loc[('ndkl', 'gender'), 'floor']:.3f} (95% range up to {floor_hi:.3f}): "
-     + ("there is bias above the floor for an intervention to remove." if has_bias else
+     + ("there is bias above the floor for an intervention to remove." if audit["has_bias"] else
         "the lists are already as balanced as random ones, so the NDKL claims cannot be tested here."),
      display=False)
 
