@@ -444,7 +444,7 @@ glue("t_variants", f"{t_variants:.0f}", display=False)
 # for every So-B-IT word, as a bare word and in the template "a photo of a/an {word}
 # person" (Table 4; higher is fairer). Utility: Recall@K both ways and zero-shot scenario
 # accuracy. The first row is the **random-ranking floor**: the same lists ranked at random
-# (100 draws, `fairvlm.retrieval.random_ranking_floor`); a finite list is never perfectly
+# (100 draws, 20 on `smoke`; `fairvlm.retrieval.random_ranking_floor`); a finite list is never perfectly
 # balanced at every prefix, so no intervention can meaningfully go below it.
 
 # %% tags=["hide-input"]
@@ -454,7 +454,7 @@ main_suite = data.scenario_suites[0]["name"]
 main_q = scen_table[scen_table["suite"] == main_suite]
 fair = summary.set_index("variant")
 ent_cols = [c for c in summary.columns if c.startswith("H_")]
-floor = retrieval.random_ranking_floor(data, n=100, seed=SEED)
+floor = retrieval.random_ranking_floor(data, n=20 if PROFILE == "smoke" else 100, seed=SEED)
 fl = floor[floor["suite"] == main_suite].set_index(["metric", "attribute"])
 floor_row = {"variant": "random ranking (floor)", "family": "null", "heads": "",
              **{f"{m}_{a}": fl.loc[(m, a), "floor"] for m in ("ndkl", "maxskew") for a in ("gender", "race")}}
@@ -561,7 +561,7 @@ savefig(fig, "07_clip_heads_top8")
 # photographs.
 
 # %% tags=["hide-input"]
-timing = retrieval.time_edits(model, data.galleries[suite["gallery"]]["pixels"][:256],
+timing = retrieval.time_edits(model, data.galleries[suite["gallery"]]["pixels"][:64 if PROFILE == "smoke" else 256],
                               [ch.prototype_replacement(protos["gender"], "all", G)], repeats=TIMING_REPEATS)
 rows, audit = retrieval.head_audit_claims(scores, floor, main_suite=main_suite, gap=gap, neurons_above=above,
                                           experts=G, control_heads=low_heads, neuron_ap=NEURON_AP,

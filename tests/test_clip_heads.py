@@ -588,3 +588,7 @@ def test_head_audit_claims_come_out_as_constructed():
     # an edited run faster than plain beyond the A/A band: the timing is invalid
     rows, _ = retrieval.head_audit_claims(_scores(means), floor, **dict(kw, timing=dict(timing, valid=False)))
     assert rows[-1]["verdict"].verdict == "not testable here"
+    # two identical runs differing by 30%: too noisy to resolve a 5% cost
+    noisy = dict(timing, noise_interval=(0.8, 1.3))
+    rows, _ = retrieval.head_audit_claims(_scores(means), floor, **dict(kw, timing=noisy))
+    assert rows[-1]["verdict"].verdict == "not testable here" and "noisy" in rows[-1]["verdict"].why

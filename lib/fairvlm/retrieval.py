@@ -1047,13 +1047,17 @@ def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, 
         rows.append({"claim": "Table 5: CLIP-clip costs more utility than the intervention",
                      "measure": "hit@5 drop of CLIP-clip minus drop of male (experts), per caption",
                      "verdict": decide(extra.mean(), ci(extra), 0.0)})
+    nlo, nhi = timing["noise_interval"]
+    resolvable = nhi - nlo <= 2 * 0.05
+    t_why = ("" if timing["valid"] and resolvable else
+             "the edited run was faster than plain beyond the A/A noise band: the timing measures the machine, "
+             "not the edit" if not timing["valid"] else
+             f"two identical runs differ by up to [{nlo:.2f}, {nhi:.2f}]: the machine is too noisy to resolve a 5% cost")
     rows.append({"claim": "Sec. 3.2: the intervention adds negligible inference cost",
-                 "measure": f"wall-clock median ratio edited/plain ({timing['repeats']} interleaved repeats); null: "
-                            "plain/plain (A/A); band ±0.05; benchmarks/bench_clip_heads.py times a ViT-B/32-sized "
-                            "encoder",
-                 "verdict": decide(timing["ratio"], timing["interval"], timing["noise"], timing["noise_interval"],
-                                   direction="within", tol=0.05, testable=timing["valid"],
-                                   why="" if timing["valid"] else "the edited run was faster than plain beyond the "
-                                   "noise band: the timing measures the machine, not the edit")})
+                 "measure": f"wall-clock median ratio edited/plain ({timing['repeats']} interleaved repeats), band "
+                            "1 ± 0.05; null interval: plain/plain (A/A); benchmarks/bench_clip_heads.py times a "
+                            "ViT-B/32-sized encoder",
+                 "verdict": decide(timing["ratio"], timing["interval"], 1.0, timing["noise_interval"],
+                                   direction="within", tol=0.05, testable=timing["valid"] and resolvable, why=t_why)})
     return rows, {"base_ndkl": base, "floor": float(fl.loc[("ndkl", "gender"), "floor"]), "floor_hi": floor_hi,
                   "has_bias": has_bias}
