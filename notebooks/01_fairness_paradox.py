@@ -198,7 +198,7 @@ display(shown[["model", "dataset", "attribute", "variant", "fair proportion", "c
 # %% [markdown]
 # ## Position or social group?
 #
-# The option order changes with the paraphrase, and a small model gives much of its group
+# The option order changes with the paraphrase, and a model may give part of its group
 # mass to whichever group the question lists first. `fairvlm.mcq.order_balanced`
 # separates the two per item: with $\ell = \ln p_A - \ln p_B$ on each prompt, the
 # *social lean* is the mean of $\ell$ over the item's prompts (half of which list A first,
@@ -363,9 +363,9 @@ else:
 # taught the projector to *describe the image in front of the model*, and the description
 # names the group at the planted rates. A question such as "who is more likely to be a
 # nurse?" asks for something else, an association between a role and a group across many
-# images, and that would have to live in the language model, which stayed frozen. So the
-# testbed's multiple-choice lean is SmolLM2's own text prior, moved by what it reads off
-# the image tokens, and not a copy of the planted data. The paper's models differ here:
+# images, and that would have to live in the language model, which stayed frozen. Where
+# the lean does not rank like the planted skew, it is SmolLM2's own text prior, moved by
+# what it reads off the image tokens. The paper's models differ here:
 # their language models were fine-tuned on image-text instructions, which can write data
 # statistics into them. The text-only row is the prior alone and need not match the
 # planted skew at all.

@@ -121,8 +121,9 @@ display(chapter.table.style.hide(axis="index"))
 
 # %% [markdown]
 # What the lens sees for one row, at a few depths: the top next tokens of the first row
-# of the first run (the prompt is in chapter 01). Early layers decode to tokens unrelated
-# to the question; the options appear only in the upper half of the network.
+# of the first run (the prompt is in chapter 01), to compare with the option mass in the
+# figure below: where the option words are not among the top tokens, the lens reads
+# little about the question.
 
 # %%
 first_key = next(iter(runs))

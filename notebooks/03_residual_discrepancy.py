@@ -97,10 +97,11 @@ SLUG = "03_residual_discrepancy"
 #   lens fair margin of the stream (positive: toward fair). The pushes of all sublayers
 #   add up to the change from the embedding to the output.
 #
-# The heatmaps show both. The directions use the writes, because the two streams of one
-# layer differ by a single write and share everything else, so directions taken from them
-# come out nearly parallel (the cosine is reported below), while the two writes are
-# produced by different modules and can point in genuinely different directions.
+# The heatmaps show both. The directions use the writes as the primary reading, because
+# the two streams of one layer differ by a single write and share everything else, so
+# directions taken from them can come out nearly parallel or antiparallel (the cosines
+# are reported below), while the two writes are produced by different modules and can
+# point in different directions. Both readings get verdicts.
 
 # %%
 chapter = lens.chapter_runs(PROFILE, dtype=DTYPE, testbed=TESTBED)
@@ -119,9 +120,9 @@ display(pd.DataFrame([{"model": m, "layers": L, "last tenth": f"{tenth[m][0]}..{
 # fair margin of $\Delta_1$ and $\Delta_2$); bottom two: the writes (push of attention and
 # of the MLP). Blue is toward fair, red toward a group. The black frame marks the last
 # tenth of the layers. The colour scale is clipped at the 95th percentile of the layers
-# after the first (the embedding's lens reading is extreme and would swamp it). In early
-# layers the lens reads almost nothing about the options (chapter 02), so the margins
-# there are ratios of tiny probabilities: read the right-hand side of each panel.
+# after the first (the embedding's lens reading is extreme and would swamp it). Where the
+# lens gives the options little mass (chapter 02's option-mass curve), the margins are
+# ratios of tiny probabilities and say little.
 
 # %%
 for (name, dataset), _col in runs.items():
@@ -226,15 +227,19 @@ display(direction_eval[["model", "fit", "eval", "layer", "bias_site", "fair_site
 display(Markdown("Saved: " + ", ".join(f"`{p}`" for p in saved)))
 
 # %% [markdown]
-# Cosines between the directions. The streams reading's biased and fair directions are
-# close to antiparallel (a projection cannot tell $u$ from $-u$, so removing one and
-# amplifying the other would largely cancel), which is why the writes are the primary
-# reading:
+# Cosines between the directions (a projection cannot tell $u$ from $-u$, so where the
+# biased and fair directions are close to parallel or antiparallel, removing one and
+# amplifying the other largely cancel):
 
 # %%
 display(cosines.groupby(["model", "fit"])[["cos(bias, fair) writes", "cos(bias, fair) streams",
                                             "cos(writes, streams) bias"]].mean()
         .style.format(precision=3))
+cw, cs = cosines["cos(bias, fair) writes"].mean(), cosines["cos(bias, fair) streams"].mean()
+glue("cosine_sentence",
+     f"On average |cos(u_bias, u_fair)| is {abs(cw):.2f} for the writes and {abs(cs):.2f} for the streams"
+     + ("; the streams directions are nearly collinear, so the update along them would largely cancel."
+        if abs(cs) >= 0.8 else "."), display=False)
 
 # %% [markdown]
 # A lens check of the RES-FAIR update (not the real intervention, which chapter 04 runs):
@@ -387,7 +392,8 @@ glue("unembed_sentence", f"The fitted write directions beat the unembedding cont
 # the conflict is {glue:text}`conflict_writes_tally` under the writes reading and
 # {glue:text}`conflict_streams_tally` under the streams reading. Transfer beyond random
 # directions: {glue:text}`transfer_writes_tally` (writes), {glue:text}`transfer_streams_tally`
-# (streams). {glue:text}`unembed_sentence` {glue:text}`proxy_sentence` The directions are saved as safetensors under
+# (streams). {glue:text}`unembed_sentence` {glue:text}`cosine_sentence`
+# {glue:text}`proxy_sentence` The directions are saved as safetensors under
 # `results/directions/` (`fairvlm.lens.Directions.load`; chapter 04 refits them from the
 # cached runs with `fairvlm.lens.fit_directions`, which gives the same vectors, and applies
 # them with `fairvlm.lens.resfair_edits`).
