@@ -328,3 +328,94 @@ def test_mcq_evaluate_matches_collect_and_sees_edits(loaded_tiny):
     with hooks.edit(lm, {f"resid_post.{lm.n_layers - 1}": lambda x: x * 0.5}):
         edited = mcq.evaluate(lm, rows, images=src, max_new_tokens=2, progress=False)
     assert not np.allclose(edited["lp_a"], table["lp_a"], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- issue 14: controls and intervals
+
+
+def _shaped(n, shares, masses, rng):
+    """Option log-probs (n, D, 3) whose fair share and option mass follow the given curves."""
+    D = len(shares)
+    out = np.zeros((n, D, 3))
+    for d, (f, m) in enumerate(zip(shares, masses)):
+        f_i = np.clip(f + rng.normal(0, 0.02, n), 0.01, 0.99)
+        out[:, d, 2] = np.log(m * f_i)
+        out[:, d, 0] = out[:, d, 1] = np.log(m * (1 - f_i) / 2)
+    return out
+
+
+def test_peak_test_against_the_content_free_control():
+    rng = np.random.default_rng(0)
+    masses = [0.001, 0.3, 0.5, 0.6, 0.9]
+    social = lens.layer_frame(_collection(_shaped(40, [0.2, 0.5, 0.9, 0.6, 0.4], masses, rng)))
+    flat = lens.layer_frame(_collection(_shaped(20, [0.2, 0.5, 0.9, 0.9, 0.9], masses, rng)))
+    t = lens.peak_test(social, flat, min_mass=0.1, seed=0)
+    assert t["testable"] and t["peak_depth"] == 2 and t["peak_rel"] == pytest.approx(0.5)
+    assert 0.1 <= t["peak_interval"][0] <= t["peak_interval"][1] <= 0.8
+    assert t["erosion"] == pytest.approx(0.5, abs=0.02)
+    assert t["erosion_interval"][0] > t["control_interval"][1]          # erodes beyond the control
+    # the same shape in the control: the erosion is no longer beyond it
+    same = lens.layer_frame(_collection(_shaped(20, [0.2, 0.5, 0.9, 0.6, 0.4], masses, rng)))
+    t2 = lens.peak_test(social, same, min_mass=0.1, seed=0)
+    assert t2["control_interval"][0] <= t2["erosion"] <= t2["control_interval"][1] + 0.02
+    # the depth with little option mass (depth 0) is never the peak, even with the top share
+    early = lens.layer_frame(_collection(_shaped(40, [0.99, 0.5, 0.6, 0.6, 0.4], masses, rng)))
+    assert lens.peak_test(early, None, min_mass=0.1)["peak_depth"] != 0
+    # too little mass everywhere: not testable
+    assert not lens.peak_test(social, flat, min_mass=0.95)["testable"]
+
+
+def test_transfer_test_beats_random_directions():
+    rng = np.random.default_rng(1)
+    n, L, d = 90, 2, 256
+    z = rng.normal(size=n)
+    lp = np.zeros((n, 2 * L + 1, 3))
+    lp[:, :, 2] = np.log(0.5)
+    lp[:, -1, 2] = np.log(1 / (1 + np.exp(-z)))
+    lp[:, :, 0] = lp[:, :, 1] = np.log((1 - np.exp(lp[:, :, 2])) / 2)
+    u = np.zeros(d, np.float32)
+    u[3] = 1.0
+    vec = rng.normal(0, 1.0, size=(n, L, 3, d)).astype(np.float32)
+    vec[:, 1, 1] += -2 * z[:, None] * u      # attn_out.1 carries the biased rows along +u
+    vec[:, 1, 2] += 2 * z[:, None] * u       # mlp_out.1 carries the fair rows along +u
+    col = _collection(lp, vectors=vec.astype(np.float16))
+    dirs = lens.Directions({1: u}, {1: u}, {1: "attn_out.1"}, {1: "mlp_out.1"}, {}, {})
+    t = lens.transfer_test(dirs, col, n_random=50, n_boot=100, seed=0).set_index("kind")
+    for kind in ("bias", "fair"):
+        assert t.loc[kind, "effect"] > 0.9
+        assert t.loc[kind, "lo"] > t.loc[kind, "null_hi"]
+        assert 0.2 < t.loc[kind, "null"] < 0.8
+    # the opposite direction separates the other way: below the null
+    flipped = lens.Directions({1: -u}, {1: -u}, {1: "attn_out.1"}, {1: "mlp_out.1"}, {}, {})
+    t2 = lens.transfer_test(flipped, col, n_random=50, n_boot=100, seed=0).set_index("kind")
+    assert (t2["effect"] < t2["null_lo"]).all()
+    with pytest.raises(FairVLMError, match="n_random"):
+        lens.transfer_test(dirs, col, n_random=5)
+    with pytest.raises(FairVLMError, match="streams"):
+        lens.streams_view(dirs)
+
+
+def test_chapter_setup_checks_its_parameters():
+    from fairvlm.params import ParameterError
+
+    p = lens.check_chapter_params(PROFILE="smoke", SEED=0, DTYPE="float32", TESTBED=False)
+    assert p.DTYPE == "float32"
+    with pytest.raises(ParameterError, match="DTYPE"):
+        lens.check_chapter_params(PROFILE="smoke", SEED=0, DTYPE="int8", TESTBED=True)
+    with pytest.raises(ParameterError, match="TESTBED"):
+        lens.check_chapter_params(PROFILE="smoke", SEED=0, DTYPE="float32", TESTBED="yes")
+    with pytest.raises(FairVLMError, match="profile"):
+        lens.chapter_runs("laptop")
+    # every profile has a content-free control run per model
+    for profile, specs in lens.PROFILE_RUNS.items():
+        models_ = {s.model for s in specs}
+        assert {s.model for s in specs if s.dataset == lens.CONTROL} == models_, profile
+
+
+def test_control_rows_of_the_smoke_profile(shared):
+    spec = next(s for s in lens.PROFILE_RUNS["smoke"] if s.dataset == lens.CONTROL and s.variants != ("text",))
+    rows, images, _ = lens.run_rows(spec)
+    assert {r.item.label for r in rows} == set(mcq.CONTROL_LABELS)
+    assert len(rows) == len(mcq.CONTROL_LABELS) * 2 * 4 * spec.n_prompts
+    im = images(rows[-1].item.scenario, *rows[-1].item.images[0])   # rendered testbed scenes
+    assert im.size[0] > 0

@@ -528,7 +528,7 @@ def profile_runs(profile: str, *, dtype: str = "auto", progress: bool = True,
 def check_chapter_params(**params) -> dict:
     """The parameter check shared by chapters 01-03: :func:`fairvlm.params.check_params` on
     every parameter, plus ``DTYPE`` in bfloat16 / float32 / auto and ``TESTBED`` a bool.
-    Returns the checked parameters (for ``save_results``)."""
+    Returns the checked :class:`fairvlm.params.Params` (for ``save_results``)."""
     from fairvlm.params import check_choice, check_params
 
     P = check_params(**params)
