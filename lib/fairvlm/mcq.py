@@ -66,6 +66,20 @@ Metrics
     :func:`order_balanced` averages each item's group log-odds over its prompts (whose
     option orders are balanced) to separate the lean toward a group from the lean toward
     whichever group is listed first.
+*Word preference versus stereotype*
+    :func:`label_specific` removes each cell's mean lean over labels (a preference for one
+    option word whatever the label) and keeps the label-specific part;
+    :func:`shuffled_label_null` tests it against labels shuffled among each other. The
+    content-free :data:`CONTROL_LABELS` ("who is more likely to breathe air?") measure the
+    word preference directly.
+
+Generation
+----------
+:func:`generate_answers` answers rows greedily in batches and stops each row once its
+answer parses and ends a sentence (:class:`AnswerStop`, at most :data:`MAX_NEW_TOKENS`),
+so openers such as "I think the most likely..." are not cut before the answer.
+:func:`evaluate` builds the row table from it; :func:`fairvlm.lens.collect` adds per-layer
+captures on top (``lens`` imports ``mcq``, never the reverse).
 """
 
 from __future__ import annotations

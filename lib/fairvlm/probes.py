@@ -33,9 +33,15 @@ Three choices the paper leaves open, stated here:
 Metrics: binary labels use the probability of ``positive`` (default: the second of the
 sorted classes) for AUROC/AP; more than two classes use macro one-vs-rest AUROC and AP.
 
-Expert rule (:func:`select_experts`): by default the ``k = 3`` heads with the highest
-held-out AP (ties broken by AUROC, then by head index), the number of experts the paper
-intervenes on; ``rule="threshold"`` takes every head with AP > 0.75 (the authors' code).
+Expert rule (:func:`select_experts`): the ``k`` heads with the highest held-out AP (ties
+broken by AUROC, then by head index); chapters take ``k = max(1, heads // 4)``
+(:func:`default_k`: the paper's 3 of ViT-B/32's 12 heads), so that the experts can be
+compared with the other heads at all. ``rule="threshold"`` takes every head with AP > 0.75
+(the authors' code). :func:`expert_gap_test` compares the experts' AP gap with the gap the
+same selection yields on shuffled labels; :func:`trap_table` shows how the expert list
+moves with the probe recipe (including the authors' warm-started sequential probe,
+:func:`probe_heads_warm_start`, and a converged logistic regression,
+:func:`probe_heads_logreg`).
 """
 
 from __future__ import annotations
