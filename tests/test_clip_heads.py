@@ -558,10 +558,10 @@ def test_head_audit_claims_come_out_as_constructed():
     floor = pd.DataFrame([{"suite": "s", "attribute": a, "metric": m, "floor": 0.10, "lo": 0.09, "hi": 0.11,
                            "n_draws": 100} for a in ("gender", "race") for m in ("ndkl", "maxskew")])
     gap = {"effect": 0.3, "interval": (0.25, 0.35), "null": 0.05, "null_interval": (0.0, 0.1)}
-    above = {"expert": np.r_[np.ones(30), np.zeros(10)], "other": np.r_[np.ones(2), np.zeros(38)]}
+    aps = {"expert": np.linspace(0.7, 0.9, 40), "other": np.linspace(0.45, 0.55, 40)}
     timing = {"ratio": 1.01, "interval": (0.99, 1.03), "noise": 1.0, "noise_interval": (0.98, 1.02),
               "valid": True, "repeats": 7}
-    kw = dict(main_suite="s", gap=gap, neurons_above=above, experts=[0, 1], control_heads=[2, 3], neuron_ap=0.42,
+    kw = dict(main_suite="s", gap=gap, neuron_aps=aps, experts=[0, 1], control_heads=[2, 3], neuron_ap=0.42,
               damp_alpha=0.1, timing=timing)
     rows, info = retrieval.head_audit_claims(_scores(means), floor, **kw)
     assert info["has_bias"]

@@ -937,14 +937,15 @@ def score_variants(data: AuditData, words: pd.DataFrame, variants: Sequence[Mapp
 
 
 def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, gap: Mapping,
-                      neurons_above: Mapping, experts: Sequence[int], control_heads: Sequence[int],
+                      neuron_aps: Mapping, experts: Sequence[int], control_heads: Sequence[int],
                       neuron_ap: float, damp_alpha: float, timing: Mapping, seed: int = 0) -> tuple[list, dict]:
     """The "Paper vs this book" rows of the CLIP-heads chapter, each decided by
     :func:`fairvlm.verdicts.decide` with a null measured in the same run.
 
     ``scores``: :func:`score_variants` output; ``floor``: :func:`random_ranking_floor`;
-    ``gap``: :func:`fairvlm.probes.expert_gap_test`; ``neurons_above``: ``{"expert": 0/1
-    array, "other": 0/1 array}`` (neuron AP above ``neuron_ap``); ``timing``:
+    ``gap``: :func:`fairvlm.probes.expert_gap_test`; ``neuron_aps``: ``{"expert": array,
+    "other": array}`` of the held-out AP of every neuron of the expert heads and of as many
+    other heads; ``neuron_ap``: the threshold of the expert neurons; ``timing``:
     :func:`time_edits`. Differences between two variants are paired per query / word /
     caption and bootstrapped (seeded); the NDKL claims are *not testable here* when the
     baseline NDKL lies inside the random-ranking floor (no bias to remove). Returns the
@@ -984,9 +985,9 @@ def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, 
          "measure": f"AP gap, experts {h1(experts)} vs other heads; null: same selection on shuffled labels",
          "verdict": decide(gap["effect"], gap["interval"], gap["null"], gap["null_interval"])},
         {"claim": "Figure 1: expert heads hold many high-AP neurons, other heads few",
-         "measure": f"share of neurons with AP > {neuron_ap:g}, expert heads vs heads {h1(control_heads)}",
-         "verdict": decide(float(np.mean(neurons_above["expert"])), ci(neurons_above["expert"]),
-                           float(np.mean(neurons_above["other"])), ci(neurons_above["other"]))},
+         "measure": f"mean neuron AP, expert heads vs heads {h1(control_heads)}",
+         "verdict": decide(float(np.mean(neuron_aps["expert"])), ci(neuron_aps["expert"]),
+                           float(np.mean(neuron_aps["other"])), ci(neuron_aps["other"]))},
         {"claim": "Table 2: the male prototype on the experts cuts NDKL (up to 42%)",
          "measure": f"NDKL reduction per query ({-S.loc['male (experts)', 'ndkl_gender_change']:+.1%} relative); "
                     "null: the same prototype on control heads",
