@@ -309,3 +309,20 @@ def test_mean_average_precision_hand_computed():
         metrics.mean_average_precision(scores, rel.astype(float))
     with pytest.raises(DataError, match="no relevant item"):
         metrics.mean_average_precision(scores, np.zeros((2, 4), bool))
+
+
+def test_paper_audit_without_fairface_splits_pairs_by_scenario(shared):
+    """Probes, prototypes and CLIP-clip are fitted on half of the PAIRS scenarios and the
+    audit runs on the other half: nothing is fitted on the gallery it is evaluated on."""
+    from fairvlm.models import load
+
+    lm = load("tiny-clip")
+    data = retrieval.paper_audit_data(lm, pairs_dir=shared / "data" / "pairs")
+    fit = set(data.probe_meta["scenario"])
+    audit = set(data.galleries["pairs"]["meta"]["scenario"])
+    assert fit and audit and not fit & audit
+    assert len(data.probe_meta) == data.probe_pixels.shape[0]
+    assert len(data.galleries["pairs"]["meta"]) == data.galleries["pairs"]["pixels"].shape[0]
+    assert set(data.scenario_suites[0]["queries"]["key"]) == set(data.galleries["pairs"]["meta"]["label"])
+    assert data.galleries["pairs"]["image"](0).mode == "RGB"
+    assert "split" in data.description
