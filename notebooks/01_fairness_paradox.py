@@ -161,6 +161,7 @@ for (name, dataset), col in runs.items():
         display(Markdown(f"**{name} on {dataset}:** {col.info['note']}"))
 display(chapter.table.style.hide(axis="index"))
 glue("max_new_tokens", mcq.MAX_NEW_TOKENS, display=False)
+glue("paradox_skew", f"{mcq.PARADOX_SKEW:.3f}", display=False)
 
 # %% [markdown]
 # Tokens per option form (the largest over the form's variants); 1 everywhere means the
@@ -382,7 +383,10 @@ else:
 # order averaged out, the model's common word preference removed). The null is the same
 # statistic with each prompt's group log-odds shuffled among the labels of the same input
 # variant and prompt (`fairvlm.mcq.shuffled_label_null`, 200 shuffles): what prompt noise
-# alone produces when labels carry no information. The raw measures (which include the
+# alone produces when labels carry no information. Since the paper's claim is a *hard*
+# lean, *reproduced* also needs the mean label-specific skew to reach the 2:1 lean of a
+# paradox row ({glue:text}`paradox_skew` nats); beyond the null but below that is
+# *partly*. The raw measures (which include the
 # option-order and option-word preferences the paper may also have measured; it does not
 # say how its options were ordered) are printed beside. Numbers from SmolLM2 and the
 # testbed are about those models, not the paper's.
@@ -393,7 +397,9 @@ verdict_rows = []
 for r in evidence.itertuples(index=False):
     cell = (summary.model == r.model) & (summary.dataset == r.dataset) & (summary.attribute == r.attribute)
     sk = paradox[(paradox.model == r.model) & (paradox.dataset == r.dataset) & (paradox.attribute == r.attribute)]
+    # "leans hard": reproduced also needs the mean label-specific skew to reach the 2:1 lean
     v = decide(r.effect, (r.lo, r.hi), r.null, (r.null_lo, r.null_hi), direction="greater",
+               min_effect=max(0.0, mcq.PARADOX_SKEW - r.null_hi) if np.isfinite(r.null_hi) else 0.0,
                testable=r.n_fair_majority >= 2,
                why="" if r.n_fair_majority >= 2 else f"only {r.n_fair_majority} fair-majority items")
     verdict_rows.append({
