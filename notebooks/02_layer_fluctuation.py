@@ -249,7 +249,8 @@ else:
 #    output, per item, exceeds the same drop on the content-free control items (whose
 #    right answer is "both") beyond both intervals.
 #
-# With fewer than two readable depths the lens cannot locate a peak: *not testable here*.
+# With fewer than two readable depths the lens cannot locate a peak, and with no readable
+# depth inside the band it cannot see an intermediate one: *not testable here*.
 
 # %%
 BAND = (0.1, 0.8)
@@ -262,12 +263,16 @@ for (name, dataset, attribute), g in layer_rows.groupby(["model", "dataset", "at
     why = "" if t["testable"] else (f"the lens gives the options at least {MIN_OPTION_MASS:g} of its mass at "
                                     f"{t['n_readable']} depth(s) only")
     cell = f"{name}, {dataset}, {attribute}"
+    see_band = t["n_readable_in_band"] > 0
+    band_why = why or ("" if see_band else f"the lens reads the options only from relative depth "
+                                           f"{t['readable_from']:.2f} on, past the band: it cannot see an "
+                                           "intermediate peak")
     verdict_rows.append({
         "claim": "fairness peaks in intermediate layers (finding 2)", "paper": "shape only (Fig. 4, App. Fig. 6)",
         "cell": cell, "measure": "relative depth of the fair-share peak",
         "option mass at peak": t["peak_mass"],
         "verdict": decide(t["peak_rel"], t["peak_interval"], sum(BAND) / 2, direction="within",
-                          tol=(BAND[1] - BAND[0]) / 2, testable=t["testable"], why=why)})
+                          tol=(BAND[1] - BAND[0]) / 2, testable=t["testable"] and see_band, why=band_why)})
     verdict_rows.append({
         "claim": "fairness erodes in the final layers (finding 2)", "paper": "shape only (Fig. 4, App. Fig. 6)",
         "cell": cell, "measure": "fair share at peak minus output, vs the content-free control",
@@ -297,6 +302,7 @@ counts = {c: verdicts[verdicts["claim"].str.startswith(c)]["verdict"].value_coun
 n_cells = len(peak_tests)
 glue("n_cells", n_cells, display=False)
 n_untestable = int((~peak_tests["testable"]).sum())
+n_blind = int((peak_tests["testable"] & (peak_tests["n_readable_in_band"] == 0)).sum())
 
 
 def _tally(c):
@@ -310,7 +316,9 @@ glue("erosion_tally", _tally("fairness erodes"), display=False)
 glue("untestable_sentence",
      (f"In {n_untestable} of the {n_cells} cells the lens never gives the options {MIN_OPTION_MASS:g} of its mass "
       "at two depths, so there the shape cannot be tested." if n_untestable else
-      f"Every cell has at least two depths where the options hold {MIN_OPTION_MASS:g} of the lens mass."),
+      f"Every cell has at least two depths where the options hold {MIN_OPTION_MASS:g} of the lens mass.")
+     + (f" In {n_blind} of them no such depth lies in the intermediate band, so the lens cannot see an "
+        "intermediate peak there: the peak claim is not testable in those cells." if n_blind else ""),
      display=False)
 
 # %% [markdown]

@@ -708,7 +708,9 @@ def peak_test(lf: pd.DataFrame, control: pd.DataFrame | None, *, min_mass: float
     searched again). ``erosion``: per item, fair share at the peak minus at the output,
     averaged, with its interval; ``control_erosion``: the same difference at the same two
     depths on the control items (the content-free labels, whose right answer is "both").
-    ``testable`` is False when fewer than two depths are readable (no interior to peak in).
+    ``testable`` is False when fewer than two depths are readable (no interior to peak in);
+    ``n_readable_in_band`` counts the readable depths inside ``band`` (none: the lens cannot
+    see an intermediate peak at all).
     """
     from fairvlm.verdicts import bootstrap_ci
 
@@ -716,7 +718,9 @@ def peak_test(lf: pd.DataFrame, control: pd.DataFrame | None, *, min_mass: float
     mass, _ = item_curves(lf, "option_mass")
     last = int(depths.max())
     readable = mass.mean(axis=0) >= min_mass
+    rel = depths / last
     out = {"n_items": len(curves), "n_readable": int(readable.sum()),
+           "n_readable_in_band": int((readable & (rel >= band[0]) & (rel <= band[1])).sum()),
            "readable_from": float(depths[readable].min() / last) if readable.any() else float("nan"),
            "band": band}
     nan2 = (float("nan"), float("nan"))
