@@ -308,7 +308,7 @@ n_blind = int((peak_tests["testable"] & (peak_tests["n_readable_in_band"] == 0))
 def _tally(c):
     v = counts[c]
     return (f"{v.get('reproduced', 0)} reproduced, {v.get('partly', 0)} partly, "
-            f"{v.get('not reproduced', 0)} not reproduced")
+            f"{v.get('not reproduced', 0)} not reproduced, {v.get('not testable here', 0)} not testable")
 
 
 glue("peak_tally", _tally("fairness peaks"), display=False)

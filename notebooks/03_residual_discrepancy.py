@@ -369,7 +369,7 @@ glue("main_stream_conflict", f"{first['stream conflict (last tenth)']:.0%}", dis
 def _tally(mask) -> str:
     v = verdicts.loc[mask, "verdict"].value_counts()
     return (f"{v.get('reproduced', 0)} of {int(mask.sum())} reproduced, {v.get('partly', 0)} partly, "
-            f"{v.get('not reproduced', 0)} not reproduced")
+            f"{v.get('not reproduced', 0)} not reproduced, {v.get('not testable here', 0)} not testable")
 
 
 is_conf = verdicts["claim"].str.startswith("residuals")
