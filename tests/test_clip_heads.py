@@ -585,6 +585,7 @@ def test_head_audit_claims_come_out_as_constructed():
     assert not info["has_bias"]
     assert {r["claim"]: r["verdict"].verdict for r in rows}[
         "Table 2: the male prototype on the experts cuts NDKL (up to 42%)"] == "not testable here"
+    assert rows[0]["verdict"].verdict == "reproduced"          # the probe claim does not need NDKL bias
     # an edited run faster than plain beyond the A/A band: the timing is invalid
     rows, _ = retrieval.head_audit_claims(_scores(means), floor, **dict(kw, timing=dict(timing, valid=False)))
     assert rows[-1]["verdict"].verdict == "not testable here"

@@ -1023,7 +1023,8 @@ def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, 
                                        testable=has_bias, why=why)})
         rows.append({"claim": f"Table 3 (right): damping expert neurons (alpha {damp_alpha:g}) changes NDKL little",
                      "measure": f"NDKL change per query; band ±5% of the baseline ({0.05 * base:.3f})",
-                     "verdict": decide(dmp.mean(), ci(dmp), 0.0, direction="within", tol=0.05 * base)})
+                     "verdict": decide(dmp.mean(), ci(dmp), 0.0, direction="within", tol=0.05 * base,
+                                       testable=has_bias, why=why)})
     else:
         for c in ("Table 3 (left): neuron-level edits do little, less than head-level",
                   f"Table 3 (right): damping expert neurons (alpha {damp_alpha:g}) changes NDKL little"):
