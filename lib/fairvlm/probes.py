@@ -487,27 +487,31 @@ def trap_table(contributions: torch.Tensor, labels: Sequence, *, experts: Sequen
     (recipe, seed): mean AUROC / AP over heads, max AP, whether the top-``k`` heads equal
     ``experts``, and the heads it picks (1-based).
     """
+    def run(recipe, s, split):
+        if recipe == "logreg":
+            return probe_heads_logreg(contributions, labels, split=split, positive=positive, seed=s)
+        if recipe == "warm":
+            return probe_heads_warm_start(contributions, labels, split=split, positive=positive,
+                                          config=ProbeConfig(seed=s, init="torch", standardize=False))
+        if recipe == "random split":
+            return probe_heads(contributions, labels, config=ProbeConfig(seed=s), positive=positive)
+        return probe_heads(contributions, labels, config=ProbeConfig(seed=s, **recipe), positive=positive,
+                           split=split)
+
+    y, _ = encode_labels(labels)
     out = []
     for s in seeds:
-        y, _ = encode_labels(labels)
         split = split_indices(y, 0.2, s, groups)
         recipes = {
-            "book default (grouped split, zero init, standardized)":
-                lambda: probe_heads(contributions, labels, config=ProbeConfig(seed=s), positive=positive, split=split),
-            "paper recipe (PyTorch init, raw features, 10 Adam steps)":
-                lambda: probe_heads(contributions, labels, config=ProbeConfig(seed=s, init="torch", standardize=False),
-                                    positive=positive, split=split),
-            "converged logistic regression":
-                lambda: probe_heads_logreg(contributions, labels, split=split, positive=positive, seed=s),
-            "authors' warm-started sequential probe":
-                lambda: probe_heads_warm_start(contributions, labels, split=split, positive=positive,
-                                               config=ProbeConfig(seed=s, init="torch", standardize=False)),
+            "book default (grouped split, zero init, standardized)": {},
+            "paper recipe (PyTorch init, raw features, 10 Adam steps)": {"init": "torch", "standardize": False},
+            "converged logistic regression": "logreg",
+            "authors' warm-started sequential probe": "warm",
         }
         if groups is not None:
-            recipes["random split (counterfactual sets split apart)"] = (
-                lambda: probe_heads(contributions, labels, config=ProbeConfig(seed=s), positive=positive))
-        for name, fn in recipes.items():
-            t = fn().table
+            recipes["random split (counterfactual sets split apart)"] = "random split"
+        for name, recipe in recipes.items():
+            t = run(recipe, s, split).table
             top = select_experts(t, "top_k", k=k)
             out.append({"probe": name, "seed": s, "mean_auroc": t["auroc"].mean(), "mean_ap": t["ap"].mean(),
                         "max_ap": t["ap"].max(), "same_experts_as_default": set(top) == set(experts),
