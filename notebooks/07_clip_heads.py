@@ -327,7 +327,7 @@ glue("n_layers", N_LAYERS, display=False)
 # whatever they encode (their experts 11 and 12 are late heads). And when the male and
 # female renderings of one scene fall on different sides of a random split, a probe that
 # merely recognises the scene learns the *opposite* label for the held-out twin, which
-# pushes AUROC below chance. `fairvlm.probes.trap_table` compares the recipes over five
+# can push AUROC below chance. `fairvlm.probes.trap_table` compares the recipes over five
 # split seeds.
 
 # %% tags=["hide-input"]
@@ -352,8 +352,9 @@ glue("trap_sentence", "; ".join(f"{name}: {v:.0%}" for name, v in agree.items())
 # Figure 1 of the paper shows many high-AP neurons in expert heads and few elsewhere. We
 # compare the gender experts with as many of the lowest-AP heads *among the others*, and
 # count the neurons above `NEURON_AP` (the paper's 0.42). AP's chance level is the share of
-# the positive class in the test split, {glue:text}`ap_chance` here: a threshold below it
-# selects most neurons of any head, so the verdict compares mean neuron AP instead.
+# the positive class in the test split, {glue:text}`ap_chance` here: a threshold below the
+# chance level can select most neurons of any head, so the verdict compares mean neuron
+# AP instead.
 
 # %% tags=["hide-input"]
 low_heads = others_g.sort_values("ap", kind="stable")["head"].head(len(G)).astype(int).tolist()
