@@ -276,7 +276,7 @@ display(proxy[["model", "fit", "eval", "layer", "fair_share_before", "fair_share
                "skew_before", "skew_after", "Δ skew"]].style.format(precision=4).hide(axis="index"))
 lowered = proxy[proxy["Δ fair share"] < 0]
 if len(lowered):
-    proxy_sentence = (f"The update *lowers* the fair share in {len(lowered)} of the {len(proxy)} (pair, layer) "
+    proxy_sentence = (f"The update lowers the fair share in {len(lowered)} of the {len(proxy)} (pair, layer) "
                       "readings, against the rule's intent: "
                       + "; ".join(f"{r['model']} {r['fit']} → {r['eval']}, layer {r['layer']} "
                                   f"({r['Δ fair share']:+.4f})" for _, r in lowered.iterrows())
