@@ -180,8 +180,9 @@ def _image(spec):
 def generate_texts(lm, prompts: Sequence[str], images=None, *, seed: int = 0, max_new_tokens: int = 64,
                    temperature: float = 0.7, top_p: float = 0.9, batch_size: int = 8, steer=None) -> list[str]:
     """Sample one continuation per prompt (batches in order; the generator is seeded once with
-    ``seed`` before the first batch). ``steer``: ``None`` or a zero-argument callable returning a
-    context manager (e.g. ``lambda: steering.ablate(lm, a)``) entered around every batch."""
+    ``seed`` before the first batch). ``steer``: ``None`` or a callable taking the batch's slice
+    of ``prompts`` and returning a context manager (e.g. ``lambda sl: steering.ablate(lm, a)``)
+    entered around that batch's generation."""
     import contextlib
 
     import torch
@@ -196,7 +197,7 @@ def generate_texts(lm, prompts: Sequence[str], images=None, *, seed: int = 0, ma
         if ims is not None and all(im is None for im in ims):
             ims = None
         enc = lm.inputs(prompts[s:s + batch_size], ims)
-        with torch.no_grad(), (steer() if steer is not None else contextlib.nullcontext()):
+        with torch.no_grad(), (steer(slice(s, s + batch_size)) if steer is not None else contextlib.nullcontext()):
             seq = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                                     top_p=top_p, top_k=None, pad_token_id=pad)
         out.extend(t.strip() for t in tok.batch_decode(seq[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
@@ -221,7 +222,7 @@ def _steer(lm, job):
     if "direction" not in tensors:
         raise FairVLMError(f"{p} holds no tensor named 'direction'")
     a = steering.unit(tensors["direction"], lm.d_model)
-    return lambda: steering.ablate(lm, a)
+    return lambda sl: steering.ablate(lm, a)
 
 
 def _state():

@@ -49,7 +49,7 @@ from fairvlm.errors import FairVLMError
 from fairvlm.hooks import capture, edit
 
 __all__ = [
-    "ABLATION_SITES", "LOSSES", "unit", "random_direction", "ablation_fn", "ablate",
+    "ABLATION_SITES", "LOSSES", "unit", "units", "random_direction", "ablation_fn", "ablate",
     "orthogonalize", "stream_writers", "mean_activations", "dataset_direction",
     "candidate_directions", "candidate_grid", "select_direction", "Selection", "GradientDirection",
     "gradient_direction", "loss_gradients", "target_logit_loss", "protected_mass", "target_ids_for",
@@ -88,9 +88,20 @@ def random_direction(d: int, seed: int = 0) -> torch.Tensor:
     return unit(torch.randn(d, generator=g, dtype=torch.float64))
 
 
+def units(A) -> torch.Tensor:
+    """Row-wise :func:`unit` of a ``(n, d)`` matrix (one direction per row)."""
+    A = torch.as_tensor(A).detach()
+    if A.ndim != 2:
+        raise FairVLMError(f"expected directions (n, d), got shape {tuple(A.shape)}")
+    return torch.stack([unit(r) for r in A])
+
+
 def ablation_fn(a: torch.Tensor):
-    """``x -> x - (x . a) a`` over the last axis, in ``x``'s dtype and device."""
-    a = unit(a)
+    """``x -> x - (x . a) a`` over the last axis, in ``x``'s dtype and device.
+
+    ``a`` is one direction ``(d,)`` or one per batch row ``(batch, d)`` (the test-time gradient
+    direction differs per image); rows then apply to ``x``'s first axis."""
+    a = unit(a) if torch.as_tensor(a).ndim == 1 else units(a)
     cache: dict = {}
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -98,14 +109,26 @@ def ablation_fn(a: torch.Tensor):
         if key not in cache:
             cache[key] = a.to(device=x.device, dtype=x.dtype)
         u = cache[key]
-        return x - (x @ u).unsqueeze(-1) * u
+        if u.ndim == 1:
+            return x - (x @ u).unsqueeze(-1) * u
+        if x.shape[0] != u.shape[0]:
+            raise FairVLMError(f"{u.shape[0]} per-row directions for a batch of {x.shape[0]}")
+        u = u.reshape(u.shape[0], *([1] * (x.ndim - 2)), u.shape[-1])
+        return x - (x * u).sum(-1, keepdim=True) * u
 
     return fn
 
 
 def ablate(lm, a, *, sites: Sequence[str] = ABLATION_SITES):
-    """Context manager removing direction ``a`` at ``sites`` of every language layer."""
-    a = unit(a, lm.d_model)
+    """Context manager removing direction ``a`` (``(d,)``, or ``(batch, d)``: one per row) at
+    ``sites`` of every language layer, in every forward call inside the block."""
+    t = torch.as_tensor(a)
+    if t.ndim == 1:
+        a = unit(t, lm.d_model)
+    else:
+        if t.ndim != 2 or t.shape[-1] != lm.d_model:
+            raise FairVLMError(f"directions must be (d,) or (batch, d) with d={lm.d_model}, got {tuple(t.shape)}")
+        a = units(t)
     bad = [s for s in sites if s not in ("resid_pre", "attn_out", "mlp_out", "resid_mid", "resid_post")]
     if bad or not sites:
         raise FairVLMError(f"ablation sites must be residual-stream kinds (resid_pre, attn_out, mlp_out, ...), got {list(sites)}")
@@ -392,27 +415,33 @@ class GradientDirection:
 
 
 def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, position: int = -1,
-                       loss: str = "mse", eps: float | None = None,
+                       loss: str = "mse", eps: float | None = None, input_site: str = "image_tokens",
                        check_logits: bool = False) -> GradientDirection:
     """The single-step gradient direction (module docstring) for the prompt-image batch ``enc``.
 
     Cost: one forward that builds the graph (capturing ``h_l(x, u)`` on the way), one
     backward to the image tokens only, one forward up to layer ``l`` with ``u'``. With
     ``check_logits=True`` a full third forward measures how the protected logits moved
-    (``target_logit_change``; otherwise NaN)."""
-    if lm.projector() is None or lm.kind != "vlm":
-        raise FairVLMError(f"{lm.name} has no image tokens; the gradient direction needs an LVLM")
-    if "pixel_values" not in enc:
-        raise FairVLMError("the batch has no image: build it with lm.inputs(texts, images)")
+    (``target_logit_change``; otherwise NaN). ``input_site`` is what the step perturbs: the image
+    tokens (default), or for a text-only model the token embeddings ``resid_pre.0`` (every
+    prompt position; our analogue, the paper has no text-only variant)."""
+    if lm.kind == "vlm":
+        if "pixel_values" not in enc:
+            raise FairVLMError("the batch has no image: build it with lm.inputs(texts, images)")
+    elif lm.kind == "causal-lm":
+        if input_site == "image_tokens":
+            input_site = "resid_pre.0"    # a text model: step on the prompt's token embeddings
+    else:
+        raise FairVLMError(f"{lm.name} is not a generative model")
     L = lm.n_layers
     if not -L <= layer < L:
         raise FairVLMError(f"layer={layer} is out of range; {lm.name} has {L} language layers")
     layer %= L
     site = f"resid_post.{layer}"
     with _frozen(lm.model), torch.enable_grad():
-        with capture(lm, ["image_tokens"], grad=True) as gcache, capture(lm, [site]) as hcache:
+        with capture(lm, [input_site], grad=True) as gcache, capture(lm, [site]) as hcache:
             z = lm.model(**enc, use_cache=False).logits[:, -1].float()
-        u = gcache["image_tokens"]
+        u = gcache[input_site]
         h0 = hcache[site][:, position].double()
         L_val = target_logit_loss(z, target_ids, loss)
         (grad,) = torch.autograd.grad(L_val, u)
@@ -427,7 +456,7 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
         out["h1"] = x[:, position].detach().double()
         raise _Stop
 
-    with torch.no_grad(), edit(lm, {"image_tokens": lambda x: u1, site: stop}):
+    with torch.no_grad(), edit(lm, {input_site: lambda x: u1, site: stop}):
         try:
             lm.model(**enc, use_cache=False)
         except _Stop:
@@ -437,7 +466,7 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
     diff = (out["h1"] - h0).cpu()
     change = float("nan")
     if check_logits:
-        with torch.no_grad(), edit(lm, {"image_tokens": lambda x: u1}):
+        with torch.no_grad(), edit(lm, {input_site: lambda x: u1}):
             z1 = lm.model(**enc, use_cache=False).logits[:, -1].float()
         ids = list(target_ids)
         change = float((z1[:, ids] - z.detach()[:, ids]).mean())
