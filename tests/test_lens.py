@@ -328,3 +328,15 @@ def test_mcq_evaluate_matches_collect_and_sees_edits(loaded_tiny):
     with hooks.edit(lm, {f"resid_post.{lm.n_layers - 1}": lambda x: x * 0.5}):
         edited = mcq.evaluate(lm, rows, images=src, max_new_tokens=2, progress=False)
     assert not np.allclose(edited["lp_a"], table["lp_a"], atol=1e-4)
+
+
+def test_collect_on_tiny_mllama_text_and_image_rows():
+    """Mllama skips its cross-attention layers on text-only rows; collect still records every layer."""
+    lm = models.load("tiny-mllama")
+    rows = _rows(1, 1)
+    col = lens.collect(lm, rows, images=_synthetic_source(), batch_size=4, max_new_tokens=2, cache=False,
+                       progress=False)
+    assert col.vectors.shape == (len(rows), lm.n_layers, 3, lm.d_model)
+    text = (col.table["variant"] == "text").to_numpy()
+    cross = lm.model.config.text_config.cross_attention_layers
+    assert np.all(col.vectors[text][:, cross, 1:] == 0)          # skipped layers write nothing

@@ -93,13 +93,14 @@ def test_orthogonalised_model_generates_like_the_hooked_one(tiny):
 @pytest.mark.parametrize("name", VLMS)
 def test_gradient_step_raises_the_protected_logits(tiny, name):
     lm = tiny[name]
+    flags = [p.requires_grad for p in lm.model.parameters()]
     ids = steering.target_ids_for(lm, ["man", "woman", "black", "white"])
     g = steering.gradient_direction(lm, _enc(lm), ids, layer=1, check_logits=True)
     assert g.target_logit_change > 0
     assert abs(float(g.direction.norm()) - 1) < 1e-5 and g.per_row.shape == (2, lm.d_model)
     assert g.eps > 0
-    # weights stay frozen as they were, and no hook is left behind
-    assert all(p.requires_grad == q for p, q in zip(lm.model.parameters(), [p.requires_grad for p in lm.model.parameters()]))
+    assert [p.requires_grad for p in lm.model.parameters()] == flags       # restored after the step
+    assert all(p.grad is None for p in lm.model.parameters())            # gradients reached only u
 
 
 def test_gradient_direction_equals_the_hand_computed_difference(tiny):
@@ -156,7 +157,8 @@ def test_dataset_direction_and_selection_on_smollm2():
     grid = steering.candidate_grid(lm.n_layers, 8, n_positions=2)
     assert len(grid) == 8 and all(p in (-1, -2) for _, p in grid)
     cands = steering.candidate_directions(lm, bias, benign, grid=grid)
-    assert torch.allclose(cands[(10, -1)] if (10, -1) in cands else a, a) or True
+    for (l, pos), d in cands.items():
+        assert abs(float(d.norm()) - 1) < 1e-5
     ids = steering.target_ids_for(lm, ["male", "female", "man", "woman", "black", "white"])
     sel = steering.select_direction(lm, cands, bias, benign, target_ids=ids, max_benign_kl=10.0)
     t = sel.table
