@@ -128,12 +128,13 @@ T0 = time.perf_counter()
 
 # %% tags=["hide-input"]
 size = "smoke" if PROFILE == "smoke" else "full"
-if PROFILE == "paper":
-    raise SystemExit("The paper profile needs SocialCounterfactuals images and a GPU; "
-                     "see fairvlm.steering_eval for the library calls on llava-hf/llava-1.5-7b-hf.")
-settings = [se.testbed_setting(size, n_scenarios=N_SCENARIOS, n_fit=N_FIT, seed=SEED),
-            se.persona_setting("smollm2-135m-instruct", n_personas=N_PERSONAS, n_fit=N_FIT, seed=SEED,
-                               label="SmolLM2")]
+if PROFILE == "paper":   # SocialCounterfactuals images ($FAIRVLM_SOCIALCF_IMAGES), a GPU and the hub
+    settings = [se.socialcf_image_setting(m, n_sets=N_SCENARIOS, n_fit=N_FIT, seed=SEED)
+                for m in ("llava-hf/llava-1.5-7b-hf", "meta-llama/Llama-3.2-11B-Vision-Instruct")]
+else:
+    settings = [se.testbed_setting(size, n_scenarios=N_SCENARIOS, n_fit=N_FIT, seed=SEED)]
+settings.append(se.persona_setting("smollm2-135m-instruct", n_personas=N_PERSONAS, n_fit=N_FIT, seed=SEED,
+                                   label="SmolLM2"))
 runs, loaded = {}, {}
 for st in settings:
     lm = models.load(st.name, size=st.extra["size"]) if st.name.startswith("testbed") else models.load(st.name)
@@ -147,8 +148,9 @@ dirs = pd.DataFrame([{"model": k, "selected layer": r["layer"], "selected positi
                       "cos(dataset, random)": r["cosine_dataset_random"],
                       "protected-logit change of the step": r["gradient_logit_change"]}
                      for k, r in runs.items()])
-display(Markdown("Directions per model (testbed-llava on the counterfactual testbed; SmolLM2 on "
-                 "SocialCounterfactuals personas)."))
+PROV = "; ".join(f"{s.label} on {'SocialCounterfactuals personas' if s.text else ('held-out testbed scenes' if s.name.startswith('testbed') else 'SocialCounterfactuals images')}"
+                 for s in settings)
+display(Markdown(f"Directions per model ({PROV})."))
 display(dirs.style.hide(axis="index").format(precision=3))
 display(Markdown(f"Selection rule: {next(iter(runs.values()))['selection'].rule}."))
 
@@ -162,17 +164,18 @@ display(Markdown(f"Selection rule: {next(iter(runs.values()))['selection'].rule}
 # %% tags=["hide-input"]
 gen = pd.concat([r["generations"] for r in runs.values()], ignore_index=True)
 t1 = se.table1(gen)
-display(Markdown("**Table 1 (this book).** Mentions per 1,000 generations; testbed-llava on held-out "
-                 "testbed scenes, SmolLM2 on SocialCounterfactuals personas; not the paper's numbers."))
+display(Markdown(f"**Table 1 (this book).** Mentions per 1,000 generations; {PROV}; not the paper's numbers."))
 display(t1.style.hide(axis="index").format(precision=0))
-by_group = se.mentions_by_group(gen[gen["model"] == "testbed-llava"])
-from fairvlm.testbed import load_spec
+VLM = settings[0].label
+bg = se.mentions_by_group(gen[gen["model"] == VLM])
+if VLM == "testbed-llava":
+    from fairvlm.testbed import load_spec
 
-planted = load_spec().mention_table().rename(columns={"p_mention_gender": "planted gender rate",
-                                                       "p_mention_race": "planted race rate"})
-bg = by_group.merge(planted[["group", "planted gender rate", "planted race rate"]], on="group")
-display(Markdown("testbed-llava by group: the planted description mention rates are the ground truth "
-                 "(women's gender and Black people's race were planted high)."))
+    planted = load_spec().mention_table().rename(columns={"p_mention_gender": "planted gender rate",
+                                                           "p_mention_race": "planted race rate"})
+    bg = bg.merge(planted[["group", "planted gender rate", "planted race rate"]], on="group")
+    display(Markdown("testbed-llava by group: the planted description mention rates are the ground truth "
+                     "(women's gender and Black people's race were planted high)."))
 display(bg.style.hide(axis="index").format(precision=2))
 
 # %% [markdown]
@@ -199,8 +202,8 @@ display(t3.style.hide(axis="index").format(precision=3))
 # positions, steered minus plain.
 
 # %% tags=["hide-input"]
-lm_tb, r_tb = loaded["testbed-llava"], runs["testbed-llava"]
-g_tb = gen[(gen["model"] == "testbed-llava") & (gen["method"] == "unsteered")].head(100)
+lm_tb, r_tb = loaded[VLM], runs[VLM]
+g_tb = gen[(gen["model"] == VLM) & (gen["method"] == "unsteered")].head(100)
 ims = [r_tb["setting"].items["image"].iloc[i] for i in g_tb["item"]]
 shifts = {}
 for m, a in (("dataset", r_tb["dataset_direction"]), ("gradient", r_tb["gradient_mean"])):
@@ -213,7 +216,7 @@ for ax, (m, df) in zip(axes, shifts.items()):
     ax.barh([repr(t) for t in df["token"]], df["shift"], color=["#b2182b" if s < 0 else "#2166ac" for s in df["shift"]])
     ax.set_title(f"steered {m}")
     ax.set_xlabel("mean probability, steered - plain")
-fig.suptitle("Token-probability shifts, testbed-llava (testbed scenes)")
+fig.suptitle(f"Token-probability shifts, {VLM}")
 fig.tight_layout()
 savefig(fig, "05_steering_token_shifts")
 
@@ -312,8 +315,8 @@ for k in runs:
                  "verdict": decide(float(step.mean()), bootstrap_ci(step, seed=SEED), float(rnd.mean()),
                                    bootstrap_ci(rnd, seed=SEED), direction="greater")})
 vt = verdict_table(rows)
-display(Markdown("Testbed-llava rows are results about the counterfactual testbed, SmolLM2 rows about a "
-                 "135M text model on SocialCounterfactuals personas; neither is the paper's LLaVA-1.5 / Llama-3.2."))
+display(Markdown(f"Measured in this run: {PROV}. Testbed rows are results about the counterfactual testbed and "
+                 "SmolLM2 rows about a 135M text model, not about the paper's LLaVA-1.5 / Llama-3.2."))
 display(vt.style.hide(axis="index").format(precision=3))
 
 # %% tags=["remove-input"]
@@ -323,7 +326,8 @@ def _v(claim_start, model):
 
 
 t1i = t1.set_index(["model", "method"])
-for k, tag in (("testbed-llava", "tb"), ("SmolLM2", "sm")):
+glue("tb_model", VLM, display=False)
+for k, tag in ((VLM, "tb"), ("SmolLM2", "sm")):
     for m in ("unsteered", "dataset", "gradient", "random"):
         glue(f"{tag}_{m}_gender", f"{t1i.loc[(k, m), 'gender']:.0f}", display=False)
         glue(f"{tag}_{m}_race", f"{t1i.loc[(k, m), 'race']:.0f}", display=False)
@@ -336,7 +340,7 @@ glue("minutes", f"{(time.perf_counter() - T0) / 60:.1f}", display=False)
 # %% [markdown]
 # ## Summary and what's next
 #
-# On the testbed, testbed-llava mentioned gender {glue:text}`tb_unsteered_gender` and race
+# {glue:text}`tb_model` mentioned gender {glue:text}`tb_unsteered_gender` and race
 # {glue:text}`tb_unsteered_race` times per 1,000 generations unsteered; with the dataset
 # direction ablated {glue:text}`tb_dataset_gender` and {glue:text}`tb_dataset_race`, with
 # the gradient direction {glue:text}`tb_gradient_gender` and {glue:text}`tb_gradient_race`,
@@ -347,7 +351,7 @@ glue("minutes", f"{(time.perf_counter() - T0) / 60:.1f}", display=False)
 # {glue:text}`sm_gradient_gender` / {glue:text}`sm_gradient_race` and
 # {glue:text}`sm_random_gender` / {glue:text}`sm_random_race` (verdicts: dataset
 # {glue:text}`sm_v_dataset`, gradient {glue:text}`sm_v_gradient`). The dataset and mean
-# gradient directions have cosine {glue:text}`tb_cos` on testbed-llava and
+# gradient directions have cosine {glue:text}`tb_cos` on {glue:text}`tb_model` and
 # {glue:text}`sm_cos` on SmolLM2. The orthogonalised weights reproduce the hook ablation
 # to {glue:text}`tb_eq` and {glue:text}`sm_eq` in the logits, so a steered model can be
 # served by any runtime at the cost of the plain one (see `benchmarks/bench_steering.py`).

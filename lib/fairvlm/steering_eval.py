@@ -123,6 +123,37 @@ def persona_setting(model: str, *, n_personas: int, n_fit: int, seed: int = 0, l
                    pairs_n[n_fit:], text=True)
 
 
+def socialcf_image_setting(model: str, *, n_sets: int, n_fit: int, seed: int = 0, label: str | None = None) -> Setting:
+    """A paper LVLM on SocialCounterfactuals race x gender images (needs the images:
+    ``$FAIRVLM_SOCIALCF_IMAGES``): ``n_sets`` counterfactual sets of 12 images for evaluation,
+    images of other sets (other occupations) to fit and select the dataset direction."""
+    from PIL import Image
+
+    from fairvlm.data import load_socialcounterfactuals
+
+    df = load_socialcounterfactuals("race_gender", require_images=True)
+    rng = np.random.default_rng(seed)
+    occs = sorted(df["occupation"].unique())
+    rng.shuffle(occs)
+    n_eval_occ = max(1, n_sets)
+    ev_sets = [df[df["occupation"] == o]["set_id"].iloc[0] for o in occs[:n_eval_occ]]
+    ev = df[df["set_id"].isin(ev_sets)].reset_index(drop=True)
+
+    def img(path):
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    items = pd.DataFrame({"id": ev["image"].astype(str), "race": ev["race"], "gender": ev["gender"],
+                          "group": ev["race"] + "_" + ev["gender"], "role": ev["occupation"],
+                          "image": [img(p) for p in ev["image"]], "persona": None})
+    fit_rows = df[df["occupation"].isin(occs[n_eval_occ:])].sample(n=n_fit + 10, random_state=seed)
+    fit_imgs = [img(p) for p in fit_rows["image"]]
+    pairs_b = [(BIAS_PROMPTS[i % 2], im) for i, im in enumerate(fit_imgs)]
+    pairs_n = [(BENIGN_PROMPTS[i % 2], im) for i, im in enumerate(fit_imgs)]
+    return Setting(model, label or model.split("/")[-1], items, pairs_b[:n_fit], pairs_n[:n_fit], pairs_b[n_fit:],
+                   pairs_n[n_fit:], extra={"size": None})
+
+
 def _persona(race: str, gender: str, occupation: str) -> str:
     race_w = {"white": "White", "black": "Black", "indian": "Indian", "asian": "Asian",
               "middle eastern": "Middle Eastern", "latino": "Latino"}[race]
