@@ -1,7 +1,6 @@
 """fairvlm.steering: ablation at every site, orthogonalised weights = hook ablation, the gradient
 step, selection, loss gradients; and Mllama's skipped cross-attention layers."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

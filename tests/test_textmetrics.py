@@ -1,9 +1,7 @@
 """fairvlm.textmetrics on hand-made texts: bigram mentions, VADER per sentence, rates, roles, judge."""
 
-import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from fairvlm import textmetrics as tm
