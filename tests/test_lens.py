@@ -334,7 +334,8 @@ def test_collect_on_tiny_mllama_text_and_image_rows():
     """Mllama skips its cross-attention layers on text-only rows; collect still records every layer."""
     lm = models.load("tiny-mllama")
     rows = _rows(1, 1)
-    col = lens.collect(lm, rows, images=_synthetic_source(), batch_size=4, max_new_tokens=2, cache=False,
+    # batch_size=1: a text row batched with image rows would run the cross-attention layers
+    col = lens.collect(lm, rows, images=_synthetic_source(), batch_size=1, max_new_tokens=2, cache=False,
                        progress=False)
     assert col.vectors.shape == (len(rows), lm.n_layers, 3, lm.d_model)
     text = (col.table["variant"] == "text").to_numpy()
