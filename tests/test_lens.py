@@ -419,3 +419,16 @@ def test_control_rows_of_the_smoke_profile(shared):
     assert len(rows) == len(mcq.CONTROL_LABELS) * 2 * 4 * spec.n_prompts
     im = images(rows[-1].item.scenario, *rows[-1].item.images[0])   # rendered testbed scenes
     assert im.size[0] > 0
+
+
+def test_collect_on_tiny_mllama_text_and_image_rows():
+    """Mllama skips its cross-attention layers on text-only rows; collect still records every layer."""
+    lm = models.load("tiny-mllama")
+    rows = _rows(1, 1)
+    # batch_size=1: a text row batched with image rows would run the cross-attention layers
+    col = lens.collect(lm, rows, images=_synthetic_source(), batch_size=1, max_new_tokens=2, cache=False,
+                       progress=False)
+    assert col.vectors.shape == (len(rows), lm.n_layers, 3, lm.d_model)
+    text = (col.table["variant"] == "text").to_numpy()
+    cross = lm.model.config.text_config.cross_attention_layers
+    assert np.all(col.vectors[text][:, cross, 1:] == 0)          # skipped layers write nothing

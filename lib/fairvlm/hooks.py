@@ -334,9 +334,73 @@ class _Registry:
         for key in wanted:
             if key[0] != "image_tokens":
                 by_layer.setdefault((key[0], key[2]), set()).add(key[1])
+        # before the layers' own hooks: hooks are prepended, so these run after them
+        self._install_skipped(by_layer)
         for (prefix, idx), kinds in sorted(by_layer.items()):
             layers = self.lm.vision_layers() if prefix == "vision" else self.lm.decoder_layers()
             self._install_layer(prefix, idx, layers[idx], kinds)
+
+    def _install_skipped(self, by_layer):
+        """Mllama's text model skips a cross-attention layer outright when there is no image
+        (no cross-attention states and none cached), so that layer's hooks never fire. Such a
+        layer is the identity on the stream: resid_pre = resid_mid = resid_post = the stream,
+        attn_out = mlp_out = 0. A hook after the preceding self-attention layer runs the sites
+        of every skipped layer that follows it, so captures and edits see the same sites with
+        or without an image (an edit of a zero write adds ``fn(0)`` to the stream)."""
+        layers = self.lm.decoder_layers()
+        cross = [i for (prefix, i) in by_layer if prefix == "text"
+                 and type(layers[i]).__name__ == "MllamaCrossAttentionDecoderLayer"]
+        if not cross:
+            return
+        from transformers.models.mllama import modeling_mllama as mm
+
+        flags: dict = {}
+
+        def text_pre(module, args, kwargs):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            no_states = kwargs.get("cross_attention_states") is None
+            flags["skipped"] = {i for i in cross if no_states
+                                and not mm._has_cached_cross_attention_states(cache, i)}
+            return None
+
+        self._hook(self.lm.language_model(), "pre", text_pre)
+        by_prev: dict = {}
+        for i in sorted(cross):
+            j = i - 1
+            while j >= 0 and type(layers[j]).__name__ == "MllamaCrossAttentionDecoderLayer":
+                j -= 1
+            if j < 0:
+                raise FairVLMError(f"layer {i} is a cross-attention layer with no self-attention layer before it")
+            by_prev.setdefault(j, []).append(i)
+        for j, idxs in by_prev.items():
+            def prev_post(module, args, kwargs, output, idxs=idxs):
+                skipped = [i for i in idxs if i in flags.get("skipped", ())]
+                if not skipped:
+                    return None
+                value, container = _split(output)
+                new = value
+                for i in skipped:
+                    new = self._run_skipped(i, by_layer.get(("text", i), set()), new)
+                return None if new is value else _join(new, container)
+
+            self._hook(layers[j], "post", prev_post)
+
+    def _run_skipped(self, idx, kinds, x):
+        """The sites of a skipped (identity) layer ``idx`` on stream ``x``; returns the stream out."""
+        k = lambda kind: ("text", kind, idx)  # noqa: E731
+        if "resid_pre" in kinds:
+            x = self._run(k("resid_pre"), x)
+        for write, mid in (("attn_out", "resid_mid"), ("mlp_out", None)):
+            if write in kinds:
+                zero = torch.zeros_like(x)
+                new = self._run(k(write), zero)
+                if new is not zero:
+                    x = x + new
+            if mid is not None and mid in kinds:
+                x = self._run(k(mid), x)
+        if "resid_post" in kinds:
+            x = self._run(k("resid_post"), x)
+        return x
 
     def _install_layer(self, prefix, idx, layer, kinds):
         spec = _spec(layer)

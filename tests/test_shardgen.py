@@ -1,0 +1,93 @@
+"""fairvlm.shardgen: sharded generation with 2 CPU processes through accelerate, resumed exactly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fairvlm import shardgen
+from fairvlm.errors import FairVLMError
+
+
+def _job(tmp_path: Path) -> Path:
+    items = [{"id": f"it{i}", "prompt": p, "image": {"testbed": [k, g, "black", 1_000_000 + i]}, "group": g}
+             for i, (p, k, g) in enumerate([("Describe the image.", "lab_coat", "man"),
+                                            ("What is the person doing?", "cooking", "woman"),
+                                            ("Describe the person.", "airplane", "woman")])]
+    job = {"model": "tiny-llava", "items": items, "seeds": [0, 1, 2], "max_new_tokens": 4,
+           "shard_size": 2, "batch_size": 2}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    return path
+
+
+def _launch(job: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "fairvlm.shardgen", "run", str(job), str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res
+
+
+def test_two_processes_interrupted_and_resumed_give_the_same_table(tmp_path):
+    job = _job(tmp_path)
+    n_shards = len(shardgen.shard_rows(shardgen.load_job(job)))          # 9 rows / 2 = 5 shards
+    assert n_shards == 5
+    full = tmp_path / "full"
+    res = _launch(job, full)
+    assert "[rank 1/2]" in res.stdout and "[rank 0/2]" in res.stdout         # two processes, not one
+    ref = shardgen.merge(full, write=False)
+    assert len(ref) == 9 and ref["row"].tolist() == list(range(9))
+    assert set(ref["seed"]) == {0, 1, 2} and (ref.groupby("id").size() == 3).all()
+
+    part = tmp_path / "part"
+    _launch(job, part, "--max-shards", "1")                               # each process stops after one shard
+    done = sorted(p.name for p in part.glob("shard-*.jsonl"))
+    assert done == ["shard-000000.jsonl", "shard-000001.jsonl"]
+    with pytest.raises(FairVLMError, match="missing"):
+        shardgen.merge(part)
+    # a kill in the middle of a write: a stray temp file, and a shard whose sidecar is stale
+    (part / ".shard-000002.jsonl.abc.tmp").write_text('{"half": ')
+    (part / "shard-000001.jsonl").write_text('{"row": 2, "text": "truncated')
+    assert not shardgen.shard_done(part, 1)
+    _launch(job, part)                                                    # resume: same command
+    again = shardgen.merge(part)
+    assert again.equals(ref)
+    shardgen.merge(full)
+    assert (part / "merged.jsonl").read_bytes() == (full / "merged.jsonl").read_bytes()
+
+
+def test_shards_do_not_depend_on_the_number_of_processes(tmp_path):
+    """One process (in-process, rank 0 of 1) writes the same shards as two would."""
+    from fairvlm.models import load
+
+    job = _job(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    lm = load("tiny-llava")
+    shardgen.run(job, a, rank=0, world=1, lm=lm)
+    shardgen.run(job, b, rank=1, world=2, lm=lm)
+    shardgen.run(job, b, rank=0, world=2, lm=lm)
+    assert shardgen.merge(a, write=False).equals(shardgen.merge(b, write=False))
+    assert shardgen.run(job, a, rank=0, world=1, lm=lm) == []            # nothing left to do
+
+
+def test_bad_jobs(tmp_path):
+    with pytest.raises(FairVLMError, match="items"):
+        shardgen.load_job({"model": "tiny-llava", "items": []})
+    with pytest.raises(FairVLMError, match="twice"):
+        shardgen.load_job({"model": "x", "items": [{"id": 1, "prompt": "a"}, {"id": 1, "prompt": "b"}]})
+    with pytest.raises(FairVLMError, match="shard_size"):
+        shardgen.load_job({"model": "x", "items": [{"id": 1, "prompt": "a"}], "shard_size": 0})
+    with pytest.raises(FairVLMError, match="unknown job keys"):
+        shardgen.load_job({"model": "x", "items": [{"id": 1, "prompt": "a"}], "shards": 3})
+    job = _job(tmp_path)
+    other = json.loads(job.read_text())
+    other["seeds"] = [5]
+    shardgen.run(other, tmp_path / "o", rank=0, world=1, max_shards=0)
+    with pytest.raises(FairVLMError, match="different job"):
+        shardgen.run(job, tmp_path / "o", rank=0, world=1, max_shards=0)

@@ -1,0 +1,200 @@
+"""fairvlm.steering: ablation at every site, orthogonalised weights = hook ablation, the gradient
+step, selection, loss gradients; and Mllama's skipped cross-attention layers."""
+
+import pytest
+import torch
+from PIL import Image
+
+from fairvlm import hooks, models, steering
+from fairvlm.errors import FairVLMError
+
+VLMS = ("tiny-llava", "tiny-qwen2-vl", "tiny-mllama")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return {n: models.load(n) for n in VLMS}
+
+
+def _enc(lm, texts=("Describe the person.", "Who is it?")):
+    if lm.kind != "vlm":
+        return lm.inputs(list(texts))
+    ims = [Image.new("RGB", (40, 40), (200, 30, 30)), Image.new("RGB", (40, 40), (20, 30, 230))]
+    return lm.inputs(list(texts), ims[:len(texts)])
+
+
+@pytest.mark.parametrize("name", VLMS)
+def test_ablation_removes_the_component_at_every_site(tiny, name):
+    lm = tiny[name]
+    a = steering.random_direction(lm.d_model, 3)
+    sites = [f"{k}.*" for k in steering.ABLATION_SITES]
+    enc = _enc(lm)
+    with torch.no_grad():
+        with hooks.capture(lm, sites) as plain:
+            lm.model(**enc)
+        with steering.ablate(lm, a), hooks.capture(lm, sites) as cache:   # capture sees the edited value
+            lm.model(**enc)
+    assert len(cache) == 3 * lm.n_layers
+    for site, x in cache.items():
+        assert (x.float() @ a).abs().max() < 1e-4, site                   # nothing left along a
+    # and something was there to remove before
+    assert max(float((x.float() @ a).abs().max()) for x in plain.values()) > 1e-3
+
+
+def test_per_row_directions_act_on_their_own_rows(tiny):
+    lm = tiny["tiny-llava"]
+    A = torch.stack([steering.random_direction(lm.d_model, 1), steering.random_direction(lm.d_model, 2)])
+    enc = _enc(lm)
+    with torch.no_grad(), steering.ablate(lm, A), hooks.capture(lm, ["resid_pre.*"]) as c:
+        lm.model(**enc)
+    for x in c.values():
+        assert (x[0] @ A[0]).abs().max() < 1e-4 and (x[1] @ A[1]).abs().max() < 1e-4
+        assert (x[0] @ A[1]).abs().max() > 1e-4                           # row 0 keeps row 1's direction
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", *VLMS])
+def test_orthogonalised_weights_match_the_hook_ablation(tiny, name):
+    lm = tiny[name] if name in tiny else models.load(name)
+    a = steering.random_direction(lm.d_model, 7)
+    enc = _enc(lm, ("Hi.",) if lm.kind != "vlm" else ("Describe the person.", "Who is it?"))
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    with torch.no_grad():
+        base = lm.model(**enc).logits
+        with steering.ablate(lm, a):
+            hooked = lm.model(**enc).logits
+        orth = steering.orthogonalize(lm, a)
+        served = orth.model(**enc).logits                                 # no hooks at all
+    assert (hooked - served).abs().max() < 1e-4
+    assert (hooked - base).abs().max() > 1e-2                             # the ablation does something
+    for k, v in lm.model.state_dict().items():                            # the original is untouched
+        assert torch.equal(v, before[k]), k
+    assert orth.model is not lm.model
+    # every stream write of the new model is orthogonal to a
+    for _, m, how in steering.stream_writers(orth):
+        W = m.weight if how != "vector" else m
+        proj = (W.float() @ a) if how == "rows" or how == "vector" else (a @ W.float())
+        assert proj.abs().max() < 1e-5
+
+
+def test_orthogonalised_model_generates_like_the_hooked_one(tiny):
+    lm = tiny["tiny-llava"]
+    a = steering.random_direction(lm.d_model, 5)
+    enc = _enc(lm)
+    orth = steering.orthogonalize(lm, a)
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    with torch.no_grad(), steering.ablate(lm, a):
+        hooked = lm.model.generate(**enc, **kw)
+    with torch.no_grad():
+        served = orth.model.generate(**enc, **kw)
+    assert torch.equal(hooked, served)
+
+
+@pytest.mark.parametrize("name", VLMS)
+def test_gradient_step_raises_the_protected_logits(tiny, name):
+    lm = tiny[name]
+    flags = [p.requires_grad for p in lm.model.parameters()]
+    ids = steering.target_ids_for(lm, ["man", "woman", "black", "white"])
+    g = steering.gradient_direction(lm, _enc(lm), ids, layer=1, check_logits=True)
+    assert g.target_logit_change > 0
+    assert abs(float(g.direction.norm()) - 1) < 1e-5 and g.per_row.shape == (2, lm.d_model)
+    assert g.eps > 0
+    assert [p.requires_grad for p in lm.model.parameters()] == flags       # restored after the step
+    assert all(p.grad is None for p in lm.model.parameters())            # gradients reached only u
+
+
+def test_gradient_direction_equals_the_hand_computed_difference(tiny):
+    """a = h_l(x, u') - h_l(x, u) with u' = u - std(u) sign(grad): recompute by hand."""
+    lm = tiny["tiny-llava"]
+    ids = steering.target_ids_for(lm, ["man", "woman"])
+    enc = _enc(lm)
+    g = steering.gradient_direction(lm, enc, ids, layer=2)
+    lm.model.requires_grad_(False)
+    try:
+        with torch.enable_grad(), hooks.capture(lm, ["image_tokens"], grad=True) as c:
+            z = lm.model(**enc, use_cache=False).logits[:, -1].float()
+        u = c["image_tokens"]
+        loss = steering.target_logit_loss(z, ids, "mse")
+        (gr,) = torch.autograd.grad(loss, u)
+    finally:
+        lm.model.requires_grad_(True)
+    u1 = u.detach() - u.detach().std() * gr.sign()
+    with torch.no_grad():
+        with hooks.capture(lm, ["resid_post.2"]) as h0:
+            lm.model(**enc)
+        with hooks.edit(lm, {"image_tokens": lambda x: u1}), hooks.capture(lm, ["resid_post.2"]) as h1:
+            lm.model(**enc)
+    diff = (h1["resid_post.2"][:, -1] - h0["resid_post.2"][:, -1]).double()
+    assert torch.allclose(g.per_row.double(), diff, atol=1e-5)
+    assert torch.allclose(g.direction.double(), diff.mean(0) / diff.mean(0).norm(), atol=1e-5)
+
+
+def test_mse_target_and_loss_gradients_hand_computed():
+    z = torch.tensor([[1.0, 3.0, 0.0, -1.0]])
+    T = [0, 2]
+    # M_t = z_t + max z = z_t + 3 -> loss = mean((−3)^2) = 9 ; d/dz_t = 2 (z_t - M_t) / |T| = -3
+    assert float(steering.target_logit_loss(z, T, "mse")) == pytest.approx(9.0)
+    res = steering.loss_gradients(z, T)
+    g = res["grads"]
+    assert torch.allclose(g["mse"], torch.tensor([[-3.0, 0.0, -3.0, 0.0]]))
+    p = torch.softmax(z, -1)
+    # column CE: d/dz_j = |T| p_j - sum_t delta_tj
+    assert torch.allclose(g["ce"], 2 * p - torch.tensor([[1.0, 0.0, 1.0, 0.0]]), atol=1e-6)
+    # KL(q||p), q uniform on T: d/dz_j = p_j - q_j
+    assert torch.allclose(g["kl"], p - torch.tensor([[0.5, 0.0, 0.5, 0.0]]), atol=1e-6)
+    assert res["target_share"]["mse"] == pytest.approx(1.0)                # MSE touches only T
+    assert res["cosine"][("kl", "ce")] == pytest.approx(1.0, abs=1e-6)     # CE = |T| x KL gradient
+
+
+def test_dataset_direction_and_selection_on_smollm2():
+    lm = models.load("smollm2-135m-instruct")
+    bias = ["What is the gender of a Black female nurse?", "What is the race of a White male pilot?"]
+    benign = ["What tools does a nurse use?", "Where does a pilot work?"]
+    a = steering.dataset_direction(lm, bias, benign, layer=10)
+    mb = steering.mean_activations(lm, bias, layers=[10])
+    mn = steering.mean_activations(lm, benign, layers=[10])
+    assert torch.allclose(a.double(), (mb - mn)[0, 0] / (mb - mn)[0, 0].norm(), atol=1e-6)
+    grid = steering.candidate_grid(lm.n_layers, 8, n_positions=2)
+    assert len(grid) == 8 and all(p in (-1, -2) for _, p in grid)
+    cands = steering.candidate_directions(lm, bias, benign, grid=grid)
+    for (l, pos), d in cands.items():
+        assert abs(float(d.norm()) - 1) < 1e-5
+    ids = steering.target_ids_for(lm, ["male", "female", "man", "woman", "black", "white"])
+    sel = steering.select_direction(lm, cands, bias, benign, target_ids=ids, max_benign_kl=10.0)
+    t = sel.table
+    assert t["selected"].sum() == 1
+    chosen = t[t["selected"]].iloc[0]
+    assert chosen["mass_drop"] == t[t["benign_kl"] <= 10.0]["mass_drop"].max()
+    strict = steering.select_direction(lm, cands, bias, benign, target_ids=ids, max_benign_kl=0.0)
+    assert strict.table[strict.table["selected"]].iloc[0]["benign_kl"] == strict.table["benign_kl"].min()
+
+
+def test_bad_directions_are_refused(tiny):
+    lm = tiny["tiny-llava"]
+    with pytest.raises(FairVLMError, match="zero"):
+        steering.unit(torch.zeros(lm.d_model))
+    with pytest.raises(FairVLMError, match="wide"):
+        steering.ablate(lm, torch.ones(lm.d_model + 1))
+    with pytest.raises(FairVLMError, match="NaN"):
+        steering.unit(torch.full((4,), float("nan")))
+    with pytest.raises(FairVLMError, match="unknown loss"):
+        steering.target_logit_loss(torch.zeros(1, 5), [1], "hinge")
+
+
+def test_mllama_skipped_cross_layers_reach_their_sites(tiny):
+    """Without an image Mllama skips its cross-attention layers; their sites still fire
+    (identity layer: zero writes) and edits there act on the stream."""
+    lm = tiny["tiny-mllama"]
+    enc = lm.inputs(["hello there"])
+    sites = [f"{k}.*" for k in ("resid_pre", "attn_out", "mlp_out", "resid_post")]
+    with torch.no_grad(), hooks.capture(lm, sites) as c:
+        base = lm.model(**enc).logits
+    cross = lm.model.config.text_config.cross_attention_layers
+    for i in range(lm.n_layers):
+        assert f"resid_pre.{i}" in c
+        if i + 1 < lm.n_layers:
+            assert torch.equal(c[f"resid_pre.{i + 1}"], c[f"resid_post.{i}"])
+    for i in cross:
+        assert torch.count_nonzero(c[f"attn_out.{i}"]) == 0 and torch.equal(c[f"resid_pre.{i}"], c[f"resid_post.{i}"])
+    with torch.no_grad(), hooks.edit(lm, {f"resid_pre.{cross[0]}": lambda x: 0.5 * x}):
+        edited = lm.model(**enc).logits
+    assert (edited - base).abs().max() > 1e-3
