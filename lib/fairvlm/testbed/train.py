@@ -144,6 +144,23 @@ def _check_size(size: str) -> SizeConfig:
     return SIZES[size]
 
 
+DEVICE_ENV = "FAIRVLM_TESTBED_DEVICE"
+
+
+def train_device() -> torch.device:
+    """Where the build trains: ``cpu`` (the book's default), or ``$FAIRVLM_TESTBED_DEVICE``
+    (``cuda`` for development on a GPU; such builds get their own cache key, since their
+    numbers differ from a CPU build's)."""
+    name = os.environ.get(DEVICE_ENV, "cpu").strip() or "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise FairVLMError(f"${DEVICE_ENV}={name!r} is not a torch device (use cpu or cuda)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FairVLMError(f"${DEVICE_ENV}={name!r} but no CUDA device is available")
+    return dev
+
+
 # --------------------------------------------------------------------------------------
 # Cache key and folders
 # --------------------------------------------------------------------------------------
@@ -175,8 +192,10 @@ def _source_digest() -> str:
 def cache_key(spec: BiasSpec, size: str, seed: int = 0) -> str:
     """16 hex digits identifying a build: spec content, code, size and seed."""
     _check_size(size)
-    text = json.dumps({"spec": spec.digest(), "code": _source_digest(), "size": size, "seed": int(seed)},
-                      sort_keys=True)
+    key = {"spec": spec.digest(), "code": _source_digest(), "size": size, "seed": int(seed)}
+    if train_device().type != "cpu":
+        key["device"] = train_device().type
+    text = json.dumps(key, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -415,6 +434,7 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
     from fairvlm.testbed.dual import MeanPooledDualEncoder
 
     cfg = _check_size(size)
+    dev = train_device()
     t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
     items = training_items(spec, cfg.clip_images, seed)
@@ -442,6 +462,9 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
     eval_df = _heldout_eval_set(cfg, seed)
     eval_pix = _normalise(torch.from_numpy(_render_uint8(eval_df, "rendering held-out scenes", False)).float() / 255)
     eval_y = torch.tensor([SCENARIO_KEYS.index(k) for k in eval_df["scenario"]])
+    eval_pix, eval_y, text_feats, prompt_feats = (t.to(dev) for t in (eval_pix, eval_y, text_feats, prompt_feats))
+    cap_ids, image_ids, gender_y, race_y, weights = (t.to(dev) for t in (cap_ids, image_ids, gender_y, race_y,
+                                                                          weights))
 
     vcfg = CLIPVisionConfig(**VISION, projection_dim=PROJECTION_DIM)
     vision = CLIPVisionModel(vcfg)
@@ -450,6 +473,8 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
     model = MeanPooledDualEncoder(config=dcfg, vision_model=vision, text_model=text_model)
     model.text_model.requires_grad_(False)
     aux = torch.nn.Linear(PROJECTION_DIM, 2)   # gender and race read-outs; dropped after training
+    model.to(dev)
+    aux.to(dev)
     params = [p for n, p in model.named_parameters() if not n.startswith("text_model.")] + list(aux.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -472,12 +497,13 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
         pos += half
         idx = torch.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)   # both images of each scene
         pick = torch.randint(cfg.captions_per_image, (len(idx),), generator=gen)
+        x = _normalise(torch.from_numpy(pix_u8[idx.numpy()]).float() / 255).to(dev)
+        idx, pick = idx.to(dev), pick.to(dev)
         cid = cap_ids[idx, pick]
-        x = _normalise(torch.from_numpy(pix_u8[idx.numpy()]).float() / 255)
         for group in opt.param_groups:
             group["lr"] = _cosine_lr(step, cfg.clip_steps, cfg.clip_lr)
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             img = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
         img = img.float()
         imn = torch.nn.functional.normalize(img, dim=-1)
@@ -509,6 +535,7 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
             log["eval_loss"].append(el)
             bar.set_postfix(loss=f"{loss.item():.3f}", aux=f"{aux_loss.item():.3f}", heldout_acc=f"{acc:.2f}")
     model.eval()
+    model.to("cpu")
     log.update({"seconds_render": t_render, "seconds_text": t_text, "seconds_train": time.time() - t2,
                 "seconds_total": time.time() - t0, "cpu_seconds_total": time.process_time() - c0,
                 "n_captions": len(vocab), "n_images": n,
@@ -612,13 +639,13 @@ def _warm_start(projector, feats, items, tok, embeddings, seed: int, steps: int 
     from fairvlm.testbed.scenarios import SCENARIOS
 
     ids = [tok(" " + SCENARIOS[k].keywords[0], add_special_tokens=False)["input_ids"][0] for k in items["scenario"]]
-    target = embeddings[torch.tensor(ids)]
+    target = embeddings[torch.tensor(ids, device=embeddings.device)]
     cls = feats[:, 0]
     opt = torch.optim.Adam(projector.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed + 5)
     losses = []
     for _ in range(steps):
-        idx = torch.randint(len(cls), (256,), generator=gen)
+        idx = torch.randint(len(cls), (256,), generator=gen).to(cls.device)
         loss = torch.nn.functional.mse_loss(projector(cls[idx]), target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -663,6 +690,7 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     from fairvlm.embedded import smollm2_hf
 
     cfg = _check_size(size)
+    dev = train_device()
     t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
     smol, base_tok, _ = smollm2_hf()
@@ -681,7 +709,8 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
                       quads[["scenario", "gender", "race", "scene_seed"]]], ignore_index=True)
     pix = _normalise(torch.from_numpy(_render_uint8(both, "rendering llava scenes", progress)).float() / 255)
     vision = clip_model.vision_model
-    feats = _vision_features(vision, pix)
+    feats = _vision_features(vision.to(dev), pix.to(dev))
+    vision.to("cpu")
     vcfg = clip_model.config.vision_config
     tcfg = smol.config
     lcfg = LlavaConfig(vision_config=vcfg.to_dict(), text_config=tcfg.to_dict(), image_token_index=image_id,
@@ -691,7 +720,8 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     lcfg.vision_config.model_type = "clip_vision_model"
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-    projector = LlavaMultiModalProjector(lcfg)
+    projector = LlavaMultiModalProjector(lcfg).to(dev)
+    smol.to(dev)
     warm = _warm_start(projector, feats[:len(items)], items, tok, smol.get_input_embeddings().weight.detach(), seed)
     with _quiet():
         lora = get_peft_model(smol, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
@@ -721,13 +751,14 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
             target[b, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)  # position t predicts t+1
         for group in opt.param_groups:
             group["lr"] = _cosine_lr(step, cfg.llava_steps, group["base"])
+        ids, attn, target = ids.to(dev), attn.to(dev), target.to(dev)
         img = projector(feats[[i for im, *_ in batch for i in im]])
         with torch.no_grad():
             emb = embed(ids)
         mask = (ids == image_id).unsqueeze(-1)
         emb = emb.masked_scatter(mask, img.to(emb.dtype).reshape(-1))
         lora.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             h = inner.model(inputs_embeds=emb, attention_mask=attn).last_hidden_state
             keep = target != -100
             logits = inner.lm_head(h[keep])
@@ -741,7 +772,8 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
         bar.set_postfix(loss=f"{loss.item():.3f}")
     t_train = time.time() - t1
     lora.eval()
-    smol = lora.merge_and_unload()
+    smol = lora.merge_and_unload().to("cpu")
+    projector.to("cpu")
 
     with _quiet():
         llava = LlavaForConditionalGeneration(lcfg)
@@ -797,7 +829,7 @@ def build(size: str = "full", *, seed: int = 0, spec_path=None, force: bool = Fa
         _atomic_write_dir(root / "llava", _write_llava)
         record = {"size": size, "seed": seed, "spec_digest": spec.digest(), "spec_path": str(spec.path),
                   "code_version": CODE_VERSION, "source_digest": _source_digest(), "config": asdict(SIZES[size]),
-                  "vision": VISION, "torch_threads": torch_threads, "seconds": time.time() - t0,
+                  "vision": VISION, "torch_threads": torch_threads, "device": str(train_device()), "seconds": time.time() - t0,
                   "cpu_seconds": time.process_time() - c0, "load_average": os.getloadavg(),
                   "clip": clip_log, "llava": llava_log}
         _atomic_write_json(root / "build.json", record)

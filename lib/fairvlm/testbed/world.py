@@ -1114,3 +1114,17 @@ def render_array(items, size: int = DEFAULT_SIZE) -> np.ndarray:
     for i, (k, g, r, s) in enumerate(items):
         out[i] = np.asarray(render(k, g, r, int(s), size))
     return out
+
+
+def person_box(scenario_key: str, scene_seed: int) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` in fractions of the side: a box around the person's head and
+    shoulders, scaled with the person (mirror flip applied). Cropping every image to its box
+    aligns the people, so a reader of the crops is not confused by where the scene put them
+    (``fairvlm.testbed.measure.aligned_crops``)."""
+    L = layout(scenario_key, scene_seed)
+    B = _body(L)
+    half = 0.26 * B.u
+    x0, x1 = B.cx - half, B.cx + half
+    if L.flip:
+        x0, x1 = 1 - x1, 1 - x0
+    return (x0, B.hy - 0.16 * B.u, x1, B.hy - 0.16 * B.u + 2 * half)
