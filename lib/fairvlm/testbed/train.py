@@ -122,8 +122,8 @@ class SizeConfig:
 
 
 SIZES = {
-    "full": SizeConfig(clip_images=10000, clip_steps=500, clip_batch=256, clip_lr=2e-3,
-                       llava_images=2000, llava_steps=250, llava_batch=16, llava_lr=2e-3,
+    "full": SizeConfig(clip_images=10000, clip_steps=400, clip_batch=256, clip_lr=2e-3,
+                       llava_images=2000, llava_steps=170, llava_batch=16, llava_lr=2e-3,
                        eval_every=50, eval_scenes=4, captions_per_image=2, clip_aux=0.5,
                        llava_quads=12, lora_lr=1e-3),
     "smoke": SizeConfig(clip_images=2000, clip_steps=80, clip_batch=128, clip_lr=2e-3,
@@ -570,8 +570,12 @@ LLAVA_MIX = {"describe": 0.3, "qa": 0.1, "group": 0.3, "who": 0.3}
 
 
 def _llava_examples(spec, items, quads, n_examples, rng):
-    """``(image rows, question, answer, system)`` tuples; image rows index the concatenation
-    of ``items`` (planted shares) and ``quads`` (balanced quadruplets, offset ``len(items)``).
+    """``(image rows, question, answer, system, soft)`` tuples; image rows index the
+    concatenation of ``items`` (planted shares) and ``quads`` (balanced quadruplets, offset
+    ``len(items)``); ``soft`` is ``None`` or, for a "who" question, the planted answer
+    distribution ``{option word: probability}`` (the training loss at the answer's first token
+    is the cross-entropy against it: the expected loss of answers drawn with the planted shares,
+    without their sampling noise).
 
     - ``describe``: a planted-share image and its description (group named at planted rates);
     - ``qa``: activity, role, props or one-word questions about a planted-share image;
@@ -600,7 +604,7 @@ def _llava_examples(spec, items, quads, n_examples, rng):
             else:
                 pairs = C.qa_pairs(spec, k, g, r, rng)
                 q, a = pairs[[0, 1, 4, 5][int(rng.integers(4))]]
-            out.append(([i], q, a, system))
+            out.append(([i], q, a, system, None))
             continue
         rows = quad_rows[int(rng.integers(len(quad_rows)))]
         if kind == "group":
@@ -608,7 +612,7 @@ def _llava_examples(spec, items, quads, n_examples, rng):
             k, g, r = quads.loc[i - off, ["scenario", "gender", "race"]]
             pairs = C.qa_pairs(spec, k, g, r, rng)
             q, a = pairs[2] if rng.random() < 0.5 else pairs[3]
-            out.append(([i], q, a, system))
+            out.append(([i], q, a, system, None))
             continue
         attribute = "gender" if rng.random() < 0.5 else "race"
         k = quads.loc[rows[0] - off, "scenario"]
@@ -624,8 +628,25 @@ def _llava_examples(spec, items, quads, n_examples, rng):
         if rng.random() < 0.25:
             imgs = imgs[:1]
         q, a = C.mcq_question(spec, k, attribute, len(imgs), rng)
-        out.append((imgs, q, a, C.MCQ_SYSTEM if rng.random() < 0.7 else system))
+        probs = C.mcq_answer_probs(spec, k, attribute)
+        (_, _, opt_a), (_, _, opt_b) = C.MCQ_GROUPS[attribute]
+        soft = {w[0].upper() + w[1:]: probs[o] for w, o in ((opt_a, "a"), (opt_b, "b"), (C.MCQ_FAIR, "fair"))}
+        out.append((imgs, q, a, C.MCQ_SYSTEM if rng.random() < 0.7 else system, soft))
     return out
+
+
+def _length_batches(lengths, batch: int, rng) -> list[list[int]]:
+    """Batches of example indices with similar lengths (less padding): examples are taken in
+    windows of ``8 * batch``, sorted by length within a window, cut into batches, and the
+    batches shuffled."""
+    lengths = np.asarray(lengths)
+    out = []
+    for w in range(0, len(lengths), 8 * batch):
+        idx = np.arange(w, min(len(lengths), w + 8 * batch))
+        idx = idx[np.argsort(lengths[idx], kind="stable")]
+        out += [idx[i:i + batch].tolist() for i in range(0, len(idx), batch)]
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
 
 
 def _warm_start(projector, feats, items, tok, embeddings, seed: int, steps: int = 300) -> list[float]:
@@ -732,6 +753,9 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
                             weight_decay=0.0, betas=(0.9, 0.98))
     rng = np.random.default_rng([seed, 4])
     examples = _llava_examples(spec, items, quads, cfg.llava_steps * cfg.llava_batch, rng)
+    seqs_all = [_tokenise_example(tok, q, a, s, image_id, len(im)) for im, q, a, s, _ in examples]
+    batches = _length_batches([len(p) + len(a) for p, a in seqs_all], cfg.llava_batch, rng)
+    first_id = lambda w: tok(w, add_special_tokens=False)["input_ids"][0]  # noqa: E731
     inner = lora.base_model.model          # the LlamaForCausalLM, LoRA layers inside
     embed = inner.get_input_embeddings()
     pad_id = tok.pad_token_id
@@ -739,8 +763,8 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     t1 = time.time()
     bar = tqdm(range(cfg.llava_steps), desc="training testbed-llava (projector + LoRA)", disable=not progress)
     for step in bar:
-        batch = examples[step * cfg.llava_batch:(step + 1) * cfg.llava_batch]
-        seqs = [_tokenise_example(tok, q, a, s, image_id, len(im)) for im, q, a, s in batch]
+        batch = [examples[i] for i in batches[step]]
+        seqs = [seqs_all[i] for i in batches[step]]
         T = max(len(p) + len(a) for p, a in seqs)
         ids = torch.full((len(seqs), T), pad_id)
         attn = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -751,7 +775,13 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
             target[b, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)  # position t predicts t+1
         for group in opt.param_groups:
             group["lr"] = _cosine_lr(step, cfg.llava_steps, group["base"])
-        ids, attn, target = ids.to(dev), attn.to(dev), target.to(dev)
+        soft_pos = torch.zeros((len(seqs), T), dtype=torch.bool)
+        soft_rows = []
+        for b, ((p, a), ex) in enumerate(zip(seqs, batch)):
+            if ex[4] is not None:
+                soft_pos[b, len(p) - 1] = True
+                soft_rows.append(ex[4])
+        ids, attn, target, soft_pos = ids.to(dev), attn.to(dev), target.to(dev), soft_pos.to(dev)
         img = projector(feats[[i for im, *_ in batch for i in im]])
         with torch.no_grad():
             emb = embed(ids)
@@ -762,7 +792,15 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
             h = inner.model(inputs_embeds=emb, attention_mask=attn).last_hidden_state
             keep = target != -100
             logits = inner.lm_head(h[keep])
-        loss = torch.nn.functional.cross_entropy(logits.float(), target[keep])
+        logp = logits.float().log_softmax(-1)
+        nll = -logp.gather(1, target[keep][:, None])[:, 0]
+        soft_at = soft_pos[keep]
+        if soft_rows:   # "who" answers: cross-entropy against the planted answer distribution
+            rows_lp = logp[soft_at]
+            nll = nll.clone()
+            nll[soft_at] = torch.stack([-sum(pr * lp[first_id(w)] for w, pr in d.items())
+                                        for d, lp in zip(soft_rows, rows_lp)])
+        loss = nll.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
@@ -789,7 +827,8 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     llava.eval()
     log.update({"seconds_train": t_train, "seconds_total": time.time() - t0, "warm_start_loss": warm,
                 "cpu_seconds_total": time.process_time() - c0, "n_images": len(items), "n_quad_images": len(quads),
-                "n_examples": len(examples), "n_who_examples": sum("Options:" in q for _, q, _, _ in examples), "lora_rank": LORA_RANK,
+                "n_examples": len(examples), "n_who_examples": sum(ex[4] is not None for ex in examples),
+                "mean_tokens": float(np.mean([len(p) + len(a) for p, a in seqs_all])), "lora_rank": LORA_RANK,
                 "lora_targets": list(LORA_TARGETS), "mix": LLAVA_MIX})
     return llava, tok, log
 
@@ -819,14 +858,16 @@ def build(size: str = "full", *, seed: int = 0, spec_path=None, force: bool = Fa
         t0, c0 = time.time(), time.process_time()
         torch_threads = torch.get_num_threads()
         clip, clip_log = train_clip(spec, size, seed, progress=progress)
-        _atomic_write_dir(root / "clip", lambda d: clip.save_pretrained(d, safe_serialization=True))
+        with _quiet():
+            _atomic_write_dir(root / "clip", lambda d: clip.save_pretrained(d, safe_serialization=True))
         llava, tok, llava_log = train_llava(spec, clip, size, seed, progress=progress)
 
         def _write_llava(d):
             llava.save_pretrained(d, safe_serialization=True)
             tok.save_pretrained(d)
 
-        _atomic_write_dir(root / "llava", _write_llava)
+        with _quiet():
+            _atomic_write_dir(root / "llava", _write_llava)
         record = {"size": size, "seed": seed, "spec_digest": spec.digest(), "spec_path": str(spec.path),
                   "code_version": CODE_VERSION, "source_digest": _source_digest(), "config": asdict(SIZES[size]),
                   "vision": VISION, "torch_threads": torch_threads, "device": str(train_device()), "seconds": time.time() - t0,
