@@ -629,12 +629,12 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 # orders, several wordings and both orders of the group options; the **lean** is the mean of
 # log p(men) - log p(women) (Black minus White) over those prompts, read from the
 # next-token distribution, so neither image position nor option position can produce it.
-# Spearman's rho of the lean against the planted skew over the 50 scenarios says whether
+# Spearman's rho of the lean against the planted skew over the scenarios says whether
 # the planted association reached the answers; the balanced controls and the two
 # counter-stereotypical scenarios tell it apart from SmolLM2's own prior.
 
 # %%
-lean = measure.who_lean(llava.model, llava.processor, spec, keys,
+lean = measure.who_lean(llava.model, llava.processor, spec, dkeys if SMOKE else keys,
                         scene_seeds=testbed.scene_seeds("heldout", WHO_SCENES, start=700 + SEED),
                         n_templates=3, progress=True)
 lean = lean.merge(shares[["scenario", "note"]], on="scenario")

@@ -18,8 +18,9 @@ tiny, randomly initialised paper architectures (offline, deterministic given ``s
     families' special tokens added (``fairvlm/resources/tiny/tokenizer``). They exist to test
     code paths, never to produce findings.
 testbed (built by ``fairvlm.testbed.load_hf``, ``size="full"|"smoke"``)
-    ``testbed-clip`` (VisionTextDualEncoderModel), ``testbed-llava`` (LLaVA whose language
-    model is SmolLM2).
+    ``testbed-clip`` (``fairvlm.testbed.dual.MeanPooledDualEncoder``, a VisionTextDualEncoderModel
+    whose ``get_text_features`` mean-pools the MiniLM tokens), ``testbed-llava`` (LLaVA whose
+    language model is SmolLM2 with a merged LoRA adapter).
 paper models, by hub id (need a GPU in practice and the Hugging Face hub, or a local copy)
     see ``PAPER_MODELS``. Point at a local copy with ``load(hub_id, local_dir=...)`` or with
     ``FAIRVLM_MODEL_DIR=<dir>`` holding ``<dir>/<org>/<name>/`` (e.g.
