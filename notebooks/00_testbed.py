@@ -485,7 +485,7 @@ display(counter.round(3).set_index("scenario"))
 
 # %% [markdown]
 # The largest absolute gap over the controls is {glue:text}`control_gap_max`
-# (`{glue:text}`control_gap_where``); the top-*k* share moves in steps of 1/*k*. The second
+# (in the scenario {glue:text}`control_gap_where`); the top-*k* share moves in steps of 1/*k*. The second
 # table shows the two counter-stereotypical scenarios: their paired gaps should point the
 # planted way, against the usual stereotype.
 #
