@@ -636,7 +636,7 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 # %%
 lean = measure.who_lean(llava.model, llava.processor, spec, dkeys if SMOKE else keys,
                         scene_seeds=testbed.scene_seeds("heldout", WHO_SCENES, start=700 + SEED),
-                        n_templates=3, progress=True)
+                        n_templates=1 if SMOKE else 3, progress=True)
 lean = lean.merge(shares[["scenario", "note"]], on="scenario")
 rho_mcq = {att: measure.spearman_ci(g["lean"], g["planted"], seed=SEED) for att, g in lean.groupby("attribute")}
 display(pd.DataFrame(rho_mcq).T.round(4))
