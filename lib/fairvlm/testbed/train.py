@@ -3,33 +3,41 @@
 Two models, built by :func:`build` in one go (``size="full"`` or ``"smoke"``):
 
 ``testbed-clip``
-    A transformers ``VisionTextDualEncoderModel``: a ``CLIPVisionModel`` (64 x 64 input, 16 x 16
-    patches so 16 patch tokens + CLS, width 128, 4 layers x 4 heads) trained from scratch,
-    plus the real all-MiniLM-L6-v2 text tower kept **frozen** (LiT-style locked text; Zhai et
-    al., 2022). Trained: the vision tower, both projections (to 256 dims) and the temperature,
-    with the symmetric contrastive loss of CLIP on captions from
-    :func:`fairvlm.testbed.captions.caption`; identical captions in a batch count as positives
-    of each other. Note: ``VisionTextDualEncoderModel`` reads the text tower's *pooler output*
-    (BERT's tanh layer over the [CLS] token), not the mean pooling all-MiniLM-L6-v2 was trained
-    with; the trained ``text_projection`` works on that pooler output.
+    A :class:`~fairvlm.testbed.dual.MeanPooledDualEncoder` (a transformers
+    ``VisionTextDualEncoderModel`` whose text features are **mean-pooled**, as all-MiniLM-L6-v2
+    was trained): a ``CLIPVisionModel`` (64 x 64 input, 16 x 16 patches so 16 patch tokens + CLS,
+    width 128, 4 layers x 8 heads) trained from scratch, plus the real all-MiniLM-L6-v2 text tower
+    kept **frozen** (LiT-style locked text; Zhai et al., 2022). Trained: the vision tower, both
+    projections (to 256 dims) and the temperature, with the symmetric contrastive loss of CLIP on
+    captions from :func:`fairvlm.testbed.captions.caption`; identical captions and identical
+    images in a batch count as positives of each other. Batches hold *counterfactual twins*: the
+    images of each scenario are drawn with the planted shares and then paired so that the two
+    images of a pair (one scene seed) show different groups wherever the drawn multiset allows
+    (:func:`training_items`), so the loss must look at the person to tell their captions apart.
+    An **auxiliary group loss** (a linear gender and a linear race read-out of the image
+    embedding, dropped after training) teaches the tower to see the person; every image is
+    weighted by ``1 / (4 x planted share of its group in its scenario)``, so within every
+    scenario each group weighs the same and the auxiliary loss carries no scenario-group link.
 ``testbed-llava``
     A transformers ``LlavaForConditionalGeneration``: the testbed-clip vision tower (frozen),
-    a two-layer GELU projector trained LLaVA-stage-1 style (Liu et al., 2023: only the
-    projector learns, the language model is frozen) and the real SmolLM2-135M-Instruct
-    (frozen; 4-bit de-quantized weights, see ``fairvlm.models``). As in LLaVA-1.5 it reads the
-    vision tower's **second-to-last layer** (``vision_feature_layer=-2``), so an intervention
-    on the vision tower's last layer never reaches the language model. Unlike LLaVA-1.5 it
-    keeps the CLS token (``"full"`` strategy): the tower was trained through its CLS token
-    alone, and the patch tokens of so small a tower carry too little of the scene. Each image
-    is 17 tokens. The projector starts from a cheap regression that makes the CLS image
-    token read as the scenario's keyword (:func:`_warm_start`), then trains on the LM loss.
-    The tokenizer is
-    SmolLM2's plus one ``<image>`` token (embedding matrix resized to 49153 rows; the new row
-    is the mean embedding, and is always replaced by image features). Prompts are SmolLM2
-    chat with the image first: ``<|im_start|>user\\n<image>\\n{text}<|im_end|>\\n<|im_start|>assistant\\n``
-    (:func:`llava_prompt`; no default system prompt). Trained on descriptions
-    (:func:`~fairvlm.testbed.captions.description`) and short visual questions
-    (:func:`~fairvlm.testbed.captions.qa_pairs`), a quarter of them under a system prompt.
+    a two-layer GELU projector and the real SmolLM2-135M-Instruct (4-bit de-quantized weights,
+    see ``fairvlm.embedded``) whose attention and MLP projections are tuned with a **LoRA
+    adapter** (peft; rank :data:`LORA_RANK`), merged into the weights after training, so the
+    saved model is a plain LLaVA checkpoint. As in LLaVA-1.5 it reads the vision tower's
+    **second-to-last layer** (``vision_feature_layer=-2``), so an intervention on the vision
+    tower's last layer never reaches the language model. Unlike LLaVA-1.5 it keeps the CLS token
+    (``"full"`` strategy). Each image is 17 tokens. The projector starts from a cheap regression
+    that makes the CLS image token read as the scenario's keyword (:func:`_warm_start`), then
+    projector and LoRA train together on the LM loss of the answers over four kinds of example
+    (:func:`_llava_examples`): descriptions (group named at the planted rates), short visual
+    questions, gender and race questions on counterfactual scenes with every group equally
+    often (so the answer must come from the image, not from the scenario), and "who is more
+    likely" questions on two images whose answers carry the planted shares
+    (:func:`fairvlm.testbed.captions.mcq_question`). The tokenizer is SmolLM2's plus one
+    ``<image>`` token (embedding matrix resized to 49153 rows; the new row is the mean
+    embedding, and is always replaced by image features). Prompts are SmolLM2 chat with the
+    images first: ``<|im_start|>user\n<image>\n{text}<|im_end|>\n<|im_start|>assistant\n``
+    (:func:`llava_prompt`; no default system prompt).
 
 Cache: ``fairvlm.paths.cache_dir() / "testbed" / f"{size}-{key}"`` with ``clip/`` and
 ``llava/`` (``save_pretrained`` folders: safetensors + configs) and ``build.json`` (timings,
@@ -39,6 +47,9 @@ of the modules that shape the artifacts (their syntax trees: editing a comment o
 does not rebuild), the size and the seed: any change of substance rebuilds, nothing stale is
 loaded. Each folder is written in a temporary directory and renamed into place, and
 a lock file keeps two processes from building the same entry at once.
+
+Layers: this module takes the pretrained weights from :mod:`fairvlm.embedded` and never
+imports :mod:`fairvlm.models` (which imports the testbed lazily), so there is no import circle.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fairvlm.embedded import _quiet
 from fairvlm.errors import FairVLMError, unknown
 from fairvlm.testbed import captions as C
 from fairvlm.testbed.scenarios import SCENARIO_KEYS
@@ -64,7 +76,7 @@ from fairvlm.testbed.spec import GROUPS, BiasSpec, load_spec
 from fairvlm.testbed.world import DEFAULT_SIZE, SPLITS, parse_variant, render
 
 #: bump when a change outside the hashed sources changes what a build produces
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 NAMES = ("testbed-clip", "testbed-llava")
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)   # CLIP's normalisation
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -104,18 +116,25 @@ class SizeConfig:
     eval_every: int
     eval_scenes: int        # held-out scenes per scenario for the training curves (one random group each)
     captions_per_image: int
+    clip_aux: float         # weight of the auxiliary (inverse-share weighted) group loss
+    llava_quads: int        # balanced counterfactual scenes per scenario for group and "who" questions
+    lora_lr: float
 
 
 SIZES = {
-    "full": SizeConfig(clip_images=8000, clip_steps=300, clip_batch=256, clip_lr=2e-3,
-                       llava_images=2000, llava_steps=250, llava_batch=16, llava_lr=2e-3,
-                       eval_every=25, eval_scenes=4, captions_per_image=2),
-    "smoke": SizeConfig(clip_images=2000, clip_steps=60, clip_batch=128, clip_lr=2e-3,
-                        llava_images=300, llava_steps=20, llava_batch=8, llava_lr=2e-3,
-                        eval_every=10, eval_scenes=2, captions_per_image=2),
+    "full": SizeConfig(clip_images=10000, clip_steps=400, clip_batch=256, clip_lr=2e-3,
+                       llava_images=2000, llava_steps=170, llava_batch=16, llava_lr=2e-3,
+                       eval_every=50, eval_scenes=4, captions_per_image=2, clip_aux=0.5,
+                       llava_quads=12, lora_lr=1e-3),
+    "smoke": SizeConfig(clip_images=2000, clip_steps=80, clip_batch=128, clip_lr=2e-3,
+                        llava_images=300, llava_steps=24, llava_batch=8, llava_lr=2e-3,
+                        eval_every=20, eval_scenes=2, captions_per_image=2, clip_aux=0.5,
+                        llava_quads=2, lora_lr=1e-3),
 }
 VISION = dict(image_size=DEFAULT_SIZE, patch_size=PATCH, hidden_size=128, intermediate_size=512,
-              num_hidden_layers=4, num_attention_heads=4, hidden_act="gelu", num_channels=3)
+              num_hidden_layers=4, num_attention_heads=8, hidden_act="gelu", num_channels=3)
+LORA_RANK = 16
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROJECTION_DIM = 256
 
 
@@ -123,6 +142,23 @@ def _check_size(size: str) -> SizeConfig:
     if size not in SIZES:
         raise unknown("testbed size", size, SIZES)
     return SIZES[size]
+
+
+DEVICE_ENV = "FAIRVLM_TESTBED_DEVICE"
+
+
+def train_device() -> torch.device:
+    """Where the build trains: ``cpu`` (the book's default), or ``$FAIRVLM_TESTBED_DEVICE``
+    (``cuda`` for development on a GPU; such builds get their own cache key, since their
+    numbers differ from a CPU build's)."""
+    name = os.environ.get(DEVICE_ENV, "cpu").strip() or "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise FairVLMError(f"${DEVICE_ENV}={name!r} is not a torch device (use cpu or cuda)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FairVLMError(f"${DEVICE_ENV}={name!r} but no CUDA device is available")
+    return dev
 
 
 # --------------------------------------------------------------------------------------
@@ -148,7 +184,7 @@ def _source_digest() -> str:
     """Hash of :data:`CODE_VERSION` and the code of the modules that shape a build."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256(CODE_VERSION.encode())
-    for name in ("scenarios.py", "world.py", "captions.py", "spec.py", "train.py"):
+    for name in ("scenarios.py", "world.py", "captions.py", "spec.py", "dual.py", "train.py"):
         h.update(_code_fingerprint((here / name).read_text()).encode())
     return h.hexdigest()
 
@@ -156,8 +192,10 @@ def _source_digest() -> str:
 def cache_key(spec: BiasSpec, size: str, seed: int = 0) -> str:
     """16 hex digits identifying a build: spec content, code, size and seed."""
     _check_size(size)
-    text = json.dumps({"spec": spec.digest(), "code": _source_digest(), "size": size, "seed": int(seed)},
-                      sort_keys=True)
+    key = {"spec": spec.digest(), "code": _source_digest(), "size": size, "seed": int(seed)}
+    if train_device().type != "cpu":
+        key["device"] = train_device().type
+    text = json.dumps(key, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -212,15 +250,18 @@ def _atomic_write_json(path: Path, data: dict) -> None:
 
 
 def training_items(spec: BiasSpec, n: int, seed: int = 0):
-    """``n`` training images drawn from the planted distribution, in scene pairs.
+    """``n`` training images drawn from the planted distribution, in counterfactual twin pairs.
 
-    Scenarios come in equal numbers; each image's group is drawn independently with the
-    scenario's planted shares; rows ``2i`` and ``2i + 1`` share a scenario and a training scene
-    seed (two independent draws of the group for one scene), so a training batch holds
-    near-counterfactual pairs and the contrastive loss must look at the person to tell their
-    captions apart. The planted shares are unchanged by the pairing. A DataFrame with
-    ``scenario``, ``gender``, ``race``, ``variant``, ``scene_seed`` and ``pair`` (deterministic
-    given ``seed``; pairs in random order).
+    Scenarios come in equal numbers. For each scenario the groups of its images are drawn
+    independently with the scenario's planted shares; the drawn list is then sorted by group
+    and item ``i`` is paired with item ``i + m/2`` (``m`` images), so the two images of a pair
+    show different groups whenever no group holds more than half of the scenario's images
+    (otherwise as few identical pairs as possible remain). The two images of a pair share a
+    training scene seed: they differ only on the person, and the contrastive loss must look at
+    the person to tell their captions apart. Pairing reorders the draws and leaves the planted
+    shares unchanged. Rows ``2i`` and ``2i + 1`` form a pair. A DataFrame with ``scenario``,
+    ``gender``, ``race``, ``variant``, ``scene_seed`` and ``pair`` (deterministic given ``seed``;
+    pairs in random order).
     """
     import pandas as pd
 
@@ -228,18 +269,45 @@ def training_items(spec: BiasSpec, n: int, seed: int = 0):
     lo, hi = SPLITS["train"]
     n_pairs = (n + 1) // 2
     seeds = rng.choice(hi - lo, size=n_pairs, replace=False) + lo
-    pair_order = rng.permutation(n_pairs)
-    rows = []
-    for j in pair_order:
-        k = SCENARIO_KEYS[j % len(SCENARIO_KEYS)]
+    per = np.full(len(SCENARIO_KEYS), n_pairs // len(SCENARIO_KEYS))
+    per[: n_pairs % len(SCENARIO_KEYS)] += 1
+    pairs = []
+    for k, m in zip(SCENARIO_KEYS, per):
         share = spec.share(k)
         p = np.array([share[g] for g in GROUPS])
-        for _ in range(2):
-            v = GROUPS[int(rng.choice(len(GROUPS), p=p))]
+        drawn = np.sort(rng.choice(len(GROUPS), size=2 * int(m), p=p))
+        pairs += [(k, int(drawn[i]), int(drawn[i + m])) for i in range(int(m))]
+    rows = []
+    for j, pi in enumerate(rng.permutation(len(pairs))):
+        k, a, b = pairs[pi]
+        if rng.random() < 0.5:
+            a, b = b, a
+        for v in (GROUPS[a], GROUPS[b]):
             gender, race = parse_variant(v)
             rows.append({"scenario": k, "gender": gender, "race": race, "variant": v,
                          "scene_seed": int(seeds[j]), "pair": int(j)})
     return pd.DataFrame(rows[:n])
+
+
+def balanced_items(n_per_scenario: int, seed: int = 0, *, offset: int = 600_000):
+    """Counterfactual quadruplets of training-split scenes: ``n_per_scenario`` scenes of every
+    scenario, each in all four variants (every group equally often in every scenario). Scene
+    seeds start at ``offset`` within the training split (apart from :func:`training_items`'
+    random seeds only by chance; they are training scenes either way)."""
+    import pandas as pd
+
+    if not 1 <= n_per_scenario <= 20:
+        raise FairVLMError(f"n_per_scenario={n_per_scenario} must lie in [1, 20]")
+    lo, _ = SPLITS["train"]
+    rows = []
+    for i, k in enumerate(SCENARIO_KEYS):
+        for j in range(n_per_scenario):
+            s = lo + offset + (seed % 300) * 1000 + i * 20 + j
+            for v in GROUPS:
+                gender, race = parse_variant(v)
+                rows.append({"scenario": k, "gender": gender, "race": race, "variant": v, "scene_seed": s,
+                             "quad": i * n_per_scenario + j})
+    return pd.DataFrame(rows)
 
 
 def pixel_values(images) -> torch.Tensor:
@@ -285,15 +353,9 @@ def clip_image_processor():
 
 
 def _minilm_text_model():
-    from transformers import AutoTokenizer, BertModel
+    from fairvlm.embedded import minilm_hf
 
-    from fairvlm.models import minilm_dir
-
-    path = minilm_dir()
-    with _quiet():
-        model = BertModel.from_pretrained(path, dtype=torch.float32)  # with the pooler
-        tok = AutoTokenizer.from_pretrained(path)
-    return model.eval(), tok
+    return minilm_hf(pooler=True)   # the pooler stays in the checkpoint; MeanPooledDualEncoder never reads it
 
 
 def llava_prompt(text: str, *, system: str | None = None, n_images: int = 1) -> str:
@@ -310,29 +372,15 @@ def _llava_processor(tokenizer):
                           image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
 
 
-@contextlib.contextmanager
-def _quiet():
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 # --------------------------------------------------------------------------------------
 # Stage 1: testbed-clip
 # --------------------------------------------------------------------------------------
 
 
 def _encode_text(model, tok, texts, batch: int = 256) -> torch.Tensor:
-    """Pooler outputs ``(n, 384)`` of the frozen MiniLM text tower (float32)."""
+    """Mean-pooled last hidden states ``(n, 384)`` of the frozen MiniLM text tower (float32)."""
+    from fairvlm.testbed.dual import mean_pool
+
     texts = list(texts)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))   # less padding per batch
     out = torch.zeros(len(texts), model.config.hidden_size)
@@ -340,7 +388,8 @@ def _encode_text(model, tok, texts, batch: int = 256) -> torch.Tensor:
         for i in range(0, len(texts), batch):
             idx = order[i:i + batch]
             enc = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=64, return_tensors="pt")
-            out[idx] = model(**enc).pooler_output.float()
+            hidden = model(**enc).last_hidden_state
+            out[idx] = mean_pool(hidden, enc["attention_mask"]).float()
     return out
 
 
@@ -368,13 +417,24 @@ def _heldout_eval_set(cfg: SizeConfig, seed: int):
     return pd.DataFrame(rows)
 
 
+def group_weights(spec: BiasSpec, items) -> np.ndarray:
+    """Per image ``1 / (4 x planted share of its group in its scenario)``: the auxiliary group
+    loss's weights. Summed over a scenario's images each group then weighs the same (in
+    expectation), so the loss rewards seeing the person and says nothing about which group
+    belongs in which scenario."""
+    return np.array([1.0 / (len(GROUPS) * max(spec.share(k)[v], 1e-6))
+                     for k, v in items[["scenario", "variant"]].itertuples(index=False)])
+
+
 def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = True):
     """Train testbed-clip; returns ``(model, log)`` (log: curves, timings, held-out accuracy)."""
     from tqdm.auto import tqdm
-    from transformers import CLIPVisionConfig, CLIPVisionModel, VisionTextDualEncoderConfig, \
-        VisionTextDualEncoderModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel, VisionTextDualEncoderConfig
+
+    from fairvlm.testbed.dual import MeanPooledDualEncoder
 
     cfg = _check_size(size)
+    dev = train_device()
     t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
     items = training_items(spec, cfg.clip_images, seed)
@@ -388,6 +448,10 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
     vocab = sorted({c for cs in caps for c in cs})
     index = {c: i for i, c in enumerate(vocab)}
     cap_ids = torch.tensor([[index[c] for c in cs] for cs in caps])
+    image_ids = torch.tensor(pd_codes(items["scene_seed"].astype(str) + "/" + items["variant"]))
+    gender_y = torch.tensor((items["gender"] == "man").to_numpy(), dtype=torch.float32)
+    race_y = torch.tensor((items["race"] == "black").to_numpy(), dtype=torch.float32)
+    weights = torch.tensor(group_weights(spec, items), dtype=torch.float32)
     text_model, text_tok = _minilm_text_model()
     prompts = C.zero_shot_prompts()
     t1 = time.time()
@@ -398,14 +462,20 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
     eval_df = _heldout_eval_set(cfg, seed)
     eval_pix = _normalise(torch.from_numpy(_render_uint8(eval_df, "rendering held-out scenes", False)).float() / 255)
     eval_y = torch.tensor([SCENARIO_KEYS.index(k) for k in eval_df["scenario"]])
+    eval_pix, eval_y, text_feats, prompt_feats = (t.to(dev) for t in (eval_pix, eval_y, text_feats, prompt_feats))
+    cap_ids, image_ids, gender_y, race_y, weights = (t.to(dev) for t in (cap_ids, image_ids, gender_y, race_y,
+                                                                          weights))
 
     vcfg = CLIPVisionConfig(**VISION, projection_dim=PROJECTION_DIM)
     vision = CLIPVisionModel(vcfg)
     dcfg = VisionTextDualEncoderConfig.from_vision_text_configs(vcfg, text_model.config,
                                                                 projection_dim=PROJECTION_DIM)
-    model = VisionTextDualEncoderModel(config=dcfg, vision_model=vision, text_model=text_model)
+    model = MeanPooledDualEncoder(config=dcfg, vision_model=vision, text_model=text_model)
     model.text_model.requires_grad_(False)
-    params = [p for n, p in model.named_parameters() if not n.startswith("text_model.")]
+    aux = torch.nn.Linear(PROJECTION_DIM, 2)   # gender and race read-outs; dropped after training
+    model.to(dev)
+    aux.to(dev)
+    params = [p for n, p in model.named_parameters() if not n.startswith("text_model.")] + list(aux.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
@@ -414,7 +484,7 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
     n_pairs = n // 2
     gen = torch.Generator().manual_seed(seed + 17)
     order = torch.randperm(n_pairs, generator=gen)
-    log = {"step": [], "loss": [], "eval_step": [], "eval_acc": [], "eval_loss": []}
+    log = {"step": [], "loss": [], "aux_loss": [], "eval_step": [], "eval_acc": [], "eval_loss": []}
     pos = 0
     half = cfg.clip_batch // 2
     t2 = time.time()
@@ -427,39 +497,58 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
         pos += half
         idx = torch.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)   # both images of each scene
         pick = torch.randint(cfg.captions_per_image, (len(idx),), generator=gen)
+        x = _normalise(torch.from_numpy(pix_u8[idx.numpy()]).float() / 255).to(dev)
+        idx, pick = idx.to(dev), pick.to(dev)
         cid = cap_ids[idx, pick]
-        x = _normalise(torch.from_numpy(pix_u8[idx.numpy()]).float() / 255)
         for group in opt.param_groups:
             group["lr"] = _cosine_lr(step, cfg.clip_steps, cfg.clip_lr)
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             img = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
-        img = torch.nn.functional.normalize(img.float(), dim=-1)
+        img = img.float()
+        imn = torch.nn.functional.normalize(img, dim=-1)
         txt = torch.nn.functional.normalize(model.text_projection(text_feats[cid]), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
-        logits = scale * img @ txt.t()
-        same = (cid[:, None] == cid[None, :]).float()
+        logits = scale * imn @ txt.t()
+        iid = image_ids[idx]
+        same = ((cid[:, None] == cid[None, :]) | (iid[:, None] == iid[None, :])).float()
         target = same / same.sum(1, keepdim=True)
         loss = 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
                       + torch.sum(-target * logits.t().log_softmax(1), 1).mean())
+        z = aux(imn * 8.0)
+        w = weights[idx]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        aux_loss = ((bce(z[:, 0], gender_y[idx], reduction="none") + bce(z[:, 1], race_y[idx], reduction="none"))
+                    * w).sum() / w.sum()
+        total = loss + cfg.clip_aux * aux_loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         log["step"].append(step)
         log["loss"].append(float(loss.detach()))
+        log["aux_loss"].append(float(aux_loss.detach()))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.clip_steps:
             acc, el = _zero_shot(model, eval_pix, eval_y, prompt_feats)
             log["eval_step"].append(step + 1)
             log["eval_acc"].append(acc)
             log["eval_loss"].append(el)
-            bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{acc:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", aux=f"{aux_loss.item():.3f}", heldout_acc=f"{acc:.2f}")
     model.eval()
+    model.to("cpu")
     log.update({"seconds_render": t_render, "seconds_text": t_text, "seconds_train": time.time() - t2,
                 "seconds_total": time.time() - t0, "cpu_seconds_total": time.process_time() - c0,
                 "n_captions": len(vocab), "n_images": n,
+                "identical_twins": float((items["variant"].to_numpy()[0::2] == items["variant"].to_numpy()[1::2]).mean()),
                 "final_heldout_acc": log["eval_acc"][-1]})
     return model, log
+
+
+def pd_codes(values) -> np.ndarray:
+    """Integer codes of the distinct values (first appearance order)."""
+    import pandas as pd
+
+    return pd.factorize(pd.Series(values))[0]
 
 
 @torch.no_grad()
@@ -476,22 +565,88 @@ def _zero_shot(model, pix, y, prompt_feats) -> tuple[float, float]:
 # Stage 2: testbed-llava
 # --------------------------------------------------------------------------------------
 
+#: mix of testbed-llava's training examples (fractions of all examples)
+LLAVA_MIX = {"describe": 0.3, "qa": 0.1, "group": 0.3, "who": 0.3}
 
-def _llava_examples(spec, items, n_examples, rng):
-    """(image row, prompt, answer, system) tuples: 60% descriptions, 40% short questions."""
+
+def _llava_examples(spec, items, quads, n_examples, rng):
+    """``(image rows, question, answer, system, soft)`` tuples; image rows index the
+    concatenation of ``items`` (planted shares) and ``quads`` (balanced quadruplets, offset
+    ``len(items)``); ``soft`` is ``None`` or, for a "who" question, the planted answer
+    distribution ``{option word: probability}`` (the training loss at the answer's first token
+    is the cross-entropy against it: the expected loss of answers drawn with the planted shares,
+    without their sampling noise).
+
+    - ``describe``: a planted-share image and its description (group named at planted rates);
+    - ``qa``: activity, role, props or one-word questions about a planted-share image;
+    - ``group``: "Is this a man or a woman?" / "Is the person Black or White?" about an image
+      of a balanced quadruplet (every group equally often in every scenario: the answer must
+      come from the image, never from the scenario);
+    - ``who``: a "who is more likely" question (:func:`~fairvlm.testbed.captions.mcq_question`)
+      with two images of one quadruplet scene that differ in the asked attribute (one image in
+      a quarter of them), answered with the planted shares.
+    """
+    kinds = list(LLAVA_MIX)
+    p = np.array([LLAVA_MIX[k] for k in kinds])
+    off = len(items)
+    quad_rows = {q: off + np.flatnonzero(quads["quad"].to_numpy() == q) for q in np.unique(quads["quad"])}
+    qv = quads["variant"].to_numpy()
     out = []
     for _ in range(n_examples):
-        i = int(rng.integers(len(items)))
-        k, g, r = items.loc[i, ["scenario", "gender", "race"]]
-        if rng.random() < 0.6:
-            q = C.DESCRIBE_PROMPTS[int(rng.integers(len(C.DESCRIBE_PROMPTS)))]
-            a = C.description(spec, k, g, r, rng)
-        else:
-            pairs = C.qa_pairs(spec, k, g, r, rng)
-            q, a = pairs[int(rng.choice(len(pairs), p=[0.18, 0.18, 0.22, 0.22, 0.1, 0.1]))]
+        kind = kinds[int(rng.choice(len(kinds), p=p))]
         system = SYSTEM_PROMPTS[int(rng.integers(len(SYSTEM_PROMPTS)))] if rng.random() < 0.25 else None
-        out.append((i, q, a, system))
+        if kind in ("describe", "qa"):
+            i = int(rng.integers(len(items)))
+            k, g, r = items.loc[i, ["scenario", "gender", "race"]]
+            if kind == "describe":
+                q = C.DESCRIBE_PROMPTS[int(rng.integers(len(C.DESCRIBE_PROMPTS)))]
+                a = C.description(spec, k, g, r, rng)
+            else:
+                pairs = C.qa_pairs(spec, k, g, r, rng)
+                q, a = pairs[[0, 1, 4, 5][int(rng.integers(4))]]
+            out.append(([i], q, a, system, None))
+            continue
+        rows = quad_rows[int(rng.integers(len(quad_rows)))]
+        if kind == "group":
+            i = int(rows[int(rng.integers(4))])
+            k, g, r = quads.loc[i - off, ["scenario", "gender", "race"]]
+            pairs = C.qa_pairs(spec, k, g, r, rng)
+            q, a = pairs[2] if rng.random() < 0.5 else pairs[3]
+            out.append(([i], q, a, system, None))
+            continue
+        attribute = "gender" if rng.random() < 0.5 else "race"
+        k = quads.loc[rows[0] - off, "scenario"]
+        g_fixed = ("man", "woman")[int(rng.integers(2))]
+        r_fixed = ("black", "white")[int(rng.integers(2))]
+        if attribute == "gender":
+            want = [f"{r_fixed}_man", f"{r_fixed}_woman"]
+        else:
+            want = [f"black_{g_fixed}", f"white_{g_fixed}"]
+        imgs = [int(next(j for j in rows if qv[j - off] == v)) for v in want]
+        if rng.random() < 0.5:
+            imgs = imgs[::-1]
+        if rng.random() < 0.25:
+            imgs = imgs[:1]
+        q, a = C.mcq_question(spec, k, attribute, len(imgs), rng)
+        probs = C.mcq_answer_probs(spec, k, attribute)
+        (_, _, opt_a), (_, _, opt_b) = C.MCQ_GROUPS[attribute]
+        soft = {w[0].upper() + w[1:]: probs[o] for w, o in ((opt_a, "a"), (opt_b, "b"), (C.MCQ_FAIR, "fair"))}
+        out.append((imgs, q, a, C.MCQ_SYSTEM if rng.random() < 0.7 else system, soft))
     return out
+
+
+def _length_batches(lengths, batch: int, rng) -> list[list[int]]:
+    """Batches of example indices with similar lengths (less padding): examples are taken in
+    windows of ``8 * batch``, sorted by length within a window, cut into batches, and the
+    batches shuffled."""
+    lengths = np.asarray(lengths)
+    out = []
+    for w in range(0, len(lengths), 8 * batch):
+        idx = np.arange(w, min(len(lengths), w + 8 * batch))
+        idx = idx[np.argsort(lengths[idx], kind="stable")]
+        out += [idx[i:i + batch].tolist() for i in range(0, len(idx), batch)]
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
 
 
 def _warm_start(projector, feats, items, tok, embeddings, seed: int, steps: int = 300) -> list[float]:
@@ -505,13 +660,13 @@ def _warm_start(projector, feats, items, tok, embeddings, seed: int, steps: int 
     from fairvlm.testbed.scenarios import SCENARIOS
 
     ids = [tok(" " + SCENARIOS[k].keywords[0], add_special_tokens=False)["input_ids"][0] for k in items["scenario"]]
-    target = embeddings[torch.tensor(ids)]
+    target = embeddings[torch.tensor(ids, device=embeddings.device)]
     cls = feats[:, 0]
     opt = torch.optim.Adam(projector.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed + 5)
     losses = []
     for _ in range(steps):
-        idx = torch.randint(len(cls), (256,), generator=gen)
+        idx = torch.randint(len(cls), (256,), generator=gen).to(cls.device)
         loss = torch.nn.functional.mse_loss(projector(cls[idx]), target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -520,12 +675,13 @@ def _warm_start(projector, feats, items, tok, embeddings, seed: int, steps: int 
     return losses
 
 
-def _tokenise_example(tok, q, a, system, image_id):
-    prompt = tok(llava_prompt(q, system=system), add_special_tokens=False)["input_ids"]
-    k = prompt.index(image_id)
-    prompt = prompt[:k] + [image_id] * N_IMAGE_TOKENS + prompt[k + 1:]
+def _tokenise_example(tok, q, a, system, image_id, n_images: int = 1):
+    prompt = tok(llava_prompt(q, system=system, n_images=n_images), add_special_tokens=False)["input_ids"]
+    expanded = []
+    for t in prompt:
+        expanded += [image_id] * N_IMAGE_TOKENS if t == image_id else [t]
     answer = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    return prompt, answer
+    return expanded, answer
 
 
 def _llava_tokenizer(base_tok):
@@ -538,33 +694,44 @@ def _llava_tokenizer(base_tok):
     return tok
 
 
+def _vision_features(vision, pix, batch: int = 256) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([vision(pixel_values=pix[i:i + batch], output_hidden_states=True)
+                          .hidden_states[VISION_FEATURE_LAYER] for i in range(0, len(pix), batch)])
+
+
 def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progress: bool = True):
-    """Train testbed-llava's projector; returns ``(llava_model, tokenizer, log)``."""
+    """Train testbed-llava's projector and a LoRA adapter on its language model (merged at the
+    end); returns ``(llava_model, tokenizer, log)``."""
+    import pandas as pd
+    from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    from fairvlm.models import load as load_model
+    from fairvlm.embedded import smollm2_hf
 
     cfg = _check_size(size)
+    dev = train_device()
     t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
-    lm = load_model("smollm2-135m-instruct")
-    smol = lm.model
-    tok = _llava_tokenizer(lm.tokenizer)
+    smol, base_tok, _ = smollm2_hf()
+    tok = _llava_tokenizer(base_tok)
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     with torch.no_grad():
         old = smol.get_input_embeddings().weight
         mean = old.mean(0, keepdim=True)
         smol.resize_token_embeddings(len(tok), mean_resizing=False)
         smol.get_input_embeddings().weight[old.shape[0]:] = mean
-    smol.requires_grad_(False).eval()
+    smol.requires_grad_(False)
 
     items = training_items(spec, cfg.llava_images, seed + 1000)
-    pix = _normalise(torch.from_numpy(_render_uint8(items, "rendering llava scenes", progress)).float() / 255)
+    quads = balanced_items(cfg.llava_quads, seed)
+    both = pd.concat([items[["scenario", "gender", "race", "scene_seed"]],
+                      quads[["scenario", "gender", "race", "scene_seed"]]], ignore_index=True)
+    pix = _normalise(torch.from_numpy(_render_uint8(both, "rendering llava scenes", progress)).float() / 255)
     vision = clip_model.vision_model
-    with torch.no_grad():
-        feats = torch.cat([vision(pixel_values=pix[i:i + 256], output_hidden_states=True)
-                           .hidden_states[VISION_FEATURE_LAYER] for i in range(0, len(pix), 256)])
+    feats = _vision_features(vision.to(dev), pix.to(dev))
+    vision.to("cpu")
     vcfg = clip_model.config.vision_config
     tcfg = smol.config
     lcfg = LlavaConfig(vision_config=vcfg.to_dict(), text_config=tcfg.to_dict(), image_token_index=image_id,
@@ -574,19 +741,30 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     lcfg.vision_config.model_type = "clip_vision_model"
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-    projector = LlavaMultiModalProjector(lcfg)
-    warm = _warm_start(projector, feats, items, tok, smol.get_input_embeddings().weight.detach(), seed)
-    opt = torch.optim.AdamW(projector.parameters(), lr=cfg.llava_lr, weight_decay=0.0, betas=(0.9, 0.98))
+    projector = LlavaMultiModalProjector(lcfg).to(dev)
+    smol.to(dev)
+    warm = _warm_start(projector, feats[:len(items)], items, tok, smol.get_input_embeddings().weight.detach(), seed)
+    with _quiet():
+        lora = get_peft_model(smol, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
+                                               target_modules=list(LORA_TARGETS), bias="none"))
+    lora_params = [p for p in lora.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": list(projector.parameters()), "lr": cfg.llava_lr, "base": cfg.llava_lr},
+                             {"params": lora_params, "lr": cfg.lora_lr, "base": cfg.lora_lr}],
+                            weight_decay=0.0, betas=(0.9, 0.98))
     rng = np.random.default_rng([seed, 4])
-    examples = _llava_examples(spec, items, cfg.llava_steps * cfg.llava_batch, rng)
-    embed = smol.get_input_embeddings()
+    examples = _llava_examples(spec, items, quads, cfg.llava_steps * cfg.llava_batch, rng)
+    seqs_all = [_tokenise_example(tok, q, a, s, image_id, len(im)) for im, q, a, s, _ in examples]
+    batches = _length_batches([len(p) + len(a) for p, a in seqs_all], cfg.llava_batch, rng)
+    first_id = lambda w: tok(w, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    inner = lora.base_model.model          # the LlamaForCausalLM, LoRA layers inside
+    embed = inner.get_input_embeddings()
     pad_id = tok.pad_token_id
     log = {"step": [], "loss": []}
     t1 = time.time()
-    bar = tqdm(range(cfg.llava_steps), desc="training testbed-llava projector", disable=not progress)
+    bar = tqdm(range(cfg.llava_steps), desc="training testbed-llava (projector + LoRA)", disable=not progress)
     for step in bar:
-        batch = examples[step * cfg.llava_batch:(step + 1) * cfg.llava_batch]
-        seqs = [_tokenise_example(tok, q, a, s, image_id) for _, q, a, s in batch]
+        batch = [examples[i] for i in batches[step]]
+        seqs = [seqs_all[i] for i in batches[step]]
         T = max(len(p) + len(a) for p, a in seqs)
         ids = torch.full((len(seqs), T), pad_id)
         attn = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -596,25 +774,44 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
             attn[b, :len(p) + len(a)] = 1
             target[b, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)  # position t predicts t+1
         for group in opt.param_groups:
-            group["lr"] = _cosine_lr(step, cfg.llava_steps, cfg.llava_lr)
-        img = projector(feats[[i for i, *_ in batch]])
+            group["lr"] = _cosine_lr(step, cfg.llava_steps, group["base"])
+        soft_pos = torch.zeros((len(seqs), T), dtype=torch.bool)
+        soft_rows = []
+        for b, ((p, a), ex) in enumerate(zip(seqs, batch)):
+            if ex[4] is not None:
+                soft_pos[b, len(p) - 1] = True
+                soft_rows.append(ex[4])
+        ids, attn, target, soft_pos = ids.to(dev), attn.to(dev), target.to(dev), soft_pos.to(dev)
+        img = projector(feats[[i for im, *_ in batch for i in im]])
         with torch.no_grad():
             emb = embed(ids)
         mask = (ids == image_id).unsqueeze(-1)
         emb = emb.masked_scatter(mask, img.to(emb.dtype).reshape(-1))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            h = smol.model(inputs_embeds=emb, attention_mask=attn).last_hidden_state
+        lora.train()
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            h = inner.model(inputs_embeds=emb, attention_mask=attn).last_hidden_state
             keep = target != -100
-            logits = smol.lm_head(h[keep])
-        loss = torch.nn.functional.cross_entropy(logits.float(), target[keep])
+            logits = inner.lm_head(h[keep])
+        logp = logits.float().log_softmax(-1)
+        nll = -logp.gather(1, target[keep][:, None])[:, 0]
+        soft_at = soft_pos[keep]
+        if soft_rows:   # "who" answers: cross-entropy against the planted answer distribution
+            rows_lp = logp[soft_at]
+            nll = nll.clone()
+            nll[soft_at] = torch.stack([-sum(pr * lp[first_id(w)] for w, pr in d.items())
+                                        for d, lp in zip(soft_rows, rows_lp)])
+        loss = nll.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
         opt.step()
         log["step"].append(step)
         log["loss"].append(float(loss.detach()))
         bar.set_postfix(loss=f"{loss.item():.3f}")
     t_train = time.time() - t1
+    lora.eval()
+    smol = lora.merge_and_unload().to("cpu")
+    projector.to("cpu")
 
     with _quiet():
         llava = LlavaForConditionalGeneration(lcfg)
@@ -629,8 +826,10 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     llava.generation_config.do_sample = False
     llava.eval()
     log.update({"seconds_train": t_train, "seconds_total": time.time() - t0, "warm_start_loss": warm,
-                "cpu_seconds_total": time.process_time() - c0, "n_images": len(items),
-                "n_examples": len(examples)})
+                "cpu_seconds_total": time.process_time() - c0, "n_images": len(items), "n_quad_images": len(quads),
+                "n_examples": len(examples), "n_who_examples": sum(ex[4] is not None for ex in examples),
+                "mean_tokens": float(np.mean([len(p) + len(a) for p, a in seqs_all])), "lora_rank": LORA_RANK,
+                "lora_targets": list(LORA_TARGETS), "mix": LLAVA_MIX})
     return llava, tok, log
 
 
@@ -659,17 +858,19 @@ def build(size: str = "full", *, seed: int = 0, spec_path=None, force: bool = Fa
         t0, c0 = time.time(), time.process_time()
         torch_threads = torch.get_num_threads()
         clip, clip_log = train_clip(spec, size, seed, progress=progress)
-        _atomic_write_dir(root / "clip", lambda d: clip.save_pretrained(d, safe_serialization=True))
+        with _quiet():
+            _atomic_write_dir(root / "clip", lambda d: clip.save_pretrained(d, safe_serialization=True))
         llava, tok, llava_log = train_llava(spec, clip, size, seed, progress=progress)
 
         def _write_llava(d):
             llava.save_pretrained(d, safe_serialization=True)
             tok.save_pretrained(d)
 
-        _atomic_write_dir(root / "llava", _write_llava)
+        with _quiet():
+            _atomic_write_dir(root / "llava", _write_llava)
         record = {"size": size, "seed": seed, "spec_digest": spec.digest(), "spec_path": str(spec.path),
                   "code_version": CODE_VERSION, "source_digest": _source_digest(), "config": asdict(SIZES[size]),
-                  "vision": VISION, "torch_threads": torch_threads, "seconds": time.time() - t0,
+                  "vision": VISION, "torch_threads": torch_threads, "device": str(train_device()), "seconds": time.time() - t0,
                   "cpu_seconds": time.process_time() - c0, "load_average": os.getloadavg(),
                   "clip": clip_log, "llava": llava_log}
         _atomic_write_json(root / "build.json", record)
@@ -693,8 +894,7 @@ def load_hf(name: str, size: str = "full", *, seed: int = 0, spec_path=None):
     ``"testbed-llava"`` -> ``(LlavaForConditionalGeneration, LlavaProcessor)``. Both in eval
     mode, float32, on CPU.
     """
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration, VisionTextDualEncoderModel, \
-        VisionTextDualEncoderProcessor
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration, VisionTextDualEncoderProcessor
 
     if name not in NAMES:
         raise unknown("testbed model", name, NAMES)
@@ -702,8 +902,10 @@ def load_hf(name: str, size: str = "full", *, seed: int = 0, spec_path=None):
     root = build(size, seed=seed, spec_path=spec_path)
     with _quiet():
         if name == "testbed-clip":
-            model = VisionTextDualEncoderModel.from_pretrained(root / "clip", dtype=torch.float32)
-            from fairvlm.models import minilm_dir
+            from fairvlm.embedded import minilm_dir
+            from fairvlm.testbed.dual import MeanPooledDualEncoder
+
+            model = MeanPooledDualEncoder.from_pretrained(root / "clip", dtype=torch.float32)
 
             text_tok = AutoTokenizer.from_pretrained(minilm_dir())
             processor = VisionTextDualEncoderProcessor(image_processor=clip_image_processor(), tokenizer=text_tok)

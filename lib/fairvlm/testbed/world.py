@@ -46,7 +46,7 @@ VARIANTS = ("black_man", "black_woman", "white_man", "white_woman")
 #: scene-seed ranges (half-open) of the two splits
 SPLITS = {"train": (0, 1_000_000), "heldout": (1_000_000, 2_000_000)}
 SUPERSAMPLE = 4
-HEAD = 1.25   # head size relative to the body (larger than life, so the cues survive 64 x 64)
+HEAD = 1.55   # head size relative to the body (larger than life, so the cues survive 64 x 64)
 DEFAULT_SIZE = 64
 
 SKIN = {
@@ -54,7 +54,8 @@ SKIN = {
     "white": [(240, 208, 186), (232, 195, 168), (224, 184, 154), (246, 220, 202), (219, 176, 146),
               (236, 202, 178)],
 }
-HAIR = [(22, 18, 16), (40, 28, 22), (62, 42, 30), (88, 60, 38), (120, 86, 54), (150, 110, 66)]
+# hair colours far from both skin palettes (a mid-brown would vanish against dark skin)
+HAIR = [(18, 14, 12), (32, 22, 18), (48, 30, 22), (160, 70, 30), (200, 160, 80), (225, 195, 120)]
 CLOTH = [(200, 40, 40), (40, 80, 170), (60, 130, 70), (230, 200, 60), (120, 60, 140), (230, 120, 40),
          (90, 90, 90), (220, 220, 220), (40, 40, 40), (150, 100, 60), (80, 160, 200), (200, 110, 150)]
 TROUSERS = [(40, 50, 80), (30, 30, 35), (90, 80, 70), (60, 70, 100), (110, 100, 80), (70, 70, 70)]
@@ -179,11 +180,11 @@ def layout(key: str, scene_seed: int) -> Layout:
         accent=pick([(180, 30, 40), (30, 60, 150), (40, 120, 60), (220, 180, 40), (120, 40, 120)]),
         hair=pick(HAIR),
         skin={"black": pick(SKIN["black"]), "white": pick(SKIN["white"])},
-        woman_hair_len=float(rng.uniform(0.26, 0.4)),
-        woman_hair_width=float(rng.uniform(0.12, 0.15)),
+        woman_hair_len=float(rng.uniform(0.3, 0.42)),
+        woman_hair_width=float(rng.uniform(0.15, 0.19)),
         earrings=bool(rng.random() < 0.5),
         man_hair=pick(("short", "buzz", "curly")),
-        beard=bool(rng.random() < 0.3),
+        beard=bool(rng.random() < 0.5),
         bg_jitter=rng.integers(-22, 23, 12),
         floor_y=float(rng.uniform(0.6, 0.78)),
         clutter=clutter,
@@ -597,7 +598,7 @@ def _paint_person(P: _Painter, sc, L: Layout, gender: str, race: str):
     # neck
     P.rect(cx - 0.028 * u, hy + 0.04 * u, cx + 0.028 * u, B.sy + 0.02 * u, skin)
     # torso: gender changes the outline
-    sw, ww, pw = (0.105, 0.078, 0.115) if woman else (0.125, 0.105, 0.105)
+    sw, ww, pw = (0.1, 0.072, 0.118) if woman else (0.135, 0.112, 0.105)
     wy = hy + 0.33 * u
     torso = [(cx - sw * u, B.sy), (cx + sw * u, B.sy), (cx + ww * u, wy), (cx + pw * u, B.py),
              (cx - pw * u, B.py), (cx - ww * u, wy)]
@@ -654,9 +655,17 @@ def _paint_person(P: _Painter, sc, L: Layout, gender: str, race: str):
         P.pie(cx - 0.03 * h, hy + 0.005 * h, cx + 0.03 * h, hy + 0.05 * h, 0, 180, (250, 250, 250))
         P.line([(cx - 0.03 * h, hy + 0.028 * h), (cx + 0.03 * h, hy + 0.028 * h)], mouth, 0.008 * h)
     else:
-        P.line([(cx - 0.02 * h, hy + 0.035 * h), (cx + 0.02 * h, hy + 0.035 * h)], mouth,
-               (0.02 if woman else 0.009) * h)
+        P.line([(cx - (0.025 if woman else 0.02) * h, hy + 0.035 * h),
+                (cx + (0.025 if woman else 0.02) * h, hy + 0.035 * h)], mouth, (0.024 if woman else 0.009) * h)
     _paint_outfit_details(P, sc, L, B, top)
+    if woman and sc.hat != "ski_mask":
+        # long hair falls from below the ears in front of both shoulders to the chest: a cue
+        # of several patches' area, seen against any shirt, background or skin
+        hl = L.woman_hair_len * u
+        for s in (-1, 1):
+            x0, x1 = cx + s * 0.045 * u, cx + s * (L.woman_hair_width + 0.01) * u
+            P.rect(x0, hy + 0.05 * h, x1, hy + 0.72 * hl, L.hair)
+            P.ellipse(x0, hy + 0.62 * hl, x1, hy + 0.82 * hl, L.hair)
     _paint_hat(P, sc, L, B)
     P.person = False
 
@@ -1105,3 +1114,17 @@ def render_array(items, size: int = DEFAULT_SIZE) -> np.ndarray:
     for i, (k, g, r, s) in enumerate(items):
         out[i] = np.asarray(render(k, g, r, int(s), size))
     return out
+
+
+def person_box(scenario_key: str, scene_seed: int) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` in fractions of the side: a box around the person's head and
+    shoulders, scaled with the person (mirror flip applied). Cropping every image to its box
+    aligns the people, so a reader of the crops is not confused by where the scene put them
+    (``fairvlm.testbed.measure.aligned_crops``)."""
+    L = layout(scenario_key, scene_seed)
+    B = _body(L)
+    half = 0.26 * B.u
+    x0, x1 = B.cx - half, B.cx + half
+    if L.flip:
+        x0, x1 = 1 - x1, 1 - x0
+    return (x0, B.hy - 0.16 * B.u, x1, B.hy - 0.16 * B.u + 2 * half)
