@@ -35,8 +35,8 @@
 # The embedded profile runs SmolLM2-135M-Instruct (a real pretrained chat model, text
 # only; its weights are the 4-bit GGUF release de-quantized) on the 44 PAIRS labels and
 # on 60 SocialCounterfactuals occupations (four paraphrases each), and `testbed-llava` (the
-# book's LLaVA-style model whose language model is the same frozen SmolLM2; chapter
-# 00_testbed builds it) on rendered held-out testbed scenes of all 50 scenarios in all four
+# book's LLaVA-style model: SmolLM2 with a merged LoRA adapter, tuned with its projector on
+# the testbed's images; chapter 00_testbed builds it) on rendered held-out testbed scenes of all 50 scenarios in all four
 # input variants (four paraphrases). About 4 minutes on 2 CPU cores the
 # first time; chapters 02 and 03 then reuse the cached forward passes. `smoke` runs a
 # handful of labels in well under a minute. `paper` runs LLaVA-1.5-7B, LLaVA-NeXT-7B
@@ -314,12 +314,14 @@ display(by_label.groupby("model").head(5).style.format(precision=3).hide(axis="i
 # ## Testbed: does the lean follow the planted bias?
 #
 # The testbed world plants, for each scenario, the share of each group among its training
-# images (`data/testbed_bias_spec.yaml`). `testbed-llava` learned to describe those
-# images; its language model is the frozen SmolLM2, so its answers mix the text prior
-# with what the images taught the projector. If the images carry the planted bias into
-# the answers, the order-balanced social lean per scenario should rank like the planted
-# skew (share of men, or of Black people, minus 1/2). This is the check no paper can run:
-# we know the truth.
+# images (`data/testbed_bias_spec.yaml`). `testbed-llava` was trained on those images
+# (chapter 00_testbed): its projector and a LoRA adapter on SmolLM2 learned to describe
+# them, to answer who is in them, and to answer two-image "who is more likely to be ..."
+# questions with the planted shares (and "both" for a fixed share of them, the spec's
+# `questions.p_fair`). So its answers mix SmolLM2's text prior with what the tuning wrote
+# in. If the planted bias reached the answers, the order-balanced social lean per
+# scenario should rank like the planted skew (share of men, or of Black people, minus
+# 1/2). This is the check no paper can run: we know the truth.
 
 # %%
 from scipy.stats import spearmanr
@@ -360,16 +362,13 @@ else:
     display(Markdown("No testbed run in this profile."))
 
 # %% [markdown]
-# Why the planted statistics need not reach the answers: training (chapter 00_testbed)
-# taught the projector to *describe the image in front of the model*, and the description
-# names the group at the planted rates. A question such as "who is more likely to be a
-# nurse?" asks for something else, an association between a role and a group across many
-# images, and that would have to live in the language model, which stayed frozen. Where
-# the lean does not rank like the planted skew, it is SmolLM2's own text prior, moved by
-# what it reads off the image tokens. The paper's models differ here:
-# their language models were fine-tuned on image-text instructions, which can write data
-# statistics into them. The text-only row is the prior alone and need not match the
-# planted skew at all.
+# How to read the table: the association between a role and a group lives in the language
+# model, and here the LoRA adapter is where the tuning could write it. Where the image
+# rows rank like the planted skew, the tuning carried the data's statistics into the
+# answers, as instruction tuning can do for the paper's models; where they do not, the
+# lean is SmolLM2's own text prior, moved by what it reads off the image tokens. The
+# text-only row asks without any image; it carries the prior plus whatever the adapter
+# learned about the scenario words, and need not match the planted skew.
 
 # %% [markdown]
 # ## Paper vs this book
