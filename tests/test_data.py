@@ -278,7 +278,7 @@ def test_command_line(pairs_copy, tmp_path, capsys):
     assert "verified" in capsys.readouterr().out
     assert cli(["verify-pairs", str(dest)]) == 0
     (dest / "status" / "bus" / "black_man.png").write_bytes(b"not a png")
-    assert cli(["verify-pairs", str(dest)]) == 1
+    assert cli(["verify-pairs", str(dest)]) == 2
     assert "status/bus/black_man.png" in capsys.readouterr().err
 
 
@@ -615,7 +615,7 @@ def test_cli_best_effort_reports_what_is_skipped(shared, found_nowhere, tmp_path
                                                  monkeypatch):
     dest = tmp_path / "scf"
     args = ["fetch", "socialcf", str(dest), "--base-url", UNREACHABLE]
-    assert cli(args) == 1
+    assert cli(args) == 2
     err = capsys.readouterr().err
     assert re.search(r"^error: could not download .*metadata_race_gender.csv", err, re.M)
     assert cli(args + ["--best-effort"]) == 0
@@ -641,5 +641,5 @@ def test_cli_best_effort_reports_what_is_skipped(shared, found_nowhere, tmp_path
     assert len(warnings) == 1 and warnings[0].startswith("warning: So-B-IT taxonomy not fetched")
     assert "chapter 07" in warnings[0] and "fetch sobit" in warnings[0]
     assert not (parent / "sobit").exists()
-    assert cli(["fetch", "all", str(parent), "--if-missing"]) == 1
+    assert cli(["fetch", "all", str(parent), "--if-missing"]) == 2
     assert "error: could not download" in capsys.readouterr().err
