@@ -136,6 +136,21 @@ def _first_line(source: str) -> str:
     return source.strip().splitlines()[0][:120] if source.strip() else "(empty cell)"
 
 
+def collapse_validation(nb) -> int:
+    """Tag every code cell that validates the parameters (it calls ``check_params``)
+    ``hide-input``: the rendered book shows it collapsed, one click away and copyable,
+    instead of a screen of checks before the first result. Returns how many were tagged."""
+    n = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "check_params(" not in cell.source:
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if not {"hide-input", "remove-input", "remove-cell", "parameters"} & set(tags):
+            tags.append("hide-input")
+            n += 1
+    return n
+
+
 def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
             heartbeat: float | None = None) -> Path:
     """Execute one chapter with papermill; return the executed notebook's path.
@@ -150,6 +165,7 @@ def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
     nb = jupytext.read(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                           "language": "python"})
+    collapse_validation(nb)
     with tempfile.TemporaryDirectory() as tmp:
         src_ipynb = Path(tmp) / f"{source.stem}.ipynb"
         jupytext.write(nb, src_ipynb)

@@ -202,7 +202,12 @@ def load_pairs(
     """
     base = pairs_root(root)
     if verify:
-        verify_pairs(base)
+        try:
+            manifest = manifest_path()
+        except DataError:  # installed without the book's data/: the layout check remains
+            manifest = None
+        if manifest is not None:
+            verify_pairs(base, manifest)
     rows, problems = [], []
     for section in sorted(p.name for p in base.iterdir()
                           if p.is_dir() and not p.name.startswith(".")):
