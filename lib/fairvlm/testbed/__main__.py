@@ -67,10 +67,10 @@ def _save_png(image, out: str) -> None:
     from pathlib import Path
 
     target = Path(out)
-    if target.suffix.lower() != ".png":
-        raise FairVLMError(f"out={out!r} must be a .png file name")
     if target.is_dir():
         raise FairVLMError(f"out={out!r} is a folder; give a file name such as {out.rstrip('/')}/scene.png")
+    if target.suffix.lower() != ".png":
+        raise FairVLMError(f"out={out!r} must be a .png file name")
     folder = target.parent
     if not folder.is_dir():
         raise FairVLMError(f"cannot write {out!r}: its folder {str(folder)!r} does not exist")
