@@ -136,6 +136,18 @@ def _first_line(source: str) -> str:
     return source.strip().splitlines()[0][:120] if source.strip() else "(empty cell)"
 
 
+def _prefer_own_kernel() -> None:
+    """Make the ``python3`` kernel the one installed in this interpreter's prefix (``make
+    setup`` installs it into ``.venv``), ahead of a ``python3`` kernelspec in the user's
+    folder that may point at another Python with other packages."""
+    own = Path(sys.prefix) / "share" / "jupyter"
+    if not (own / "kernels" / "python3" / "kernel.json").is_file():
+        return
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if str(own) not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(own), *paths])
+
+
 def collapse_validation(nb) -> int:
     """Tag every code cell that validates the parameters (it calls ``check_params``)
     ``hide-input``: the rendered book shows it collapsed, one click away and copyable,
@@ -162,6 +174,7 @@ def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
 
     out_dir = out_dir or (root / EXECUTED)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _prefer_own_kernel()
     nb = jupytext.read(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                           "language": "python"})
