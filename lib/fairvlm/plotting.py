@@ -53,7 +53,8 @@ def savefig(fig, stem: str, *, show: bool = True, out_dir: Path | None = None) -
         out_dir.mkdir(parents=True, exist_ok=True)
         for path, meta in ((png, {"Software": None}),
                            (out_dir / f"{stem}.pdf", {"Creator": None, "Producer": None, "CreationDate": None})):
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
+            # the temporary name keeps the suffix, so .gitignore (figures/*.png) covers it
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=out_dir)
             os.close(fd)
             try:  # atomic: a figure appears complete or not at all
                 fig.savefig(tmp, format=path.suffix[1:], bbox_inches="tight", metadata=meta)
