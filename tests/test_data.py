@@ -49,6 +49,10 @@ def no_defaults(tmp_path, monkeypatch):
 
 
 def _leftovers(parent: Path, name: str) -> list[Path]:
+    """Hidden staging folders left beside ``name`` (none when the parent itself was
+    removed: a failed fetch removes the folders it created)."""
+    if not parent.exists():
+        return []
     return [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
 
@@ -128,11 +132,13 @@ def test_mapped_only_keeps_44_scenarios_times_4(pairs_dir):
 
 def test_incomplete_tree_is_an_error_naming_the_file(pairs_copy):
     (pairs_copy / "occupations" / "taxi" / "white_woman.png").unlink()
+    with pytest.raises(DataError, match="occupations/taxi/white_woman.png: missing"):
+        D.load_pairs(pairs_copy)  # verified against the manifest by default
     with pytest.raises(DataError, match="occupations/taxi/white_woman.png is missing"):
-        D.load_pairs(pairs_copy)
+        D.load_pairs(pairs_copy, verify=False)
     (pairs_copy / "status" / "elephant").mkdir()
     with pytest.raises(DataError, match="unexpected scenario status/elephant"):
-        D.load_pairs(pairs_copy)
+        D.load_pairs(pairs_copy, verify=False)
 
 
 def test_root_from_env_var_and_argument_precedence(pairs_dir, no_defaults, monkeypatch, tmp_path):
@@ -278,7 +284,7 @@ def test_command_line(pairs_copy, tmp_path, capsys):
     assert "verified" in capsys.readouterr().out
     assert cli(["verify-pairs", str(dest)]) == 0
     (dest / "status" / "bus" / "black_man.png").write_bytes(b"not a png")
-    assert cli(["verify-pairs", str(dest)]) == 1
+    assert cli(["verify-pairs", str(dest)]) == 2
     assert "status/bus/black_man.png" in capsys.readouterr().err
 
 
@@ -355,21 +361,21 @@ def _small_csv(scf_dir: Path, folder: Path, n: int = 3) -> Path:
 
 def test_malformed_metadata_is_a_data_error(scf_dir, tmp_path):
     path = _small_csv(scf_dir, tmp_path / "scf")
-    good = D.load_socialcounterfactuals("race_gender", path.parent)
+    good = D.load_socialcounterfactuals("race_gender", path.parent, verify=False)
     assert len(good) == 36
     df = pd.read_csv(path)
     df.loc[1, "caption_4"] = "A picture of a Green male plumber"
     df.to_csv(path, index=False)
     with pytest.raises(DataError, match=r"metadata_race_gender.csv.*Green male plumber"):
-        D.load_socialcounterfactuals("race_gender", path.parent)
+        D.load_socialcounterfactuals("race_gender", path.parent, verify=False)
     df.loc[1, "caption_4"] = df.loc[1, "caption_2"]  # a valid caption, twice in one set
     df.to_csv(path, index=False)
     with pytest.raises(DataError, match="not a complete race x gender grid"):
-        D.load_socialcounterfactuals("race_gender", path.parent)
+        D.load_socialcounterfactuals("race_gender", path.parent, verify=False)
     df.loc[1, "caption_4"] = "A picture of an Indian male carpenter"  # not the set's occupation
     df.to_csv(path, index=False)
     with pytest.raises(DataError, match="differ from the set's file name"):
-        D.load_socialcounterfactuals("race_gender", path.parent)
+        D.load_socialcounterfactuals("race_gender", path.parent, verify=False)
 
 
 def test_unknown_segment_and_missing_metadata(scf_dir, tmp_path):
@@ -381,7 +387,7 @@ def test_unknown_segment_and_missing_metadata(scf_dir, tmp_path):
 
 def test_images_resolved_when_present(scf_dir, tmp_path, monkeypatch):
     root = _small_csv(scf_dir, tmp_path / "scf").parent
-    no_images = D.load_socialcounterfactuals("race_gender", root)
+    no_images = D.load_socialcounterfactuals("race_gender", root, verify=False)
     assert no_images["image"].isna().all()
     images = tmp_path / "images"
     images.mkdir()
@@ -389,21 +395,21 @@ def test_images_resolved_when_present(scf_dir, tmp_path, monkeypatch):
             "a_picture_of_race_gender_plumber_0_11_3761796350.jpg"]
     for name in have:
         (images / name).write_bytes(b"jpg")
-    df = D.load_socialcounterfactuals("race_gender", root, images=images)
+    df = D.load_socialcounterfactuals("race_gender", root, verify=False, images=images)
     found = df.dropna(subset=["image"])
     assert [Path(p).name for p in found["image"]] == have
     assert list(found["caption"]) == ["A picture of a White male plumber",
                                       "A picture of a Latino female plumber"]
     assert D.counterfactual_sets(df)["n_images_found"].tolist() == [2, 0, 0]
     with pytest.raises(DataError, match=r"34 of 36 .* missing.*plumber_0_1_3761796350.jpg"):
-        D.load_socialcounterfactuals("race_gender", root, images=images, require_images=True)
+        D.load_socialcounterfactuals("race_gender", root, verify=False, images=images, require_images=True)
     monkeypatch.delenv("FAIRVLM_SOCIALCF_IMAGES", raising=False)
     with pytest.raises(DataError, match="FAIRVLM_SOCIALCF_IMAGES"):
-        D.load_socialcounterfactuals("race_gender", root, require_images=True)
+        D.load_socialcounterfactuals("race_gender", root, verify=False, require_images=True)
     monkeypatch.setenv("FAIRVLM_SOCIALCF_IMAGES", str(images))
-    assert D.load_socialcounterfactuals("race_gender", root)["image"].notna().sum() == 2
+    assert D.load_socialcounterfactuals("race_gender", root, verify=False)["image"].notna().sum() == 2
     with pytest.raises(DataError, match="does not exist"):
-        D.load_socialcounterfactuals("race_gender", root, images=tmp_path / "none")
+        D.load_socialcounterfactuals("race_gender", root, verify=False, images=tmp_path / "none")
 
 
 # ------------------------------------------------------------------ So-B-IT
@@ -432,13 +438,13 @@ def test_sobit_bad_files(tmp_path):
     f = tmp_path / "So-B-IT_taxonomy.json"
     f.write_text(json.dumps({"appearance": "tall"}))
     with pytest.raises(DataError, match="list of non-empty words"):
-        D.load_sobit(f)
+        D.load_sobit(f, verify=False)
     f.write_text(json.dumps({"behavorial": ["calm"], "behavioral": ["warm"]}))
     with pytest.raises(DataError, match="appears twice"):
-        D.load_sobit(tmp_path)
+        D.load_sobit(tmp_path, verify=False)
     f.write_text("{not json")
     with pytest.raises(DataError, match="cannot read"):
-        D.load_sobit(f)
+        D.load_sobit(f, verify=False)
     with pytest.raises(DataError, match="not found"):
         D.load_sobit(tmp_path / "missing.json")
 
@@ -615,7 +621,7 @@ def test_cli_best_effort_reports_what_is_skipped(shared, found_nowhere, tmp_path
                                                  monkeypatch):
     dest = tmp_path / "scf"
     args = ["fetch", "socialcf", str(dest), "--base-url", UNREACHABLE]
-    assert cli(args) == 1
+    assert cli(args) == 2
     err = capsys.readouterr().err
     assert re.search(r"^error: could not download .*metadata_race_gender.csv", err, re.M)
     assert cli(args + ["--best-effort"]) == 0
@@ -641,5 +647,5 @@ def test_cli_best_effort_reports_what_is_skipped(shared, found_nowhere, tmp_path
     assert len(warnings) == 1 and warnings[0].startswith("warning: So-B-IT taxonomy not fetched")
     assert "chapter 07" in warnings[0] and "fetch sobit" in warnings[0]
     assert not (parent / "sobit").exists()
-    assert cli(["fetch", "all", str(parent), "--if-missing"]) == 1
+    assert cli(["fetch", "all", str(parent), "--if-missing"]) == 2
     assert "error: could not download" in capsys.readouterr().err

@@ -14,17 +14,24 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from fairvlm.errors import FairVLMError
+from fairvlm.errors import FairVLMError, cli_main
+
+#: Seconds between two progress lines while one chapter executes (the reader sees the
+#: build is alive; the issue asks for at least one line every 30 s).
+HEARTBEAT_S = 20.0
 
 EXECUTED = Path("book/executed")
 
@@ -62,21 +69,64 @@ def select(sources: list[Path], chapters: str) -> list[Path]:
 
 def parse_params(params: str) -> dict:
     """Parse papermill-style ``-p NAME VALUE`` pairs (values as YAML literals)."""
-    tokens = shlex.split(params or "")
+    how = 'write them as -p NAME VALUE, e.g. PARAMS="-p PROFILE paper -p SEED 1"'
+    try:
+        tokens = shlex.split(params or "")
+    except ValueError as exc:  # "No closing quotation"
+        raise BuildError(f"cannot read PARAMS={params!r}: {exc}; {how}") from None
     out: dict = {}
     i = 0
     while i < len(tokens):
         tok = tokens[i]
         if tok in ("-p", "--parameters") and i + 2 < len(tokens):
             name, raw = tokens[i + 1], tokens[i + 2]
-            out[name] = yaml.safe_load(raw) if raw else raw
+            if not name.isidentifier():
+                raise BuildError(f"cannot read PARAMS={params!r}: {name!r} is not a parameter "
+                                 f"name; {how}")
+            if name in out:
+                raise BuildError(f"PARAMS={params!r} sets {name} twice")
+            try:
+                out[name] = yaml.safe_load(raw) if raw else raw
+            except yaml.YAMLError as exc:
+                raise BuildError(f"cannot read the value of {name} in PARAMS={params!r}: "
+                                 f"{str(exc).splitlines()[0]}") from None
             i += 3
         else:
-            raise BuildError(
-                f"cannot read PARAMS={params!r}: write them as -p NAME VALUE, "
-                'e.g. PARAMS="-p PROFILE paper -p SEED 1"'
-            )
+            raise BuildError(f"cannot read PARAMS={params!r}: {how}")
     return out
+
+
+def chapter_parameters(source: Path) -> list[str]:
+    """The names a chapter's ``parameters`` cell assigns (the parameters it accepts)."""
+    import jupytext
+
+    nb = jupytext.read(source)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError as exc:
+                raise BuildError(f"{source.name}: the parameters cell is not valid Python ({exc})") from None
+            names = []
+            for node in tree.body:
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, ast.AnnAssign) else [])
+                names.extend(t.id for t in targets if isinstance(t, ast.Name))
+            return names
+    return []
+
+
+def check_known_params(sources: list[Path], params: dict) -> dict[Path, dict]:
+    """The parameters each chapter gets; a name that no selected chapter's parameters cell
+    lists (a typo such as ``PROFIL``) raises :class:`BuildError` naming the known ones."""
+    known = {src: chapter_parameters(src) for src in sources}
+    every = sorted({n for names in known.values() for n in names})
+    for name in params:
+        if not any(name in names for names in known.values()):
+            chapters = ", ".join(s.stem for s in sources)
+            raise BuildError(f"unknown parameter {name!r} for chapter(s) {chapters}; their "
+                             f"parameters are: {', '.join(every)}")
+    return {src: {k: v for k, v in params.items() if k in known[src]} for src in sources}
 
 
 def _first_line(source: str) -> str:
@@ -86,26 +136,60 @@ def _first_line(source: str) -> str:
     return source.strip().splitlines()[0][:120] if source.strip() else "(empty cell)"
 
 
-def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None) -> Path:
-    """Execute one chapter with papermill; return the executed notebook's path."""
+def _prefer_own_kernel() -> None:
+    """Make the ``python3`` kernel the one installed in this interpreter's prefix (``make
+    setup`` installs it into ``.venv``), ahead of a ``python3`` kernelspec in the user's
+    folder that may point at another Python with other packages."""
+    own = Path(sys.prefix) / "share" / "jupyter"
+    if not (own / "kernels" / "python3" / "kernel.json").is_file():
+        return
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if str(own) not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(own), *paths])
+
+
+def collapse_validation(nb) -> int:
+    """Tag every code cell that validates the parameters (it calls ``check_params``)
+    ``hide-input``: the rendered book shows it collapsed, one click away and copyable,
+    instead of a screen of checks before the first result. Returns how many were tagged."""
+    n = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "check_params(" not in cell.source:
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if not {"hide-input", "remove-input", "remove-cell", "parameters"} & set(tags):
+            tags.append("hide-input")
+            n += 1
+    return n
+
+
+def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
+            heartbeat: float | None = None) -> Path:
+    """Execute one chapter with papermill; return the executed notebook's path.
+
+    ``heartbeat``: print a progress line (the running cell and the time spent) every that
+    many seconds; ``None`` is silent."""
     import jupytext
     import papermill as pm
 
     out_dir = out_dir or (root / EXECUTED)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _prefer_own_kernel()
     nb = jupytext.read(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                           "language": "python"})
+    collapse_validation(nb)
     with tempfile.TemporaryDirectory() as tmp:
         src_ipynb = Path(tmp) / f"{source.stem}.ipynb"
         jupytext.write(nb, src_ipynb)
         partial = out_dir / f".{source.stem}.partial.ipynb"
         final = out_dir / f"{source.stem}.ipynb"
         try:
-            pm.execute_notebook(
-                str(src_ipynb), str(partial), parameters=params, cwd=str(root),
-                kernel_name="python3", progress_bar=False, log_output=False,
-            )
+            with _Heartbeat(source, partial, heartbeat):
+                pm.execute_notebook(
+                    str(src_ipynb), str(partial), parameters=params, cwd=str(root),
+                    kernel_name="python3", progress_bar=False, log_output=False,
+                )
         except pm.PapermillExecutionError as exc:
             failed = root / "_build" / "failed"
             failed.mkdir(parents=True, exist_ok=True)
@@ -125,6 +209,71 @@ def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None)
             ) from None
         os.replace(partial, final)
     return final
+
+
+class _Heartbeat:
+    """While papermill runs a chapter, print which cell runs every ``every`` seconds.
+
+    Papermill rewrites the output notebook at each cell's start and end (and every 30 s);
+    its cell metadata says which cell is running. A notebook read half-written is skipped.
+    """
+
+    def __init__(self, source: Path, partial: Path, every: float | None):
+        self.source, self.partial, self.every = source, partial, every
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _line(self, t0: float) -> str:
+        spent = f"{time.time() - t0:.0f} s"
+        try:
+            cells = json.loads(self.partial.read_text())["cells"]
+        except (OSError, ValueError, KeyError):
+            return f"[book]   {self.source.stem}: starting ({spent})"
+        code = [c for c in cells if c.get("cell_type") == "code"]
+        for i, c in enumerate(code, 1):
+            status = c.get("metadata", {}).get("papermill", {}).get("status")
+            if status == "running":
+                src = "".join(c.get("source", ""))
+                return (f"[book]   {self.source.stem}: code cell {i}/{len(code)} running "
+                        f"({_first_line(src)!r}); {spent} so far")
+        return f"[book]   {self.source.stem}: {spent} so far"
+
+    def _run(self):
+        t0 = time.time()
+        while not self._stop.wait(self.every):
+            print(self._line(t0), flush=True)
+
+    def __enter__(self):
+        if self.every:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return False
+
+
+def output_problems(executed: Path) -> list[str]:
+    """What a reader should not see in an executed chapter: stderr output (warnings,
+    progress bars) and object reprs such as ``PosixPath('figures/...')``."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    problems = []
+    n = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        n += 1
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                problems.append(f"code cell {n}: stderr output {out.get('text', '')[:160]!r}")
+            elif "PosixPath(" in json.dumps(out.get("data", out.get("text", ""))):
+                problems.append(f"code cell {n}: an output shows a PosixPath repr")
+    return problems
 
 
 def write_toc(root: Path, executed: list[Path]) -> Path:
@@ -156,33 +305,52 @@ def build_html(root: Path, executed: list[Path]) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """The command line; returns its exit status (bad input: 2, via :func:`fairvlm.errors.cli_main`)."""
+    return cli_main(_run, argv)
+
+
+def _run(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fairvlm.bookbuild",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--chapters", default="all")
     ap.add_argument("--params", default="")
     ap.add_argument("--no-html", action="store_true", help="execute only")
     ap.add_argument("--html-only", action="store_true",
                     help="render the notebooks already in book/executed")
     args = ap.parse_args(argv)
-    try:
-        root = find_root()
-        params = parse_params(args.params)
-        chosen = select(chapter_sources(root), args.chapters)
-        executed = []
-        if args.html_only:
-            executed = [root / EXECUTED / f"{s.stem}.ipynb" for s in chosen
-                        if (root / EXECUTED / f"{s.stem}.ipynb").exists()]
-        else:
-            for src in chosen:
-                t0 = time.time()
-                print(f"[book] executing {src.name} {params or ''}", flush=True)
-                executed.append(execute(root, src, params))
-                print(f"[book]   done in {time.time() - t0:.0f} s", flush=True)
-        if not args.no_html:
-            index = build_html(root, executed)
-            print(f"[book] the book is at {index}")
-    except FairVLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.no_html and args.html_only:
+        raise BuildError("--no-html and --html-only contradict each other (the first only "
+                         "executes, the second only renders); give one of them")
+    if args.html_only and args.params.strip():
+        raise BuildError(f"--params {args.params!r} has no effect with --html-only, which "
+                         "renders the notebooks already executed; drop one of them")
+    root = find_root()
+    params = parse_params(args.params)
+    chosen = select(chapter_sources(root), args.chapters)
+    executed = []
+    if args.html_only:
+        executed = [root / EXECUTED / f"{s.stem}.ipynb" for s in chosen
+                    if (root / EXECUTED / f"{s.stem}.ipynb").exists()]
+        if not executed:
+            raise BuildError(f"--html-only: no executed chapter in {root / EXECUTED}; run "
+                             "`make book` (or drop --html-only) first")
+    else:
+        per_chapter = check_known_params(chosen, params)
+        for src in chosen:
+            t0 = time.time()
+            mine = per_chapter[src]
+            dropped = sorted(set(params) - set(mine))
+            print(f"[book] executing {src.name} {mine or ''}"
+                  + (f" (not a parameter here: {', '.join(dropped)})" if dropped else ""),
+                  flush=True)
+            out = execute(root, src, mine, heartbeat=HEARTBEAT_S)
+            executed.append(out)
+            print(f"[book]   done in {time.time() - t0:.0f} s", flush=True)
+            for problem in output_problems(out):
+                print(f"[book]   warning: {src.stem}: {problem}", flush=True)
+    if not args.no_html:
+        index = build_html(root, executed)
+        print(f"[book] the book is at {index}")
     return 0
 
 

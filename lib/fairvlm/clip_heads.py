@@ -374,6 +374,25 @@ def head_prototypes(contributions: torch.Tensor, labels: Sequence | None = None,
 
 
 # ------------------------------------------------------------------------ interventions
+def _head_indices(heads) -> tuple[int, ...]:
+    """``heads`` as a tuple of ints; 1.7 or True is an error, not head 1 (``int()`` would
+    truncate it silently). A single index is accepted as a one-head list."""
+    if isinstance(heads, (int, np.integer)) and not isinstance(heads, bool):
+        heads = (heads,)
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+        raise ParameterError(f"heads={heads!r} must be a list of head indices (0-based integers)")
+    out = []
+    for h in heads:
+        if isinstance(h, torch.Tensor) and h.ndim == 0 and not (h.is_floating_point() or h.dtype == torch.bool):
+            h = int(h)
+        if isinstance(h, (bool, np.bool_)) or not isinstance(h, (int, np.integer)):
+            raise ParameterError(
+                f"head {h!r} in heads={list(heads)!r} is not an integer index; heads are "
+                "numbered 0, 1, 2, ... (the paper's head k is our k-1)")
+        out.append(int(h))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class HeadIntervention:
     """An edit of chosen heads' contributions at one token of one encoder layer.
@@ -395,6 +414,7 @@ class HeadIntervention:
     name: str = field(default="")
 
     def __post_init__(self):
+        object.__setattr__(self, "heads", _head_indices(self.heads))
         if self.mode not in MODES:
             from fairvlm.errors import unknown
 
@@ -418,7 +438,7 @@ class HeadIntervention:
 def prototype_replacement(prototypes: HeadPrototypes, group: str, heads: Sequence[int], *, neurons=None, name: str | None = None) -> HeadIntervention:
     """Replace ``heads``' CLS contributions with ``group``'s prototype (``"all"``: the mean)."""
     means = prototypes[group]
-    heads = tuple(int(h) for h in heads)
+    heads = _head_indices(heads)
     for h in heads:
         if not 0 <= h < means.shape[0]:
             raise ParameterError(f"head {h} is out of range; the prototypes have {means.shape[0]} heads (0-based)")
@@ -430,14 +450,14 @@ def prototype_replacement(prototypes: HeadPrototypes, group: str, heads: Sequenc
 
 def zero_ablation(heads: Sequence[int], *, layer: int = -1, neurons=None, name: str | None = None) -> HeadIntervention:
     """Set ``heads``' CLS contributions to zero."""
-    heads = tuple(int(h) for h in heads)
+    heads = _head_indices(heads)
     return HeadIntervention(heads=heads, mode="zero", layer=layer, neurons=neurons,
                             name=name or f"zero h{','.join(map(str, heads))}")
 
 
 def damping(heads: Sequence[int], alpha: float, *, layer: int = -1, neurons=None, name: str | None = None) -> HeadIntervention:
     """Scale ``heads``' CLS contributions by ``alpha`` (0: zero ablation, 1: no change)."""
-    heads = tuple(int(h) for h in heads)
+    heads = _head_indices(heads)
     return HeadIntervention(heads=heads, mode="damp", layer=layer, alpha=alpha, neurons=neurons,
                             name=name or f"damp{alpha:g} h{','.join(map(str, heads))}")
 

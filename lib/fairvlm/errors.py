@@ -51,3 +51,28 @@ def install_short_tracebacks() -> None:
         return stb
 
     ip.set_custom_exc((FairVLMError,), _handler)
+
+
+#: The exit status of every fairvlm command line for input the user can fix.
+EXIT_BAD_INPUT = 2
+
+
+def cli_main(main, argv=None) -> int:
+    """Run a command line's ``main(argv)`` and turn a :class:`FairVLMError` into one line.
+
+    The data, bookbuild and testbed command lines all end the same way: the error's message
+    on stderr as ``error: ...`` and exit status :data:`EXIT_BAD_INPUT` (2, as argparse uses
+    for a bad option). Any other exception keeps its traceback: that is a bug. Returns the
+    exit status (``main``'s own, or 2), for ``sys.exit``.
+    """
+    import sys
+
+    try:
+        status = main(argv)
+    except FairVLMError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 0 if status is None else int(status)

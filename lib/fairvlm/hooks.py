@@ -52,7 +52,6 @@ unembedding; ``logit_lens_top`` gives the top tokens as strings.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -215,6 +214,7 @@ class _Context:
     out: dict = field(default_factory=dict)
     steps: bool = False
     grad: bool = False
+    check_finite: bool = True
 
     def apply(self, key, value: torch.Tensor) -> torch.Tensor:
         for fn in self.edits.get(key, ()):
@@ -223,6 +223,18 @@ class _Context:
                 raise FairVLMError(
                     f"an edit at {_key_name(key)} must return a tensor of shape {tuple(value.shape)}, got "
                     f"{tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__}")
+            if new.dtype != value.dtype or new.device != value.device:
+                # a float64 result would fail deep inside the next matmul; an integer one
+                # would silently truncate the activations
+                raise FairVLMError(
+                    f"an edit at {_key_name(key)} must return {value.dtype} on {value.device} (as "
+                    f"its input), got {new.dtype} on {new.device}; end the function with "
+                    f".to(x.dtype) or build new tensors with dtype=x.dtype, device=x.device")
+            if self.check_finite and not bool(torch.isfinite(new).all()) and bool(torch.isfinite(value).all()):
+                raise FairVLMError(
+                    f"the edit at {_key_name(key)} returned NaN or infinite values from a finite "
+                    "input (a division by a zero norm?); pass check_finite=False to edit() to "
+                    "allow it")
             value = new
         names = self.captures.get(key)
         if names:
@@ -509,14 +521,30 @@ def _registry(lm) -> _Registry:
     return reg
 
 
-@contextlib.contextmanager
-def _activate(lm, ctx: _Context):
-    reg = _registry(lm)
-    reg.add(ctx)
-    try:
-        yield ctx.out
-    finally:
-        reg.remove(ctx)
+class _Session:
+    """The context manager ``capture`` / ``edit`` return: used once, in one ``with``."""
+
+    def __init__(self, lm, ctx: _Context, what: str, value):
+        self.lm, self.ctx, self.what, self.value = lm, ctx, what, value
+        self.state = "new"
+
+    def __enter__(self):
+        if self.state != "new":
+            raise FairVLMError(
+                f"this {self.what}(...) object was already used in a `with` block; call "
+                f"fairvlm.hooks.{self.what}(lm, ...) again for each block (it is cheap)")
+        _registry(self.lm).add(self.ctx)
+        self.state = "open"
+        return self.value
+
+    def __exit__(self, *exc):
+        _registry(self.lm).remove(self.ctx)
+        self.state = "closed"
+        return False
+
+
+def _activate(lm, ctx: _Context, what: str = "capture"):
+    return _Session(lm, ctx, what, ctx.out if what == "capture" else None)
 
 
 def _check_lm(lm):
@@ -542,27 +570,24 @@ def capture(lm, sites: Iterable[str] | str, *, steps: bool = False, grad: bool =
     return _activate(lm, ctx)
 
 
-def edit(lm, edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]):
+def edit(lm, edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], *, check_finite: bool = True):
     """Context manager applying ``fn(value) -> value`` at each site of ``edits`` (see module doc).
 
-    ``"resid_post.*": fn`` applies ``fn`` at every layer. Yields ``None``.
+    ``"resid_post.*": fn`` applies ``fn`` at every layer. Yields ``None``. Each result must
+    keep its input's shape, dtype and device, and (unless ``check_finite=False``, which
+    saves one reduction per site and call) be finite where the input was; otherwise a
+    :class:`~fairvlm.errors.FairVLMError` names the site.
     """
     _check_lm(lm)
     if not isinstance(edits, Mapping):
         raise FairVLMError("edit() takes a dict {site: fn}")
-    ctx = _Context()
+    ctx = _Context(check_finite=bool(check_finite))
     for site, fn in edits.items():
         if not callable(fn):
             raise FairVLMError(f"the edit for {site!r} must be a function tensor -> tensor")
         for _, key in _parse(lm, site):
             ctx.edits.setdefault(key, []).append(fn)
-
-    @contextlib.contextmanager
-    def run():
-        with _activate(lm, ctx):
-            yield None
-
-    return run()
+    return _activate(lm, ctx, "edit")
 
 
 # --------------------------------------------------------------------------------------

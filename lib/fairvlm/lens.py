@@ -91,7 +91,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fairvlm import mcq
+from fairvlm import checksums, mcq
 from fairvlm.errors import DataError, FairVLMError
 from fairvlm.paths import cache_dir
 
@@ -218,7 +218,8 @@ def _save(col: Collection, path: Path) -> None:
             save_file(arrays, str(tmp / "arrays.safetensors"))
         (tmp / "meta.json").write_text(json.dumps({
             "model": col.model, "n_layers": col.n_layers, "key": col.key, "info": col.info,
-            "code": CODE_VERSION}, indent=1))
+            "code": CODE_VERSION, "arrays": sorted(arrays)}, indent=1))
+        checksums.write_sums(tmp)  # last: it covers every file above
         if path.exists():
             shutil.rmtree(path)
         os.rename(tmp, path)
@@ -226,9 +227,19 @@ def _save(col: Collection, path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load(path: Path) -> Collection:
+def _load(path: Path) -> Collection | None:
+    """The cached collection in ``path``, or ``None`` when it must be rebuilt: a folder
+    without ``SHA256SUMS`` (written before caches were checked) silently, one whose files
+    differ from the sums written with them (an edited table, deleted or altered arrays)
+    with a warning naming what differs."""
     from safetensors.numpy import load_file
 
+    bad = checksums.problems(path)
+    if bad:
+        if (path / checksums.SUMS).is_file():
+            warnings.warn(f"the cached collection {path} is damaged ({'; '.join(bad[:3])}); "
+                          "recomputing it", stacklevel=3)
+        return None
     try:
         meta = json.loads((path / "meta.json").read_text())
         table = pd.read_csv(path / "table.csv", keep_default_na=False,
@@ -239,6 +250,9 @@ def _load(path: Path) -> Collection:
     # metrics and parsed answers are recomputed from the raw answers and log-probabilities,
     # so a fix to the parser or a metric never leaves stale numbers in the cache
     table = mcq.add_metrics(table)
+    missing = set(meta.get("arrays", [])) - set(arrays)
+    if missing:  # cannot happen with matching sums; kept as a guard for hand-made folders
+        raise DataError(f"the cached collection {path} lacks {sorted(missing)}; delete that folder")
     return Collection(table, arrays.get("lens"), arrays.get("vectors"), meta["model"],
                       int(meta["n_layers"]), meta["key"], meta.get("info", {}))
 
@@ -338,7 +352,7 @@ def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_siz
         path = _cache_path(loaded.name, key)
         if (path / "meta.json").exists():
             col = _load(path)
-            if len(col.table) == len(rows) and list(col.table["row_id"]) == [r.row_id for r in rows]:
+            if col is not None and len(col.table) == len(rows) and list(col.table["row_id"]) == [r.row_id for r in rows]:
                 return col
     from fairvlm.hooks import edit
 

@@ -172,20 +172,74 @@ def normalized_entropy(groups_topk: Sequence, n_groups: int) -> float:
     return h / math.log(n_groups)
 
 
+def _matrix(x, name: str) -> np.ndarray:
+    """A finite float matrix from numpy / torch / nested lists; NaN or inf is an error."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    try:
+        a = np.asarray(x, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"{name} must be a numeric matrix: {exc}") from None
+    if a.ndim != 2 or a.size == 0:
+        raise ParameterError(f"{name} must be a non-empty 2-D matrix; got shape {a.shape}")
+    if not np.isfinite(a).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise DataError(f"{name} holds NaN or infinite values (first at {bad}); a ranking "
+                        "of them would be arbitrary")
+    return a
+
+
+def _indices(values, name: str) -> np.ndarray:
+    """An int64 vector of indices; floats, bools and non-integral values are errors."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    a = np.asarray(values)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise ParameterError(f"{name} must hold integer indices; got dtype {a.dtype} "
+                             f"(e.g. {a.ravel()[:3].tolist()!r})")
+    return a.astype(np.int64)
+
+
 def _relevance_matrix(relevant, n_queries: int, n_items: int) -> np.ndarray:
-    if isinstance(relevant, np.ndarray) and relevant.dtype == bool:
-        if relevant.shape != (n_queries, n_items):
+    """A boolean (n_queries, n_items) matrix, or one index / list of indices per query.
+
+    A 0/1 *integer* matrix of the full shape is ambiguous (relevance flags, or two item
+    indices per query?) and is refused: pass ``relevant.astype(bool)`` or index lists."""
+    if hasattr(relevant, "detach"):
+        relevant = relevant.detach().cpu().numpy()
+    arr = None
+    try:
+        arr = np.asarray(relevant)
+    except (TypeError, ValueError):  # ragged lists of indices
+        arr = None
+    if arr is not None and arr.dtype == bool:
+        if arr.shape != (n_queries, n_items):
             raise ParameterError(
-                f"relevant has shape {relevant.shape}; expected {(n_queries, n_items)}"
+                f"relevant is a boolean matrix of shape {arr.shape}; expected {(n_queries, n_items)}"
             )
-        return relevant
+        return arr
+    if (arr is not None and arr.dtype != object and arr.shape == (n_queries, n_items)
+            and n_items > 1 and np.isin(arr, (0, 1)).all()):
+        raise ParameterError(
+            f"relevant is a 0/1 matrix of shape {arr.shape}: pass it as booleans "
+            "(np.asarray(relevant, dtype=bool)) if it flags relevant items, or as one set of "
+            "item indices per query ([{0, 1}, ...]) if it lists them"
+        )
     rel = np.zeros((n_queries, n_items), dtype=bool)
     relevant = list(relevant)
     if len(relevant) != n_queries:
         raise ParameterError(f"relevant lists {len(relevant)} queries; scores have {n_queries}")
     for qi, items in enumerate(relevant):
-        items = [items] if isinstance(items, (int, np.integer)) else list(items)
+        if isinstance(items, (bool, np.bool_)):
+            raise ParameterError(
+                f"relevant[{qi}] is a bool; give item indices per query, or a boolean matrix "
+                f"of shape {(n_queries, n_items)}")
+        items = [items] if np.ndim(items) == 0 else list(items)
         for it in items:
+            if isinstance(it, (bool, np.bool_)) or not isinstance(it, (int, np.integer)):
+                raise ParameterError(
+                    f"relevant item {it!r} of query {qi} is not an integer index (booleans: "
+                    f"pass one boolean matrix of shape {(n_queries, n_items)})")
             if not 0 <= int(it) < n_items:
                 raise ParameterError(f"relevant item {it} of query {qi} is outside [0, {n_items})")
             rel[qi, int(it)] = True
@@ -197,11 +251,11 @@ def recall_at_k(scores, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[int, f
 
     ``scores``: (n_queries, n_items) similarities, higher is better (numpy or torch).
     ``relevant``: a boolean (n_queries, n_items) matrix, or one index / iterable of indices
-    per query. Returns ``{k: recall}``. Ties are broken by item index (stable sort).
+    per query (a 0/1 integer matrix is refused as ambiguous). Returns ``{k: recall}``.
+    Ties are broken by item index (stable sort). NaN or infinite scores raise
+    :class:`~fairvlm.errors.DataError`.
     """
-    s = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=float)
-    if s.ndim != 2 or s.size == 0:
-        raise ParameterError(f"scores must be a non-empty 2-D matrix; got shape {s.shape}")
+    s = _matrix(scores, "scores")
     rel = _relevance_matrix(relevant, *s.shape)
     if not rel.any(axis=1).all():
         missing = int(np.flatnonzero(~rel.any(axis=1))[0])
@@ -228,9 +282,9 @@ def text_image_recall(
     Returns ``{"t2i": {k: r}, "i2t": {k: r}}``: text-to-image (each caption finds its image)
     and image-to-text (each image finds any of its captions).
     """
-    t = np.asarray(text_emb.detach().cpu() if hasattr(text_emb, "detach") else text_emb, float)
-    v = np.asarray(image_emb.detach().cpu() if hasattr(image_emb, "detach") else image_emb, float)
-    cap = np.asarray(caption_image, dtype=np.int64)
+    t = _matrix(text_emb, "text_emb")
+    v = _matrix(image_emb, "image_emb")
+    cap = _indices(caption_image, "caption_image")
     if t.ndim != 2 or v.ndim != 2 or t.shape[1] != v.shape[1]:
         raise ParameterError(f"embeddings must be (n, d) with the same d; got {t.shape}, {v.shape}")
     if cap.shape != (t.shape[0],):
@@ -251,9 +305,9 @@ def zero_shot_accuracy(image_emb, class_emb, labels: Sequence[int]) -> float:
     ``image_emb``: (n, d), ``class_emb``: (n_classes, d), both L2-normalized;
     ``labels[i]``: the true class index of image ``i``.
     """
-    v = np.asarray(image_emb.detach().cpu() if hasattr(image_emb, "detach") else image_emb, float)
-    c = np.asarray(class_emb.detach().cpu() if hasattr(class_emb, "detach") else class_emb, float)
-    y = np.asarray(labels, dtype=np.int64)
+    v = _matrix(image_emb, "image_emb")
+    c = _matrix(class_emb, "class_emb")
+    y = _indices(labels, "labels")
     if v.ndim != 2 or c.ndim != 2 or v.shape[1] != c.shape[1] or y.shape != (v.shape[0],):
         raise ParameterError(
             f"shapes do not fit: images {v.shape}, classes {c.shape}, labels {y.shape}"

@@ -72,6 +72,7 @@ from fairvlm.embedded import (  # noqa: F401  (re-exported: the public paths and
     SMOLLM2_GGUF,
     _atomic_dir,
     _build_smollm2_cache,
+    _checked_dir,
     _quiet,
     _smollm2_cache,
     minilm_dir,
@@ -282,6 +283,8 @@ class LoadedModel:
         texts = [texts] if single else list(texts)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise FairVLMError("inputs() needs a string or a non-empty list of strings")
+        if self.kind == "vlm":
+            _check_no_image_tokens(texts)
         if images is not None:
             if single and not isinstance(images, (list, tuple)):
                 images = [images]
@@ -309,15 +312,15 @@ class LoadedModel:
         per_text = [_as_list(im) for im in images] if images is not None else [[] for _ in texts]
         prompts = [self._prompt(t, len(ims), chat, system, assistant_prefix)
                    for t, ims in zip(texts, per_text)]
-        flat = [im for ims in per_text for im in ims]
+        flat = [_rgb(im) for ims in per_text for im in ims]
         kwargs: dict = {"text": prompts, "return_tensors": "pt", "padding": True}
         if self.family != "mllama":
             kwargs["add_special_tokens"] = False
         if flat:
             if self.family == "mllama":
-                kwargs["images"] = [ims for ims in per_text]
+                kwargs["images"] = [[_rgb(im) for im in ims] for ims in per_text]
             else:
-                kwargs["images"] = [im.convert("RGB") for im in flat]
+                kwargs["images"] = flat
         enc = self.processor(**kwargs)
         return enc.to(self.device)
 
@@ -347,7 +350,7 @@ class LoadedModel:
                 ims = _as_list(im)
                 if len(ims) != 1:
                     raise FairVLMError("a dual encoder takes exactly one image per row")
-                flat.append(ims[0].convert("RGB"))
+                flat.append(_rgb(ims[0]))
             image_processor = getattr(self.processor, "image_processor", self.processor)
             out.update(image_processor(images=flat, return_tensors="pt"))
         from transformers import BatchEncoding
@@ -401,8 +404,11 @@ class LoadedModel:
             raise FairVLMError(f"{self.name} is not a CLIP-style dual encoder")
         image_processor = getattr(self.processor, "image_processor", self.processor)
         outs = []
+        if isinstance(images, (str, os.PathLike)) or not hasattr(images, "__len__"):
+            raise FairVLMError("embed_images() takes a list of PIL images; got "
+                               f"{type(images).__name__} (open files with PIL.Image.open)")
         for i in range(0, len(images), batch_size):
-            chunk = [im.convert("RGB") for im in images[i:i + batch_size]]
+            chunk = [_rgb(im) for im in images[i:i + batch_size]]
             pix = image_processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
             emb = _features(self.model.get_image_features(pixel_values=pix))
             outs.append(torch.nn.functional.normalize(emb.float(), dim=-1))
@@ -431,6 +437,43 @@ def _as_list(im) -> list:
     if isinstance(im, (list, tuple)):
         return list(im)
     return [im]
+
+
+#: Special tokens the prompt formats insert for images; in a user's text they would make
+#: the token count disagree with the images given (a raw processor error, or worse).
+IMAGE_TOKEN_STRINGS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|video_pad|>", "<|image|>")
+
+
+def _check_no_image_tokens(texts) -> None:
+    for i, t in enumerate(texts):
+        hit = next((tok for tok in IMAGE_TOKEN_STRINGS if tok in t), None)
+        if hit is not None:
+            raise FairVLMError(
+                f"text {i} contains the literal {hit!r}; the prompt format inserts one image "
+                "placeholder per image itself, so pass the images with images= and leave the "
+                "placeholder out of the text")
+
+
+def _rgb(im):
+    """A PIL image in RGB. A path, an array or a file that cannot be decoded (a truncated
+    PNG) is a :class:`FairVLMError` naming it, instead of a traceback from the processor."""
+    from PIL import Image
+
+    if not isinstance(im, Image.Image):
+        what = (f"the path {str(im)!r}" if isinstance(im, (str, os.PathLike))
+                else f"a {type(im).__module__}.{type(im).__name__}")
+        raise FairVLMError(
+            f"an image must be a PIL.Image.Image, got {what}; open a file with "
+            "PIL.Image.open(path), convert an array with PIL.Image.fromarray(array)")
+    try:
+        return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        name = getattr(im, "filename", "") or "an in-memory image"
+        from fairvlm.errors import DataError
+
+        raise DataError(f"cannot decode the image {name}: {exc}; the file is truncated or "
+                        "corrupt (for PAIRS: python -m fairvlm.data verify-pairs)") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -519,6 +562,8 @@ def load(name: str, *, seed: int = 0, size: str | None = None, local_dir: str | 
     """
     if not isinstance(name, str) or name not in known_names():
         raise unknown("model", name, known_names())
+    device = _check_device(device)
+    dtype = _check_dtype(dtype)
     if size is not None and name not in TESTBED:
         raise FairVLMError(f"size= applies only to the testbed models {TESTBED}, not {name!r}")
     if local_dir is not None and name not in PAPER_MODELS:
@@ -541,16 +586,68 @@ def load(name: str, *, seed: int = 0, size: str | None = None, local_dir: str | 
     return lm
 
 
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def _check_device(device):
+    """``None``, or a :class:`torch.device` this machine has; ``"gpu"`` or ``"cuda"`` without
+    a GPU is a :class:`FairVLMError` saying what is available."""
+    if device is None:
+        return None
+    have = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+        ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FairVLMError(f"device={device!r} is not a torch device; this machine has: "
+                           f"{', '.join(have)} (e.g. device='cpu' or 'cuda:0')") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FairVLMError(f"device={device!r}: no CUDA GPU is visible to torch here; "
+                               f"use device='cpu' (this machine has: {', '.join(have)})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FairVLMError(f"device={device!r}: there are {torch.cuda.device_count()} GPUs "
+                               f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type not in have:
+        raise FairVLMError(f"device={device!r} is not available here; this machine has: "
+                           f"{', '.join(have)}")
+    return dev
+
+
+def _check_dtype(dtype):
+    """``None``, a floating :class:`torch.dtype`, or its name (``"bfloat16"``, ``"fp16"``)."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in _DTYPES:
+            return _DTYPES[key]
+    raise FairVLMError(f"dtype={dtype!r} is not a floating-point dtype; use torch.float32, "
+                       "torch.bfloat16 or torch.float16 (or their names: "
+                       + ", ".join(repr(k) for k in _DTYPES) + ")")
+
+
+# ---- SmolLM2 (GGUF -> safetensors cache) --------------------------------------------------
+
+
 # ---- SmolLM2 and MiniLM (weights found by fairvlm.embedded) -------------------------------
 
 
 def _load_smollm2() -> LoadedModel:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    path = _atomic_dir(_smollm2_cache(), _build_smollm2_cache)
-    with _quiet():
-        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(path)
+    path = _checked_dir(_smollm2_cache(), _build_smollm2_cache, "SmolLM2 weights")
+    try:
+        with _quiet():
+            model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # safetensors / json / tokenizers raise several types
+        raise FairVLMError(f"cannot load the cached SmolLM2 weights in {path} ({type(exc).__name__}: "
+                           f"{exc}); delete that folder and run again to rebuild it") from None
     tok.padding_side = "left"
     model.eval()
     return LoadedModel(model=model, processor=tok, tokenizer=tok, name="smollm2-135m-instruct",
@@ -826,7 +923,15 @@ def _load_testbed(name: str, size: str | None) -> LoadedModel:
     except ImportError as exc:
         raise FairVLMError(f"{name} needs {TESTBED_LOADERS[name]}, which could not be imported: {exc}") from exc
     kwargs = {} if size is None else {"size": size}
-    hf_model, processor = testbed.load_hf(name, **kwargs)
+    try:
+        hf_model, processor = testbed.load_hf(name, **kwargs)
+    except FairVLMError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:  # a truncated safetensors file, bad json
+        folder = testbed.testbed_dir(**kwargs)
+        raise FairVLMError(f"cannot load {name} from its cache {folder} ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); delete that folder and run again to rebuild "
+                           "it") from None
     hf_model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
     if name == "testbed-clip":

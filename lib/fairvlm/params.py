@@ -13,6 +13,7 @@ calls :func:`check_params` with them. The three profiles:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,9 +71,14 @@ def check_choice(name: str, value: Any, choices) -> Any:
 
 
 def check_range(name: str, value: Any, low=None, high=None, *, kind=(int, float)) -> Any:
-    """Raise a :class:`ParameterError` unless ``low <= value <= high`` (either may be None)."""
+    """Raise a :class:`ParameterError` unless ``low <= value <= high`` (either may be None).
+
+    NaN and infinities are rejected too: ``nan < low`` is false, so a plain comparison
+    would let them through."""
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ParameterError(f"{name}={value!r} must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(f"{name}={value!r} must be a finite number, not NaN or infinity")
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high

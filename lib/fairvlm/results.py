@@ -98,8 +98,15 @@ def save_results(
     missing = {"models", "data"} - set(provenance)
     if missing:
         raise FairVLMError(f"provenance for {slug!r} must name {sorted(missing)}")
-    out_dir = Path(out_dir) if out_dir is not None else results_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not isinstance(slug, str) or not slug or "/" in slug or "\\" in slug or slug.startswith("."):
+        raise FairVLMError(f"slug={slug!r} must be a chapter name such as '07_clip_heads' "
+                           "(no path separators, not hidden)")
+    if tables:
+        for name, df in tables.items():
+            if not isinstance(df, pd.DataFrame):
+                raise FairVLMError(f"table {name!r} must be a pandas DataFrame, not {type(df).__name__}")
+            if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+                raise FairVLMError(f"table name {name!r} must be a plain file name")
     record = {
         "chapter": slug,
         "params": _jsonable(params),
@@ -110,7 +117,20 @@ def save_results(
         "git_commit": git_commit(),
     }
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=out_dir))
+    out_dir = Path(out_dir) if out_dir is not None else results_dir()
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{slug}.", dir=out_dir))
+    except OSError as exc:
+        for p in created:  # innermost first: leave no empty folder behind
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise FairVLMError(
+            f"cannot write results to {out_dir}: {exc.strerror or exc}; set $FAIRVLM_RESULTS "
+            "(or out_dir=) to a writable folder") from None
     try:
         (staging / f"{slug}.json").write_text(text)
         if tables:
@@ -126,6 +146,8 @@ def save_results(
         if tables:
             os.replace(staging / slug, final_dir)
         os.replace(staging / f"{slug}.json", final_json)
+    except OSError as exc:
+        raise FairVLMError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir / f"{slug}.json"

@@ -23,7 +23,7 @@ from typing import Callable
 from fairvlm.data.pairs import PAIRS_COMMIT, PAIRS_URL, fetch_pairs, pairs_root, verify_pairs
 from fairvlm.data.sobit import fetch_sobit, sobit_path
 from fairvlm.data.socialcf import fetch_socialcf, socialcf_root
-from fairvlm.errors import FairVLMError, unknown
+from fairvlm.errors import EXIT_BAD_INPUT, FairVLMError, cli_main, unknown
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,9 @@ def _one_line(exc: BaseException) -> str:
 def _fetch(args) -> int:
     name = args.name.strip().lower()
     if name != "all" and name not in DATASETS:
-        print(f"error: {unknown('dataset', args.name, [*DATASETS, 'all'])}", file=sys.stderr)
-        return 2
+        raise unknown("dataset", args.name, [*DATASETS, "all"])
     if name == "all" and args.base_url:
-        print("error: --base-url needs one dataset (pairs, socialcf or sobit), not all",
-              file=sys.stderr)
-        return 2
+        raise FairVLMError("--base-url needs one dataset (pairs, socialcf or sobit), not all")
     chosen = list(DATASETS.values()) if name == "all" else [DATASETS[name]]
     failed = 0
     for ds in chosen:
@@ -93,10 +90,15 @@ def _fetch(args) -> int:
                       file=sys.stderr)
             else:
                 print(f"error: {exc}", file=sys.stderr)
-    return 1 if failed and not args.best_effort else 0
+    return EXIT_BAD_INPUT if failed and not args.best_effort else 0
 
 
 def main(argv=None) -> int:
+    """The command line; returns its exit status (bad input: 2, via :func:`fairvlm.errors.cli_main`)."""
+    return cli_main(_run, argv)
+
+
+def _run(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fairvlm.data",
                                  description="Fetch and verify the datasets of the book.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -133,17 +135,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.command == "fetch":
         return _fetch(args)
-    try:
-        if args.command == "fetch-pairs":
-            dest = fetch_pairs(args.dest, args.source, overwrite=args.overwrite)
-            print(f"PAIRS is at {dest} (all files verified)")
-        else:
-            root = pairs_root(args.root)
-            n = verify_pairs(root)
-            print(f"{root}: all {n} files match the manifest")
-    except FairVLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.command == "fetch-pairs":
+        dest = fetch_pairs(args.dest, args.source, overwrite=args.overwrite)
+        print(f"PAIRS is at {dest} (all files verified)")
+    else:
+        root = pairs_root(args.root)
+        n = verify_pairs(root)
+        print(f"{root}: all {n} files match the manifest")
     return 0
 
 

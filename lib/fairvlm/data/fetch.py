@@ -16,11 +16,13 @@ and its default folder. :func:`fetch_tree` puts a verified copy in place:
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Callable
 from urllib.error import URLError
 from urllib.request import urlopen as _urlopen
 
+from fairvlm.checksums import sha256_file
 from fairvlm.errors import DataError
 from fairvlm.paths import repo_root
 
@@ -87,15 +90,6 @@ def read_manifest(path: str | os.PathLike, what: str = "") -> dict[str, str]:
     return entries
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _mismatch(rel: str, got: str, want: str, f: Path) -> str:
     return (f"{rel}: sha256 {got[:12]}... != expected {want[:12]}... "
             f"({f.stat().st_size} bytes; the file is truncated or altered)")
@@ -151,6 +145,26 @@ def _source_tree(source: Path, entries: dict[str, str], clone_subdir: str) -> Pa
     return source
 
 
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """Turn SIGTERM into :class:`SystemExit` for the duration, so the ``finally`` that
+    removes the staging folder runs (the default action kills the process on the spot and
+    leaves a hidden ``.partial-`` folder behind). Only the main thread can set a handler;
+    elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def fetch_tree(
     remote: Remote,
     dest: str | os.PathLike | None = None,
@@ -199,43 +213,64 @@ def fetch_tree(
         )
     src = (_source_tree(Path(source).expanduser(), entries, remote.clone_subdir)
            if source is not None else None)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    except OSError as exc:
+        _remove_empty(created)
+        raise DataError(f"cannot write {remote.title} to {dest}: {exc.strerror or exc} "
+                        f"(at {exc.filename or dest.parent}); choose a writable folder") from None
     old = None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the data from other users
-        problems = []
-        what = f"copying {remote.title} from {src}" if src else f"downloading {remote.title}"
-        for rel, want in tqdm(entries.items(), desc=what, unit="file", disable=not progress):
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if src is not None:
-                if not (src / rel).is_file():
-                    problems.append(f"{rel}: missing from {src}")
-                    continue
-                shutil.copyfile(src / rel, target)
-            else:
-                url = urllib.parse.urljoin(base_url, urllib.parse.quote(rel))
-                _download(url, target, timeout, remote, urlopen)
-            got = sha256_file(target)
-            if got != want:
-                problems.append(_mismatch(rel, got, want, target))
-        if problems:
-            origin = str(src) if src is not None else base_url
-            raise DataError(
-                f"{remote.title} from {origin} failed verification against {manifest_label}; "
-                f"nothing was written to {dest}:{summary(problems)}"
-            )
-        (staging / "SHA256SUMS").write_text(
-            "".join(f"{want}  {rel}\n" for rel, want in entries.items()))
-        if dest.exists():  # overwrite=True: swap only now that the new copy is verified
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.replace(dest, old / dest.name)
-        os.replace(staging, dest)
+        with _terminate_cleanly():
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the data from other users
+            problems = []
+            what = f"copying {remote.title} from {src}" if src else f"downloading {remote.title}"
+            for rel, want in tqdm(entries.items(), desc=what, unit="file", disable=not progress):
+                target = staging / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if src is not None:
+                    if not (src / rel).is_file():
+                        problems.append(f"{rel}: missing from {src}")
+                        continue
+                    shutil.copyfile(src / rel, target)
+                else:
+                    url = urllib.parse.urljoin(base_url, urllib.parse.quote(rel))
+                    _download(url, target, timeout, remote, urlopen)
+                got = sha256_file(target)
+                if got != want:
+                    problems.append(_mismatch(rel, got, want, target))
+            if problems:
+                origin = str(src) if src is not None else base_url
+                raise DataError(
+                    f"{remote.title} from {origin} failed verification against {manifest_label}; "
+                    f"nothing was written to {dest}:{summary(problems)}"
+                )
+            (staging / "SHA256SUMS").write_text(
+                "".join(f"{want}  {rel}\n" for rel, want in entries.items()))
+            if dest.exists():  # overwrite=True: swap only now that the new copy is verified
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+                os.replace(dest, old / dest.name)
+            os.replace(staging, dest)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise DataError(f"cannot write {remote.title} to {dest}: {exc.strerror or exc} "
+                        f"(at {exc.filename or dest}); nothing was written there") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        if not dest.exists():
+            _remove_empty(created)
     return dest
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this call created for ``dest`` (innermost first), if empty."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            return

@@ -36,6 +36,14 @@ SOBIT_REMOTE = Remote(title="So-B-IT taxonomy", manifest_name=SOBIT_MANIFEST_NAM
 #: upstream spelling -> the name used in this book
 CATEGORY_ALIASES = {"behavorial": "behavioral"}
 
+#: Words per category in the pinned file (after normalizing and de-duplicating): the check
+#: used with ``verify=True`` when the manifest ``data/sobit.sha256`` is not at hand.
+PINNED_COUNTS = {
+    "appearance": 25, "behavioral": 78, "education and wealth": 24, "criminal justice": 29,
+    "healthcare": 14, "portrayal in media": 24, "political": 25, "religion": 25,
+    "occupation": 167, "stereotyping": 30,
+}
+
 _HOW_TO_GET = (
     f"Fetch {SOBIT_FILE} with `python -m fairvlm.data fetch sobit` (downloads it from "
     f"https://github.com/{SOBIT_REPO} at commit {SOBIT_COMMIT[:7]} into data/sobit/ and "
@@ -96,14 +104,18 @@ def fetch_sobit(
                       overwrite=overwrite, timeout=timeout, progress=progress)
 
 
-def load_sobit(path: str | os.PathLike | None = None) -> pd.DataFrame:
+def load_sobit(path: str | os.PathLike | None = None, *, verify: bool = True) -> pd.DataFrame:
     """The taxonomy as a tidy frame: one row per (category, word), columns
     ``category, word``.
 
     Categories are normalized (:func:`normalize_category`) and kept in file order; words
     are stripped and kept in file order. A word listed in two categories (e.g. "lazy")
     gives two rows; a word repeated within one category is kept once. Raises
-    :class:`DataError` for a missing file or one that is not an object of word lists.
+    :class:`DataError` for a missing file or one that is not an object of non-empty word
+    lists. ``verify=True`` (default) also requires the pinned file: its sha256 equals the
+    one in ``data/sobit.sha256`` (without that manifest: the words per category equal
+    :data:`PINNED_COUNTS`), so a file with a word removed is not read as the taxonomy;
+    ``verify=False`` loads a taxonomy of your own, checking only its format.
     """
     p = sobit_path(path)
     try:
@@ -119,16 +131,45 @@ def load_sobit(path: str | os.PathLike | None = None) -> pd.DataFrame:
             raise DataError(f"{p}: category {name!r} appears twice (after normalizing "
                             f"{category!r})")
         seen.add(name)
-        if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
-            raise DataError(f"{p}: category {category!r} must hold a list of non-empty words")
+        if (not isinstance(words, list) or not words
+                or not all(isinstance(w, str) and w.strip() for w in words)):
+            raise DataError(f"{p}: category {category!r} must hold a non-empty list of "
+                            "non-empty words")
         kept = dict.fromkeys(w.strip() for w in words)
         rows.extend((name, w) for w in kept)
-    return pd.DataFrame(rows, columns=["category", "word"]).astype("string")
+    df = pd.DataFrame(rows, columns=["category", "word"]).astype("string")
+    if verify:
+        _verify_pinned(p, df)
+    return df
 
 
-def sobit_categories(path: str | os.PathLike | None = None) -> pd.DataFrame:
+def _verify_pinned(p: Path, df: pd.DataFrame) -> None:
+    from fairvlm.data.fetch import manifest_path, read_manifest, sha256_file
+
+    fix = ("Re-fetch it with `python -m fairvlm.data fetch sobit --overwrite`, or pass "
+           "verify=False to load a taxonomy of your own (then only its format is checked)")
+    try:
+        manifest = manifest_path(SOBIT_MANIFEST_NAME, "So-B-IT")
+    except DataError:
+        manifest = None
+    if manifest is not None:
+        want = read_manifest(manifest, "So-B-IT").get(SOBIT_FILE)
+        if want is not None:
+            if sha256_file(p) != want:
+                raise DataError(f"{p} is not the pinned So-B-IT taxonomy: its sha256 differs "
+                                f"from {manifest.name} ({len(df)} words read; the pinned file "
+                                f"has {sum(PINNED_COUNTS.values())}). {fix}")
+            return
+    counts = df.groupby("category", sort=False).size().to_dict()
+    if counts != PINNED_COUNTS:
+        diff = sorted(set(counts.items()) ^ set(PINNED_COUNTS.items()))
+        raise DataError(f"{p} is not the pinned So-B-IT taxonomy (words per category differ: "
+                        f"{diff[:4]}). {fix}")
+
+
+def sobit_categories(path: str | os.PathLike | None = None, *, verify: bool = True) -> pd.DataFrame:
     """Words per category: columns ``category, n_words, examples`` (first three words)."""
-    df = load_sobit(path)
+    df = load_sobit(path, verify=verify)
     g = df.groupby("category", sort=False)["word"]
     return pd.DataFrame({
         "n_words": g.size(),
@@ -136,12 +177,12 @@ def sobit_categories(path: str | os.PathLike | None = None) -> pd.DataFrame:
     }).reset_index()
 
 
-def sobit_words(category: str, path: str | os.PathLike | None = None) -> list[str]:
+def sobit_words(category: str, path: str | os.PathLike | None = None, *, verify: bool = True) -> list[str]:
     """The words of one category (an alias such as ``"behavorial"`` is accepted).
 
     Raises :class:`~fairvlm.errors.UnknownNameError` listing the categories otherwise.
     """
-    df = load_sobit(path)
+    df = load_sobit(path, verify=verify)
     name = normalize_category(category)
     known = list(dict.fromkeys(df["category"]))
     if name not in known:

@@ -83,6 +83,57 @@ _HOW_TO_GET = (
     f"point ${SCF_ENV} at the folder that holds them."
 )
 _META_COLUMNS = ("seed", "p2p_threshold", "cfg_scale", "filename", "rank")
+#: Sets (rows of the CSV) in each pinned metadata file: the check used with ``verify=True``
+#: when the sha256 manifest ``data/socialcf.sha256`` is not at hand (a pip install).
+PINNED_SETS = {"race_gender": 7936, "physical_gender": 5052, "physical_race": 836}
+
+
+def _verify_pinned(path: Path, segment: str, n_sets: int) -> None:
+    """``path`` must be the pinned file: its sha256 equals the manifest's (when the manifest
+    is found), else at least its number of sets equals :data:`PINNED_SETS`."""
+    from fairvlm.data.fetch import manifest_path, read_manifest, sha256_file
+
+    fix = (f"Re-fetch it with `python -m fairvlm.data fetch socialcf --overwrite`, or pass "
+           "verify=False to load a subset or another version of your own (then only its "
+           "format is checked)")
+    try:
+        manifest = manifest_path(SCF_MANIFEST_NAME, "SocialCounterfactuals")
+    except DataError:
+        manifest = None
+    if manifest is not None:
+        want = read_manifest(manifest, "SocialCounterfactuals").get(path.name)
+        if want is not None and sha256_file(path) != want:
+            raise DataError(
+                f"{path} is not the pinned SocialCounterfactuals file: its sha256 differs from "
+                f"{manifest.name} ({n_sets} sets read; the pinned file has "
+                f"{PINNED_SETS[segment]}), so it is truncated or altered. {fix}")
+        if want is not None:
+            return
+    if n_sets != PINNED_SETS[segment]:
+        raise DataError(
+            f"{path} holds {n_sets} sets; the pinned SocialCounterfactuals file has "
+            f"{PINNED_SETS[segment]}, so it is truncated or altered. {fix}")
+
+
+def _check_cells(path: Path, meta: pd.DataFrame) -> None:
+    """seed and rank must be non-negative integers, p2p_threshold and cfg_scale finite
+    numbers (pandas reads '12.5' or 'x' in an integer column without complaint)."""
+    for col in ("seed", "rank"):
+        v = pd.to_numeric(meta[col], errors="coerce")
+        bad = v.isna() | (v < 0) | (v != v.round())
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{path.name}, data row {i + 1}: {col}={meta[col].iloc[i]!r} is not "
+                            "a non-negative integer; the file is altered")
+        meta[col] = v.astype(np.int64)
+    for col in ("p2p_threshold", "cfg_scale"):
+        v = pd.to_numeric(meta[col], errors="coerce")
+        bad = ~np.isfinite(v.to_numpy(dtype=float))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{path.name}, data row {i + 1}: {col}={meta[col].iloc[i]!r} is not "
+                            "a finite number; the file is altered")
+        meta[col] = v.astype(float)
 
 
 def socialcf_root(root: str | os.PathLike | None = None, *, required: bool = True) -> Path | None:
@@ -141,7 +192,7 @@ def _problem(path: Path, what: str, bad: pd.DataFrame, col: str) -> DataError:
     )
 
 
-def _load_segment(segment: str, folder: Path, images: Path | None) -> pd.DataFrame:
+def _load_segment(segment: str, folder: Path, images: Path | None, verify: bool = True) -> pd.DataFrame:
     path = folder / f"metadata_{segment}.csv"
     if not path.is_file():
         raise DataError(f"{path} not found. {_HOW_TO_GET}")
@@ -156,6 +207,13 @@ def _load_segment(segment: str, folder: Path, images: Path | None) -> pd.DataFra
                         "SocialCounterfactuals metadata file?")
     if meta[list(_META_COLUMNS) + caps].isna().any().any():
         raise DataError(f"{path} has empty cells in its set or caption columns")
+    if verify:
+        _verify_pinned(path, segment, len(meta))
+    _check_cells(path, meta)
+    if meta.duplicated(["filename", "rank", "seed"]).any():
+        dup = meta[meta.duplicated(["filename", "rank", "seed"])].iloc[0]
+        raise DataError(f"{path.name}: the set {dup['filename']} (rank {dup['rank']}, seed "
+                        f"{dup['seed']}) appears twice; the file is altered")
     n_sets, n_caps = len(meta), len(caps)
     index = np.array([int(c.split("_")[1]) for c in caps])
     long = pd.DataFrame({
@@ -243,6 +301,7 @@ def load_socialcounterfactuals(
     *,
     images: str | os.PathLike | None = None,
     require_images: bool = False,
+    verify: bool = True,
 ) -> pd.DataFrame:
     """Parse SocialCounterfactuals metadata into one row per image (caption).
 
@@ -256,16 +315,22 @@ def load_socialcounterfactuals(
     (the image's path, ``<NA>`` when there is no image folder or the file is absent).
     Rows keep the CSV's set order, then caption order.
 
-    Raises :class:`~fairvlm.errors.DataError` for a missing or malformed file (a caption
-    that does not parse, a set that is not a complete attribute grid), or when
-    ``require_images`` is set and an image is missing.
+    ``verify=True`` (default): each CSV must be the pinned file (its sha256 equals the one
+    in ``data/socialcf.sha256``; without that manifest, its number of sets equals
+    :data:`PINNED_SETS`), so a file cut short at a row boundary is not read as a smaller
+    dataset. ``verify=False`` loads a subset or another version, checking only its format.
+
+    Raises :class:`~fairvlm.errors.DataError` for a missing, truncated or malformed file (a
+    caption that does not parse, a set that is not a complete attribute grid, a seed or
+    rank that is not a non-negative integer), or when ``require_images`` is set and an
+    image is missing.
     """
     if segment != "all" and segment not in SEGMENTS:
         raise unknown("SocialCounterfactuals segment", segment, [*SEGMENTS, "all"])
     folder = socialcf_root(root)
     image_dir = _images_folder(images, require_images)
     chosen = list(SEGMENTS) if segment == "all" else [segment]
-    df = pd.concat([_load_segment(s, folder, image_dir) for s in chosen], ignore_index=True)
+    df = pd.concat([_load_segment(s, folder, image_dir, verify) for s in chosen], ignore_index=True)
     if require_images and df["image"].isna().any():
         missing = df.loc[df["image"].isna()].iloc[0]
         name = f"{missing['filename']}_{missing['rank']}_{missing['caption_index']}_{missing['seed']}.jpg"
