@@ -335,7 +335,7 @@ glue("transfer_fair", f"{top['auroc_fair']:.2f}", display=False)
 # {glue:text}`transfer_run`. The directions are saved as safetensors under
 # `results/directions/` (`fairvlm.lens.Directions.load`; chapter 04 refits them from the
 # cached runs with `fairvlm.lens.fit_directions`, which gives the same vectors, and applies
-# them with `fairvlm.lens.resfair_edits`).
+# them with `fairvlm.resfair.posthoc`).
 #
 # ## References
 #
