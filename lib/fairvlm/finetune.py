@@ -312,8 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fairvlm import lens, models
     from fairvlm.resfair import check_dataset
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.startswith("--save_strategy") for a in argv):
+        argv += ["--save_strategy", "no"]      # the final model is saved below, once, as safetensors
     parser = HfArgumentParser((ScriptArguments, DPOKLConfig))
-    script, cfg = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    script, cfg = parser.parse_args_into_dataclasses(args=argv)
     try:
         if script.method not in ("dpo_kl", "lora"):
             raise unknown("method", script.method, ("dpo_kl", "lora"))
