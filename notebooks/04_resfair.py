@@ -166,7 +166,7 @@ def _base(ds):
 for sp in splits:
     sp["dataset"] = _base(sp["eval"])
     sp["dirs"] = lens.fit_directions(sp["fit_col"])
-    rows_, images_ = all_rows[(sp["model"], _base(sp["fit"]))]
+    rows_, sp["fit_images"] = all_rows[(sp["model"], _base(sp["fit"]))]
     fit_rows = resfair.rows_for(rows_, set(sp["fit_col"].table["scenario"]))
     rows_, images_ = all_rows[(sp["model"], sp["dataset"])]
     ev = resfair.rows_for(rows_, set(sp["eval_col"].table["scenario"]))
@@ -215,7 +215,7 @@ with tempfile.TemporaryDirectory() as tmp:
                                   ("w/ DPO+KL", finetune.train_dpo_kl,
                                    {"beta": BETA, "kl_coef": KL_COEF, "kl_measure": MEASURE})):
             lm = _load(sp["model"], TRAIN_DTYPE)
-            model_t, hist = fn(lm, sp["train_rows"], sp["images"], output_dir=f"{tmp}/{k}", epochs=EPOCHS,
+            model_t, hist = fn(lm, sp["train_rows"], sp["fit_images"], output_dir=f"{tmp}/{k}", epochs=EPOCHS,
                                batch_size=BATCH, lr=LR, seed=SEED, **extra)
             if EVAL_DTYPE is not None:
                 model_t.model.to(EVAL_DTYPE)

@@ -351,3 +351,45 @@ def test_scale_out_configs_parse():
     ds = HfDeepSpeedConfig(str(ROOT / "configs" / "ds_zero3.json"))
     assert ds.is_zero3() and ds.is_offload()
     assert deepspeed.__version__
+
+
+# ---------------------------------------------------------------------------- utility checks
+
+
+def test_social_difference_questions_are_balanced_and_sourced(tmp_path):
+    from fairvlm import utility
+
+    qs = utility.load_social_differences()
+    assert (qs.attribute == "gender").sum() == 20 and (qs.attribute == "race").sum() == 30
+    # half of each attribute's answers name each group: always naming one group scores half
+    for attribute, n in (("gender", 10), ("race", 15)):
+        counts = qs[qs.attribute == attribute]["answer"].value_counts()
+        assert counts.tolist() == [n, n]
+    assert qs["source"].str.len().min() > 20
+    rows = utility.social_rows(qs)
+    assert len(rows) == 50 and all(r.item.variant == "text" for r in rows)
+    # a model that says "both" to everything gets none right; one that names the answer gets all
+    table = pd.DataFrame({"scenario": qs["id"], "parsed": "fair"})
+    assert not utility.score_social(table, qs)["correct"].any()
+    key = {g.value: g.key for a in mcq.ATTRIBUTES for g in mcq.GROUPS[a]}
+    table = pd.DataFrame({"scenario": qs["id"], "parsed": [key[a] for a in qs["answer"]]})
+    assert utility.score_social(table, qs)["correct"].all()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("questions:\n  - {id: x, attribute: gender, question: q, answer: black, source: s}\n")
+    with pytest.raises(FairVLMError, match="not a gender group"):
+        utility.load_social_differences(bad)
+    with pytest.raises(FairVLMError, match="no social-difference"):
+        utility.load_social_differences(tmp_path / "missing.yaml")
+
+
+def test_general_questions_scoring():
+    from fairvlm import utility
+
+    qs = utility.GENERAL_QUESTIONS[:3]
+    prompts, options = utility.general_rows(qs)
+    assert all(q[1] in o for q, o in zip(qs, options))
+    assert [o.index(q[1]) for q, o in zip(qs, options)] == [0, 1, 2]      # the correct option rotates
+    got = utility.score_general(["Paris.", "I think Beijing, not Tokyo", "no idea"], qs)
+    assert got.tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(FairVLMError, match="answers"):
+        utility.score_general(["Paris"], qs)
