@@ -230,7 +230,8 @@ def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps) -> dict:
     return dict(output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                 learning_rate=lr, seed=seed, data_seed=seed, report_to="none", logging_steps=1,
                 save_strategy="no", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-                max_steps=max_steps, disable_tqdm=True, dataloader_num_workers=0, bf16=False, fp16=False)
+                max_steps=max_steps, disable_tqdm=True, dataloader_num_workers=0, bf16=False, fp16=False,
+                gradient_checkpointing=False)   # small models on CPU: recomputing activations only costs time
 
 
 def _dataset(records):
