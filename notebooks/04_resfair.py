@@ -505,6 +505,13 @@ if any(sp["dataset"] == "testbed" for sp in splits):
     planted = pd.DataFrame(planted)
     display(Markdown("Testbed (synthetic world) only:"))
     display(planted.style.format(precision=3).hide(axis="index"))
+    for r in planted.itertuples(index=False):
+        moved_c, moved_p = r[1], r[2]
+        verdict_c = ("the controls moved less than the planted scenarios" if moved_c < moved_p
+                     else "the controls moved as much as or more than the planted scenarios, so the method does "
+                          "not single out what was planted")
+        display(Markdown(f"- {r.method}: mean |Δ KL| {moved_p:.3f} on the {r[-1]} planted scenarios and "
+                         f"{moved_c:.3f} on the {r[-2]} balanced controls; {verdict_c}."))
 else:
     display(Markdown("No testbed run in this profile (`TESTBED=False` or `paper`)."))
 
