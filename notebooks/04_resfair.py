@@ -507,7 +507,8 @@ if any(sp["dataset"] == "testbed" for sp in splits):
     display(planted.style.format(precision=3).hide(axis="index"))
     for r in planted.itertuples(index=False):
         moved_c, moved_p = r[1], r[2]
-        verdict_c = ("the controls moved less than the planted scenarios" if moved_c < moved_p
+        verdict_c = ("no balanced control is among the evaluated scenarios" if r[-2] == 0
+                     else "the controls moved less than the planted scenarios" if moved_c < moved_p
                      else "the controls moved as much as or more than the planted scenarios, so the method does "
                           "not single out what was planted")
         display(Markdown(f"- {r.method}: mean |Δ KL| {moved_p:.3f} on the {r[-1]} planted scenarios and "
