@@ -310,7 +310,10 @@ glue("fair_target_best_t", ", ".join(f"{t:g}" for t in interior["best t"]), disp
 # %% [markdown]
 # On these runs the skew's sweep picks $t$ = {glue:text}`skew_best_t` (the largest
 # temperature, as it must: dividing the group log-odds by $t$ shrinks the skew of every
-# row), while the fair-target KL picks $t$ = {glue:text}`fair_target_best_t`. The paper's
+# row), while the fair-target KL picks $t$ = {glue:text}`fair_target_best_t` (its minimum
+# can lie inside the range, as it does whenever some rows put their top probability on a
+# group and others on the fair option; a model whose top option is almost always "both"
+# prefers the smallest $t$). The paper's
 # best temperatures lie inside the range, and its TS rows sit close to the original rows,
 # which is what a measure with a minimum near $t = 1$ gives and the skew cannot. So the book
 # reads Table 2's KL as the **fair-target KL** (`fairvlm.confidence.PAPER_MEASURE`), uses it
