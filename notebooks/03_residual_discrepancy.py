@@ -396,7 +396,7 @@ glue("unembed_sentence", f"The fitted write directions beat the unembedding cont
 # {glue:text}`proxy_sentence` The directions are saved as safetensors under
 # `results/directions/` (`fairvlm.lens.Directions.load`; chapter 04 refits them from the
 # cached runs with `fairvlm.lens.fit_directions`, which gives the same vectors, and applies
-# them with `fairvlm.lens.resfair_edits`).
+# them with `fairvlm.resfair.posthoc`).
 #
 # ## References
 #

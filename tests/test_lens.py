@@ -250,33 +250,6 @@ def test_directions_bad_files(tmp_path):
         lens.fit_directions(col, layers=[5])
 
 
-def test_resfair_edit_formula_and_identity(loaded_tiny):
-    d = 8
-    ub, uf = np.eye(d, dtype=np.float32)[0], (np.eye(d, dtype=np.float32)[0] + np.eye(d, dtype=np.float32)[1]) / math.sqrt(2)
-    dirs = lens.Directions({0: ub}, {0: uf}, {0: "mlp_out.0"}, {0: "attn_out.0"}, {}, {})
-    fn = lens.resfair_edits(dirs, lambda1=0.5, lambda2=0.5)["resid_post.0"]
-    v = torch.tensor([[2.0, 1.0, 3.0, 0, 0, 0, 0, 0]])
-    # v' = v - 0.5 * 2 * e0 = (1, 1, 3, ...); v'.uf = 2/sqrt2; v_new = v' + 0.5 * (2/sqrt2) * uf = v' + 0.5*(1,1,0..)
-    assert torch.allclose(fn(v), torch.tensor([[1.5, 1.5, 3.0, 0, 0, 0, 0, 0]]))
-    # lambda = 0 leaves a real model's logits unchanged
-    lm = loaded_tiny["tiny-llava"]
-    rng = np.random.default_rng(0)
-    u = rng.normal(size=lm.d_model).astype(np.float32)
-    u /= np.linalg.norm(u)
-    dirs = lens.Directions({1: u}, {1: u}, {1: "mlp_out.1"}, {1: "attn_out.1"}, {}, {})
-    enc = lm.inputs(["Between men and women, who is more likely to be a pilot?"])
-    with torch.no_grad():
-        base = lm.model(**enc).logits
-        with hooks.edit(lm, lens.resfair_edits(dirs, lambda1=0.0, lambda2=0.0)):
-            same = lm.model(**enc).logits
-        with hooks.edit(lm, lens.resfair_edits(dirs, lambda1=0.9, lambda2=0.0)):
-            moved = lm.model(**enc).logits
-    assert torch.allclose(base, same, atol=1e-6)
-    assert not torch.allclose(base, moved, atol=1e-4)
-    with pytest.raises(FairVLMError, match="no direction for layer"):
-        lens.resfair_edits(dirs, layers=[3])
-
-
 # ---------------------------------------------------------------------------- runs of the chapters
 
 

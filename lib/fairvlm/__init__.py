@@ -10,6 +10,10 @@ Chapters import and call; this package computes. Modules:
 - ``fairvlm.hooks``    -- ``capture`` / ``edit`` context managers at named sites
 - ``fairvlm.testbed``  -- the counterfactual world with a planted bias
 - ``fairvlm.metrics``  -- fairness and utility metrics
+- ``fairvlm.confidence`` -- the readings of RES-FAIR's confidence KL, temperature scaling
+- ``fairvlm.resfair``  -- the RES-FAIR post-hoc update during generation, fit/eval splits
+- ``fairvlm.finetune`` -- LoRA and DPO + KL baselines (trl, peft); ``accelerate launch -m fairvlm.finetune``
+- ``fairvlm.utility``  -- general-ability and social-difference checks of chapter 04
 """
 
 from fairvlm.errors import FairVLMError

@@ -69,8 +69,8 @@ with ``x`` the write at the last prompt token. (The streams reading gives the sa
 construction with ``resid_pre`` / ``resid_mid``; it is fitted too and stored under
 ``streams``.) :class:`Directions` saves them as safetensors with their metadata;
 :func:`evaluate_directions` scores them on *another* dataset (cross-dataset, as the paper
-does: fit on SocialCounterfactuals, apply to PAIRS, and vice versa); :func:`resfair_edits`
-turns them into :func:`fairvlm.hooks.edit` functions implementing the RES-FAIR update
+does: fit on SocialCounterfactuals, apply to PAIRS, and vice versa); :mod:`fairvlm.resfair`
+applies them during generation with the RES-FAIR update
 ``v' = v - lambda1 P_bias v``, ``v_new = v' + lambda2 P_fair v'`` on ``resid_post.l``.
 """
 
@@ -98,7 +98,7 @@ from fairvlm.paths import cache_dir
 __all__ = [
     "CODE_VERSION", "Collection", "collect", "model_fingerprint", "depth_labels", "last_tenth",
     "layer_frame", "layer_summary", "peak_erosion", "residual_frame", "residual_summary",
-    "Directions", "fit_directions", "evaluate_directions", "lens_proxy", "resfair_edits",
+    "Directions", "fit_directions", "evaluate_directions", "lens_proxy",
     "split_rows", "directions_path", "split_by_label", "cross_pairs", "item_curves", "peak_test", "streams_view", "unembedding_directions", "transfer_test", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
     "CONTROL", "ChapterRuns", "chapter_runs", "check_chapter_params",
 ]
@@ -1170,25 +1170,3 @@ def cross_pairs(runs: Mapping) -> list[dict]:
                         "fit_col": b, "eval_col": a})
     return out
 
-
-def resfair_edits(dirs: Directions, *, lambda1: float = 0.2, lambda2: float = 0.2,
-                  layers: Sequence[int] | None = None) -> dict:
-    """``{"resid_post.l": fn}`` for :func:`fairvlm.hooks.edit`: at each layer the hidden state
-    ``v`` (every position) becomes ``v' = v - lambda1 (v . u_bias) u_bias`` then
-    ``v' + lambda2 (v' . u_fair) u_fair`` (RES-FAIR appendix fig. 2 with the abstract's
-    "amplifying"; lambda1 = lambda2 = 0.2 in the paper's appendix C.1)."""
-    layers = dirs.layers if layers is None else list(layers)
-    edits = {}
-    for l in layers:
-        if l not in dirs.bias:
-            raise FairVLMError(f"no direction for layer {l}; the directions cover {dirs.layers}")
-        ub_np, uf_np = dirs.bias[l], dirs.fair[l]
-
-        def fn(x, ub_np=ub_np, uf_np=uf_np):
-            ub = torch.as_tensor(ub_np, dtype=x.dtype, device=x.device)
-            uf = torch.as_tensor(uf_np, dtype=x.dtype, device=x.device)
-            x1 = x - lambda1 * (x @ ub)[..., None] * ub
-            return x1 + lambda2 * (x1 @ uf)[..., None] * uf
-
-        edits[f"resid_post.{l}"] = fn
-    return edits

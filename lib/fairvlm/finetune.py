@@ -1,0 +1,346 @@
+"""RES-FAIR's trained baselines: LoRA fine-tuning on fair answers, and DPO + KL.
+
+Both are trained with the libraries made for it (trl and peft), on the rows of the
+*fitting* data only (the same split that the post-hoc directions are fitted on), so no
+method sees the items it is evaluated on.
+
+LoRA (``train_lora``)
+    peft ``LoraConfig`` on the language model's linear layers (a regex that leaves a VLM's
+    vision tower alone) and trl ``SFTTrainer`` on prompt / completion pairs whose
+    completion is a fair answer.
+DPO + KL (``train_dpo_kl``)
+    trl ``DPOTrainer`` (``beta = 0.1``) with a LoRA adapter; per row the *preferred*
+    answer is a fair answer and the *rejected* one a group answer, each sampled from a
+    candidate set (appendix B.2). :class:`DPOKLTrainer` overrides only ``compute_loss``:
+    ``loss = DPO + kl_coef * KL`` (appendix eq. 3, ``kl_coef = 0.5``), where KL is the
+    confidence measure of the evaluation (appendix B.2: "the same calculation method"),
+    :data:`fairvlm.confidence.PAPER_MEASURE` by default, computed on the policy's
+    three-option distribution at the answer position. ``kl_measure="reference"`` instead
+    uses ``KL(policy || reference)`` over the three options (0 at step 0, since a new
+    LoRA adapter starts as the identity). Both terms are logged by name
+    (``loss/dpo``, ``loss/kl``).
+
+The paper's settings (appendix Figure 3): lr 5e-5, batch 16, 10 epochs, fp16, DeepSpeed
+ZeRO-3 with CPU parameter offload (``configs/ds_zero3.json``). On a GPU cluster::
+
+    accelerate launch --config_file configs/accelerate_ds_zero3.yaml -m fairvlm.finetune \\
+        --model llava-hf/llava-1.5-7b-hf --dataset scf --method dpo_kl --output_dir runs/llava-dpo \\
+        --deepspeed configs/ds_zero3.json --fp16 true
+
+The same entry point runs without DeepSpeed on CPU (tests use tiny-llava and tiny-qwen2-vl).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from trl import DPOConfig, DPOTrainer
+
+from fairvlm import mcq
+from fairvlm.errors import FairVLMError, unknown
+
+__all__ = [
+    "FAIR_ANSWERS", "KL_MEASURES", "DPOKLConfig", "DPOKLTrainer", "lora_config", "preference_records",
+    "sft_records", "train_dpo_kl", "train_lora", "main",
+]
+
+#: Candidate fair answers (preferred / SFT targets); each starts with the fair option's word.
+FAIR_ANSWERS = ("Both", "both", "Both.", "Both equally.")
+KL_MEASURES = ("fair_target", "skew", "reference")
+#: Regex on module names: the language model's attention and MLP projections only.
+LM_TARGET = r"(?:.*\.language_model|model)\.layers\.\d+\.(?:self_attn|mlp)\.(?:q|k|v|o|gate|up|down)_proj"
+
+
+@dataclass
+class DPOKLConfig(DPOConfig):
+    """:class:`trl.DPOConfig` plus the KL term of RES-FAIR's eq. 3."""
+
+    kl_coef: float = field(default=0.5, metadata={"help": "Weight of the confidence KL added to the DPO loss "
+                                                          "(RES-FAIR appendix eq. 3: 0.5). 0 gives plain DPO."})
+    kl_measure: str = field(default="fair_target", metadata={
+        "help": "Which KL: 'fair_target' (KL of the fair target from the three-option distribution, the "
+                "book's reading of the paper's measure), 'skew' (KL of the two group options from uniform) or "
+                "'reference' (KL of the policy's three-option distribution from the reference model's)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.kl_coef, bool) or not isinstance(self.kl_coef, (int, float)) or not (
+                np.isfinite(self.kl_coef) and self.kl_coef >= 0):
+            raise FairVLMError(f"kl_coef={self.kl_coef!r} must be a finite number >= 0")
+        if self.kl_measure not in KL_MEASURES:
+            raise unknown("kl_measure", self.kl_measure, KL_MEASURES)
+
+
+def _option_logits(logits: torch.Tensor, ids: dict) -> torch.Tensor:
+    """``(n, V)`` -> ``(n, 3)`` log-masses of a, b, fair (log-softmax over the vocabulary)."""
+    lsm = torch.log_softmax(logits.float(), dim=-1)
+    return torch.stack([torch.logsumexp(lsm[:, ids[k]], dim=-1) for k in mcq.OPTIONS], dim=-1)
+
+
+def confidence_kl(lp3: torch.Tensor, measure: str, ref_lp3: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row KL of option log-masses ``(n, 3)`` in torch (differentiable); same formulas as
+    :mod:`fairvlm.confidence` at ``t = 1``."""
+    logp = lp3 - torch.logsumexp(lp3, dim=-1, keepdim=True)
+    if measure == "fair_target":
+        return -logp[:, 2]
+    if measure == "skew":
+        q = torch.log_softmax(lp3[:, :2], dim=-1)
+        return (q.exp() * (q - np.log(0.5))).sum(-1)
+    if measure == "reference":
+        if ref_lp3 is None:
+            raise FairVLMError("kl_measure='reference' needs the reference model's option log-probabilities")
+        ref = ref_lp3 - torch.logsumexp(ref_lp3, dim=-1, keepdim=True)
+        return (logp.exp() * (logp - ref)).sum(-1)
+    raise unknown("kl_measure", measure, KL_MEASURES)
+
+
+class DPOKLTrainer(DPOTrainer):
+    """:class:`trl.DPOTrainer` whose loss adds ``kl_coef * KL`` (see the module docstring).
+
+    The answer position of each pair is the last prompt token; which attribute a pair asks
+    about is read off its rejected answer's first token (a group option word).
+    """
+
+    _option_table: dict | None = None
+
+    def _options(self) -> tuple[dict, dict]:
+        if self._option_table is None:
+            tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+            ids = {a: mcq.option_token_ids(tok, a) for a in mcq.ATTRIBUTES}
+            owner = {t: a for a, d in ids.items() for k in ("a", "b") for t in d[k]}
+            self._option_table = (ids, owner)
+        return self._option_table
+
+    def _answer_logits(self, model, inputs) -> tuple[torch.Tensor, list[str]]:
+        skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+        kwargs = {k: v for k, v in inputs.items() if k not in skip}
+        kwargs["use_cache"] = False
+        logits = model(**kwargs).logits                                # (2B, T, V)
+        cm = inputs["completion_mask"]
+        first = cm.float().argmax(dim=1)                               # first completion position
+        B = cm.shape[0] // 2
+        pos = (first - 1).clamp(min=0)
+        rows = torch.arange(cm.shape[0], device=cm.device)
+        at = logits[rows, pos]                                         # (2B, V)
+        ids, owner = self._options()
+        rej_tok = inputs["input_ids"][rows[B:], first[B:]].tolist()
+        attrs = []
+        for t in rej_tok:
+            if t not in owner:
+                raise FairVLMError("a rejected answer does not start with a group option word; build the "
+                                   "pairs with fairvlm.finetune.preference_records")
+            attrs.append(owner[t])
+        lp3 = torch.stack([_option_logits(at[i:i + 1], ids[a])[0] for i, a in enumerate(attrs)])
+        return lp3, attrs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = out[0] if return_outputs else out
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["loss/dpo"].append(float(loss.detach()))
+        kl_coef, measure = self.args.kl_coef, self.args.kl_measure
+        if kl_coef:
+            lp3, _ = self._answer_logits(model, inputs)
+            ref = None
+            if measure == "reference":
+                from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: F401  (peft must be present)
+
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                if not hasattr(unwrapped, "disable_adapter"):
+                    raise FairVLMError("kl_measure='reference' needs a LoRA adapter (pass peft_config)")
+                with torch.no_grad(), unwrapped.disable_adapter():
+                    ref, _ = self._answer_logits(model, inputs)
+            kl = confidence_kl(lp3, measure, ref).mean()
+            self._metrics[mode]["loss/kl"].append(float(kl.detach()))
+            loss = loss + kl_coef * kl
+        return (loss, out[1]) if return_outputs else loss
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def _prompt(loaded, row) -> str:
+    return loaded._prompt(row.text, len(row.item.images), True, row.system, "")
+
+
+def _images(loaded, rows, images: Callable | None):
+    if loaded.kind != "vlm":
+        return None
+    return [list(im) if im is not None else [] for im in mcq.row_images(rows, images)]
+
+
+def preference_records(loaded, rows: Sequence, images: Callable | None = None, *, seed: int = 0) -> list[dict]:
+    """One DPO pair per row: ``prompt`` (the model's own prompt format, ending at the
+    assistant turn), ``chosen`` (a fair answer from :data:`FAIR_ANSWERS`), ``rejected`` (a
+    group option word, either group, capitalised or not), sampled with ``seed``; plus
+    ``images`` for a VLM."""
+    rng = random.Random(seed)
+    rows = list(rows)
+    if not rows:
+        raise FairVLMError("preference_records() got no rows")
+    ims = _images(loaded, rows, images)
+    out = []
+    for i, r in enumerate(rows):
+        ga, gb = r.item.groups
+        word = rng.choice((ga.option, gb.option))
+        rec = {"prompt": _prompt(loaded, r), "chosen": rng.choice(FAIR_ANSWERS),
+               "rejected": rng.choice((word, word.lower(), word[:1].upper() + word[1:]))}
+        if ims is not None:
+            rec["images"] = ims[i]
+        out.append(rec)
+    return out
+
+
+def sft_records(loaded, rows: Sequence, images: Callable | None = None, *, seed: int = 0) -> list[dict]:
+    """One prompt / completion pair per row with a fair completion (LoRA baseline)."""
+    rng = random.Random(seed)
+    rows = list(rows)
+    if not rows:
+        raise FairVLMError("sft_records() got no rows")
+    ims = _images(loaded, rows, images)
+    out = []
+    for i, r in enumerate(rows):
+        rec = {"prompt": _prompt(loaded, r), "completion": rng.choice(FAIR_ANSWERS)}
+        if ims is not None:
+            rec["images"] = ims[i]
+        out.append(rec)
+    return out
+
+
+def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.0):
+    """peft ``LoraConfig`` on the language model's projections only (:data:`LM_TARGET`)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LM_TARGET,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def _processing(loaded):
+    return loaded.processor if loaded.kind == "vlm" else loaded.tokenizer
+
+
+def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps) -> dict:
+    return dict(output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+                learning_rate=lr, seed=seed, data_seed=seed, report_to="none", logging_steps=1,
+                save_strategy="no", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
+                max_steps=max_steps, disable_tqdm=True, dataloader_num_workers=0, bf16=False, fp16=False,
+                gradient_checkpointing=False)   # small models on CPU: recomputing activations only costs time
+
+
+def _dataset(records):
+    from datasets import Dataset
+
+    return Dataset.from_list(records)
+
+
+def _merged(loaded, trainer):
+    """A :class:`~fairvlm.models.LoadedModel` view on the trained model, adapter merged."""
+    from dataclasses import replace
+
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.eval()
+    return replace(loaded, model=model, name=loaded.name, info={**loaded.info, "_fingerprint": None})
+
+
+def train_dpo_kl(loaded, rows: Sequence, images: Callable | None = None, *, output_dir, epochs: float = 10,
+                 batch_size: int = 16, lr: float = 5e-5, beta: float = 0.1, kl_coef: float = 0.5,
+                 kl_measure: str = "fair_target", seed: int = 0, max_steps: int = -1, lora_r: int = 8,
+                 args: DPOKLConfig | None = None):
+    """Train DPO + KL with a LoRA adapter on ``rows``; returns ``(LoadedModel, log_history)``.
+
+    The adapter is merged into a copy-free view of the model: ``loaded`` itself is changed
+    (reload it for the original). Paper settings are the defaults (appendix Figure 3).
+    ``args`` (a full :class:`DPOKLConfig`, e.g. with ``deepspeed=``) replaces the keyword
+    settings."""
+    import copy
+
+    if args is None:
+        args = DPOKLConfig(beta=beta, kl_coef=kl_coef, kl_measure=kl_measure, max_length=None,
+                           **_common_args(output_dir, epochs, batch_size, lr, seed, max_steps))
+    trainer = DPOKLTrainer(model=loaded.model, args=args, train_dataset=_dataset(preference_records(
+        loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
+    trainer.train()
+    return _merged(loaded, trainer), copy.deepcopy(trainer.state.log_history)
+
+
+def train_lora(loaded, rows: Sequence, images: Callable | None = None, *, output_dir, epochs: float = 10,
+               batch_size: int = 16, lr: float = 5e-5, seed: int = 0, max_steps: int = -1, lora_r: int = 8,
+               extra: dict | None = None):
+    """LoRA fine-tuning (trl ``SFTTrainer``, loss on the completion only) toward fair answers;
+    returns ``(LoadedModel, log_history)``. ``loaded`` is changed in place, as for DPO."""
+    import copy
+
+    from trl import SFTConfig, SFTTrainer
+
+    kw = _common_args(output_dir, epochs, batch_size, lr, seed, max_steps)
+    kw.update(extra or {})
+    args = SFTConfig(max_length=None, completion_only_loss=True, **kw)
+    trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=_dataset(sft_records(
+        loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
+    trainer.train()
+    return _merged(loaded, trainer), copy.deepcopy(trainer.state.log_history)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line (accelerate launch ... -m fairvlm.finetune)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScriptArguments:
+    model: str = field(default="tiny-llava", metadata={"help": "fairvlm.models name or hub id"})
+    dataset: str = field(default="pairs", metadata={"help": "training data: pairs, scf or testbed"})
+    method: str = field(default="dpo_kl", metadata={"help": "dpo_kl or lora"})
+    n_labels: int = field(default=0, metadata={"help": "labels to use (0: all)"})
+    n_prompts: int = field(default=4, metadata={"help": "question paraphrases per item"})
+    text_only: bool = field(default=False, metadata={"help": "text items only (no images)"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``ScriptArguments`` and :class:`DPOKLConfig` (``--deepspeed``, ``--fp16`` ...),
+    train, save the adapter-merged model to ``output_dir`` (safetensors)."""
+    from transformers import HfArgumentParser
+
+    from fairvlm import lens, models
+    from fairvlm.resfair import check_dataset
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.startswith("--save_strategy") for a in argv):
+        argv += ["--save_strategy", "no"]      # the final model is saved below, once, as safetensors
+    parser = HfArgumentParser((ScriptArguments, DPOKLConfig))
+    script, cfg = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        if script.method not in ("dpo_kl", "lora"):
+            raise unknown("method", script.method, ("dpo_kl", "lora"))
+        check_dataset(script.dataset)
+        lm = models.load(script.model)
+        variants = ("text",) if (script.text_only or lm.kind != "vlm") else mcq.VARIANTS
+        spec = lens.RunSpec(script.model, script.dataset, variants, script.n_prompts, script.n_labels or None)
+        rows, images, _ = lens.run_rows(spec)
+        kw = dict(output_dir=cfg.output_dir, epochs=cfg.num_train_epochs, batch_size=cfg.per_device_train_batch_size,
+                  lr=cfg.learning_rate, seed=cfg.seed, max_steps=cfg.max_steps)
+        if script.method == "dpo_kl":
+            cfg.remove_unused_columns = False
+            trained, _ = train_dpo_kl(lm, rows, images, args=cfg, **kw)
+        else:
+            trained, _ = train_lora(lm, rows, images, extra={"deepspeed": cfg.deepspeed, "fp16": cfg.fp16,
+                                                             "bf16": cfg.bf16, "use_cpu": cfg.use_cpu}, **kw)
+    except FairVLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    trained.model.save_pretrained(cfg.output_dir, safe_serialization=True)
+    print(f"saved {script.method} model to {cfg.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
