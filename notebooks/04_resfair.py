@@ -149,9 +149,14 @@ METHODS = ("original", "w/ LoRA", "w/ DPO+KL", "w/ post-hoc")
 # baselines are trained on the same fitting rows.
 
 # %%
-runs_spec = [s for s in lens.PROFILE_RUNS[PROFILE] if TESTBED or s.dataset != "testbed"]
+# the content-free control questions of chapters 01-03 are not a dataset to fit on
+runs_spec = [s for s in lens.PROFILE_RUNS[PROFILE]
+             if s.dataset != lens.CONTROL and (TESTBED or s.dataset != "testbed")]
 runs = lens.profile_runs(PROFILE, dtype=DTYPE, runs=runs_spec, progress=False)
 splits = resfair.fit_eval_splits(runs)
+if PROFILE == "smoke":  # CI: one fitting direction per model, a handful of evaluation rows
+    _first = {}
+    splits = [_first.setdefault(sp["model"], sp) for sp in splits if sp["model"] not in _first]
 spec_of = {(s.model, s.dataset): s for s in runs_spec}
 all_rows = {}
 for (name, dataset) in runs:
@@ -171,6 +176,8 @@ for sp in splits:
     rows_, images_ = all_rows[(sp["model"], sp["dataset"])]
     ev = resfair.rows_for(rows_, set(sp["eval_col"].table["scenario"]))
     sp["eval_rows"] = [r for r in ev if r.prompt_id < EVAL_PROMPTS]
+    if PROFILE == "smoke":
+        sp["eval_rows"] = sp["eval_rows"][:8]
     sp["images"] = images_
     rng = np.random.default_rng(SEED)
     pick = np.sort(rng.choice(len(fit_rows), size=min(TRAIN_ROWS, len(fit_rows)), replace=False))
