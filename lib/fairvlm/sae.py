@@ -270,9 +270,10 @@ def train(acts: torch.Tensor, cfg: SAEConfig, *, steps: int = 1000, batch_size: 
             order, pos = torch.randperm(len(xs), generator=g), 0
         x = xs[order[pos:pos + batch_size]]
         pos += batch_size
-        terms, z = sae_loss(sae, x, since_fired >= cfg.dead_after)
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        with torch.enable_grad():  # also when the caller runs under torch.no_grad()
+            terms, z = sae_loss(sae, x, since_fired >= cfg.dead_after)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
         remove_parallel_grad(sae)
         opt.step()
         sched.step()
@@ -350,7 +351,7 @@ def site_width(lm, site: str) -> int:
 
 
 def _pick_tokens(h: torch.Tensor, tokens, gen: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """h (B, T, d) -> rows. tokens: int (that many random tokens per row), 'cls', 'mean' or 'all'."""
+    """h (B, T, d) -> rows. tokens: int (that many random tokens per row), 'cls', 'mean', 'max' or 'all'."""
     if mask is None:
         mask = torch.ones(h.shape[:2], dtype=torch.bool)
     if tokens == "cls":
@@ -358,6 +359,8 @@ def _pick_tokens(h: torch.Tensor, tokens, gen: torch.Generator, mask: torch.Tens
     if tokens == "mean":
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1)
+    if tokens == "max":
+        return h.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
     if tokens == "all":
         return h[mask]
     out = []
@@ -369,20 +372,29 @@ def _pick_tokens(h: torch.Tensor, tokens, gen: torch.Generator, mask: torch.Tens
 
 
 def _check_tokens(tokens):
-    if tokens in ("cls", "mean", "all"):
+    if tokens in ("cls", "mean", "max", "all"):
         return
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise ParameterError(f"tokens={tokens!r} must be a positive integer, 'cls', 'mean' or 'all'")
+        raise ParameterError(f"tokens={tokens!r} must be a positive integer, 'cls', 'mean', 'max' or 'all'")
+
+
+def _rows(h: torch.Tensor, sae, tokens, gen, mask=None) -> torch.Tensor:
+    h = h.float().cpu()
+    if sae is not None:
+        h = sae.encode(h)  # SAE codes of every token, then pooled
+    return _pick_tokens(h, tokens, gen, mask)
 
 
 @torch.no_grad()
 def collect_image_acts(lm, pixels: torch.Tensor, *, site: str = "vision.resid_post.-1", tokens=2, seed: int = 0,
-                       batch_size: int = 64) -> torch.Tensor:
+                       batch_size: int = 64, sae: MatryoshkaSAE | None = None) -> torch.Tensor:
     """Activations at a vision ``site`` for images ``pixels`` (N, 3, S, S), float32 on CPU.
 
     ``tokens``: ``2`` (two random tokens per image, DEBIASLENS's training points; any int),
-    ``"cls"`` (the class token, what CLIP's image embedding reads), ``"mean"`` or ``"all"``.
-    Runs only the vision encoder (``lm.vision_model()``).
+    ``"cls"`` (the class token, what CLIP's image embedding reads), ``"mean"``, ``"max"`` or
+    ``"all"``. With ``sae``, the rows are SAE codes (every token encoded, then pooled: ``"max"``
+    says whether and how strongly a latent fires anywhere in the image). Runs only the vision
+    encoder (``lm.vision_model()``).
     """
     from fairvlm import hooks
 
@@ -397,13 +409,13 @@ def collect_image_acts(lm, pixels: torch.Tensor, *, site: str = "vision.resid_po
     with hooks.capture(lm, site) as cache:
         for s in range(0, len(pixels), batch_size):
             vm(pixel_values=pixels[s:s + batch_size].to(lm.device, lm.dtype))
-            out.append(_pick_tokens(cache[site].float().cpu(), tokens, gen))
+            out.append(_rows(cache[site], sae, tokens, gen))
     return torch.cat(out)
 
 
 @torch.no_grad()
 def collect_text_acts(lm, texts: Sequence[str], *, site: str = "resid_post.-1", tokens="all", seed: int = 0,
-                      batch_size: int = 128) -> torch.Tensor:
+                      batch_size: int = 128, sae: MatryoshkaSAE | None = None) -> torch.Tensor:
     """Activations at a text-encoder ``site`` (padding excluded), float32 on CPU.
 
     Runs ``get_text_features`` so that the tokenisation is the one retrieval uses. ``tokens``
@@ -422,7 +434,7 @@ def collect_text_acts(lm, texts: Sequence[str], *, site: str = "resid_post.-1", 
             enc = lm.inputs(texts[s:s + batch_size])
             enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             lm.model.get_text_features(**enc)
-            out.append(_pick_tokens(cache[site].float().cpu(), tokens, gen, enc["attention_mask"].bool().cpu()))
+            out.append(_rows(cache[site], sae, tokens, gen, enc["attention_mask"].bool().cpu()))
     return torch.cat(out)
 
 
