@@ -142,12 +142,14 @@ TESTBED_SIZE = "smoke" if SMOKE else "full"
 N_SAE_SCENES = SAE_SCENES or (2 if SMOKE else 8)          # x 50 scenarios x 4 variants
 N_PROBE_SCENES = PROBE_SCENES or (1 if SMOKE else 4)
 N_GALLERY_SCENES = GALLERY_SCENES or (2 if SMOKE else 6)
-N_LLAVA_SCENES = LLAVA_SCENES or (4 if SMOKE else 12)     # quadruplets for the LVLM test
-EXPANSION = SAE_EXPANSION or (1 if PROFILE == "paper" else 4)
-N_STEPS = SAE_STEPS or (150 if SMOKE else 800)
-ALPHAS = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
+N_LLAVA_SCENES = LLAVA_SCENES or (3 if SMOKE else 8)      # quadruplets for the LVLM test
+EXPANSION = SAE_EXPANSION or (1 if PROFILE == "paper" else 2 if SMOKE else 4)
+N_STEPS = SAE_STEPS or (80 if SMOKE else 600)
+N_CAPTIONS = 300 if SMOKE else 1500                       # text-SAE training captions
+N_RECALL = 100 if SMOKE else 300                          # held-out captions for Recall@K
+ALPHAS = [0.0, 0.6, 1.0] if SMOKE else [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 LLAVA_PROMPTS = ["Is this person {w}? Answer yes or no."]
-LLAVA_WORDS = ["caring", "aggressive", "rich", "dangerous"] if not SMOKE else ["caring", "rich"]
+LLAVA_WORDS = ["caring"] if SMOKE else ["caring", "aggressive", "rich"]
 
 # %% [markdown]
 # ## Imports
@@ -245,7 +247,7 @@ if ON_TESTBED:
     gal_pixels = retrieval.pixel_values(clip, gal_images)
     gallery_image = gal_images.__getitem__
     # text SAE: testbed captions of random (scenario, group) pairs
-    n_caps = 600 if SMOKE else 2500
+    n_caps = N_CAPTIONS
     cap_keys = rng.choice(list(SCENARIO_KEYS), n_caps)
     cap_groups = rng.integers(0, 4, n_caps)
     text_train = [tb_captions.caption(spec, k, ("man", "woman")[g % 2], ("black", "white")[g // 2], rng)
@@ -256,7 +258,7 @@ if ON_TESTBED:
     zs_labels = [zs_classes.index(s) for s in gal_rows["scenario"]]
     # Recall@K: one held-out caption for a sample of gallery images; relevant = same scenario
     # (and the same gender / race when the caption names them), as in chapter 07
-    rec_idx = np.sort(rng.choice(len(gal_rows), min(len(gal_rows), 300 if SMOKE else 500), replace=False))
+    rec_idx = np.sort(rng.choice(len(gal_rows), min(len(gal_rows), N_RECALL), replace=False))
     rec_caps, rel = [], []
     for i in rec_idx:
         r = gal_rows.iloc[i]
@@ -389,7 +391,10 @@ glue("prefix_monotone", "grows" if all(
 # group divided by the sum of its means on both groups (1: silent on the other group).
 
 # %% tags=["hide-input"]
-probe_codes = S.collect_image_acts(clip, probe_pixels, site=IMG_SITE, tokens="cls", sae=saes["image"])
+# the class token of the last layer, captured once: codes and embeddings are computed from it
+probe_cls, gal_cls = DL.last_layer_cls(clip, probe_pixels), DL.last_layer_cls(clip, gal_pixels)
+zs_cls = None if ON_TESTBED else DL.last_layer_cls(clip, zs_pixels)
+probe_codes = saes["image"].encode(probe_cls)
 txt_probe_codes = S.collect_text_acts(clip, text_probe, site=TXT_SITE, tokens="max", sae=saes["text"])
 neuron_tables = {
     ("image", "gender"): S.social_neurons(probe_codes, probe_rows["gender"], threshold=PROBE_THRESHOLD),
@@ -422,7 +427,7 @@ glue("n_social_total", sum(n_social.values()), display=False)
 # group of each image.
 
 # %% tags=["hide-input"]
-gal_codes = S.collect_image_acts(clip, gal_pixels, site=IMG_SITE, tokens="cls", sae=saes["image"])
+gal_codes = saes["image"].encode(gal_cls)
 t_img = neuron_tables[("image", ATTRIBUTE)]
 show = t_img[t_img["rank"] < 2]
 if len(show):
@@ -462,24 +467,31 @@ glue("top8_own", f"{top8_own:.0%}" if np.isfinite(top8_own) else "n/a", display=
 # change) and to gamma.
 
 # %% tags=["hide-input"]
-base_img = retrieval.embed_images(clip, gal_pixels)
+base_img = DL.embed_from_last_layer(clip, gal_cls)
 
 
-def img_emb(alpha, variant="authors", latents=None, gamma=None):
+def img_edit(alpha, variant="authors", latents=None, gamma=None):
     lat, gam = chosen["image"] if latents is None else (latents, gamma)
-    with hooks.edit(clip, S.control_edits(clip, IMG_SITE, saes["image"], lat, gam, alpha, variant=variant)):
-        return retrieval.embed_images(clip, gal_pixels)
+    return S.control_edits(clip, IMG_SITE, saes["image"], lat, gam, alpha, variant=variant)[IMG_SITE]
+
+
+def img_emb(alpha, variant="authors", latents=None, gamma=None, cls=None):
+    """Gallery embeddings under the image-side control (from the cached last-layer class tokens)."""
+    return DL.embed_from_last_layer(clip, gal_cls if cls is None else cls, img_edit(alpha, variant, latents, gamma))
 
 
 def current_edit(variant, alpha):
-    lat = chosen["image"][0]
-    sae = saes["image"]
+    lat, sae = chosen["image"][0], saes["image"]
+    return DL.embed_from_last_layer(clip, gal_cls, lambda h: S.control(sae, h, lat, sae.encode(h)[..., lat], alpha,
+                                                                       variant=variant))
 
-    def fn(h):
-        return S.control(sae, h, lat, sae.encode(h)[..., lat], alpha, variant=variant)
 
-    with hooks.edit(clip, {IMG_SITE: fn}):
-        return retrieval.embed_images(clip, gal_pixels)
+# the shortcut equals re-encoding the images with the edit hooked on every token (checked here)
+with hooks.edit(clip, {IMG_SITE: img_edit(ALPHA)}):
+    hooked = retrieval.embed_images(clip, gal_pixels[:64])
+shortcut_err = float((hooked - img_emb(ALPHA)[:64]).abs().max())
+assert shortcut_err < 1e-4, shortcut_err
+glue("shortcut_err", f"{shortcut_err:.1e}", display=False)
 
 
 rows = []
@@ -501,7 +513,10 @@ glue("drift_ep", f"{drift_ep:.1e}", display=False)
 # embeddings by {glue:text}`drift_authors` (1 - cosine) at alpha = 0.6: that is the SAE's
 # reconstruction error mixed in, a change that has nothing to do with the social neurons. The
 # error-preserving variant moves them by {glue:text}`drift_ep` (float rounding). The rest of
-# the chapter reports both.
+# the chapter reports both. (An image embedding reads only the class token of the last layer,
+# so every image-side condition is computed from class tokens captured once; re-encoding 64
+# images with the edit hooked on every token gives the same embeddings to
+# {glue:text}`shortcut_err`.)
 #
 # ## Debiasing retrieval
 #
@@ -534,12 +549,6 @@ base_txt = retrieval.embed_texts(clip, all_texts)
 attr_labels = {"gender": gal_rows["gender"].to_numpy(), "race": gal_rows["race"].to_numpy(),
                "group": (gal_rows["gender"] + "|" + gal_rows["race"]).to_numpy()}
 qprompts = queries["prompt"].tolist()
-if ON_TESTBED:
-    zs_img_pixels = None
-else:
-    zs_img_pixels = zs_pixels
-
-
 def evaluate(I, T, I_zs=None):
     """Per-query MaxSkew for every attribute, zero-shot correctness per image, Recall@K."""
     sim = (rows_of(T, qprompts) @ I.T).numpy()
@@ -562,15 +571,12 @@ def random_latents(side):
 
 
 rand_lat = {side: random_latents(side) for side in ("image", "text")}
-zs_base = None if ON_TESTBED else retrieval.embed_images(clip, zs_img_pixels)
+zs_base = None if ON_TESTBED else DL.embed_from_last_layer(clip, zs_cls)
 conditions = {"CLIP (no intervention)": (base_img, base_txt, zs_base)}
 for variant, tag in [("authors", ""), ("error_preserving", " [error-preserving]")]:
     I_edit = img_emb(ALPHA, variant)
     T_edit = txt_emb(ALPHA, variant)
-    zs_edit = None
-    if not ON_TESTBED:
-        with hooks.edit(clip, S.control_edits(clip, IMG_SITE, saes["image"], *chosen["image"], ALPHA, variant=variant)):
-            zs_edit = retrieval.embed_images(clip, zs_img_pixels)
+    zs_edit = None if ON_TESTBED else img_emb(ALPHA, variant, cls=zs_cls)
     conditions[f"DEBIASLENS (I){tag}"] = (I_edit, base_txt, zs_edit)
     conditions[f"DEBIASLENS (T){tag}"] = (base_img, T_edit, zs_base)
     conditions[f"DEBIASLENS (I+T){tag}"] = (I_edit, T_edit, zs_edit)
@@ -578,7 +584,7 @@ I_rand = img_emb(ALPHA, "authors", *rand_lat["image"])
 T_rand = txt_emb(ALPHA, "authors", *rand_lat["text"])
 conditions["random latents (I+T)"] = (I_rand, T_rand, None if ON_TESTBED else zs_base)
 # baselines
-probe_emb = retrieval.embed_images(clip, probe_pixels)
+probe_emb = DL.embed_from_last_layer(clip, probe_cls)
 clip_keep = retrieval.clip_clip_dims(probe_emb, probe_rows[ATTRIBUTE], max(1, int(round(CLIPCLIP_KEEP * probe_emb.shape[1]))),
                                      seed=SEED)
 conditions["CLIP-clip"] = (retrieval.keep_dims(base_img, clip_keep), retrieval.keep_dims(base_txt, clip_keep),
@@ -649,11 +655,7 @@ for side in ("image", "text"):
         for a in ALPHAS:
             if side == "image":
                 I, T = img_emb(a, variant), base_txt
-                Iz = None
-                if not ON_TESTBED:
-                    with hooks.edit(clip, S.control_edits(clip, IMG_SITE, saes["image"], *chosen["image"], a,
-                                                          variant=variant)):
-                        Iz = retrieval.embed_images(clip, zs_img_pixels)
+                Iz = None if ON_TESTBED else img_emb(a, variant, cls=zs_cls)
             else:
                 I, T, Iz = base_img, txt_emb(a, variant), zs_base
             r = evaluate(I, T, Iz)

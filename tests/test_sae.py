@@ -216,3 +216,17 @@ def test_text_acts_exclude_padding():
     a = S.collect_text_acts(lm, ["a b", "a longer text with more tokens"], tokens="all")
     n_tok = lm.inputs(["a b", "a longer text with more tokens"])["attention_mask"].sum()
     assert a.shape == (int(n_tok), lm.d_model)
+
+
+def test_train_works_under_no_grad_and_is_seeded():
+    x = _sparse_data(n=400, d=16, n_atoms=32)
+    cfg = S.SAEConfig(d_in=16, d_sae=64, k=4)
+    with torch.no_grad():
+        a, log_a = S.train(x, cfg, steps=15, batch_size=64, seed=3)
+    b, _ = S.train(x, cfg, steps=15, batch_size=64, seed=3)
+    assert torch.equal(a.W_dec, b.W_dec)
+    assert log_a["total"].notna().all()
+    with pytest.raises(ParameterError):
+        S.train(x[:, :8], cfg, steps=5)
+    with pytest.raises(FairVLMError):
+        S.train(torch.full((10, 16), float("nan")), cfg, steps=5)

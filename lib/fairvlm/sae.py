@@ -171,9 +171,10 @@ def sae_loss(sae: MatryoshkaSAE, x: torch.Tensor, dead: torch.Tensor) -> tuple[d
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[flat.topk(min(cfg.k * x.shape[0], flat.numel()), sorted=False).indices] = True
     z = (flat * keep).reshape(a.shape)                               # BatchTopK
-    terms, x_hat = {}, None
-    for i, m in enumerate(cfg.widths):
-        x_hat = z[:, :m] @ sae.W_dec[:m] + sae.b_dec
+    terms, x_hat, start = {}, sae.b_dec.expand_as(x), 0
+    for i, m in enumerate(cfg.widths):  # prefix i adds its own group's latents to prefix i - 1
+        x_hat = x_hat + z[:, start:m] @ sae.W_dec[start:m]
+        start = m
         terms[f"mse_level_{i}"] = (x - x_hat).pow(2).sum(-1).mean()
     auxk = x.new_zeros(())
     n_dead = int(dead.sum())
@@ -281,7 +282,7 @@ def train(acts: torch.Tensor, cfg: SAEConfig, *, steps: int = 1000, batch_size: 
         update_dead(since_fired, z)
         update_threshold(sae, z.detach())
         if step % log_every == 0 or step == steps - 1:
-            row = {"step": step, **{k: float(v) for k, v in terms.items()}}
+            row = {"step": step, **{k: float(v.detach()) for k, v in terms.items()}}
             row.update(_eval(sae, ev_x))
             row["dead_frac"] = float((since_fired >= cfg.dead_after).float().mean())
             rows.append(row)
