@@ -52,7 +52,7 @@
 #
 # ## Prerequisites and time to run
 #
-# | chapter | why | |
+# | chapter | what it gives | |
 # |---|---|---|
 # | *The counterfactual testbed* | the world, testbed-clip and testbed-llava | necessary |
 # | 07 *Expert attention heads in CLIP* | the baselines CLIP-clip and biased prompts, MaxSkew and NDKL | helpful |
@@ -76,7 +76,7 @@
 # (`group_mean`: each neuron is set to its mean activation on its own group, so every image
 # carries every group's neuron; `zero`: the neurons are switched off); `ALPHA` (0.6);
 # `MAXSKEW_K` the top-k of MaxSkew (PAIRS in the paper: 50); `ATTRIBUTE` the attribute probed
-# and debiased.
+# and debiased; `TESTBED` the testbed build (empty: `smoke` for the smoke profile, else `full`).
 
 # %% tags=["parameters"]
 PROFILE = "embedded"
@@ -103,6 +103,7 @@ BIASED_PROMPTS_LAMBDA = 1000.0
 FAIRFACE_DIR = ""
 FAIRFACE_LIMIT = 0
 PAIRS_DIR = ""
+TESTBED = ""
 
 # %%
 from fairvlm.params import ParameterError, check_choice, check_params, check_range
@@ -113,8 +114,9 @@ P = check_params(
     SAE_EXPANSION=SAE_EXPANSION, SAE_K=SAE_K, SAE_STEPS=SAE_STEPS, SAE_LR=SAE_LR, PROBE_THRESHOLD=PROBE_THRESHOLD,
     NEURONS_PER_GROUP=NEURONS_PER_GROUP, GAMMA_MODE=GAMMA_MODE, ALPHA=ALPHA, MAXSKEW_K=MAXSKEW_K,
     ATTRIBUTE=ATTRIBUTE, CLIPCLIP_KEEP=CLIPCLIP_KEEP, BIASED_PROMPTS_LAMBDA=BIASED_PROMPTS_LAMBDA,
-    FAIRFACE_DIR=FAIRFACE_DIR, FAIRFACE_LIMIT=FAIRFACE_LIMIT, PAIRS_DIR=PAIRS_DIR,
+    FAIRFACE_DIR=FAIRFACE_DIR, FAIRFACE_LIMIT=FAIRFACE_LIMIT, PAIRS_DIR=PAIRS_DIR, TESTBED=TESTBED,
 )
+check_choice("TESTBED", TESTBED, ("", "full", "smoke"))
 for _n, _v in [("SAE_SCENES", SAE_SCENES), ("PROBE_SCENES", PROBE_SCENES), ("GALLERY_SCENES", GALLERY_SCENES),
                ("LLAVA_SCENES", LLAVA_SCENES), ("SAE_EXPANSION", SAE_EXPANSION), ("SAE_STEPS", SAE_STEPS)]:
     check_range(_n, _v, 0, 100_000, kind=int)
@@ -138,14 +140,15 @@ ON_TESTBED = PROFILE != "paper"
 SMOKE = PROFILE == "smoke"
 MODEL_NAME = MODEL or ("openai/clip-vit-base-patch16" if PROFILE == "paper" else "testbed-clip")
 LVLM_NAME = LVLM or ("llava-hf/llava-1.5-7b-hf" if PROFILE == "paper" else "testbed-llava")
-TESTBED_SIZE = "smoke" if SMOKE else "full"
+TESTBED_SIZE = TESTBED or ("smoke" if SMOKE else "full")
 N_SAE_SCENES = SAE_SCENES or (2 if SMOKE else 8)          # x 50 scenarios x 4 variants
 N_PROBE_SCENES = PROBE_SCENES or (1 if SMOKE else 4)
 N_GALLERY_SCENES = GALLERY_SCENES or (2 if SMOKE else 6)
-N_LLAVA_SCENES = LLAVA_SCENES or (3 if SMOKE else 8)      # quadruplets for the LVLM test
+N_LLAVA_SCENES = LLAVA_SCENES or (2 if SMOKE else 8)      # quadruplets for the LVLM test
 EXPANSION = SAE_EXPANSION or (1 if PROFILE == "paper" else 2 if SMOKE else 4)
-N_STEPS = SAE_STEPS or (80 if SMOKE else 600)
-N_CAPTIONS = 300 if SMOKE else 1500                       # text-SAE training captions
+N_STEPS = SAE_STEPS or (40 if SMOKE else 600)
+BATCH = 128 if SMOKE else 256                             # SAE training rows per step
+N_CAPTIONS = 200 if SMOKE else 1500                       # text-SAE training captions
 N_RECALL = 100 if SMOKE else 300                          # held-out captions for Recall@K
 ALPHAS = [0.0, 0.6, 1.0] if SMOKE else [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 LLAVA_PROMPTS = ["Is this person {w}? Answer yes or no."]
@@ -337,8 +340,8 @@ for name, acts, perm, split, site in [("image", img_acts, perm_i, split_i, IMG_S
                                       ("text", txt_acts, perm_t, split_t, TXT_SITE)]:
     d = acts.shape[1]
     cfg = S.SAEConfig(d_in=d, d_sae=EXPANSION * d, k=min(SAE_K, EXPANSION * d), site=site, model=MODEL_NAME,
-                      dead_after=4 * 256 * 25, threshold_decay=0.99)
-    saes[name], logs[name] = S.train(acts[perm[:split]], cfg, steps=N_STEPS, batch_size=256, lr=SAE_LR, seed=SEED,
+                      dead_after=4 * BATCH * 25, threshold_decay=0.99)
+    saes[name], logs[name] = S.train(acts[perm[:split]], cfg, steps=N_STEPS, batch_size=BATCH, lr=SAE_LR, seed=SEED,
                                      eval_acts=acts[perm[split:]], log_every=max(1, N_STEPS // 20))
 t_sae = time.perf_counter() - t0
 sae_dir = fairvlm.paths.cache_dir() / "sae" / f"06_{MODEL_NAME.replace('/', '_')}_{PROFILE}_seed{SEED}"
@@ -666,7 +669,10 @@ for side in ("image", "text"):
                         "zero-shot acc": r["zero_shot"], **({"t2i R@5": r["t2i_R@5"]} if rec_caps else {})})
 ablation = pd.DataFrame(abl)
 wide_abl = ablation.pivot_table(index="alpha", columns=["side", "variant"],
-                                values=[f"MaxSkew x100 ({ATTRIBUTE})", "zero-shot acc"])
+                                values=[f"MaxSkew x100 ({ATTRIBUTE})", "zero-shot acc"]
+                                + (["t2i R@5"] if rec_caps else []))
+display(Markdown(f"{MODEL_NAME}, {data_desc}. The row alpha = 0.6 is the paper's choice (used everywhere else "
+                 f"in this chapter: `ALPHA` = {ALPHA:g})."))
 display(wide_abl.round(3))
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), sharey=True)
 for ax, side in zip(axes, ("image", "text")):
@@ -740,8 +746,8 @@ lv_acts = S.collect_image_acts(llava, lv_sae_pixels, site=LV_SITE, tokens=TOKENS
 lv_perm = torch.randperm(len(lv_acts), generator=torch.Generator().manual_seed(SEED))
 lv_split = int(0.9 * len(lv_acts))
 lv_cfg = S.SAEConfig(d_in=lv_acts.shape[1], d_sae=EXPANSION * lv_acts.shape[1], k=min(SAE_K, EXPANSION * lv_acts.shape[1]),
-                     site=LV_SITE, model=LVLM_NAME, dead_after=4 * 256 * 25, threshold_decay=0.99)
-saes["llava"], logs["llava"] = S.train(lv_acts[lv_perm[:lv_split]], lv_cfg, steps=N_STEPS, batch_size=256, lr=SAE_LR,
+                     site=LV_SITE, model=LVLM_NAME, dead_after=4 * BATCH * 25, threshold_decay=0.99)
+saes["llava"], logs["llava"] = S.train(lv_acts[lv_perm[:lv_split]], lv_cfg, steps=N_STEPS, batch_size=BATCH, lr=SAE_LR,
                                        seed=SEED, eval_acts=lv_acts[lv_perm[lv_split:]], log_every=max(1, N_STEPS // 20))
 lv_codes = S.collect_image_acts(llava, lv_probe_pixels, site=LV_SITE, tokens="max", sae=saes["llava"])
 neuron_tables[("llava", ATTRIBUTE)] = S.social_neurons(lv_codes, probe_rows[ATTRIBUTE] if ON_TESTBED
@@ -759,10 +765,10 @@ lv_conditions = {"before": None, f"DEBIASLENS, authors (layer {layer})": "author
 pyes = {}
 for name, variant in lv_conditions.items():
     if variant is None:
-        pyes[name] = DL.yes_probability(llava, imgs_q, txts_q)
+        pyes[name] = DL.yes_probability(llava, imgs_q, txts_q, batch_size=32)
     else:
         with hooks.edit(llava, S.control_edits(llava, LV_SITE, saes["llava"], lv_lat, lv_gam, ALPHA, variant=variant)):
-            pyes[name] = DL.yes_probability(llava, imgs_q, txts_q)
+            pyes[name] = DL.yes_probability(llava, imgs_q, txts_q, batch_size=32)
 gkey = lv_rows[ATTRIBUTE].to_numpy()
 
 
