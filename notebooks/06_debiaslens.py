@@ -144,15 +144,15 @@ TESTBED_SIZE = TESTBED or ("smoke" if SMOKE else "full")
 N_SAE_SCENES = SAE_SCENES or (2 if SMOKE else 8)          # x 50 scenarios x 4 variants
 N_PROBE_SCENES = PROBE_SCENES or (1 if SMOKE else 4)
 N_GALLERY_SCENES = GALLERY_SCENES or (2 if SMOKE else 6)
-N_LLAVA_SCENES = LLAVA_SCENES or (2 if SMOKE else 8)      # quadruplets for the LVLM test
+N_LLAVA_SCENES = LLAVA_SCENES or (2 if SMOKE else 6)      # quadruplets for the LVLM test
 EXPANSION = SAE_EXPANSION or (1 if PROFILE == "paper" else 2 if SMOKE else 4)
-N_STEPS = SAE_STEPS or (40 if SMOKE else 600)
+N_STEPS = SAE_STEPS or (40 if SMOKE else 400)
 BATCH = 128 if SMOKE else 256                             # SAE training rows per step
-N_CAPTIONS = 200 if SMOKE else 1500                       # text-SAE training captions
+N_CAPTIONS = 200 if SMOKE else 1000                       # text-SAE training captions
 N_RECALL = 100 if SMOKE else 300                          # held-out captions for Recall@K
 ALPHAS = [0.0, 0.6, 1.0] if SMOKE else [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 LLAVA_PROMPTS = ["Is this person {w}? Answer yes or no."]
-LLAVA_WORDS = ["caring"] if SMOKE else ["caring", "aggressive", "rich"]
+LLAVA_WORDS = ["caring"] if SMOKE else ["caring", "aggressive"]
 
 # %% [markdown]
 # ## Imports
