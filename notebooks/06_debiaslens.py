@@ -531,7 +531,7 @@ glue("drift_ep", f"{drift_ep:.1e}", display=False)
 # most mutual information with the attribute, fitted on the probing images) and biased prompts
 # (Chuang et al.'s calibrated projection of the text embeddings). Controls measured in the same
 # run: the same number of **random latents** (not social neurons) set to the same gamma values,
-# and a **random ranking** of the gallery (the floor that sampling alone leaves at this k).
+# and a **random ranking** of the gallery (the skew that sampling alone leaves at this k).
 
 # %% tags=["hide-input"]
 all_texts = list(dict.fromkeys(queries["prompt"].tolist() + list(zs_prompts) + list(rec_caps)))
@@ -613,7 +613,7 @@ def set_means(skew):
 
 
 table_rows = []
-for name, r in [*results.items(), ("random ranking (floor)", {"skew": floor})]:
+for name, r in [*results.items(), ("random ranking", {"skew": floor})]:
     row = {"method": name, **{s: 100 * v for s, v in set_means(r["skew"][ATTRIBUTE]).items()},
            "all queries": 100 * float(r["skew"][ATTRIBUTE].mean()),
            f"other attribute ({'race' if ATTRIBUTE == 'gender' else 'gender'})":
@@ -633,7 +633,7 @@ glue("ms_before", f"{100 * ms_before:.1f}", display=False)
 for s, v in ms_after.items():
     glue(f"ms_after_{s.replace('+', '')}", f"{100 * v:.1f}", display=False)
 glue("ms_rand", f"{D.loc['random latents (I+T)', 'all queries']:.1f}", display=False)
-glue("ms_floor", f"{D.loc['random ranking (floor)', 'all queries']:.1f}", display=False)
+glue("ms_floor", f"{D.loc['random ranking', 'all queries']:.1f}", display=False)
 glue("ms_clipclip", f"{D.loc['CLIP-clip', 'all queries']:.1f}", display=False)
 glue("ms_bp", f"{D.loc['biased prompts', 'all queries']:.1f}", display=False)
 
@@ -641,8 +641,11 @@ glue("ms_bp", f"{D.loc['biased prompts', 'all queries']:.1f}", display=False)
 # Over all queries, MaxSkew x 100 goes from {glue:text}`ms_before` without intervention to
 # {glue:text}`ms_after_I` (I), {glue:text}`ms_after_T` (T) and {glue:text}`ms_after_IT` (I+T);
 # random latents give {glue:text}`ms_rand`, CLIP-clip {glue:text}`ms_clipclip`, biased prompts
-# {glue:text}`ms_bp`, and a random ranking {glue:text}`ms_floor`: no method can be expected
-# to go below that floor at this k.
+# {glue:text}`ms_bp`, and a random ranking {glue:text}`ms_floor`. The random ranking is the
+# skew that sampling alone leaves in a top k drawn without looking at the images; it is a floor
+# for real galleries with skewed composition, but not here: the testbed gallery is made of
+# counterfactual quadruplets, so a model that retrieves whole scenes returns every group
+# equally often and can sit below it.
 #
 # ## The alpha ablation
 #
@@ -1048,7 +1051,7 @@ saved = save_results(
         "maxskew_after_T": ms_after["T"],
         "maxskew_after_IT": ms_after["I+T"],
         "maxskew_random_latents_IT": float(D.loc["random latents (I+T)", "all queries"]) / 100,
-        "maxskew_random_ranking": float(D.loc["random ranking (floor)", "all queries"]) / 100,
+        "maxskew_random_ranking": float(D.loc["random ranking", "all queries"]) / 100,
         "maxskew_by_set": {m: {s: float(D.loc[m, s]) / 100 for s in DL.QUERY_SETS} for m in D.index},
         "zero_shot_before": zs_before,
         "zero_shot_after": zs_after,
