@@ -230,3 +230,15 @@ def test_train_works_under_no_grad_and_is_seeded():
         S.train(x[:, :8], cfg, steps=5)
     with pytest.raises(FairVLMError):
         S.train(torch.full((10, 16), float("nan")), cfg, steps=5)
+
+
+@pytest.mark.slow
+def test_testbed_llava_reads_vision_layer_minus_two():
+    from fairvlm import testbed
+    from fairvlm.models import load
+
+    if not testbed.is_built("smoke"):
+        pytest.skip("the smoke testbed is not built (python -m fairvlm.testbed build --size smoke)")
+    lm = load("testbed-llava", size="smoke")
+    assert lm.model.config.vision_feature_layer == -2
+    test_llava_reads_vision_layer_minus_two(lm)
