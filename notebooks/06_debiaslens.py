@@ -57,8 +57,11 @@
 # | *The counterfactual testbed* | the world, testbed-clip and testbed-llava | necessary |
 # | 07 *Expert attention heads in CLIP* | the baselines CLIP-clip and biased prompts, MaxSkew and NDKL | helpful |
 #
-# Time on 2 CPU cores: under a minute with `PROFILE="smoke"`, a few minutes on the `embedded`
-# default, both including the training of three SAEs (the testbed itself must be built first).
+# Time on 2 CPU cores, including the training of three SAEs (the testbed itself must be built
+# first): with `PROFILE="smoke"` about 2 CPU-minutes (5 minutes of wall time on the shared,
+# heavily loaded machine it was measured on); the `embedded` default several times that. The
+# SAEs are a small part; the language model of testbed-llava, the text encoder run once per
+# alpha, and the activations dominate.
 # The `paper` profile loads openai/clip-vit-base-patch16 (`MODEL=` for ViT-L/14-336) and
 # llava-hf/llava-1.5-7b-hf and wants a GPU; it trains and probes on FairFace (`FAIRFACE_DIR`)
 # when given, else on PAIRS.
