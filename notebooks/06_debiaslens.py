@@ -73,7 +73,7 @@
 # variants; 0 = profile default) size the SAE training set, the probing set, the retrieval
 # gallery and the LVLM test; `TOKENS_PER_IMAGE` training points per image (DEBIASLENS: 2);
 # `SAE_EXPANSION` latents per input dimension (DEBIASLENS: 1 on ViT-L/14; the testbed's
-# streams are 128 and 384 wide, so the default is 4); `SAE_K` (20), `SAE_STEPS`, `SAE_LR`;
+# streams are 128 and 384 wide, so the default is 2); `SAE_K` (20), `SAE_STEPS`, `SAE_LR`;
 # `PROBE_THRESHOLD` the firing rate that makes a latent consistent for a group;
 # `NEURONS_PER_GROUP` how many social neurons per group are controlled; `GAMMA_MODE`
 # (`group_mean`: each neuron is set to its mean activation on its own group, so every image
@@ -148,11 +148,11 @@ N_SAE_SCENES = SAE_SCENES or (2 if SMOKE else 8)          # x 50 scenarios x 4 v
 N_PROBE_SCENES = PROBE_SCENES or (1 if SMOKE else 4)
 N_GALLERY_SCENES = GALLERY_SCENES or (2 if SMOKE else 6)
 N_LLAVA_SCENES = LLAVA_SCENES or (2 if SMOKE else 6)      # quadruplets for the LVLM test
-EXPANSION = SAE_EXPANSION or (1 if PROFILE == "paper" else 2 if SMOKE else 4)
-N_STEPS = SAE_STEPS or (40 if SMOKE else 400)
+EXPANSION = SAE_EXPANSION or (1 if PROFILE == "paper" else 2)
+N_STEPS = SAE_STEPS or (40 if SMOKE else 200)
 BATCH = 128 if SMOKE else 256                             # SAE training rows per step
 N_CAPTIONS = 200 if SMOKE else 1000                       # text-SAE training captions
-N_RECALL = 100 if SMOKE else 300                          # held-out captions for Recall@K
+N_RECALL = 100 if SMOKE else 200                          # held-out captions for Recall@K
 ALPHAS = [0.0, 0.6, 1.0] if SMOKE else [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 LLAVA_PROMPTS = ["Is this person {w}? Answer yes or no."]
 LLAVA_WORDS = ["caring"] if SMOKE else ["caring", "aggressive"]
