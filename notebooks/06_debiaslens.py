@@ -384,8 +384,8 @@ glue("prefix_monotone", "grows" if all(
 # On held-out activations the image SAE explains {glue:text}`ev_img` of the variance and the
 # text SAE {glue:text}`ev_txt` (collecting activations and training both took
 # {glue:text}`t_sae` s). The explained variance {glue:text}`prefix_monotone` with every
-# Matryoshka prefix, as the nested loss intends: the first sixteenth of the latents alone
-# already gives a coarse reconstruction.
+# Matryoshka prefix, as the nested loss intends; the table gives how much the first sixteenth
+# of the latents reconstructs on its own.
 #
 # ## Social neurons
 #
