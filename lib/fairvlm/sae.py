@@ -249,17 +249,17 @@ def train(acts: torch.Tensor, cfg: SAEConfig, *, steps: int = 1000, batch_size: 
             raise ParameterError(f"{name}={v!r} must be a positive integer")
     if not lr > 0:
         raise ParameterError(f"lr={lr!r} must be positive")
-    x_all = acts.detach().float().cpu()
-    sae = MatryoshkaSAE(cfg, seed=seed)
+    x_all = acts.detach().float()          # trains where the activations are (CPU or GPU)
+    sae = MatryoshkaSAE(cfg, seed=seed).to(x_all.device)
     scale = x_all.pow(2).sum(-1).mean().div(cfg.d_in).sqrt().clamp_min(1e-8)
     sae.scale.copy_(scale)
     xs = x_all / scale
-    ev_x = (eval_acts.detach().float().cpu() if eval_acts is not None else x_all[:1024])
+    ev_x = (eval_acts.detach().float().to(x_all.device) if eval_acts is not None else x_all[:1024])
     with torch.no_grad():
         sae.b_dec.copy_(xs.mean(0))
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (steps - s) / max(1, steps // 5)))
-    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
+    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=x_all.device)
     g = torch.Generator().manual_seed(seed)
     rows, order, pos = [], torch.randperm(len(xs), generator=g), 0
     it = range(steps)
