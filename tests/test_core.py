@@ -56,6 +56,8 @@ def test_save_results_writes_json_and_tables(tmp_outputs):
     assert record["params"] == {"PROFILE": "smoke", "SEED": 0}
     assert record["packages"]["torch"]
     assert pd.read_csv(path.parent / "99_demo" / "items.csv").equals(df)
+    # as a cell's last value it shows nothing (no PosixPath('results/...') under the cell)
+    assert path._ipython_display_() is None and "PosixPath" in repr(path)
 
 
 def test_save_results_leaves_nothing_on_failure(tmp_outputs):

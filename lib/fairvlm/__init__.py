@@ -18,6 +18,14 @@ Chapters import and call; this package computes. Modules:
 
 from fairvlm.errors import FairVLMError
 
+import warnings as _warnings
+
+# peft (0.21) reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a
+# model, and transformers 5 warns on every read. The warning is about peft's code, not the
+# reader's; it would otherwise show on stderr under every cell that trains a LoRA adapter.
+_warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated",
+                         category=FutureWarning)
+
 __version__ = "0.1.0"
 
 __all__ = ["FairVLMError", "__version__", "seed_everything"]

@@ -36,6 +36,15 @@ TRACKED_PACKAGES = (
 )
 
 
+
+class SavedResults(type(Path())):
+    """The path of a written results JSON (a :class:`pathlib.Path`) that shows nothing when
+    it is a cell's last value: ``save_results(...)`` ending a chapter must not print
+    ``PosixPath('results/...')``."""
+
+    def _ipython_display_(self):  # IPython: display nothing
+        return None
+
 def package_versions(names=TRACKED_PACKAGES) -> dict:
     out = {"python": platform.python_version()}
     for name in names:
@@ -150,4 +159,4 @@ def save_results(
         raise FairVLMError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir / f"{slug}.json"
+    return SavedResults(out_dir / f"{slug}.json")
