@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import json
 
 import matplotlib
@@ -57,7 +58,7 @@ def test_save_results_writes_json_and_tables(tmp_outputs):
     assert record["packages"]["torch"]
     assert pd.read_csv(path.parent / "99_demo" / "items.csv").equals(df)
     # as a cell's last value it shows nothing (no PosixPath('results/...') under the cell)
-    assert path._ipython_display_() is None and "PosixPath" in repr(path)
+    assert path._ipython_display_() is None and isinstance(path, Path)
 
 
 def test_save_results_leaves_nothing_on_failure(tmp_outputs):
