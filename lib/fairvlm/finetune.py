@@ -231,7 +231,18 @@ def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps) -> dict:
                 learning_rate=lr, seed=seed, data_seed=seed, report_to="none", logging_steps=1,
                 save_strategy="no", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
                 max_steps=max_steps, disable_tqdm=True, dataloader_num_workers=0, bf16=False, fp16=False,
-                gradient_checkpointing=False)   # small models on CPU: recomputing activations only costs time
+                **_no_checkpointing())   # small models on CPU: recomputing activations only costs time
+
+
+def _no_checkpointing() -> dict:
+    """Activation checkpointing off, under the name this transformers knows (``gradient_checkpointing``
+    is a deprecated alias of ``activation_checkpointing`` since transformers 5.x and warns)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
 
 
 def _dataset(records):
