@@ -227,7 +227,7 @@ def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, m
         if m == "unsteered":
             steer = None
         elif m == "gradient":
-            item_idx = torch.as_tensor(rows["item"].to_numpy())
+            item_idx = torch.as_tensor(rows["item"].to_numpy().copy())   # a writable copy: pandas may hand out a read-only view
 
             def steer(sl, item_idx=item_idx):
                 return steering.ablate(lm, grad_dirs[item_idx[sl]])
