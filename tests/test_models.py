@@ -99,7 +99,9 @@ def test_smollm2_shape_and_cache(smollm2, monkeypatch):
     assert (cached / "model.safetensors").is_file()
     assert not list(cached.glob("*.bin")) and not list(cached.glob("*.pt"))
     # a second load reads the cache: it must not touch the GGUF conversion again
-    monkeypatch.setattr(models, "_build_smollm2_cache", lambda out: pytest.fail("rebuilt the cache"))
+    from fairvlm import embedded
+
+    monkeypatch.setattr(embedded, "_build_smollm2_cache", lambda out: pytest.fail("rebuilt the cache"))
     again = models.load("smollm2-135m-instruct")
     assert torch.equal(again.model.lm_head.weight, lm.model.lm_head.weight)
 

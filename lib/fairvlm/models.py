@@ -638,18 +638,9 @@ def _check_dtype(dtype):
 
 
 def _load_smollm2() -> LoadedModel:
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from fairvlm.embedded import smollm2_hf
 
-    path = _checked_dir(_smollm2_cache(), _build_smollm2_cache, "SmolLM2 weights")
-    try:
-        with _quiet():
-            model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(path)
-    except Exception as exc:  # safetensors / json / tokenizers raise several types
-        raise FairVLMError(f"cannot load the cached SmolLM2 weights in {path} ({type(exc).__name__}: "
-                           f"{exc}); delete that folder and run again to rebuild it") from None
-    tok.padding_side = "left"
-    model.eval()
+    model, tok, path = smollm2_hf()   # checked cache; a damaged one is rebuilt, an unreadable one named
     return LoadedModel(model=model, processor=tok, tokenizer=tok, name="smollm2-135m-instruct",
                        family="llama", kind="causal-lm",
                        info={"weights": "SmolLM2-135M-Instruct, Q4_1 GGUF de-quantized to float32",
@@ -686,7 +677,7 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike = TOKENIZER_DIR) -> Path:
     """
     from tokenizers import AddedToken, Tokenizer
 
-    src = _atomic_dir(_smollm2_cache(), _build_smollm2_cache)
+    src = _checked_dir(_smollm2_cache(), _build_smollm2_cache, "SmolLM2 weights")
     tok = Tokenizer.from_file(str(src / "tokenizer.json"))
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_SPECIAL_TOKENS])
     out = Path(out_dir)
