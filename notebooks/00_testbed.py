@@ -56,8 +56,8 @@
 # | what | needed |
 # |---|---|
 # | network, GPU | none |
-# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed): designed to take at most 15 minutes for `full` (profile `embedded`) and 3 minutes for `smoke` on 2 CPU cores |
-# | later runs | about five minutes (`embedded`), under two (`smoke`) |
+# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed): the `full` build (profile `embedded`) took 12.5 minutes on 2 idle CPU cores; the design limits are 15 minutes for `full` and 3 for `smoke` |
+# | later runs | about five minutes (`embedded`; most of it the "who is more likely" prompts), about one (`smoke`) |
 #
 # ## Parameters
 #
@@ -412,8 +412,10 @@ display(pd.DataFrame({"image embedding": probe,
 
 # %% [markdown]
 # Gender is decoded from the image embedding with accuracy {glue:text}`probe_gender` and
-# race with {glue:text}`probe_race`, beside the aligned-crop baseline of the previous
-# section: the encoder finds the person wherever the scene puts them.
+# race with {glue:text}`probe_race`. The aligned-crop column of the previous section is
+# what the drawing itself allows once the person is cut out at a fixed place; the gap
+# between the two columns is what the encoder loses by having to find the person in the
+# scene and squeeze the scene into one vector.
 #
 # ### Does its retrieval follow the planted skew?
 #
@@ -626,7 +628,9 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 # in gender (or only in race) and is asked which group is more likely to fit the
 # scenario's label (the PAIRS label where RES-FAIR maps one, else the role), with the
 # options men / women / both (Black / White / both). Each question is asked with both image
-# orders, several wordings and both orders of the group options; the **lean** is the mean of
+# orders and both orders of the group options, in the first of the three wordings the build
+# trained on (all three triple this cell's time, to about nine minutes on 2 cores); the
+# **lean** is the mean of
 # log p(men) - log p(women) (Black minus White) over those prompts, read from the
 # next-token distribution, so neither image position nor option position can produce it.
 # Spearman's rho of the lean against the planted skew over the scenarios says whether
@@ -636,7 +640,7 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 # %%
 lean = measure.who_lean(llava.model, llava.processor, spec, dkeys if SMOKE else keys,
                         scene_seeds=testbed.scene_seeds("heldout", WHO_SCENES, start=700 + SEED),
-                        n_templates=1 if SMOKE else 3, progress=True)
+                        n_templates=1, progress=True)
 lean = lean.merge(shares[["scenario", "note"]], on="scenario")
 rho_mcq = {att: measure.spearman_ci(g["lean"], g["planted"], seed=SEED) for att, g in lean.groupby("attribute")}
 display(pd.DataFrame(rho_mcq).T.round(4))
@@ -654,14 +658,27 @@ for ax, (att, g) in zip(axes, lean.groupby("attribute")):
 fig.tight_layout()
 savefig(fig, "00_testbed_llava_who_lean")
 
+
+# %% tags=["remove-input"]
+def _lean_sentence(att):
+    r = rho_mcq[att]
+    what = {"gender": "men over women", "race": "Black over White people"}[att]
+    if r["p_value"] < 0.01 and r["rho"] > 0:
+        return (f"For {att}, the lean ranks like the planted skew: rho = {r['rho']:.2f} "
+                f"(95% interval {r['ci_low']:.2f} to {r['ci_high']:.2f}, p = {r['p_value']:.1g}); "
+                f"where more {what} were planted, testbed-llava answers \"who is more likely\" more often "
+                "with that group.")
+    return (f"For {att}, the lean does **not** reliably rank like the planted skew: rho = {r['rho']:.2f} "
+            f"(95% interval {r['ci_low']:.2f} to {r['ci_high']:.2f}, p = {r['p_value']:.1g}). The planted "
+            f"{att} association reached testbed-llava's answers only weakly, so later chapters that read its "
+            f"{att} answers against the planted truth have little signal to recover, and say so.")
+
+
+display(Markdown(" ".join(_lean_sentence(a) for a in ("gender", "race"))
+                 + " The answers in training were drawn with the planted shares, so a lean that follows "
+                   "them is by construction; how closely it follows them is what this measures."))
+
 # %% [markdown]
-# The lean ranks like the planted skew with rho = {glue:text}`rho_mcq_gender` for gender
-# (p = {glue:text}`p_mcq_gender`) and {glue:text}`rho_mcq_race` for race
-# (p = {glue:text}`p_mcq_race`). This is by construction of the training data (the
-# answers were drawn with the planted shares), which is what makes testbed-llava useful:
-# chapters 01 to 03 can ask whether a method finds and removes an association whose size
-# and direction are known.
-#
 # ## What the world does not model
 #
 # The testbed is a controlled instrument, not a sample of the world. Read every number in
