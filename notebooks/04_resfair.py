@@ -62,7 +62,10 @@
 #
 # `LAMBDA1`, `LAMBDA2`: the RES-FAIR weights (paper 0.2, 0.2). `EPOCHS`, `TRAIN_ROWS`,
 # `LR`, `BATCH`, `BETA`, `KL_COEF`: the baselines' training (paper: 10 epochs, all rows,
-# 5e-5, 16, 0.1, 0.5). `EVAL_PROMPTS`: paraphrases per item in the method comparison.
+# 5e-5, 16, 0.1, 0.5). `MICRO_BATCH`: each batch of `BATCH` is trained as accumulated
+# micro-batches of this size (the same update; a DPO batch of 16 pairs at once needs more
+# memory than a 24 GB machine has; 0 trains the whole batch at once, as on a GPU).
+# `EVAL_PROMPTS`: paraphrases per item in the method comparison.
 # `ABLATION_ROWS`: rows per setting of the lambda grid. `MAX_NEW_TOKENS`: answer length.
 
 # %% tags=["parameters"]
@@ -76,6 +79,7 @@ EPOCHS = 1
 TRAIN_ROWS = 48
 LR = 5e-5
 BATCH = 16
+MICRO_BATCH = 4
 BETA = 0.1
 KL_COEF = 0.5
 EVAL_PROMPTS = 2
@@ -86,7 +90,8 @@ MAX_NEW_TOKENS = 8
 from fairvlm.params import check_choice, check_params, check_range
 
 P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, LAMBDA1=LAMBDA1, LAMBDA2=LAMBDA2,
-                 EPOCHS=EPOCHS, TRAIN_ROWS=TRAIN_ROWS, LR=LR, BATCH=BATCH, BETA=BETA, KL_COEF=KL_COEF,
+                 EPOCHS=EPOCHS, TRAIN_ROWS=TRAIN_ROWS, LR=LR, BATCH=BATCH, MICRO_BATCH=MICRO_BATCH,
+                 BETA=BETA, KL_COEF=KL_COEF,
                  EVAL_PROMPTS=EVAL_PROMPTS, ABLATION_ROWS=ABLATION_ROWS, MAX_NEW_TOKENS=MAX_NEW_TOKENS)
 _ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto"))
 _ = check_choice("TESTBED", TESTBED, (True, False))
@@ -96,6 +101,7 @@ _ = check_range("EPOCHS", EPOCHS, 0.01, 100.0)
 _ = check_range("TRAIN_ROWS", TRAIN_ROWS, 2, 100000, kind=int)
 _ = check_range("LR", LR, 1e-8, 1.0)
 _ = check_range("BATCH", BATCH, 1, 1024, kind=int)
+_ = check_range("MICRO_BATCH", MICRO_BATCH, 0, BATCH, kind=int)
 _ = check_range("BETA", BETA, 1e-4, 10.0)
 _ = check_range("KL_COEF", KL_COEF, 0.0, 100.0)
 _ = check_range("EVAL_PROMPTS", EVAL_PROMPTS, 1, 4, kind=int)
@@ -128,7 +134,7 @@ import fairvlm
 from fairvlm import confidence, finetune, lens, mcq, models, resfair, utility
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
-from fairvlm.verdicts import bootstrap_ci, decide, verdict_table
+from fairvlm.verdicts import bootstrap_ci, change_interval, decide, verdict_table
 
 fairvlm.seed_everything(SEED)
 set_theme()
@@ -223,7 +229,8 @@ with tempfile.TemporaryDirectory() as tmp:
                                    {"beta": BETA, "kl_coef": KL_COEF, "kl_measure": MEASURE})):
             lm = _load(sp["model"], TRAIN_DTYPE)
             model_t, hist = fn(lm, sp["train_rows"], sp["fit_images"], output_dir=f"{tmp}/{k}", epochs=EPOCHS,
-                               batch_size=BATCH, lr=LR, seed=SEED, **extra)
+                               batch_size=BATCH, micro_batch=min(MICRO_BATCH, BATCH) or None, lr=LR, seed=SEED,
+                               **extra)
             if EVAL_DTYPE is not None:
                 model_t.model.to(EVAL_DTYPE)
             trained[(k, method)] = model_t
@@ -536,9 +543,12 @@ else:
 
 # %%
 claims = []
+moved = {}   # did the post-hoc edit move fair answers at all (intervals apart, either way)?
 for name, g in rows_all.groupby("model", sort=False):
     fair_of = {m: (g[g.method == m]["parsed"] == "fair").to_numpy(float) for m in METHODS}
     post = fair_of["w/ post-hoc"]
+    (plo, phi), (olo, ohi) = bootstrap_ci(post, seed=SEED), bootstrap_ci(fair_of["original"], seed=SEED)
+    moved[name] = bool(plo > ohi or phi < olo)
     for other, paper in (("original", "post-hoc above the original in every column"),
                          ("w/ DPO+KL", "post-hoc above DPO+KL in every column"),
                          ("w/ LoRA", "post-hoc above LoRA in every column")):
@@ -552,22 +562,30 @@ for name, g in rows_all.groupby("model", sort=False):
     claims.append({"claim": "post-hoc KL at or below temperature scaling's (Table 2)",
                    "paper": "post-hoc below TS in 13 of 16 cells", "model + data": name, "verdict": v})
 for name in first_split:
+    # "unchanged" claims only say something about an edit that did something: where the
+    # post-hoc edit moved no fair answers, an unchanged ability is not evidence of anything
+    idle = None if moved.get(name, False) else "the post-hoc edit did not move fair answers in this run"
     u = util[util.model == name].set_index("method")
     d = u.loc["w/ post-hoc", "_scores"] - u.loc["original", "_scores"]
-    v = decide(d.mean(), bootstrap_ci(d, seed=SEED), 0.0, direction="within", tol=0.01)
+    v = decide(d.mean(), change_interval(d, seed=SEED), 0.0, direction="within", tol=0.01,
+               testable=idle is None, why=idle or "")
     claims.append({"claim": "general ability within a point after post-hoc (Table 3)",
                    "paper": "VQA drops 0.06-0.29 points", "model + data": f"{name}: {u['task'].iloc[0]}",
                    "verdict": v})
     s = social[social.model == name]
     d = (s[s.method == "w/ post-hoc"]["correct"].to_numpy(float) - s[s.method == "original"]["correct"].to_numpy(float))
-    v = decide(d.mean(), bootstrap_ci(d, seed=SEED), 0.0, direction="within", tol=0.05)
+    v = decide(d.mean(), change_interval(d, seed=SEED), 0.0, direction="within", tol=0.05,
+               testable=idle is None, why=idle or "")
     claims.append({"claim": "social-difference answers unchanged after post-hoc (Tables 4-5)",
                    "paper": "changes of at most 1 of 20 / 30", "model + data": f"{name}: {len(qs)} questions",
                    "verdict": v})
 verdicts = verdict_table(claims)
 display(Markdown("Provenance: every effect is measured in this run on the models named (testbed rows: the "
                  "synthetic testbed); the paper's numbers are quoted from its appendix. Social-difference tolerance: "
-                 "0.05 (one question in 20); general ability: 0.01 (one point)."))
+                 "0.05 (one question in 20); general ability: 0.01 (one point). The two *no change* claims use "
+                 "`fairvlm.verdicts.change_interval`: where no item changed, the interval is the rule of three, "
+                 "+-3/n, so a handful of unchanged items cannot count as proof of no change; and they are only "
+                 "tested where the post-hoc edit moved fair answers beyond both intervals in the same run."))
 display(verdicts.style.hide(axis="index"))
 
 # %%

@@ -393,3 +393,36 @@ def test_general_questions_scoring():
     assert got.tolist() == [1.0, 0.0, 0.0]
     with pytest.raises(FairVLMError, match="answers"):
         utility.score_general(["Paris"], qs)
+
+
+def test_micro_batches_give_the_full_batch_update(tmp_path):
+    """``micro_batch`` accumulates gradients: one step on a batch of 4 in micro-batches of 2
+    moves the weights as one step on the whole batch does (a wrong split or scale breaks it)."""
+    from fairvlm import finetune
+
+    rows, src = _trainer_rows()
+    base = {k: v.clone() for k, v in models.load("tiny-llava").model.state_dict().items()}
+    trained = {}
+    for micro in (None, 2):
+        lm = models.load("tiny-llava")
+        torch.manual_seed(0)
+        # plain SGD: Adam's first step is lr * sign(g) and would hide a gradient of the wrong scale
+        kw = finetune._common_args(tmp_path / str(micro), 1, 4, 1e-1, 0, 1, micro)
+        kw.update(optim="sgd", lr_scheduler_type="constant")
+        args = finetune.DPOKLConfig(beta=0.1, kl_coef=0.5, max_length=None, **kw)
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == ((4, 1) if micro is None else (2, 2))
+        out, hist = finetune.train_dpo_kl(lm, rows, src, output_dir=tmp_path / str(micro), args=args)
+        assert [h for h in hist if "loss" in h], "no training step was logged"
+        trained[micro] = out.model.state_dict()
+    moved = [k for k in base if not torch.equal(base[k], trained[None][k])]
+    assert moved, "the full-batch step did not change any weight"
+    for k in moved:
+        assert torch.allclose(trained[None][k], trained[2][k], atol=1e-5, rtol=1e-4), k
+
+
+@pytest.mark.parametrize("batch, micro", [(16, 5), (16, 0), (16, 17)])
+def test_micro_batch_must_divide_the_batch(batch, micro):
+    from fairvlm import finetune
+
+    with pytest.raises(FairVLMError, match="micro_batch"):
+        finetune._micro(batch, micro)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fairvlm.errors import FairVLMError
-from fairvlm.verdicts import Verdict, bootstrap_ci, decide, verdict_table
+from fairvlm.verdicts import Verdict, bootstrap_ci, change_interval, decide, verdict_table
 
 
 # ------------------------------------------------------------------ greater / less
@@ -134,3 +134,31 @@ def test_verdict_table_prints_null_beside_effect():
     with pytest.raises(FairVLMError, match="claim"):
         verdict_table([{"verdict": v}])
     assert isinstance(v, Verdict)
+
+
+def test_change_interval_no_change_uses_rule_of_three():
+    # 20 questions, none changed: the bootstrap would say (0, 0); the rule of three says +-3/20
+    assert change_interval(np.zeros(20)) == (-0.15, 0.15)
+    # ... so an "unchanged within one question in 20" claim cannot be reproduced from 20 items
+    v = decide(0.0, change_interval(np.zeros(20)), 0.0, direction="within", tol=0.05)
+    assert v.verdict == "partly"
+    # with 300 unchanged items the bound is 0.01, inside a 0.05 band
+    v = decide(0.0, change_interval(np.zeros(300)), 0.0, direction="within", tol=0.05)
+    assert v.verdict == "reproduced"
+
+
+def test_change_interval_with_changes_is_the_bootstrap():
+    d = np.array([0, 0, 1, 0, -1, 0, 0, 1, 0, 0], float)
+    assert change_interval(d, seed=1) == bootstrap_ci(d, seed=1)
+    lo, hi = change_interval(d, seed=1)
+    assert lo <= d.mean() <= hi
+
+
+@pytest.mark.parametrize("bad", [[0, 2, 0], [0, np.nan, 0]])
+def test_change_interval_refuses_bad_changes(bad):
+    with pytest.raises(FairVLMError):
+        change_interval(bad)
+
+
+def test_change_interval_too_few_items():
+    assert all(np.isnan(change_interval([0])))

@@ -226,8 +226,28 @@ def _processing(loaded):
     return loaded.processor if loaded.kind == "vlm" else loaded.tokenizer
 
 
-def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps) -> dict:
-    return dict(output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+def _micro(batch_size: int, micro_batch: int | None) -> tuple[int, int]:
+    """``(per-device micro-batch, gradient accumulation steps)`` for an effective ``batch_size``.
+
+    The paper's batch of 16 preference pairs is 32 sequences through the policy and as many
+    through the reference, each with a full-vocabulary logit tensor: on a CPU that is
+    several GB at once. Accumulating ``batch_size / micro_batch`` micro-batches gives the
+    same update with a fraction of the memory."""
+    from fairvlm.params import check_range
+
+    batch_size = check_range("batch_size", batch_size, 1, 1_000_000, kind=int)
+    if micro_batch is None:
+        return batch_size, 1
+    micro_batch = check_range("micro_batch", micro_batch, 1, batch_size, kind=int)
+    if batch_size % micro_batch:
+        raise FairVLMError(f"micro_batch={micro_batch} must divide batch_size={batch_size}")
+    return micro_batch, batch_size // micro_batch
+
+
+def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch=None) -> dict:
+    per_device, accum = _micro(batch_size, micro_batch)
+    return dict(output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=per_device,
+                gradient_accumulation_steps=accum,
                 learning_rate=lr, seed=seed, data_seed=seed, report_to="none", logging_steps=1,
                 save_strategy="no", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
                 max_steps=max_steps, disable_tqdm=True, dataloader_num_workers=0, bf16=False, fp16=False,
@@ -252,53 +272,62 @@ def _dataset(records):
 
 
 def _merged(loaded, trainer):
-    """A :class:`~fairvlm.models.LoadedModel` view on the trained model, adapter merged."""
+    """A :class:`~fairvlm.models.LoadedModel` view on the trained model, adapter merged, and
+    the trainer's log history. The trainer's optimizer, reference model and accelerator
+    state are released here: a chapter that trains several baselines in one process must
+    not keep every trainer alive."""
+    import copy
+    import gc
     from dataclasses import replace
 
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.eval()
-    return replace(loaded, model=model, name=loaded.name, info={**loaded.info, "_fingerprint": None})
+    history = copy.deepcopy(trainer.state.log_history)
+    trainer.accelerator.free_memory()
+    for attr in ("model", "model_wrapped", "ref_model", "optimizer", "lr_scheduler"):
+        if hasattr(trainer, attr):
+            setattr(trainer, attr, None)
+    gc.collect()
+    return replace(loaded, model=model, name=loaded.name, info={**loaded.info, "_fingerprint": None}), history
 
 
 def train_dpo_kl(loaded, rows: Sequence, images: Callable | None = None, *, output_dir, epochs: float = 10,
                  batch_size: int = 16, lr: float = 5e-5, beta: float = 0.1, kl_coef: float = 0.5,
                  kl_measure: str = "fair_target", seed: int = 0, max_steps: int = -1, lora_r: int = 8,
-                 args: DPOKLConfig | None = None):
+                 micro_batch: int | None = None, args: DPOKLConfig | None = None):
     """Train DPO + KL with a LoRA adapter on ``rows``; returns ``(LoadedModel, log_history)``.
 
     The adapter is merged into a copy-free view of the model: ``loaded`` itself is changed
     (reload it for the original). Paper settings are the defaults (appendix Figure 3).
     ``args`` (a full :class:`DPOKLConfig`, e.g. with ``deepspeed=``) replaces the keyword
-    settings."""
-    import copy
-
+    settings. ``micro_batch`` splits each batch into accumulated micro-batches (same update,
+    less memory)."""
     if args is None:
         args = DPOKLConfig(beta=beta, kl_coef=kl_coef, kl_measure=kl_measure, max_length=None,
-                           **_common_args(output_dir, epochs, batch_size, lr, seed, max_steps))
+                           **_common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch))
     trainer = DPOKLTrainer(model=loaded.model, args=args, train_dataset=_dataset(preference_records(
         loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
     trainer.train()
-    return _merged(loaded, trainer), copy.deepcopy(trainer.state.log_history)
+    return _merged(loaded, trainer)
 
 
 def train_lora(loaded, rows: Sequence, images: Callable | None = None, *, output_dir, epochs: float = 10,
                batch_size: int = 16, lr: float = 5e-5, seed: int = 0, max_steps: int = -1, lora_r: int = 8,
-               extra: dict | None = None):
+               micro_batch: int | None = None, extra: dict | None = None):
     """LoRA fine-tuning (trl ``SFTTrainer``, loss on the completion only) toward fair answers;
-    returns ``(LoadedModel, log_history)``. ``loaded`` is changed in place, as for DPO."""
-    import copy
-
+    returns ``(LoadedModel, log_history)``. ``loaded`` is changed in place, as for DPO;
+    ``micro_batch`` as for :func:`train_dpo_kl`."""
     from trl import SFTConfig, SFTTrainer
 
-    kw = _common_args(output_dir, epochs, batch_size, lr, seed, max_steps)
+    kw = _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch)
     kw.update(extra or {})
     args = SFTConfig(max_length=None, completion_only_loss=True, **kw)
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=_dataset(sft_records(
         loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
     trainer.train()
-    return _merged(loaded, trainer), copy.deepcopy(trainer.state.log_history)
+    return _merged(loaded, trainer)
 
 
 # ---------------------------------------------------------------------------------------

@@ -100,6 +100,31 @@ def bootstrap_ci(
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
+def change_interval(change, *, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """95% interval of the mean per-item change of a 0/1 outcome (``after - before``, each
+    in {-1, 0, 1}), for claims of *no change*.
+
+    The bootstrap of :func:`bootstrap_ci` collapses to ``(0, 0)`` when no item changed, which
+    would let 20 questions "prove" that nothing moves by less than one question in 20. Then
+    the rule of three is used instead: with no change among ``n`` items, the share of items
+    that change is below ``3 / n`` with 95% confidence, so the interval is ``(-3/n, 3/n)``.
+    Otherwise the seeded percentile bootstrap over items. ``(nan, nan)`` below two items.
+    """
+    d = np.asarray(change, dtype=float).ravel()
+    if d.size and not np.isfinite(d).all():
+        raise VerdictError("change_interval: the changes hold NaN or inf")
+    if d.size and (np.abs(d) > 1).any():
+        raise VerdictError("change_interval: each change must lie in [-1, 1] (after - before of a 0/1 outcome)")
+    if d.size < 2:
+        return (float("nan"), float("nan"))
+    if not d.any():
+        if not math.isclose(level, 0.95):
+            raise VerdictError("change_interval: the rule of three is a 95% bound; use level=0.95")
+        b = min(1.0, 3.0 / d.size)
+        return (-b, b)
+    return bootstrap_ci(d, seed=seed, level=level)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The outcome of :func:`decide`, with everything needed to print it beside the claim."""
