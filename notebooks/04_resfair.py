@@ -546,14 +546,14 @@ claims = []
 moved = {}   # did the post-hoc edit move fair answers at all (intervals apart, either way)?
 for name, g in rows_all.groupby("model", sort=False):
     fair_of = {m: (g[g.method == m]["parsed"] == "fair").to_numpy(float) for m in METHODS}
+    ci_of = {m: bootstrap_ci(f, seed=SEED) for m, f in fair_of.items()}
     post = fair_of["w/ post-hoc"]
-    (plo, phi), (olo, ohi) = bootstrap_ci(post, seed=SEED), bootstrap_ci(fair_of["original"], seed=SEED)
+    (plo, phi), (olo, ohi) = ci_of["w/ post-hoc"], ci_of["original"]
     moved[name] = bool(plo > ohi or phi < olo)
     for other, paper in (("original", "post-hoc above the original in every column"),
                          ("w/ DPO+KL", "post-hoc above DPO+KL in every column"),
                          ("w/ LoRA", "post-hoc above LoRA in every column")):
-        v = decide(post.mean(), bootstrap_ci(post, seed=SEED), fair_of[other].mean(),
-                   bootstrap_ci(fair_of[other], seed=SEED), direction="greater")
+        v = decide(post.mean(), ci_of["w/ post-hoc"], fair_of[other].mean(), ci_of[other], direction="greater")
         claims.append({"claim": f"post-hoc answers fair more often than {other.replace('w/ ', '')} (Table 1)",
                        "paper": paper, "model + data": name, "verdict": v})
     kp = kl_frame[(kl_frame.model == name) & (kl_frame.row_kind == "w/ post-hoc")]["kl"].to_numpy()

@@ -176,42 +176,41 @@ def _images(loaded, rows, images: Callable | None):
     return [list(im) if im is not None else [] for im in mcq.row_images(rows, images)]
 
 
+def _records(loaded, rows: Sequence, images: Callable | None, seed: int, caller: str, fields) -> list[dict]:
+    """One training record per row: the model's own ``prompt`` (ending at the assistant
+    turn), the answer fields ``fields(row, rng)`` gives, and ``images`` for a VLM."""
+    rng = random.Random(seed)
+    rows = list(rows)
+    if not rows:
+        raise FairVLMError(f"{caller}() got no rows")
+    ims = _images(loaded, rows, images)
+    out = []
+    for i, r in enumerate(rows):
+        rec = {"prompt": _prompt(loaded, r), **fields(r, rng)}
+        if ims is not None:
+            rec["images"] = ims[i]
+        out.append(rec)
+    return out
+
+
 def preference_records(loaded, rows: Sequence, images: Callable | None = None, *, seed: int = 0) -> list[dict]:
     """One DPO pair per row: ``prompt`` (the model's own prompt format, ending at the
     assistant turn), ``chosen`` (a fair answer from :data:`FAIR_ANSWERS`), ``rejected`` (a
     group option word, either group, capitalised or not), sampled with ``seed``; plus
     ``images`` for a VLM."""
-    rng = random.Random(seed)
-    rows = list(rows)
-    if not rows:
-        raise FairVLMError("preference_records() got no rows")
-    ims = _images(loaded, rows, images)
-    out = []
-    for i, r in enumerate(rows):
+    def fields(r, rng):
         ga, gb = r.item.groups
         word = rng.choice((ga.option, gb.option))
-        rec = {"prompt": _prompt(loaded, r), "chosen": rng.choice(FAIR_ANSWERS),
-               "rejected": rng.choice((word, word.lower(), word[:1].upper() + word[1:]))}
-        if ims is not None:
-            rec["images"] = ims[i]
-        out.append(rec)
-    return out
+        return {"chosen": rng.choice(FAIR_ANSWERS),
+                "rejected": rng.choice((word, word.lower(), word[:1].upper() + word[1:]))}
+
+    return _records(loaded, rows, images, seed, "preference_records", fields)
 
 
 def sft_records(loaded, rows: Sequence, images: Callable | None = None, *, seed: int = 0) -> list[dict]:
     """One prompt / completion pair per row with a fair completion (LoRA baseline)."""
-    rng = random.Random(seed)
-    rows = list(rows)
-    if not rows:
-        raise FairVLMError("sft_records() got no rows")
-    ims = _images(loaded, rows, images)
-    out = []
-    for i, r in enumerate(rows):
-        rec = {"prompt": _prompt(loaded, r), "completion": rng.choice(FAIR_ANSWERS)}
-        if ims is not None:
-            rec["images"] = ims[i]
-        out.append(rec)
-    return out
+    return _records(loaded, rows, images, seed, "sft_records",
+                    lambda r, rng: {"completion": rng.choice(FAIR_ANSWERS)})
 
 
 def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.0):
