@@ -59,7 +59,8 @@
 #
 # Time on 2 CPU cores, including the training of three SAEs (the testbed itself must be built
 # first): with `PROFILE="smoke"` about 2 CPU-minutes (5 minutes of wall time on the shared,
-# heavily loaded machine it was measured on); the `embedded` default several times that. The
+# heavily loaded machine it was measured on); the `embedded` default 3.8 minutes of wall time
+# and 2 GB of memory (measured 2026-11-27 with the `full` testbed cached, beside a test run). The
 # SAEs are a small part; the language model of testbed-llava, the text encoder run once per
 # alpha, and the activations dominate.
 # The `paper` profile loads openai/clip-vit-base-patch16 (`MODEL=` for ViT-L/14-336) and
@@ -987,14 +988,20 @@ claims.append({"claim": "LVLM: the gender probability difference shrinks", "pape
                                    direction="less", testable=ATTRIBUTE == "gender" and len(lv_lat) > 0,
                                    why="" if len(lv_lat) else "no social neuron found at the LVLM's layer")})
 if ON_TESTBED and len(flat_eff) > 1:
+    flat_v = V.decide(float(flat_eff.mean()), V.bootstrap_ci(flat_eff, seed=SEED), float(flat_null.mean()),
+                      V.bootstrap_ci(flat_null, seed=SEED), direction="greater")
     claims.append({"claim": "(testbed) debiasing flattens the scenarios planted skewed", "paper": "-",
                    "measure": "reduction of |top-k share of men - 0.5| per skewed scenario; null: random latents",
-                   "verdict": V.decide(float(flat_eff.mean()), V.bootstrap_ci(flat_eff, seed=SEED), float(flat_null.mean()),
-                                       V.bootstrap_ci(flat_null, seed=SEED), direction="greater")})
+                   "verdict": flat_v})
+    # "leaves the controls alone" is a claim about selectivity: it says something only where
+    # the method did flatten the skewed scenarios (an edit that moves nothing leaves everything alone)
+    flattened = flat_v.verdict in ("reproduced", "partly")
     claims.append({"claim": "(testbed) ... and leaves the balanced controls alone", "paper": "-",
                    "measure": "change of |top-k share of men - 0.5| per control scenario; within 0.1",
                    "verdict": V.decide(float(ctrl_eff.mean()), V.bootstrap_ci(ctrl_eff, seed=SEED), 0.0,
-                                       direction="within", tol=0.1)})
+                                       direction="within", tol=0.1, testable=flattened,
+                                       why="" if flattened else "the method did not flatten the planted-skewed "
+                                       "scenarios, so controls that stay put say nothing about selectivity")})
 else:
     claims.append({"claim": "(testbed) debiasing flattens the planted-skewed scenarios, not the controls", "paper": "-",
                    "measure": "planted truth", "verdict": V.decide(np.nan, (np.nan, np.nan), 0.0, testable=False,
