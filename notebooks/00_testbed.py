@@ -57,7 +57,7 @@
 # |---|---|
 # | network, GPU | none |
 # | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed): the `full` build (profile `embedded`) took 12.5 minutes on 2 idle CPU cores; the design limits are 15 minutes for `full` and 3 for `smoke` |
-# | later runs | about five minutes (`embedded`; most of it the "who is more likely" prompts), about one (`smoke`) |
+# | later runs | 4.7 minutes measured (`embedded`; most of it the "who is more likely" prompts), about one (`smoke`) |
 #
 # ## Parameters
 #
@@ -662,7 +662,7 @@ savefig(fig, "00_testbed_llava_who_lean")
 # %% tags=["remove-input"]
 def _lean_sentence(att):
     r = rho_mcq[att]
-    what = {"gender": "men over women", "race": "Black over White people"}[att]
+    what = {"gender": "men than women", "race": "Black than White people"}[att]
     if r["p_value"] < 0.01 and r["rho"] > 0:
         return (f"For {att}, the lean ranks like the planted skew: rho = {r['rho']:.2f} "
                 f"(95% interval {r['ci_low']:.2f} to {r['ci_high']:.2f}, p = {r['p_value']:.1g}); "
@@ -671,7 +671,7 @@ def _lean_sentence(att):
     return (f"For {att}, the lean does **not** reliably rank like the planted skew: rho = {r['rho']:.2f} "
             f"(95% interval {r['ci_low']:.2f} to {r['ci_high']:.2f}, p = {r['p_value']:.1g}). The planted "
             f"{att} association reached testbed-llava's answers only weakly, so later chapters that read its "
-            f"{att} answers against the planted truth have little signal to recover, and say so.")
+            f"{att} answers against the planted truth have little signal to recover.")
 
 
 display(Markdown(" ".join(_lean_sentence(a) for a in ("gender", "race"))
