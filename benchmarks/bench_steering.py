@@ -5,12 +5,16 @@ Prints, for a random-weight LLaVA of the chosen geometry (nothing is downloaded)
 1. forward-time ratio with / without the every-layer ablation (``resid_pre``, ``attn_out``,
    ``mlp_out`` of every layer through ``fairvlm.hooks.edit``; target <= 1.05);
 2. generation throughput plain / hooks / orthogonalised weights (target: orthogonalised
-   >= 0.98 of plain);
+   >= 0.98 of plain), and of an unedited deep copy of the model as a control for the second
+   copy's placement in memory;
 3. the cost of one gradient direction (``fairvlm.steering.gradient_direction``) in
    forward-pass equivalents, at batch 1 and at ``--batch`` (target <= 3.5).
 
-Conditions are interleaved, each timed ``--repeats`` times after a warm-up, medians reported,
-so drift on a shared machine hits all alike. An edited run faster than plain beyond noise
+Conditions are interleaved in a shuffled order, each timed ``--repeats`` times after a
+warm-up, medians reported (and, for generation, the best run too), so drift on a shared
+machine hits all alike. The unedited copy is the noise floor: its ratio to plain should be
+1 within noise, and a ratio of the orthogonalised model that differs from the copy's by no
+more than the copy's from 1 is no measured difference. An edited run faster than plain beyond noise
 means a broken measurement.
 
     python benchmarks/bench_steering.py                                   # tiny shape, CPU
@@ -20,6 +24,8 @@ means a broken measurement.
 from __future__ import annotations
 
 import argparse
+import copy
+import random
 import statistics
 import time
 
@@ -81,14 +87,23 @@ def timed(fn, device):
     return time.perf_counter() - t
 
 
-def interleave(conds: dict, repeats: int, warmup: int, device) -> dict:
+def interleave(conds: dict, repeats: int, warmup: int, device, best: dict | None = None) -> dict:
+    """Median time per condition. Each repeat runs every condition once, in a shuffled (seeded)
+    order, so that drift and order effects hit all alike. ``best``, if given, receives each
+    condition's minimum: on a GPU, short generations are bound by the host's kernel launches,
+    and host jitter only ever adds time."""
+    rng = random.Random(0)
     for _ in range(warmup):
         for f in conds.values():
             timed(f, device)
     times = {k: [] for k in conds}
     for _ in range(repeats):
-        for k, f in conds.items():
-            times[k].append(timed(f, device))
+        order = list(conds)
+        rng.shuffle(order)
+        for k in order:
+            times[k].append(timed(conds[k], device))
+    if best is not None:
+        best.update({k: min(v) for k, v in times.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -144,11 +159,20 @@ def main(argv=None) -> dict:
     if not args.skip_orthogonalized:
         orth = steering.orthogonalize(lm, a)
         conds["orthogonalized"] = gen(orth.model)
-    t = interleave(conds, max(3, args.repeats // 2), 1, args.device)
+        # control: an unedited deep copy, built the way orthogonalize builds its model. If the
+        # copy is as slow as the orthogonalised model, the cost is the second copy's placement
+        # (memory, caches, allocator), not the edit.
+        twin = copy.deepcopy(lm.model)
+        conds["copy"] = gen(twin)
+    best = {}
+    t = interleave(conds, max(3, args.repeats), 1, args.device, best=best)
     res["generation_throughput_hooks"] = t["plain"] / t["hooks"]
     if "orthogonalized" in t:
         res["generation_throughput_orthogonalized"] = t["plain"] / t["orthogonalized"]
-        del orth
+        res["generation_throughput_copy (control)"] = t["plain"] / t["copy"]
+        res["generation_throughput_orthogonalized (best of runs)"] = best["plain"] / best["orthogonalized"]
+        res["generation_throughput_copy (control, best of runs)"] = best["plain"] / best["copy"]
+        del orth, twin
 
     for b, e in (("1", enc1), (str(args.batch), enc)):
         def grad(e=e):

@@ -45,15 +45,18 @@
 # |---|---|
 # | Chapter 00 (testbed) | necessary: testbed-llava and the planted mention rates |
 # | Chapter 01 | helpful: hooks and the residual stream |
-# | Time | embedded: a few minutes on 2 CPU cores; smoke: about a minute; paper: a GPU and the hub |
+# | Time | embedded: about 6 minutes on 2 CPU cores (5.8 measured); smoke: about a minute; paper: a GPU and the hub |
 #
 # ## Parameters
 #
 # `N_SCENARIOS` held-out testbed scenarios (each with its four counterfactual variants),
 # `N_PERSONAS` SocialCounterfactuals personas for the text model, `N_PROMPTS` of the five
-# open-ended prompts, `N_SEEDS` sampling replicates per (input, prompt), `MAX_NEW_TOKENS`
-# per answer, `N_CANDIDATES` dataset-direction candidates, `N_FIT` prompt pairs to fit them,
-# `MAX_BENIGN_KL` the bound of the selection rule.
+# open-ended prompts, `N_SEEDS` sampling replicates per (input, prompt) (`None`: the paper's
+# 3 on the paper profile, 1 on the embedded one, where generation is most of the chapter's
+# time on 2 CPU cores), `MAX_NEW_TOKENS` per answer, `N_CANDIDATES` dataset-direction
+# candidates (`None`: the paper's 32 on the paper profile, 16 embedded: each candidate costs
+# two ablated forward passes over the held-out prompts), `N_FIT` prompt pairs to fit them, `MAX_BENIGN_KL` the bound of the selection
+# rule, `BATCH_SIZE` rows per forward or generation batch.
 
 # %% tags=["parameters"]
 PROFILE = "embedded"
@@ -61,16 +64,20 @@ SEED = 0
 N_SCENARIOS = 8
 N_PERSONAS = 12
 N_PROMPTS = 5
-N_SEEDS = 3
+N_SEEDS = None
 MAX_NEW_TOKENS = 32
-N_CANDIDATES = 32
+N_CANDIDATES = None
 N_FIT = 32
 MAX_BENIGN_KL = 0.1
-BATCH_SIZE = 32
+BATCH_SIZE = 64
 
 # %%
 from fairvlm.params import check_params, check_range
 
+if N_SEEDS is None:      # the profile's default
+    N_SEEDS = 3 if PROFILE == "paper" else 1
+if N_CANDIDATES is None:
+    N_CANDIDATES = 32 if PROFILE == "paper" else 16
 P = check_params(PROFILE=PROFILE, SEED=SEED, N_SCENARIOS=N_SCENARIOS, N_PERSONAS=N_PERSONAS, N_PROMPTS=N_PROMPTS,
                  N_SEEDS=N_SEEDS, MAX_NEW_TOKENS=MAX_NEW_TOKENS, N_CANDIDATES=N_CANDIDATES, N_FIT=N_FIT,
                  MAX_BENIGN_KL=MAX_BENIGN_KL, BATCH_SIZE=BATCH_SIZE)
@@ -113,8 +120,10 @@ T0 = time.perf_counter()
 #
 # **Dataset direction.** Bias-eliciting pairs ask for the person's gender or race (the
 # question of the paper's Figure 2); benign pairs ask about objects or the background of the
-# same inputs. The mean `resid_post` of each set is taken at 32 candidates: 8 layers spread
-# over 25-90% of the depth times the last 4 prompt positions. The rule that picks one, on 10
+# same inputs. The mean `resid_post` of each set is taken at `N_CANDIDATES` candidates
+# (the paper's 32: 8 layers spread over 25-90% of the depth times the last 4 prompt
+# positions; 16 on the embedded profile: 4 layers times the same positions; the table below
+# names them). The rule that picks one, on 10
 # held-out pairs of each kind: ablate the candidate at every layer, and among the candidates
 # whose mean next-token KL on the benign prompts stays within `MAX_BENIGN_KL` nats, take the
 # one with the largest drop of the protected tokens' next-token probability mass on the bias
@@ -153,6 +162,9 @@ PROV = "; ".join(f"{s.label} on {'SocialCounterfactuals personas' if s.text else
 display(Markdown(f"Directions per model ({PROV})."))
 display(dirs.style.hide(axis="index").format(precision=3))
 display(Markdown(f"Selection rule: {next(iter(runs.values()))['selection'].rule}."))
+display(Markdown("Seconds spent per step (this run):"))
+display(pd.DataFrame({k: r["timings"] for k, r in runs.items()}).T.rename_axis("model").reset_index()
+        .style.hide(axis="index").format(precision=0))
 
 # %% [markdown]
 # ## Protected-attribute mentions (Table 1)
@@ -205,11 +217,11 @@ display(t3.style.hide(axis="index").format(precision=3))
 lm_tb, r_tb = loaded[VLM], runs[VLM]
 g_tb = gen[(gen["model"] == VLM) & (gen["method"] == "unsteered")].head(100)
 ims = [r_tb["setting"].items["image"].iloc[i] for i in g_tb["item"]]
-shifts = {}
-for m, a in (("dataset", r_tb["dataset_direction"]), ("gradient", r_tb["gradient_mean"])):
-    shifts[m] = textmetrics.token_shifts(lm_tb, list(g_tb["prompt"]), list(g_tb["text"]),
-                                         lambda sl=None, a=a: steering.ablate(lm_tb, a), images=ims, top=8,
-                                         batch_size=BATCH_SIZE)
+shifts = textmetrics.token_shifts(   # one plain pass, one steered pass per direction
+    lm_tb, list(g_tb["prompt"]), list(g_tb["text"]),
+    {m: (lambda a=a: steering.ablate(lm_tb, a))
+     for m, a in (("dataset", r_tb["dataset_direction"]), ("gradient", r_tb["gradient_mean"]))},
+    images=ims, top=8, batch_size=BATCH_SIZE)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
 for ax, (m, df) in zip(axes, shifts.items()):
     df = df.sort_values("shift")
@@ -304,7 +316,7 @@ for k in runs:
                      "paper": "Table 2: LLaVA-1.5 57.6 -> 41.6 (dataset), 16.4 (gradient)",
                      "verdict": decide(v_u - v_m, (v_u - ci_m[1], v_u - ci_m[0]), v_u - v_r, (v_u - ci_r[1], v_u - ci_r[0]),
                                        direction="greater", testable=bool(testable),
-                                       why="no negative sentence in the unsteered generations")})
+                                       why="" if testable else "no negative sentence in the unsteered generations")})
     r = runs[k]
     st = r["setting"]
     n_it = min(8, len(st.items))

@@ -1,6 +1,8 @@
 """fairvlm.steering: ablation at every site, orthogonalised weights = hook ablation, the gradient
 step, selection, loss gradients; and Mllama's skipped cross-attention layers."""
 
+import contextlib
+
 import pytest
 import torch
 from PIL import Image
@@ -198,3 +200,39 @@ def test_mllama_skipped_cross_layers_reach_their_sites(tiny):
     with torch.no_grad(), hooks.edit(lm, {f"resid_pre.{cross[0]}": lambda x: 0.5 * x}):
         edited = lm.model(**enc).logits
     assert (edited - base).abs().max() > 1e-3
+
+
+def test_token_shifts_hand_computed_and_shared_plain_pass(tiny):
+    from fairvlm import textmetrics
+
+    lm = tiny["tiny-llava"]
+    ims = [Image.new("RGB", (40, 40), (200, 30, 30)), Image.new("RGB", (40, 40), (20, 30, 230))]
+    prompts, gens = ["Describe the person.", "Who is it?"], ["a doctor", "a nurse in a room"]
+    a = steering.random_direction(lm.d_model, 5)
+    abl = (lambda: steering.ablate(lm, a))
+    one = textmetrics.token_shifts(lm, prompts, gens, abl, images=ims, top=3, batch_size=2)
+    both = textmetrics.token_shifts(lm, prompts, gens, {"a": abl, "same": contextlib.nullcontext},
+                                    images=ims, top=3, batch_size=1)
+    # the shared plain pass gives the same table as the single call (batching aside)
+    assert list(both["a"]["id"]) == list(one["id"])
+    assert torch.allclose(torch.tensor(both["a"]["shift"].to_numpy()), torch.tensor(one["shift"].to_numpy()), atol=1e-6)
+    assert float(both["same"]["shift"].abs().max()) < 1e-7          # an edit that does nothing moves nothing
+    # hand-computed: the mean over the generated positions of the next-token probabilities
+    tid = int(one["id"].iloc[0])
+    tot, n = {"plain": 0.0, "steered": 0.0}, 0
+    for p, g, im in zip(prompts, gens, ims):
+        enc = lm.inputs([p], [im])
+        gid = lm.tokenizer([g], add_special_tokens=False, return_tensors="pt")["input_ids"]
+        full = dict(enc)
+        full["input_ids"] = torch.cat([enc["input_ids"], gid], 1)
+        full["attention_mask"] = torch.ones_like(full["input_ids"])
+        k = enc["input_ids"].shape[1]
+        for key, ctx in (("plain", contextlib.nullcontext), ("steered", abl)):
+            with torch.no_grad(), ctx():
+                pr = lm.model(**full).logits[0, k - 1:-1].float().softmax(-1)
+            tot[key] += float(pr[:, tid].sum())
+        n += gid.shape[1]
+    assert abs((tot["steered"] - tot["plain"]) / n - float(one["shift"].iloc[0])) < 1e-6
+    assert float(one["shift"].iloc[0]) > 0 > float(one["shift"].iloc[-1])
+    with pytest.raises(FairVLMError, match="steer must be"):
+        textmetrics.token_shifts(lm, prompts, gens, {}, images=ims)

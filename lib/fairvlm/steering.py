@@ -270,12 +270,25 @@ def candidate_directions(lm, bias, benign, *, grid: Sequence[tuple[int, int]], b
             for l, p in grid}
 
 
+def _last_only(lm) -> dict:
+    """``{"logits_to_keep": 1}`` where the model's forward takes it (the unembedding then runs at
+    the last position only: about a fifth of a small model's forward), else ``{}``."""
+    import inspect
+
+    try:
+        params = inspect.signature(lm.model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
 @torch.no_grad()
 def _next_token_logprobs(lm, texts, images, batch_size: int = 16) -> torch.Tensor:
     out = []
+    kw = _last_only(lm)
     for sl in _batches(len(texts), batch_size):
         enc = lm.inputs(list(texts[sl]), None if images is None else list(images[sl]))
-        out.append(torch.log_softmax(lm.model(**enc, use_cache=False).logits[:, -1].float(), -1).cpu())
+        out.append(torch.log_softmax(lm.model(**enc, use_cache=False, **kw).logits[:, -1].float(), -1).cpu())
     return torch.cat(out)
 
 

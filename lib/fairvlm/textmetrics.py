@@ -224,20 +224,26 @@ def relative_change(steered: float, unsteered: float) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer: Callable, *, images=None,
-                 top: int = 10, batch_size: int = 8) -> pd.DataFrame:
+def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer, *, images=None,
+                 top: int = 10, batch_size: int = 8):
     """Mean next-token probability of every token over the generated positions, plain vs
     steered (``steer()`` returns a context manager, e.g. ``lambda: ablate(lm, a)``).
 
     Each generation is appended to its prompt and teacher-forced; positions are those that
     predict a generated token. Returns the ``top`` tokens that gain and the ``top`` that lose
-    most: columns ``token``, ``id``, ``p_plain``, ``p_steered``, ``shift``."""
+    most: columns ``token``, ``id``, ``p_plain``, ``p_steered``, ``shift``.
+
+    ``steer`` may also be a dict ``{name: steer}``: the plain pass then runs once for all of
+    them and the result is ``{name: DataFrame}``."""
     import torch
 
+    steers = steer if isinstance(steer, dict) else {"steered": steer}
+    if not steers or not all(callable(f) for f in steers.values()):
+        raise FairVLMError("steer must be a callable returning a context manager, or a non-empty dict of them")
     if len(prompts) != len(generations):
         raise FairVLMError(f"{len(prompts)} prompts but {len(generations)} generations")
     V = lm.unembed().weight.shape[0]
-    sums = {"plain": torch.zeros(V, dtype=torch.float64), "steered": torch.zeros(V, dtype=torch.float64)}
+    sums = {k: torch.zeros(V, dtype=torch.float64) for k in ("plain", *steers)}
     n_pos = 0
     for s in range(0, len(prompts), batch_size):
         sl = slice(s, s + batch_size)
@@ -252,7 +258,7 @@ def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer: 
         full["input_ids"], full["attention_mask"] = ids, mask
         # positions n_prompt-1 .. end-1 predict the generated tokens
         sel = gen["attention_mask"].bool().cpu()
-        for key, ctx in (("plain", None), ("steered", steer)):
+        for key, ctx in (("plain", None), *steers.items()):
             with torch.no_grad(), (ctx() if ctx is not None else _nullctx()):
                 logits = lm.model(**full, use_cache=False).logits[:, n_prompt - 1:-1].float()
             p = logits.softmax(-1).cpu()
@@ -260,12 +266,16 @@ def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer: 
         n_pos += int(sel.sum())
     if n_pos == 0:
         raise FairVLMError("the generations are empty; nothing to compare")
-    plain, steered = sums["plain"] / n_pos, sums["steered"] / n_pos
-    shift = steered - plain
-    order = torch.cat([shift.argsort(descending=True)[:top], shift.argsort()[:top]])
-    return pd.DataFrame({"token": [lm.tokenizer.decode([int(i)]) for i in order], "id": order.tolist(),
-                         "p_plain": plain[order].numpy(), "p_steered": steered[order].numpy(),
-                         "shift": shift[order].numpy()})
+    plain = sums["plain"] / n_pos
+    out = {}
+    for key in steers:
+        steered = sums[key] / n_pos
+        shift = steered - plain
+        order = torch.cat([shift.argsort(descending=True)[:top], shift.argsort()[:top]])
+        out[key] = pd.DataFrame({"token": [lm.tokenizer.decode([int(i)]) for i in order], "id": order.tolist(),
+                                 "p_plain": plain[order].numpy(), "p_steered": steered[order].numpy(),
+                                 "shift": shift[order].numpy()})
+    return out if isinstance(steer, dict) else out["steered"]
 
 
 class _nullctx:
