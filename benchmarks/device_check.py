@@ -8,6 +8,7 @@ For each tiny VLM it checks, on the device and in the dtype given, the propertie
 tests check in float32, with tolerances for the dtype:
 
 - an identity edit at every residual site leaves the logits bitwise unchanged;
+- an edit that returns NaN is refused, naming its site, when the block ends;
 - the every-layer ablation leaves nothing along the direction at any hooked site;
 - the orthogonalised model's logits match the hook-ablated model's;
 - the single-step gradient direction raises the protected logits;
@@ -28,6 +29,7 @@ import torch
 from PIL import Image
 
 from fairvlm import hooks, models, steering
+from fairvlm.errors import FairVLMError
 
 VLMS = ("tiny-llava", "tiny-qwen2-vl", "tiny-mllama")
 FAILED: list[str] = []
@@ -54,6 +56,13 @@ def check_vlm(name: str, device: str, dtype: torch.dtype) -> None:
         with hooks.edit(lm, {f"{k}.*": (lambda x: x) for k in ("resid_pre", "attn_out", "mlp_out")}):
             same = lm.model(**enc).logits
     report(f"{name} identity edit bitwise", torch.equal(base, same), float((base - same).abs().max()))
+    # the finite check is read once when the block ends on a GPU (no stall at every hook)
+    try:
+        with torch.no_grad(), hooks.edit(lm, {"attn_out.1": lambda x: x / torch.zeros((), device=x.device, dtype=x.dtype)}):
+            lm.model(**enc)
+        report(f"{name} NaN from an edit is refused (at the block's end)", False, "no error")
+    except FairVLMError as exc:
+        report(f"{name} NaN from an edit is refused (at the block's end)", "attn_out.1" in str(exc), str(exc)[:60])
 
     a = steering.random_direction(lm.d_model, 3)
     sites = [f"{k}.*" for k in steering.ABLATION_SITES]

@@ -252,6 +252,24 @@ def test_edit_returning_nan_is_refused(lm):
     assert torch.isnan(_run(lm, {"attn_out.2": lambda x: x / torch.zeros(())}, check_finite=False)).any()
 
 
+def test_edit_returning_nan_is_refused_when_the_block_ends_on_an_accelerator(lm, monkeypatch):
+    # the accelerator path (no host sync per hook): the forward pass completes, the block's
+    # exit names the site that produced NaN from a finite input, and a clean block passes
+    monkeypatch.setattr(hooks, "_DEFER_FINITE_CHECK", True)
+    enc = lm.inputs("a short prompt")
+    with fails(FairVLMError, "attn_out.2", "when the block ended"):
+        with hooks.edit(lm, {"attn_out.2": lambda x: x / torch.zeros(())}):
+            out = lm.model(**enc).logits
+        assert not torch.isfinite(out).all()          # reached: the error comes at the exit
+    with hooks.edit(lm, {"attn_out.2": lambda x: 2 * x}):
+        lm.model(**enc)
+    # an exception raised inside the block is not masked by the finite check
+    with pytest.raises(ZeroDivisionError, match="own error"):
+        with hooks.edit(lm, {"attn_out.2": lambda x: x / torch.zeros(())}):
+            lm.model(**enc)
+            raise ZeroDivisionError("the caller's own error")
+
+
 def test_edit_returning_another_shape(lm):
     with fails(FairVLMError, "mlp_out.0", "shape"):
         _run(lm, {"mlp_out.0": lambda x: x[:, :1]})

@@ -215,6 +215,7 @@ class _Context:
     steps: bool = False
     grad: bool = False
     check_finite: bool = True
+    pending: dict = field(default_factory=dict)   # key -> device flag: the finite check, deferred off the CPU
 
     def apply(self, key, value: torch.Tensor) -> torch.Tensor:
         for fn in self.edits.get(key, ()):
@@ -230,11 +231,16 @@ class _Context:
                     f"an edit at {_key_name(key)} must return {value.dtype} on {value.device} (as "
                     f"its input), got {new.dtype} on {new.device}; end the function with "
                     f".to(x.dtype) or build new tensors with dtype=x.dtype, device=x.device")
-            if self.check_finite and not bool(torch.isfinite(new).all()) and bool(torch.isfinite(value).all()):
-                raise FairVLMError(
-                    f"the edit at {_key_name(key)} returned NaN or infinite values from a finite "
-                    "input (a division by a zero norm?); pass check_finite=False to edit() to "
-                    "allow it")
+            if self.check_finite:
+                if new.device.type == "cpu" and not _DEFER_FINITE_CHECK:
+                    if not bool(torch.isfinite(new).all()) and bool(torch.isfinite(value).all()):
+                        raise FairVLMError(_not_finite_message([key]))
+                else:
+                    # on an accelerator, reading the flag here would stall the stream at every
+                    # hooked site; keep it on the device and read it once, when the block ends
+                    bad = torch.isfinite(value).all() & ~torch.isfinite(new).all()
+                    prev = self.pending.get(key)
+                    self.pending[key] = bad if prev is None else (prev | bad)
             value = new
         names = self.captures.get(key)
         if names:
@@ -252,6 +258,18 @@ class _Context:
                 else:
                     self.out[name] = stored
         return value
+
+
+# tests set this to exercise the deferred (accelerator) path of the finite check on the CPU
+_DEFER_FINITE_CHECK = False
+
+
+def _not_finite_message(keys, deferred: bool = False) -> str:
+    where = ", ".join(_key_name(k) for k in keys)
+    when = (" (found when the block ended: on an accelerator the check runs on the device and is "
+            "read once, so the forward passes inside the block completed)") if deferred else ""
+    return (f"the edit at {where} returned NaN or infinite values from a finite input (a division "
+            f"by a zero norm?){when}; pass check_finite=False to edit() to allow it")
 
 
 def _key_name(key) -> str:
@@ -540,6 +558,11 @@ class _Session:
     def __exit__(self, *exc):
         _registry(self.lm).remove(self.ctx)
         self.state = "closed"
+        pending, self.ctx.pending = self.ctx.pending, {}
+        if pending and exc[0] is None:
+            bad = [k for k, flag in pending.items() if bool(flag)]
+            if bad:
+                raise FairVLMError(_not_finite_message(bad, deferred=True))
         return False
 
 
@@ -576,7 +599,9 @@ def edit(lm, edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], *, che
     ``"resid_post.*": fn`` applies ``fn`` at every layer. Yields ``None``. Each result must
     keep its input's shape, dtype and device, and (unless ``check_finite=False``, which
     saves one reduction per site and call) be finite where the input was; otherwise a
-    :class:`~fairvlm.errors.FairVLMError` names the site.
+    :class:`~fairvlm.errors.FairVLMError` names the site. On the CPU that error comes from
+    the forward pass itself; on an accelerator the check stays on the device (reading it at
+    every site would stall the stream at each hook) and the error comes when the block ends.
     """
     _check_lm(lm)
     if not isinstance(edits, Mapping):

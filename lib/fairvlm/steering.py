@@ -110,6 +110,11 @@ def ablation_fn(a: torch.Tensor):
             cache[key] = a.to(device=x.device, dtype=x.dtype)
         u = cache[key]
         if u.ndim == 1:
+            if x.is_contiguous():
+                # x - (x u) u^T in two kernels (a matrix-vector product and a fused rank-1
+                # update) instead of three: at every hooked site of every decoding step
+                x2 = x.view(-1, x.shape[-1])
+                return torch.addr(x2, x2 @ u, u, alpha=-1).view_as(x)
             return x - (x @ u).unsqueeze(-1) * u
         if x.shape[0] != u.shape[0]:
             raise FairVLMError(f"{u.shape[0]} per-row directions for a batch of {x.shape[0]}")
@@ -133,7 +138,9 @@ def ablate(lm, a, *, sites: Sequence[str] = ABLATION_SITES):
     if bad or not sites:
         raise FairVLMError(f"ablation sites must be residual-stream kinds (resid_pre, attn_out, mlp_out, ...), got {list(sites)}")
     fn = ablation_fn(a)
-    return edit(lm, {f"{s}.*": fn for s in sites})
+    # no finite check: removing a unit direction from a finite vector leaves it finite, and
+    # the check's reductions would add kernels at every site of every decoding step
+    return edit(lm, {f"{s}.*": fn for s in sites}, check_finite=False)
 
 
 def stream_writers(lm) -> list[tuple[str, torch.nn.Module, str]]:
