@@ -55,9 +55,9 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 25 minutes for `embedded`,
-# 13 of them training the eight baselines, and a peak of 9.3 GB of memory; that is far
-# over the 6 minutes this chapter was designed for.
+# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 14.6 minutes for `embedded`
+# (5.7 of them training the six baselines, 5.3 evaluating the methods) and a peak of about
+# 9 GB of memory; that is still over the 6 minutes this chapter was designed for.
 # `smoke` runs a few labels in a few minutes. `paper` runs the paper's four smaller models and
 # trains with the paper's settings (configs/ds_zero3.json; see the README's "Scaling out").
 #
@@ -70,6 +70,10 @@
 # memory than a 24 GB machine has; 0 trains the whole batch at once, as on a GPU).
 # `EVAL_PROMPTS`: paraphrases per item in the method comparison.
 # `ABLATION_ROWS`: rows per setting of the lambda grid. `MAX_NEW_TOKENS`: answer length.
+# `BOTH_WAYS`: fit and evaluate every split both ways (`None`: on the paper profile only).
+# Otherwise each (model, evaluation dataset) keeps its first split: SmolLM2 still runs
+# PAIRS -> SocialCounterfactuals and back (each is the only evaluation of its dataset), the
+# testbed runs even -> odd scenes and not odd -> even, which halves its training.
 
 # %% tags=["parameters"]
 PROFILE = "embedded"
@@ -86,18 +90,23 @@ MICRO_BATCH = 4
 BETA = 0.1
 KL_COEF = 0.5
 EVAL_PROMPTS = 2
-ABLATION_ROWS = 16
+ABLATION_ROWS = 8
+BOTH_WAYS = None
 MAX_NEW_TOKENS = 8
 
 # %%
 from fairvlm.params import check_choice, check_params, check_range
 
+if BOTH_WAYS is None:       # the profile's default
+    BOTH_WAYS = PROFILE == "paper"
 P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, LAMBDA1=LAMBDA1, LAMBDA2=LAMBDA2,
                  EPOCHS=EPOCHS, TRAIN_ROWS=TRAIN_ROWS, LR=LR, BATCH=BATCH, MICRO_BATCH=MICRO_BATCH,
                  BETA=BETA, KL_COEF=KL_COEF,
-                 EVAL_PROMPTS=EVAL_PROMPTS, ABLATION_ROWS=ABLATION_ROWS, MAX_NEW_TOKENS=MAX_NEW_TOKENS)
+                 EVAL_PROMPTS=EVAL_PROMPTS, ABLATION_ROWS=ABLATION_ROWS, MAX_NEW_TOKENS=MAX_NEW_TOKENS,
+                 BOTH_WAYS=BOTH_WAYS)
 _ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto"))
 _ = check_choice("TESTBED", TESTBED, (True, False))
+_ = check_choice("BOTH_WAYS", BOTH_WAYS, (True, False))
 _ = check_range("LAMBDA1", LAMBDA1, 0.0, 1.0)
 _ = check_range("LAMBDA2", LAMBDA2, 0.0, 1.0)
 _ = check_range("EPOCHS", EPOCHS, 0.01, 100.0)
@@ -152,7 +161,7 @@ METHODS = ("original", "w/ LoRA", "w/ DPO+KL", "w/ post-hoc")
 # The runs of chapters 01-03 (cached) give the fitting data. A model with two datasets
 # (SmolLM2: PAIRS and SocialCounterfactuals text items) is fitted on one and evaluated on
 # the other, both ways, as the paper's appendix C.1; the testbed model is fitted on half of
-# the scenarios and evaluated on the other half, both ways. `fairvlm.resfair.fit_eval_splits`
+# the scenarios and evaluated on the other half (both ways with `BOTH_WAYS`). `fairvlm.resfair.fit_eval_splits`
 # refuses any split whose halves share a scenario or an item. The directions are fitted by
 # chapter 03's rule (`fairvlm.lens.fit_directions`) at the last tenth of the layers; the
 # baselines are trained on the same fitting rows.
@@ -166,6 +175,11 @@ splits = resfair.fit_eval_splits(runs)
 if PROFILE == "smoke":  # CI: one fitting direction per model, a handful of evaluation rows
     _first = {}
     splits = [_first.setdefault(sp["model"], sp) for sp in splits if sp["model"] not in _first]
+elif not BOTH_WAYS:     # one split per (model, evaluation dataset): see BOTH_WAYS
+    _seen = set()
+    splits = [sp for sp in splits
+              if (key := (sp["model"], sp["eval"].removesuffix("-odd").removesuffix("-even"))) not in _seen
+              and not _seen.add(key)]
 spec_of = {(s.model, s.dataset): s for s in runs_spec}
 all_rows = {}
 for (name, dataset) in runs:

@@ -302,6 +302,44 @@ def test_dpo_kl_at_zero_equals_dpo_and_reference_kl_is_zero_at_step_zero(tmp_pat
     assert losses["fair"].item() == pytest.approx(losses["dpo"].item() + 0.5 * kl_fair, rel=1e-5)
 
 
+def test_dpo_kl_gradient_read_off_the_dpo_pass_equals_a_separate_pass(tmp_path):
+    # the KL term reuses the DPO step's policy pass; its gradient on the adapter must be the
+    # one a separate forward pass through the model gives
+    from fairvlm import finetune
+
+    rows, src = _trainer_rows()
+    lm = models.load("tiny-llava")
+    args = finetune.DPOKLConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none",
+                                remove_unused_columns=False, use_cpu=True, max_length=None, seed=0, kl_coef=1.0)
+    torch.manual_seed(0)
+    tr = finetune.DPOKLTrainer(model=lm.model, args=args, processing_class=lm.processor,
+                               peft_config=finetune.lora_config(),
+                               train_dataset=finetune._dataset(finetune.preference_records(lm, rows, src, seed=0)))
+    tr.model.train()
+    inputs = _batch(tr)
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+    # a nonzero LoRA B so that the adapter's A matrices get gradient too
+    with torch.no_grad():
+        for n, p in tr.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+
+    def grads(loss):
+        tr.model.zero_grad()
+        loss.backward()
+        return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    g_total = grads(tr.compute_loss(tr.model, inputs))
+    tr.args.kl_coef = 0.0
+    g_dpo = grads(tr.compute_loss(tr.model, inputs))
+    lp3, _ = tr._answer_logits(tr.model, inputs)
+    g_sep = grads(finetune.confidence_kl(lp3, "fair_target").mean())
+    g_kl = [a - b for a, b in zip(g_total, g_dpo)]
+    assert max(float(g.abs().max()) for g in g_sep) > 1e-6            # the KL moves the adapter
+    for a, b in zip(g_kl, g_sep):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+
+
 def test_dpo_kl_config_rejects_bad_knobs(tmp_path):
     from fairvlm import finetune
 

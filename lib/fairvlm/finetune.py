@@ -138,23 +138,69 @@ class DPOKLTrainer(DPOTrainer):
         lp3 = torch.stack([_option_logits(at[i:i + 1], ids[a])[0] for i, a in enumerate(attrs)])
         return lp3, attrs
 
+    def _option_logprobs(self, base, inputs, hidden: torch.Tensor) -> torch.Tensor:
+        """Option log-masses ``(B, 3)`` of the chosen rows from the decoder's final hidden
+        states ``hidden`` ``(2B, T', d)`` of a forward pass on ``inputs``: the same numbers as
+        :meth:`_answer_logits`, without another forward pass."""
+        cm = inputs["completion_mask"]
+        T = cm.shape[1]
+        hidden = hidden[:, -T:]
+        first = cm.float().argmax(dim=1)
+        B = cm.shape[0] // 2
+        pos = (first[:B] - 1).clamp(min=0)
+        rows = torch.arange(B, device=cm.device)
+        logits = base.get_output_embeddings()(hidden[rows, pos])      # (B, V)
+        ids, owner = self._options()
+        rej_tok = inputs["input_ids"][torch.arange(B, 2 * B, device=cm.device), first[B:]].tolist()
+        attrs = []
+        for t in rej_tok:
+            if t not in owner:
+                raise FairVLMError("a rejected answer does not start with a group option word; build the "
+                                   "pairs with fairvlm.finetune.preference_records")
+            attrs.append(owner[t])
+        return torch.stack([_option_logits(logits[i:i + 1], ids[a])[0] for i, a in enumerate(attrs)])
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        """DPO's loss plus ``kl_coef`` times the confidence KL. The KL is read off the DPO
+        step's own policy forward pass (the decoder's output at the answer position, through
+        the LM head), so it costs no second forward and backward pass; with ``kl_measure=
+        'reference'`` the reference pass DPO already runs gives the reference model's side."""
+        kl_coef, measure = self.args.kl_coef, self.args.kl_measure
+        seen, handle, base = [], None, None
+        if kl_coef:
+            unwrapped = self.accelerator.unwrap_model(model)
+            base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+
+            def keep(module, args, output):
+                h = output[0] if isinstance(output, tuple) else output.last_hidden_state
+                seen.append((torch.is_grad_enabled(), h))
+
+            handle = base.get_decoder().register_forward_hook(keep)
+        try:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+        finally:
+            if handle is not None:
+                handle.remove()
         loss = out[0] if return_outputs else out
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["loss/dpo"].append(float(loss.detach()))
-        kl_coef, measure = self.args.kl_coef, self.args.kl_measure
         if kl_coef:
-            lp3, _ = self._answer_logits(model, inputs)
+            # trl runs the policy pass first, then (unless precomputed) the reference pass
+            if not seen:
+                raise FairVLMError("the DPO step ran no forward pass through the decoder; the KL term "
+                                   "cannot be read off it")
+            lp3 = self._option_logprobs(base, inputs, seen[0][1])
             ref = None
             if measure == "reference":
-                from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: F401  (peft must be present)
-
-                unwrapped = self.accelerator.unwrap_model(self.model)
-                if not hasattr(unwrapped, "disable_adapter"):
-                    raise FairVLMError("kl_measure='reference' needs a LoRA adapter (pass peft_config)")
-                with torch.no_grad(), unwrapped.disable_adapter():
-                    ref, _ = self._answer_logits(model, inputs)
+                if len(seen) > 1:
+                    with torch.no_grad():
+                        ref = self._option_logprobs(base, inputs, seen[1][1])
+                else:      # reference log-probs precomputed: one more pass, adapter off
+                    if not hasattr(unwrapped, "disable_adapter"):
+                        raise FairVLMError("kl_measure='reference' needs a LoRA adapter (pass peft_config)")
+                    with torch.no_grad(), unwrapped.disable_adapter():
+                        ref, _ = self._answer_logits(model, inputs)
             kl = confidence_kl(lp3, measure, ref).mean()
             self._metrics[mode]["loss/kl"].append(float(kl.detach()))
             loss = loss + kl_coef * kl
