@@ -127,13 +127,11 @@ K_ENTROPY = ENTROPY_K or (100 if PROFILE == "paper" else 4 * N_GALLERY_SCENES)
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
-from scipy.stats import spearmanr
 
 import fairvlm
 from fairvlm import clip_heads as ch
@@ -193,15 +191,12 @@ display(Markdown(f"**Model** `{MODEL_NAME}`: {N_LAYERS} vision layers x {N_HEADS
 # check below uses a batch of 16 images.
 
 # %% tags=["hide-input"]
-dec = ch.cls_decomposition(model, probe_pixels[:16])
-identity_err = float((dec.reconstruction() - dec.resid_mid).abs().max())
-identity_scale = float(dec.resid_mid.abs().max())
-c1 = torch.cat([ch.head_contributions(model, probe_pixels[i:i + 1]) for i in range(4)])
-batch_err = float((c1 - ch.head_contributions(model, probe_pixels[:4])).abs().max())
+check = ch.decomposition_check(model, probe_pixels[:16], n_single=4)
+identity_err, batch_err = check["identity_err"], check["batch_err"]
 glue("identity_err", f"{identity_err:.1e}", display=False)
-glue("identity_scale", f"{identity_scale:.1f}", display=False)
+glue("identity_scale", f"{check['identity_scale']:.1f}", display=False)
 glue("batch_err", f"{batch_err:.1e}", display=False)
-assert identity_err <= 1e-4 * max(1.0, identity_scale), "the head decomposition does not add up"
+assert identity_err <= 1e-4 * max(1.0, check["identity_scale"]), "the head decomposition does not add up"
 
 # %% [markdown]
 # The largest deviation between the reconstruction and the real hidden state is
@@ -229,41 +224,25 @@ positive_gender = "female"
 gender_res = probes.probe_heads(contrib, probe_meta["gender"], config=cfg, positive=positive_gender, layer=LAST,
                                 groups=probe_sets)
 race_res = probes.probe_heads(contrib, probe_meta["race"], config=cfg, layer=LAST, groups=probe_sets)
-gender_experts = probes.select_experts(gender_res.table, EXPERT_RULE, k=K_EXPERTS)
-race_experts = probes.select_experts(race_res.table, EXPERT_RULE, k=K_EXPERTS)
-if not gender_experts or not race_experts or len(gender_experts) == N_HEADS:
-    raise ParameterError(f"EXPERT_RULE={EXPERT_RULE!r} selected {len(gender_experts)} of {N_HEADS} heads; "
+G = probes.select_experts(gender_res.table, EXPERT_RULE, k=K_EXPERTS)
+R = probes.select_experts(race_res.table, EXPERT_RULE, k=K_EXPERTS)
+if not G or not R or len(G) == N_HEADS:
+    raise ParameterError(f"EXPERT_RULE={EXPERT_RULE!r} selected {len(G)} of {N_HEADS} heads; "
                          "the comparison with the other heads needs at least one of each")
-G, R = gender_experts, race_experts
-logreg = probes.probe_heads_logreg(contrib, probe_meta["gender"], split=(gender_res.train_idx, gender_res.test_idx),
-                                   positive=positive_gender, seed=SEED)
-
-
-def heads1(hs) -> str:
-    return ",".join(str(h + 1) for h in hs)
-
-
-probe_table = pd.concat([gender_res.table.assign(attribute="gender"), race_res.table.assign(attribute="race")],
-                        ignore_index=True)
-probe_table["head_1based"] = probe_table["head"] + 1
-probe_table["expert"] = [h in (G if a == "gender" else R) for h, a in zip(probe_table["head"], probe_table["attribute"])]
-wide = probe_table.pivot_table(index="attribute", columns="head_1based", values=["accuracy", "ap"])
-wide.loc["gender (converged logreg)"] = (logreg.table.assign(head_1based=logreg.table["head"] + 1)
-                                         .set_index("head_1based")[["accuracy", "ap"]].unstack())
-wide = wide.swaplevel(axis=1).sort_index(axis=1)
-wide.columns = [f"h:{h} {m.replace('accuracy', 'Acc').replace('ap', 'AP')}" for h, m in wide.columns]
-display(wide.round(3))
+split = (gender_res.train_idx, gender_res.test_idx)
+logreg = probes.probe_heads_logreg(contrib, probe_meta["gender"], split=split, positive=positive_gender, seed=SEED)
+probe_table = probes.head_table({"gender": gender_res, "race": race_res}, {"gender": G, "race": R})
+display(probes.wide_head_table(probe_table, {"gender (converged logreg)": logreg.table}).round(3))
 gap = probes.expert_gap_test(gender_res, contrib, probe_meta["gender"], k=len(G), config=cfg,
                              positive=positive_gender, seed=SEED)
-experts_g = gender_res.table[gender_res.table["head"].isin(G)]
-others_g = gender_res.table[~gender_res.table["head"].isin(G)]
-glue("gender_experts", heads1(G), display=False)
-glue("race_experts", heads1(R), display=False)
+expert_ap, other_ap = probes.expert_other_ap(gender_res.table, G)
+glue("gender_experts", ch.heads_1based(G), display=False)
+glue("race_experts", ch.heads_1based(R), display=False)
 glue("k_experts", f"{len(G)} of {N_HEADS}", display=False)
-glue("expert_ap", f"{experts_g['ap'].mean():.3f}", display=False)
-glue("other_ap", f"{others_g['ap'].mean():.3f}", display=False)
+glue("expert_ap", f"{expert_ap:.3f}", display=False)
+glue("other_ap", f"{other_ap:.3f}", display=False)
 glue("gap_null", f"{gap['null']:.3f}", display=False)
-glue("overlap", heads1(sorted(set(G) & set(R))) or "none", display=False)
+glue("overlap", ch.heads_1based(sorted(set(G) & set(R))) or "none", display=False)
 
 # %% [markdown]
 # The gender experts ({glue:text}`k_experts` heads) are heads {glue:text}`gender_experts`,
@@ -298,19 +277,15 @@ savefig(fig, "07_clip_heads_pr_curves")
 # where gender becomes linearly readable in this model.
 
 # %% tags=["hide-input"]
-layer_ap = pd.concat([probes.probe_heads(ch.project_heads(model, li, head_out[li]), probe_meta["gender"], config=cfg,
-                                         positive=positive_gender, layer=li,
-                                         split=(gender_res.train_idx, gender_res.test_idx)).table
-                      for li in range(N_LAYERS)], ignore_index=True)
-heat = layer_ap.pivot(index="layer", columns="head", values="ap")
-heat.index = [f"L{i + 1}" for i in heat.index]
-heat.columns = [f"h{h + 1}" for h in heat.columns]
+layer_ap = probes.probe_layers(((li, ch.project_heads(model, li, head_out[li])) for li in range(N_LAYERS)),
+                               probe_meta["gender"], config=cfg, positive=positive_gender, split=split)
 fig, ax = plt.subplots(figsize=(0.55 * N_HEADS + 2, 0.4 * N_LAYERS + 1.2))
-sns.heatmap(heat, annot=N_HEADS <= 12, fmt=".2f", cmap="viridis", ax=ax, cbar_kws={"label": "held-out AP (gender)"})
+sns.heatmap(probes.layer_head_grid(layer_ap, "ap"), annot=N_HEADS <= 12, fmt=".2f", cmap="viridis", ax=ax,
+            cbar_kws={"label": "held-out AP (gender)"})
 ax.set_xlabel("head")
 ax.set_ylabel("layer")
 savefig(fig, "07_clip_heads_layer_head_ap")
-glue("best_layer", int(layer_ap.groupby("layer")["ap"].max().idxmax()) + 1, display=False)
+glue("best_layer", probes.best_layer(layer_ap) + 1, display=False)
 glue("n_layers", N_LAYERS, display=False)
 
 # %% [markdown]
@@ -333,13 +308,10 @@ glue("n_layers", N_LAYERS, display=False)
 # %% tags=["hide-input"]
 trap = probes.trap_table(contrib, probe_meta["gender"], experts=G, k=len(G), groups=probe_sets,
                          positive=positive_gender)
-trap_summary = trap.groupby("probe", sort=False).agg(
-    mean_auroc=("mean_auroc", "mean"), mean_ap=("mean_ap", "mean"), max_ap=("max_ap", "mean"),
-    expert_set_agreement=("same_experts_as_default", "mean"),
-    experts_picked=("experts_1based", lambda x: "; ".join(dict.fromkeys(x))))
+trap_summary = probes.trap_summary(trap)
 display(trap_summary.round(3))
-agree = trap_summary["expert_set_agreement"]
-glue("trap_sentence", "; ".join(f"{name}: {v:.0%}" for name, v in agree.items()), display=False)
+glue("trap_sentence", "; ".join(f"{name}: {v:.0%}" for name, v in trap_summary["expert_set_agreement"].items()),
+     display=False)
 
 # %% [markdown]
 # Share of the five splits on which each recipe picks the book's experts:
@@ -357,11 +329,10 @@ glue("trap_sentence", "; ".join(f"{name}: {v:.0%}" for name, v in agree.items())
 # AP instead.
 
 # %% tags=["hide-input"]
-low_heads = others_g.sort_values("ap", kind="stable")["head"].head(len(G)).astype(int).tolist()
+low_heads = probes.control_heads(gender_res.table, G)
 neuron_res = probes.probe_neurons(contrib, probe_meta["gender"], heads=G + low_heads, config=cfg,
-                                  positive=positive_gender, split=(gender_res.train_idx, gender_res.test_idx))
-neurons = neuron_res.table.assign(kind=lambda d: np.where(d["head"].isin(G), "expert", "other"))
-neuron_aps = {k: neurons.loc[neurons["kind"] == k, "ap"].to_numpy(float) for k in ("expert", "other")}
+                                  positive=positive_gender, split=split)
+neurons, neuron_aps = probes.split_neurons(neuron_res.table, G)
 fig, axes = plt.subplots(2, len(G), figsize=(2.6 * len(G) + 1, 4.2), sharex=True, sharey=True, squeeze=False)
 for row, hs in enumerate([G, low_heads]):
     for col, h in enumerate(hs):
@@ -375,7 +346,7 @@ neuron_mask = ch.neuron_mask(neurons[neurons["kind"] == "expert"], G, WIDTH, min
 glue("frac_expert", f"{(neuron_aps['expert'] > NEURON_AP).mean():.1%}", display=False)
 glue("frac_other", f"{(neuron_aps['other'] > NEURON_AP).mean():.1%}", display=False)
 glue("ap_means", f"{neuron_aps['expert'].mean():.3f} against {neuron_aps['other'].mean():.3f}", display=False)
-glue("ap_chance", f"{float((gender_res.y_test == gender_res.positive).mean()):.2f}", display=False)
+glue("ap_chance", f"{probes.ap_chance(gender_res):.2f}", display=False)
 glue("n_expert_neurons", int(neuron_mask.sum()), display=False)
 glue("neuron_ap", f"{NEURON_AP:g}", display=False)
 
@@ -399,39 +370,22 @@ glue("neuron_ap", f"{NEURON_AP:g}", display=False)
 # lowest-AP ones): a head-level effect of the experts must beat it.
 
 # %% tags=["hide-input", "remove-stderr"]
-protos = {"gender": ch.head_prototypes(contrib, probe_meta["gender"], layer=LAST),
-          "race": ch.head_prototypes(contrib, probe_meta["race"], layer=LAST),
-          "group": ch.head_prototypes(contrib, probe_meta["group"], layer=LAST)}
+protos = {attr: ch.head_prototypes(contrib, probe_meta[attr], layer=LAST) for attr in ("gender", "race", "group")}
 variants = ch.standard_variants(protos, G, R, layer=LAST, damp_alpha=DAMP_ALPHA, neurons=neuron_mask,
                                 control_heads=low_heads)
 # every edit acts on the last layer: encode up to it once, then rerun only the last layer per
-# variant (fairvlm.clip_heads.embed_from_layer; equal to a full forward pass, see the tests)
+# variant (fairvlm.clip_heads.embed_variants; equal to a full forward pass, see the tests)
 t0 = time.perf_counter()
-last_inputs = {name: ch.layer_inputs(model, g["pixels"], layer=LAST) for name, g in data.galleries.items()}
-image_emb = {v["variant"]: {name: ch.embed_from_layer(model, h, layer=LAST, edits=v["edits"])
-                            for name, h in last_inputs.items()}
-             for v in variants if v["family"] != "baseline method"}
+image_emb = ch.embed_variants(model, {name: g["pixels"] for name, g in data.galleries.items()}, variants, layer=LAST)
 t_variants = time.perf_counter() - t0
-text_list = retrieval.audit_texts(data, words)
-text_index = {t: i for i, t in enumerate(text_list)}
-text_emb_base = retrieval.embed_texts(lm, text_list)
+text_emb_base, text_index = retrieval.embed_audit_texts(lm, data, words)
 # baselines, fitted on the probe set (CLIP-clip) or on text prompts only (biased prompts,
 # whose pairs name the role: "a photo of a male pilot" / "... female pilot")
-probe_emb = retrieval.embed_images(model, probe_pixels)
-clip_m = max(1, int(round(CLIPCLIP_KEEP * probe_emb.shape[1])))
-clip_keep = retrieval.clip_clip_dims(probe_emb, probe_meta["gender"], clip_m, seed=SEED)
-roles = data.scenario_suites[0]["queries"]["role"].tolist()
-bp_proj = retrieval.biased_prompts_projection(
-    retrieval.embed_texts(lm, ["a photo of a man", "a photo of a woman", "a photo of a male", "a photo of a female"]),
-    retrieval.embed_texts(lm, [f"a photo of a male {r}" for r in roles]),
-    retrieval.embed_texts(lm, [f"a photo of a female {r}" for r in roles]), lam=BIASED_PROMPTS_LAMBDA)
-text_emb = {v["variant"]: text_emb_base for v in variants}
-text_emb["biased prompts"] = retrieval.project_texts(text_emb_base, bp_proj)
-image_emb["biased prompts"] = image_emb["none"]
-image_emb["CLIP-clip"] = {n: retrieval.keep_dims(e, clip_keep) for n, e in image_emb["none"].items()}
-text_emb["CLIP-clip"] = retrieval.keep_dims(text_emb_base, clip_keep)
+baselines = retrieval.fit_baselines(lm, probe_pixels, probe_meta["gender"], data.scenario_suites[0]["queries"]["role"],
+                                    keep=CLIPCLIP_KEEP, lam=BIASED_PROMPTS_LAMBDA, seed=SEED)
+image_emb, text_emb = retrieval.add_baselines(image_emb, text_emb_base, variants, baselines)
 glue("n_variants", len(variants), display=False)
-glue("clip_m", f"{clip_m} of {probe_emb.shape[1]}", display=False)
+glue("clip_m", f"{baselines['clip_m']} of {baselines['dim']}", display=False)
 glue("t_variants", f"{t_variants:.0f}", display=False)
 
 # %% [markdown]
@@ -454,28 +408,18 @@ glue("t_variants", f"{t_variants:.0f}", display=False)
 
 # %% tags=["hide-input"]
 scores = retrieval.score_variants(data, words, variants, image_emb, text_emb, text_index, k_entropy=K_ENTROPY)
-scen_table, word_table, summary, hits = scores["queries"], scores["words"], scores["summary"], scores["hits"]
+scen_table, word_table, summary = scores["queries"], scores["words"], scores["summary"]
 main_suite = data.scenario_suites[0]["name"]
 main_q = scen_table[scen_table["suite"] == main_suite]
-fair = summary.set_index("variant")
-ent_cols = [c for c in summary.columns if c.startswith("H_")]
 floor = retrieval.random_ranking_floor(data, n=20 if PROFILE == "smoke" else 100, seed=SEED)
-fl = floor[floor["suite"] == main_suite].set_index(["metric", "attribute"])
-floor_row = {"variant": "random ranking (floor)", "family": "null", "heads": "",
-             **{f"{m}_{a}": fl.loc[(m, a), "floor"] for m in ("ndkl", "maxskew") for a in ("gender", "race")}}
-k_ent = min(K_ENTROPY, len(data.galleries[data.word_gallery]["meta"]))
-glue("k_ent", k_ent, display=False)
-show_cols = ["variant", "heads", "ndkl_gender", "ndkl_gender_change", "ndkl_race", "maxskew_gender", "maxskew_race",
-             "NDCG@k", "mAP", *ent_cols]
-show_cols += [c for c in ["t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "zero_shot_acc"]
-              if c in summary]
-shown = pd.concat([pd.DataFrame([floor_row]), summary], ignore_index=True)
+fl = retrieval.floor_summary(floor, main_suite)
+glue("k_ent", min(K_ENTROPY, len(data.galleries[data.word_gallery]["meta"])), display=False)
 display(Markdown(f"*Provenance: {MODEL_NAME}; {data.description}; {len(main_q['query'].unique())} scenario "
                  f"queries, {len(words)} words. Random floor (95% range): NDKL gender "
-                 f"[{fl.loc[('ndkl', 'gender'), 'lo']:.3f}, {fl.loc[('ndkl', 'gender'), 'hi']:.3f}], MaxSkew gender "
-                 f"[{fl.loc[('maxskew', 'gender'), 'lo']:.3f}, {fl.loc[('maxskew', 'gender'), 'hi']:.3f}].*"))
-display(shown[[c for c in show_cols if c in shown]].style.hide(axis="index").format(precision=3, na_rep="")
-        .format("{:+.1%}", subset=["ndkl_gender_change"], na_rep=""))
+                 f"[{fl['ndkl|gender']['lo']:.3f}, {fl['ndkl|gender']['hi']:.3f}], MaxSkew gender "
+                 f"[{fl['maxskew|gender']['lo']:.3f}, {fl['maxskew|gender']['hi']:.3f}].*"))
+display(retrieval.variant_table(summary, floor, main_suite).style.hide(axis="index")
+        .format(precision=3, na_rep="").format("{:+.1%}", subset=["ndkl_gender_change"], na_rep=""))
 
 # %% [markdown]
 # ### Against the planted ground truth
@@ -487,12 +431,7 @@ display(shown[[c for c in show_cols if c in shown]].style.hide(axis="index").for
 
 # %% tags=["hide-input"]
 if data.planted_scen is not None:
-    gt = pd.DataFrame([{
-        "variant": name,
-        "spearman_gender": spearmanr(d["planted_p_man"], d["topk_male_share"]).statistic,
-        "spearman_race": spearmanr(d["planted_p_black"], d["topk_black_share"]).statistic,
-        "mean_abs_gender_skew": float(np.abs(d["topk_male_share"] - 0.5).mean())}
-        for name, d in main_q.groupby("variant", sort=False)])
+    gt = retrieval.planted_vs_retrieved(main_q)
     display(gt.style.hide(axis="index").format(precision=3))
     g0 = gt.set_index("variant")
     glue("gt_sentence", f"Without intervention the rank correlation between planted and retrieved share of men is "
@@ -523,29 +462,24 @@ else:
 focus = [v for v in ("none", "person (experts)", "male (experts)", "female (experts)", "zero (experts)",
                      "male (control heads)", "white (race experts)", "male+white (union)", "CLIP-clip",
                      "biased prompts") if v in image_emb]
-cat = (word_table[(word_table["style"] == "word") & word_table["variant"].isin(focus)]
-       .groupby(["variant", "category"], sort=False)[["entropy_race", "entropy_gender"]].mean()
-       .rename(columns={"entropy_race": "R", "entropy_gender": "G"}).unstack("category"))
-display(cat.swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False).reindex(focus).round(2))
+display(retrieval.category_entropy(word_table, focus, style="word").round(2))
 
 # %% [markdown]
 # ## Top-8 retrievals before and after (Figure 2)
 
 # %% tags=["hide-input"]
 suite = data.scenario_suites[0]
-gmeta = data.galleries[suite["gallery"]]["meta"]
-pick = (data.planted_scen.loc[data.planted_scen["gender_skew"].abs().idxmax(), "scenario"]
-        if data.planted_scen is not None else suite["queries"]["key"].iloc[0])
-prompt = suite["queries"].set_index("key").loc[pick, "prompt"]
+gallery = data.galleries[suite["gallery"]]
+pick, prompt = retrieval.most_skewed_query(data)
 fig, axes = plt.subplots(2, 8, figsize=(11, 3.3))
 for row, name in enumerate(["none", "male (experts)"]):
-    sim = (text_emb[name][[text_index[prompt]]] @ image_emb[name][suite["gallery"]].T).numpy()[0]
-    for col, idx in enumerate(np.argsort(-sim, kind="stable")[:8]):
+    top = retrieval.top_images(text_emb[name][text_index[prompt]], image_emb[name][suite["gallery"]], k=8)
+    for col, idx in enumerate(top):
         ax = axes[row, col]
-        ax.imshow(data.galleries[suite["gallery"]]["image"](int(idx)))
+        ax.imshow(gallery["image"](int(idx)))
         ax.set_xticks([])
         ax.set_yticks([])
-        r = gmeta.iloc[int(idx)]
+        r = gallery["meta"].iloc[int(idx)]
         ax.set_xlabel(f"{r['gender']}, {r['race']}{'' if r[suite['key_col']] == pick else ' *'}", fontsize=7)
     axes[row, 0].set_ylabel("before" if row == 0 else "after", fontsize=9)
 fig.suptitle(f'"{prompt}": no intervention (top) vs male (experts) (bottom); * = other scenario', fontsize=9)
@@ -566,12 +500,11 @@ savefig(fig, "07_clip_heads_top8")
 # photographs.
 
 # %% tags=["hide-input"]
-timing = retrieval.time_edits(model, data.galleries[suite["gallery"]]["pixels"][:64 if PROFILE == "smoke" else 256],
+timing = retrieval.time_edits(model, gallery["pixels"][:64 if PROFILE == "smoke" else 256],
                               [ch.prototype_replacement(protos["gender"], "all", G)], repeats=TIMING_REPEATS)
 rows, audit = retrieval.head_audit_claims(scores, floor, main_suite=main_suite, gap=gap, neuron_aps=neuron_aps,
                                           experts=G, control_heads=low_heads, neuron_ap=NEURON_AP,
                                           damp_alpha=DAMP_ALPHA, timing=timing, seed=SEED)
-base_ndkl, floor_hi, S = audit["base_ndkl"], audit["floor_hi"], summary.set_index("variant")
 paper_vs_book = verdict_table(rows)
 display(Markdown(f"*Provenance: {MODEL_NAME}; {data.description}; seed {SEED}.*"))
 display(paper_vs_book.drop(columns=["rule"]).style.hide(axis="index").format(precision=3))
@@ -579,10 +512,11 @@ vc = paper_vs_book["verdict"].value_counts()
 glue("verdict_sentence", f"{vc.get('reproduced', 0)} of {len(paper_vs_book)} claims are reproduced, "
                          f"{vc.get('partly', 0)} partly, {vc.get('not reproduced', 0)} not reproduced and "
                          f"{vc.get('not testable here', 0)} not testable here", display=False)
-glue("male_change", f"{S.loc['male (experts)', 'ndkl_gender_change']:+.1%}", display=False)
+glue("male_change", f"{summary.set_index('variant').loc['male (experts)', 'ndkl_gender_change']:+.1%}",
+     display=False)
 glue("floor_sentence",
-     f"The baseline NDKL for gender is {base_ndkl:.3f}, against a random-ranking floor of "
-     f"{fl.loc[('ndkl', 'gender'), 'floor']:.3f} (95% range up to {floor_hi:.3f}): "
+     f"The baseline NDKL for gender is {audit['base_ndkl']:.3f}, against a random-ranking floor of "
+     f"{fl['ndkl|gender']['floor']:.3f} (95% range up to {audit['floor_hi']:.3f}): "
      + ("there is bias above the floor for an intervention to remove." if audit["has_bias"] else
         "the lists are already as balanced as random ones, so the NDKL claims cannot be tested here."),
      display=False)
@@ -631,22 +565,15 @@ saved = save_results(
         "gender_experts_1based": [h + 1 for h in G],
         "race_experts_1based": [h + 1 for h in R],
         "k_experts": len(G),
-        "gender_expert_mean_ap": float(experts_g["ap"].mean()),
-        "gender_other_mean_ap": float(others_g["ap"].mean()),
-        "expert_gap": {"effect": gap["effect"], "interval": list(gap["interval"]), "null": gap["null"],
-                       "null_interval": list(gap["null_interval"])},
-        "ndkl_gender_baseline": base_ndkl,
-        "ndkl_random_floor": {f"{m}|{a}": {"floor": float(fl.loc[(m, a), "floor"]), "lo": float(fl.loc[(m, a), "lo"]),
-                                           "hi": float(fl.loc[(m, a), "hi"])}
-                              for m in ("ndkl", "maxskew") for a in ("gender", "race")},
-        "ndkl_gender_by_variant": S["ndkl_gender"].to_dict(),
-        "ndcg_by_variant": S["NDCG@k"].to_dict(),
-        "map_by_variant": S["mAP"].to_dict(),
-        "entropy_gender_word_by_variant": S["H_gender (word)"].to_dict(),
-        "utility_by_variant": {c: S[c].to_dict() for c in ["t2i_R@5", "i2t_R@5", "zero_shot_acc"] if c in S},
+        "gender_expert_mean_ap": expert_ap,
+        "gender_other_mean_ap": other_ap,
+        "expert_gap": {k: gap[k] for k in ("effect", "interval", "null", "null_interval")},
+        "ndkl_gender_baseline": audit["base_ndkl"],
+        "ndkl_random_floor": fl,
+        **retrieval.variant_headline(summary),
         "planted_spearman_gender_baseline": (float(gt.set_index("variant").loc["none", "spearman_gender"])
                                              if len(gt) else None),
-        "timing": {k: (list(v) if isinstance(v, tuple) else v) for k, v in timing.items()},
+        "timing": timing,
         "verdicts": dict(zip(paper_vs_book["claim"], paper_vs_book["verdict"])),
         "runtime_s": runtime_s,
     },

@@ -593,3 +593,288 @@ def test_head_audit_claims_come_out_as_constructed():
     noisy = dict(timing, noise_interval=(0.8, 1.3))
     rows, _ = retrieval.head_audit_claims(_scores(means), floor, **dict(kw, timing=noisy))
     assert rows[-1]["verdict"].verdict == "not testable here" and "noisy" in rows[-1]["verdict"].why
+
+
+# ------------------------------------------------------------------------ chapter 07's tables, moved into the library
+def _result(table, y_test=(0, 1), positive=1):
+    """A ProbeResult holding only a table (and a test split for ap_chance)."""
+    y = np.asarray(y_test)
+    return probes.ProbeResult(table=table, scores=np.zeros((len(table), len(y), 2)), y_test=y,
+                              classes=["female", "male"], positive=positive, train_idx=np.arange(0),
+                              test_idx=np.arange(len(y)))
+
+
+def test_decomposition_check_measures_the_identity_and_the_batch_difference(model, pixels, monkeypatch):
+    check = ch.decomposition_check(model, pixels, n_single=3)
+    dec = ch.cls_decomposition(model, pixels)
+    assert check["identity_err"] <= 1e-5 and check["batch_err"] <= 1e-5
+    assert check["identity_scale"] == pytest.approx(float(dec.resid_mid.abs().max()))
+    # a decomposition that does not add up: heads 1 + 1 + 0 = 2 per entry, resid_mid [2, 2.5, -1]
+    fake = ch.CLSDecomposition(layer=2, heads=torch.tensor([[[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]]),
+                               out_bias=torch.zeros(3), resid_pre=torch.zeros(1, 3),
+                               resid_mid=torch.tensor([[2.0, 2.5, -1.0]]))
+    monkeypatch.setattr(ch, "cls_decomposition", lambda *a, **k: fake)
+    bad = ch.decomposition_check(model, pixels, n_single=2)
+    assert bad["identity_err"] == pytest.approx(3.0) and bad["identity_scale"] == pytest.approx(2.5)
+    for n_single in (0, 8, 2.0):
+        with pytest.raises(FairVLMError, match="n_single"):
+            ch.decomposition_check(model, pixels, n_single=n_single)
+
+
+def test_embed_variants_equal_encoding_under_the_edits(model, pixels):
+    zero = ch.zero_ablation([1], layer=-1)
+    variants = [{"variant": "none", "family": "baseline", "edits": []},
+                {"variant": "zero", "family": "zero", "edits": [zero]},
+                {"variant": "CLIP-clip", "family": "baseline method", "edits": []}]
+    emb = ch.embed_variants(model, {"a": pixels, "b": pixels[:3]}, variants, layer=-1)
+    assert list(emb) == ["none", "zero"] and list(emb["zero"]) == ["a", "b"]
+    torch.testing.assert_close(emb["zero"]["a"], retrieval.embed_images(model, pixels, edits=[zero]),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(emb["none"]["b"], retrieval.embed_images(model, pixels[:3]), atol=1e-5, rtol=1e-5)
+    assert (emb["zero"]["a"] - emb["none"]["a"]).abs().max() > 1e-4
+    with pytest.raises(FairVLMError, match="galleries"):
+        ch.embed_variants(model, {}, variants)
+    with pytest.raises(FairVLMError, match="variant, family and edits"):
+        ch.embed_variants(model, {"a": pixels}, [{"variant": "none"}])
+
+
+def test_heads_1based():
+    assert ch.heads_1based([2, 10, 11]) == "3,11,12"
+    assert ch.heads_1based(np.array([0])) == "1" and ch.heads_1based([]) == ""
+
+
+def test_head_table_marks_experts_and_pivots_by_head_number():
+    import pandas as pd
+
+    g = pd.DataFrame({"layer": 5, "head": [0, 1, 9], "accuracy": [0.5, 0.6, 0.7], "auroc": [0.5, 0.9, 0.6],
+                      "ap": [0.4, 0.9, 0.6]})
+    r = g.assign(ap=[0.8, 0.1, 0.7], accuracy=[0.9, 0.2, 0.3])
+    t = probes.head_table({"gender": _result(g), "race": _result(r)}, {"gender": [1], "race": [0, 9]})
+    assert t["attribute"].tolist() == ["gender"] * 3 + ["race"] * 3
+    assert t["head_1based"].tolist() == [1, 2, 10] * 2
+    assert t["expert"].tolist() == [False, True, False, True, False, True]
+    logreg = pd.DataFrame({"head": [0, 1, 9], "accuracy": [0.1, 0.2, 0.3], "ap": [0.7, 0.8, 0.95]})
+    wide = probes.wide_head_table(t, {"gender (converged logreg)": logreg})
+    # numeric head order (h:10 after h:2), accuracy before AP
+    assert list(wide.columns) == ["h:1 Acc", "h:1 AP", "h:2 Acc", "h:2 AP", "h:10 Acc", "h:10 AP"]
+    assert list(wide.index) == ["gender", "race", "gender (converged logreg)"]
+    assert wide.loc["race", "h:1 AP"] == pytest.approx(0.8)
+    assert wide.loc["gender", "h:2 Acc"] == pytest.approx(0.6)
+    assert wide.loc["gender (converged logreg)", "h:10 AP"] == pytest.approx(0.95)
+    with pytest.raises(FairVLMError, match="race"):
+        probes.head_table({"gender": _result(g), "race": _result(r)}, {"gender": [1]})
+    with pytest.raises(FairVLMError, match="head_1based"):
+        probes.wide_head_table(g)
+
+
+def test_expert_other_ap_and_control_heads_hand_computed():
+    import pandas as pd
+
+    t = pd.DataFrame({"head": [0, 1, 2, 3, 4], "ap": [0.9, 0.2, 0.8, 0.2, 0.5]})
+    assert probes.expert_other_ap(t, [0, 2]) == pytest.approx((0.85, 0.3))
+    assert probes.control_heads(t, [0, 2]) == [1, 3]            # lowest AP first; the tie keeps table order
+    assert probes.control_heads(t, [0, 2], k=1) == [1]
+    assert probes.control_heads(t, [0, 2], k=3) == [1, 3, 4]
+    assert probes.control_heads(t, [0, 1, 2, 3]) == [4]          # more experts than other heads: all others
+    with pytest.raises(FairVLMError, match="k=4"):
+        probes.control_heads(t, [0, 2], k=4)
+    for experts in ([], [0, 1, 2, 3, 4]):
+        with pytest.raises(FairVLMError, match="some but not all"):
+            probes.expert_other_ap(t, experts)
+
+
+def test_probe_layers_finds_the_layer_that_carries_the_label():
+    import pandas as pd
+
+    x, y = _planted(n=200, h=4, d=8, head=2)
+    noise = torch.from_numpy(np.random.default_rng(7).normal(size=(200, 4, 8)).astype(np.float32))
+    yc, _ = probes.encode_labels(y)
+    split = probes.split_indices(yc, 0.2, 0)
+    t = probes.probe_layers(((li, c) for li, c in ((0, noise), (1, x))), y, positive="male", split=split)
+    assert t["layer"].tolist() == [0] * 4 + [1] * 4 and t["head"].tolist() == [0, 1, 2, 3] * 2
+    single = probes.probe_heads(x, y, positive="male", layer=1, split=split).table
+    np.testing.assert_allclose(t.loc[t["layer"] == 1, "ap"], single["ap"])
+    assert probes.best_layer(t) == 1
+    with pytest.raises(FairVLMError, match="empty"):
+        probes.probe_layers(iter(()), y)
+    hand = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "ap": [0.1, 0.95, 0.9, 0.3]})
+    grid = probes.layer_head_grid(hand)
+    assert list(grid.index) == ["L1", "L2"] and list(grid.columns) == ["h1", "h2"]
+    assert grid.loc["L1", "h2"] == pytest.approx(0.95) and grid.loc["L2", "h1"] == pytest.approx(0.9)
+    assert probes.best_layer(hand) == 0
+    with pytest.raises(FairVLMError, match="layer"):
+        probes.layer_head_grid(hand.drop(columns="layer"))
+
+
+def test_trap_summary_averages_over_seeds_in_recipe_order():
+    import pandas as pd
+
+    trap = pd.DataFrame({"probe": ["z recipe", "z recipe", "a recipe", "a recipe"], "seed": [0, 1, 0, 1],
+                         "mean_auroc": [0.6, 0.8, 0.5, 0.5], "mean_ap": [0.5, 0.7, 0.4, 0.6],
+                         "max_ap": [0.9, 0.7, 0.6, 0.6], "same_experts_as_default": [True, False, True, True],
+                         "experts_1based": ["3", "3,4", "3", "3"]})
+    s = probes.trap_summary(trap)
+    assert list(s.index) == ["z recipe", "a recipe"]
+    assert s.loc["z recipe", ["mean_auroc", "mean_ap", "max_ap", "expert_set_agreement"]].tolist() == \
+        pytest.approx([0.7, 0.6, 0.8, 0.5])
+    assert s.loc["z recipe", "experts_picked"] == "3; 3,4" and s.loc["a recipe", "experts_picked"] == "3"
+    assert s.loc["a recipe", "expert_set_agreement"] == 1.0
+    with pytest.raises(FairVLMError, match="max_ap"):
+        probes.trap_summary(trap.drop(columns="max_ap"))
+
+
+def test_split_neurons_and_ap_chance():
+    import pandas as pd
+
+    table = pd.DataFrame({"head": [1, 1, 3, 3], "neuron": [0, 1, 0, 1], "ap": [0.9, 0.3, 0.5, 0.42]})
+    marked, aps = probes.split_neurons(table, [1])
+    assert marked["kind"].tolist() == ["expert", "expert", "other", "other"]
+    np.testing.assert_allclose(aps["expert"], [0.9, 0.3])
+    np.testing.assert_allclose(aps["other"], [0.5, 0.42])
+    assert "kind" not in table                                    # the input is not changed
+    assert probes.ap_chance(_result(table, y_test=[0, 1, 1, 0, 1])) == pytest.approx(0.6)
+    assert probes.ap_chance(_result(table, y_test=[0, 1, 1, 0, 1], positive=0)) == pytest.approx(0.4)
+    with pytest.raises(FairVLMError, match="binary"):
+        probes.ap_chance(_result(table, positive=None))
+
+
+def test_fit_baselines_matches_the_parts():
+    from PIL import Image
+
+    from fairvlm.models import load
+
+    lm = load("tiny-clip")
+    imgs = [Image.new("RGB", (40, 40), (20 * i, 90 + 10 * i, 200 - 15 * i)) for i in range(8)]
+    pv = retrieval.pixel_values(lm, imgs)
+    labels = ["male", "female"] * 4
+    roles = ["doctor", "nurse"]
+    fit = retrieval.fit_baselines(lm, pv, labels, roles, keep=0.5, lam=10.0, seed=0)
+    emb = retrieval.embed_images(lm, pv)
+    assert fit["dim"] == emb.shape[1] and fit["clip_m"] == round(0.5 * emb.shape[1])
+    np.testing.assert_array_equal(fit["clip_dims"], retrieval.clip_clip_dims(emb, labels, fit["clip_m"], seed=0))
+    expect = retrieval.biased_prompts_projection(
+        retrieval.embed_texts(lm, list(retrieval.SPURIOUS_PROMPTS)),
+        retrieval.embed_texts(lm, ["a photo of a male doctor", "a photo of a male nurse"]),
+        retrieval.embed_texts(lm, ["a photo of a female doctor", "a photo of a female nurse"]), lam=10.0)
+    torch.testing.assert_close(fit["projection"], expect)
+    assert retrieval.fit_baselines(lm, pv, labels, roles, keep=0.001, lam=10.0)["clip_m"] == 1
+    for keep in (0.0, 1.5, True):
+        with pytest.raises(FairVLMError, match="keep"):
+            retrieval.fit_baselines(lm, pv, labels, roles, keep=keep)
+    with pytest.raises(FairVLMError, match="roles"):
+        retrieval.fit_baselines(lm, pv, labels, [], keep=0.5)
+
+
+def test_add_baselines_hand_computed():
+    i_none = torch.tensor([[0.6, 0.0, 0.8, 0.0]])
+    t_base = torch.tensor([[3.0, 0.0, 4.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    image_emb = {"none": {"g": i_none}, "zero": {"g": torch.tensor([[0.0, 1.0, 0.0, 0.0]])}}
+    variants = [{"variant": v} for v in ("none", "zero", "CLIP-clip", "biased prompts")]
+    fitted = {"clip_dims": np.array([0, 2]), "projection": torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0]))}
+    images, texts = retrieval.add_baselines(image_emb, t_base, variants, fitted)
+    assert set(image_emb) == {"none", "zero"}                     # the input dict is not changed
+    assert texts["none"] is t_base and texts["zero"] is t_base
+    assert images["biased prompts"] is image_emb["none"]
+    # projection keeps dims 0 and 1: (3, 0, 0, 0) -> (1, 0, 0, 0); (0, 1, 0, 0) stays
+    torch.testing.assert_close(texts["biased prompts"], torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]))
+    # CLIP-clip keeps dims 0 and 2 and renormalizes: (3, 4) -> (0.6, 0.8); (0, 0) stays 0
+    torch.testing.assert_close(texts["CLIP-clip"], torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
+    torch.testing.assert_close(images["CLIP-clip"]["g"], torch.tensor([[0.6, 0.8]]))
+    with pytest.raises(FairVLMError, match="'none'"):
+        retrieval.add_baselines({"zero": image_emb["zero"]}, t_base, variants, fitted)
+
+
+def _floor(suite="s"):
+    import pandas as pd
+
+    vals = {("ndkl", "gender"): 0.1, ("ndkl", "race"): 0.2, ("maxskew", "gender"): 0.3, ("maxskew", "race"): 0.4}
+    return pd.DataFrame([{"suite": suite, "metric": m, "attribute": a, "floor": v, "lo": v - 0.05, "hi": v + 0.05,
+                          "n_draws": 10} for (m, a), v in vals.items()])
+
+
+def test_floor_summary_and_variant_table():
+    import pandas as pd
+
+    floor = pd.concat([_floor("s"), _floor("other").assign(floor=9.0)], ignore_index=True)
+    fl = retrieval.floor_summary(floor, "s")
+    assert set(fl) == {"ndkl|gender", "ndkl|race", "maxskew|gender", "maxskew|race"}
+    assert fl["maxskew|race"] == pytest.approx({"floor": 0.4, "lo": 0.35, "hi": 0.45})
+    with pytest.raises(FairVLMError, match="'missing'"):
+        retrieval.floor_summary(floor, "missing")
+    summary = pd.DataFrame({"variant": ["none", "male (experts)"], "family": ["baseline", "prototype"],
+                            "heads": ["", "1,2"], "t2i_R@5": [0.5, 0.4], "ndkl_gender": [0.3, 0.2],
+                            "ndkl_race": [0.3, 0.3], "maxskew_gender": [0.5, 0.4], "maxskew_race": [0.5, 0.5],
+                            "NDCG@k": [0.9, 0.8], "mAP": [0.7, 0.6], "H_gender (word)": [0.8, 0.9],
+                            "ndkl_gender_change": [0.0, -1 / 3]})
+    t = retrieval.variant_table(summary, floor, "s")
+    assert list(t.columns) == ["variant", "heads", "ndkl_gender", "ndkl_gender_change", "ndkl_race",
+                               "maxskew_gender", "maxskew_race", "NDCG@k", "mAP", "H_gender (word)", "t2i_R@5"]
+    assert t["variant"].tolist() == ["random ranking (floor)", "none", "male (experts)"]
+    assert t.iloc[0][["ndkl_gender", "ndkl_race", "maxskew_gender", "maxskew_race"]].tolist() == \
+        pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert math.isnan(t.iloc[0]["mAP"]) and t.iloc[2]["ndkl_gender"] == pytest.approx(0.2)
+
+
+def test_planted_vs_retrieved_hand_computed():
+    import pandas as pd
+
+    q = pd.DataFrame({"variant": ["edit"] * 3 + ["none"] * 3, "planted_p_man": [0.1, 0.5, 0.9] * 2,
+                      "planted_p_black": [0.1, 0.2, 0.3] * 2,
+                      "topk_male_share": [0.5, 0.75, 0.25, 0.2, 0.5, 1.0],
+                      "topk_black_share": [0.5, 0.5, 0.6, 0.3, 0.2, 0.1]})
+    gt = retrieval.planted_vs_retrieved(q).set_index("variant")
+    assert list(gt.index) == ["edit", "none"]
+    assert gt.loc["none", "spearman_gender"] == pytest.approx(1.0)
+    assert gt.loc["none", "spearman_race"] == pytest.approx(-1.0)
+    assert gt.loc["edit", "spearman_gender"] == pytest.approx(-0.5)     # ranks (2, 3, 1) against (1, 2, 3)
+    assert gt.loc["none", "mean_abs_gender_skew"] == pytest.approx((0.3 + 0.0 + 0.5) / 3)
+    assert gt.loc["edit", "mean_abs_gender_skew"] == pytest.approx((0.0 + 0.25 + 0.25) / 3)
+    with pytest.raises(FairVLMError, match="planted_p_man"):
+        retrieval.planted_vs_retrieved(q.drop(columns="planted_p_man"))
+
+
+def test_category_entropy_hand_computed():
+    import pandas as pd
+
+    w = pd.DataFrame({"variant": ["a"] * 4 + ["b"] * 4 + ["a"], "style": ["word"] * 8 + ["template"],
+                      "category": ["c2", "c2", "c1", "c1"] * 2 + ["c1"],
+                      "entropy_race": [0.2, 0.4, 0.6, 0.8, 0.1, 0.1, 0.3, 0.5, 9.0],
+                      "entropy_gender": [1.0, 0.0, 0.5, 0.5, 0.2, 0.4, 0.6, 0.6, 9.0]})
+    cat = retrieval.category_entropy(w, ["b", "a"])
+    assert list(cat.index) == ["b", "a"]
+    assert list(cat.columns) == [("c1", "R"), ("c1", "G"), ("c2", "R"), ("c2", "G")]
+    assert cat.loc["a"].tolist() == pytest.approx([0.7, 0.5, 0.3, 0.5])     # the template row is left out
+    assert cat.loc["b"].tolist() == pytest.approx([0.4, 0.6, 0.1, 0.3])
+    with pytest.raises(UnknownNameError):
+        retrieval.category_entropy(w, ["a"], style="caption")
+
+
+def test_most_skewed_query_and_top_images():
+    import pandas as pd
+
+    queries = pd.DataFrame({"key": ["a", "b", "c"], "prompt": ["pa", "pb", "pc"], "role": ["a", "b", "c"]})
+    data = retrieval.AuditData(
+        galleries={}, probe_meta=None, probe_pixels=None, probe_sets=None,
+        scenario_suites=[{"name": "s", "gallery": "g", "key_col": "scenario", "queries": queries}],
+        recall_suite=None, zeroshot_suite=None, word_gallery="g",
+        planted_scen=pd.DataFrame({"scenario": ["a", "b", "c"], "gender_skew": [0.1, -0.4, 0.3]}))
+    assert retrieval.most_skewed_query(data) == ("b", "pb")
+    data.planted_scen = None
+    assert retrieval.most_skewed_query(data) == ("a", "pa")
+    images = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [1.0, 0.0]])
+    assert retrieval.top_images(torch.tensor([1.0, 0.0]), images, k=4).tolist() == [1, 3, 2, 0]
+    assert retrieval.top_images(torch.tensor([[0.0, 1.0]]), images, k=2).tolist() == [0, 2]
+    with pytest.raises(FairVLMError, match="image_emb"):
+        retrieval.top_images(torch.ones(3), images)
+    with pytest.raises(FairVLMError, match="k=0"):
+        retrieval.top_images(torch.ones(2), images, k=0)
+
+
+def test_variant_headline_keeps_the_utility_columns_that_exist():
+    import pandas as pd
+
+    s = pd.DataFrame({"variant": ["none", "x"], "ndkl_gender": [0.3, 0.2], "NDCG@k": [0.9, 0.8], "mAP": [0.7, 0.6],
+                      "H_gender (word)": [0.5, 0.6], "t2i_R@5": [0.4, 0.3]})
+    h = retrieval.variant_headline(s)
+    assert h["ndkl_gender_by_variant"] == {"none": 0.3, "x": 0.2} and h["map_by_variant"]["x"] == 0.6
+    assert h["utility_by_variant"] == {"t2i_R@5": {"none": 0.4, "x": 0.3}}

@@ -60,16 +60,21 @@ __all__ = [
     "attention_shape",
     "cls_decomposition",
     "damping",
+    "decomposition_check",
     "embed_from_layer",
+    "embed_variants",
     "encoder_layers",
     "head_contributions",
     "head_outputs",
     "head_prototypes",
+    "heads_1based",
     "intervene",
     "layer_inputs",
+    "neuron_mask",
     "project_heads",
     "prototype_replacement",
     "resolve_layer",
+    "standard_variants",
     "vision_tower",
     "zero_ablation",
 ]
@@ -322,6 +327,30 @@ def head_contributions(
     li = resolve_layer(model, layer)
     z = head_outputs(model, pixel_values, (li,), batch_size=batch_size, token=token, progress=progress)[li]
     return project_heads(model, li, z)
+
+
+@torch.no_grad()
+def decomposition_check(model: nn.Module, pixel_values: torch.Tensor, *, n_single: int = 4, layer: int = -1) -> dict:
+    """The two checks of the decomposition as numbers, for a chapter to show and assert.
+
+    ``identity_err``: the largest absolute deviation of ``sum_h c_h + b_out + resid_pre``
+    from ``resid_mid`` over ``pixel_values`` (:func:`cls_decomposition`), with
+    ``identity_scale``, the largest absolute entry of ``resid_mid``, to judge it by;
+    ``batch_err``: the largest difference between the contributions of the first
+    ``n_single`` images computed one image at a time and as one batch
+    (:func:`head_contributions`). Both errors are float rounding when the decomposition is
+    right.
+    """
+    pixel_values = _check_pixels(pixel_values)
+    n = pixel_values.shape[0]
+    if isinstance(n_single, bool) or not isinstance(n_single, int) or not 1 <= n_single <= n:
+        raise ParameterError(f"n_single={n_single!r} must be an integer in [1, {n}] (at most the number of images)")
+    dec = cls_decomposition(model, pixel_values, layer=layer)
+    one_by_one = torch.cat([head_contributions(model, pixel_values[i:i + 1], layer) for i in range(n_single)])
+    batched = head_contributions(model, pixel_values[:n_single], layer)
+    return {"identity_err": float((dec.reconstruction() - dec.resid_mid).abs().max()),
+            "identity_scale": float(dec.resid_mid.abs().max()),
+            "batch_err": float((one_by_one - batched).abs().max())}
 
 
 # --------------------------------------------------------------------------- prototypes
@@ -624,7 +653,37 @@ def embed_from_layer(
     return torch.cat(outs)
 
 
+def embed_variants(model: nn.Module, galleries: Mapping[str, torch.Tensor], variants: Sequence[Mapping], *,
+                   layer: int = -1, skip_families: Iterable[str] = ("baseline method",)) -> dict:
+    """Image embeddings of every gallery under every variant: ``{variant: {gallery: (N, d)}}``.
+
+    ``galleries``: ``{name: (N, 3, S, S) pixel values}``; ``variants``: dicts with
+    ``variant``, ``family`` and ``edits`` (:func:`standard_variants`). The inputs of
+    ``layer`` are computed once per gallery (:func:`layer_inputs`) and each variant reruns
+    only ``layer`` onwards (:func:`embed_from_layer`, equal to a full forward pass), so every
+    edit must act on ``layer`` or later. Variants of a family in ``skip_families`` (methods
+    that change embeddings or queries, not the encoder: CLIP-clip, biased prompts) are
+    left out.
+    """
+    if not galleries:
+        raise ParameterError("galleries is empty; pass {name: pixel values} for at least one gallery")
+    skip = set(skip_families)
+    for v in variants:
+        if not isinstance(v, Mapping) or not {"variant", "family", "edits"} <= set(v):
+            raise ParameterError("each variant must be a dict with the keys variant, family and edits "
+                                 "(as standard_variants() returns)")
+    cached = {name: layer_inputs(model, px, layer=layer) for name, px in galleries.items()}
+    return {v["variant"]: {name: embed_from_layer(model, h, layer=layer, edits=v["edits"]) for name, h in cached.items()}
+            for v in variants if v["family"] not in skip}
+
+
 # ------------------------------------------------------------------------------ the variants of chapter 07
+def heads_1based(heads: Iterable[int]) -> str:
+    """Heads as the paper writes them, 1-based and comma-separated: ``[2, 10, 11]`` gives
+    ``"3,11,12"`` (empty for no heads)."""
+    return ",".join(str(int(h) + 1) for h in heads)
+
+
 def neuron_mask(neuron_table, heads: Sequence[int], width: int, *, min_ap: float) -> torch.Tensor:
     """Boolean (len(heads), width) mask of the *expert neurons*: coordinates of ``heads``
     whose one-feature probe reaches AP above ``min_ap`` (the paper's 0.42, Table 3).
@@ -657,9 +716,7 @@ def standard_variants(protos: Mapping[str, HeadPrototypes], gender_experts: Sequ
     """
     G, R = list(gender_experts), list(race_experts)
     union = sorted(set(G) | set(R))
-
-    def h1(hs):
-        return ",".join(str(h + 1) for h in hs)
+    h1 = heads_1based
 
     def name_of(grp):
         return {"all": "person"}.get(grp, grp)

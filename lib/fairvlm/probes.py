@@ -46,7 +46,7 @@ moves with the probe recipe (including the authors' warm-started sequential prob
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,19 +66,29 @@ from fairvlm.params import ParameterError
 __all__ = [
     "ProbeConfig",
     "ProbeResult",
+    "ap_chance",
+    "best_layer",
+    "control_heads",
+    "default_k",
     "encode_labels",
+    "expert_gap",
+    "expert_gap_test",
+    "expert_other_ap",
+    "head_table",
+    "layer_head_grid",
     "pr_curve",
     "probe_heads",
+    "probe_heads_logreg",
+    "probe_heads_warm_start",
+    "probe_layers",
     "probe_neurons",
     "select_experts",
     "split_indices",
+    "split_neurons",
     "train_probes",
-    "default_k",
-    "probe_heads_logreg",
-    "probe_heads_warm_start",
-    "expert_gap",
-    "expert_gap_test",
+    "trap_summary",
     "trap_table",
+    "wide_head_table",
 ]
 
 
@@ -517,3 +527,133 @@ def trap_table(contributions: torch.Tensor, labels: Sequence, *, experts: Sequen
                         "max_ap": t["ap"].max(), "same_experts_as_default": set(top) == set(experts),
                         "experts_1based": ",".join(str(h + 1) for h in top)})
     return pd.DataFrame(out)
+
+
+# ------------------------------------------------------------------------------ tables of chapter 07
+def head_table(results: Mapping[str, ProbeResult], experts: Mapping[str, Sequence[int]]) -> pd.DataFrame:
+    """The head probes of several attributes in one long table.
+
+    ``results``: ``{attribute: ProbeResult}`` from :func:`probe_heads`; ``experts``:
+    ``{attribute: 0-based expert heads}``. Returns the rows of every result's table, in the
+    order of ``results``, with ``attribute``, ``head_1based`` and ``expert`` (whether the
+    head is one of that attribute's experts) added.
+    """
+    missing = [a for a in results if a not in experts]
+    if missing:
+        raise ParameterError(f"experts has no entry for {missing}; give the expert heads of every attribute "
+                             f"in results ({list(results)})")
+    table = pd.concat([r.table.assign(attribute=a) for a, r in results.items()], ignore_index=True)
+    table["head_1based"] = table["head"] + 1
+    table["expert"] = [int(h) in set(experts[a]) for h, a in zip(table["head"], table["attribute"])]
+    return table
+
+
+def wide_head_table(table: pd.DataFrame, extra: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """:func:`head_table` pivoted for reading: one row per attribute (sorted), then one per
+    ``extra`` table (``{row name: table with head, accuracy, ap}``, e.g. a converged
+    logistic regression), and the columns ``h:<head> Acc`` and ``h:<head> AP`` by 1-based
+    head, in head order."""
+    need = {"attribute", "head_1based", "accuracy", "ap"}
+    if not need <= set(table.columns):
+        raise ParameterError(f"the table needs the columns {sorted(need)} (head_table() output); "
+                             f"missing {sorted(need - set(table.columns))}")
+    wide = table.pivot_table(index="attribute", columns="head_1based", values=["accuracy", "ap"])
+    for name, t in (extra or {}).items():
+        wide.loc[name] = t.assign(head_1based=t["head"] + 1).set_index("head_1based")[["accuracy", "ap"]].unstack()
+    wide = wide.swaplevel(axis=1).sort_index(axis=1)
+    wide.columns = [f"h:{h} {m.replace('accuracy', 'Acc').replace('ap', 'AP')}" for h, m in wide.columns]
+    return wide
+
+
+def _expert_mask(table: pd.DataFrame, experts: Sequence[int]) -> pd.Series:
+    if "head" not in table.columns or "ap" not in table.columns:
+        raise ParameterError("the probe table needs the columns head and ap")
+    e = table["head"].isin([int(h) for h in experts])
+    if not e.any() or e.all():
+        raise ParameterError(f"experts={list(experts)} must name some but not all of the {len(table)} heads "
+                             "of the table, so there are experts and other heads to compare")
+    return e
+
+
+def expert_other_ap(table: pd.DataFrame, experts: Sequence[int]) -> tuple[float, float]:
+    """Mean held-out AP of the ``experts`` and of the other heads of a probe table
+    (their difference is :func:`expert_gap`)."""
+    e = _expert_mask(table, experts)
+    return float(table.loc[e, "ap"].mean()), float(table.loc[~e, "ap"].mean())
+
+
+def control_heads(table: pd.DataFrame, experts: Sequence[int], k: int | None = None) -> list[int]:
+    """The ``k`` heads with the lowest AP among the non-experts (default ``k``: as many as
+    there are experts; ties keep table order), lowest AP first: the control heads an
+    expert-head effect is measured against. With more experts than other heads the default
+    takes every other head."""
+    e = _expert_mask(table, experts)
+    k = min(int(e.sum()), int((~e).sum())) if k is None else k
+    n_other = int((~e).sum())
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_other:
+        raise ParameterError(f"k={k!r} must be an integer in [1, {n_other}] (the number of non-expert heads)")
+    return table.loc[~e].sort_values("ap", kind="stable")["head"].head(int(k)).astype(int).tolist()
+
+
+def probe_layers(contributions: Iterable[tuple[int, torch.Tensor]], labels: Sequence, *,
+                 config: ProbeConfig = ProbeConfig(), positive=None,
+                 split: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """:func:`probe_heads` on several layers, one table (columns ``layer``, ``head``,
+    ``accuracy``, ``auroc``, ``ap``). ``contributions``: ``(layer, (N, H, D) tensor)`` pairs,
+    consumed one at a time (a generator keeps only one layer's contributions in memory);
+    ``split`` shares one split across the layers."""
+    tables = [probe_heads(c, labels, config=config, positive=positive, layer=int(li), split=split).table
+              for li, c in contributions]
+    if not tables:
+        raise ParameterError("contributions is empty; pass (layer, contributions) pairs for at least one layer")
+    return pd.concat(tables, ignore_index=True)
+
+
+def layer_head_grid(table: pd.DataFrame, value: str = "ap") -> pd.DataFrame:
+    """A :func:`probe_layers` table as a layers x heads grid of ``value``, labelled 1-based
+    (``L1``.. rows, ``h1``.. columns) for a heatmap."""
+    if not {"layer", "head", value} <= set(table.columns):
+        raise ParameterError(f"the table needs the columns layer, head and {value} (probe_layers() output)")
+    grid = table.pivot(index="layer", columns="head", values=value)
+    grid.index = [f"L{i + 1}" for i in grid.index]
+    grid.columns = [f"h{h + 1}" for h in grid.columns]
+    return grid
+
+
+def best_layer(table: pd.DataFrame) -> int:
+    """The (0-based) layer of a :func:`probe_layers` table that holds the head with the highest AP."""
+    if not {"layer", "ap"} <= set(table.columns) or table.empty:
+        raise ParameterError("the table needs rows with the columns layer and ap (probe_layers() output)")
+    return int(table.groupby("layer")["ap"].max().idxmax())
+
+
+def trap_summary(trap: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`trap_table` averaged over split seeds, one row per recipe (in table order):
+    mean AUROC, mean AP and max AP, ``expert_set_agreement`` (the share of seeds whose top
+    heads equal the book's experts) and the distinct expert lists picked, in order of
+    appearance."""
+    need = {"probe", "mean_auroc", "mean_ap", "max_ap", "same_experts_as_default", "experts_1based"}
+    if not need <= set(trap.columns):
+        raise ParameterError(f"the table needs the columns of trap_table(); missing {sorted(need - set(trap.columns))}")
+    return trap.groupby("probe", sort=False).agg(
+        mean_auroc=("mean_auroc", "mean"), mean_ap=("mean_ap", "mean"), max_ap=("max_ap", "mean"),
+        expert_set_agreement=("same_experts_as_default", "mean"),
+        experts_picked=("experts_1based", lambda x: "; ".join(dict.fromkeys(x))))
+
+
+def split_neurons(neuron_table: pd.DataFrame, experts: Sequence[int]) -> tuple[pd.DataFrame, dict]:
+    """Mark the neurons of a :func:`probe_neurons` table as ``expert`` (a neuron of one of
+    the ``experts``) or ``other`` in a ``kind`` column, and return the held-out APs of each
+    kind: ``(table, {"expert": array, "other": array})``."""
+    if not {"head", "ap"} <= set(neuron_table.columns):
+        raise ParameterError("the neuron table needs the columns head and ap (probe_neurons() output)")
+    table = neuron_table.assign(kind=np.where(neuron_table["head"].isin([int(h) for h in experts]), "expert", "other"))
+    return table, {k: table.loc[table["kind"] == k, "ap"].to_numpy(float) for k in ("expert", "other")}
+
+
+def ap_chance(result: ProbeResult) -> float:
+    """AP's chance level for a binary probe: the share of the positive class in the test
+    split (the expected AP of a random ranking)."""
+    if result.positive is None:
+        raise ParameterError("ap_chance needs a binary probe (two classes)")
+    return float((result.y_test == result.positive).mean())

@@ -1063,3 +1063,166 @@ def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, 
                                    direction="within", tol=0.05, testable=timing["valid"] and resolvable, why=t_why)})
     return rows, {"base_ndkl": base, "floor": float(fl.loc[("ndkl", "gender"), "floor"]), "floor_hi": floor_hi,
                   "has_bias": has_bias}
+
+
+# ------------------------------------------------------------------------------ embeddings and tables of chapter 07
+#: the prompts that name only the protected attribute in the biased-prompts baseline
+SPURIOUS_PROMPTS = ("a photo of a man", "a photo of a woman", "a photo of a male", "a photo of a female")
+
+
+def embed_audit_texts(loaded, data: AuditData, words: pd.DataFrame) -> tuple[torch.Tensor, dict]:
+    """Every text of the audit (:func:`audit_texts`) embedded once: ``(text_emb (T, d),
+    {text: row})``."""
+    texts = audit_texts(data, words)
+    return embed_texts(loaded, texts), {t: i for i, t in enumerate(texts)}
+
+
+def fit_baselines(loaded, probe_pixels: torch.Tensor, probe_labels: Sequence, roles: Sequence[str], *,
+                  keep: float, lam: float = 1000.0, seed: int = 0) -> dict:
+    """Fit the two embedding-level baselines on the probe set and on text alone.
+
+    CLIP-clip keeps ``clip_m = max(1, round(keep * d))`` of the ``d`` image-embedding
+    dimensions, those with the least mutual information with ``probe_labels``
+    (:func:`clip_clip_dims` on the probe images). Biased prompts
+    (:func:`biased_prompts_projection`, weight ``lam``) removes the direction of
+    :data:`SPURIOUS_PROMPTS`, calibrated on the pairs "a photo of a male <role>" / "a photo
+    of a female <role>". Returns ``{"clip_dims", "clip_m", "dim", "projection"}`` for
+    :func:`add_baselines`.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
+        raise ParameterError(f"keep={keep!r} must be a fraction in (0, 1] of the embedding dimensions")
+    roles = list(roles)
+    if not roles:
+        raise ParameterError("roles is empty; biased prompts needs at least one role for its prompt pairs")
+    probe_emb = embed_images(loaded, probe_pixels)
+    dim = int(probe_emb.shape[1])
+    clip_m = max(1, round(keep * dim))
+    projection = biased_prompts_projection(
+        embed_texts(loaded, list(SPURIOUS_PROMPTS)), embed_texts(loaded, [f"a photo of a male {r}" for r in roles]),
+        embed_texts(loaded, [f"a photo of a female {r}" for r in roles]), lam=lam)
+    return {"clip_dims": clip_clip_dims(probe_emb, probe_labels, clip_m, seed=seed), "clip_m": clip_m, "dim": dim,
+            "projection": projection}
+
+
+def add_baselines(image_emb: Mapping, text_emb, variants: Sequence[Mapping], fitted: Mapping) -> tuple[dict, dict]:
+    """Image and text embeddings of every variant, the two baselines included.
+
+    ``image_emb``: ``{variant: {gallery: (N, d)}}`` of the encoder variants (with
+    ``"none"``); ``text_emb``: (T, d) unedited text embeddings; ``fitted``:
+    :func:`fit_baselines`. Every variant ranks with the unedited texts except "biased
+    prompts" (texts projected, images of ``none``) and "CLIP-clip" (images and texts cut to
+    the kept dimensions and renormalized). Returns ``(image_emb, text_emb)``, both keyed by
+    variant; the input dict is not changed.
+    """
+    if "none" not in image_emb:
+        raise ParameterError("image_emb needs the unedited variant 'none' (the baselines start from it)")
+    images = dict(image_emb)
+    texts = {v["variant"]: text_emb for v in variants}
+    texts["biased prompts"] = project_texts(text_emb, fitted["projection"])
+    images["biased prompts"] = images["none"]
+    images["CLIP-clip"] = {n: keep_dims(e, fitted["clip_dims"]) for n, e in images["none"].items()}
+    texts["CLIP-clip"] = keep_dims(text_emb, fitted["clip_dims"])
+    return images, texts
+
+
+def floor_summary(floor: pd.DataFrame, suite: str) -> dict:
+    """One suite's :func:`random_ranking_floor` as ``{"<metric>|<attribute>": {"floor",
+    "lo", "hi"}}`` for NDKL and MaxSkew, gender and race."""
+    fl = floor[floor["suite"] == suite].set_index(["metric", "attribute"])
+    want = [(m, a) for m in ("ndkl", "maxskew") for a in ("gender", "race")]
+    missing = [w for w in want if w not in fl.index]
+    if missing:
+        raise ParameterError(f"the floor has no rows {missing} for suite {suite!r}; suites there: "
+                             f"{sorted(set(floor['suite']))}")
+    return {f"{m}|{a}": {k: float(fl.loc[(m, a), k]) for k in ("floor", "lo", "hi")} for m, a in want}
+
+
+#: the columns of the chapter's variant table, in order (those a run lacks are left out)
+VARIANT_COLUMNS = ("variant", "heads", "ndkl_gender", "ndkl_gender_change", "ndkl_race", "maxskew_gender",
+                   "maxskew_race", "NDCG@k", "mAP")
+UTILITY_COLUMNS = ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "zero_shot_acc")
+
+
+def variant_table(summary: pd.DataFrame, floor: pd.DataFrame, suite: str) -> pd.DataFrame:
+    """The fairness-and-utility table of the variants: a first row "random ranking
+    (floor)" with the floor's NDKL and MaxSkew for ``suite`` (:func:`floor_summary`), then
+    :func:`score_variants`'s summary; columns :data:`VARIANT_COLUMNS`, the entropies
+    (``H_*``) and :data:`UTILITY_COLUMNS`, each where present."""
+    fl = floor_summary(floor, suite)
+    row = {"variant": "random ranking (floor)", "family": "null", "heads": "",
+           **{f"{m}_{a}": fl[f"{m}|{a}"]["floor"] for m in ("ndkl", "maxskew") for a in ("gender", "race")}}
+    cols = [*VARIANT_COLUMNS, *[c for c in summary.columns if c.startswith("H_")],
+            *[c for c in UTILITY_COLUMNS if c in summary]]
+    shown = pd.concat([pd.DataFrame([row]), summary], ignore_index=True)
+    return shown[[c for c in cols if c in shown]]
+
+
+def planted_vs_retrieved(queries: pd.DataFrame) -> pd.DataFrame:
+    """Per variant (in order of appearance), how retrieval follows the planted bias:
+    Spearman correlation between the planted and the top-k share of men
+    (``spearman_gender``) and of Black people (``spearman_race``) over the scenario
+    queries, and the mean distance of the top-k share of men from one half
+    (``mean_abs_gender_skew``). ``queries``: one suite of :func:`score_variants`'s
+    ``queries`` on the testbed (with the planted shares)."""
+    from scipy.stats import spearmanr
+
+    need = {"variant", "planted_p_man", "planted_p_black", "topk_male_share", "topk_black_share"}
+    if not need <= set(queries.columns):
+        raise ParameterError(f"queries needs the columns {sorted(need)} (score_variants() on the testbed); "
+                             f"missing {sorted(need - set(queries.columns))}")
+    return pd.DataFrame([{
+        "variant": name,
+        "spearman_gender": spearmanr(d["planted_p_man"], d["topk_male_share"]).statistic,
+        "spearman_race": spearmanr(d["planted_p_black"], d["topk_black_share"]).statistic,
+        "mean_abs_gender_skew": float(np.abs(d["topk_male_share"] - 0.5).mean())}
+        for name, d in queries.groupby("variant", sort=False)])
+
+
+def category_entropy(words: pd.DataFrame, variants: Sequence[str], *, style: str = "word") -> pd.DataFrame:
+    """Mean normalized entropy per So-B-IT category (the layout of the paper's Table 4):
+    one row per variant in ``variants``, columns ``(category, "R")`` and ``(category,
+    "G")`` for race and gender. ``words``: :func:`score_variants`'s ``words``; ``style``:
+    one of :data:`WORD_STYLES`."""
+    if style not in WORD_STYLES:
+        raise unknown("word prompt style", style, WORD_STYLES)
+    variants = list(variants)
+    sel = words[(words["style"] == style) & words["variant"].isin(variants)]
+    cat = (sel.groupby(["variant", "category"], sort=False)[["entropy_race", "entropy_gender"]].mean()
+           .rename(columns={"entropy_race": "R", "entropy_gender": "G"}).unstack("category"))
+    return cat.swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False).reindex(variants)
+
+
+def most_skewed_query(data: AuditData) -> tuple[str, str]:
+    """``(key, prompt)`` of the first suite's query to show retrievals for: the scenario
+    with the largest planted gender skew on the testbed, the first query elsewhere."""
+    queries = data.scenario_suites[0]["queries"]
+    if data.planted_scen is not None:
+        key = data.planted_scen.loc[data.planted_scen["gender_skew"].abs().idxmax(), "scenario"]
+    else:
+        key = queries["key"].iloc[0]
+    by_key = queries.set_index("key")
+    if key not in by_key.index:
+        raise DataError(f"query {key!r} is not among the first suite's queries")
+    return key, by_key.loc[key, "prompt"]
+
+
+def top_images(query_emb, image_emb, k: int = 8) -> np.ndarray:
+    """Indices of the ``k`` images most similar to one query, best first (ties: lower index
+    first). ``query_emb``: (d,); ``image_emb``: (N, d), both L2-normalized."""
+    q = torch.as_tensor(_np(query_emb), dtype=torch.float32).reshape(1, -1)
+    x = torch.as_tensor(_np(image_emb), dtype=torch.float32)
+    if x.ndim != 2 or x.shape[1] != q.shape[1]:
+        raise ParameterError(f"query_emb must be (d,) and image_emb (N, d); got {tuple(q.shape[1:])} and {tuple(x.shape)}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ParameterError(f"k={k!r} must be a positive integer")
+    return np.argsort(-(q @ x.T).numpy()[0], kind="stable")[:k]
+
+
+def variant_headline(summary: pd.DataFrame) -> dict:
+    """The per-variant numbers of the chapter's results file, from :func:`score_variants`'s
+    summary: gender NDKL, NDCG@k, mAP, gender entropy over words, and the utility columns
+    Recall@5 both ways and zero-shot accuracy that exist."""
+    s = summary.set_index("variant")
+    return {"ndkl_gender_by_variant": s["ndkl_gender"].to_dict(), "ndcg_by_variant": s["NDCG@k"].to_dict(),
+            "map_by_variant": s["mAP"].to_dict(), "entropy_gender_word_by_variant": s["H_gender (word)"].to_dict(),
+            "utility_by_variant": {c: s[c].to_dict() for c in ("t2i_R@5", "i2t_R@5", "zero_shot_acc") if c in s}}
