@@ -92,17 +92,13 @@ P = check_params(
     FAIRFACE_DIR=FAIRFACE_DIR, FAIRFACE_LIMIT=FAIRFACE_LIMIT, SISPI_DIR=SISPI_DIR, COCO_JSON=COCO_JSON,
     COCO_IMAGES=COCO_IMAGES, PAIRS_DIR=PAIRS_DIR,
 )
-check_range("PROBE_SCENES", PROBE_SCENES, 0, 1000, kind=int)
-check_range("GALLERY_SCENES", GALLERY_SCENES, 0, 1000, kind=int)
 check_choice("EXPERT_RULE", EXPERT_RULE, ("top_k", "threshold"))
-check_range("EXPERT_K", EXPERT_K, 0, 64, kind=int)
-check_range("NEURON_AP", NEURON_AP, 0.0, 1.0)
-check_range("DAMP_ALPHA", DAMP_ALPHA, 0.0, 1.0)
-check_range("ENTROPY_K", ENTROPY_K, 0, 10_000, kind=int)
-check_range("CLIPCLIP_KEEP", CLIPCLIP_KEEP, 0.01, 1.0)
-check_range("BIASED_PROMPTS_LAMBDA", BIASED_PROMPTS_LAMBDA, 0.0, 1e9)
-check_range("TIMING_REPEATS", TIMING_REPEATS, 3, 100, kind=int)
-check_range("FAIRFACE_LIMIT", FAIRFACE_LIMIT, 0, 10**7, kind=int)
+for _name, _lo, _hi in [("PROBE_SCENES", 0, 1000), ("GALLERY_SCENES", 0, 1000), ("EXPERT_K", 0, 64),
+                        ("ENTROPY_K", 0, 10_000), ("TIMING_REPEATS", 3, 100), ("FAIRFACE_LIMIT", 0, 10**7)]:
+    check_range(_name, getattr(P, _name), _lo, _hi, kind=int)
+for _name, _lo, _hi in [("NEURON_AP", 0.0, 1.0), ("DAMP_ALPHA", 0.0, 1.0), ("CLIPCLIP_KEEP", 0.01, 1.0),
+                        ("BIASED_PROMPTS_LAMBDA", 0.0, 1e9)]:
+    check_range(_name, getattr(P, _name), _lo, _hi)
 for _name, _val in [("MODEL", MODEL), ("FAIRFACE_DIR", FAIRFACE_DIR), ("SISPI_DIR", SISPI_DIR),
                     ("COCO_JSON", COCO_JSON), ("COCO_IMAGES", COCO_IMAGES), ("PAIRS_DIR", PAIRS_DIR)]:
     if not isinstance(_val, str):
@@ -126,9 +122,6 @@ K_ENTROPY = ENTROPY_K or (100 if PROFILE == "paper" else 4 * N_GALLERY_SCENES)
 # %% tags=["hide-input"]
 import time
 
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
@@ -257,16 +250,7 @@ glue("overlap", ch.heads_1based(sorted(set(G) & set(R))) or "none", display=Fals
 # ### Precision-recall curves of the gender probes
 
 # %% tags=["hide-input"]
-fig, ax = plt.subplots(figsize=(5.2, 3.6))
-for row in range(len(gender_res.table)):
-    prec, rec = probes.pr_curve(gender_res, row)
-    h = int(gender_res.table["head"].iloc[row])
-    ax.plot(rec, prec, lw=1.6 if h in G else 0.8, alpha=1.0 if h in G else 0.45,
-            label=f"h:{h + 1}" if h in G else None)
-ax.set_xlabel("recall")
-ax.set_ylabel("precision")
-ax.set_title(f"Gender probes, last layer (positive = {positive_gender}); experts labelled")
-ax.legend(frameon=False, fontsize=8)
+fig = probes.plot_pr_curves(gender_res, G, attribute="gender", where="last layer")
 savefig(fig, "07_clip_heads_pr_curves")
 
 # %% [markdown]
@@ -279,11 +263,7 @@ savefig(fig, "07_clip_heads_pr_curves")
 # %% tags=["hide-input"]
 layer_ap = probes.probe_layers(((li, ch.project_heads(model, li, head_out[li])) for li in range(N_LAYERS)),
                                probe_meta["gender"], config=cfg, positive=positive_gender, split=split)
-fig, ax = plt.subplots(figsize=(0.55 * N_HEADS + 2, 0.4 * N_LAYERS + 1.2))
-sns.heatmap(probes.layer_head_grid(layer_ap, "ap"), annot=N_HEADS <= 12, fmt=".2f", cmap="viridis", ax=ax,
-            cbar_kws={"label": "held-out AP (gender)"})
-ax.set_xlabel("head")
-ax.set_ylabel("layer")
+fig = probes.plot_layer_head_ap(layer_ap, value="ap", label="held-out AP (gender)")
 savefig(fig, "07_clip_heads_layer_head_ap")
 glue("best_layer", probes.best_layer(layer_ap) + 1, display=False)
 glue("n_layers", N_LAYERS, display=False)
@@ -333,14 +313,7 @@ low_heads = probes.control_heads(gender_res.table, G)
 neuron_res = probes.probe_neurons(contrib, probe_meta["gender"], heads=G + low_heads, config=cfg,
                                   positive=positive_gender, split=split)
 neurons, neuron_aps = probes.split_neurons(neuron_res.table, G)
-fig, axes = plt.subplots(2, len(G), figsize=(2.6 * len(G) + 1, 4.2), sharex=True, sharey=True, squeeze=False)
-for row, hs in enumerate([G, low_heads]):
-    for col, h in enumerate(hs):
-        ax = axes[row, col]
-        sns.histplot(neurons.loc[neurons["head"] == h, "ap"], bins=25, ax=ax, color=sns.color_palette()[row])
-        ax.axvline(NEURON_AP, color="k", lw=0.8, ls="--")
-        ax.set_title(f"{'expert' if row == 0 else 'other'} h:{h + 1}", fontsize=9)
-        ax.set_xlabel("neuron AP (gender)")
+fig = probes.plot_neuron_aps(neurons, G, low_heads, threshold=NEURON_AP, attribute="gender")
 savefig(fig, "07_clip_heads_neuron_ap")
 neuron_mask = ch.neuron_mask(neurons[neurons["kind"] == "expert"], G, WIDTH, min_ap=NEURON_AP)
 glue("frac_expert", f"{(neuron_aps['expert'] > NEURON_AP).mean():.1%}", display=False)
@@ -438,17 +411,10 @@ if data.planted_scen is not None:
                         f"{g0.loc['none', 'spearman_gender']:.2f} (race: {g0.loc['none', 'spearman_race']:.2f}); "
                         f"with the male prototype on the experts it is {g0.loc['male (experts)', 'spearman_gender']:.2f}.",
          display=False)
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for name, marker in (("none", "o"), ("male (experts)", "x")):
-        d = main_q[main_q["variant"] == name]
-        ax.scatter(d["planted_p_man"], d["topk_male_share"], s=18, marker=marker, label=name)
-    ax.axhline(0.5, color="k", lw=0.6, ls=":")
-    ax.set_xlabel("planted share of men in training")
-    ax.set_ylabel("share of men in top-k")
-    ax.legend(frameon=False, fontsize=8)
+    fig = retrieval.plot_planted_vs_retrieved(main_q, ["none", "male (experts)"])
     savefig(fig, "07_clip_heads_planted_vs_retrieved")
 else:
-    gt = pd.DataFrame()
+    gt = None
     glue("gt_sentence", "The paper profile has no planted ground truth.", display=False)
 
 # %% [markdown]
@@ -468,21 +434,7 @@ display(retrieval.category_entropy(word_table, focus, style="word").round(2))
 # ## Top-8 retrievals before and after (Figure 2)
 
 # %% tags=["hide-input"]
-suite = data.scenario_suites[0]
-gallery = data.galleries[suite["gallery"]]
-pick, prompt = retrieval.most_skewed_query(data)
-fig, axes = plt.subplots(2, 8, figsize=(11, 3.3))
-for row, name in enumerate(["none", "male (experts)"]):
-    top = retrieval.top_images(text_emb[name][text_index[prompt]], image_emb[name][suite["gallery"]], k=8)
-    for col, idx in enumerate(top):
-        ax = axes[row, col]
-        ax.imshow(gallery["image"](int(idx)))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        r = gallery["meta"].iloc[int(idx)]
-        ax.set_xlabel(f"{r['gender']}, {r['race']}{'' if r[suite['key_col']] == pick else ' *'}", fontsize=7)
-    axes[row, 0].set_ylabel("before" if row == 0 else "after", fontsize=9)
-fig.suptitle(f'"{prompt}": no intervention (top) vs male (experts) (bottom); * = other scenario', fontsize=9)
+fig = retrieval.plot_top_retrievals(data, image_emb, text_emb, text_index, after="male (experts)", k=8)
 savefig(fig, "07_clip_heads_top8")
 
 # %% [markdown]
@@ -500,6 +452,7 @@ savefig(fig, "07_clip_heads_top8")
 # photographs.
 
 # %% tags=["hide-input"]
+gallery = data.galleries[data.scenario_suites[0]["gallery"]]
 timing = retrieval.time_edits(model, gallery["pixels"][:64 if PROFILE == "smoke" else 256],
                               [ch.prototype_replacement(protos["gender"], "all", G)], repeats=TIMING_REPEATS)
 rows, audit = retrieval.head_audit_claims(scores, floor, main_suite=main_suite, gap=gap, neuron_aps=neuron_aps,
@@ -555,46 +508,9 @@ glue("floor_sentence",
 
 # %% tags=["hide-input"]
 runtime_s = time.perf_counter() - T_START
-saved = save_results(
-    "07_clip_heads",
-    params=P,
-    headline={
-        "model": MODEL_NAME,
-        "identity_max_abs_error": identity_err,
-        "batch_vs_single_max_abs_error": batch_err,
-        "gender_experts_1based": [h + 1 for h in G],
-        "race_experts_1based": [h + 1 for h in R],
-        "k_experts": len(G),
-        "gender_expert_mean_ap": expert_ap,
-        "gender_other_mean_ap": other_ap,
-        "expert_gap": {k: gap[k] for k in ("effect", "interval", "null", "null_interval")},
-        "ndkl_gender_baseline": audit["base_ndkl"],
-        "ndkl_random_floor": fl,
-        **retrieval.variant_headline(summary),
-        "planted_spearman_gender_baseline": (float(gt.set_index("variant").loc["none", "spearman_gender"])
-                                             if len(gt) else None),
-        "timing": timing,
-        "verdicts": dict(zip(paper_vs_book["claim"], paper_vs_book["verdict"])),
-        "runtime_s": runtime_s,
-    },
-    provenance={
-        "models": [MODEL_NAME + (f" (size={TESTBED_SIZE})" if MODEL_NAME.startswith("testbed") else "")],
-        "data": [data.description, "So-B-IT taxonomy (ameliagmz/Debiasing_CLIP_Neural_Interventions)"],
-        "note": "testbed numbers describe the synthetic world, not the paper's models or data"
-        if ON_TESTBED else "paper profile",
-    },
-    tables={
-        "probe_heads": probe_table[["attribute", "layer", "head", "head_1based", "accuracy", "auroc", "ap", "expert"]],
-        "probe_heads_logreg": logreg.table,
-        "probe_layers": layer_ap,
-        "probe_init_trap": trap,
-        "neurons": neurons,
-        "variants": summary,
-        "random_floor": floor,
-        "scenario_queries": scen_table,
-        "words": word_table,
-        "planted_vs_retrieved": gt,
-        "paper_vs_book": paper_vs_book,
-    },
-)
+saved = save_results("07_clip_heads", params=P, **retrieval.head_audit_results(
+    model=MODEL_NAME, size=TESTBED_SIZE, on_testbed=ON_TESTBED, data=data, check=check, gender_experts=G,
+    race_experts=R, expert_ap=expert_ap, other_ap=other_ap, gap=gap, audit=audit, scores=scores, floor=floor,
+    main_suite=main_suite, planted=gt, timing=timing, verdicts=paper_vs_book, runtime_s=runtime_s,
+    probe_table=probe_table, logreg_table=logreg.table, layer_table=layer_ap, trap_table=trap, neuron_table=neurons))
 display(Markdown(f"Results written to `{saved}`; run time {runtime_s:.0f} s."))

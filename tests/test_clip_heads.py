@@ -878,3 +878,236 @@ def test_variant_headline_keeps_the_utility_columns_that_exist():
     h = retrieval.variant_headline(s)
     assert h["ndkl_gender_by_variant"] == {"none": 0.3, "x": 0.2} and h["map_by_variant"]["x"] == 0.6
     assert h["utility_by_variant"] == {"t2i_R@5": {"none": 0.4, "x": 0.3}}
+
+
+# ------------------------------------------------------------------------ chapter 07's figures and results file
+def _pr_result():
+    """Three binary probes on five test images (positive class 1), heads 4, 0, 2 in that order."""
+    import pandas as pd
+
+    y = np.array([0, 1, 1, 0, 1])
+    p1 = np.array([[0.1, 0.9, 0.8, 0.3, 0.7], [0.6, 0.4, 0.5, 0.2, 0.9], [0.5, 0.5, 0.1, 0.9, 0.3]])
+    scores = np.stack([1 - p1, p1], axis=-1)                       # (3 probes, 5 images, 2 classes)
+    table = pd.DataFrame({"head": [4, 0, 2], "ap": [0.9, 0.6, 0.4]})
+    return probes.ProbeResult(table=table, scores=scores, y_test=y, classes=["female", "male"], positive=1,
+                              train_idx=np.arange(0), test_idx=np.arange(5))
+
+
+def test_plot_pr_curves_draws_one_curve_per_head_and_marks_the_experts():
+    import matplotlib.pyplot as plt
+
+    res = _pr_result()
+    fig = probes.plot_pr_curves(res, [2, 4])
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3
+    for row, line in enumerate(ax.lines):                          # table order, recall on x
+        prec, rec = probes.pr_curve(res, row)
+        np.testing.assert_allclose(line.get_xdata(), rec)
+        np.testing.assert_allclose(line.get_ydata(), prec)
+    assert [line.get_linewidth() for line in ax.lines] == [1.6, 0.8, 1.6]
+    assert [line.get_alpha() for line in ax.lines] == [1.0, 0.45, 1.0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["h:5", "h:3"]
+    assert ax.get_title() == "Gender probes, last layer (positive = male); experts labelled"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("recall", "precision")
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    assert probes.plot_pr_curves(res, [0], attribute="race", where="layer 3", ax=ax) is fig
+    assert ax.get_title().startswith("Race probes, layer 3 (positive = male)")
+    plt.close(fig)
+    with pytest.raises(FairVLMError, match=r"experts \[7\]"):
+        probes.plot_pr_curves(res, [4, 7])
+    res.positive = None
+    with pytest.raises(FairVLMError, match="binary"):
+        probes.plot_pr_curves(res, [4])
+
+
+def test_plot_layer_head_ap_heatmap_holds_the_grid():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    t = pd.DataFrame({"layer": [1, 1, 1, 0, 0, 0], "head": [2, 0, 1, 0, 1, 2],
+                      "ap": [0.25, 0.5, 0.75, 0.1, 0.2, 0.3]})
+    fig = probes.plot_layer_head_ap(t)
+    ax = fig.axes[0]
+    # cells row by row: layer 1 (L1) then layer 2 (L2), heads in order
+    np.testing.assert_allclose(np.asarray(ax.collections[0].get_array()).ravel(), [0.1, 0.2, 0.3, 0.5, 0.75, 0.25])
+    assert [t.get_text() for t in ax.texts] == ["0.10", "0.20", "0.30", "0.50", "0.75", "0.25"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["L1", "L2"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["h1", "h2", "h3"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("head", "layer")
+    assert fig.axes[1].get_ylabel() == "held-out AP (gender)"       # the colour bar
+    assert tuple(fig.get_size_inches()) == pytest.approx((0.55 * 3 + 2, 0.4 * 2 + 1.2))
+    plt.close(fig)
+    wide = pd.DataFrame({"layer": 0, "head": range(13), "ap": 0.5})
+    fig = probes.plot_layer_head_ap(wide, label="AP")
+    assert not fig.axes[0].texts and fig.axes[1].get_ylabel() == "AP"   # no annotations beyond 12 heads
+    plt.close(fig)
+    with pytest.raises(FairVLMError, match="layer"):
+        probes.plot_layer_head_ap(t.drop(columns="layer"))
+
+
+def test_plot_neuron_aps_puts_experts_on_top_and_others_below():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    aps = {1: [0.9, 0.8, 0.85, 0.3], 5: [0.5, 0.6, 0.55, 0.52], 3: [0.1, 0.2, 0.15, 0.12]}
+    neurons = pd.DataFrame([{"head": h, "neuron": i, "ap": a} for h, v in aps.items() for i, a in enumerate(v)])
+    fig = probes.plot_neuron_aps(neurons, [1, 5], [3], threshold=0.42)
+    axes = np.array(fig.axes).reshape(2, 2)
+    assert [ax.get_title() for ax in axes.ravel()] == ["expert h:2", "expert h:6", "other h:4", ""]
+    assert [ax.get_xlabel() for ax in axes.ravel()] == ["neuron AP (gender)"] * 3 + [""]
+    for ax, h, colour in ((axes[0, 0], 1, 0), (axes[0, 1], 5, 0), (axes[1, 0], 3, 1)):
+        assert len(ax.patches) == 25 and sum(p.get_height() for p in ax.patches) == 4
+        lo = min(p.get_x() for p in ax.patches)
+        hi = max(p.get_x() + p.get_width() for p in ax.patches)
+        assert (lo, hi) == pytest.approx((min(aps[h]), max(aps[h])))
+        assert ax.patches[0].get_facecolor()[:3] == pytest.approx(sns.color_palette()[colour])
+        assert [tuple(line.get_xdata()) for line in ax.lines] == [(0.42, 0.42)]
+    assert not axes[1, 1].patches                                 # fewer other heads than experts: empty panel
+    plt.close(fig)
+    with pytest.raises(FairVLMError, match="at most as long"):
+        probes.plot_neuron_aps(neurons, [1], [3, 5], threshold=0.42)
+    with pytest.raises(FairVLMError, match=r"heads \[7\]"):
+        probes.plot_neuron_aps(neurons, [1, 7], [3], threshold=0.42)
+
+
+def test_plot_planted_vs_retrieved_scatters_each_variant():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    q = pd.DataFrame({"variant": ["none", "edit", "none", "other", "edit", "none"],
+                      "planted_p_man": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                      "topk_male_share": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]})
+    fig = retrieval.plot_planted_vs_retrieved(q, ["edit", "none"])
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), [[0.2, 0.8], [0.5, 0.5]])
+    np.testing.assert_allclose(ax.collections[1].get_offsets(), [[0.1, 0.9], [0.3, 0.7], [0.6, 0.4]])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["edit", "none"]
+    assert tuple(ax.lines[0].get_ydata()) == (0.5, 0.5)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("planted share of men in training", "share of men in top-k")
+    plt.close(fig)
+    with pytest.raises(FairVLMError, match="'missing'"):
+        retrieval.plot_planted_vs_retrieved(q, ["none", "missing"])
+    with pytest.raises(FairVLMError, match="planted_p_man"):
+        retrieval.plot_planted_vs_retrieved(q.drop(columns="planted_p_man"))
+
+
+def test_plot_top_retrievals_shows_the_ranked_images_before_and_after():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    images = [np.full((4, 4, 3), 40 * i, dtype=np.uint8) for i in range(4)]
+    meta = pd.DataFrame({"gender": ["male", "female", "male", "female"], "race": ["white", "black", "black", "white"],
+                         "scenario": ["a", "b", "b", "a"]})
+    queries = pd.DataFrame({"key": ["a", "b"], "prompt": ["pa", "pb"], "role": ["a", "b"]})
+    data = retrieval.AuditData(
+        galleries={"g": {"meta": meta, "pixels": None, "image": images.__getitem__}}, probe_meta=None,
+        probe_pixels=None, probe_sets=None,
+        scenario_suites=[{"name": "s", "gallery": "g", "key_col": "scenario", "queries": queries}],
+        recall_suite=None, zeroshot_suite=None, word_gallery="g",
+        planted_scen=pd.DataFrame({"scenario": ["a", "b"], "gender_skew": [0.1, -0.4]}))   # shows "pb"
+    gal = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])                  # rows: "pa", "pb"
+    image_emb = {"none": {"g": gal}, "edit": {"g": gal.flip(1)}}
+    fig = retrieval.plot_top_retrievals(data, image_emb, {"none": text, "edit": text}, {"pa": 0, "pb": 1},
+                                        after="edit", k=3)
+    axes = np.array(fig.axes).reshape(2, 3)
+    # "pb" = (0, 1): before, images 1, 2, 3; after (flipped gallery), images 0, 3, 2
+    shown = [[int(ax.images[0].get_array()[0, 0, 0]) // 40 for ax in row] for row in axes]
+    assert shown == [[1, 2, 3], [0, 3, 2]]
+    assert [ax.get_xlabel() for ax in axes[1]] == ["male, white *", "female, white *", "male, black"]
+    assert (axes[0, 0].get_ylabel(), axes[1, 0].get_ylabel()) == ("before", "after")
+    assert fig.get_suptitle() == '"pb": no intervention (top) vs edit (bottom); * = other scenario'
+    assert tuple(fig.get_size_inches()) == pytest.approx((11 * 3 / 8, 3.3))
+    plt.close(fig)
+    with pytest.raises(FairVLMError, match="'male \\(experts\\)'"):
+        retrieval.plot_top_retrievals(data, image_emb, {"none": text, "edit": text}, {"pa": 0, "pb": 1})
+    with pytest.raises(FairVLMError, match="'pb'"):
+        retrieval.plot_top_retrievals(data, image_emb, {"none": text, "edit": text}, {"pa": 0}, after="edit")
+
+
+def _results_inputs(**over):
+    import pandas as pd
+
+    summary = pd.DataFrame({"variant": ["none", "x"], "ndkl_gender": [0.3, 0.2], "NDCG@k": [0.9, 0.8],
+                            "mAP": [0.7, 0.6], "H_gender (word)": [0.5, 0.6], "t2i_R@5": [0.4, 0.3]})
+    scores = {"queries": pd.DataFrame({"q": [1]}), "words": pd.DataFrame({"w": [2]}), "summary": summary}
+    probe_table = pd.DataFrame({"attribute": ["gender"], "layer": [2], "head": [1], "head_1based": [2],
+                                "accuracy": [0.8], "auroc": [0.9], "ap": [0.85], "expert": [True], "extra": [0]})
+    kw = dict(model="testbed-clip", size="smoke", on_testbed=True,
+              data=retrieval.AuditData(galleries={}, probe_meta=None, probe_pixels=None, probe_sets=None,
+                                       scenario_suites=[], recall_suite=None, zeroshot_suite=None, word_gallery="g",
+                                       description="tiny world"),
+              check={"identity_err": 1e-7, "batch_err": 2e-7, "identity_scale": 3.0},
+              gender_experts=[2, 10, 11], race_experts=[0], expert_ap=0.9, other_ap=0.6,
+              gap={"effect": 0.3, "interval": [0.2, 0.4], "null": 0.05, "null_interval": [0.0, 0.1], "other": 1},
+              audit={"base_ndkl": 0.3, "floor_hi": 0.2}, scores=scores, floor=_floor("s"), main_suite="s",
+              planted=pd.DataFrame({"variant": ["x", "none"], "spearman_gender": [0.1, 0.7]}),
+              timing={"ratio": 1.01}, verdicts=pd.DataFrame({"claim": ["c1", "c2"], "verdict": ["reproduced", "partly"],
+                                                            "rule": ["r", "r"]}),
+              runtime_s=12.5, probe_table=probe_table, logreg_table=pd.DataFrame({"l": [1]}),
+              layer_table=pd.DataFrame({"y": [1]}), trap_table=pd.DataFrame({"t": [1]}),
+              neuron_table=pd.DataFrame({"n": [1]}))
+    kw.update(over)
+    return kw
+
+
+def test_head_audit_results_assembles_the_results_file():
+    kw = _results_inputs()
+    out = retrieval.head_audit_results(**kw)
+    assert set(out) == {"headline", "provenance", "tables"}
+    h = out["headline"]
+    assert list(h) == ["model", "identity_max_abs_error", "batch_vs_single_max_abs_error", "gender_experts_1based",
+                       "race_experts_1based", "k_experts", "gender_expert_mean_ap", "gender_other_mean_ap",
+                       "expert_gap", "ndkl_gender_baseline", "ndkl_random_floor", "ndkl_gender_by_variant",
+                       "ndcg_by_variant", "map_by_variant", "entropy_gender_word_by_variant", "utility_by_variant",
+                       "planted_spearman_gender_baseline", "timing", "verdicts", "runtime_s"]
+    assert h["model"] == "testbed-clip" and h["identity_max_abs_error"] == 1e-7
+    assert h["batch_vs_single_max_abs_error"] == 2e-7
+    assert h["gender_experts_1based"] == [3, 11, 12] and h["race_experts_1based"] == [1] and h["k_experts"] == 3
+    assert (h["gender_expert_mean_ap"], h["gender_other_mean_ap"]) == (0.9, 0.6)
+    assert h["expert_gap"] == {"effect": 0.3, "interval": [0.2, 0.4], "null": 0.05, "null_interval": [0.0, 0.1]}
+    assert h["ndkl_gender_baseline"] == 0.3
+    assert h["ndkl_random_floor"] == retrieval.floor_summary(kw["floor"], "s")
+    assert h["ndkl_gender_by_variant"] == {"none": 0.3, "x": 0.2}
+    assert h["utility_by_variant"] == {"t2i_R@5": {"none": 0.4, "x": 0.3}}
+    assert h["planted_spearman_gender_baseline"] == 0.7              # the "none" row, not the first
+    assert h["timing"] == {"ratio": 1.01} and h["runtime_s"] == 12.5
+    assert h["verdicts"] == {"c1": "reproduced", "c2": "partly"}
+    assert out["provenance"] == {
+        "models": ["testbed-clip (size=smoke)"],
+        "data": ["tiny world", "So-B-IT taxonomy (ameliagmz/Debiasing_CLIP_Neural_Interventions)"],
+        "note": "testbed numbers describe the synthetic world, not the paper's models or data"}
+    t = out["tables"]
+    assert list(t) == ["probe_heads", "probe_heads_logreg", "probe_layers", "probe_init_trap", "neurons", "variants",
+                       "random_floor", "scenario_queries", "words", "planted_vs_retrieved", "paper_vs_book"]
+    assert list(t["probe_heads"].columns) == ["attribute", "layer", "head", "head_1based", "accuracy", "auroc",
+                                              "ap", "expert"]        # the extra column is dropped
+    for name, key in (("probe_heads_logreg", "logreg_table"), ("probe_layers", "layer_table"),
+                      ("probe_init_trap", "trap_table"), ("neurons", "neuron_table"), ("random_floor", "floor"),
+                      ("planted_vs_retrieved", "planted"), ("paper_vs_book", "verdicts")):
+        assert t[name] is kw[key]
+    assert t["variants"] is kw["scores"]["summary"] and t["scenario_queries"] is kw["scores"]["queries"]
+    assert t["words"] is kw["scores"]["words"]
+    # the paper profile: no planted truth, a hub model named without a size
+    paper = retrieval.head_audit_results(**_results_inputs(model="openai/clip-vit-base-patch32", on_testbed=False,
+                                                           planted=None))
+    assert paper["provenance"]["models"] == ["openai/clip-vit-base-patch32"]
+    assert paper["provenance"]["note"] == "paper profile"
+    assert paper["headline"]["planted_spearman_gender_baseline"] is None
+    assert paper["tables"]["planted_vs_retrieved"].empty
+
+
+def test_head_audit_results_names_what_is_missing():
+    kw = _results_inputs()
+    with pytest.raises(FairVLMError, match="gap"):
+        retrieval.head_audit_results(**{**kw, "gap": {"effect": 0.3}})
+    with pytest.raises(FairVLMError, match="scores"):
+        retrieval.head_audit_results(**{**kw, "scores": {"summary": kw["scores"]["summary"]}})
+    with pytest.raises(FairVLMError, match="probe_table"):
+        retrieval.head_audit_results(**{**kw, "probe_table": kw["probe_table"].drop(columns="expert")})
+    with pytest.raises(FairVLMError, match="verdicts"):
+        retrieval.head_audit_results(**{**kw, "verdicts": kw["verdicts"].drop(columns="claim")})
+    with pytest.raises(FairVLMError, match="'missing'"):
+        retrieval.head_audit_results(**{**kw, "main_suite": "missing"})

@@ -657,3 +657,85 @@ def ap_chance(result: ProbeResult) -> float:
     if result.positive is None:
         raise ParameterError("ap_chance needs a binary probe (two classes)")
     return float((result.y_test == result.positive).mean())
+
+
+# ------------------------------------------------------------------------------ chapter 07's probe figures
+# matplotlib and seaborn are imported inside the plot functions, as fairvlm.plotting does,
+# so that importing the probes does not load a plotting backend.
+def plot_pr_curves(result: ProbeResult, experts: Sequence[int], *, attribute: str = "gender",
+                   where: str = "last layer", ax=None):
+    """Precision-recall curves of every probe of a binary :func:`probe_heads` result, one
+    line per head in table order: the ``experts`` (0-based heads) drawn bold and labelled
+    ``h:<1-based head>``, the other heads thin and faded. The title names the
+    ``attribute``, ``where`` the probes read and the positive class. Draws on ``ax`` (or a
+    new 5.2 x 3.6 in figure) and returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if result.positive is None:
+        raise ParameterError("plot_pr_curves needs a binary probe result (two classes)")
+    heads = [int(h) for h in result.table["head"]]
+    missing = sorted(set(int(h) for h in experts) - set(heads))
+    if missing:
+        raise ParameterError(f"experts {missing} are not heads of the probe table (heads {heads})")
+    experts = {int(h) for h in experts}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 3.6))
+    for row, h in enumerate(heads):
+        prec, rec = pr_curve(result, row)
+        ax.plot(rec, prec, lw=1.6 if h in experts else 0.8, alpha=1.0 if h in experts else 0.45,
+                label=f"h:{h + 1}" if h in experts else None)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"{attribute.capitalize()} probes, {where} (positive = {result.classes[result.positive]}); "
+                 "experts labelled")
+    ax.legend(frameon=False, fontsize=8)
+    return ax.figure
+
+
+def plot_layer_head_ap(table: pd.DataFrame, *, value: str = "ap", label: str = "held-out AP (gender)", ax=None):
+    """A :func:`probe_layers` table as a layers x heads heatmap of ``value``
+    (:func:`layer_head_grid`, viridis, cells annotated when there are at most 12 heads,
+    colour bar titled ``label``). Draws on ``ax`` (or a new figure sized to the grid) and
+    returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    grid = layer_head_grid(table, value)
+    n_layers, n_heads = grid.shape
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.55 * n_heads + 2, 0.4 * n_layers + 1.2))
+    sns.heatmap(grid, annot=n_heads <= 12, fmt=".2f", cmap="viridis", ax=ax, cbar_kws={"label": label})
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    return ax.figure
+
+
+def plot_neuron_aps(neurons: pd.DataFrame, experts: Sequence[int], others: Sequence[int], *, threshold: float,
+                    attribute: str = "gender"):
+    """Histograms of the held-out AP of every neuron of each head: the ``experts`` in the
+    top row (first palette colour), the ``others`` (e.g. :func:`control_heads`, at most as
+    many) in the bottom row (second colour), 25 bins, shared axes, a dashed line at
+    ``threshold``. ``neurons``: a :func:`probe_neurons` table (``head``, ``ap``). Returns
+    the new figure (2 x ``len(experts)`` panels)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    experts, others = [int(h) for h in experts], [int(h) for h in others]
+    if not {"head", "ap"} <= set(neurons.columns):
+        raise ParameterError("neurons needs the columns head and ap (probe_neurons() output)")
+    if not experts or len(others) > len(experts):
+        raise ParameterError(f"experts={experts} must be non-empty and others={others} at most as long "
+                             "(one row of panels each)")
+    missing = sorted(set(experts + others) - set(neurons["head"].astype(int)))
+    if missing:
+        raise ParameterError(f"heads {missing} have no neurons in the table")
+    fig, axes = plt.subplots(2, len(experts), figsize=(2.6 * len(experts) + 1, 4.2), sharex=True, sharey=True,
+                             squeeze=False)
+    for row, hs in enumerate([experts, others]):
+        for col, h in enumerate(hs):
+            ax = axes[row, col]
+            sns.histplot(neurons.loc[neurons["head"] == h, "ap"], bins=25, ax=ax, color=sns.color_palette()[row])
+            ax.axvline(threshold, color="k", lw=0.8, ls="--")
+            ax.set_title(f"{'expert' if row == 0 else 'other'} h:{h + 1}", fontsize=9)
+            ax.set_xlabel(f"neuron AP ({attribute})")
+    return fig

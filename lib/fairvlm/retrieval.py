@@ -1226,3 +1226,145 @@ def variant_headline(summary: pd.DataFrame) -> dict:
     return {"ndkl_gender_by_variant": s["ndkl_gender"].to_dict(), "ndcg_by_variant": s["NDCG@k"].to_dict(),
             "map_by_variant": s["mAP"].to_dict(), "entropy_gender_word_by_variant": s["H_gender (word)"].to_dict(),
             "utility_by_variant": {c: s[c].to_dict() for c in ("t2i_R@5", "i2t_R@5", "zero_shot_acc") if c in s}}
+
+
+# ------------------------------------------------------------------------------ chapter 07's figures and results file
+# matplotlib is imported inside the plot functions, as fairvlm.plotting does, so that
+# importing the retrieval code does not load a plotting backend.
+def plot_planted_vs_retrieved(queries: pd.DataFrame, variants: Sequence[str] = ("none", "male (experts)"), *,
+                              ax=None):
+    """Share of men in each scenario query's top-k against the planted share of men in
+    training, one scatter per variant (markers ``o``, ``x``, ``s``, ... in the order of
+    ``variants``, legend by variant name) and a dotted line at one half. ``queries``: one
+    suite of :func:`score_variants`'s ``queries`` on the testbed. Draws on ``ax`` (or a new
+    5.2 x 3.6 in figure) and returns the figure."""
+    import matplotlib.pyplot as plt
+
+    markers = ("o", "x", "s", "^", "v", "D")
+    need = {"variant", "planted_p_man", "topk_male_share"}
+    if not need <= set(queries.columns):
+        raise ParameterError(f"queries needs the columns {sorted(need)} (score_variants() on the testbed); "
+                             f"missing {sorted(need - set(queries.columns))}")
+    variants = list(variants)
+    missing = [v for v in variants if v not in set(queries["variant"])]
+    if not variants or len(variants) > len(markers) or missing:
+        raise ParameterError(f"variants={variants} must name 1 to {len(markers)} variants of the queries table"
+                             + (f"; not there: {missing}" if missing else ""))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 3.6))
+    for name, marker in zip(variants, markers):
+        d = queries[queries["variant"] == name]
+        ax.scatter(d["planted_p_man"], d["topk_male_share"], s=18, marker=marker, label=name)
+    ax.axhline(0.5, color="k", lw=0.6, ls=":")
+    ax.set_xlabel("planted share of men in training")
+    ax.set_ylabel("share of men in top-k")
+    ax.legend(frameon=False, fontsize=8)
+    return ax.figure
+
+
+def plot_top_retrievals(data: AuditData, image_emb: Mapping, text_emb: Mapping, text_index: Mapping, *,
+                        after: str = "male (experts)", k: int = 8):
+    """The top-``k`` images of the first suite's :func:`most_skewed_query` without
+    intervention (top row, "before") and under the variant ``after`` (bottom row), best
+    first, each labelled with its gender and race and a ``*`` when it belongs to another
+    scenario; the query in the title (the paper's Figure 2). ``image_emb`` / ``text_emb``:
+    ``{variant: {gallery: (N, d)}}`` / ``{variant: (T, d)}`` with ``text_index``
+    ``{text: row}`` (:func:`add_baselines`). Returns the new figure."""
+    import matplotlib.pyplot as plt
+
+    for name in ("none", after):
+        if name not in image_emb or name not in text_emb:
+            raise ParameterError(f"variant {name!r} is missing from image_emb or text_emb; variants there: "
+                                 f"{sorted(image_emb)}")
+    suite = data.scenario_suites[0]
+    gallery = data.galleries[suite["gallery"]]
+    pick, prompt = most_skewed_query(data)
+    if prompt not in text_index:
+        raise ParameterError(f"the query {prompt!r} is not in text_index (embed_audit_texts())")
+    tops = [top_images(text_emb[name][text_index[prompt]], image_emb[name][suite["gallery"]], k=k)
+            for name in ("none", after)]
+    fig, axes = plt.subplots(2, k, figsize=(11 * k / 8, 3.3), squeeze=False)
+    for row, top in enumerate(tops):
+        for col, idx in enumerate(top):
+            ax = axes[row, col]
+            ax.imshow(gallery["image"](int(idx)))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            r = gallery["meta"].iloc[int(idx)]
+            ax.set_xlabel(f"{r['gender']}, {r['race']}{'' if r[suite['key_col']] == pick else ' *'}", fontsize=7)
+        axes[row, 0].set_ylabel("before" if row == 0 else "after", fontsize=9)
+    fig.suptitle(f'"{prompt}": no intervention (top) vs {after} (bottom); * = other scenario', fontsize=9)
+    return fig
+
+
+def head_audit_results(*, model: str, size: str, on_testbed: bool, data: AuditData, check: Mapping,
+                       gender_experts: Sequence[int], race_experts: Sequence[int], expert_ap: float, other_ap: float,
+                       gap: Mapping, audit: Mapping, scores: Mapping, floor: pd.DataFrame, main_suite: str,
+                       planted: pd.DataFrame | None, timing: Mapping, verdicts: pd.DataFrame, runtime_s: float,
+                       probe_table: pd.DataFrame, logreg_table: pd.DataFrame, layer_table: pd.DataFrame,
+                       trap_table: pd.DataFrame, neuron_table: pd.DataFrame) -> dict:
+    """The ``headline``, ``provenance`` and ``tables`` of chapter 07's results file, as
+    keyword arguments for :func:`fairvlm.results.save_results`.
+
+    ``model`` / ``size``: the model name and the testbed size (named in the provenance
+    for testbed models); ``on_testbed``: whether the numbers describe the synthetic world;
+    ``check``: :func:`fairvlm.clip_heads.decomposition_check`; ``gender_experts`` /
+    ``race_experts``: 0-based heads; ``expert_ap`` / ``other_ap``:
+    :func:`fairvlm.probes.expert_other_ap`; ``gap``: :func:`fairvlm.probes.expert_gap_test`;
+    ``audit``: the second value of :func:`head_audit_claims`; ``scores``:
+    :func:`score_variants`; ``floor``: :func:`random_ranking_floor` (summarised for
+    ``main_suite``); ``planted``: :func:`planted_vs_retrieved` (None or empty without a
+    planted ground truth); ``verdicts``: :func:`fairvlm.verdicts.verdict_table`; the last
+    five are the probe tables (:func:`fairvlm.probes.head_table`, the logistic-regression
+    table, :func:`fairvlm.probes.probe_layers`, :func:`fairvlm.probes.trap_table` and the
+    :func:`fairvlm.probes.split_neurons` table)."""
+    for name, obj, need in (("check", check, ("identity_err", "batch_err")),
+                            ("gap", gap, ("effect", "interval", "null", "null_interval")),
+                            ("audit", audit, ("base_ndkl",)), ("scores", scores, ("queries", "words", "summary"))):
+        if not isinstance(obj, Mapping) or any(k not in obj for k in need):
+            raise ParameterError(f"{name} must be a mapping with the keys {list(need)}")
+    probe_cols = ["attribute", "layer", "head", "head_1based", "accuracy", "auroc", "ap", "expert"]
+    for name, df, need in (("probe_table", probe_table, probe_cols), ("verdicts", verdicts, ["claim", "verdict"])):
+        if not isinstance(df, pd.DataFrame) or not set(need) <= set(df.columns):
+            raise ParameterError(f"{name} must be a DataFrame with the columns {need}")
+    planted = pd.DataFrame() if planted is None else planted
+    summary = scores["summary"]
+    headline = {
+        "model": model,
+        "identity_max_abs_error": check["identity_err"],
+        "batch_vs_single_max_abs_error": check["batch_err"],
+        "gender_experts_1based": [h + 1 for h in gender_experts],
+        "race_experts_1based": [h + 1 for h in race_experts],
+        "k_experts": len(gender_experts),
+        "gender_expert_mean_ap": expert_ap,
+        "gender_other_mean_ap": other_ap,
+        "expert_gap": {k: gap[k] for k in ("effect", "interval", "null", "null_interval")},
+        "ndkl_gender_baseline": audit["base_ndkl"],
+        "ndkl_random_floor": floor_summary(floor, main_suite),
+        **variant_headline(summary),
+        "planted_spearman_gender_baseline": (float(planted.set_index("variant").loc["none", "spearman_gender"])
+                                             if len(planted) else None),
+        "timing": timing,
+        "verdicts": dict(zip(verdicts["claim"], verdicts["verdict"])),
+        "runtime_s": runtime_s,
+    }
+    provenance = {
+        "models": [model + (f" (size={size})" if model.startswith("testbed") else "")],
+        "data": [data.description, "So-B-IT taxonomy (ameliagmz/Debiasing_CLIP_Neural_Interventions)"],
+        "note": "testbed numbers describe the synthetic world, not the paper's models or data"
+        if on_testbed else "paper profile",
+    }
+    tables = {
+        "probe_heads": probe_table[probe_cols],
+        "probe_heads_logreg": logreg_table,
+        "probe_layers": layer_table,
+        "probe_init_trap": trap_table,
+        "neurons": neuron_table,
+        "variants": summary,
+        "random_floor": floor,
+        "scenario_queries": scores["queries"],
+        "words": scores["words"],
+        "planted_vs_retrieved": planted,
+        "paper_vs_book": verdicts,
+    }
+    return {"headline": headline, "provenance": provenance, "tables": tables}
