@@ -58,9 +58,9 @@
 # | 07 *Expert attention heads in CLIP* | the baselines CLIP-clip and biased prompts, MaxSkew and NDKL | helpful |
 #
 # Time on 2 CPU cores, including the training of three SAEs (the testbed itself must be built
-# first): with `PROFILE="smoke"` about 2 CPU-minutes (5 minutes of wall time on the shared,
-# heavily loaded machine it was measured on); the `embedded` default 3.8 minutes of wall time
-# and 2 GB of memory (measured 2026-11-27 with the `full` testbed cached, beside a test run). The
+# first), measured 2026-11-27 with the `full` testbed cached: with `PROFILE="smoke"` 26 s
+# on an otherwise idle machine; the `embedded` default 60 s of wall time alone on the machine
+# (3.8 minutes beside a test run) and 2 GB of memory. The
 # SAEs are a small part; the language model of testbed-llava, the text encoder run once per
 # alpha, and the activations dominate.
 # The `paper` profile loads openai/clip-vit-base-patch16 (`MODEL=` for ViT-L/14-336) and
@@ -380,13 +380,21 @@ glue("t_sae", f"{t_sae:.0f}", display=False)
 glue("prefix_monotone", "grows" if all(
     np.all(np.diff([logs[n].iloc[-1][f"ev_level_{i}"] for i in range(len(saes[n].cfg.widths))]) > 0) for n in saes)
     else "does not always grow", display=False)
+glue("l0_img", f"{float(final.loc[0, 'L0']):.1f}", display=False)
+glue("l0_txt", f"{float(final.loc[1, 'L0']):.1f}", display=False)
+glue("sae_k", str(saes["image"].cfg.k), display=False)
 
 # %% [markdown]
 # On held-out activations the image SAE explains {glue:text}`ev_img` of the variance and the
 # text SAE {glue:text}`ev_txt` (collecting activations and training both took
 # {glue:text}`t_sae` s). The explained variance {glue:text}`prefix_monotone` with every
 # Matryoshka prefix, as the nested loss intends; the table gives how much the first sixteenth
-# of the latents reconstructs on its own.
+# of the latents reconstructs on its own. Training keeps the k = {glue:text}`sae_k` largest
+# activations per row on average over each batch (BatchTopK); inference cannot look at a
+# batch, so it keeps every activation above a threshold tracked during training (a running
+# average of the smallest activation the batch kept). On held-out rows that keeps
+# {glue:text}`l0_img` (image) and {glue:text}`l0_txt` (text) latents per row; the L0 panel
+# shows how that number moved as the threshold was tracked.
 #
 # ## Social neurons
 #
