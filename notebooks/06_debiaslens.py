@@ -65,7 +65,10 @@
 # alpha, and the activations dominate.
 # The `paper` profile loads openai/clip-vit-base-patch16 (`MODEL=` for ViT-L/14-336) and
 # llava-hf/llava-1.5-7b-hf and wants a GPU; it trains and probes on FairFace (`FAIRFACE_DIR`)
-# when given, else on PAIRS.
+# when given, else on half of the PAIRS scenarios, and measures MaxSkew, zero-shot accuracy
+# and the LVLM gap on the other half (`fairvlm.debiaslens.split_by_scenario`): no neuron is
+# judged on an image it was found on. The tests run this path on tiny random CLIP and LLaVA
+# models with the real PAIRS images.
 #
 # ## Parameters
 #
@@ -294,21 +297,29 @@ else:
         gal_rows = norm_meta(ff_val.meta)
         gal_pixels = retrieval.pixel_values(clip, ff_val.images())
         gallery_image = ff_val.image
-    else:
-        sae_pixels = retrieval.pixel_values(clip, pairs.images())
-        probe_rows, probe_pixels = pairs_meta, sae_pixels
-        gal_rows, gal_pixels, gallery_image = pairs_meta, sae_pixels, pairs.image
+    else:   # no FairFace: fit on half of the PAIRS scenarios, evaluate on the other half
+        fit_idx, ev_idx = DL.split_by_scenario(pairs_meta)
+        all_pixels = retrieval.pixel_values(clip, pairs.images())
+        sae_pixels = all_pixels[torch.from_numpy(fit_idx)]
+        probe_rows, probe_pixels = pairs_meta.iloc[fit_idx].reset_index(drop=True), sae_pixels
+        gal_rows, gal_pixels = pairs_meta.iloc[ev_idx].reset_index(drop=True), all_pixels[torch.from_numpy(ev_idx)]
+
+        def gallery_image(i, ev_idx=ev_idx):
+            return pairs.image(int(ev_idx[i]))
     from fairvlm.testbed.scenarios import SCENARIO_KEYS
 
     text_train = queries["prompt"].tolist() + gendered_texts(SCENARIO_KEYS, "gender")[0] \
         + gendered_texts(SCENARIO_KEYS, "race")[0]
     text_probe, text_probe_labels = gendered_texts(SCENARIO_KEYS, ATTRIBUTE)
-    labels = list(dict.fromkeys(pairs_meta["label"]))
+    zs_meta = pairs_meta if FAIRFACE_DIR else gal_rows          # zero-shot on images the SAE never saw
+    labels = list(dict.fromkeys(zs_meta["label"]))
     zs_classes, zs_prompts = labels, [f"a photo of a {x}" for x in labels]
-    zs_pixels = retrieval.pixel_values(clip, pairs.images())
-    zs_labels = [labels.index(x) for x in pairs_meta["label"]]
+    zs_pixels = retrieval.pixel_values(clip, pairs.images()) if FAIRFACE_DIR else gal_pixels
+    zs_labels = [labels.index(x) for x in zs_meta["label"]]
     rec_caps, rec_rel = [], None
-    data_desc = "FairFace (SAE, probing, gallery) + PAIRS (zero-shot)" if FAIRFACE_DIR else "PAIRS (mapped labels)"
+    data_desc = ("FairFace (SAE, probing, gallery) + PAIRS (zero-shot)" if FAIRFACE_DIR else
+                 f"PAIRS (mapped labels), scenarios split: SAE and probing on {probe_rows['scenario'].nunique()}, "
+                 f"gallery and zero-shot on the other {gal_rows['scenario'].nunique()}")
 K_SKEW = min(MAXSKEW_K, len(gal_rows))
 display(Markdown(f"**Model** `{MODEL_NAME}` (vision stream width {clip.d_vision}, text stream width "
                  f"{clip.d_model}); **data**: {data_desc}; {len(queries)} queries; MaxSkew@{K_SKEW}."))
@@ -742,10 +753,13 @@ if ON_TESTBED:
     lv_images = world.render_rows(lv_raw, size)
     lv_sae_pixels = retrieval.pixel_values(llava, sae_images)
     lv_probe_pixels = retrieval.pixel_values(llava, probe_images)
-else:
-    lv_rows = pairs_meta
-    lv_images = pairs.images()
-    lv_sae_pixels = lv_probe_pixels = retrieval.pixel_values(llava, lv_images)
+    lv_probe_labels = probe_rows[ATTRIBUTE]
+else:   # PAIRS split by scenario: SAE and neurons on one half, the gap measured on the other
+    lv_fit, lv_ev = DL.split_by_scenario(pairs_meta)
+    lv_rows = pairs_meta.iloc[lv_ev].reset_index(drop=True)
+    lv_images = [pairs.image(int(i)) for i in lv_ev]
+    lv_sae_pixels = lv_probe_pixels = retrieval.pixel_values(llava, [pairs.image(int(i)) for i in lv_fit])
+    lv_probe_labels = pairs_meta.iloc[lv_fit][ATTRIBUTE].reset_index(drop=True)
 lv_rows["quad"] = lv_rows.groupby(["scenario", "scene_seed"] if ON_TESTBED else ["scenario"], sort=False).ngroup()
 enc1 = llava.inputs(["Describe the image."], [lv_images[0]])
 base_logits = llava.next_token_logits(enc1)
@@ -768,8 +782,7 @@ lv_cfg = S.SAEConfig(d_in=lv_acts.shape[1], d_sae=EXPANSION * lv_acts.shape[1], 
 saes["llava"], logs["llava"] = S.train(lv_acts[lv_perm[:lv_split]], lv_cfg, steps=N_STEPS, batch_size=BATCH, lr=SAE_LR,
                                        seed=SEED, eval_acts=lv_acts[lv_perm[lv_split:]], log_every=max(1, N_STEPS // 20))
 lv_codes = S.collect_image_acts(llava, lv_probe_pixels, site=LV_SITE, tokens="max", sae=saes["llava"])
-neuron_tables[("llava", ATTRIBUTE)] = S.social_neurons(lv_codes, probe_rows[ATTRIBUTE] if ON_TESTBED
-                                                       else lv_rows[ATTRIBUTE], threshold=PROBE_THRESHOLD)
+neuron_tables[("llava", ATTRIBUTE)] = S.social_neurons(lv_codes, lv_probe_labels, threshold=PROBE_THRESHOLD)
 for g in groups_a:
     n_social[f"llava/{ATTRIBUTE}/{g}"] = int((neuron_tables[("llava", ATTRIBUTE)]["group"] == g).sum())
 lv_lat, lv_gam = S.pick_neurons(neuron_tables[("llava", ATTRIBUTE)], groups_a, per_group=NEURONS_PER_GROUP, known=groups_a)

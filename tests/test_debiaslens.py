@@ -65,3 +65,43 @@ def test_last_layer_shortcut_equals_hooked_encoding():
     short = DL.embed_from_last_layer(lm, cls, fns["vision.resid_post.-1"])
     assert torch.allclose(short, hooked, atol=1e-5)
     assert not torch.allclose(short, DL.embed_from_last_layer(lm, cls), atol=1e-3)
+
+
+def test_split_by_scenario_on_pairs_is_disjoint_and_complete(shared):
+    import pandas as pd
+
+    from fairvlm import retrieval
+
+    meta = retrieval.pairs_gallery(shared / "data" / "pairs", mapped_only=True).meta
+    fit, ev = DL.split_by_scenario(meta)
+    assert len(fit) and len(ev) and len(fit) + len(ev) == len(meta)
+    assert not set(fit) & set(ev)
+    assert not set(meta["scenario"].iloc[fit]) & set(meta["scenario"].iloc[ev])
+    # hand-made: sorted scenarios a, b, c, d -> a and c fit, b and d are evaluated
+    toy = pd.DataFrame({"scenario": ["d", "a", "b", "c", "a", "d"]})
+    f, e = DL.split_by_scenario(toy)
+    assert list(f) == [1, 3, 4] and list(e) == [0, 2, 5]
+    with pytest.raises(DataError, match="at least 4 scenarios"):
+        DL.split_by_scenario(pd.DataFrame({"scenario": ["a", "b", "c"]}))
+    with pytest.raises(ParameterError, match="'scenario' column"):
+        DL.split_by_scenario(pd.DataFrame({"label": ["a"]}))
+
+
+@pytest.mark.notebook
+def test_chapter_paper_profile_on_tiny_models_never_fits_on_the_gallery(shared, tmp_path, monkeypatch):
+    # the paper profile's code path, run on tiny random models of the paper's architectures
+    # (CLIP, LLaVA) with the real PAIRS images: neurons are found on half of the scenarios
+    # and every number is measured on the other half
+    import json
+
+    from fairvlm import bookbuild
+
+    monkeypatch.setenv("FAIRVLM_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("FAIRVLM_FIGURES", str(tmp_path / "figures"))
+    root = bookbuild.find_root()
+    src = next(p for p in bookbuild.chapter_sources(root) if p.stem == "06_debiaslens")
+    out = bookbuild.execute(root, src, {"PROFILE": "paper", "MODEL": "tiny-clip", "LVLM": "tiny-llava",
+                                        "PAIRS_DIR": str(shared / "data" / "pairs")}, out_dir=tmp_path)
+    text = json.dumps(json.loads(out.read_text())["cells"])
+    assert "scenarios split: SAE and probing on 22, gallery and zero-shot on the other 22" in text
+    assert (tmp_path / "results" / "06_debiaslens.json").exists()

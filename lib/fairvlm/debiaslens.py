@@ -35,7 +35,7 @@ from fairvlm.errors import DataError, FairVLMError
 from fairvlm.params import ParameterError
 
 __all__ = ["QUERY_SETS", "load_queries", "queries_path", "maxskew_per_query", "random_floor", "yes_probability",
-           "last_layer_cls", "embed_from_last_layer"]
+           "last_layer_cls", "embed_from_last_layer", "split_by_scenario"]
 
 QUERY_SETS = ("adjectives", "occupations", "activities", "stereotypes")
 QUERIES_FILE = "debiaslens_queries.yaml"
@@ -174,3 +174,19 @@ def embed_from_last_layer(lm, cls_resid: torch.Tensor, edit=None) -> torch.Tenso
     p = next(proj.parameters())
     emb = proj(norm(h.to(p.device, p.dtype)))
     return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+
+
+def split_by_scenario(meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(fit, evaluate)`` of ``meta`` split by its ``scenario`` column: the
+    scenarios at even positions in sorted order fit (SAE training, neuron probing), the others
+    are evaluated (MaxSkew gallery, zero-shot accuracy, the LVLM gap), so that no neuron is
+    found on an image it is then judged on. Chapter 07's paper profile splits PAIRS the same
+    way (:func:`fairvlm.retrieval.paper_audit_data`)."""
+    if not isinstance(meta, pd.DataFrame) or "scenario" not in meta.columns:
+        raise ParameterError("meta must be a DataFrame with a 'scenario' column (one row per image)")
+    scen = sorted(set(meta["scenario"]))
+    if len(scen) < 4:
+        raise DataError(f"splitting by scenario needs at least 4 scenarios, found {len(scen)}; "
+                        "set FAIRFACE_DIR to fit on FairFace instead")
+    fit = meta["scenario"].isin(set(scen[0::2])).to_numpy()
+    return np.flatnonzero(fit), np.flatnonzero(~fit)
