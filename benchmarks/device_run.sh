@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device session's checks, in one command (see README, "On a GPU"): the library's
+# One device session's checks, in one command (README, "Checking the library on a GPU"): the library's
 # properties on the tiny models in bfloat16 on CUDA (benchmarks/device_check.py), then the
 # steering and RES-FAIR benchmarks at the papers' shapes with random weights. Wheels of the
 # versions the book pins may be carried in .whl/ (the device machine has no registry).
