@@ -116,49 +116,46 @@ class DPOKLTrainer(DPOTrainer):
             self._option_table = (ids, owner)
         return self._option_table
 
-    def _answer_logits(self, model, inputs) -> tuple[torch.Tensor, list[str]]:
-        skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
-        kwargs = {k: v for k, v in inputs.items() if k not in skip}
-        kwargs["use_cache"] = False
-        logits = model(**kwargs).logits                                # (2B, T, V)
+    @staticmethod
+    def _answer_positions(inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """First completion position of every row ``(2B,)``, the answer position (the last
+        prompt token) of each chosen row ``(B,)`` and ``B``."""
         cm = inputs["completion_mask"]
-        first = cm.float().argmax(dim=1)                               # first completion position
+        first = cm.float().argmax(dim=1)
         B = cm.shape[0] // 2
-        pos = (first - 1).clamp(min=0)
-        rows = torch.arange(cm.shape[0], device=cm.device)
-        at = logits[rows, pos]                                         # (2B, V)
+        return first, (first[:B] - 1).clamp(min=0), B
+
+    def _chosen_lp3(self, inputs, at: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """Option log-masses ``(B, 3)`` from the chosen rows' answer-position logits ``at``
+        ``(B, V)``; which attribute a pair asks about is read off its rejected answer."""
+        first, _, B = self._answer_positions(inputs)
         ids, owner = self._options()
-        rej_tok = inputs["input_ids"][rows[B:], first[B:]].tolist()
+        rows = torch.arange(B, 2 * B, device=first.device)
         attrs = []
-        for t in rej_tok:
+        for t in inputs["input_ids"][rows, first[B:]].tolist():
             if t not in owner:
                 raise FairVLMError("a rejected answer does not start with a group option word; build the "
                                    "pairs with fairvlm.finetune.preference_records")
             attrs.append(owner[t])
-        lp3 = torch.stack([_option_logits(at[i:i + 1], ids[a])[0] for i, a in enumerate(attrs)])
-        return lp3, attrs
+        return torch.stack([_option_logits(at[i:i + 1], ids[a])[0] for i, a in enumerate(attrs)]), attrs
+
+    def _answer_logits(self, model, inputs) -> tuple[torch.Tensor, list[str]]:
+        """:meth:`_chosen_lp3` from a forward pass of its own through ``model``."""
+        skip = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+        kwargs = {k: v for k, v in inputs.items() if k not in skip}
+        kwargs["use_cache"] = False
+        logits = model(**kwargs).logits                                # (2B, T, V)
+        _, pos, B = self._answer_positions(inputs)
+        return self._chosen_lp3(inputs, logits[torch.arange(B, device=pos.device), pos])
 
     def _option_logprobs(self, base, inputs, hidden: torch.Tensor) -> torch.Tensor:
         """Option log-masses ``(B, 3)`` of the chosen rows from the decoder's final hidden
         states ``hidden`` ``(2B, T', d)`` of a forward pass on ``inputs``: the same numbers as
         :meth:`_answer_logits`, without another forward pass."""
-        cm = inputs["completion_mask"]
-        T = cm.shape[1]
-        hidden = hidden[:, -T:]
-        first = cm.float().argmax(dim=1)
-        B = cm.shape[0] // 2
-        pos = (first[:B] - 1).clamp(min=0)
-        rows = torch.arange(B, device=cm.device)
-        logits = base.get_output_embeddings()(hidden[rows, pos])      # (B, V)
-        ids, owner = self._options()
-        rej_tok = inputs["input_ids"][torch.arange(B, 2 * B, device=cm.device), first[B:]].tolist()
-        attrs = []
-        for t in rej_tok:
-            if t not in owner:
-                raise FairVLMError("a rejected answer does not start with a group option word; build the "
-                                   "pairs with fairvlm.finetune.preference_records")
-            attrs.append(owner[t])
-        return torch.stack([_option_logits(logits[i:i + 1], ids[a])[0] for i, a in enumerate(attrs)])
+        _, pos, B = self._answer_positions(inputs)
+        hidden = hidden[:, -inputs["completion_mask"].shape[1]:]
+        at = base.get_output_embeddings()(hidden[torch.arange(B, device=pos.device), pos])   # (B, V)
+        return self._chosen_lp3(inputs, at)[0]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """DPO's loss plus ``kl_coef`` times the confidence KL. The KL is read off the DPO

@@ -240,6 +240,8 @@ def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer, 
     steers = steer if isinstance(steer, dict) else {"steered": steer}
     if not steers or not all(callable(f) for f in steers.values()):
         raise FairVLMError("steer must be a callable returning a context manager, or a non-empty dict of them")
+    if "plain" in steers:
+        raise FairVLMError("'plain' names the unsteered pass; give the steers other names")
     if len(prompts) != len(generations):
         raise FairVLMError(f"{len(prompts)} prompts but {len(generations)} generations")
     V = lm.unembed().weight.shape[0]
