@@ -2,8 +2,10 @@
 
 Prints, for a random-weight LLaVA of the chosen geometry (nothing is downloaded):
 
-1. forward-time ratio with / without the every-layer ablation (``resid_pre``, ``attn_out``,
-   ``mlp_out`` of every layer through ``fairvlm.hooks.edit``; target <= 1.05);
+1. forward-time ratio with / without the every-layer ablation (``attn_out`` and ``mlp_out`` of
+   every layer and ``resid_pre`` of layer 0, through ``fairvlm.hooks.edit``; target <= 1.05),
+   and, for comparison, with ``resid_pre`` re-ablated at every layer (3L sites) and with
+   identity hooks at the same sites (the cost of the hook machinery alone);
 2. generation throughput plain / hooks / orthogonalised weights (target: orthogonalised
    >= 0.98 of plain), and of an unedited deep copy of the model as a control for the second
    copy's placement in memory;
@@ -108,7 +110,7 @@ def interleave(conds: dict, repeats: int, warmup: int, device, best: dict | None
 
 
 def main(argv=None) -> dict:
-    from fairvlm import steering
+    from fairvlm import hooks, steering
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -118,6 +120,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--try-fused", action="store_true",
+                    help="also time the ablation compiled into one kernel per site (torch.compile; diagnostic)")
     ap.add_argument("--skip-orthogonalized", action="store_true", help="no second copy of the weights (memory)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -139,9 +143,38 @@ def main(argv=None) -> dict:
         with steering.ablate(lm, a):
             fwd()
 
+    def fwd_every():
+        with steering.ablate(lm, a, every_resid_pre=True):
+            fwd()
+
+    def fwd_identity():
+        # the same 2L + 1 hooks returning their input: the cost of the hook machinery alone
+        sites = {"resid_pre.0": (lambda x: x), "attn_out.*": (lambda x: x), "mlp_out.*": (lambda x: x)}
+        with hooks.edit(lm, sites, check_finite=False):
+            fwd()
+
+    conds = {"plain": fwd, "hooks": fwd_hooked, "every": fwd_every, "identity": fwd_identity}
+    if args.try_fused:
+        # diagnostic: the same 2L + 1 sites with the removal compiled into one kernel per site
+        u = steering.unit(a).to(args.device, dtype)
+        fused = torch.compile(lambda x: x - (x @ u).unsqueeze(-1) * u, dynamic=True)
+        sites = {"resid_pre.0": fused, "attn_out.*": fused, "mlp_out.*": fused}
+
+        def fwd_fused():
+            with hooks.edit(lm, sites, check_finite=False):
+                fwd()
+        try:
+            fwd_fused()
+            conds["fused"] = fwd_fused
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: report and go on
+            print(f"fused (torch.compile) not available: {type(exc).__name__}: {str(exc)[:200]}")
     res = {"shape": args.shape, "device": args.device, "batch": args.batch, "tokens": int(enc["input_ids"].shape[1])}
-    t = interleave({"plain": fwd, "hooks": fwd_hooked}, args.repeats, args.warmup, args.device)
+    t = interleave(conds, args.repeats, args.warmup, args.device)
     res["forward_ratio_hooks"] = t["hooks"] / t["plain"]
+    res["forward_ratio_hooks_every_resid_pre (3L sites)"] = t["every"] / t["plain"]
+    res["forward_ratio_identity_hooks (machinery)"] = t["identity"] / t["plain"]
+    if "fused" in t:
+        res["forward_ratio_fused_compiled (diagnostic)"] = t["fused"] / t["plain"]
 
     gen_kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
 

@@ -19,7 +19,7 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 echo "== device_check: tiny models, CUDA, bfloat16"
 timeout 150 python3 benchmarks/device_check.py --device cuda --dtype bfloat16
 echo "== bench_steering: LLaVA-1.5-7B shape, random weights, bfloat16, batch 8, 640 tokens"
-timeout 200 python3 benchmarks/bench_steering.py --device cuda --shape llava-1.5-7b --batch 8 --tokens 640 --new-tokens 32
+timeout 240 python3 benchmarks/bench_steering.py --device cuda --shape llava-1.5-7b --batch 8 --tokens 640 --new-tokens 32 --try-fused
 echo "== bench_resfair: LLaVA-1.5-7B language-model shape, random weights, bfloat16"
 timeout 100 python3 benchmarks/bench_resfair.py --random --layers 32 --width 4096 --heads 32 --ffn 11008 --vocab 32064 \
     --device cuda --dtype bfloat16 --batch 8 --tokens 256 --new-tokens 32 --repeats 7

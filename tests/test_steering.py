@@ -43,6 +43,37 @@ def test_ablation_removes_the_component_at_every_site(tiny, name):
     assert max(float((x.float() @ a).abs().max()) for x in plain.values()) > 1e-3
 
 
+@pytest.mark.parametrize("name", VLMS)
+def test_resid_pre_after_layer_0_is_already_ablated(tiny, name):
+    """The default edits resid_pre at layer 0 only (2L + 1 sites); re-ablating every layer's
+    input (3L sites) changes the logits only by rounding, and each edit site is hit."""
+    lm = tiny[name]
+    a = steering.random_direction(lm.d_model, 5)
+    enc = _enc(lm)
+    calls: list = []
+    fn = steering.ablation_fn(a)
+    orig = steering.ablation_fn
+    try:
+        steering.ablation_fn = lambda d: (lambda x: (calls.append(1), fn(x))[1])
+        with torch.no_grad(), steering.ablate(lm, a):
+            fast = lm.model(**enc).logits
+        n_fast, calls[:] = len(calls), []
+        with torch.no_grad(), steering.ablate(lm, a, every_resid_pre=True):
+            full = lm.model(**enc).logits
+        n_full = len(calls)
+    finally:
+        steering.ablation_fn = orig
+    assert n_fast == 2 * lm.n_layers + 1 and n_full == 3 * lm.n_layers
+    assert (fast - full).abs().max() < 1e-4
+    with torch.no_grad():
+        base = lm.model(**enc).logits
+    assert (fast - base).abs().max() > 1e-2
+    with pytest.raises(FairVLMError, match="every_resid_pre"):
+        steering.ablate(lm, a, every_resid_pre="yes")
+    with pytest.raises(FairVLMError, match="string"):
+        steering.ablate(lm, a, sites="resid_pre")
+
+
 def test_per_row_directions_act_on_their_own_rows(tiny):
     lm = tiny["tiny-llava"]
     A = torch.stack([steering.random_direction(lm.d_model, 1), steering.random_direction(lm.d_model, 2)])

@@ -20,7 +20,9 @@ remove it, and one way to make the removal free at serving time:
 ``ablate(lm, a)``
     Context manager: ``r <- r - a a^T r`` at ``resid_pre``, ``attn_out`` and ``mlp_out`` of
     every layer, through :func:`fairvlm.hooks.edit`, in every forward call (every step of
-    ``generate``).
+    ``generate``). ``resid_pre`` is edited at layer 0 only: every later layer's input is an
+    ablated stream plus ablated writes, so the component is already gone there (to rounding;
+    ``every_resid_pre=True`` re-removes it at every layer, 3L sites instead of 2L + 1).
 ``orthogonalize(lm, a)``
     A new :class:`~fairvlm.models.LoadedModel` whose weights that write to the stream
     (token embedding, every attention output and MLP down projection, the projector's last
@@ -124,9 +126,16 @@ def ablation_fn(a: torch.Tensor):
     return fn
 
 
-def ablate(lm, a, *, sites: Sequence[str] = ABLATION_SITES):
+def ablate(lm, a, *, sites: Sequence[str] = ABLATION_SITES, every_resid_pre: bool = False):
     """Context manager removing direction ``a`` (``(d,)``, or ``(batch, d)``: one per row) at
-    ``sites`` of every language layer, in every forward call inside the block."""
+    ``sites`` of every language layer, in every forward call inside the block.
+
+    When ``sites`` holds ``resid_pre``, ``attn_out`` and ``mlp_out`` (the default), the stream
+    entering layer ``l > 0`` is ``resid_pre(l-1) + attn_out(l-1) + mlp_out(l-1)``, three
+    vectors already orthogonal to ``a``; removing ``a`` from it again changes it only by
+    rounding. So ``resid_pre`` is edited at layer 0 alone (2L + 1 sites, not 3L) unless
+    ``every_resid_pre=True``. Every layer still reads a stream without ``a`` (tested at every
+    site, and on a GPU in bfloat16 by ``benchmarks/device_check.py``)."""
     t = torch.as_tensor(a)
     if t.ndim == 1:
         a = unit(t, lm.d_model)
@@ -134,13 +143,21 @@ def ablate(lm, a, *, sites: Sequence[str] = ABLATION_SITES):
         if t.ndim != 2 or t.shape[-1] != lm.d_model:
             raise FairVLMError(f"directions must be (d,) or (batch, d) with d={lm.d_model}, got {tuple(t.shape)}")
         a = units(t)
+    if isinstance(sites, str):
+        raise FairVLMError(f"sites must be a list of site kinds, got the string {sites!r}")
     bad = [s for s in sites if s not in ("resid_pre", "attn_out", "mlp_out", "resid_mid", "resid_post")]
     if bad or not sites:
         raise FairVLMError(f"ablation sites must be residual-stream kinds (resid_pre, attn_out, mlp_out, ...), got {list(sites)}")
+    if not isinstance(every_resid_pre, bool):
+        raise FairVLMError(f"every_resid_pre must be True or False, got {every_resid_pre!r}")
     fn = ablation_fn(a)
+    edits = {f"{s}.*": fn for s in sites}
+    if not every_resid_pre and {"resid_pre", "attn_out", "mlp_out"} <= set(sites):
+        del edits["resid_pre.*"]
+        edits["resid_pre.0"] = fn
     # no finite check: removing a unit direction from a finite vector leaves it finite, and
     # the check's reductions would add kernels at every site of every decoding step
-    return edit(lm, {f"{s}.*": fn for s in sites}, check_finite=False)
+    return edit(lm, edits, check_finite=False)
 
 
 def stream_writers(lm) -> list[tuple[str, torch.nn.Module, str]]:
@@ -460,7 +477,9 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
     site = f"resid_post.{layer}"
     with _frozen(lm.model), torch.enable_grad():
         with capture(lm, [input_site], grad=True) as gcache, capture(lm, [site]) as hcache:
-            z = lm.model(**enc, use_cache=False).logits[:, -1].float()
+            # logits at the last position only: the unembedding of the others would be computed
+            # and back-propagated through for a loss that never reads them
+            z = lm.model(**enc, use_cache=False, **_last_only(lm)).logits[:, -1].float()
         u = gcache[input_site]
         h0 = hcache[site][:, position].double()
         L_val = target_logit_loss(z, target_ids, loss)
@@ -487,7 +506,7 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
     change = float("nan")
     if check_logits:
         with torch.no_grad(), edit(lm, {input_site: lambda x: u1}):
-            z1 = lm.model(**enc, use_cache=False).logits[:, -1].float()
+            z1 = lm.model(**enc, use_cache=False, **_last_only(lm)).logits[:, -1].float()
         ids = list(target_ids)
         change = float((z1[:, ids] - z.detach()[:, ids]).mean())
     return GradientDirection(direction=unit(diff.mean(0)), per_row=diff.float(), layer=layer, position=position,
