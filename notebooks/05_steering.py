@@ -91,7 +91,7 @@ _ = check_range("N_FIT", N_FIT, 2, 10000, kind=int)
 _ = check_range("MAX_BENIGN_KL", MAX_BENIGN_KL, 0.0, 100.0)
 _ = check_range("BATCH_SIZE", BATCH_SIZE, 1, 1024, kind=int)
 if PROFILE == "smoke":
-    N_SCENARIOS, N_PERSONAS, N_PROMPTS, N_SEEDS, MAX_NEW_TOKENS, N_CANDIDATES, N_FIT = 1, 4, 2, 1, 6, 4, 4
+    N_SCENARIOS, N_PERSONAS, N_PROMPTS, N_SEEDS, MAX_NEW_TOKENS, N_CANDIDATES, N_FIT = 1, 4, 2, 1, 6, 2, 4
 
 # %% [markdown]
 # ## Imports
