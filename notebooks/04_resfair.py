@@ -125,7 +125,7 @@ GRID = (0.0, 0.05, 0.1, 0.2, 0.4)
 N_SOCIAL, N_GENERAL = None, None
 if PROFILE == "smoke":
     EVAL_PROMPTS, TRAIN_ROWS, BATCH, ABLATION_ROWS, MAX_NEW_TOKENS = 1, min(TRAIN_ROWS, 4), min(BATCH, 4), 2, 4
-    GRID, N_SOCIAL, N_GENERAL = (0.0, 0.2), 6, 6
+    GRID, N_SOCIAL, N_GENERAL = (0.0, 0.2), 4, 4
 
 # %% [markdown]
 # ## Imports
@@ -220,7 +220,9 @@ display(split_table.style.hide(axis="index"))
 # ## Training the baselines
 #
 # Both baselines train a LoRA adapter (rank 8) on the language model's attention and MLP
-# projections (the vision tower is left alone). **LoRA** is supervised fine-tuning toward a
+# projections (the vision tower is left alone), with float32 weights and optimizer and the
+# forward and backward passes in bfloat16 autocast when `DTYPE` is `bfloat16` (the paper
+# trains in fp16 mixed precision; on this CPU bfloat16 autocast is about a quarter faster). **LoRA** is supervised fine-tuning toward a
 # fair answer ("Both", sampled from a small candidate set). **DPO + KL** prefers a fair
 # answer to a group answer (both sampled, appendix B.2) with $\beta = 0.1$ and adds
 # `KL_COEF` times the confidence KL of the evaluation (appendix eq. 3; the measure is the
@@ -237,6 +239,9 @@ def _load(name, dtype=None):
 
 
 TRAIN_DTYPE = torch.float32
+# float32 weights and optimizer; forward and backward under bfloat16 autocast when the
+# chapter runs in bfloat16 (the paper trains in fp16 mixed precision, configs/ds_zero3.json)
+TRAIN_MIXED = "bf16" if DTYPE == "bfloat16" else None
 EVAL_DTYPE = None if DTYPE == "auto" else getattr(torch, DTYPE)
 curves, trained = [], {}
 T_TRAIN = time.time()
@@ -248,7 +253,7 @@ with tempfile.TemporaryDirectory() as tmp:
             lm = _load(sp["model"], TRAIN_DTYPE)
             model_t, hist = fn(lm, sp["train_rows"], sp["fit_images"], output_dir=f"{tmp}/{k}", epochs=EPOCHS,
                                batch_size=BATCH, micro_batch=min(MICRO_BATCH, BATCH) or None, lr=LR, seed=SEED,
-                               **extra)
+                               mixed_precision=TRAIN_MIXED, **extra)
             if EVAL_DTYPE is not None:
                 model_t.model.to(EVAL_DTYPE)
             trained[(k, method)] = model_t
@@ -416,6 +421,9 @@ savefig(fig, f"{SLUG}_lambda_grid")
 # directions of a split that did not fit on this label:
 
 # %%
+SAMPLE_SETTINGS = ((0.0, 0.0), (0.2, 0.2), (0.05, 0.2), (0.2, 0.05), (0.0, 0.2), (0.2, 0.0))
+if PROFILE == "smoke":
+    SAMPLE_SETTINGS = SAMPLE_SETTINGS[:3]
 q_items = mcq.build_items(pd.DataFrame([{"scenario": "computer", "label": "computer scientist"}]), "sample",
                           attributes=("gender",), variants=("text",))
 q_row = mcq.make_rows(q_items, 1)[0]
@@ -424,7 +432,7 @@ for name in first_split:
     sp = next((s for s in splits if s["model"] == name and "computer" not in set(s["fit_col"].table["scenario"])),
               splits[first_split[name]])
     lm = _load(name, EVAL_DTYPE)
-    for l1, l2 in ((0.0, 0.0), (0.2, 0.2), (0.05, 0.2), (0.2, 0.05), (0.0, 0.2), (0.2, 0.0)):
+    for l1, l2 in SAMPLE_SETTINGS:
         with resfair.posthoc(lm, sp["dirs"], lambda1=l1, lambda2=l2):
             t = mcq.evaluate(lm, [q_row], max_new_tokens=16, progress=False)
         samples.append({"model": name, "directions fitted on": sp["fit"], "lambda1": l1, "lambda2": l2,

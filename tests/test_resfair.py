@@ -464,3 +464,29 @@ def test_micro_batch_must_divide_the_batch(batch, micro):
 
     with pytest.raises(FairVLMError, match="micro_batch"):
         finetune._micro(batch, micro)
+
+
+def test_bf16_mixed_precision_keeps_float32_weights_and_the_update(tmp_path):
+    """``mixed_precision="bf16"`` runs forward and backward under autocast only: the weights
+    stay float32 and one SGD step moves them as the float32 step does (to bfloat16 rounding)."""
+    from fairvlm import finetune
+
+    rows, src = _trainer_rows()
+    base = {k: v.clone() for k, v in models.load("tiny-llava").model.state_dict().items()}
+    deltas = {}
+    for mp in (None, "bf16"):
+        lm = models.load("tiny-llava")
+        torch.manual_seed(0)
+        kw = finetune._common_args(tmp_path / str(mp), 1, 4, 1e-1, 0, 1, None, mp)
+        assert kw["bf16"] is (mp == "bf16") and kw["fp16"] is False
+        kw.update(optim="sgd", lr_scheduler_type="constant")
+        args = finetune.DPOKLConfig(beta=0.1, kl_coef=0.5, max_length=None, **kw)
+        out, _ = finetune.train_dpo_kl(lm, rows, src, output_dir=tmp_path / str(mp), args=args)
+        sd = out.model.state_dict()
+        assert all(v.dtype == base[k].dtype for k, v in sd.items()), "mixed precision changed a weight's dtype"
+        deltas[mp] = torch.cat([(sd[k] - base[k]).flatten().float() for k in base])
+    assert deltas[None].norm() > 0
+    cos = torch.nn.functional.cosine_similarity(deltas[None], deltas["bf16"], dim=0)
+    assert 0.95 < cos < 1 - 1e-6, float(cos)   # close to the float32 step, and not the same run
+    with pytest.raises(FairVLMError, match="mixed_precision"):
+        finetune._common_args(tmp_path, 1, 4, 1e-1, 0, 1, None, "fp8")

@@ -286,13 +286,24 @@ def _micro(batch_size: int, micro_batch: int | None) -> tuple[int, int]:
     return micro_batch, batch_size // micro_batch
 
 
-def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch=None) -> dict:
+MIXED_PRECISION = (None, "bf16", "fp16")
+
+
+def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch=None,
+                 mixed_precision=None) -> dict:
+    """TrainingArguments shared by both baselines. ``mixed_precision``: ``None`` (float32),
+    ``"bf16"`` or ``"fp16"``: the weights and optimizer stay float32, the forward and backward
+    run under autocast (the paper's DeepSpeed config trains in fp16; on a CPU with bfloat16
+    units, ``"bf16"`` is the faster and safer choice)."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise FairVLMError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
     per_device, accum = _micro(batch_size, micro_batch)
     return dict(output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=per_device,
                 gradient_accumulation_steps=accum,
                 learning_rate=lr, seed=seed, data_seed=seed, report_to="none", logging_steps=1,
                 save_strategy="no", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-                max_steps=max_steps, disable_tqdm=True, dataloader_num_workers=0, bf16=False, fp16=False,
+                max_steps=max_steps, disable_tqdm=True, dataloader_num_workers=0,
+                bf16=mixed_precision == "bf16", fp16=mixed_precision == "fp16",
                 **_no_checkpointing())   # small models on CPU: recomputing activations only costs time
 
 
@@ -338,17 +349,19 @@ def _merged(loaded, trainer):
 def train_dpo_kl(loaded, rows: Sequence, images: Callable | None = None, *, output_dir, epochs: float = 10,
                  batch_size: int = 16, lr: float = 5e-5, beta: float = 0.1, kl_coef: float = 0.5,
                  kl_measure: str = "fair_target", seed: int = 0, max_steps: int = -1, lora_r: int = 8,
-                 micro_batch: int | None = None, args: DPOKLConfig | None = None):
+                 micro_batch: int | None = None, mixed_precision: str | None = None,
+                 args: DPOKLConfig | None = None):
     """Train DPO + KL with a LoRA adapter on ``rows``; returns ``(LoadedModel, log_history)``.
 
     The adapter is merged into a copy-free view of the model: ``loaded`` itself is changed
     (reload it for the original). Paper settings are the defaults (appendix Figure 3).
     ``args`` (a full :class:`DPOKLConfig`, e.g. with ``deepspeed=``) replaces the keyword
     settings. ``micro_batch`` splits each batch into accumulated micro-batches (same update,
-    less memory)."""
+    less memory); ``mixed_precision`` as in :func:`_common_args`."""
     if args is None:
         args = DPOKLConfig(beta=beta, kl_coef=kl_coef, kl_measure=kl_measure, max_length=None,
-                           **_common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch))
+                           **_common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch,
+                                          mixed_precision))
     trainer = DPOKLTrainer(model=loaded.model, args=args, train_dataset=_dataset(preference_records(
         loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
     trainer.train()
@@ -357,13 +370,13 @@ def train_dpo_kl(loaded, rows: Sequence, images: Callable | None = None, *, outp
 
 def train_lora(loaded, rows: Sequence, images: Callable | None = None, *, output_dir, epochs: float = 10,
                batch_size: int = 16, lr: float = 5e-5, seed: int = 0, max_steps: int = -1, lora_r: int = 8,
-               micro_batch: int | None = None, extra: dict | None = None):
+               micro_batch: int | None = None, mixed_precision: str | None = None, extra: dict | None = None):
     """LoRA fine-tuning (trl ``SFTTrainer``, loss on the completion only) toward fair answers;
     returns ``(LoadedModel, log_history)``. ``loaded`` is changed in place, as for DPO;
-    ``micro_batch`` as for :func:`train_dpo_kl`."""
+    ``micro_batch`` and ``mixed_precision`` as for :func:`train_dpo_kl`."""
     from trl import SFTConfig, SFTTrainer
 
-    kw = _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch)
+    kw = _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch, mixed_precision)
     kw.update(extra or {})
     args = SFTConfig(max_length=None, completion_only_loss=True, **kw)
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=_dataset(sft_records(
