@@ -133,7 +133,11 @@ T0 = time.perf_counter()
 # $u' = u - \epsilon\,\mathrm{sign}(\nabla_u L)$ with $\epsilon = \mathrm{std}(u)$ on the
 # image tokens $u$ (the projector output; for the text model, the prompt's token
 # embeddings), and $a = h_l(x, u') - h_l(x, u)$ at the selected layer $l$, normalised.
-# The null is a random unit direction ablated the same way.
+# The null is a random unit direction ablated the same way. **Ablation**
+# (`fairvlm.steering.ablate`): $r \leftarrow r - a a^\top r$ on the stream entering the
+# first layer and on every attention and MLP output, in every forward pass of the
+# generation, so every layer reads a stream with nothing along $a$ (re-removing it from each
+# layer's input as well changes the result only by rounding; the library tests this).
 
 # %% tags=["hide-input"]
 size = "smoke" if PROFILE == "smoke" else "full"
