@@ -70,6 +70,9 @@
 # memory than a 24 GB machine has; 0 trains the whole batch at once, as on a GPU).
 # `EVAL_PROMPTS`: paraphrases per item in the method comparison.
 # `ABLATION_ROWS`: rows per setting of the lambda grid. `MAX_NEW_TOKENS`: answer length.
+# `EVAL_BATCH`: rows per generation batch (`None`: the batch size of the chapter-01 run that
+# answered as the original, 32 on the embedded profile and 8 on the paper one, so that the
+# methods and the original are batched alike).
 # `BOTH_WAYS`: fit and evaluate every split both ways (`None`: on the paper profile only).
 # Otherwise each (model, evaluation dataset) keeps its first split: SmolLM2 still runs
 # PAIRS -> SocialCounterfactuals and back (each is the only evaluation of its dataset), the
@@ -93,6 +96,7 @@ EVAL_PROMPTS = 2
 ABLATION_ROWS = 8
 BOTH_WAYS = None
 MAX_NEW_TOKENS = 8
+EVAL_BATCH = None
 
 # %%
 from fairvlm.params import check_choice, check_params, check_range
@@ -103,7 +107,7 @@ P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, LAMBD
                  EPOCHS=EPOCHS, TRAIN_ROWS=TRAIN_ROWS, LR=LR, BATCH=BATCH, MICRO_BATCH=MICRO_BATCH,
                  BETA=BETA, KL_COEF=KL_COEF,
                  EVAL_PROMPTS=EVAL_PROMPTS, ABLATION_ROWS=ABLATION_ROWS, MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-                 BOTH_WAYS=BOTH_WAYS)
+                 EVAL_BATCH=EVAL_BATCH, BOTH_WAYS=BOTH_WAYS)
 _ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto"))
 _ = check_choice("TESTBED", TESTBED, (True, False))
 _ = check_choice("BOTH_WAYS", BOTH_WAYS, (True, False))
@@ -119,6 +123,8 @@ _ = check_range("KL_COEF", KL_COEF, 0.0, 100.0)
 _ = check_range("EVAL_PROMPTS", EVAL_PROMPTS, 1, 4, kind=int)
 _ = check_range("ABLATION_ROWS", ABLATION_ROWS, 1, 100000, kind=int)
 _ = check_range("MAX_NEW_TOKENS", MAX_NEW_TOKENS, 1, 64, kind=int)
+if EVAL_BATCH is not None:
+    _ = check_range("EVAL_BATCH", EVAL_BATCH, 1, 1024, kind=int)
 
 # smoke (CI) keeps every step but shrinks it: one prompt, a few training rows, two lambdas
 GRID = (0.0, 0.05, 0.1, 0.2, 0.4)
@@ -202,6 +208,7 @@ for sp in splits:
     if PROFILE == "smoke":
         sp["eval_rows"] = sp["eval_rows"][:8]
     sp["images"] = images_
+    sp["batch"] = EVAL_BATCH or spec_of[(sp["model"], sp["dataset"])].batch_size
     rng = np.random.default_rng(SEED)
     pick = np.sort(rng.choice(len(fit_rows), size=min(TRAIN_ROWS, len(fit_rows)), replace=False))
     sp["train_rows"] = [fit_rows[i] for i in pick]
@@ -289,11 +296,12 @@ for k, sp in enumerate(splits):
     tables.append(orig[orig["row_id"].isin(ids)].assign(method="original", split=k))
     lm = _load(sp["model"], EVAL_DTYPE)
     with resfair.posthoc(lm, sp["dirs"], lambda1=LAMBDA1, lambda2=LAMBDA2):
-        t = mcq.evaluate(lm, sp["eval_rows"], images=sp["images"], max_new_tokens=MAX_NEW_TOKENS, progress=False)
+        t = mcq.evaluate(lm, sp["eval_rows"], images=sp["images"], max_new_tokens=MAX_NEW_TOKENS,
+                         batch_size=sp["batch"], progress=False)
     tables.append(t.assign(method="w/ post-hoc", split=k))
     for method in ("w/ LoRA", "w/ DPO+KL"):
         t = mcq.evaluate(trained[(k, method)], sp["eval_rows"], images=sp["images"],
-                         max_new_tokens=MAX_NEW_TOKENS, progress=False)
+                         max_new_tokens=MAX_NEW_TOKENS, batch_size=sp["batch"], progress=False)
         tables.append(t.assign(method=method, split=k))
 rows_all = pd.concat(tables, ignore_index=True)
 rows_all["kl"] = confidence.fair_target_kl(rows_all[["lp_a", "lp_b", "lp_fair"]].to_numpy(float))
@@ -474,7 +482,7 @@ for name, k in first_split.items():
                 ans = utility.generate(lm, g_prompts, max_new_tokens=MAX_NEW_TOKENS)
                 scores = utility.score_general(ans, g_questions)
                 task = f"general knowledge ({len(g_questions)} questions, this book)"
-            st = mcq.evaluate(lm, s_rows, max_new_tokens=MAX_NEW_TOKENS, progress=False)
+            st = mcq.evaluate(lm, s_rows, max_new_tokens=MAX_NEW_TOKENS, batch_size=sp["batch"], progress=False)
         util.append({"model": name, "task": task, "method": method, "accuracy": float(scores.mean()),
                      "n": len(scores), "_scores": scores})
         social.append(utility.score_social(st, qs).assign(model=name, method=method))
