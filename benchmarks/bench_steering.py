@@ -210,7 +210,9 @@ def main(argv=None) -> dict:
     for b, e in (("1", enc1), (str(args.batch), enc)):
         def grad(e=e):
             steering.gradient_direction(lm, e, target, layer=layer)
-        t = interleave({"forward": lambda e=e: fwd(e), "gradient": grad}, max(3, args.repeats // 2), 1, args.device)
+        # as many repeats as the forward comparison: at batch 1 a 7B pass is short enough
+        # for host jitter to move a median of three by a whole forward-equivalent
+        t = interleave({"forward": lambda e=e: fwd(e), "gradient": grad}, args.repeats, 1, args.device)
         res[f"gradient_forward_equivalents_batch{b}"] = t["gradient"] / t["forward"]
     for k, v in res.items():
         print(f"{k:42s} {v:.3f}" if isinstance(v, float) else f"{k:42s} {v}")
