@@ -55,9 +55,10 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 14.6 minutes for `embedded`
-# (5.7 of them training the six baselines, 5.3 evaluating the methods) and a peak of about
-# 9 GB of memory; that is still over the 6 minutes this chapter was designed for.
+# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 13.6 minutes for `embedded`
+# (4.5 of them training the six baselines in bfloat16 autocast, 5.2 evaluating the methods,
+# 1.7 the lambda grid and 1.8 general ability) and a peak of about 8 GB of memory; that is
+# still over the 6 minutes this chapter was designed for.
 # `smoke` runs a few labels in a few minutes. `paper` runs the paper's four smaller models and
 # trains with the paper's settings (configs/ds_zero3.json; see the README's "Scaling out").
 #
@@ -71,8 +72,8 @@
 # `EVAL_PROMPTS`: paraphrases per item in the method comparison.
 # `ABLATION_ROWS`: rows per setting of the lambda grid. `MAX_NEW_TOKENS`: answer length.
 # `EVAL_BATCH`: rows per generation batch (`None`: the batch size of the chapter-01 run that
-# answered as the original, 32 on the embedded profile and 8 on the paper one, so that the
-# methods and the original are batched alike).
+# gives the original answers, 32 on the embedded profile and 8 on the paper one; in
+# bfloat16 the rows a row is batched with change its padding and so, rarely, its answer).
 # `BOTH_WAYS`: fit and evaluate every split both ways (`None`: on the paper profile only).
 # Otherwise each (model, evaluation dataset) keeps its first split: SmolLM2 still runs
 # PAIRS -> SocialCounterfactuals and back (each is the only evaluation of its dataset), the
