@@ -153,7 +153,7 @@ import fairvlm
 from fairvlm import confidence, finetune, lens, mcq, models, resfair, utility
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
-from fairvlm.verdicts import bootstrap_ci, change_interval, decide, verdict_table
+from fairvlm.verdicts import bootstrap_ci, change_interval, decide, subset_mean_pvalue, verdict_table
 
 fairvlm.seed_everything(SEED)
 set_theme()
@@ -551,21 +551,31 @@ if any(sp["dataset"] == "testbed" for sp in splits):
         planted.append({"method": method,
                         "mean |Δ KL| controls": d.loc[d.control, "d_kl"].abs().mean(),
                         "mean |Δ KL| planted": d.loc[~d.control, "d_kl"].abs().mean(),
+                        # label shuffle: the share of same-size sets of evaluated scenarios
+                        # whose mean |Δ KL| is as small as the controls'
+                        "p (controls moved less)": subset_mean_pvalue(d["d_kl"].abs(), d["control"]),
                         "mean Δ fair controls": d.loc[d.control, "d_fair"].mean(),
                         "mean Δ fair planted": d.loc[~d.control, "d_fair"].mean(),
                         "Spearman(planted lean, Δ KL)": rho, "n controls": int(d.control.sum()),
                         "n planted": int((~d.control).sum())})
     planted = pd.DataFrame(planted)
-    display(Markdown("Testbed (synthetic world) only:"))
+    display(Markdown("Testbed (synthetic world) only. *p (controls moved less)*: of all ways to pick as "
+                     "many of the evaluated scenarios as there are controls, the share whose mean |Δ KL| "
+                     "is at most the controls' (exact label shuffle); the controls count as having moved "
+                     "less at p < 0.05."))
     display(planted.style.format(precision=3).hide(axis="index"))
     for r in planted.itertuples(index=False):
-        moved_c, moved_p = r[1], r[2]
-        verdict_c = ("no balanced control is among the evaluated scenarios" if r[-2] == 0
-                     else "the controls moved less than the planted scenarios" if moved_c < moved_p
-                     else "the controls moved as much as or more than the planted scenarios, so the method does "
-                          "not single out what was planted")
-        display(Markdown(f"- {r.method}: mean |Δ KL| {moved_p:.3f} on the {r[-1]} planted scenarios and "
-                         f"{moved_c:.3f} on the {r[-2]} balanced controls; {verdict_c}."))
+        moved_c, moved_p, p_c = r[1], r[2], r[3]
+        n_c, n_p = r[-2], r[-1]
+        verdict_c = ("no balanced control is among the evaluated scenarios" if n_c == 0
+                     else "no planted scenario is among the evaluated ones, so there is nothing to compare "
+                          "the controls with" if n_p == 0 or not np.isfinite(p_c)
+                     else f"the controls moved less than a random set of {n_c} evaluated scenarios would "
+                          f"(p = {p_c:.3f})" if p_c < 0.05
+                     else f"the controls moved no less than a random set of {n_c} evaluated scenarios would "
+                          f"(p = {p_c:.3f}), so the method does not single out what was planted")
+        on_p = f"mean |Δ KL| {moved_p:.3f} on the {n_p} planted scenarios and " if n_p else "mean |Δ KL| "
+        display(Markdown(f"- {r.method}: {on_p}{moved_c:.3f} on the {n_c} balanced controls; {verdict_c}."))
 else:
     display(Markdown("No testbed run in this profile (`TESTBED=False` or `paper`)."))
 

@@ -162,3 +162,33 @@ def test_change_interval_refuses_bad_changes(bad):
 
 def test_change_interval_too_few_items():
     assert all(np.isnan(change_interval([0])))
+
+
+def test_subset_mean_pvalue_hand_computed():
+    from fairvlm.verdicts import subset_mean_pvalue
+
+    # one of four values, the smallest: 1 of the 4 single-value subsets has a mean <= 1
+    assert subset_mean_pvalue([1, 2, 3, 4], [1, 0, 0, 0]) == 0.25
+    assert subset_mean_pvalue([1, 2, 3, 4], [1, 0, 0, 0], alternative="greater") == 1.0
+    # two zeros among three fives: 1 of the C(5, 2) = 10 pairs has mean <= 0
+    assert subset_mean_pvalue([0, 0, 5, 5, 5], [1, 1, 0, 0, 0]) == 0.1
+    # pairs with mean >= 5: the C(3, 2) = 3 pairs of fives, of 10
+    assert subset_mean_pvalue([0, 0, 5, 5, 5], [0, 0, 1, 1, 0], alternative="greater") == 0.3
+    # ties count as hits: all equal values give p = 1
+    assert subset_mean_pvalue([2.0] * 6, [1, 1, 0, 0, 0, 0]) == 1.0
+    # Monte Carlo when the subsets are too many, close to the exact value and never 0
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=12)
+    mask = np.zeros(12, bool)
+    mask[np.argsort(v)[:3]] = True                    # the three smallest: exact p = 1 / C(12, 3)
+    exact = subset_mean_pvalue(v, mask)
+    assert exact == pytest.approx(1 / 220)
+    mc = subset_mean_pvalue(v, mask, max_exact=10, n_perm=4000)
+    assert 0 < mc < 0.01
+    assert np.isnan(subset_mean_pvalue([1, 2], [0, 0])) and np.isnan(subset_mean_pvalue([1, 2], [1, 1]))
+    with pytest.raises(FairVLMError, match="mask"):
+        subset_mean_pvalue([1, 2, 3], [1, 0])
+    with pytest.raises(FairVLMError, match="NaN"):
+        subset_mean_pvalue([1, float("nan")], [1, 0])
+    with pytest.raises(FairVLMError, match="alternative"):
+        subset_mean_pvalue([1, 2], [1, 0], alternative="two-sided")

@@ -125,6 +125,41 @@ def change_interval(change, *, seed: int = 0, level: float = 0.95) -> tuple[floa
     return bootstrap_ci(d, seed=seed, level=level)
 
 
+def subset_mean_pvalue(values, mask, *, alternative: str = "less", max_exact: int = 50_000,
+                       n_perm: int = 20_000, seed: int = 0) -> float:
+    """Label-shuffle p-value of the mean of ``values[mask]`` against every other way of
+    picking as many of ``values`` (e.g. "did the balanced control scenarios move less than a
+    random set of as many evaluated scenarios?").
+
+    ``alternative="less"``: the share of same-size subsets whose mean is at most the observed
+    one (``"greater"``: at least). Exact over all subsets when there are at most
+    ``max_exact`` of them, otherwise ``(hits + 1) / (n_perm + 1)`` over ``n_perm`` seeded
+    random subsets. ``nan`` when the mask selects none or all of the values.
+    """
+    import itertools
+
+    v = np.asarray(values, dtype=float).ravel()
+    m = np.asarray(mask, dtype=bool).ravel()
+    if v.shape != m.shape:
+        raise VerdictError(f"subset_mean_pvalue: {v.size} values but a mask of {m.size}")
+    if not np.isfinite(v).all():
+        raise VerdictError("subset_mean_pvalue: the values hold NaN or inf")
+    if alternative not in ("less", "greater"):
+        raise VerdictError(f"subset_mean_pvalue: alternative must be 'less' or 'greater', got {alternative!r}")
+    n, k = v.size, int(m.sum())
+    if k == 0 or k == n:
+        return float("nan")
+    obs = v[m].mean()
+    eps = 1e-12 * max(1.0, float(np.abs(v).max()))
+    hit = (lambda x: x <= obs + eps) if alternative == "less" else (lambda x: x >= obs - eps)
+    if math.comb(n, k) <= max_exact:
+        means = np.array([v[list(c)].mean() for c in itertools.combinations(range(n), k)])
+        return float(hit(means).mean())
+    rng = np.random.default_rng(seed)
+    means = np.array([v[rng.choice(n, size=k, replace=False)].mean() for _ in range(n_perm)])
+    return float((hit(means).sum() + 1) / (n_perm + 1))
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The outcome of :func:`decide`, with everything needed to print it beside the claim."""
