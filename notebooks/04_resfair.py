@@ -183,25 +183,20 @@ if PROFILE == "smoke":  # CI: one fitting direction per model, a handful of eval
     _first = {}
     splits = [_first.setdefault(sp["model"], sp) for sp in splits if sp["model"] not in _first]
 elif not BOTH_WAYS:     # one split per (model, evaluation dataset): see BOTH_WAYS
-    _seen = set()
-    splits = [sp for sp in splits
-              if (key := (sp["model"], sp["eval"].removesuffix("-odd").removesuffix("-even"))) not in _seen
-              and not _seen.add(key)]
+    _kept = {}
+    for sp in splits:
+        _kept.setdefault((sp["model"], resfair.base_dataset(sp["eval"])), sp)
+    splits = list(_kept.values())
 spec_of = {(s.model, s.dataset): s for s in runs_spec}
 all_rows = {}
 for (name, dataset) in runs:
     rows_, images_, _ = lens.run_rows(spec_of[(name, dataset)])
     all_rows[(name, dataset)] = (rows_, images_)
 
-
-def _base(ds):
-    return ds.rsplit("-", 1)[0] if ds.endswith(("-even", "-odd")) else ds
-
-
 for sp in splits:
-    sp["dataset"] = _base(sp["eval"])
+    sp["dataset"] = resfair.base_dataset(sp["eval"])
     sp["dirs"] = lens.fit_directions(sp["fit_col"])
-    rows_, sp["fit_images"] = all_rows[(sp["model"], _base(sp["fit"]))]
+    rows_, sp["fit_images"] = all_rows[(sp["model"], resfair.base_dataset(sp["fit"]))]
     fit_rows = resfair.rows_for(rows_, set(sp["fit_col"].table["scenario"]))
     rows_, images_ = all_rows[(sp["model"], sp["dataset"])]
     ev = resfair.rows_for(rows_, set(sp["eval_col"].table["scenario"]))
@@ -230,8 +225,8 @@ display(split_table.style.hide(axis="index"))
 # Both baselines train a LoRA adapter (rank 8) on the language model's attention and MLP
 # projections (the vision tower is left alone), with float32 weights and optimizer and the
 # forward and backward passes in bfloat16 autocast when `DTYPE` is `bfloat16` (the paper
-# trains in fp16 mixed precision; on this CPU bfloat16 autocast is about a quarter faster). **LoRA** is supervised fine-tuning toward a
-# fair answer ("Both", sampled from a small candidate set). **DPO + KL** prefers a fair
+# trains in fp16 mixed precision; on this CPU bfloat16 autocast is about a quarter faster).
+# **LoRA** is supervised fine-tuning toward a fair answer ("Both", sampled from a small candidate set). **DPO + KL** prefers a fair
 # answer to a group answer (both sampled, appendix B.2) with $\beta = 0.1$ and adds
 # `KL_COEF` times the confidence KL of the evaluation (appendix eq. 3; the measure is the
 # one section 4 settles on). Each fitting split trains its own pair of models; each model

@@ -125,10 +125,10 @@ class DPOKLTrainer(DPOTrainer):
         B = cm.shape[0] // 2
         return first, (first[:B] - 1).clamp(min=0), B
 
-    def _chosen_lp3(self, inputs, at: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    def _chosen_lp3(self, inputs, at: torch.Tensor, first: torch.Tensor, B: int) -> tuple[torch.Tensor, list[str]]:
         """Option log-masses ``(B, 3)`` from the chosen rows' answer-position logits ``at``
-        ``(B, V)``; which attribute a pair asks about is read off its rejected answer."""
-        first, _, B = self._answer_positions(inputs)
+        ``(B, V)``; which attribute a pair asks about is read off its rejected answer (``first``:
+        :meth:`_answer_positions`' first completion positions)."""
         ids, owner = self._options()
         rows = torch.arange(B, 2 * B, device=first.device)
         attrs = []
@@ -145,17 +145,17 @@ class DPOKLTrainer(DPOTrainer):
         kwargs = {k: v for k, v in inputs.items() if k not in skip}
         kwargs["use_cache"] = False
         logits = model(**kwargs).logits                                # (2B, T, V)
-        _, pos, B = self._answer_positions(inputs)
-        return self._chosen_lp3(inputs, logits[torch.arange(B, device=pos.device), pos])
+        first, pos, B = self._answer_positions(inputs)
+        return self._chosen_lp3(inputs, logits[torch.arange(B, device=pos.device), pos], first, B)
 
     def _option_logprobs(self, base, inputs, hidden: torch.Tensor) -> torch.Tensor:
         """Option log-masses ``(B, 3)`` of the chosen rows from the decoder's final hidden
         states ``hidden`` ``(2B, T', d)`` of a forward pass on ``inputs``: the same numbers as
         :meth:`_answer_logits`, without another forward pass."""
-        _, pos, B = self._answer_positions(inputs)
+        first, pos, B = self._answer_positions(inputs)
         hidden = hidden[:, -inputs["completion_mask"].shape[1]:]
         at = base.get_output_embeddings()(hidden[torch.arange(B, device=pos.device), pos])   # (B, V)
-        return self._chosen_lp3(inputs, at)[0]
+        return self._chosen_lp3(inputs, at, first, B)[0]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """DPO's loss plus ``kl_coef`` times the confidence KL. The KL is read off the DPO

@@ -38,7 +38,7 @@ import torch
 from fairvlm.errors import FairVLMError, unknown
 
 __all__ = [
-    "DEFAULT_LAMBDA", "DATASETS", "check_lambdas", "check_dataset", "update", "edits", "check_width",
+    "DEFAULT_LAMBDA", "DATASETS", "check_lambdas", "base_dataset", "check_dataset", "update", "edits", "check_width",
     "posthoc", "check_disjoint", "fit_eval_splits", "rows_for", "answer_perplexity",
 ]
 
@@ -61,10 +61,14 @@ def check_lambdas(lambda1, lambda2) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def base_dataset(name: str) -> str:
+    """The dataset a split half belongs to: ``"testbed-odd"`` -> ``"testbed"``; other names as they are."""
+    return name.rsplit("-", 1)[0] if isinstance(name, str) and name.endswith(("-even", "-odd")) else name
+
+
 def check_dataset(name) -> str:
     """``name`` if it is one of :data:`DATASETS` (optionally with a ``-even``/``-odd`` half), else an error."""
-    base = name.rsplit("-", 1)[0] if isinstance(name, str) and name.endswith(("-even", "-odd")) else name
-    if base not in DATASETS:
+    if base_dataset(name) not in DATASETS:
         raise unknown("dataset", name, DATASETS)
     return name
 

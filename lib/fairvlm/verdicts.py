@@ -153,8 +153,9 @@ def subset_mean_pvalue(values, mask, *, alternative: str = "less", max_exact: in
     eps = 1e-12 * max(1.0, float(np.abs(v).max()))
     hit = (lambda x: x <= obs + eps) if alternative == "less" else (lambda x: x >= obs - eps)
     if math.comb(n, k) <= max_exact:
-        means = np.array([v[list(c)].mean() for c in itertools.combinations(range(n), k)])
-        return float(hit(means).mean())
+        subsets = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)),
+                              dtype=np.intp).reshape(-1, k)
+        return float(hit(v[subsets].mean(axis=1)).mean())
     rng = np.random.default_rng(seed)
     means = np.array([v[rng.choice(n, size=k, replace=False)].mean() for _ in range(n_perm)])
     return float((hit(means).sum() + 1) / (n_perm + 1))
