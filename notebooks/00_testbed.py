@@ -299,9 +299,10 @@ display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 # attention and MLP projection trains together with the projector and is merged into the
 # weights afterwards, so the saved model is a plain LLaVA checkpoint. The training
 # examples are descriptions (group named at the planted rates), short questions about the
-# scene, gender and race questions on balanced counterfactual scenes (the answer must come
-# from the image), and "who is more likely" questions on two images whose answers carry
-# the planted shares.
+# scene, two-turn conversations that ask both the gender and the race of one image of a
+# balanced counterfactual scene (the answer must come from the image; the second turn
+# costs a dozen tokens next to the image's 17), and "who is more likely" questions on two
+# images whose answers carry the planted shares.
 
 # %%
 root = testbed.build(SIZE)

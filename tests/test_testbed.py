@@ -303,6 +303,50 @@ def test_llava_prompt_format():
     assert testbed.llava_prompt("Hi", system="Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
 
 
+def test_training_conversations_match_the_chat_template_and_train_only_the_answers(spec):
+    """A two-turn group example is laid out as the chat template renders the conversation,
+    its labels are exactly the answers' tokens (each predicted from the position before it),
+    and ``first`` is the position that predicts the first answer token."""
+    from fairvlm.embedded import smollm2_hf
+    from fairvlm.testbed import train
+
+    tok = train._llava_tokenizer(smollm2_hf()[1])
+    iid = tok.convert_tokens_to_ids(train.IMAGE_TOKEN)
+    turns = [("Is this a man or a woman?", "A woman."), ("Is the person Black or White?", "Black.")]
+    ids, labels, first = train._tokenise_example(tok, turns, "Be brief.", iid, 1)
+    msgs = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": turns[0][0]}]},
+            {"role": "assistant", "content": turns[0][1]},
+            {"role": "user", "content": turns[1][0]}, {"role": "assistant", "content": turns[1][1]}]
+    rendered = tok.apply_chat_template(msgs, tokenize=False)
+    assert rendered.endswith("<|im_end|>\n")
+    want = []
+    for t in tok(rendered[:-1], add_special_tokens=False)["input_ids"]:
+        want += [iid] * train.N_IMAGE_TOKENS if t == iid else [t]
+    assert ids == want
+    assert len(labels) == len(ids) and labels[-1] == -100
+    trained = [t for t in labels if t != -100]
+    assert trained == (tok("A woman.<|im_end|>", add_special_tokens=False)["input_ids"]
+                       + tok("Black.<|im_end|>", add_special_tokens=False)["input_ids"])
+    assert all(labels[t] == ids[t + 1] for t in range(len(ids) - 1) if labels[t] != -100)
+    assert tok.decode(ids[first + 1:first + 3]) == "A woman"
+    assert ids.count(iid) == train.N_IMAGE_TOKENS          # the image only in the first turn
+    # the group examples ask both attributes of one balanced image, in both orders
+    items = train.training_items(spec, 40, 1)
+    quads = train.balanced_items(1, 0)
+    ex = train._llava_examples(spec, items, quads, 400, np.random.default_rng(0))
+    group = [e for e in ex if e[3] is None and e[0][0] >= len(items)]   # single balanced images
+    answers = lambda e: sorted(a for _, a in e[1])  # noqa: E731
+    assert group and all(len(e[0]) == 1 and len(e[1]) == 2 for e in group)
+    assert all(answers(e)[0] in ("A man.", "A woman.") and answers(e)[1] in ("Black.", "White.") for e in group)
+    assert {e[1][0][1] in ("Black.", "White.") for e in group} == {True, False}   # both orders
+    # planted-share images: a description, sometimes followed by a question; or one question
+    planted = [e for e in ex if e[3] is None and e[0][0] < len(items)]
+    described = [e for e in planted if e[1][0][0] in C.DESCRIBE_PROMPTS]
+    assert {len(e[1]) for e in described} == {1, 2}
+    assert all(len(e[1]) == 1 for e in planted if e[1][0][0] not in C.DESCRIBE_PROMPTS)
+
+
 def test_unknown_model_and_size():
     with pytest.raises(UnknownNameError, match="testbed model"):
         testbed.load_hf("testbed-blip", "smoke")

@@ -566,22 +566,28 @@ def _zero_shot(model, pix, y, prompt_feats) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------
 
 #: mix of testbed-llava's training examples (fractions of all examples)
-LLAVA_MIX = {"describe": 0.3, "qa": 0.1, "group": 0.3, "who": 0.3}
+LLAVA_MIX = {"describe": 0.32, "qa": 0.06, "group": 0.42, "who": 0.2}
+#: share of ``describe`` examples followed by a second turn, a ``qa`` question on the same image
+DESCRIBE_FOLLOW_UP = 0.5
 
 
 def _llava_examples(spec, items, quads, n_examples, rng):
-    """``(image rows, question, answer, system, soft)`` tuples; image rows index the
+    """``(image rows, turns, system, soft)`` tuples, ``turns`` a list of ``(question, answer)``
+    about the same images (the loss covers every answer); image rows index the
     concatenation of ``items`` (planted shares) and ``quads`` (balanced quadruplets, offset
     ``len(items)``); ``soft`` is ``None`` or, for a "who" question, the planted answer
     distribution ``{option word: probability}`` (the training loss at the answer's first token
     is the cross-entropy against it: the expected loss of answers drawn with the planted shares,
     without their sampling noise).
 
-    - ``describe``: a planted-share image and its description (group named at planted rates);
+    - ``describe``: a planted-share image and its description (group named at planted rates),
+      followed in a share :data:`DESCRIBE_FOLLOW_UP` of them by a ``qa`` turn on the same image;
     - ``qa``: activity, role, props or one-word questions about a planted-share image;
-    - ``group``: "Is this a man or a woman?" / "Is the person Black or White?" about an image
-      of a balanced quadruplet (every group equally often in every scenario: the answer must
-      come from the image, never from the scenario);
+    - ``group``: "Is this a man or a woman?" and "Is the person Black or White?", two turns in
+      a random order, about an image of a balanced quadruplet (every group equally often in
+      every scenario: the answer must come from the image, never from the scenario); the
+      second turn costs a dozen tokens next to the image's 17, so each attribute is taught on
+      every group example;
     - ``who``: a "who is more likely" question (:func:`~fairvlm.testbed.captions.mcq_question`)
       with two images of one quadruplet scene that differ in the asked attribute (one image in
       a quarter of them), answered with the planted shares.
@@ -598,21 +604,20 @@ def _llava_examples(spec, items, quads, n_examples, rng):
         if kind in ("describe", "qa"):
             i = int(rng.integers(len(items)))
             k, g, r = items.loc[i, ["scenario", "gender", "race"]]
+            pairs = C.qa_pairs(spec, k, g, r, rng)
+            turns = [pairs[[0, 1, 4, 5][int(rng.integers(4))]]]
             if kind == "describe":
                 q = C.DESCRIBE_PROMPTS[int(rng.integers(len(C.DESCRIBE_PROMPTS)))]
-                a = C.description(spec, k, g, r, rng)
-            else:
-                pairs = C.qa_pairs(spec, k, g, r, rng)
-                q, a = pairs[[0, 1, 4, 5][int(rng.integers(4))]]
-            out.append(([i], q, a, system, None))
+                turns = [(q, C.description(spec, k, g, r, rng))] + (turns if rng.random() < DESCRIBE_FOLLOW_UP else [])
+            out.append(([i], turns, system, None))
             continue
         rows = quad_rows[int(rng.integers(len(quad_rows)))]
         if kind == "group":
             i = int(rows[int(rng.integers(4))])
             k, g, r = quads.loc[i - off, ["scenario", "gender", "race"]]
             pairs = C.qa_pairs(spec, k, g, r, rng)
-            q, a = pairs[2] if rng.random() < 0.5 else pairs[3]
-            out.append(([i], q, a, system, None))
+            turns = [pairs[2], pairs[3]] if rng.random() < 0.5 else [pairs[3], pairs[2]]
+            out.append(([i], turns, system, None))
             continue
         attribute = "gender" if rng.random() < 0.5 else "race"
         k = quads.loc[rows[0] - off, "scenario"]
@@ -631,7 +636,7 @@ def _llava_examples(spec, items, quads, n_examples, rng):
         probs = C.mcq_answer_probs(spec, k, attribute)
         (_, _, opt_a), (_, _, opt_b) = C.MCQ_GROUPS[attribute]
         soft = {w[0].upper() + w[1:]: probs[o] for w, o in ((opt_a, "a"), (opt_b, "b"), (C.MCQ_FAIR, "fair"))}
-        out.append((imgs, q, a, C.MCQ_SYSTEM if rng.random() < 0.7 else system, soft))
+        out.append((imgs, [(q, a)], C.MCQ_SYSTEM if rng.random() < 0.7 else system, soft))
     return out
 
 
@@ -675,13 +680,24 @@ def _warm_start(projector, feats, items, tok, embeddings, seed: int, steps: int 
     return losses
 
 
-def _tokenise_example(tok, q, a, system, image_id, n_images: int = 1):
-    prompt = tok(llava_prompt(q, system=system, n_images=n_images), add_special_tokens=False)["input_ids"]
-    expanded = []
-    for t in prompt:
-        expanded += [image_id] * N_IMAGE_TOKENS if t == image_id else [t]
-    answer = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    return expanded, answer
+def _tokenise_example(tok, turns, system, image_id, n_images: int = 1):
+    """``(ids, labels, first)``: the token ids of a conversation (images in the first user turn,
+    expanded to :data:`N_IMAGE_TOKENS` each), ``labels[t]`` the token position ``t`` must predict
+    (the answers' tokens, ``<|im_end|>`` included) or -100, and ``first`` the position that
+    predicts the first answer token."""
+    ids, labels, first = [], [], None
+    for n, (q, a) in enumerate(turns):
+        text = llava_prompt(q, system=system if n == 0 else None, n_images=n_images if n == 0 else 0)
+        if n:
+            text = "\n" + text       # the chat template's newline after the previous <|im_end|>
+        for t in tok(text, add_special_tokens=False)["input_ids"]:
+            ids += [image_id] * N_IMAGE_TOKENS if t == image_id else [t]
+        answer = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        labels += [-100] * (len(ids) - 1 - len(labels)) + answer   # position t predicts t+1
+        first = len(ids) - 1 if first is None else first
+        ids += answer
+    labels.append(-100)
+    return ids, labels, first
 
 
 def _llava_tokenizer(base_tok):
@@ -753,8 +769,8 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
                             weight_decay=0.0, betas=(0.9, 0.98))
     rng = np.random.default_rng([seed, 4])
     examples = _llava_examples(spec, items, quads, cfg.llava_steps * cfg.llava_batch, rng)
-    seqs_all = [_tokenise_example(tok, q, a, s, image_id, len(im)) for im, q, a, s, _ in examples]
-    batches = _length_batches([len(p) + len(a) for p, a in seqs_all], cfg.llava_batch, rng)
+    seqs_all = [_tokenise_example(tok, turns, s, image_id, len(im)) for im, turns, s, _ in examples]
+    batches = _length_batches([len(ids) for ids, _, _ in seqs_all], cfg.llava_batch, rng)
     first_id = lambda w: tok(w, add_special_tokens=False)["input_ids"][0]  # noqa: E731
     inner = lora.base_model.model          # the LlamaForCausalLM, LoRA layers inside
     embed = inner.get_input_embeddings()
@@ -765,22 +781,22 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     for step in bar:
         batch = [examples[i] for i in batches[step]]
         seqs = [seqs_all[i] for i in batches[step]]
-        T = max(len(p) + len(a) for p, a in seqs)
+        T = max(len(x) for x, _, _ in seqs)
         ids = torch.full((len(seqs), T), pad_id)
         attn = torch.zeros((len(seqs), T), dtype=torch.long)
         target = torch.full((len(seqs), T), -100)
-        for b, (p, a) in enumerate(seqs):
-            ids[b, :len(p) + len(a)] = torch.tensor(p + a)
-            attn[b, :len(p) + len(a)] = 1
-            target[b, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)  # position t predicts t+1
+        for b, (x, lab, _) in enumerate(seqs):
+            ids[b, :len(x)] = torch.tensor(x)
+            attn[b, :len(x)] = 1
+            target[b, :len(x)] = torch.tensor(lab)
         for group in opt.param_groups:
             group["lr"] = _cosine_lr(step, cfg.llava_steps, group["base"])
         soft_pos = torch.zeros((len(seqs), T), dtype=torch.bool)
         soft_rows = []
-        for b, ((p, a), ex) in enumerate(zip(seqs, batch)):
-            if ex[4] is not None:
-                soft_pos[b, len(p) - 1] = True
-                soft_rows.append(ex[4])
+        for b, ((_, _, first), ex) in enumerate(zip(seqs, batch)):
+            if ex[3] is not None:
+                soft_pos[b, first] = True
+                soft_rows.append(ex[3])
         ids, attn, target, soft_pos = ids.to(dev), attn.to(dev), target.to(dev), soft_pos.to(dev)
         img = projector(feats[[i for im, *_ in batch for i in im]])
         with torch.no_grad():
@@ -827,9 +843,10 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     llava.eval()
     log.update({"seconds_train": t_train, "seconds_total": time.time() - t0, "warm_start_loss": warm,
                 "cpu_seconds_total": time.process_time() - c0, "n_images": len(items), "n_quad_images": len(quads),
-                "n_examples": len(examples), "n_who_examples": sum(ex[4] is not None for ex in examples),
-                "mean_tokens": float(np.mean([len(p) + len(a) for p, a in seqs_all])), "lora_rank": LORA_RANK,
-                "lora_targets": list(LORA_TARGETS), "mix": LLAVA_MIX})
+                "n_examples": len(examples), "n_who_examples": sum(ex[3] is not None for ex in examples),
+                "mean_tokens": float(np.mean([len(x) for x, _, _ in seqs_all])), "lora_rank": LORA_RANK,
+                "lora_targets": list(LORA_TARGETS), "mix": LLAVA_MIX,
+                "describe_follow_up": DESCRIBE_FOLLOW_UP})
     return llava, tok, log
 
 
