@@ -566,7 +566,7 @@ def _zero_shot(model, pix, y, prompt_feats) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------
 
 #: mix of testbed-llava's training examples (fractions of all examples)
-LLAVA_MIX = {"describe": 0.32, "qa": 0.06, "group": 0.42, "who": 0.2}
+LLAVA_MIX = {"describe": 0.26, "qa": 0.04, "group": 0.4, "who": 0.3}
 #: share of ``describe`` examples followed by a second turn, a ``qa`` question on the same image
 DESCRIBE_FOLLOW_UP = 0.5
 
