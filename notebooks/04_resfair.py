@@ -55,9 +55,9 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 13.6 minutes for `embedded`
-# (4.5 of them training the six baselines in bfloat16 autocast, 5.2 evaluating the methods,
-# 1.7 the lambda grid and 1.8 general ability) and a peak of about 8 GB of memory; that is
+# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 12.1 minutes for `embedded`
+# (4.1 of them training the six baselines in bfloat16 autocast, 4.6 evaluating the methods,
+# 1.5 the lambda grid and 1.5 general ability) and a peak of about 8 GB of memory; that is
 # still over the 6 minutes this chapter was designed for.
 # `smoke` runs a few labels in a few minutes. `paper` runs the paper's four smaller models and
 # trains with the paper's settings (configs/ds_zero3.json; see the README's "Scaling out").
