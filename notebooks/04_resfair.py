@@ -226,8 +226,8 @@ display(split_table.style.hide(axis="index"))
 # projections (the vision tower is left alone), with float32 weights and optimizer and the
 # forward and backward passes in bfloat16 autocast when `DTYPE` is `bfloat16` (the paper
 # trains in fp16 mixed precision; on this CPU bfloat16 autocast is about a quarter faster).
-# **LoRA** is supervised fine-tuning toward a fair answer ("Both", sampled from a small candidate set). **DPO + KL** prefers a fair
-# answer to a group answer (both sampled, appendix B.2) with $\beta = 0.1$ and adds
+# **LoRA** is supervised fine-tuning toward a fair answer ("Both", sampled from a small
+# candidate set). **DPO + KL** prefers a fair answer to a group answer (both sampled, appendix B.2) with $\beta = 0.1$ and adds
 # `KL_COEF` times the confidence KL of the evaluation (appendix eq. 3; the measure is the
 # one section 4 settles on). Each fitting split trains its own pair of models; each model
 # is then evaluated on the other split only.
@@ -559,9 +559,9 @@ if any(sp["dataset"] == "testbed" for sp in splits):
                      "is at most the controls' (exact label shuffle); the controls count as having moved "
                      "less at p < 0.05."))
     display(planted.style.format(precision=3).hide(axis="index"))
-    for r in planted.itertuples(index=False):
-        moved_c, moved_p, p_c = r[1], r[2], r[3]
-        n_c, n_p = r[-2], r[-1]
+    for r in planted.to_dict("records"):
+        moved_c, moved_p, p_c = r["mean |Δ KL| controls"], r["mean |Δ KL| planted"], r["p (controls moved less)"]
+        n_c, n_p = r["n controls"], r["n planted"]
         verdict_c = ("no balanced control is among the evaluated scenarios" if n_c == 0
                      else "no planted scenario is among the evaluated ones, so there is nothing to compare "
                           "the controls with" if n_p == 0 or not np.isfinite(p_c)
@@ -570,7 +570,7 @@ if any(sp["dataset"] == "testbed" for sp in splits):
                      else f"the controls moved no less than a random set of {n_c} evaluated scenarios would "
                           f"(p = {p_c:.3f}), so the method does not single out what was planted")
         on_p = f"mean |Δ KL| {moved_p:.3f} on the {n_p} planted scenarios and " if n_p else "mean |Δ KL| "
-        display(Markdown(f"- {r.method}: {on_p}{moved_c:.3f} on the {n_c} balanced controls; {verdict_c}."))
+        display(Markdown(f"- {r['method']}: {on_p}{moved_c:.3f} on the {n_c} balanced controls; {verdict_c}."))
 else:
     display(Markdown("No testbed run in this profile (`TESTBED=False` or `paper`)."))
 
