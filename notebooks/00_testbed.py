@@ -56,8 +56,8 @@
 # | what | needed |
 # |---|---|
 # | network, GPU | none |
-# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed): the `full` build (profile `embedded`) took 13.1 minutes on 2 idle CPU cores (2026-11-27); the design limits are 15 minutes for `full` and 3 for `smoke` |
-# | later runs | 4.4 minutes measured (`embedded`; most of it the "who is more likely" prompts), about one (`smoke`) |
+# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed): the `full` build (profile `embedded`) took 13.5 minutes on 2 idle CPU cores (2026-11-27); the design limits are 15 minutes for `full` and 3 for `smoke` |
+# | later runs | 4.5 minutes measured (`embedded`; most of it the "who is more likely" prompts), about one (`smoke`) |
 #
 # ## Parameters
 #
@@ -288,7 +288,8 @@ display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 # drawn with the planted shares and then paired within one scene so that the two images
 # of a pair show different people wherever the draw allows. An **auxiliary group loss**
 # (a linear gender and race read-out of the image embedding, thrown away after training)
-# helps the tower see the person; each image in it is weighted by one over four times the
+# helps the tower see the person. It is added with weight {glue:text}`clip_aux`, next to the
+# contrastive loss's 1. Each image in it is weighted by one over four times the
 # planted share of its group in its scenario, so every group weighs the same in every
 # scenario and this loss teaches nothing about which group belongs where. The planted
 # skew reaches the model only through which images and captions occur together.
@@ -323,6 +324,7 @@ glue("build_minutes", round(log["seconds"] / 60, 1), display=False)
 glue("build_load", round(float(log.get("load_average", [float("nan")])[0]), 1), display=False)
 glue("size", SIZE, display=False)
 glue("lora_rank", log["llava"].get("lora_rank", 0), display=False)
+glue("clip_aux", log["config"]["clip_aux"], display=False)
 glue("twins_identical", round(log["clip"].get("identical_twins", float("nan")), 3), display=False)
 V = log["vision"]
 glue("vision_arch", f"{V['num_hidden_layers']} layers of width {V['hidden_size']} with {V['num_attention_heads']} "
