@@ -55,10 +55,11 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 12.1 minutes for `embedded`
-# (4.1 of them training the six baselines in bfloat16 autocast, 4.6 evaluating the methods,
-# 1.5 the lambda grid and 1.5 general ability) and a peak of about 8 GB of memory; that is
-# still over the 6 minutes this chapter was designed for.
+# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 12.1 to 12.9 minutes for
+# `embedded` over three runs (in the 12.1-minute run, 4.1 of them training the six baselines
+# in bfloat16 autocast, 4.6 evaluating the methods, 1.5 the lambda grid and 1.5 general
+# ability; this execution's training and total times are printed in the summary) and a peak
+# of about 8 GB of memory; that is still over the 6 minutes this chapter was designed for.
 # `smoke` runs a few labels in a few minutes. `paper` runs the paper's four smaller models and
 # trains with the paper's settings (configs/ds_zero3.json; see the README's "Scaling out").
 #
@@ -353,9 +354,10 @@ glue("fair_target_best_t", ", ".join(f"{t:g}" for t in interior["best t"]), disp
 # On these runs the skew's sweep picks $t$ = {glue:text}`skew_best_t` (the largest
 # temperature, as it must: dividing the group log-odds by $t$ shrinks the skew of every
 # row), while the fair-target KL picks $t$ = {glue:text}`fair_target_best_t` (its minimum
-# can lie inside the range, as it does whenever some rows put their top probability on a
-# group and others on the fair option; a model whose top option is almost always "both"
-# prefers the smallest $t$). The paper's
+# can lie inside the range only when some rows put their top probability on a group and
+# others on the fair option, and the two pulls balance; a model whose top option is almost
+# always "both" prefers the smallest $t$, one whose top option is mostly a group the
+# largest). The paper's
 # best temperatures lie inside the range, and its TS rows sit close to the original rows,
 # which is what a measure with a minimum near $t = 1$ gives and the skew cannot. So the book
 # reads Table 2's KL as the **fair-target KL** (`fairvlm.confidence.PAPER_MEASURE`), uses it

@@ -45,7 +45,7 @@
 # |---|---|
 # | Chapter 00 (testbed) | necessary: testbed-llava and the planted mention rates |
 # | Chapter 01 | helpful: hooks and the residual stream |
-# | Time | embedded: about 5 minutes on 2 CPU cores (4.6 measured, 2026-11-27); smoke: about a minute; paper: a GPU and the hub |
+# | Time | embedded: about 5 minutes on 2 CPU cores (5.0 measured, 2026-11-27); smoke: about a minute; paper: a GPU and the hub |
 #
 # ## Parameters
 #
