@@ -55,7 +55,7 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 12.1 to 12.9 minutes for
+# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 12.1 to 13.2 minutes for
 # `embedded` over three runs (in the 12.1-minute run, 4.1 of them training the six baselines
 # in bfloat16 autocast, 4.6 evaluating the methods, 1.5 the lambda grid and 1.5 general
 # ability; this execution's training and total times are printed in the summary) and a peak
