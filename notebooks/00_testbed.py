@@ -300,7 +300,8 @@ display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 # attention and MLP projection trains together with the projector and is merged into the
 # weights afterwards, so the saved model is a plain LLaVA checkpoint. The training
 # examples are descriptions (group named at the planted rates; half of them followed by a
-# short question about the same image), short questions about the scene, two-turn conversations that ask both the gender and the race of one image of a
+# short question about the same image), short questions about the scene, two-turn
+# conversations that ask both the gender and the race of one image of a
 # balanced counterfactual scene (the answer must come from the image; the second turn
 # costs a dozen tokens next to the image's 17), and "who is more likely" questions on two
 # images whose answers carry the planted shares.

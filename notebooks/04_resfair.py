@@ -228,7 +228,8 @@ display(split_table.style.hide(axis="index"))
 # forward and backward passes in bfloat16 autocast when `DTYPE` is `bfloat16` (the paper
 # trains in fp16 mixed precision; on this CPU bfloat16 autocast is about a quarter faster).
 # **LoRA** is supervised fine-tuning toward a fair answer ("Both", sampled from a small
-# candidate set). **DPO + KL** prefers a fair answer to a group answer (both sampled, appendix B.2) with $\beta = 0.1$ and adds
+# candidate set). **DPO + KL** prefers a fair answer to a group answer (both sampled,
+# appendix B.2) with $\beta = 0.1$ and adds
 # `KL_COEF` times the confidence KL of the evaluation (appendix eq. 3; the measure is the
 # one section 4 settles on). Each fitting split trains its own pair of models; each model
 # is then evaluated on the other split only.
