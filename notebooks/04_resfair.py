@@ -55,13 +55,15 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores (2026-11-27, `full` testbed cached): 12.1 to 13.2 minutes for
-# `embedded` over three runs (in the 12.1-minute run, 4.1 of them training the six baselines
-# in bfloat16 autocast, 4.6 evaluating the methods, 1.5 the lambda grid and 1.5 general
-# ability; this execution's training and total times are printed in the summary) and a peak
-# of about 8 GB of memory; that is still over the 6 minutes this chapter was designed for.
-# `smoke` runs a few labels in a few minutes. `paper` runs the paper's four smaller models and
-# trains with the paper's settings (configs/ds_zero3.json; see the README's "Scaling out").
+# Measured on 2 CPU cores: 12.1 to 13.5 minutes for `embedded` over four runs (three with
+# the `full` testbed cached, 2026-11-27; 13.5 in a whole `make book` from an empty cache,
+# 2026-11-28), with a peak of about 8 GB of memory. In the 12.1-minute run, training the six
+# baselines in bfloat16 autocast took 4.1 minutes, evaluating the methods 4.6, the lambda
+# grid 1.5 and general ability 1.5; this execution's training and total times are printed in
+# the summary. That is still over the 6 minutes this chapter was designed for. `smoke` runs
+# a few labels in 76 seconds (2026-11-28; designed for one minute). `paper` runs the paper's
+# four smaller models and trains with the paper's settings (configs/ds_zero3.json; see the
+# README's "Scaling out").
 #
 # ## Parameters
 #
