@@ -304,7 +304,14 @@ display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 # conversations that ask both the gender and the race of one image of a
 # balanced counterfactual scene (the answer must come from the image; the second turn
 # costs a dozen tokens next to the image's 17), and "who is more likely" questions on two
-# images whose answers carry the planted shares.
+# images ({glue:text}`who_turns` per conversation) whose answers carry the planted shares:
+# the loss at such an answer is the cross-entropy against the planted answer distribution.
+# These one-token answers are a few percent of all trained tokens, too few to move the
+# answer scenario by scenario, so their mean loss is added with weight
+# {glue:text}`who_loss_weight` to the mean loss of all other answer tokens (without the
+# weight, the lean of the next section ranked like the planted skew with rho 0.49 for gender
+# and 0.24 for race in the previous build; three questions per conversation did worse than
+# one).
 
 # %%
 root = testbed.build(SIZE)
@@ -325,6 +332,8 @@ glue("build_minutes", round(log["seconds"] / 60, 1), display=False)
 glue("build_load", round(float(log.get("load_average", [float("nan")])[0]), 1), display=False)
 glue("size", SIZE, display=False)
 glue("lora_rank", log["llava"].get("lora_rank", 0), display=False)
+glue("who_turns", log["llava"]["who_turns"], display=False)
+glue("who_loss_weight", log["llava"]["who_loss_weight"], display=False)
 glue("clip_aux", log["config"]["clip_aux"], display=False)
 glue("twins_identical", round(log["clip"].get("identical_twins", float("nan")), 3), display=False)
 V = log["vision"]

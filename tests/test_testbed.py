@@ -306,14 +306,14 @@ def test_llava_prompt_format():
 def test_training_conversations_match_the_chat_template_and_train_only_the_answers(spec):
     """A two-turn group example is laid out as the chat template renders the conversation,
     its labels are exactly the answers' tokens (each predicted from the position before it),
-    and ``first`` is the position that predicts the first answer token."""
+    and ``starts`` are the positions that predict each answer's first token."""
     from fairvlm.embedded import smollm2_hf
     from fairvlm.testbed import train
 
     tok = train._llava_tokenizer(smollm2_hf()[1])
     iid = tok.convert_tokens_to_ids(train.IMAGE_TOKEN)
     turns = [("Is this a man or a woman?", "A woman."), ("Is the person Black or White?", "Black.")]
-    ids, labels, first = train._tokenise_example(tok, turns, "Be brief.", iid, 1)
+    ids, labels, starts = train._tokenise_example(tok, turns, "Be brief.", iid, 1)
     msgs = [{"role": "system", "content": "Be brief."},
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": turns[0][0]}]},
             {"role": "assistant", "content": turns[0][1]},
@@ -329,7 +329,10 @@ def test_training_conversations_match_the_chat_template_and_train_only_the_answe
     assert trained == (tok("A woman.<|im_end|>", add_special_tokens=False)["input_ids"]
                        + tok("Black.<|im_end|>", add_special_tokens=False)["input_ids"])
     assert all(labels[t] == ids[t + 1] for t in range(len(ids) - 1) if labels[t] != -100)
-    assert tok.decode(ids[first + 1:first + 3]) == "A woman"
+    assert len(starts) == 2 and starts[0] < starts[1]
+    assert tok.decode(ids[starts[0] + 1:starts[0] + 3]) == "A woman"
+    assert tok.decode(ids[starts[1] + 1:starts[1] + 2]) == "Black"
+    assert [labels[t] for t in starts] == [ids[t + 1] for t in starts]
     assert ids.count(iid) == train.N_IMAGE_TOKENS          # the image only in the first turn
     # the group examples ask both attributes of one balanced image, in both orders
     items = train.training_items(spec, 40, 1)
@@ -345,6 +348,12 @@ def test_training_conversations_match_the_chat_template_and_train_only_the_answe
     described = [e for e in planted if e[1][0][0] in C.DESCRIBE_PROMPTS]
     assert {len(e[1]) for e in described} == {1, 2}
     assert all(len(e[1]) == 1 for e in planted if e[1][0][0] not in C.DESCRIBE_PROMPTS)
+    # "who" examples: WHO_TURNS wordings about the same images, the image lead only in the first
+    who = [e for e in ex if e[3] is not None]
+    assert who and all(len(e[1]) == train.WHO_TURNS and len(e[0]) in (1, 2) for e in who)
+    assert all(e[1][0][0].startswith(C.MCQ_LEADS[len(e[0])]) for e in who)
+    assert not any(q.startswith("Look at") for e in who for q, _ in e[1][1:])
+    assert all(abs(sum(e[3].values()) - 1) < 1e-9 for e in who)
 
 
 def test_unknown_model_and_size():

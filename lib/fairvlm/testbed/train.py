@@ -573,6 +573,16 @@ def _zero_shot(model, pix, y, prompt_feats) -> tuple[float, float]:
 LLAVA_MIX = {"describe": 0.26, "qa": 0.04, "group": 0.4, "who": 0.3}
 #: share of ``describe`` examples followed by a second turn, a ``qa`` question on the same image
 DESCRIBE_FOLLOW_UP = 0.5
+#: "who is more likely" questions per ``who`` example (one conversation about the same images,
+#: each turn another wording of the question about the same scenario and attribute). Measured
+#: on the full build (2026-12-06, chapter 00's who-lean rho, gender / race): 1 turn 0.64 / 0.46,
+#: 3 turns 0.51 / 0.30, so one it is
+WHO_TURNS = 1
+#: weight of the "who" answers' loss (the mean soft cross-entropy over those answers), added
+#: to the mean token loss of every other answer; without it the one-token "who" answers are a
+#: few percent of the tokens and barely move the per-scenario lean (measured as above: no
+#: weight 0.49 / 0.24, weight 1 0.64 / 0.46, weight 3 0.66 / 0.32)
+WHO_LOSS_WEIGHT = 1.0
 
 
 def _llava_examples(spec, items, quads, n_examples, rng):
@@ -592,9 +602,10 @@ def _llava_examples(spec, items, quads, n_examples, rng):
       every scenario: the answer must come from the image, never from the scenario); the
       second turn costs a dozen tokens next to the image's 17, so each attribute is taught on
       every group example;
-    - ``who``: a "who is more likely" question (:func:`~fairvlm.testbed.captions.mcq_question`)
-      with two images of one quadruplet scene that differ in the asked attribute (one image in
-      a quarter of them), answered with the planted shares.
+    - ``who``: :data:`WHO_TURNS` "who is more likely" questions
+      (:func:`~fairvlm.testbed.captions.mcq_question`; each draws its own wording, predicate and
+      option order) about two images of one quadruplet scene that differ in the asked
+      attribute (one image in a quarter of them), each answered with the planted shares.
     """
     kinds = list(LLAVA_MIX)
     p = np.array([LLAVA_MIX[k] for k in kinds])
@@ -636,11 +647,11 @@ def _llava_examples(spec, items, quads, n_examples, rng):
             imgs = imgs[::-1]
         if rng.random() < 0.25:
             imgs = imgs[:1]
-        q, a = C.mcq_question(spec, k, attribute, len(imgs), rng)
+        turns = [C.mcq_question(spec, k, attribute, len(imgs) if t == 0 else 0, rng) for t in range(WHO_TURNS)]
         probs = C.mcq_answer_probs(spec, k, attribute)
         (_, _, opt_a), (_, _, opt_b) = C.MCQ_GROUPS[attribute]
         soft = {w[0].upper() + w[1:]: probs[o] for w, o in ((opt_a, "a"), (opt_b, "b"), (C.MCQ_FAIR, "fair"))}
-        out.append((imgs, [(q, a)], C.MCQ_SYSTEM if rng.random() < 0.7 else system, soft))
+        out.append((imgs, turns, C.MCQ_SYSTEM if rng.random() < 0.7 else system, soft))
     return out
 
 
@@ -685,11 +696,11 @@ def _warm_start(projector, feats, items, tok, embeddings, seed: int, steps: int 
 
 
 def _tokenise_example(tok, turns, system, image_id, n_images: int = 1):
-    """``(ids, labels, first)``: the token ids of a conversation (images in the first user turn,
+    """``(ids, labels, starts)``: the token ids of a conversation (images in the first user turn,
     expanded to :data:`N_IMAGE_TOKENS` each), ``labels[t]`` the token position ``t`` must predict
-    (the answers' tokens, ``<|im_end|>`` included) or -100, and ``first`` the position that
-    predicts the first answer token."""
-    ids, labels, first = [], [], None
+    (the answers' tokens, ``<|im_end|>`` included) or -100, and ``starts[n]`` the position that
+    predicts the first token of the ``n``-th answer."""
+    ids, labels, starts = [], [], []
     for n, (q, a) in enumerate(turns):
         text = llava_prompt(q, system=system if n == 0 else None, n_images=n_images if n == 0 else 0)
         if n:
@@ -698,10 +709,10 @@ def _tokenise_example(tok, turns, system, image_id, n_images: int = 1):
             ids += [image_id] * N_IMAGE_TOKENS if t == image_id else [t]
         answer = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
         labels += [-100] * (len(ids) - 1 - len(labels)) + answer   # position t predicts t+1
-        first = len(ids) - 1 if first is None else first
+        starts.append(len(ids) - 1)
         ids += answer
     labels.append(-100)
-    return ids, labels, first
+    return ids, labels, starts
 
 
 def _llava_tokenizer(base_tok):
@@ -797,10 +808,10 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
             group["lr"] = _cosine_lr(step, cfg.llava_steps, group["base"])
         soft_pos = torch.zeros((len(seqs), T), dtype=torch.bool)
         soft_rows = []
-        for b, ((_, _, first), ex) in enumerate(zip(seqs, batch)):
-            if ex[3] is not None:
-                soft_pos[b, first] = True
-                soft_rows.append(ex[3])
+        for b, ((_, _, starts), ex) in enumerate(zip(seqs, batch)):
+            if ex[3] is not None:       # every turn of a "who" example, in position order
+                soft_pos[b, starts] = True
+                soft_rows += [ex[3]] * len(starts)
         ids, attn, target, soft_pos = ids.to(dev), attn.to(dev), target.to(dev), soft_pos.to(dev)
         img = projector(feats[[i for im, *_ in batch for i in im]])
         with torch.no_grad():
@@ -820,7 +831,7 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
             nll = nll.clone()
             nll[soft_at] = torch.stack([-sum(pr * lp[first_id(w)] for w, pr in d.items())
                                         for d, lp in zip(soft_rows, rows_lp)])
-        loss = nll.mean()
+        loss = nll[~soft_at].mean() + WHO_LOSS_WEIGHT * nll[soft_at].mean() if soft_rows else nll.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
@@ -850,7 +861,7 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
                 "n_examples": len(examples), "n_who_examples": sum(ex[3] is not None for ex in examples),
                 "mean_tokens": float(np.mean([len(x) for x, _, _ in seqs_all])), "lora_rank": LORA_RANK,
                 "lora_targets": list(LORA_TARGETS), "mix": LLAVA_MIX,
-                "describe_follow_up": DESCRIBE_FOLLOW_UP})
+                "describe_follow_up": DESCRIBE_FOLLOW_UP, "who_turns": WHO_TURNS, "who_loss_weight": WHO_LOSS_WEIGHT})
     return llava, tok, log
 
 
