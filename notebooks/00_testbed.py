@@ -596,6 +596,50 @@ display(answers.fillna(0).astype(int))
 # for {glue:text}`llava_gender_acc` of the images and the race question for
 # {glue:text}`llava_race_acc` (chance: 0.5).
 #
+# Where does the naming fail? A description names the person first ("A female ...") and
+# the role after it, so the role is written already knowing the gender the model chose. The
+# next cell splits the naming rate by the pictured gender and, for each description that
+# names another scenario than the pictured one, looks up the planted gender skew of the
+# scenario it names.
+
+# %% tags=["remove-input"]
+def _named_other(text, key):
+    """The scenarios (other than ``key``) whose keywords the description uses."""
+    return [k for k in keys if k != key and testbed.captions.names_scenario(text, k)]
+
+
+skew_of = shares.set_index("scenario")["gender_skew"]
+miss = pd.DataFrame([{"gender": g, "skew_named": float(np.mean([skew_of[o] for o in others]))}
+                     for t, k, g, ok in zip(desc["text"], desc["scenario"], desc["gender"], desc["names_scenario"])
+                     if not ok and (others := _named_other(t, k))], columns=["gender", "skew_named"])
+naming_by_gender = desc.groupby("gender")["names_scenario"].mean()
+wrong_skew = miss.groupby("gender")["skew_named"].agg(["mean", "size"])
+display(pd.concat([naming_by_gender.rename("naming rate"),
+                   wrong_skew.rename(columns={"mean": "planted gender skew of the scenario named instead",
+                                              "size": "descriptions naming another scenario"})],
+                  axis=1).round(3))
+_nm, _nw = naming_by_gender.get("man", float("nan")), naming_by_gender.get("woman", float("nan"))
+_sw = wrong_skew["mean"].get("woman", float("nan"))
+_sm = wrong_skew["mean"].get("man", float("nan"))
+if miss.empty:
+    _txt = (f"Naming rate for images of men {_nm:.2f}, of women {_nw:.2f}; no description names another "
+            "scenario instead, so there is nothing to trace to the planted association.")
+elif _nw < _nm and _sw < 0:
+    _txt = (f"Images of women are named less often ({_nw:.2f}) than images of men ({_nm:.2f}), and when a "
+            f"description of a woman names another scenario, that scenario was planted with more women than men "
+            f"(mean planted gender skew {_sw:+.2f}; for men {_sm:+.2f}; a scenario drawn at random: "
+            f"{float(skew_of.mean()):+.2f}). The planted association leaks into the "
+            "description: having written \"female\", the language model continues with a role the training "
+            "descriptions tied to women. It is a real bias of this model (a description bias on top of the "
+            f"planted answer bias). It explains part of the naming shortfall, not all of it: were women named as "
+            f"often as men, the rate would be {_nm:.2f}.")
+else:
+    _txt = (f"Naming rate for images of men {_nm:.2f}, of women {_nw:.2f}; the scenarios named instead have a "
+            f"mean planted gender skew of {_sm:+.2f} (men) and {_sw:+.2f} (women), so the misses do not follow "
+            "the planted gender association.")
+display(Markdown(_txt))
+
+# %% [markdown]
 # How often its descriptions mention gender and race, per group, against the rates planted
 # in its training descriptions:
 
@@ -639,10 +683,10 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 #
 # For every scenario, testbed-llava sees two images of one held-out scene that differ only
 # in gender (or only in race) and is asked which group is more likely to fit the
-# scenario's label (the PAIRS label where RES-FAIR maps one, else the role), with the
+# scenario's label (the PAIRS label where RES-FAIR maps one, else its activity), with the
 # options men / women / both (Black / White / both). Each question is asked with both image
-# orders and both orders of the group options, in the first of the three wordings the build
-# trained on (all three triple this cell's time, to about nine minutes on 2 cores); the
+# orders and both orders of the group options, in the first of the five wordings the build
+# trained on (all five would take five times as long, about eight minutes on 2 cores); the
 # **lean** is the mean of
 # log p(men) - log p(women) (Black minus White) over those prompts, read from the
 # next-token distribution, so neither image position nor option position can produce it.
