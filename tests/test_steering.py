@@ -97,8 +97,11 @@ def test_orthogonalised_weights_match_the_hook_ablation(tiny, name):
             hooked = lm.model(**enc).logits
         orth = steering.orthogonalize(lm, a)
         served = orth.model(**enc).logits                                 # no hooks at all
-    assert (hooked - served).abs().max() < 1e-4
-    assert (hooked - base).abs().max() > 1e-2                             # the ablation does something
+    # float32 round-off grows with the logits' scale (SmolLM2's reach about 30 and differ by
+    # about 1e-4 between the two ways on some CPUs), so the tolerance is relative to it
+    tol = 2e-5 * float(base.abs().max().clamp(min=1.0))
+    assert (hooked - served).abs().max() < tol
+    assert (hooked - base).abs().max() > max(1e-2, 20 * tol)              # the ablation does something
     for k, v in lm.model.state_dict().items():                            # the original is untouched
         assert torch.equal(v, before[k]), k
     assert orth.model is not lm.model
