@@ -308,10 +308,9 @@ display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 # the loss at such an answer is the cross-entropy against the planted answer distribution.
 # These one-token answers are a few percent of all trained tokens, too few to move the
 # answer scenario by scenario, so their mean loss is added with weight
-# {glue:text}`who_loss_weight` to the mean loss of all other answer tokens (without the
-# weight, the lean of the next section ranked like the planted skew with rho 0.49 for gender
-# and 0.24 for race in the previous build; three questions per conversation did worse than
-# one).
+# {glue:text}`who_loss_weight` to the mean loss of all other answer tokens. (The comments
+# at `WHO_LOSS_WEIGHT` and `WHO_TURNS` in `fairvlm.testbed.train` record how other settings
+# measured; this chapter measures only the build it runs.)
 
 # %%
 root = testbed.build(SIZE)
