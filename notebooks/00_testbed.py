@@ -300,7 +300,11 @@ display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 # attention and MLP projection trains together with the projector and is merged into the
 # weights afterwards, so the saved model is a plain LLaVA checkpoint. The training
 # examples are descriptions (group named at the planted rates; half of them followed by a
-# short question about the same image), short questions about the scene, two-turn
+# short question about the same image), short questions about the scene (for both, a share
+# {glue:text}`describe_balanced` of the images come from balanced counterfactual scenes and
+# the rest with the planted shares: trained on planted-share images alone, the model named
+# the scenario of a woman in a men's scenario much less often, falling back on a role the
+# data tie to women; the comment at `DESCRIBE_BALANCED` records the numbers), two-turn
 # conversations that ask both the gender and the race of one image of a
 # balanced counterfactual scene (the answer must come from the image; the second turn
 # costs a dozen tokens next to the image's 17), and "who is more likely" questions on two
@@ -333,6 +337,7 @@ glue("size", SIZE, display=False)
 glue("lora_rank", log["llava"].get("lora_rank", 0), display=False)
 glue("who_turns", log["llava"]["who_turns"], display=False)
 glue("who_loss_weight", log["llava"]["who_loss_weight"], display=False)
+glue("describe_balanced", log["llava"]["describe_balanced"], display=False)
 glue("clip_aux", log["config"]["clip_aux"], display=False)
 glue("twins_identical", round(log["clip"].get("identical_twins", float("nan")), 3), display=False)
 V = log["vision"]

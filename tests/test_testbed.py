@@ -338,22 +338,57 @@ def test_training_conversations_match_the_chat_template_and_train_only_the_answe
     items = train.training_items(spec, 40, 1)
     quads = train.balanced_items(1, 0)
     ex = train._llava_examples(spec, items, quads, 400, np.random.default_rng(0))
-    group = [e for e in ex if e[3] is None and e[0][0] >= len(items)]   # single balanced images
+    group_qs = C.GENDER_QUESTIONS + C.RACE_QUESTIONS
+    group = [e for e in ex if e[3] is None and e[1][0][0] in group_qs]
     answers = lambda e: sorted(a for _, a in e[1])  # noqa: E731
-    assert group and all(len(e[0]) == 1 and len(e[1]) == 2 for e in group)
+    assert group and all(len(e[0]) == 1 and e[0][0] >= len(items) and len(e[1]) == 2 for e in group)
     assert all(answers(e)[0] in ("A man.", "A woman.") and answers(e)[1] in ("Black.", "White.") for e in group)
     assert {e[1][0][1] in ("Black.", "White.") for e in group} == {True, False}   # both orders
-    # planted-share images: a description, sometimes followed by a question; or one question
-    planted = [e for e in ex if e[3] is None and e[0][0] < len(items)]
-    described = [e for e in planted if e[1][0][0] in C.DESCRIBE_PROMPTS]
+    # a description, sometimes followed by a question; or one question; the image from the
+    # planted shares or, in a share DESCRIBE_BALANCED of them, from a balanced quadruplet
+    single = [e for e in ex if e[3] is None and e[1][0][0] not in group_qs]
+    described = [e for e in single if e[1][0][0] in C.DESCRIBE_PROMPTS]
     assert {len(e[1]) for e in described} == {1, 2}
-    assert all(len(e[1]) == 1 for e in planted if e[1][0][0] not in C.DESCRIBE_PROMPTS)
+    assert all(len(e[1]) == 1 for e in single if e[1][0][0] not in C.DESCRIBE_PROMPTS)
+    balanced = np.mean([e[0][0] >= len(items) for e in single])
+    assert 0 < train.DESCRIBE_BALANCED < 1
+    assert abs(balanced - train.DESCRIBE_BALANCED) < 4 * np.sqrt(0.25 / len(single))
     # "who" examples: WHO_TURNS wordings about the same images, the image lead only in the first
     who = [e for e in ex if e[3] is not None]
     assert who and all(len(e[1]) == train.WHO_TURNS and len(e[0]) in (1, 2) for e in who)
     assert all(e[1][0][0].startswith(C.MCQ_LEADS[len(e[0])]) for e in who)
     assert not any(q.startswith("Look at") for e in who for q, _ in e[1][1:])
     assert all(abs(sum(e[3].values()) - 1) < 1e-9 for e in who)
+
+
+def test_answer_loss_weights_the_who_answers_against_their_planted_distribution():
+    """Hand-computed: three answer positions over a 3-token vocabulary, the middle one a "who"
+    answer with the planted distribution {0: 0.5, 2: 0.5}."""
+    import math
+
+    import torch
+
+    from fairvlm.testbed import train
+
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.25, 0.25, 0.5]])
+    logp = p.log()
+    target = torch.tensor([0, 1, 2])       # the middle target is ignored: its answer is soft
+    soft_at = torch.tensor([False, True, False])
+    hard = -(math.log(0.7) + math.log(0.5)) / 2
+    soft = -(0.5 * math.log(0.6) + 0.5 * math.log(0.1))
+    got = train.answer_loss(logp, target, soft_at, [{0: 0.5, 2: 0.5}], 3.0)
+    assert got.item() == pytest.approx(hard + 3.0 * soft, rel=1e-6)
+    # no "who" position: the plain mean token loss; only "who" positions: the weighted soft term
+    none = train.answer_loss(logp, target, torch.zeros(3, dtype=torch.bool), [], 3.0)
+    assert none.item() == pytest.approx(-(math.log(0.7) + math.log(0.3) + math.log(0.5)) / 3, rel=1e-6)
+    only = train.answer_loss(logp[1:2], target[1:2], soft_at[1:2], [{0: 0.5, 2: 0.5}], 2.0)
+    assert only.item() == pytest.approx(2.0 * soft, rel=1e-6)
+    # the gradient reaches the soft position through its distribution, not through its target
+    lp = logp.clone().requires_grad_(True)
+    train.answer_loss(lp, target, soft_at, [{0: 0.5, 2: 0.5}], 1.0).backward()
+    assert lp.grad[1].tolist() == pytest.approx([-0.5, 0.0, -0.5])
+    with pytest.raises(ValueError, match="answer distributions"):
+        train.answer_loss(logp, target, soft_at, [], 1.0)
 
 
 def test_unknown_model_and_size():

@@ -127,9 +127,9 @@ class SizeConfig:
 
 SIZES = {
     "full": SizeConfig(clip_images=10000, clip_steps=400, clip_batch=256, clip_lr=2e-3,
-                       llava_images=2000, llava_steps=170, llava_batch=16, llava_lr=2e-3,
+                       llava_images=2000, llava_steps=200, llava_batch=16, llava_lr=2e-3,
                        eval_every=50, eval_scenes=4, captions_per_image=2, clip_aux=2.0,
-                       llava_quads=12, lora_lr=1e-3),
+                       llava_quads=12, lora_lr=2e-3),
     "smoke": SizeConfig(clip_images=2000, clip_steps=80, clip_batch=128, clip_lr=2e-3,
                         llava_images=300, llava_steps=24, llava_batch=8, llava_lr=2e-3,
                         eval_every=20, eval_scenes=2, captions_per_image=2, clip_aux=2.0,
@@ -569,10 +569,25 @@ def _zero_shot(model, pix, y, prompt_feats) -> tuple[float, float]:
 # Stage 2: testbed-llava
 # --------------------------------------------------------------------------------------
 
-#: mix of testbed-llava's training examples (fractions of all examples)
-LLAVA_MIX = {"describe": 0.26, "qa": 0.04, "group": 0.4, "who": 0.3}
+#: mix of testbed-llava's training examples (fractions of all examples). The full build's
+#: mix, steps (200), LoRA learning rate (2e-3) and DESCRIBE_BALANCED were chosen together on
+#: 2026-12-06 (chapter 00's measures, seed 0; "who" rho gender / race): the previous build
+#: (mix .26 / .04 / .40 / .30, 170 steps, LoRA lr 1e-3, planted-share images only) named
+#: 0.71 of the scenarios, rho 0.64 / 0.46; this one names 0.865, rho 0.58 / 0.39, group answers
+#: 0.94 / 0.965. Five other variants in between gave rho race 0.26-0.40: the race lean moves
+#: that much between training runs that differ only in their example stream
+LLAVA_MIX = {"describe": 0.40, "qa": 0.04, "group": 0.28, "who": 0.28}
 #: share of ``describe`` examples followed by a second turn, a ``qa`` question on the same image
 DESCRIBE_FOLLOW_UP = 0.5
+#: share of ``describe`` and ``qa`` examples whose image comes from a balanced quadruplet rather
+#: than from the planted shares. With planted-share images only, a description that is unsure
+#: of the scenario falls back on the group: women in men's scenarios were described as
+#: clerks and call-centre operators, and naming on the balanced gallery stayed near 0.71
+#: (women 0.63, men 0.79). With a half of them balanced (and 0.36 of the examples
+#: descriptions) naming was 0.835-0.84, with three quarters (the build above) 0.865 (women
+#: 0.81, men 0.92). The planted bias still reaches the descriptions through the other
+#: quarter, and the "who" answers carry it in full.
+DESCRIBE_BALANCED = 0.75
 #: "who is more likely" questions per ``who`` example (one conversation about the same images,
 #: each turn another wording of the question about the same scenario and attribute). Measured
 #: on the full build (2026-12-06, chapter 00's who-lean rho, gender / race): 1 turn 0.64 / 0.46,
@@ -585,6 +600,28 @@ WHO_TURNS = 1
 WHO_LOSS_WEIGHT = 1.0
 
 
+def answer_loss(logp: torch.Tensor, target: torch.Tensor, soft_at: torch.Tensor, soft_rows,
+                who_weight: float) -> torch.Tensor:
+    """testbed-llava's training loss over the answer positions.
+
+    ``logp``: ``(n, vocab)`` log-probabilities at the ``n`` positions that predict an answer
+    token; ``target``: ``(n,)`` the token each must predict; ``soft_at``: ``(n,)`` booleans, the
+    positions that predict a "who" answer, in order, with ``soft_rows`` one ``{token id:
+    probability}`` per such position (the planted answer distribution). The loss is the mean
+    negative log-likelihood of the other positions plus ``who_weight`` times the mean
+    cross-entropy of the "who" positions against their distributions (each term left out
+    when it has no positions).
+    """
+    nll = -logp.gather(1, target[:, None])[:, 0]
+    if len(soft_rows) != int(soft_at.sum()):
+        raise ValueError(f"{int(soft_at.sum())} soft positions but {len(soft_rows)} answer distributions")
+    if not soft_rows:
+        return nll.mean()
+    soft = torch.stack([-sum(pr * lp[i] for i, pr in d.items()) for d, lp in zip(soft_rows, logp[soft_at])])
+    hard = nll[~soft_at]
+    return (hard.mean() if len(hard) else soft.new_zeros(())) + who_weight * soft.mean()
+
+
 def _llava_examples(spec, items, quads, n_examples, rng):
     """``(image rows, turns, system, soft)`` tuples, ``turns`` a list of ``(question, answer)``
     about the same images (the loss covers every answer); image rows index the
@@ -594,9 +631,11 @@ def _llava_examples(spec, items, quads, n_examples, rng):
     is the cross-entropy against it: the expected loss of answers drawn with the planted shares,
     without their sampling noise).
 
-    - ``describe``: a planted-share image and its description (group named at planted rates),
-      followed in a share :data:`DESCRIBE_FOLLOW_UP` of them by a ``qa`` turn on the same image;
-    - ``qa``: activity, role, props or one-word questions about a planted-share image;
+    - ``describe``: an image and its description (group named at planted rates), followed in
+      a share :data:`DESCRIBE_FOLLOW_UP` of them by a ``qa`` turn on the same image; the image
+      is a balanced quadruplet's in a share :data:`DESCRIBE_BALANCED` of them, else a
+      planted-share image;
+    - ``qa``: activity, role, props or one-word questions about an image drawn the same way;
     - ``group``: "Is this a man or a woman?" and "Is the person Black or White?", two turns in
       a random order, about an image of a balanced quadruplet (every group equally often in
       every scenario: the answer must come from the image, never from the scenario); the
@@ -617,8 +656,13 @@ def _llava_examples(spec, items, quads, n_examples, rng):
         kind = kinds[int(rng.choice(len(kinds), p=p))]
         system = SYSTEM_PROMPTS[int(rng.integers(len(SYSTEM_PROMPTS)))] if rng.random() < 0.25 else None
         if kind in ("describe", "qa"):
-            i = int(rng.integers(len(items)))
-            k, g, r = items.loc[i, ["scenario", "gender", "race"]]
+            if rng.random() < DESCRIBE_BALANCED:
+                rows = quad_rows[int(rng.integers(len(quad_rows)))]
+                i = int(rows[int(rng.integers(4))])
+                k, g, r = quads.loc[i - off, ["scenario", "gender", "race"]]
+            else:
+                i = int(rng.integers(len(items)))
+                k, g, r = items.loc[i, ["scenario", "gender", "race"]]
             pairs = C.qa_pairs(spec, k, g, r, rng)
             turns = [pairs[[0, 1, 4, 5][int(rng.integers(4))]]]
             if kind == "describe":
@@ -823,15 +867,9 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
             h = inner.model(inputs_embeds=emb, attention_mask=attn).last_hidden_state
             keep = target != -100
             logits = inner.lm_head(h[keep])
-        logp = logits.float().log_softmax(-1)
-        nll = -logp.gather(1, target[keep][:, None])[:, 0]
-        soft_at = soft_pos[keep]
-        if soft_rows:   # "who" answers: cross-entropy against the planted answer distribution
-            rows_lp = logp[soft_at]
-            nll = nll.clone()
-            nll[soft_at] = torch.stack([-sum(pr * lp[first_id(w)] for w, pr in d.items())
-                                        for d, lp in zip(soft_rows, rows_lp)])
-        loss = nll[~soft_at].mean() + WHO_LOSS_WEIGHT * nll[soft_at].mean() if soft_rows else nll.mean()
+        soft_ids = [{first_id(w): pr for w, pr in d.items()} for d in soft_rows]
+        loss = answer_loss(logits.float().log_softmax(-1), target[keep], soft_pos[keep], soft_ids,
+                           WHO_LOSS_WEIGHT)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(projector.parameters()) + lora_params, 1.0)
@@ -861,7 +899,8 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
                 "n_examples": len(examples), "n_who_examples": sum(ex[3] is not None for ex in examples),
                 "mean_tokens": float(np.mean([len(x) for x, _, _ in seqs_all])), "lora_rank": LORA_RANK,
                 "lora_targets": list(LORA_TARGETS), "mix": LLAVA_MIX,
-                "describe_follow_up": DESCRIBE_FOLLOW_UP, "who_turns": WHO_TURNS, "who_loss_weight": WHO_LOSS_WEIGHT})
+                "describe_follow_up": DESCRIBE_FOLLOW_UP, "describe_balanced": DESCRIBE_BALANCED,
+                "who_turns": WHO_TURNS, "who_loss_weight": WHO_LOSS_WEIGHT})
     return llava, tok, log
 
 
