@@ -55,9 +55,10 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores: 10.8 to 13.5 minutes for `embedded` over five runs (three with
-# the `full` testbed cached, 2026-11-27; 13.5 and 10.8 in a whole `make book` from an empty
-# cache, 2026-11-28 and 2026-12-06, the second on a faster day for the same machine type),
+# Measured on 2 CPU cores: 10.8 to 13.5 minutes for `embedded` over six runs (three with
+# the `full` testbed cached, 2026-11-27; 13.5, 10.8 and 11.7 in a whole `make book` from an
+# empty cache, 2026-11-28 and twice on 2026-12-06, the second on a faster day for the same
+# machine type, the third on the retrained testbed),
 # with a peak of about 8 GB of memory. In the 12.1-minute run, training the six
 # baselines in bfloat16 autocast took 4.1 minutes, evaluating the methods 4.6, the lambda
 # grid 1.5 and general ability 1.5; this execution's training and total times are printed in
