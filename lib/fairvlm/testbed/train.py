@@ -574,8 +574,11 @@ def _zero_shot(model, pix, y, prompt_feats) -> tuple[float, float]:
 #: 2026-12-06 (chapter 00's measures, seed 0; "who" rho gender / race): the previous build
 #: (mix .26 / .04 / .40 / .30, 170 steps, LoRA lr 1e-3, planted-share images only) named
 #: 0.71 of the scenarios, rho 0.64 / 0.46; this one names 0.865, rho 0.58 / 0.39, group answers
-#: 0.94 / 0.965. Five other variants in between gave rho race 0.26-0.40: the race lean moves
-#: that much between training runs that differ only in their example stream
+#: 0.94 / 0.965. Four other variants tried that day (a half of the description images
+#: balanced; 0.36 of the examples descriptions; LoRA lr 1e-3 or 2e-3; text-only "who"
+#: questions; "A Black person." as the race answer) named 0.805-0.84 and gave rho race
+#: 0.26-0.40: the race lean moves that much between runs that differ only in their example
+#: stream, which no setting tried here lifted past 0.46
 LLAVA_MIX = {"describe": 0.40, "qa": 0.04, "group": 0.28, "who": 0.28}
 #: share of ``describe`` examples followed by a second turn, a ``qa`` question on the same image
 DESCRIBE_FOLLOW_UP = 0.5
