@@ -639,7 +639,8 @@ elif _nw < _nm and _sw < 0:
             f"often as men, the rate would be {_nm:.2f}.")
 else:
     _txt = (f"Naming rate for images of men {_nm:.2f}, of women {_nw:.2f}; the scenarios named instead have a "
-            f"mean planted gender skew of {_sm:+.2f} (men) and {_sw:+.2f} (women), so the misses do not follow "
+            f"mean planted gender skew of {_sm:+.2f} (men) and {_sw:+.2f} (women), against "
+            f"{float(skew_of.mean()):+.2f} for a scenario drawn at random, so the misses do not follow "
             "the planted gender association.")
 display(Markdown(_txt))
 
