@@ -340,6 +340,58 @@ def test_dpo_kl_gradient_read_off_the_dpo_pass_equals_a_separate_pass(tmp_path):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
 
 
+def test_cpu_training_kernels_score_only_completions_and_keep_loss_and_gradient(tmp_path, monkeypatch):
+    """Inside ``cpu_training_kernels`` trl's fused LM head scores only the labelled positions on
+    a CPU (fewer rows through the head) and the DPO + KL loss and its gradient are unchanged;
+    trl's switch is restored afterwards."""
+    import trl.trainer.utils as trl_utils
+
+    from fairvlm import finetune
+
+    scored = []
+    real = trl_utils._ChunkedLogProbFunction
+
+    class Counting:
+        @staticmethod
+        def apply(hidden, *args):
+            scored.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+    rows, src = _trainer_rows()
+    lm = models.load("tiny-llava")
+    args = finetune.DPOKLConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none",
+                                remove_unused_columns=False, use_cpu=True, max_length=None, seed=0, kl_coef=0.5)
+    torch.manual_seed(0)
+    tr = finetune.DPOKLTrainer(model=lm.model, args=args, processing_class=lm.processor,
+                               peft_config=finetune.lora_config(),
+                               train_dataset=finetune._dataset(finetune.preference_records(lm, rows, src, seed=0)))
+    tr.model.train()
+    inputs = _batch(tr)
+    with torch.no_grad():
+        for n, p in tr.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+    original = trl_utils._use_triton
+    out = {}
+    for on in (False, True):
+        scored.clear()
+        tr.model.zero_grad()
+        with finetune.cpu_training_kernels(on):
+            loss = tr.compute_loss(tr.model, inputs)
+        loss.backward()
+        out[on] = (loss.detach(), [p.grad.detach().clone() for p in params], list(scored))
+    assert trl_utils._use_triton is original
+    labelled = int(inputs["completion_mask"][:, 1:].sum())
+    assert out[False][2] == [inputs["input_ids"].numel() - inputs["input_ids"].shape[0]] * 2   # every position
+    assert out[True][2] == [labelled] * 2 and labelled < out[False][2][0]                   # policy and reference
+    assert torch.allclose(out[True][0], out[False][0], rtol=1e-6, atol=1e-7)
+    assert max(float(g.abs().max()) for g in out[False][1]) > 1e-6
+    for a, b in zip(out[True][1], out[False][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_dpo_kl_config_rejects_bad_knobs(tmp_path):
     from fairvlm import finetune
 

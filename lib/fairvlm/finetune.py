@@ -32,6 +32,7 @@ The same entry point runs without DeepSpeed on CPU (tests use tiny-llava and tin
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from collections.abc import Callable, Sequence
@@ -45,8 +46,8 @@ from fairvlm import mcq
 from fairvlm.errors import FairVLMError, unknown
 
 __all__ = [
-    "FAIR_ANSWERS", "KL_MEASURES", "DPOKLConfig", "DPOKLTrainer", "lora_config", "preference_records",
-    "sft_records", "train_dpo_kl", "train_lora", "main",
+    "FAIR_ANSWERS", "KL_MEASURES", "DPOKLConfig", "DPOKLTrainer", "cpu_training_kernels", "lora_config",
+    "preference_records", "sft_records", "train_dpo_kl", "train_lora", "main",
 ]
 
 #: Candidate fair answers (preferred / SFT targets); each starts with the fair option's word.
@@ -318,6 +319,59 @@ def _no_checkpointing() -> dict:
     return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
 
 
+@contextlib.contextmanager
+def cpu_training_kernels(enabled: bool = True):
+    """Score only the completion tokens through the LM head when training on a CPU; entered
+    around ``trainer.train()``. The losses and their gradients are unchanged.
+
+    trl's fused LM head (both trainers use it) scores only the positions that carry a label
+    on Triton devices, but every position of every sequence elsewhere (so that tile shapes
+    stay fixed for graph compilers). On a CPU that sends the whole prompt through a 49k-word
+    head in float32, forward and backward, for the few answer tokens the loss reads: about a
+    third of a DPO step on SmolLM2. Inside this context trl takes its Triton-device path for
+    CPU tensors too (``trl.trainer.utils._use_triton``; the kernels themselves still run in
+    torch): the same log-probabilities for the labelled tokens, zeros elsewhere as before.
+    With a trl that has no such switch nothing is patched, and training is only slower.
+    ``benchmarks/bench_finetune.py`` prints the time ratio; ``tests/test_resfair.py`` checks
+    that the loss is unchanged.
+
+    (PyTorch's math attention kernel would save another tenth on a CPU, its flash-attention
+    backward being slow at these shapes, but in bfloat16 it rounds differently, so it is
+    left out: this context changes speed only.)
+    """
+    if not enabled:
+        yield
+        return
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:  # pragma: no cover - trl is a dependency
+        trl_utils = None
+    original = getattr(trl_utils, "_use_triton", None)
+    if not callable(original):
+        yield
+        return
+
+    def compact(device, _original=original):
+        return device.type == "cpu" or _original(device)
+
+    with _patched(trl_utils, "_use_triton", compact):
+        yield
+
+
+@contextlib.contextmanager
+def _patched(obj, name: str, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def _on_cpu(args) -> bool:
+    return bool(getattr(args, "use_cpu", False)) or not torch.cuda.is_available()
+
+
 def _dataset(records):
     from datasets import Dataset
 
@@ -364,7 +418,8 @@ def train_dpo_kl(loaded, rows: Sequence, images: Callable | None = None, *, outp
                                           mixed_precision))
     trainer = DPOKLTrainer(model=loaded.model, args=args, train_dataset=_dataset(preference_records(
         loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
-    trainer.train()
+    with cpu_training_kernels(_on_cpu(args)):
+        trainer.train()
     return _merged(loaded, trainer)
 
 
@@ -381,7 +436,8 @@ def train_lora(loaded, rows: Sequence, images: Callable | None = None, *, output
     args = SFTConfig(max_length=None, completion_only_loss=True, **kw)
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=_dataset(sft_records(
         loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
-    trainer.train()
+    with cpu_training_kernels(_on_cpu(args)):
+        trainer.train()
     return _merged(loaded, trainer)
 
 
