@@ -392,6 +392,27 @@ def test_cpu_training_kernels_score_only_completions_and_keep_loss_and_gradient(
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["lora", "dpo_kl"])
+def test_trained_model_comes_back_as_a_loaded_one(method, tmp_path):
+    """After training, the merged model has the loaded model's ``use_cache`` flags and its
+    weights require gradients as transformers loads them (peft leaves them frozen; a frozen
+    bfloat16 LM head is a very slow path in ``generate`` on CPU), and it still answers."""
+    from fairvlm import finetune
+
+    rows, src = _trainer_rows()
+    lm = models.load("tiny-llava")
+    before = [flag for _, flag in finetune._cache_flags(lm.model)]
+    assert all(p.requires_grad for p in lm.model.parameters())
+    fn = finetune.train_lora if method == "lora" else finetune.train_dpo_kl
+    out, hist = fn(lm, rows, src, output_dir=tmp_path, epochs=1, batch_size=4, max_steps=1, seed=0)
+    assert [h for h in hist if "loss" in h]
+    assert [flag for _, flag in finetune._cache_flags(out.model)] == before
+    assert all(p.requires_grad for p in out.model.parameters())
+    out.model.to(torch.bfloat16)
+    t = mcq.evaluate(out, rows, images=src, max_new_tokens=3, progress=False)
+    assert len(t) == len(rows) and t["answer"].map(type).eq(str).all()
+
+
 def test_dpo_kl_config_rejects_bad_knobs(tmp_path):
     from fairvlm import finetune
 
