@@ -8,8 +8,8 @@ for SmolLM2-135M-Instruct (bfloat16 autocast, as chapter 04 trains); each repeat
 reference pass included) plain, inside the context, and plain again, in a shuffled order, in
 one process. The ratio is the median over repeats of context / mean(plain of the same
 repeat); the two plain runs of a repeat give an A/A ratio, printed as the noise floor. The
-context changes no number (``tests/test_resfair.py``), so the ratio is pure speed: below 1
-is the saving.
+context leaves the loss as it is and its gradient to rounding (``tests/test_resfair.py``),
+so the ratio is speed alone: below 1 is the saving.
 
     python benchmarks/bench_finetune.py
     python benchmarks/bench_finetune.py --method lora --repeats 7

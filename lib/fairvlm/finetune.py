@@ -322,7 +322,9 @@ def _no_checkpointing() -> dict:
 @contextlib.contextmanager
 def cpu_training_kernels(enabled: bool = True):
     """Score only the completion tokens through the LM head when training on a CPU; entered
-    around ``trainer.train()``. The losses and their gradients are unchanged.
+    around ``trainer.train()``. The loss is the same and its gradient agrees to float32
+    rounding (the backward sums in another order), so a run's later steps can differ in the
+    last digits, as after any change of summation order.
 
     trl's fused LM head (both trainers use it) scores only the positions that carry a label
     on Triton devices, but every position of every sequence elsewhere (so that tile shapes
@@ -333,7 +335,7 @@ def cpu_training_kernels(enabled: bool = True):
     torch): the same log-probabilities for the labelled tokens, zeros elsewhere as before.
     With a trl that has no such switch nothing is patched, and training is only slower.
     ``benchmarks/bench_finetune.py`` prints the time ratio; ``tests/test_resfair.py`` checks
-    that the loss is unchanged.
+    the loss and the gradient.
 
     (PyTorch's math attention kernel would save another tenth on a CPU, its flash-attention
     backward being slow at these shapes, but in bfloat16 it rounds differently, so it is
