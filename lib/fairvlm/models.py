@@ -142,6 +142,11 @@ class LoadedModel:
 
     See the module docstring for the full API. ``model`` is in eval mode; its parameters keep
     ``requires_grad`` as transformers sets it (call ``model.requires_grad_(False)`` to freeze).
+    Generating from a frozen bfloat16 model on a CPU is slow with PyTorch 2.13: ``generate``
+    hands the LM head a non-contiguous slice of the last position, and a frozen bfloat16
+    ``Linear`` then copies its weight once per row (seconds per new token for SmolLM2's head).
+    Inference runs under ``torch.no_grad`` anyway, so leave the weights as loaded when you
+    generate; :mod:`fairvlm.finetune` hands its trained models back that way.
     """
 
     model: Any
