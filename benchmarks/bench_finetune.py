@@ -11,8 +11,15 @@ repeat); the two plain runs of a repeat give an A/A ratio, printed as the noise 
 context leaves the loss as it is and its gradient to rounding (``tests/test_resfair.py``),
 so the ratio is speed alone: below 1 is the saving.
 
+With ``--method generate`` it times instead what a trained model's weights being frozen
+costs at generation: greedy answers to ``--rows`` questions from SmolLM2 in bfloat16, as
+loaded and with ``requires_grad_(False)`` (the state peft leaves merged weights in, which
+``fairvlm.finetune`` now undoes), in the same shuffled design; the ratio is frozen / as
+loaded.
+
     python benchmarks/bench_finetune.py
     python benchmarks/bench_finetune.py --method lora --repeats 7
+    python benchmarks/bench_finetune.py --method generate --rows 16 --repeats 3
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from fairvlm import finetune, mcq, models
 
 def main(argv=None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", default="dpo_kl", choices=("dpo_kl", "lora"))
+    ap.add_argument("--method", default="dpo_kl", choices=("dpo_kl", "lora", "generate"))
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4, help="pairs (DPO) or examples (LoRA) per step")
@@ -44,11 +51,13 @@ def main(argv=None) -> float:
     if args.batch < 1 or args.rows < args.batch or args.repeats < 1:
         raise SystemExit("need 1 <= --batch <= --rows and --repeats >= 1")
 
+    items = mcq.build_items(mcq.pairs_labels(), "pairs", variants=("text",))
+    rows = mcq.make_rows(items[:args.rows], 1)[:args.rows]
+    if args.method == "generate":
+        return _generation(args, rows)
     lm = models.load(args.model, dtype=torch.float32)
     if lm.kind != "causal-lm":
         raise SystemExit(f"--model {args.model}: this benchmark asks text-only questions; name a language model")
-    items = mcq.build_items(mcq.pairs_labels(), "pairs", variants=("text",))
-    rows = mcq.make_rows(items[:args.rows], 1)[:args.rows]
     with tempfile.TemporaryDirectory() as tmp:
         kw = finetune._common_args(tmp, 1, args.batch, 5e-5, args.seed, -1, None, "bf16")
         if args.method == "dpo_kl":
@@ -78,18 +87,7 @@ def main(argv=None) -> float:
         for _ in range(args.warmup):
             timed(False)
             timed(True)
-        order_rng = np.random.default_rng(args.seed)
-        plain, fast, pair, aa = [], [], [], []
-        for _ in range(args.repeats):
-            kinds = [False, True, False]
-            order_rng.shuffle(kinds)
-            t = {False: [], True: []}
-            for k in kinds:
-                t[k].append(timed(k))
-            plain += t[False]
-            fast += t[True]
-            pair.append(t[True][0] / statistics.mean(t[False]))
-            aa.append(t[False][1] / t[False][0])
+        plain, fast, pair, aa = _paired(timed, args.repeats, args.seed)
     ratio = statistics.median(pair)
     spread = float(np.percentile(aa, 75) - np.percentile(aa, 25))
     print(f"{args.method} training step, {lm.name}, bfloat16 autocast on CPU, {torch.get_num_threads()} threads; "
@@ -98,6 +96,46 @@ def main(argv=None) -> float:
     print(f"noise floor, plain / plain within a repeat: median {statistics.median(aa):.3f}, "
           f"interquartile range {spread:.3f}")
     print(f"ratio with / without cpu_training_kernels (median over repeats): {ratio:.3f}")
+    return ratio
+
+
+def _paired(timed, repeats: int, seed: int):
+    """Shuffled repeats of timed(False), timed(True), timed(False): the plain times, the other
+    times, each repeat's other / mean(plain) and its plain / plain (A/A) ratio."""
+    order_rng = np.random.default_rng(seed)
+    plain, other, pair, aa = [], [], [], []
+    for _ in range(repeats):
+        kinds = [False, True, False]
+        order_rng.shuffle(kinds)
+        t = {False: [], True: []}
+        for k in kinds:
+            t[k].append(timed(k))
+        plain += t[False]
+        other += t[True]
+        pair.append(t[True][0] / statistics.mean(t[False]))
+        aa.append(t[False][1] / t[False][0])
+    return plain, other, pair, aa
+
+
+def _generation(args, rows) -> float:
+    lm = models.load(args.model, dtype=torch.bfloat16)
+    if lm.kind != "causal-lm":
+        raise SystemExit(f"--model {args.model}: this benchmark asks text-only questions; name a language model")
+
+    def timed(frozen: bool) -> float:
+        lm.model.requires_grad_(not frozen)
+        start = time.perf_counter()
+        mcq.evaluate(lm, rows, max_new_tokens=8, batch_size=len(rows), progress=False)
+        return time.perf_counter() - start
+
+    timed(False)
+    plain, frozen, pair, aa = _paired(timed, args.repeats, args.seed)
+    ratio = statistics.median(pair)
+    print(f"greedy answers to {len(rows)} questions in one batch, {lm.name} in bfloat16 on CPU, "
+          f"{torch.get_num_threads()} threads; {args.repeats} repeats")
+    print(f"as loaded {statistics.median(plain):.3f} s   frozen {statistics.median(frozen):.3f} s (medians)")
+    print(f"noise floor, as loaded / as loaded within a repeat: median {statistics.median(aa):.3f}")
+    print(f"ratio frozen / as loaded (median over repeats): {ratio:.2f}")
     return ratio
 
 
