@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from fairvlm import finetune, mcq, models
+from paired import paired_repeats
 
 
 def main(argv=None) -> float:
@@ -87,7 +88,7 @@ def main(argv=None) -> float:
         for _ in range(args.warmup):
             timed(False)
             timed(True)
-        plain, fast, pair, aa = _paired(timed, args.repeats, args.seed)
+        plain, fast, pair, aa = paired_repeats(timed, args.repeats, args.seed)
     ratio = statistics.median(pair)
     spread = float(np.percentile(aa, 75) - np.percentile(aa, 25))
     print(f"{args.method} training step, {lm.name}, bfloat16 autocast on CPU, {torch.get_num_threads()} threads; "
@@ -97,24 +98,6 @@ def main(argv=None) -> float:
           f"interquartile range {spread:.3f}")
     print(f"ratio with / without cpu_training_kernels (median over repeats): {ratio:.3f}")
     return ratio
-
-
-def _paired(timed, repeats: int, seed: int):
-    """Shuffled repeats of timed(False), timed(True), timed(False): the plain times, the other
-    times, each repeat's other / mean(plain) and its plain / plain (A/A) ratio."""
-    order_rng = np.random.default_rng(seed)
-    plain, other, pair, aa = [], [], [], []
-    for _ in range(repeats):
-        kinds = [False, True, False]
-        order_rng.shuffle(kinds)
-        t = {False: [], True: []}
-        for k in kinds:
-            t[k].append(timed(k))
-        plain += t[False]
-        other += t[True]
-        pair.append(t[True][0] / statistics.mean(t[False]))
-        aa.append(t[False][1] / t[False][0])
-    return plain, other, pair, aa
 
 
 def _generation(args, rows) -> float:
@@ -129,7 +112,7 @@ def _generation(args, rows) -> float:
         return time.perf_counter() - start
 
     timed(False)
-    plain, frozen, pair, aa = _paired(timed, args.repeats, args.seed)
+    plain, frozen, pair, aa = paired_repeats(timed, args.repeats, args.seed)
     ratio = statistics.median(pair)
     print(f"greedy answers to {len(rows)} questions in one batch, {lm.name} in bfloat16 on CPU, "
           f"{torch.get_num_threads()} threads; {args.repeats} repeats")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fairvlm import lens, resfair
+from paired import paired_repeats
 
 
 def _random_llama(args):
@@ -111,21 +112,8 @@ def main(argv=None) -> float:
     for _ in range(args.warmup):
         timed(False)
         timed(True)
-    # paired design: each repeat times plain, edited and plain again in a shuffled order; the
-    # edited/plain ratio of a repeat uses its own plain runs, and the two plain runs of a
-    # repeat give the noise floor (an A/A ratio that should be 1 within noise)
-    order_rng = np.random.default_rng(args.seed)
-    plain, edited, pair, aa = [], [], [], []
-    for _ in range(args.repeats):
-        kinds = [False, True, False]
-        order_rng.shuffle(kinds)
-        t = {"p": [], "e": []}
-        for with_edit in kinds:
-            t["e" if with_edit else "p"].append(timed(with_edit))
-        plain += t["p"]
-        edited += t["e"]
-        pair.append(t["e"][0] / statistics.mean(t["p"]))
-        aa.append(t["p"][1] / t["p"][0])
+    # paired design (benchmarks/paired.py): the two plain runs of a repeat give the noise floor
+    plain, edited, pair, aa = paired_repeats(timed, args.repeats, args.seed)
     ratio = statistics.median(pair)
     spread = float(np.percentile(aa, 75) - np.percentile(aa, 25))
     print(f"model {lm.name} ({lm.n_layers} layers, d={lm.d_model}, {args.dtype}, {args.device}); "

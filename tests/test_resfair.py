@@ -302,15 +302,15 @@ def test_dpo_kl_at_zero_equals_dpo_and_reference_kl_is_zero_at_step_zero(tmp_pat
     assert losses["fair"].item() == pytest.approx(losses["dpo"].item() + 0.5 * kl_fair, rel=1e-5)
 
 
-def test_dpo_kl_gradient_read_off_the_dpo_pass_equals_a_separate_pass(tmp_path):
-    # the KL term reuses the DPO step's policy pass; its gradient on the adapter must be the
-    # one a separate forward pass through the model gives
+def _lora_dpo_trainer(tmp_path, kl_coef):
+    """A DPO + KL trainer with a LoRA adapter on tiny-llava, one prepared batch and the adapter's
+    parameters; LoRA B is set nonzero so that the A matrices get gradient too."""
     from fairvlm import finetune
 
     rows, src = _trainer_rows()
     lm = models.load("tiny-llava")
     args = finetune.DPOKLConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none",
-                                remove_unused_columns=False, use_cpu=True, max_length=None, seed=0, kl_coef=1.0)
+                                remove_unused_columns=False, use_cpu=True, max_length=None, seed=0, kl_coef=kl_coef)
     torch.manual_seed(0)
     tr = finetune.DPOKLTrainer(model=lm.model, args=args, processing_class=lm.processor,
                                peft_config=finetune.lora_config(),
@@ -318,11 +318,19 @@ def test_dpo_kl_gradient_read_off_the_dpo_pass_equals_a_separate_pass(tmp_path):
     tr.model.train()
     inputs = _batch(tr)
     params = [p for p in tr.model.parameters() if p.requires_grad]
-    # a nonzero LoRA B so that the adapter's A matrices get gradient too
     with torch.no_grad():
         for n, p in tr.model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
+    return tr, inputs, params
+
+
+def test_dpo_kl_gradient_read_off_the_dpo_pass_equals_a_separate_pass(tmp_path):
+    # the KL term reuses the DPO step's policy pass; its gradient on the adapter must be the
+    # one a separate forward pass through the model gives
+    from fairvlm import finetune
+
+    tr, inputs, params = _lora_dpo_trainer(tmp_path, kl_coef=1.0)
 
     def grads(loss):
         tr.model.zero_grad()
@@ -358,21 +366,7 @@ def test_cpu_training_kernels_score_only_completions_and_keep_loss_and_gradient(
             return real.apply(hidden, *args)
 
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
-    rows, src = _trainer_rows()
-    lm = models.load("tiny-llava")
-    args = finetune.DPOKLConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none",
-                                remove_unused_columns=False, use_cpu=True, max_length=None, seed=0, kl_coef=0.5)
-    torch.manual_seed(0)
-    tr = finetune.DPOKLTrainer(model=lm.model, args=args, processing_class=lm.processor,
-                               peft_config=finetune.lora_config(),
-                               train_dataset=finetune._dataset(finetune.preference_records(lm, rows, src, seed=0)))
-    tr.model.train()
-    inputs = _batch(tr)
-    with torch.no_grad():
-        for n, p in tr.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    params = [p for p in tr.model.parameters() if p.requires_grad]
+    tr, inputs, params = _lora_dpo_trainer(tmp_path, kl_coef=0.5)
     original = trl_utils._use_triton
     out = {}
     for on in (False, True):

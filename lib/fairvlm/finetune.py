@@ -356,18 +356,10 @@ def cpu_training_kernels(enabled: bool = True):
     def compact(device, _original=original):
         return device.type == "cpu" or _original(device)
 
-    with _patched(trl_utils, "_use_triton", compact):
-        yield
+    from unittest import mock
 
-
-@contextlib.contextmanager
-def _patched(obj, name: str, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
+    with mock.patch.object(trl_utils, "_use_triton", compact):
         yield
-    finally:
-        setattr(obj, name, old)
 
 
 def _on_cpu(args) -> bool:
