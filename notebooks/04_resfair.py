@@ -149,6 +149,8 @@ if PROFILE == "smoke":
 # ## Imports
 
 # %% tags=["hide-input"]
+import contextlib
+import io
 import tempfile
 import time
 
@@ -263,7 +265,8 @@ TRAIN_MIXED = "bf16" if DTYPE == "bfloat16" else None
 EVAL_DTYPE = None if DTYPE == "auto" else getattr(torch, DTYPE)
 curves, trained = [], {}
 T_TRAIN = time.time()
-with tempfile.TemporaryDirectory() as tmp:
+# the trainers print every step's log line; the loss curves below show the same numbers
+with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
     for k, sp in enumerate(splits):
         for method, fn, extra in (("w/ LoRA", finetune.train_lora, {}),
                                   ("w/ DPO+KL", finetune.train_dpo_kl,
