@@ -55,10 +55,10 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores on 2026-12-06, with the `full` testbed and chapter 01's runs
-# cached: 6.1 minutes for `embedded` (training the six baselines 2.4, evaluating the methods
-# 1.6, the lambda grid 0.9, general ability 0.8), and 5.8 in a whole `make book` from an
-# empty cache on 2026-12-07, against the 6 this chapter was designed for; this execution's training and total times are printed in the summary. Until then it
+# Measured on 2 CPU cores with the `full` testbed and chapter 01's runs cached: 6.1 minutes
+# for `embedded` on 2026-12-06 (training the six baselines 2.4, evaluating the methods 1.6,
+# the lambda grid 0.9, general ability 0.8) and 5.9 on 2026-12-07, and 5.8 in a whole
+# `make book` from an empty cache on 2026-12-07, against the 6 this chapter was designed for; this execution's training and total times are printed in the summary. Until then it
 # took 10.8 to 13.5 minutes (six runs, 2026-11-27 to 2026-12-06): two things in the trainers
 # cost more than half of it. trl scores every prompt position through the LM head on a CPU,
 # and the trained models came back with frozen weights, which in bfloat16 sent every new
