@@ -10,7 +10,10 @@ after a warm-up, all in one process, so drift on a shared machine hits both alik
     python benchmarks/bench_hooks.py --sites arditi       # resid_pre + attn_out + mlp_out, all layers
 
 ``--sites arditi`` is the gradient-steering ablation (block input, attention output, MLP
-output at every layer: 90 edits per pass).
+output at every layer: 90 edits per pass). ``--edit identity`` times edits that hand their
+input back unchanged, as the logit-lens recorder of chapters 01-03 does
+at the same 90 sites (``--sites arditi --edit identity``): the finite-value check
+is skipped for them, so their cost is the hooks' own.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def main(argv=None) -> float:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--sites", choices=sorted(SITE_SETS), default="resid_post")
+    ap.add_argument("--edit", choices=("project", "identity"), default="project",
+                    help="project: r <- r - d d^T r; identity: return r (a recorder)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -52,7 +57,11 @@ def main(argv=None) -> float:
     def project_out(r: torch.Tensor) -> torch.Tensor:
         return r - (r @ d).unsqueeze(-1) * d
 
-    edits = {site: project_out for site in SITE_SETS[args.sites]}
+    def identity(r: torch.Tensor) -> torch.Tensor:
+        return r
+
+    fn = project_out if args.edit == "project" else identity
+    edits = {site: fn for site in SITE_SETS[args.sites]}
 
     def forward():
         with torch.inference_mode():
@@ -80,7 +89,8 @@ def main(argv=None) -> float:
     n_edits = len(SITE_SETS[args.sites]) * lm.n_layers
     print(f"SmolLM2-135M-Instruct, batch {args.batch} x {args.tokens} tokens, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeats")
-    print(f"rank-1 projection edit at {n_edits} sites ({', '.join(SITE_SETS[args.sites])})")
+    what = "rank-1 projection edit" if args.edit == "project" else "identity edit"
+    print(f"{what} at {n_edits} sites ({', '.join(SITE_SETS[args.sites])})")
     print(f"median forward without hooks: {statistics.median(plain) * 1e3:.1f} ms")
     print(f"median forward with edit:     {statistics.median(edited) * 1e3:.1f} ms")
     print(f"ratio: {ratio:.3f} (target <= 1.05)")

@@ -252,6 +252,22 @@ def test_edit_returning_nan_is_refused(lm):
     assert torch.isnan(_run(lm, {"attn_out.2": lambda x: x / torch.zeros(())}, check_finite=False)).any()
 
 
+def test_identity_edits_skip_the_finite_check_and_other_edits_keep_it(lm, monkeypatch):
+    # an edit that hands back its input (the logit-lens recorder) cannot turn a finite value
+    # into NaN, so it pays no isfinite pass; an edit that returns a new tensor still does
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(hooks.torch, "isfinite", lambda t: calls.append(t.shape) or real(t))
+    plain = _run(lm)
+    seen = []
+    out = _run(lm, {"resid_pre.*": lambda x: seen.append(1) or x, "mlp_out.1": lambda x: x})
+    assert seen and calls == [] and torch.equal(out, plain)
+    _run(lm, {"mlp_out.1": lambda x: 1.0 * x})
+    assert len(calls) >= 1
+    with fails(FairVLMError, "attn_out.2", "NaN"):
+        _run(lm, {"attn_out.2": lambda x: x / torch.zeros(())})
+
+
 def test_edit_returning_nan_is_refused_when_the_block_ends_on_an_accelerator(lm, monkeypatch):
     # the accelerator path (no host sync per hook): the forward pass completes, the block's
     # exit names the site that produced NaN from a finite input, and a clean block passes
