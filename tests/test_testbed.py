@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -236,10 +237,17 @@ def test_caption_marking(spec):
     """Atypical people are named more often: a Black woman pilot more than a White man pilot."""
     bw = spec.caption_mention("airplane", "woman", "black")
     wm = spec.caption_mention("airplane", "man", "white")
-    # p_gender = 0.6 * (0.5 / P(gender))**0.5, capped at 0.95: women are 0.2 of pilots
-    assert bw[0] == pytest.approx(min(0.95, 0.6 * (0.5 / 0.2) ** 0.5))
-    assert wm[0] == pytest.approx(0.6 * (0.5 / 0.8) ** 0.5)
-    assert bw[1] > wm[1]
+    # p_gender = 0.6 * (0.5 / P(gender))**marking, capped at 0.95 (the book's spec: marking 1):
+    # women are 0.2 of pilots, so their gender is named at the cap; men's at 0.6 * 0.5 / 0.8
+    assert spec.captions["marking"] == 1.0
+    assert bw[0] == pytest.approx(0.95)
+    assert wm[0] == pytest.approx(0.375)
+    # race: Black people are 0.2 of pilots (cap), White people 0.8: 0.5 * 0.5 / 0.8
+    assert bw[1] == pytest.approx(0.95)
+    assert wm[1] == pytest.approx(0.3125)
+    # at marking 0 every group is named at the base rate
+    flat = dataclasses.replace(spec, captions={**spec.captions, "marking": 0.0})
+    assert flat.caption_mention("airplane", "woman", "black") == pytest.approx((0.6, 0.5))
 
 
 def test_descriptions_and_questions(spec):
@@ -387,7 +395,7 @@ def test_answer_loss_weights_the_who_answers_against_their_planted_distribution(
     lp = logp.clone().requires_grad_(True)
     train.answer_loss(lp, target, soft_at, [{0: 0.5, 2: 0.5}], 1.0).backward()
     assert lp.grad[1].tolist() == pytest.approx([-0.5, 0.0, -0.5])
-    with pytest.raises(ValueError, match="answer distributions"):
+    with pytest.raises(FairVLMError, match="answer distributions"):
         train.answer_loss(logp, target, soft_at, [], 1.0)
 
 
