@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -99,3 +100,24 @@ def test_select_chapters(tmp_path):
     assert [p.stem for p in bookbuild.select(sources, "07,00_data")] == ["00_data", "07_clip_heads"]
     with pytest.raises(FairVLMError, match="07_clip_heads"):
         bookbuild.select(sources, "42")
+
+
+def test_deepspeed_cpu_probe_warning_is_dropped_and_its_other_messages_are_kept():
+    # deepspeed, imported by accelerate on every save_pretrained, prints a warning on a
+    # machine without a GPU; once fairvlm is imported, that one line no longer reaches the
+    # chapters' output, and deepspeed's other warnings still do
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    code = ("import fairvlm, torch, deepspeed\n"
+            "from deepspeed.accelerator import get_accelerator\n"
+            "from deepspeed.utils import logger\n"
+            "print(get_accelerator()._name if not torch.cuda.is_available() else 'cpu')\n"
+            "logger.warning('another deepspeed warning')\n")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "cpu" in out.stdout
+    assert "Setting accelerator to CPU" not in out.stdout + out.stderr
+    assert "another deepspeed warning" in out.stdout + out.stderr

@@ -18,6 +18,7 @@ Chapters import and call; this package computes. Modules:
 
 from fairvlm.errors import FairVLMError
 
+import logging as _logging
 import warnings as _warnings
 
 # peft (0.21) reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a
@@ -25,6 +26,22 @@ import warnings as _warnings
 # reader's; it would otherwise show on stderr under every cell that trains a LoRA adapter.
 _warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated",
                          category=FutureWarning)
+
+
+class _DeepSpeedCpuProbe(_logging.Filter):
+    """Drops the one warning deepspeed logs when it finds no accelerator and settles on the CPU.
+
+    deepspeed (installed with the test extra, for the scale-out configs) is imported by
+    accelerate's ``extract_model_from_parallel`` on every ``save_pretrained``; on a machine
+    without a GPU its accelerator probe then prints this warning to stdout, into the output of
+    any cell that saves a model. The choice it reports is the right one there; every other
+    deepspeed message still shows."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+_logging.getLogger("DeepSpeed").addFilter(_DeepSpeedCpuProbe())
 
 __version__ = "0.1.0"
 
