@@ -579,7 +579,12 @@ def _zero_shot(model, pix, y, prompt_feats) -> tuple[float, float]:
 #: balanced; 0.36 of the examples descriptions; LoRA lr 1e-3 or 2e-3; text-only "who"
 #: questions; "A Black person." as the race answer) named 0.805-0.84 and gave rho race
 #: 0.26-0.40: the race lean moves that much between runs that differ only in their example
-#: stream, which no setting tried here lifted past 0.46
+#: stream, which no setting tried here lifted past 0.46. All of these were trained on the
+#: testbed-clip of caption marking 0.5. On the marking-1.0 tower (2026-12-07; zero-shot 0.93
+#: against 0.95) the same training, with the math attention kernel, names 0.80 (men 0.84,
+#: women 0.76), rho 0.60 / 0.56, group answers 0.95 / 0.99: the race lean rose past 0.5 and
+#: naming fell under 0.85, the scenarios it misses mostly those the tower confuses
+#: (smoking / ski mask, casual, white shirt, city)
 LLAVA_MIX = {"describe": 0.40, "qa": 0.04, "group": 0.28, "who": 0.28}
 #: share of ``describe`` examples followed by a second turn, a ``qa`` question on the same image
 DESCRIBE_FOLLOW_UP = 0.5
