@@ -56,8 +56,8 @@
 # | what | needed |
 # |---|---|
 # | network, GPU | none |
-# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed): the `full` build (profile `embedded`) took 13.5 minutes on 2 idle CPU cores (2026-11-27), 13.0 in a whole `make book` from an empty cache (2026-11-28) and 11.1 in the same run on 2026-12-06, after a code change, on a faster day for the same machine type; 15.2 in a whole `make book` later on 2026-12-06, after testbed-llava's training grew from 170 to 200 steps (its training loop: 705 seconds, against 638 when the same training ran alone an hour earlier), 13 seconds over the first of the design limits, which are 15 minutes for `full` and 3 for `smoke`; 13.7 in a whole `make book` on 2026-12-07 with the same code (its training loop 618 seconds), on a faster hour |
-# | later runs | 2.7 to 4.5 minutes measured (`embedded`, the testbed cached; 2.7 on 2026-12-06; most of it the "who is more likely" prompts), about one (`smoke`) |
+# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed). The current `full` build (profile `embedded`; caption marking 1.0) took 12.5 minutes in a whole `make book` from an empty cache on 2026-12-07 (testbed-clip 2.8, testbed-llava 9.6, its training loop 551 seconds) and 14.1 in an earlier run that day, on a slower hour with other work on the machine; the two runs built identical weights. The design limits are 15 minutes for `full` and 3 for `smoke`. Earlier versions of the testbed took 11.1 to 15.2 minutes to build (2026-11-27 to 2026-12-07) |
+# | later runs | 2.7 to 4.5 minutes measured (`embedded`, the testbed cached; 2.7 on 2026-12-06, 2.8 after the build in the 2026-12-07 `make book`; most of it the "who is more likely" prompts), about one (`smoke`) |
 #
 # ## Parameters
 #
