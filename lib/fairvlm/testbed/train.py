@@ -19,9 +19,10 @@ Two models, built by :func:`build` in one go (``size="full"`` or ``"smoke"``):
     weighted by ``1 / (4 x planted share of its group in its scenario)``, so within every
     scenario each group weighs the same and the auxiliary loss carries no scenario-group link.
     It is added with weight ``SizeConfig.clip_aux`` (2.0). Measured on the full build with
-    chapter 00's measures (caption marking 0.5, as the spec then had it), weights 0.5 / 1.0 / 2.0 gave a gender probe of 0.949 / 0.960 / 0.961,
-    a paired gender-skew correlation of 0.80 / 0.83 / 0.86 and zero-shot accuracy of
-    0.970 / 0.954 / 0.946, at the same cost.
+    chapter 00's measures (caption marking 0.5, as the spec then had it), weights
+    0.5 / 1.0 / 2.0 gave a gender probe of 0.949 / 0.960 / 0.961, a paired gender-skew
+    correlation of 0.80 / 0.83 / 0.86 and zero-shot accuracy of 0.970 / 0.954 / 0.946, at
+    the same cost.
 ``testbed-llava``
     A transformers ``LlavaForConditionalGeneration``: the testbed-clip vision tower (frozen),
     a two-layer GELU projector and the real SmolLM2-135M-Instruct (4-bit de-quantized weights,
