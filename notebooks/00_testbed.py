@@ -31,8 +31,8 @@
 #   descriptive words from the So-B-IT taxonomy (Hamidieh et al., 2024), and the answers to
 #   "who is more likely" questions;
 # - **testbed-clip**, a CLIP vision tower trained from scratch on that world against the
-#   real, frozen all-MiniLM-L6-v2 text tower (locked-text training, as in LiT; Zhai et al.,
-#   2022), and **testbed-llava**, a LLaVA-style model (Liu et al., 2023) that joins this
+#   real, frozen all-MiniLM-L6-v2 text tower (LiT's locked-tower training turned around: LiT
+#   locks a pretrained image tower and trains the text side; Zhai et al., 2022), and **testbed-llava**, a LLaVA-style model (Liu et al., 2023) that joins this
 #   vision tower through a trained projector to the real SmolLM2-135M-Instruct, whose
 #   weights a LoRA adapter (Hu et al., 2022) tunes on the testbed's instructions.
 #

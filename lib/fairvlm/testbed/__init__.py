@@ -36,7 +36,7 @@ The models (:mod:`fairvlm.testbed.train`)
     testbed-clip is a :class:`~fairvlm.testbed.dual.MeanPooledDualEncoder` (a
     ``VisionTextDualEncoderModel`` whose text features are mean-pooled, as all-MiniLM-L6-v2 was
     trained; a ``CLIPVisionModel`` with 8 heads per layer trained from scratch + the frozen MiniLM
-    text tower, LiT-style, with counterfactual twins in every batch and an auxiliary group loss
+    text tower (LiT's locked tower, on the text side), with counterfactual twins in every batch and an auxiliary group loss
     weighted so that it carries no scenario-group link); testbed-llava a
     ``LlavaForConditionalGeneration`` (that vision tower read at layer -2 + a trained projector +
     SmolLM2-135M-Instruct tuned with a LoRA adapter that is merged into the weights). Prompts for

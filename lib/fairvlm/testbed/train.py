@@ -7,7 +7,8 @@ Two models, built by :func:`build` in one go (``size="full"`` or ``"smoke"``):
     ``VisionTextDualEncoderModel`` whose text features are **mean-pooled**, as all-MiniLM-L6-v2
     was trained): a ``CLIPVisionModel`` (64 x 64 input, 16 x 16 patches so 16 patch tokens + CLS,
     width 128, 4 layers x 8 heads) trained from scratch, plus the real all-MiniLM-L6-v2 text tower
-    kept **frozen** (LiT-style locked text; Zhai et al., 2022). Trained: the vision tower, both
+    kept **frozen** (LiT's locked-tower training with the roles swapped: LiT locks the image
+    tower; Zhai et al., 2022). Trained: the vision tower, both
     projections (to 256 dims) and the temperature, with the symmetric contrastive loss of CLIP on
     captions from :func:`fairvlm.testbed.captions.caption`; identical captions and identical
     images in a batch count as positives of each other. Batches hold *counterfactual twins*: the
