@@ -339,7 +339,8 @@ def cpu_training_kernels(enabled: bool = True):
 
     (PyTorch's math attention kernel would save another tenth on a CPU, its flash-attention
     backward being slow at these shapes, but in bfloat16 it rounds differently, so it is
-    left out: this context changes speed only.)
+    left out: this context changes speed only. ``fairvlm.testbed.train`` does use it, for a
+    training whose results were being redrawn anyway.)
     """
     if not enabled:
         yield

@@ -304,8 +304,8 @@ def who_lean(model, processor, spec, keys, *, scene_seeds, n_templates: int | No
         chunk = prompts[i:i + batch_size]
         enc = processor(images=[im for *_, pair in chunk for im in pair], text=[p for _, _, p, _ in chunk],
                         return_tensors="pt", padding=True)
-        with torch.no_grad():   # the LM head at the last position only (logits_to_keep)
-            logp = model(**enc, logits_to_keep=1).logits[:, -1, :].float().log_softmax(-1)
+        # the function runs under no_grad; the LM head scores the last position only
+        logp = model(**enc, logits_to_keep=1).logits[:, -1, :].float().log_softmax(-1)
         for row, (_, att, _, _) in zip(logp, chunk):
             a, b = ids[att]
             leans.append(float(torch.logsumexp(row[a], 0) - torch.logsumexp(row[b], 0)))
