@@ -369,6 +369,55 @@ def test_training_conversations_match_the_chat_template_and_train_only_the_answe
     assert all(abs(sum(e[3].values()) - 1) < 1e-9 for e in who)
 
 
+def test_frozen_linears_held_in_bf16_give_the_same_step_and_are_put_back():
+    """testbed-llava's training holds the frozen LoRA base weights as bfloat16 copies under
+    bfloat16 autocast: the loss and every gradient must be bit-identical to the step with the
+    float32 weights (autocast casts them the same way), and the originals must come back."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fairvlm.errors import FairVLMError
+    from fairvlm.testbed import train
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    base = LlamaForCausalLM(cfg).requires_grad_(False)
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=list(train.LORA_TARGETS)))
+    for n, p in lora.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)      # a nonzero adapter, as after some steps
+    inner = lora.base_model.model
+    emb = torch.randn(3, 9, 32, requires_grad=True)
+
+    def step():
+        for p in [emb] + [p for p in lora.parameters() if p.requires_grad]:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = inner(inputs_embeds=emb).logits
+        loss = logits.float().log_softmax(-1)[..., 5].mean()
+        loss.backward()
+        return loss.item(), [emb.grad.clone()] + [p.grad.clone() for p in lora.parameters() if p.requires_grad]
+
+    originals = {n: m.weight for n, m in inner.named_modules() if n.endswith("base_layer")}
+    loss32, grads32 = step()
+    with train._frozen_linears_as(inner, torch.bfloat16) as n_swapped:
+        assert n_swapped == len(originals) == 2 * len(train.LORA_TARGETS)
+        assert all(m.weight.dtype == torch.bfloat16 for n, m in inner.named_modules() if n.endswith("base_layer"))
+        loss16, grads16 = step()
+    assert loss16 == loss32
+    assert all(torch.equal(a, b) for a, b in zip(grads32, grads16))
+    assert all(m.weight is originals[n] for n, m in inner.named_modules() if n.endswith("base_layer"))
+    # a trainable weight is refused, and nothing is left swapped
+    first = next(m for n, m in inner.named_modules() if n.endswith("base_layer"))
+    first.weight.requires_grad_(True)
+    with pytest.raises(FairVLMError, match="trainable"):
+        with train._frozen_linears_as(inner, torch.bfloat16):
+            pass
+    assert all(m.weight is originals[n] for n, m in inner.named_modules() if n.endswith("base_layer"))
+
+
 def test_answer_loss_weights_the_who_answers_against_their_planted_distribution():
     """Hand-computed: three answer positions over a 3-token vocabulary, the middle one a "who"
     answer with the planted distribution {0: 0.5, 2: 0.5}."""
