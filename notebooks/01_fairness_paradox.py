@@ -406,14 +406,26 @@ if len(testbed_rows):
     image_rows = planted_table[planted_table["variant"] != "text"]
     follows = image_rows[(image_rows["spearman(lean, planted)"] > 0) & (image_rows["p-value"] < 0.05)]
     if len(follows):
+        rest = image_rows.drop(follows.index)
         verdict_text = ("The lean follows the planted skew (positive rank correlation, p < 0.05) in "
                         + ", ".join(f"{r.attribute}/{r.variant} (rho {r['spearman(lean, planted)']:.2f})"
                                     for _, r in follows.iterrows())
-                        + "; in the other image variants it does not.")
+                        + ("; that is every image row." if rest.empty else
+                           "; in " + ", ".join(f"{r.attribute}/{r.variant}" for _, r in rest.iterrows())
+                           + " it does not."))
     else:
         verdict_text = (f"In none of the {len(image_rows)} image variants does the lean rank like the planted "
                         f"skew (largest rho {image_rows['spearman(lean, planted)'].max():.2f}; none positive "
                         "with p < 0.05).")
+    text_rows = planted_table[planted_table["variant"] == "text"]
+    if len(text_rows):
+        text_follow = text_rows[(text_rows["spearman(lean, planted)"] > 0) & (text_rows["p-value"] < 0.05)]
+        verdict_text += (" Without any image (the text rows: " + ", ".join(
+            f"{r.attribute} rho {r['spearman(lean, planted)']:.2f}, p {r['p-value']:.1g}" for _, r in text_rows.iterrows())
+            + ") the lean " + ("also follows it, in " + " and ".join(text_follow["attribute"])
+                               + ": the adapter tied the scenario's words themselves to the planted groups."
+                               if len(text_follow) else
+                               "does not follow it at p < 0.05: the association needs the images."))
     display(Markdown(f"**Reading.** {verdict_text}"))
 else:
     planted_table = pd.DataFrame()

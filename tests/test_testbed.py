@@ -778,3 +778,54 @@ def test_layers_stack_one_way():
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert "fairvlm.models" not in imported, path.name
         assert not any(isinstance(n, ast.FunctionDef) and n.name == "_quiet" for n in ast.walk(tree)), path.name
+
+
+def test_who_lean_with_its_shared_prefix_equals_each_prompt_scored_alone(smoke_build):
+    """`measure.who_lean` scores the question once and the two option orders after it (a
+    key/value cache of the shared prefix). The reference scores every whole prompt on its own
+    (batch of one, no padding): the leans must agree to float32 noise, and the prompt count per
+    scenario and attribute must be scenes x image orders x templates x option orders."""
+    import numpy as np
+    import torch
+
+    from fairvlm.testbed import captions as C
+    from fairvlm.testbed import measure
+    from fairvlm.testbed.spec import load_spec
+    from fairvlm.testbed.train import llava_prompt
+
+    model, processor = testbed.load_hf("testbed-llava", "smoke")
+    spec = load_spec()
+    keys, seeds = ["airplane", "mopping", "coffee"], testbed.scene_seeds("heldout", 2, start=700)
+    got = measure.who_lean(model, processor, spec, keys, scene_seeds=seeds, n_templates=2, batch_size=3)
+    assert list(got["n_prompts"]) == [2 * 2 * 2 * 2] * 6
+    tok = processor.tokenizer
+    want = []
+    for k in keys:
+        pred = C.scenario_predicates(k)[-1]
+        for att in ("gender", "race"):
+            (_, na, oa), (_, nb, ob) = C.MCQ_GROUPS[att]
+            a_ids = sorted({tok(f, add_special_tokens=False)["input_ids"][0] for w in (oa,)
+                            for f in (w, w.lower(), w.capitalize(), " " + w, " " + w.lower(), " " + w.capitalize())})
+            b_ids = sorted({tok(f, add_special_tokens=False)["input_ids"][0] for w in (ob,)
+                            for f in (w, w.lower(), w.capitalize(), " " + w, " " + w.lower(), " " + w.capitalize())})
+            leans = []
+            for j, s in enumerate(seeds):
+                if att == "gender":
+                    other = ("white", "black")[j % 2]
+                    ims = [testbed.render(k, "man", other, s), testbed.render(k, "woman", other, s)]
+                else:
+                    other = ("man", "woman")[j % 2]
+                    ims = [testbed.render(k, other, "black", s), testbed.render(k, other, "white", s)]
+                for pair in (ims, ims[::-1]):
+                    for t in C.MCQ_TEMPLATES[:2]:
+                        q = t.format(a=na, b=nb, pred=pred)
+                        for opts in ((oa, ob, C.MCQ_FAIR), (C.MCQ_FAIR, ob, oa)):
+                            text = f"{C.MCQ_LEADS[2]}{q} Options: {', '.join(opts)}. Answer with one option only."
+                            enc = processor(images=pair, text=[llava_prompt(text, system=C.MCQ_SYSTEM, n_images=2)],
+                                            return_tensors="pt")
+                            with torch.no_grad():
+                                lp = model(**enc).logits[0, -1].float().log_softmax(-1)
+                            leans.append(float(torch.logsumexp(lp[a_ids], 0) - torch.logsumexp(lp[b_ids], 0)))
+            want.append(np.mean(leans))
+    assert np.allclose(got["lean"], want, atol=1e-4), np.abs(got["lean"] - np.array(want)).max()
+    assert np.ptp(want) > 1e-3          # the leans differ, so agreeing is not trivial

@@ -20,6 +20,10 @@ are signed: ``gender_skew > 0`` leans to men, ``race_skew > 0`` to Black people.
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+
 import numpy as np
 import pandas as pd
 import torch
@@ -269,6 +273,11 @@ def who_lean(model, processor, spec, keys, *, scene_seeds, n_templates: int | No
     people), so a positive lean goes the way of a positive planted skew. Returns one row per
     scenario and attribute: ``scenario``, ``attribute``, ``lean``, ``planted`` (the planted
     share of men or of Black people minus 1/2), ``n_prompts``.
+
+    The two orders of the options share everything before ``" Options:"`` (system prompt,
+    images, question): that prefix runs once and its key/value cache serves both. The leans
+    agree with scoring each whole prompt on its own to float32 noise (a test checks it; 5e-6
+    on the full build), in 0.68 of the time.
     """
     from tqdm.auto import tqdm
 
@@ -277,7 +286,9 @@ def who_lean(model, processor, spec, keys, *, scene_seeds, n_templates: int | No
     from fairvlm.testbed.world import render
 
     tok = processor.tokenizer
-    prompts = []
+    # one unit per scenario, attribute, scene, image order and template: a prefix (system,
+    # images, question) shared by the two orders of the options, which follow it
+    units = []
     for k in keys:
         preds = C.scenario_predicates(k)
         pred = preds[-1]
@@ -294,22 +305,46 @@ def who_lean(model, processor, spec, keys, *, scene_seeds, n_templates: int | No
                     pair = ims[::-1] if flip else ims
                     for t in C.MCQ_TEMPLATES[:n_templates]:
                         q = t.format(a=na, b=nb, pred=pred)
-                        for opts in ((oa, ob, C.MCQ_FAIR), (C.MCQ_FAIR, ob, oa)):
-                            text = f"{C.MCQ_LEADS[2]}{q} Options: {', '.join(opts)}. Answer with one option only."
-                            prompts.append((k, attribute, llava_prompt(text, system=C.MCQ_SYSTEM, n_images=2), pair))
+                        full = [llava_prompt(f"{C.MCQ_LEADS[2]}{q} Options: {', '.join(opts)}. "
+                                             "Answer with one option only.", system=C.MCQ_SYSTEM, n_images=2)
+                                for opts in ((oa, ob, C.MCQ_FAIR), (C.MCQ_FAIR, ob, oa))]
+                        cut = full[0].index(" Options:")
+                        units.append((k, attribute, full[0][:cut], [f[cut:] for f in full], pair))
     ids = {att: (_first_token_ids(tok, C.MCQ_GROUPS[att][0][2]), _first_token_ids(tok, C.MCQ_GROUPS[att][1][2]))
            for att in C.MCQ_GROUPS}
-    leans = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="who-lean", disable=not progress, leave=False):
-        chunk = prompts[i:i + batch_size]
-        enc = processor(images=[im for *_, pair in chunk for im in pair], text=[p for _, _, p, _ in chunk],
-                        return_tensors="pt", padding=True)
-        # the function runs under no_grad; the LM head scores the last position only
-        logp = model(**enc, logits_to_keep=1).logits[:, -1, :].float().log_softmax(-1)
-        for row, (_, att, _, _) in zip(logp, chunk):
-            a, b = ids[att]
-            leans.append(float(torch.logsumexp(row[a], 0) - torch.logsumexp(row[b], 0)))
-    df = pd.DataFrame([(k, att) for k, att, _, _ in prompts], columns=["scenario", "attribute"])
+    encode = functools.lru_cache(maxsize=None)(lambda text: tuple(tok(text, add_special_tokens=False)["input_ids"]))
+    for _, _, head, tails, _ in units:
+        for tail in tails:     # the split must keep the tokens of the whole prompt
+            if encode(head + tail) != encode(head) + encode(tail):
+                raise FairVLMError(f"the who-lean prompt {head + tail!r} does not tokenise as its prefix and its "
+                                   "options apart; the prefix cache needs a split at a token boundary")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    leans = [[0.0, 0.0] for _ in units]
+    for i in tqdm(range(0, len(units), batch_size), desc="who-lean", disable=not progress, leave=False):
+        chunk = units[i:i + batch_size]
+        enc = processor(images=[im for *_, pair in chunk for im in pair], text=[u[2] for u in chunk],
+                        return_tensors="pt", padding=True).to(model.device)
+        # the prefixes once (their key/value cache kept), then each order of the options after them
+        head = model(**enc, use_cache=True, logits_to_keep=1)
+        prefix_cache = head.get("cache")       # transformers >= 5.2x names it "cache"
+        prefix_cache = head.get("past_key_values") if prefix_cache is None else prefix_cache
+        for o in range(2):
+            cache = copy.deepcopy(prefix_cache) if o == 0 else prefix_cache   # a forward pass appends to it
+            tails = [list(encode(u[3][o])) for u in chunk]
+            width = max(len(x) for x in tails)
+            tail_ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in tails], device=model.device)
+            tail_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in tails], device=model.device)
+            res = model(input_ids=tail_ids, attention_mask=torch.cat([enc["attention_mask"], tail_mask], 1),
+                        use_cache=True, **{cache_kw: cache})
+            last = torch.tensor([len(x) - 1 for x in tails], device=model.device)
+            logp = res.logits[torch.arange(len(chunk), device=model.device), last].float().log_softmax(-1)
+            for b, (row, u) in enumerate(zip(logp, chunk)):
+                a, bb = ids[u[1]]
+                leans[i + b][o] = float(torch.logsumexp(row[a], 0) - torch.logsumexp(row[bb], 0))
+    prompts = [(u[0], u[1]) for u in units for _ in range(2)]
+    leans = [x for pair in leans for x in pair]
+    df = pd.DataFrame(prompts, columns=["scenario", "attribute"])
     df["lean"] = leans
     out = df.groupby(["scenario", "attribute"], sort=False)["lean"].agg(["mean", "size"]).reset_index()
     out = out.rename(columns={"mean": "lean", "size": "n_prompts"})
