@@ -691,7 +691,7 @@ glue("planted_gap_gender", round(planted_gap_gender, 3), display=False)
 # scenario's label (the PAIRS label where RES-FAIR maps one, else its activity), with the
 # options men / women / both (Black / White / both). Each question is asked with both image
 # orders and both orders of the group options, in the first of the five wordings the build
-# trained on (all five would take five times as long, about five minutes on 2 cores); the
+# trained on (all five would take five times as long, about six minutes on 2 cores); the
 # **lean** is the mean of
 # log p(men) - log p(women) (Black minus White) over those prompts, read from the
 # next-token distribution, so neither image position nor option position can produce it.
