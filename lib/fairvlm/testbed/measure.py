@@ -326,9 +326,9 @@ def who_lean(model, processor, spec, keys, *, scene_seeds, n_templates: int | No
         enc = processor(images=[im for *_, pair in chunk for im in pair], text=[u[2] for u in chunk],
                         return_tensors="pt", padding=True).to(model.device)
         # the prefixes once (their key/value cache kept), then each order of the options after them
-        head = model(**enc, use_cache=True, logits_to_keep=1)
-        prefix_cache = head.get("cache")       # transformers >= 5.2x names it "cache"
-        prefix_cache = head.get("past_key_values") if prefix_cache is None else prefix_cache
+        prefix_out = model(**enc, use_cache=True, logits_to_keep=1)
+        prefix_cache = prefix_out.get("cache")       # transformers >= 5.2x names it "cache"
+        prefix_cache = prefix_out.get("past_key_values") if prefix_cache is None else prefix_cache
         for o in range(2):
             cache = copy.deepcopy(prefix_cache) if o == 0 else prefix_cache   # a forward pass appends to it
             tails = [list(encode(u[3][o])) for u in chunk]
