@@ -58,7 +58,7 @@
 # Measured on 2 CPU cores with the `full` testbed and chapter 01's runs cached: 6.1 minutes
 # for `embedded` on 2026-12-06 (training the six baselines 2.4, evaluating the methods 1.6,
 # the lambda grid 0.9, general ability 0.8) and 5.9 on 2026-12-07, and 5.8 in a whole
-# `make book` from an empty cache on 2026-12-07 (5.7 in a later one on the retrained testbed), against the 6 this chapter was designed for; this execution's training and total times are printed in the summary. Until then it
+# `make book` from an empty cache on 2026-12-07 (5.7 in a later one on the retrained testbed, 5.7 and 6.3 in two on the testbed rebuilt after it), against the 6 this chapter was designed for; this execution's training and total times are printed in the summary. Until then it
 # took 10.8 to 13.5 minutes (six runs, 2026-11-27 to 2026-12-06): two things in the trainers
 # cost more than half of it. trl scores every prompt position through the LM head on a CPU,
 # and the trained models came back with frozen weights, which in bfloat16 sent every new
