@@ -5,6 +5,8 @@
 #   make book                                   all chapters, embedded default (CPU, offline)
 #   make book CHAPTERS=07 PARAMS="-p PROFILE paper"   one chapter on the paper's models
 #   make test                                   unit tests + every chapter at PROFILE=smoke + book build
+#   make book FORCE=1                           execute every chapter even if its inputs did not change
+#   make models                                 retrain the shipped testbed worlds (data/testbed)
 
 # Isolation: everything is installed into a project virtual environment, .venv (created
 # here from BOOTSTRAP_PYTHON), not into whatever python3 is on the PATH, so packages
@@ -29,7 +31,9 @@ PARAMS     ?=
 # Users with a newer torch keep theirs.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup book html test unit clean distclean pairs data
+FORCE      ?=
+
+.PHONY: setup book html test unit clean distclean pairs data models
 
 setup: $(SETUP_STAMP)
 
@@ -48,8 +52,16 @@ $(VENV)/bin/python:
 	$(PYTHON) -m ipykernel install $(KERNEL_AT) --name python3 >/dev/null
 	@mkdir -p .make && touch $@
 
+# A chapter runs again only when its source, parameters, library code, data manifests or
+# shipped models changed (the key is stored beside book/executed/NN_slug.ipynb); FORCE=1 runs all.
 book: setup data
-	$(PYTHON) -m fairvlm.bookbuild --chapters "$(CHAPTERS)" --params "$(PARAMS)"
+	$(PYTHON) -m fairvlm.bookbuild --chapters "$(CHAPTERS)" --params "$(PARAMS)" $(if $(FORCE),--force)
+
+# The trained testbed ships in data/testbed (deltas + manifest); this retrains every world
+# from scratch (about 12 min a world on 2 CPU cores) and rewrites the manifest.
+WORLDS ?= all
+models: setup
+	$(PYTHON) -m fairvlm.testbed models --worlds "$(WORLDS)"
 
 html: setup
 	$(PYTHON) -m fairvlm.bookbuild --chapters "$(CHAPTERS)" --html-only

@@ -276,8 +276,18 @@ display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 # %% [markdown]
 # ## Building and training the models
 #
-# `testbed.build(size)` trains both models and caches them; `fairvlm.models.load` then
-# loads them like any other model.
+# Training the `full` models takes about twelve minutes on two CPU cores, so the book ships
+# what training produced, as model zoos do: for each world (this one, the same spec at
+# strength 0.5, and the negative-control world at strength 0) the trained *deltas* only
+# (testbed-clip's vision tower, projections and temperature; testbed-llava's projector and
+# its unmerged LoRA adapter, in bfloat16, the precision its training passes ran in), under
+# `data/testbed/` with a manifest of sha256 checksums and the build key each was trained
+# with. The frozen bases (MiniLM, SmolLM2) come from their PyPI packages.
+# `testbed.build(size)` assembles the models from those deltas when the current code and
+# spec give the shipped build key (checksums verified first), and trains them here when
+# they do not (saying why); `make models` retrains every shipped world.
+# `fairvlm.models.load` then loads them like any other model. The table below says which
+# weights this run used.
 #
 # **testbed-clip**: a CLIP vision transformer ({glue:text}`vision_arch`) trained from
 # scratch with CLIP's contrastive loss against the frozen MiniLM text tower, whose
@@ -319,6 +329,9 @@ display(pd.DataFrame([spec.questions]).rename(index={0: "who-questions"}))
 # %%
 root = testbed.build(SIZE)
 log = testbed.training_log(SIZE)
+display(pd.DataFrame(testbed.loaded_builds() or [{"build": root.name, "describe": testbed.describe_build(root)}])
+        .reindex(columns=["build", "world", "source", "describe"]).set_index("build")
+        .rename(columns={"describe": "weights used by this run"}))
 timing = pd.DataFrame([
     {"stage": "testbed-clip", "wall seconds": log["clip"]["seconds_total"],
      "CPU seconds": log["clip"].get("cpu_seconds_total"), "images": log["clip"]["n_images"],
@@ -346,8 +359,9 @@ glue("vision_arch", f"{V['num_hidden_layers']} layers of width {V['hidden_size']
      display=False)
 
 # %% [markdown]
-# The {glue:text}`size` build took {glue:text}`build_minutes` minutes of wall time on the
-# machine that built it (its load average at the end was {glue:text}`build_load`: on a
+# The {glue:text}`size` build's training took {glue:text}`build_minutes` minutes of wall time
+# on the machine that trained it (for shipped weights, when `make models` ran; its load
+# average at the end was {glue:text}`build_load`: on a
 # shared machine the wall time overstates what 2 free cores need). A share
 # {glue:text}`twins_identical` of the twin pairs show the same person twice (a scenario
 # where one group holds more than half of the images cannot pair them all apart); those

@@ -9,12 +9,24 @@
 3. a table of contents with the static pages and the chapters just executed is written to
    ``_build/_toc.yml`` and Jupyter Book renders the HTML into ``_build/html`` with
    warnings as errors. The book never re-executes anything (``execute_notebooks: "off"``).
+
+Execution cache: a chapter is executed again only when one of its inputs changed. Its key
+(:func:`chapter_inputs`) hashes the chapter's source, the parameters it gets, the ``FAIRVLM_*``
+settings that change what it computes (``FAIRVLM_WORLD``, data locations, ...), the source of
+every ``fairvlm`` module it imports (followed through the library's own imports), the data
+manifests and bias spec under ``data/`` (the shipped testbed's manifest, with the sha256 of
+every shipped weight, among them), where each dataset is found, and the versions of Python and
+the tracked packages. The key is stored beside the executed notebook
+(``book/executed/.NN_slug.key.json``) with the sha256 of the notebook and of every file the run
+wrote into ``results/`` and ``figures/``; a chapter is reused only when the key matches and all
+of those files are still there, unchanged. ``--force`` (``make book FORCE=1``) executes all.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import shlex
@@ -34,6 +46,10 @@ from fairvlm.errors import FairVLMError, cli_main
 HEARTBEAT_S = 20.0
 
 EXECUTED = Path("book/executed")
+#: bump when the key's recipe changes (every cached chapter is then executed again)
+CACHE_FORMAT = 1
+#: ``FAIRVLM_*`` variables that move outputs or caches without changing what is computed
+_ENV_NOT_INPUTS = ("FAIRVLM_RESULTS", "FAIRVLM_FIGURES", "FAIRVLM_CACHE")
 
 
 class BuildError(FairVLMError):
@@ -256,6 +272,201 @@ class _Heartbeat:
         return False
 
 
+# ---- execution cache ---------------------------------------------------------------------
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    from fairvlm.checksums import sha256_file
+
+    return sha256_file(path)
+
+
+def _fairvlm_names(tree: ast.AST, package: str) -> set[str]:
+    """Every ``fairvlm...`` module name a syntax tree imports (anywhere, lazy imports
+    included) or names in a string constant (``importlib.import_module("fairvlm.testbed")``);
+    ``from fairvlm import x`` yields both ``fairvlm`` and ``fairvlm.x``."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:     # relative: resolve against the importing package
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            names.add(mod)
+            names.update(f"{mod}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("fairvlm."):
+            names.add(node.value.strip())
+    return {n for n in names if n == "fairvlm" or n.startswith("fairvlm.")}
+
+
+def _module_file(name: str, lib: Path) -> Path | None:
+    rel = name.split(".")[1:]
+    base = lib.joinpath(*rel) if rel else lib
+    for cand in (base.with_suffix(".py") if rel else None, base / "__init__.py"):
+        if cand is not None and cand.is_file():
+            return cand
+    return None
+
+
+def library_closure(source_text: str, lib: Path | None = None) -> dict[str, Path]:
+    """The ``fairvlm`` modules a chapter's code can run (module name -> file): its own
+    imports, followed through the library's imports, with every parent package's
+    ``__init__``. Conservative: a module imported anywhere in a file counts."""
+    if lib is None:
+        import fairvlm
+
+        lib = Path(fairvlm.__file__).resolve().parent
+    try:
+        tree = ast.parse(source_text)
+    except SyntaxError:
+        tree = ast.parse("import fairvlm")     # unparsable: depend on the package at least
+    todo = sorted(_fairvlm_names(tree, "fairvlm") | {"fairvlm"})
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name, lib)
+        if path is None:        # an attribute (``from fairvlm.x import func``), not a module
+            continue
+        seen[name] = path
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        todo.extend(_fairvlm_names(ast.parse(path.read_text()), package) - set(seen))
+    return dict(sorted(seen.items()))
+
+
+def _data_inputs(root: Path) -> dict[str, str]:
+    """sha256 of the data manifests, word lists and bias spec under ``data/`` (the shipped
+    testbed's manifest lists the sha256 of every shipped weight)."""
+    data = root / "data"
+    files = [p for p in sorted(data.glob("*")) if p.is_file() and p.suffix in (".yaml", ".yml", ".sha256", ".json")]
+    manifest = data / "testbed" / "manifest.json"
+    if manifest.is_file():
+        files.append(manifest)
+    return {p.relative_to(root).as_posix(): _sha256_file(p) for p in files}
+
+
+def _dataset_roots() -> dict[str, str | None]:
+    """Where each dataset's default folder is found now (``$FAIRVLM_*`` choices are in the
+    key's ``env``; the content is pinned by the manifests under ``data/``)."""
+    from fairvlm.data import _roots
+
+    out: dict[str, str | None] = {}
+    for name in ("pairs", "socialcounterfactuals", "sobit"):
+        found = [p for p in _roots.candidates(name) if p.is_dir()]
+        out[name] = str(found[0].resolve()) if found else None
+    return out
+
+
+def chapter_inputs(root: Path, source: Path, params: dict, lib: Path | None = None) -> dict:
+    """Everything a chapter's executed notebook depends on, as digests (see the module
+    docstring); :func:`chapter_key` hashes it."""
+    from fairvlm.results import package_versions
+
+    text = source.read_text()
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("FAIRVLM_") and k not in _ENV_NOT_INPUTS}
+    return {
+        "format": CACHE_FORMAT,
+        "chapter": source.name,
+        "source": _sha256_bytes(text.encode()),
+        "params": json.dumps(params, sort_keys=True, default=str),
+        "env": env,
+        "library": {name: _sha256_file(path) for name, path in library_closure(text, lib).items()},
+        "data": _data_inputs(root),
+        "datasets": _dataset_roots(),
+        "python": sys.version.split()[0],
+        "packages": package_versions(),
+    }
+
+
+def chapter_key(inputs: dict) -> str:
+    return _sha256_bytes(json.dumps(inputs, sort_keys=True).encode())[:20]
+
+
+def _out_dirs(root: Path) -> tuple[Path, Path]:
+    from fairvlm.paths import figures_dir, results_dir
+
+    res, fig = results_dir(), figures_dir()
+    return (res if res.is_absolute() else root / res), (fig if fig.is_absolute() else root / fig)
+
+
+def chapter_outputs(root: Path, stem: str) -> list[Path]:
+    """The files a chapter wrote: ``results/<stem>.json``, ``results/<stem>/**`` and
+    ``figures/<stem>_*`` (the names :func:`fairvlm.results.save_results` and
+    :func:`fairvlm.plotting.savefig` give)."""
+    res, fig = _out_dirs(root)
+    out = [res / f"{stem}.json"] if (res / f"{stem}.json").is_file() else []
+    if (res / stem).is_dir():
+        out += sorted(p for p in (res / stem).rglob("*") if p.is_file())
+    if fig.is_dir():
+        out += sorted(p for p in fig.glob(f"{stem}_*") if p.is_file() and not p.name.startswith("."))
+    return out
+
+
+def _key_file(out_dir: Path, stem: str) -> Path:
+    return out_dir / f".{stem}.key.json"
+
+
+def record_key(root: Path, executed: Path, inputs: dict) -> Path:
+    """Store ``inputs``' key beside ``executed`` with the sha256 of the notebook and of every
+    output file (written atomically)."""
+    stem = executed.stem
+    outputs = {}
+    for p in chapter_outputs(root, stem):
+        try:
+            rel = p.relative_to(root).as_posix()
+        except ValueError:
+            rel = str(p)
+        outputs[rel] = _sha256_file(p)
+    record = {"key": chapter_key(inputs), "executed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "notebook": _sha256_file(executed), "outputs": outputs, "inputs": inputs}
+    path = _key_file(executed.parent, stem)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.key.", dir=executed.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def cached_run(root: Path, source: Path, inputs: dict, out_dir: Path | None = None) -> tuple[Path | None, str]:
+    """``(executed notebook, why)`` if the chapter's last run can be reused, else ``(None,
+    why not)``: the key must match and the notebook and every output it recorded must be
+    there with the recorded sha256."""
+    out_dir = out_dir or (root / EXECUTED)
+    nb, kf = out_dir / f"{source.stem}.ipynb", _key_file(out_dir, source.stem)
+    if not nb.is_file() or not kf.is_file():
+        return None, "never executed here"
+    try:
+        rec = json.loads(kf.read_text())
+        key, want_nb, outputs = rec["key"], rec["notebook"], dict(rec["outputs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "its cache record is unreadable"
+    if key != chapter_key(inputs):
+        old = rec.get("inputs", {})
+        changed = [k for k in inputs if old.get(k) != inputs[k]]
+        if "library" in changed:
+            mods = sorted(set(inputs["library"]) ^ set(old.get("library", {}))
+                          | {m for m in inputs["library"] if old.get("library", {}).get(m) != inputs["library"][m]})
+            changed[changed.index("library")] = "library (" + ", ".join(mods[:4]) + (" ..." if len(mods) > 4 else "") + ")"
+        return None, "changed: " + (", ".join(changed) if changed else "its inputs")
+    if _sha256_file(nb) != want_nb:
+        return None, "its executed notebook was edited"
+    for rel, sha in outputs.items():
+        p = Path(rel) if Path(rel).is_absolute() else root / rel
+        if not p.is_file() or _sha256_file(p) != sha:
+            return None, f"its output {rel} is missing or changed"
+    return nb, f"unchanged since {rec.get('executed_at', '?')} (key {key[:12]})"
+
+
 def output_problems(executed: Path) -> list[str]:
     """What a reader should not see in an executed chapter: stderr output (warnings,
     progress bars) and object reprs such as ``PosixPath('figures/...')``."""
@@ -317,7 +528,12 @@ def _run(argv=None) -> int:
     ap.add_argument("--no-html", action="store_true", help="execute only")
     ap.add_argument("--html-only", action="store_true",
                     help="render the notebooks already in book/executed")
+    ap.add_argument("--force", action="store_true",
+                    help="execute every chosen chapter, even those whose inputs did not change")
     args = ap.parse_args(argv)
+    if args.force and args.html_only:
+        raise BuildError("--force and --html-only contradict each other (--html-only executes nothing); "
+                         "give one of them")
     if args.no_html and args.html_only:
         raise BuildError("--no-html and --html-only contradict each other (the first only "
                          "executes, the second only renders); give one of them")
@@ -336,18 +552,28 @@ def _run(argv=None) -> int:
                              "`make book` (or drop --html-only) first")
     else:
         per_chapter = check_known_params(chosen, params)
+        ran = 0
         for src in chosen:
             t0 = time.time()
             mine = per_chapter[src]
             dropped = sorted(set(params) - set(mine))
-            print(f"[book] executing {src.name} {mine or ''}"
+            inputs = chapter_inputs(root, src, mine)
+            reuse, why = (None, "--force") if args.force else cached_run(root, src, inputs)
+            if reuse is not None:
+                print(f"[book] reusing {src.name}: {why}", flush=True)
+                executed.append(reuse)
+                continue
+            print(f"[book] executing {src.name} {mine or ''}({why})"
                   + (f" (not a parameter here: {', '.join(dropped)})" if dropped else ""),
                   flush=True)
             out = execute(root, src, mine, heartbeat=HEARTBEAT_S)
+            record_key(root, out, inputs)
+            ran += 1
             executed.append(out)
             print(f"[book]   done in {time.time() - t0:.0f} s", flush=True)
             for problem in output_problems(out):
                 print(f"[book]   warning: {src.stem}: {problem}", flush=True)
+        print(f"[book] {ran} of {len(chosen)} chapter(s) executed, {len(chosen) - ran} reused", flush=True)
     if not args.no_html:
         index = build_html(root, executed)
         print(f"[book] the book is at {index}")

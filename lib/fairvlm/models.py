@@ -555,12 +555,14 @@ PROMPT_FORMATS: dict[str, Callable] = {
 # --------------------------------------------------------------------------------------
 
 
-def load(name: str, *, seed: int = 0, size: str | None = None, local_dir: str | os.PathLike | None = None,
+def load(name: str, *, seed: int = 0, size: str | None = None, world: str | None = None,
+         local_dir: str | os.PathLike | None = None,
          device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
     """Load a model by name (see the module docstring for the names).
 
     ``seed`` seeds the random initialisation of the ``tiny-*`` models (same seed, same
-    weights). ``size`` is passed to the testbed (``"full"`` or ``"smoke"``). ``local_dir``
+    weights). ``size`` is passed to the testbed (``"full"`` or ``"smoke"``), and so is ``world``
+    (one of ``fairvlm.testbed.WORLDS``; default ``$FAIRVLM_WORLD`` or ``"default"``). ``local_dir``
     points a paper model at a local copy. ``device`` defaults to CPU for embedded / tiny /
     testbed models and to CUDA (when present) for paper models. Raises
     :class:`fairvlm.errors.UnknownNameError` for an unknown name.
@@ -571,6 +573,8 @@ def load(name: str, *, seed: int = 0, size: str | None = None, local_dir: str | 
     dtype = _check_dtype(dtype)
     if size is not None and name not in TESTBED:
         raise FairVLMError(f"size= applies only to the testbed models {TESTBED}, not {name!r}")
+    if world is not None and name not in TESTBED:
+        raise FairVLMError(f"world= applies only to the testbed models {TESTBED}, not {name!r}")
     if local_dir is not None and name not in PAPER_MODELS:
         raise FairVLMError(f"local_dir= applies only to paper (hub) models, not {name!r}")
     if name == "smollm2-135m-instruct":
@@ -580,7 +584,7 @@ def load(name: str, *, seed: int = 0, size: str | None = None, local_dir: str | 
     elif name in TINY:
         lm = _load_tiny(name, seed)
     elif name in TESTBED:
-        lm = _load_testbed(name, size)
+        lm = _load_testbed(name, size, world)
     else:
         lm = _load_paper(name, local_dir, device, dtype)
         return lm
@@ -910,7 +914,7 @@ def _load_tiny(name: str, seed: int) -> LoadedModel:
 TESTBED_LOADERS = {"testbed-clip": "fairvlm.testbed", "testbed-llava": "fairvlm.testbed"}
 
 
-def _load_testbed(name: str, size: str | None) -> LoadedModel:
+def _load_testbed(name: str, size: str | None, world: str | None = None) -> LoadedModel:
     """``testbed-clip`` / ``testbed-llava`` from ``fairvlm.testbed.load_hf`` (imported lazily)."""
     if size is not None and size not in ("full", "smoke"):
         raise FairVLMError(f"size={size!r} is not a testbed size; choose 'full' or 'smoke'")
@@ -919,6 +923,8 @@ def _load_testbed(name: str, size: str | None) -> LoadedModel:
     except ImportError as exc:
         raise FairVLMError(f"{name} needs {TESTBED_LOADERS[name]}, which could not be imported: {exc}") from exc
     kwargs = {} if size is None else {"size": size}
+    if world is not None:
+        kwargs["world"] = world
     try:
         hf_model, processor = testbed.load_hf(name, **kwargs)
     except FairVLMError:
@@ -936,9 +942,10 @@ def _load_testbed(name: str, size: str | None) -> LoadedModel:
         family, kind = "llava", "vlm"
         if getattr(tokenizer, "padding_side", None) != "left":
             tokenizer.padding_side = "left"
+    built = testbed.describe_build(testbed.testbed_dir(**kwargs))
     return LoadedModel(model=hf_model, processor=processor, tokenizer=tokenizer, name=name, family=family,
-                       kind=kind, info={"weights": f"counterfactual testbed ({size or 'default'} size)",
-                                        "size": size})
+                       kind=kind, info={"weights": f"counterfactual testbed ({size or 'full'} size; {built})",
+                                        "size": size, "world": world or testbed.current_world()})
 
 
 # ---- paper models (hub) ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from importlib import metadata
@@ -116,6 +117,12 @@ def save_results(
                 raise FairVLMError(f"table {name!r} must be a pandas DataFrame, not {type(df).__name__}")
             if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
                 raise FairVLMError(f"table name {name!r} must be a plain file name")
+    provenance = dict(provenance)
+    # the testbed builds this process loaded (shipped artifact or trained here, sha256, date);
+    # looked up, not imported: this module sits below the testbed
+    store = sys.modules.get("fairvlm.testbed.store")
+    if store is not None and store.loaded_builds() and "testbed_builds" not in provenance:
+        provenance["testbed_builds"] = store.loaded_builds()
     record = {
         "chapter": slug,
         "params": _jsonable(params),

