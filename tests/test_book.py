@@ -23,15 +23,16 @@ SMOKE = nbcheck.smoke_paths(ROOT)
 EXECUTED: list = []
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def fresh_smoke_folders():
-    """Nothing from an earlier session counts: the smoke folders start empty."""
+    """Nothing from an earlier session counts: the smoke folders start empty (once, before
+    the first chapter executes)."""
     shutil.rmtree(ROOT / nbcheck.SMOKE, ignore_errors=True)
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("source", CHAPTERS, ids=[p.stem for p in CHAPTERS])
-def test_chapter_runs_in_smoke_profile(source):
+def test_chapter_runs_in_smoke_profile(source, fresh_smoke_folders):
     out = nbcheck.execute_smoke(ROOT, source)
     EXECUTED.append(out)
     assert out == SMOKE["executed"] / f"{source.stem}.ipynb" and out.exists()
@@ -87,6 +88,19 @@ def remote_loads(page) -> list[str]:
     parser = _Scripts()
     parser.feed(page.read_text(encoding="utf-8"))
     return [u for u in parser.loads if urlparse(u).scheme or urlparse(u).netloc]
+
+
+def test_remote_loads_finds_scripts_and_styles_from_other_hosts(tmp_path):
+    page = tmp_path / "p.html"
+    page.write_text('<html><head><script src="../_static/mathjax/tex-chtml.js"></script>'
+                    '<script>var inline = 1;</script>'
+                    '<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>'
+                    '<script src="//unpkg.com/x.js"></script>'
+                    '<link rel="stylesheet" href="https://fonts.example.org/f.css">'
+                    '<link rel="stylesheet" href="_static/styles/theme.css">'
+                    '<a href="https://arxiv.org/abs/2505.23798">a link is not a load</a></head></html>')
+    assert remote_loads(page) == ["https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js",
+                                  "//unpkg.com/x.js", "https://fonts.example.org/f.css"]
 
 
 @pytest.mark.notebook
