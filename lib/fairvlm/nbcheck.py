@@ -226,7 +226,7 @@ def _run(argv=None) -> int:
     root = bookbuild.find_root()
     chosen = bookbuild.select(bookbuild.chapter_sources(root), args.chapters)
     executed_dir = smoke_paths(root)["executed"]
-    if args.command == "refs" and args.from_smoke or args.command == "check":
+    if args.command == "check" or args.from_smoke:
         missing = [s.stem for s in chosen if not (executed_dir / f"{s.stem}.ipynb").is_file()]
         if missing:
             raise NbCheckError(f"no smoke run of {', '.join(missing)} in {executed_dir}; run "
