@@ -41,9 +41,10 @@
 # No model and no GPU. The SocialCounterfactuals metadata and the So-B-IT file are read
 # from `data/` or from `../shared/data/` beside the checkout; the PAIRS images from
 # `data/pairs`, `$FAIRVLM_PAIRS` or `../shared/data/pairs`. If PAIRS is absent the chapter
-# still runs and says how to fetch it. About 10 seconds on 2 CPU cores for every profile
-# (`smoke` only draws a smaller image grid); with `FETCH_PAIRS=True` add the download of
-# 19 MB.
+# still runs and says how to fetch it. 10 seconds on 2 CPU cores in a whole `make book` on
+# 2026-12-07, and about as long for every profile (`smoke` only draws a smaller image grid);
+# with `FETCH_PAIRS=True` add the download of 19 MB. Earlier measurements:
+# `benchmarks/TIMINGS.md`.
 #
 # ## Parameters
 #

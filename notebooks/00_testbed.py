@@ -56,8 +56,8 @@
 # | what | needed |
 # |---|---|
 # | network, GPU | none |
-# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed). The current `full` build (profile `embedded`; caption marking 1.0; testbed-clip trained 500 steps with the math attention kernel) took 10.6 minutes in a whole `make book` from an empty cache on 2026-12-07 (testbed-clip 1.4, testbed-llava 9.2, its training loop 525 seconds) and 11.7 in a second run that day, on a slower hour; the two runs built bit-identical weights. The design limits are 15 minutes for `full` and 3 for `smoke`. Earlier versions of the testbed took 11.1 to 15.2 minutes to build (2026-11-27 to 2026-12-07) |
-# | later runs | 2.7 to 4.5 minutes measured (`embedded`, the testbed cached; 2.7 on 2026-12-06, 2.7 after the build in the second 2026-12-07 `make book`, once the "who is more likely" prompts shared their prefix; most of it those prompts and the descriptions), about one (`smoke`) |
+# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed). The `full` build (profile `embedded`) took 11.7 minutes on 2 CPU cores in a whole `make book` from an empty cache on 2026-12-07 (testbed-clip 1.4, testbed-llava 10.2); the design limits are 15 minutes for `full` and 3 for `smoke` |
+# | later runs | 2.7 minutes (`embedded`, the testbed cached, measured after the build in that run; most of it the "who is more likely" prompts and the descriptions), about one (`smoke`). Earlier measurements: `benchmarks/TIMINGS.md` |
 #
 # ## Parameters
 #

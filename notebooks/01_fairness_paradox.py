@@ -37,12 +37,9 @@
 # on 60 SocialCounterfactuals occupations (four paraphrases each), and `testbed-llava` (the
 # book's LLaVA-style model: SmolLM2 with a merged LoRA adapter, tuned with its projector on
 # the testbed's images; chapter 00_testbed builds it) on rendered held-out testbed scenes of all 50 scenarios in all four
-# input variants (four paraphrases). 3 to 6 minutes on 2 CPU cores the
-# first time (5.5 in a whole `make book` from an empty cache on 2026-11-28, 3.0 in the same
-# run on 2026-12-06, on a faster day for the same machine type, 3.3 in a later one that day, on the
-# retrained testbed, 3.2 on 2026-12-07, and 2.6 twice later that day, once the logit-lens
-# recorder no longer paid a finite-value check at every site); chapters 02 and 03 then
-# reuse the cached forward passes. `smoke` runs a
+# input variants (four paraphrases). 2.8 minutes on 2 CPU cores in a whole `make book` from
+# an empty cache on 2026-12-07 (earlier runs: `benchmarks/TIMINGS.md`); chapters 02 and 03
+# then reuse the cached forward passes. `smoke` runs a
 # handful of labels in well under a minute. `paper` runs LLaVA-1.5-7B, LLaVA-NeXT-7B
 # (Vicuna), Qwen2-VL-2B and Qwen2.5-VL-7B on PAIRS and SocialCounterfactuals (a GPU, the
 # Hugging Face hub or local copies, PAIRS images, and the SocialCounterfactuals images

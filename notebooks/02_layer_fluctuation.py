@@ -31,10 +31,10 @@
 #
 # ## Prerequisites and time to run
 #
-# The same runs as chapter 01 (same parameters), whose forward passes are cached: if
-# chapter 01 ran first this chapter takes about half a minute on 2 CPU cores; otherwise
-# it pays for the passes itself (about 4 minutes embedded). `paper` needs what chapter 01
-# needs.
+# The same runs as chapter 01 (same parameters), whose forward passes are cached: after
+# chapter 01 this chapter took 16 seconds on 2 CPU cores in a whole `make book` on
+# 2026-12-07 (earlier runs: `benchmarks/TIMINGS.md`); otherwise it pays for the passes
+# itself (about 4 minutes embedded). `paper` needs what chapter 01 needs.
 #
 # ## Parameters
 #

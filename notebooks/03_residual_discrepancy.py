@@ -33,9 +33,10 @@
 #
 # ## Prerequisites and time to run
 #
-# The same cached runs as chapters 01 and 02 (same parameters); about half a minute on 2
-# CPU cores when chapter 01 ran first. `paper` needs what chapter 01 needs and loads each
-# paper model once more for the lens check of the directions.
+# The same cached runs as chapters 01 and 02 (same parameters); 71 seconds on 2 CPU cores
+# after chapter 01 in a whole `make book` on 2026-12-07 (earlier runs:
+# `benchmarks/TIMINGS.md`). `paper` needs what chapter 01 needs and loads each paper model
+# once more for the lens check of the directions.
 #
 # ## Parameters
 #

@@ -55,21 +55,11 @@
 # for `EPOCHS` epochs on `TRAIN_ROWS` rows of each fitting split (the paper trains 10
 # epochs; on 2 CPU cores that would take hours, so the loss curves below show how far
 # the short runs get) and evaluates the methods on `EVAL_PROMPTS` of the four paraphrases.
-# Measured on 2 CPU cores with the `full` testbed and chapter 01's runs cached: 6.1 minutes
-# for `embedded` on 2026-12-06 (training the six baselines 2.4, evaluating the methods 1.6,
-# the lambda grid 0.9, general ability 0.8) and 5.9 on 2026-12-07, and 5.8 in a whole
-# `make book` from an empty cache on 2026-12-07 (5.7 in a later one on the retrained testbed, 5.7 and 6.3 in two on the testbed rebuilt after it), against the 6 this chapter was designed for; this execution's training and total times are printed in the summary. Until then it
-# took 10.8 to 13.5 minutes (six runs, 2026-11-27 to 2026-12-06): two things in the trainers
-# cost more than half of it. trl scores every prompt position through the LM head on a CPU,
-# and the trained models came back with frozen weights, which in bfloat16 sent every new
-# token's LM head down a PyTorch path that copies the whole head once per row (seconds per
-# token). `fairvlm.finetune` now scores only the answer tokens on a CPU and hands the trained
-# model back as `fairvlm.models.load` gives one. Neither touches the original or post-hoc
-# rows; the baselines' training and LM head now round differently, which on the switch-over
-# run moved the testbed LoRA model's race fair proportion from 0.65 to 0.57 and every other
-# baseline cell by 0.03 or less, and changed no verdict. Peak memory about 8 GB. `smoke` runs
-# a few labels in 52 seconds (2026-12-06, after the smoke chapters 00_testbed and 01;
-# designed for one minute). `paper` runs the paper's
+# `embedded` took 6.3 minutes on 2 CPU cores in a whole `make book` from an empty cache on
+# 2026-12-07 (designed for 6; peak memory about 8 GB); this execution's training and total
+# times are printed in the summary. `smoke` runs a few labels in 52 seconds (2026-12-06,
+# after the smoke chapters 00_testbed and 01). Earlier runs, and how the chapter came down
+# from 13.5 minutes: `benchmarks/TIMINGS.md`. `paper` runs the paper's
 # four smaller models and trains with the paper's settings (configs/ds_zero3.json; see the
 # README's "Scaling out").
 #

@@ -45,7 +45,7 @@
 # |---|---|
 # | Chapter 00 (testbed) | necessary: testbed-llava and the planted mention rates |
 # | Chapter 01 | helpful: hooks and the residual stream |
-# | Time | embedded: 3.4 to 6.5 minutes on 2 CPU cores (5.0 measured with the forward-pass caches warm, 2026-11-27; 6.3, 3.4, 4.0 and 3.4 in a whole `make book` from an empty cache, 2026-11-28, twice on 2026-12-06 (the second on a faster day for the same machine type, the third on the retrained testbed), 2026-12-07, 3.6 later that day on the testbed retrained with caption marking 1.0, and 3.8 twice on the one rebuilt after it); smoke: about a minute; paper: a GPU and the hub |
+# | Time | embedded: 3.8 minutes on 2 CPU cores in a whole `make book` from an empty cache on 2026-12-07 (earlier runs: `benchmarks/TIMINGS.md`); smoke: about a minute; paper: a GPU and the hub |
 #
 # ## Parameters
 #

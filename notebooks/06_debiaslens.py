@@ -58,9 +58,9 @@
 # | 07 *Expert attention heads in CLIP* | the baselines CLIP-clip and biased prompts, MaxSkew and NDKL | helpful |
 #
 # Time on 2 CPU cores, including the training of three SAEs (the testbed itself must be built
-# first), measured 2026-11-27 with the `full` testbed cached: with `PROFILE="smoke"` 26 s
-# on an otherwise idle machine; the `embedded` default 60 s of wall time alone on the machine
-# (3.8 minutes beside a test run) and 2 GB of memory. The
+# first): the `embedded` default 45 s in a whole `make book` on 2026-12-07, with 2 GB of
+# memory; `PROFILE="smoke"` 26 s (2026-11-27, an idle machine). Earlier runs:
+# `benchmarks/TIMINGS.md`. The
 # SAEs are a small part; the language model of testbed-llava, the text encoder run once per
 # alpha, and the activations dominate.
 # The `paper` profile loads openai/clip-vit-base-patch16 (`MODEL=` for ViT-L/14-336) and

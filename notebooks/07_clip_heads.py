@@ -38,9 +38,10 @@
 # ## Prerequisites and time to run
 #
 # The chapter *The counterfactual testbed* introduces the world and testbed-clip; the
-# metrics are defined in the `fairvlm.metrics` docstrings. Time on 2 idle CPU cores: a
-# few minutes on the `embedded` default, less with `PROFILE="smoke"` (plus the one-off
-# testbed build if it is not cached); this execution's run time is printed at the end. The `paper` profile loads
+# metrics are defined in the `fairvlm.metrics` docstrings. Time on 2 CPU cores: 61 s on the
+# `embedded` default in a whole `make book` on 2026-12-07 (earlier runs:
+# `benchmarks/TIMINGS.md`), less with `PROFILE="smoke"` (plus the one-off testbed build if
+# it is not cached); this execution's run time is printed at the end. The `paper` profile loads
 # openai/clip-vit-base-patch32 (or `MODEL="openai/clip-vit-base-patch16"`) from the hub and
 # wants a GPU; it probes on FairFace (`FAIRFACE_DIR`, 500 training images) or on PAIRS,
 # audits PAIRS (and SISPI with `SISPI_DIR`), measures So-B-IT entropy on FairFace

@@ -29,3 +29,36 @@ def tmp_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRVLM_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("FAIRVLM_FIGURES", str(tmp_path / "figures"))
     return tmp_path
+
+
+#: The book's own outputs, which no test may write (``make test`` after ``make book`` must
+#: leave the book that was built): the smoke run writes under ``_build/smoke`` instead.
+BOOK_OUTPUTS = ("results", "figures", "book/executed")
+
+
+def snapshot_book_outputs(root: Path = ROOT) -> dict[str, dict[str, tuple]]:
+    """Per folder: each file's (size, mtime in ns, sha256), by path relative to the folder."""
+    import hashlib
+
+    snap = {}
+    for folder in BOOK_OUTPUTS:
+        files = {}
+        base = root / folder
+        for path in sorted(base.rglob("*")) if base.is_dir() else []:
+            if path.is_file():
+                st = path.stat()
+                files[str(path.relative_to(base))] = (st.st_size, st.st_mtime_ns,
+                                                      hashlib.sha256(path.read_bytes()).hexdigest())
+        snap[folder] = files
+    return snap
+
+
+def pytest_sessionstart(session):
+    session.config._fairvlm_book_snapshot = snapshot_book_outputs()
+
+
+@pytest.fixture(scope="session")
+def book_snapshot(request):
+    """The book's outputs as they were when the session started, and a function that takes
+    them again."""
+    return request.config._fairvlm_book_snapshot, snapshot_book_outputs

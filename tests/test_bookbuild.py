@@ -1,4 +1,5 @@
-"""The build pipeline's small pieces, on constructed notebooks (no kernel is started)."""
+"""The build pipeline's small pieces, on constructed notebooks (one test starts a kernel on a
+two-cell chapter)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from fairvlm import bookbuild
@@ -78,3 +80,47 @@ def test_heartbeat_names_the_running_cell(tmp_path, capsys):
     assert printed and all("code cell 2/3 running" in p for p in printed)
     partial.write_text("{half a notebo")  # papermill mid-write: no crash
     assert "starting" in beat._line(time.time())
+
+
+def test_execute_sends_outputs_where_asked_over_ipc(tmp_path, capfd, monkeypatch):
+    """``results_dir`` / ``figures_dir`` reach the kernel as $FAIRVLM_RESULTS / $FAIRVLM_FIGURES
+    (and are restored afterwards); the kernel talks over IPC sockets outside its working
+    folder, so the build log has no "running over TCP without encryption" warning."""
+    monkeypatch.setenv("FAIRVLM_RESULTS", "results-before")
+    monkeypatch.delenv("FAIRVLM_FIGURES", raising=False)
+    src = tmp_path / "notebooks" / "01_env.py"
+    src.parent.mkdir()
+    src.write_text('# %% tags=["parameters"]\nPROFILE = "embedded"\n\n# %%\nimport os\n'
+                   'print(os.environ["FAIRVLM_RESULTS"], os.environ["FAIRVLM_FIGURES"], PROFILE)\n'
+                   'print(sorted(os.listdir(".")))\n')
+    out = bookbuild.execute(tmp_path, src, {"PROFILE": "smoke"}, results_dir=tmp_path / "r",
+                            figures_dir=tmp_path / "f")
+    assert out == tmp_path / "book" / "executed" / "01_env.ipynb"
+    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells
+                   if c.cell_type == "code" for o in c.outputs)
+    assert text.splitlines()[0] == f"{tmp_path / 'r'} {tmp_path / 'f'} smoke"
+    assert "kernel-ipc" not in text.splitlines()[1]  # no socket files in the kernel's cwd
+    assert "without encryption" not in capfd.readouterr().err
+    import os
+
+    assert os.environ["FAIRVLM_RESULTS"] == "results-before" and "FAIRVLM_FIGURES" not in os.environ
+    assert bookbuild.kernel_config(tmp_path).KernelManager.transport == "ipc"
+
+
+def test_book_sources_copy_the_static_pages_and_the_chapters(tmp_path):
+    root = tmp_path / "repo"
+    (root / "book" / "executed").mkdir(parents=True)
+    (root / "notebooks").mkdir()
+    (root / "_config.yml").write_text("title: t\n")
+    (root / "book" / "intro.md").write_text("# intro\n")
+    (root / "book" / "executed" / "00_old.ipynb").write_text("{}")  # make book's: not copied
+    nb = tmp_path / "smoke" / "01_a.ipynb"
+    nb.parent.mkdir()
+    nb.write_text("{}")
+    dest = bookbuild.book_sources(root, [nb], root / "_build" / "smoke" / "src")
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert got == ["_config.yml", "book/executed/01_a.ipynb", "book/intro.md"]
+    for bad in (root, root / "book", tmp_path):  # the book's own sources, or above them
+        with pytest.raises(bookbuild.BuildError, match="overwrite the book's own sources"):
+            bookbuild.book_sources(root, [nb], bad)
+    assert (root / "book" / "executed" / "00_old.ipynb").exists()

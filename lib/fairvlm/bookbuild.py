@@ -20,6 +20,10 @@ the tracked packages. The key is stored beside the executed notebook
 (``book/executed/.NN_slug.key.json``) with the sha256 of the notebook and of every file the run
 wrote into ``results/`` and ``figures/``; a chapter is reused only when the key matches and all
 of those files are still there, unchanged. ``--force`` (``make book FORCE=1``) executes all.
+
+The tests call :func:`execute` and :func:`build_html` with folders of their own
+(``_build/smoke/...``), so a test run leaves the book's ``results/``, ``figures/`` and
+``book/executed/`` as ``make book`` left them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -179,10 +184,49 @@ def collapse_validation(nb) -> int:
     return n
 
 
+def kernel_config(socket_dir: Path):
+    """Kernel settings for papermill: on POSIX the kernel talks over IPC sockets in
+    ``socket_dir`` (a private temporary folder) instead of TCP on localhost, which keeps the
+    traffic off the network and the kernel's "running over TCP without encryption" warning
+    out of the build log. Windows has no IPC transport and keeps TCP."""
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+        # the default socket name is relative ("kernel-ipc-N" in the kernel's cwd, the
+        # repository): two kernels would share it
+        config.KernelManager.ip = str(Path(socket_dir) / "kernel-ipc")
+    return config
+
+
+@contextmanager
+def _environ(**values: str | None):
+    """Set (or, with ``None``, leave alone) environment variables for the duration; the
+    papermill kernel starts inside and inherits them."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is not None:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
-            heartbeat: float | None = None) -> Path:
+            heartbeat: float | None = None, *, results_dir: Path | None = None,
+            figures_dir: Path | None = None) -> Path:
     """Execute one chapter with papermill; return the executed notebook's path.
 
+    ``out_dir``: where the executed notebook goes (default ``book/executed``).
+    ``results_dir``, ``figures_dir``: where the chapter writes its results and figures
+    (``$FAIRVLM_RESULTS`` / ``$FAIRVLM_FIGURES`` for the kernel; default: whatever the
+    environment says, else ``results/`` and ``figures/``).
     ``heartbeat``: print a progress line (the running cell and the time spent) every that
     many seconds; ``None`` is silent."""
     import jupytext
@@ -190,6 +234,8 @@ def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
 
     out_dir = out_dir or (root / EXECUTED)
     out_dir.mkdir(parents=True, exist_ok=True)
+    env = {"FAIRVLM_RESULTS": str(Path(results_dir).resolve()) if results_dir else None,
+           "FAIRVLM_FIGURES": str(Path(figures_dir).resolve()) if figures_dir else None}
     _prefer_own_kernel()
     nb = jupytext.read(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
@@ -201,10 +247,11 @@ def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
         partial = out_dir / f".{source.stem}.partial.ipynb"
         final = out_dir / f"{source.stem}.ipynb"
         try:
-            with _Heartbeat(source, partial, heartbeat):
+            with _Heartbeat(source, partial, heartbeat), _environ(**env):
                 pm.execute_notebook(
                     str(src_ipynb), str(partial), parameters=params, cwd=str(root),
                     kernel_name="python3", progress_bar=False, log_output=False,
+                    config=kernel_config(Path(tmp)),
                 )
         except pm.PapermillExecutionError as exc:
             failed = root / "_build" / "failed"
@@ -487,8 +534,9 @@ def output_problems(executed: Path) -> list[str]:
     return problems
 
 
-def write_toc(root: Path, executed: list[Path]) -> Path:
-    """The book's table of contents restricted to the chapters that were executed."""
+def write_toc(root: Path, executed: list[Path], out: Path | None = None) -> Path:
+    """The book's table of contents restricted to the chapters that were executed, written
+    to ``out`` (default ``_build/_toc.yml``)."""
     toc = yaml.safe_load((root / "book" / "_toc.yml").read_text())
     have = {p.stem for p in executed}
 
@@ -499,20 +547,57 @@ def write_toc(root: Path, executed: list[Path]) -> Path:
     for part in toc.get("parts", []):
         part["chapters"] = [c for c in part.get("chapters", []) if keep(c)]
     toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
-    out = root / "_build" / "_toc.yml"
+    out = out or root / "_build" / "_toc.yml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(toc, sort_keys=False))
     return out
 
 
-def build_html(root: Path, executed: list[Path]) -> Path:
-    toc = write_toc(root, executed)
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(root), "--toc", str(toc),
-           "--config", str(root / "_config.yml"), "-W", "-n", "--keep-going"]
+def book_sources(root: Path, executed: list[Path], dest: Path) -> Path:
+    """A copy of the book's sources in ``dest`` (emptied first): ``_config.yml``, the static
+    pages under ``book/`` and the given executed notebooks in ``book/executed/``, so a book
+    can be rendered from notebooks that live elsewhere (Sphinx skips any source under a
+    ``_build`` folder, where the tests keep theirs). Returns ``dest``."""
+    import shutil
+
+    top, dest = root.resolve(), dest.resolve()
+    inside = dest == top or top in dest.parents
+    if dest in top.parents or (inside and top / "_build" not in dest.parents):
+        raise BuildError(f"{dest} would overwrite the book's own sources; give a folder outside "
+                         f"the repository or under {top / '_build'}")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(root / "book", dest / "book",
+                    ignore=shutil.ignore_patterns(EXECUTED.name, ".*"))
+    shutil.copy2(root / "_config.yml", dest / "_config.yml")
+    (dest / EXECUTED).mkdir(parents=True, exist_ok=True)
+    for nb in executed:
+        shutil.copy2(nb, dest / EXECUTED / nb.name)
+    return dest
+
+
+def build_html(root: Path, executed: list[Path], build_dir: Path | None = None) -> Path:
+    """Render the executed notebooks with Jupyter Book, warnings as errors; return the
+    ``index.html``.
+
+    Default: the book itself, sources from ``root``, HTML in ``_build/html``. With
+    ``build_dir``, a separate book: its sources are copied to ``build_dir/src`` (see
+    :func:`book_sources`) and its HTML goes to ``build_dir/_build/html``; nothing of the
+    book's own build is touched."""
+    if build_dir is None:
+        src, toc, out = root, write_toc(root, executed), root
+    else:
+        build_dir = Path(build_dir).resolve()
+        src = book_sources(root, executed, build_dir / "src")
+        toc = write_toc(root, executed, out=src / "_toc.yml")
+        out = build_dir
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(src),
+           "--toc", str(toc), "--config", str(src / "_config.yml"), "--path-output", str(out),
+           "-W", "-n", "--keep-going"]
     proc = subprocess.run(cmd, cwd=root)
     if proc.returncode != 0:
         raise BuildError("Jupyter Book reported warnings or errors (see above)")
-    return root / "_build" / "html" / "index.html"
+    return out / "_build" / "html" / "index.html"
 
 
 def main(argv=None) -> int:
