@@ -211,6 +211,8 @@ def export(build_root: Path, *, world: str, size: str, seed: int, strength: floa
     try:
         for fname, src in sources.items():
             shutil.copyfile(src, tmp / fname)
+            os.chmod(tmp / fname, 0o644)
+        os.chmod(tmp, 0o755)
         files = {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size} for f in FILES}
         final = dest / name
         if final.exists():
@@ -228,6 +230,7 @@ def export(build_root: Path, *, world: str, size: str, seed: int, strength: floa
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
         fh.write("\n")
+    os.chmod(tmpf, 0o644)
     os.replace(tmpf, dest / MANIFEST)
     return next(a for a in read_manifest(dest) if a.name == name)
 

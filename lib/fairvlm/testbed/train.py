@@ -790,10 +790,15 @@ def _llava_base():
     tok = _llava_tokenizer(base_tok)
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     with torch.no_grad():
-        old = smol.get_input_embeddings().weight
-        mean = old.mean(0, keepdim=True)
+        # the count and the mean are taken before resizing: transformers 5 resizes the
+        # embedding Parameter in place, so a reference to the old weight sees the new rows
+        n_old = smol.get_input_embeddings().weight.shape[0]
+        mean = smol.get_input_embeddings().weight.mean(0, keepdim=True).clone()
         smol.resize_token_embeddings(len(tok), mean_resizing=False)
-        smol.get_input_embeddings().weight[old.shape[0]:] = mean
+        smol.get_input_embeddings().weight[n_old:] = mean
+        if not torch.equal(smol.get_input_embeddings().weight[n_old:], mean.expand(len(tok) - n_old, -1)):
+            raise FairVLMError("the <image> token's embedding row was not set; check transformers' "
+                               "resize_token_embeddings")
     smol.requires_grad_(False)
     return smol, tok, image_id
 
