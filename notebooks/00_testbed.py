@@ -108,7 +108,7 @@ from fairvlm.verdicts import bootstrap_ci
 
 fairvlm.seed_everything(SEED)
 set_theme()
-spec = testbed.load_spec()
+spec = testbed.world_spec()
 
 
 def ci(values):

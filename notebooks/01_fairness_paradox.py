@@ -384,9 +384,9 @@ from scipy.stats import spearmanr
 testbed_rows = rows[rows["dataset"] == "testbed"]
 planted_rho = {}
 if len(testbed_rows):
-    from fairvlm.testbed.spec import load_spec
+    from fairvlm.testbed import world_spec
 
-    shares = load_spec().share_table().set_index("scenario")
+    shares = world_spec().share_table().set_index("scenario")
     rows_t = []
     testbed_items = items[items["dataset"] == "testbed"]
     for (attribute, variant), g in testbed_items.groupby(["attribute", "variant"]):

@@ -533,9 +533,9 @@ planted_rows = pd.DataFrame()
 if any(sp["dataset"] == "testbed" for sp in splits):
     from scipy.stats import spearmanr
 
-    from fairvlm.testbed.spec import load_spec
+    from fairvlm.testbed import world_spec
 
-    share = load_spec().share_table().set_index("scenario")
+    share = world_spec().share_table().set_index("scenario")
     share["planted"] = share[["gender_skew", "race_skew"]].abs().max(axis=1)
     share["control"] = share["planted"] == 0
     tb = rows_all[rows_all["dataset"] == "testbed"]

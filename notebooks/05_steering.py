@@ -185,9 +185,9 @@ display(t1.style.hide(axis="index").format(precision=0))
 VLM = settings[0].label
 bg = se.mentions_by_group(gen[gen["model"] == VLM])
 if VLM == "testbed-llava":
-    from fairvlm.testbed import load_spec
+    from fairvlm.testbed import world_spec
 
-    planted = load_spec().mention_table().rename(columns={"p_mention_gender": "planted gender rate",
+    planted = world_spec().mention_table().rename(columns={"p_mention_gender": "planted gender rate",
                                                            "p_mention_race": "planted race rate"})
     bg = bg.merge(planted[["group", "planted gender rate", "planted race rate"]], on="group")
     display(Markdown("testbed-llava by group: the planted description mention rates are the ground truth "

@@ -241,9 +241,9 @@ if ON_TESTBED:
     from fairvlm.testbed import captions as tb_captions
     from fairvlm.testbed import world
     from fairvlm.testbed.scenarios import SCENARIO_KEYS
-    from fairvlm.testbed.spec import load_spec
+    from fairvlm.testbed import world_spec
 
-    spec = load_spec()
+    spec = world_spec()
     size = world.DEFAULT_SIZE
     raw_rows = {"sae": world.gallery(N_SAE_SCENES, split="heldout", start=2000),
                 "probe": world.gallery(N_PROBE_SCENES, split="heldout", start=1000),

@@ -620,9 +620,9 @@ def testbed_audit_data(loaded, n_probe_scenes: int, n_gallery_scenes: int, *, se
     from fairvlm.testbed import captions as tb_captions
     from fairvlm.testbed import world
     from fairvlm.testbed.scenarios import SCENARIOS
-    from fairvlm.testbed.spec import load_spec
+    from fairvlm.testbed import world_spec
 
-    spec = load_spec()
+    spec = world_spec()
     size = world.DEFAULT_SIZE
     probe_rows = world.gallery(n_probe_scenes, split="heldout", start=500)
     probe_pixels = pixel_values(loaded, world.render_rows(probe_rows, size))
