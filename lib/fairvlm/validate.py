@@ -36,8 +36,8 @@ from fairvlm.errors import DataError, ParameterError, UnknownNameError
 
 __all__ = [
     "show", "integer", "number", "learning_rate", "flag", "text", "strings", "sequence", "integers",
-    "numbers_list", "choice", "labels", "tensor", "array", "path", "existing_file", "existing_dir",
-    "staged_folder", "verified",
+    "numbers_list", "choice", "labels", "tensor", "array", "loaded", "path", "existing_file", "existing_dir",
+    "staged_folder", "replaceable", "verified",
 ]
 
 
@@ -256,6 +256,20 @@ def array(name: str, value: Any, *, ndim: int | None = None, finite: bool = True
     return arr
 
 
+def loaded(name: str, value: Any, *, kinds: Iterable[str] | None = None):
+    """A model from :func:`fairvlm.models.load` (checked by its attributes, so this module need
+    not import the model layer), optionally of one of ``kinds`` (``"vlm"``, ``"causal-lm"``,
+    ``"dual-encoder"``, ...). A model's name given as a string is refused with the call to make."""
+    if isinstance(value, str):
+        raise _fail(name, value, f"it must be a loaded model, not its name: pass fairvlm.models.load({value!r})")
+    if not all(hasattr(value, a) for a in ("model", "tokenizer", "kind", "name")):
+        raise _fail(name, value, "it must be a model from fairvlm.models.load(name)")
+    kinds = tuple(kinds or ())
+    if kinds and value.kind not in kinds:
+        raise ParameterError(f"{name}={value.name!r} is a {value.kind} model; this needs a {' or a '.join(kinds)} model")
+    return value
+
+
 def path(name: str, value: Any) -> Path:
     """A ``str`` or ``os.PathLike`` naming a path (not empty, not a number)."""
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
@@ -296,13 +310,13 @@ def staged_folder(name: str, target: Any, *, overwrite: bool = False):
     overwrite = flag("overwrite", overwrite)
     if target.exists() and not target.is_dir():
         raise ParameterError(f"{name}={str(target)!r} is a file; give a folder path")
-    _check_replaceable(name, target, overwrite)
+    replaceable(name, target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield staging
         checksums.write_sums(staging)
-        _check_replaceable(name, target, overwrite)  # again: it may have changed meanwhile
+        replaceable(name, target, overwrite=overwrite)  # again: it may have changed meanwhile
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
@@ -314,7 +328,10 @@ def staged_folder(name: str, target: Any, *, overwrite: bool = False):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_replaceable(name: str, target: Path, overwrite: bool) -> None:
+def replaceable(name: str, target: Any, *, overwrite: bool = False) -> None:
+    """Raise unless :func:`staged_folder` may put a new folder at ``target``: it is absent or
+    empty, or ``overwrite`` and it holds only what fairvlm saved there (its ``SHA256SUMS``)."""
+    target = path(name, target)
     if not target.is_dir() or not any(target.iterdir()):
         return
     if not overwrite:
