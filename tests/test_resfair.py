@@ -435,8 +435,78 @@ def test_trainer_entry_point_bad_input(tmp_path, capsys):
     from fairvlm import finetune
 
     assert finetune.main(["--model", "tiny-llava", "--dataset", "coco", "--output_dir", str(tmp_path),
-                          "--use_cpu", "true", "--report_to", "none"]) == 1
+                          "--use_cpu", "true", "--report_to", "none"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def _finetune_cli(*args: str, cwd=None):
+    """``python -m fairvlm.finetune`` as the README runs it, on a machine without a GPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fairvlm.finetune", *args], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=cwd)
+
+
+def test_finetune_command_runs_on_cpu_without_extra_flags(tmp_path):
+    """No ``--use_cpu``, no ``--bf16 false``: trl's bf16 default must not stop it on a CPU."""
+    from fairvlm import checksums
+
+    out = tmp_path / "run"
+    res = _finetune_cli("--model", "tiny-llava", "--dataset", "testbed", "--method", "lora", "--n_labels", "1",
+                        "--n_prompts", "1", "--output_dir", str(out), "--max_steps", "1",
+                        "--per_device_train_batch_size", "2", "--report_to", "none")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert list(out.glob("*.safetensors")) and checksums.problems(out) == []   # saved with its manifest
+    # a second run into the same folder replaces the model it saved there ...
+    res = _finetune_cli("--model", "tiny-llava", "--dataset", "testbed", "--method", "lora", "--n_labels", "1",
+                        "--n_prompts", "1", "--output_dir", str(out), "--max_steps", "1",
+                        "--per_device_train_batch_size", "2", "--report_to", "none")
+    assert res.returncode == 0, res.stderr[-3000:]
+    # ... but never a folder holding anything else
+    (out / "notes.txt").write_text("mine")
+    res = _finetune_cli("--model", "tiny-llava", "--dataset", "testbed", "--output_dir", str(out), "--max_steps", "1")
+    assert res.returncode == 2 and "did not save" in res.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--learning_rate", "nan"], "learning_rate"),
+    (["--learning_rate", "inf"], "learning_rate"),
+    (["--learning_rate", "0"], "learning_rate"),
+    (["--learning_rate=-1e-4"], "learning_rate"),
+    (["--learning_rate", "100"], "learning_rate"),
+    (["--fp16", "true"], "fp16"),
+    (["--method", "sft"], "method"),
+    (["--n_prompts", "0"], "n_prompts"),
+    (["--num_train_epochs", "nan"], "num_train_epochs"),
+    (["--max_steps", "0"], "max_steps"),
+    (["--kl_coef", "-1"], "kl_coef"),
+])
+def test_finetune_command_bad_input_exits_2_with_one_line(tmp_path, args, needle, capsys, monkeypatch):
+    """In process (the command's ``main``), on a machine that looks GPU-less to torch."""
+    from fairvlm import finetune
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = finetune.main(["--model", "tiny-llava", "--dataset", "testbed", "--output_dir", str(tmp_path / "o"),
+                        "--report_to", "none", *args])
+    err = capsys.readouterr().err
+    assert rc == 2, err[-3000:]
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err[-3000:]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_finetune_output_dir_that_is_a_file_exits_2(tmp_path, capsys, monkeypatch):
+    from fairvlm import finetune
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    f = tmp_path / "model"
+    f.write_text("x")
+    assert finetune.main(["--model", "tiny-llava", "--dataset", "testbed", "--output_dir", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err and f.read_text() == "x"
 
 
 def test_scale_out_configs_parse():

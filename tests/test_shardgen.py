@@ -91,3 +91,108 @@ def test_bad_jobs(tmp_path):
     shardgen.run(other, tmp_path / "o", rank=0, world=1, max_shards=0)
     with pytest.raises(FairVLMError, match="different job"):
         shardgen.run(job, tmp_path / "o", rank=0, world=1, max_shards=0)
+
+
+# ------------------------------------------------------------------ inputs changed between runs
+
+
+def _small_job(tmp_path: Path, direction: Path | None = None, **extra) -> dict:
+    items = [{"id": f"q{i}", "prompt": p, "image": None} for i, p in enumerate(["Describe a nurse.", "Describe a pilot."])]
+    return {"model": "tiny-llava", "items": items, "seeds": [0, 1], "max_new_tokens": 2, "shard_size": 2,
+            "batch_size": 2, "direction": None if direction is None else str(direction), **extra}
+
+
+def _save_direction(path: Path, d: int, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"direction": torch.randn(d, generator=torch.Generator().manual_seed(seed))}, str(path))
+
+
+@pytest.fixture(scope="module")
+def tiny_llava():
+    from fairvlm.models import load
+
+    return load("tiny-llava")
+
+
+def test_a_changed_direction_file_is_refused_on_resume_and_on_merge(tmp_path, tiny_llava):
+    lm = tiny_llava
+    dpath = tmp_path / "direction.safetensors"
+    _save_direction(dpath, lm.d_model, seed=1)
+    job, out = _small_job(tmp_path, dpath), tmp_path / "out"
+    assert shardgen.run(job, out, rank=0, world=1, max_shards=1, lm=lm) == [0]
+    rows = [json.loads(line) for line in (out / "shard-000000.jsonl").read_text().splitlines()]
+    fp = rows[0]["fingerprint"]
+    assert len(fp) == 64 and all(r["fingerprint"] == fp for r in rows)   # stored in every row of the shard
+    _save_direction(dpath, lm.d_model, seed=2)                              # same path, other bytes
+    with pytest.raises(FairVLMError, match="different job"):
+        shardgen.run(job, out, rank=0, world=1, lm=lm)
+    _save_direction(dpath, lm.d_model, seed=1)                              # the original bytes: resumes
+    assert shardgen.run(job, out, rank=0, world=1, lm=lm) == [1]
+    assert len(shardgen.merge(out, write=False)) == 4
+    _save_direction(dpath, lm.d_model, seed=3)
+    with pytest.raises(FairVLMError, match="input of the job changed"):
+        shardgen.merge(out)
+    assert not (out / "merged.jsonl").exists()
+
+
+def test_merge_takes_its_counts_from_the_job_not_from_job_json(tmp_path, tiny_llava):
+    out = tmp_path / "out"
+    shardgen.run(_small_job(tmp_path), out, rank=0, world=1, lm=tiny_llava)
+    meta = json.loads((out / "job.json").read_text())
+    meta["n_rows"], meta["n_shards"] = 2, 1                                 # edited: half the rows
+    (out / "job.json").write_text(json.dumps(meta))
+    assert len(shardgen.merge(out, write=False)) == 4
+    meta["job"]["seeds"] = [0]                                              # the job itself edited
+    (out / "job.json").write_text(json.dumps(meta))
+    with pytest.raises(FairVLMError, match="job.json was edited"):
+        shardgen.merge(out, write=False)
+    (out / "job.json").write_text('{"fingerprint": "ab')                    # truncated
+    with pytest.raises(FairVLMError, match="damaged"):
+        shardgen.merge(out, write=False)
+
+
+def test_duplicate_seeds_are_refused(tmp_path):
+    for seeds in ([0, 0], [0, "0"], [1, 2, 1], [True], [0.5]):
+        with pytest.raises(FairVLMError, match="seed"):
+            shardgen.load_job(_small_job(tmp_path, seeds=seeds))
+
+
+def test_a_failed_run_does_not_block_the_corrected_job(tmp_path, tiny_llava):
+    out = tmp_path / "out"
+    bad = _small_job(tmp_path, tmp_path / "no-such-direction.safetensors")
+    with pytest.raises(FairVLMError, match="not found"):
+        shardgen.run(bad, out, rank=0, world=1, lm=tiny_llava)
+    assert not (out / "job.json").exists()
+    dpath = tmp_path / "d.safetensors"
+    dpath.write_bytes(b"not a safetensors file")                            # fails after job.json is written
+    with pytest.raises(FairVLMError, match="not a readable safetensors"):
+        shardgen.run(_small_job(tmp_path, dpath), out, rank=0, world=1, lm=tiny_llava)
+    assert shardgen.run(_small_job(tmp_path), out, rank=0, world=1, lm=tiny_llava) == [0, 1]
+
+
+@pytest.mark.parametrize("case", ["list", "temperature", "out_is_file", "truncated", "seeds", "max_shards"])
+def test_command_line_bad_input_exits_2_with_one_line(tmp_path, case):
+    job = _small_job(tmp_path)
+    out = tmp_path / "out"
+    extra = []
+    if case == "list":
+        job = job["items"]
+    elif case == "temperature":
+        job["temperature"] = "hot"
+    elif case == "out_is_file":
+        out.write_text("x")
+    elif case == "seeds":
+        job["seeds"] = [0, "0"]
+    elif case == "max_shards":
+        extra = ["--max-shards", "-1"]
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job)[: 40 if case == "truncated" else None])
+    res = subprocess.run([sys.executable, "-m", "fairvlm.shardgen", "run", str(path), str(out), *extra],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (out / "job.json").exists() if out.is_dir() else True

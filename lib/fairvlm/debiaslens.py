@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from fairvlm import metrics
+from fairvlm import validate as V
 from fairvlm.errors import DataError, FairVLMError
 from fairvlm.params import ParameterError
 
@@ -67,7 +68,7 @@ def load_queries(path: str | os.PathLike | None = None) -> pd.DataFrame:
 
     from fairvlm.testbed.scenarios import SCENARIOS
 
-    p = Path(path) if path is not None else queries_path()
+    p = V.existing_file("path", path) if path is not None else queries_path()
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
         sets = raw["sets"]
@@ -79,13 +80,25 @@ def load_queries(path: str | os.PathLike | None = None) -> pd.DataFrame:
         spec = sets.get(name) if isinstance(sets, dict) else None
         if not isinstance(spec, dict):
             raise DataError(f"{p}: query set {name!r} is missing")
-        for category, words in (spec.get("words") or {}).items():
+        word_lists = spec.get("words") or {}
+        if not isinstance(word_lists, dict):
+            raise DataError(f"{p}: set {name!r}: 'words' must map a category to a list of words")
+        for category, words in word_lists.items():
+            if not isinstance(words, list):
+                raise DataError(f"{p}: set {name!r}, category {category!r}: words must be a list "
+                                f"(- {words}), not {type(words).__name__}; a lone string would be read letter by letter")
             for w in words:
                 rows.append({"set": name, "key": str(w), "kind": "word", "source": f"So-B-IT {category}",
                              "prompt": templates["word"].format(a=_article(str(w)), word=w)})
-        for field, keys in (spec.get("scenarios") or {}).items():
+        scen_lists = spec.get("scenarios") or {}
+        if not isinstance(scen_lists, dict):
+            raise DataError(f"{p}: set {name!r}: 'scenarios' must map 'role'/'activity' to a list of scenario keys")
+        for field, keys in scen_lists.items():
             if field not in ("role", "activity"):
                 raise DataError(f"{p}: set {name!r}: scenario field {field!r} must be 'role' or 'activity'")
+            if not isinstance(keys, list):
+                raise DataError(f"{p}: set {name!r}, scenarios.{field}: must be a list of scenario keys, "
+                                f"not {type(keys).__name__}")
             for k in keys:
                 if k not in SCENARIOS:
                     raise DataError(f"{p}: set {name!r}: {k!r} is not a testbed scenario key")
@@ -100,9 +113,9 @@ def load_queries(path: str | os.PathLike | None = None) -> pd.DataFrame:
 
 def maxskew_per_query(sim, groups: Sequence, k: int) -> np.ndarray:
     """MaxSkew@k (uniform prior over the gallery's groups) for each row of ``sim`` (Q, N)."""
-    s = sim.detach().cpu().numpy() if isinstance(sim, torch.Tensor) else np.asarray(sim, dtype=float)
-    g = np.asarray([str(x) for x in groups], dtype=object)
-    if s.ndim != 2 or s.shape[1] != len(g):
+    s = V.array("sim", sim, ndim=2)
+    g = np.asarray([str(x) for x in V.labels("groups", groups)], dtype=object)
+    if s.shape[1] != len(g):
         raise ParameterError(f"sim must be (Q, {len(g)}); got {s.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(g):
         raise ParameterError(f"k={k!r} must be an integer in [1, {len(g)}]")
@@ -113,7 +126,9 @@ def maxskew_per_query(sim, groups: Sequence, k: int) -> np.ndarray:
 
 def random_floor(groups: Sequence, k: int, *, n_queries: int, seed: int = 0) -> np.ndarray:
     """MaxSkew@k of ``n_queries`` random rankings of the same gallery (seeded)."""
-    rng = np.random.default_rng(seed)
+    V.integer("n_queries", n_queries, low=1)
+    rng = np.random.default_rng(V.integer("seed", seed, low=0))
+    groups = V.labels("groups", groups)
     return maxskew_per_query(rng.random((n_queries, len(groups))), groups, k)
 
 
@@ -137,6 +152,9 @@ def yes_probability(lm, images: Sequence, prompts: Sequence[str], *, batch_size:
     """
     if lm.kind != "vlm":
         raise FairVLMError(f"{lm.name} is not a generative VLM")
+    prompts = V.strings("prompts", prompts)
+    images = V.sequence("images", images)
+    V.integer("batch_size", batch_size, low=1)
     if len(images) != len(prompts) or not len(prompts):
         raise ParameterError(f"give one image per prompt; got {len(images)} images and {len(prompts)} prompts")
     yes, no = _answer_ids(lm.tokenizer, "Yes"), _answer_ids(lm.tokenizer, "No")
@@ -156,6 +174,8 @@ def last_layer_cls(lm, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.
 
     if lm.kind != "dual-encoder":
         raise FairVLMError(f"{lm.name} is not a CLIP-style dual encoder")
+    V.tensor("pixels", pixels, ndim=4)
+    V.integer("batch_size", batch_size, low=1)
     out = []
     with hooks.capture(lm, "vision.resid_post.-1") as cache:
         for s in range(0, len(pixels), batch_size):
@@ -167,6 +187,9 @@ def last_layer_cls(lm, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.
 @torch.no_grad()
 def embed_from_last_layer(lm, cls_resid: torch.Tensor, edit=None) -> torch.Tensor:
     """L2-normalized image embeddings from last-layer class tokens, after ``edit(h)`` if given."""
+    V.tensor("cls_resid", cls_resid, ndim=2, width=lm.d_vision)
+    if edit is not None and not callable(edit):
+        raise ParameterError(f"edit={V.show(edit)} must be None or a function h -> h (e.g. from control_edits)")
     h = cls_resid if edit is None else edit(cls_resid)
     norm, proj = lm.vision_final_norm(), lm.projector()
     if norm is None or proj is None:
@@ -184,6 +207,7 @@ def split_by_scenario(meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     way (:func:`fairvlm.retrieval.paper_audit_data`)."""
     if not isinstance(meta, pd.DataFrame) or "scenario" not in meta.columns:
         raise ParameterError("meta must be a DataFrame with a 'scenario' column (one row per image)")
+    V.labels("meta['scenario']", meta["scenario"].tolist())
     scen = sorted(set(meta["scenario"]))
     if len(scen) < 4:
         raise DataError(f"splitting by scenario needs at least 4 scenarios, found {len(scen)}; "

@@ -23,6 +23,10 @@ class DataError(FairVLMError):
     """A missing, truncated or altered data file."""
 
 
+class ParameterError(FairVLMError, ValueError):
+    """A parameter with a value the library cannot use (re-exported by :mod:`fairvlm.params`)."""
+
+
 def unknown(kind: str, name: object, known) -> UnknownNameError:
     """Build the standard 'unknown X' error listing the valid choices."""
     choices = ", ".join(sorted(map(str, known)))

@@ -35,14 +35,17 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from trl import DPOConfig, DPOTrainer
 
 from fairvlm import mcq
+from fairvlm import validate as V
 from fairvlm.errors import FairVLMError, unknown
 
 __all__ = [
@@ -75,6 +78,8 @@ class DPOKLConfig(DPOConfig):
             raise FairVLMError(f"kl_coef={self.kl_coef!r} must be a finite number >= 0")
         if self.kl_measure not in KL_MEASURES:
             raise unknown("kl_measure", self.kl_measure, KL_MEASURES)
+        V.learning_rate("learning_rate", self.learning_rate)
+        V.number("beta", self.beta, low=0.0, low_open=True)
 
 
 def _option_logits(logits: torch.Tensor, ids: dict) -> torch.Tensor:
@@ -86,6 +91,9 @@ def _option_logits(logits: torch.Tensor, ids: dict) -> torch.Tensor:
 def confidence_kl(lp3: torch.Tensor, measure: str, ref_lp3: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row KL of option log-masses ``(n, 3)`` in torch (differentiable); same formulas as
     :mod:`fairvlm.confidence` at ``t = 1``."""
+    lp3 = V.tensor("lp3", lp3, ndim=2, width=3, finite=False)
+    if ref_lp3 is not None:
+        V.tensor("ref_lp3", ref_lp3, ndim=2, width=3, finite=False)
     logp = lp3 - torch.logsumexp(lp3, dim=-1, keepdim=True)
     if measure == "fair_target":
         return -logp[:, 2]
@@ -223,10 +231,14 @@ def _images(loaded, rows, images: Callable | None):
 def _records(loaded, rows: Sequence, images: Callable | None, seed: int, caller: str, fields) -> list[dict]:
     """One training record per row: the model's own ``prompt`` (ending at the assistant
     turn), the answer fields ``fields(row, rng)`` gives, and ``images`` for a VLM."""
-    rng = random.Random(seed)
-    rows = list(rows)
+    rng = random.Random(V.integer("seed", seed, low=0))
+    rows = V.sequence("rows", rows, empty=True)
     if not rows:
         raise FairVLMError(f"{caller}() got no rows")
+    if not all(hasattr(r, "item") and hasattr(r, "text") for r in rows):
+        raise FairVLMError(f"rows must be fairvlm.mcq rows (from lens.run_rows or mcq.build_rows); got {V.show(rows[0])}")
+    if images is not None and not callable(images) and not isinstance(images, dict):
+        raise FairVLMError(f"images={V.show(images)} must be None or the image lookup lens.run_rows gives")
     ims = _images(loaded, rows, images)
     out = []
     for i, r in enumerate(rows):
@@ -261,6 +273,9 @@ def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.0):
     """peft ``LoraConfig`` on the language model's projections only (:data:`LM_TARGET`)."""
     from peft import LoraConfig
 
+    V.integer("r", r, low=1)
+    V.number("alpha", alpha, low=0.0, low_open=True)
+    V.number("dropout", dropout, low=0.0, high=1.0, high_open=True)
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LM_TARGET,
                       bias="none", task_type="CAUSAL_LM")
 
@@ -298,6 +313,14 @@ def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batc
     units, ``"bf16"`` is the faster and safer choice)."""
     if mixed_precision not in MIXED_PRECISION:
         raise FairVLMError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise FairVLMError("mixed_precision='fp16' needs a CUDA GPU; on a CPU use None (float32) or 'bf16'")
+    V.path("output_dir", output_dir)
+    V.number("epochs", epochs, low=0.0, low_open=True)
+    V.learning_rate("lr", lr)
+    V.integer("seed", seed, low=0)
+    if V.integer("max_steps", max_steps) == 0 or max_steps < -1:
+        raise FairVLMError(f"max_steps={max_steps!r} must be -1 (train for the epochs) or a positive integer")
     per_device, accum = _micro(batch_size, micro_batch)
     return dict(output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=per_device,
                 gradient_accumulation_steps=accum,
@@ -437,6 +460,9 @@ def train_dpo_kl(loaded, rows: Sequence, images: Callable | None = None, *, outp
     ``args`` (a full :class:`DPOKLConfig`, e.g. with ``deepspeed=``) replaces the keyword
     settings. ``micro_batch`` splits each batch into accumulated micro-batches (same update,
     less memory); ``mixed_precision`` as in :func:`_common_args`."""
+    V.integer("lora_r", lora_r, low=1)
+    if args is not None and not isinstance(args, DPOKLConfig):
+        raise FairVLMError(f"args={V.show(args)} must be None or a fairvlm.finetune.DPOKLConfig")
     if args is None:
         args = DPOKLConfig(beta=beta, kl_coef=kl_coef, kl_measure=kl_measure, max_length=None,
                            **_common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch,
@@ -457,6 +483,9 @@ def train_lora(loaded, rows: Sequence, images: Callable | None = None, *, output
     ``micro_batch`` and ``mixed_precision`` as for :func:`train_dpo_kl`."""
     from trl import SFTConfig, SFTTrainer
 
+    V.integer("lora_r", lora_r, low=1)
+    if extra is not None and not isinstance(extra, dict):
+        raise FairVLMError(f"extra={V.show(extra)} must be None or a dict of SFTConfig settings")
     kw = _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch, mixed_precision)
     kw.update(extra or {})
     args = SFTConfig(max_length=None, completion_only_loss=True, **kw)
@@ -483,9 +512,62 @@ class ScriptArguments:
     text_only: bool = field(default=False, metadata={"help": "text items only (no images)"})
 
 
+def _given(argv: Sequence[str], name: str) -> str | None:
+    """The value of ``--name`` on the command line (``--name v`` or ``--name=v``), or None."""
+    for i, a in enumerate(argv):
+        if a == f"--{name}":
+            return argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _cpu_argv(argv: list[str]) -> list[str]:
+    """On a machine without CUDA: train on the CPU in float32 unless told otherwise.
+
+    trl's configs turn ``bf16`` on by default, and transformers then refuses to start on a
+    machine without a bf16 GPU unless ``use_cpu`` is set, before any of fairvlm's checks
+    run. Without CUDA this adds ``--use_cpu true`` and, where neither ``--bf16`` nor
+    ``--fp16`` is given, ``--bf16 false`` (float32: exact, and as fast as autocast on most
+    CPUs for the small models that train there). ``--fp16 true`` needs a GPU: refused."""
+    if torch.cuda.is_available():
+        return argv
+    truthy = ("true", "1", "yes", "y", "t")
+    if (_given(argv, "fp16") or "false").lower() in truthy:
+        raise FairVLMError("--fp16 true needs a CUDA GPU and none is available; leave it out (float32 on the CPU) "
+                           "or use --bf16 true")
+    out = list(argv)
+    if _given(argv, "use_cpu") is None and _given(argv, "no_cuda") is None:
+        out += ["--use_cpu", "true"]
+    if _given(argv, "bf16") is None and _given(argv, "fp16") is None:
+        out += ["--bf16", "false"]
+    return out
+
+
+def _check_script(script: "ScriptArguments", cfg: DPOKLConfig) -> None:
+    V.integer("n_labels", script.n_labels, low=0)
+    V.integer("n_prompts", script.n_prompts, low=1)
+    V.number("num_train_epochs", cfg.num_train_epochs, low=0.0, low_open=True)
+    V.integer("per_device_train_batch_size", cfg.per_device_train_batch_size, low=1)
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise FairVLMError(f"--max_steps {cfg.max_steps} must be -1 (train for the epochs) or a positive integer")
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise FairVLMError(f"--output_dir {out} is a file; give a folder for the trained model")
+    V.replaceable("--output_dir", out, overwrite=True)  # a folder of other files is never written over
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``ScriptArguments`` and :class:`DPOKLConfig` (``--deepspeed``, ``--fp16`` ...),
-    train, save the adapter-merged model to ``output_dir`` (safetensors)."""
+    train, save the adapter-merged model to ``output_dir`` (safetensors, with a
+    ``SHA256SUMS`` manifest). Input the user can fix ends in one ``error:`` line and exit
+    status 2."""
+    from fairvlm.errors import cli_main
+
+    return cli_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
     from fairvlm import lens, models
@@ -494,28 +576,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("--save_strategy") for a in argv):
         argv += ["--save_strategy", "no"]      # the final model is saved below, once, as safetensors
+    argv = _cpu_argv(argv)
     parser = HfArgumentParser((ScriptArguments, DPOKLConfig))
-    script, cfg = parser.parse_args_into_dataclasses(args=argv)
     try:
-        if script.method not in ("dpo_kl", "lora"):
-            raise unknown("method", script.method, ("dpo_kl", "lora"))
-        check_dataset(script.dataset)
-        lm = models.load(script.model)
-        variants = ("text",) if (script.text_only or lm.kind != "vlm") else mcq.VARIANTS
-        spec = lens.RunSpec(script.model, script.dataset, variants, script.n_prompts, script.n_labels or None)
-        rows, images, _ = lens.run_rows(spec)
-        kw = dict(output_dir=cfg.output_dir, epochs=cfg.num_train_epochs, batch_size=cfg.per_device_train_batch_size,
-                  lr=cfg.learning_rate, seed=cfg.seed, max_steps=cfg.max_steps)
-        if script.method == "dpo_kl":
-            cfg.remove_unused_columns = False
-            trained, _ = train_dpo_kl(lm, rows, images, args=cfg, **kw)
-        else:
-            trained, _ = train_lora(lm, rows, images, extra={"deepspeed": cfg.deepspeed, "fp16": cfg.fp16,
-                                                             "bf16": cfg.bf16, "use_cpu": cfg.use_cpu}, **kw)
-    except FairVLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    trained.model.save_pretrained(cfg.output_dir, safe_serialization=True)
+        with warnings.catch_warnings():
+            # trl's configs set transformers' deprecated `gradient_checkpointing` alias: a
+            # FutureWarning about their code on every parse, not about the reader's flags
+            warnings.simplefilter("ignore", FutureWarning)
+            script, cfg = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:  # transformers' and trl's own checks of the training arguments
+        raise FairVLMError(f"bad training arguments: {str(exc).splitlines()[0]}") from None
+    _check_script(script, cfg)
+    if script.method not in ("dpo_kl", "lora"):
+        raise unknown("method", script.method, ("dpo_kl", "lora"))
+    check_dataset(script.dataset)
+    lm = models.load(script.model)
+    variants = ("text",) if (script.text_only or lm.kind != "vlm") else mcq.VARIANTS
+    spec = lens.RunSpec(script.model, script.dataset, variants, script.n_prompts, script.n_labels or None)
+    rows, images, _ = lens.run_rows(spec)
+    kw = dict(output_dir=cfg.output_dir, epochs=cfg.num_train_epochs, batch_size=cfg.per_device_train_batch_size,
+              lr=cfg.learning_rate, seed=cfg.seed, max_steps=cfg.max_steps)
+    if script.method == "dpo_kl":
+        cfg.remove_unused_columns = False
+        trained, _ = train_dpo_kl(lm, rows, images, args=cfg, **kw)
+    else:
+        trained, _ = train_lora(lm, rows, images, extra={"deepspeed": cfg.deepspeed, "fp16": cfg.fp16,
+                                                         "bf16": cfg.bf16, "use_cpu": cfg.use_cpu}, **kw)
+    bad = [n for n, p in trained.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise FairVLMError(f"training diverged: {len(bad)} weights hold NaN or inf (first {bad[0]}); lower "
+                           f"--learning_rate (was {cfg.learning_rate:g}); nothing was saved")
+    with V.staged_folder("--output_dir", cfg.output_dir, overwrite=True) as staging:
+        trained.model.save_pretrained(staging, safe_serialization=True)
     print(f"saved {script.method} model to {cfg.output_dir}")
     return 0
 

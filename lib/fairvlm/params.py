@@ -17,13 +17,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fairvlm.errors import FairVLMError, install_short_tracebacks
+from fairvlm.errors import FairVLMError, ParameterError, install_short_tracebacks
 
 PROFILES = ("embedded", "smoke", "paper")
-
-
-class ParameterError(FairVLMError, ValueError):
-    """A notebook parameter with a value the chapter cannot use."""
 
 
 @dataclass(frozen=True)

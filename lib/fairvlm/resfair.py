@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fairvlm import validate as V
 from fairvlm.errors import FairVLMError, unknown
 
 __all__ = [
@@ -68,7 +69,7 @@ def base_dataset(name: str) -> str:
 
 def check_dataset(name) -> str:
     """``name`` if it is one of :data:`DATASETS` (optionally with a ``-even``/``-odd`` half), else an error."""
-    if base_dataset(name) not in DATASETS:
+    if not isinstance(name, str) or base_dataset(name) not in DATASETS:
         raise unknown("dataset", name, DATASETS)
     return name
 
@@ -78,6 +79,14 @@ def update(x: torch.Tensor, u_bias: torch.Tensor, u_fair: torch.Tensor, lambda1:
 
     A weight of 0 skips its step, so ``lambda1 = lambda2 = 0`` returns ``x`` itself (bitwise).
     """
+    lambda1, lambda2 = check_lambdas(lambda1, lambda2)
+    if not isinstance(x, torch.Tensor):
+        raise FairVLMError(f"x={V.show(x)} must be a tensor (..., d)")
+    for name, u in (("u_bias", u_bias), ("u_fair", u_fair)):
+        if not isinstance(u, torch.Tensor) or u.ndim != 1 or u.shape[0] != x.shape[-1]:
+            raise FairVLMError(f"{name}={V.show(u)} must be a vector (d,) with d={x.shape[-1]}, the width of x")
+        if not bool(torch.isfinite(u).all()):
+            raise FairVLMError(f"{name} holds NaN or inf; refit the directions")
     if lambda1:
         x = x - lambda1 * (x @ u_bias)[..., None] * u_bias
     if lambda2:
@@ -97,7 +106,11 @@ def edits(dirs, *, lambda1: float = DEFAULT_LAMBDA, lambda2: float = DEFAULT_LAM
     (a :class:`fairvlm.lens.Directions`) or of ``layers``. Each ``fn`` applies :func:`update`
     at every position."""
     lambda1, lambda2 = check_lambdas(lambda1, lambda2)
-    layers = list(dirs.layers) if layers is None else [int(l) for l in layers]
+    if not all(hasattr(dirs, a) for a in ("bias", "fair", "layers")):
+        raise FairVLMError(f"dirs={V.show(dirs)} must be a fairvlm.lens.Directions (fit_directions or Directions.load)")
+    layers = list(dirs.layers) if layers is None else V.integers("layers", layers, unique=True)
+    if not layers:  # an empty edit would run the model unchanged and report it as RES-FAIR
+        raise FairVLMError("the directions cover no layer; refit them")
     out = {}
     for l in layers:
         if l not in dirs.bias:
@@ -140,6 +153,8 @@ def posthoc(loaded, dirs, *, lambda1: float = DEFAULT_LAMBDA, lambda2: float = D
     ``generate``) runs with the RES-FAIR update at the directions' layers."""
     from fairvlm.hooks import edit
 
+    if not all(hasattr(dirs, a) for a in ("bias", "fair", "layers")):
+        raise FairVLMError(f"dirs={V.show(dirs)} must be a fairvlm.lens.Directions (fit_directions or Directions.load)")
     check_width(dirs, loaded)
     with edit(loaded, edits(dirs, lambda1=lambda1, lambda2=lambda2, layers=layers)):
         yield loaded
@@ -152,6 +167,9 @@ def posthoc(loaded, dirs, *, lambda1: float = DEFAULT_LAMBDA, lambda2: float = D
 
 def check_disjoint(fit_table: pd.DataFrame, eval_table: pd.DataFrame) -> None:
     """Raise when a fitting table and an evaluation table share a scenario or an item id."""
+    for name, t in (("fit_table", fit_table), ("eval_table", eval_table)):
+        if not isinstance(t, pd.DataFrame):
+            raise FairVLMError(f"{name}={V.show(t)} must be a DataFrame (a collection's .table)")
     for col in ("scenario", "item_id"):
         if col in fit_table and col in eval_table:
             shared = set(fit_table[col]) & set(eval_table[col])
@@ -167,6 +185,11 @@ def fit_eval_splits(runs: Mapping) -> list[dict]:
     Each entry: ``model, fit, eval, fit_col, eval_col``; checked with :func:`check_disjoint`."""
     from fairvlm.lens import cross_pairs
 
+    if not isinstance(runs, Mapping) or not runs:
+        raise FairVLMError(f"runs={V.show(runs)} must be a non-empty mapping {{(model, dataset): Collection}}")
+    for key in runs:
+        if not isinstance(key, tuple) or len(key) != 2:
+            raise FairVLMError(f"runs key {key!r} must be a (model, dataset) pair")
     for (_, dataset) in runs:
         check_dataset(dataset)
     out = cross_pairs(runs)
@@ -177,8 +200,8 @@ def fit_eval_splits(runs: Mapping) -> list[dict]:
 
 def rows_for(rows: Sequence, scenarios) -> list:
     """The rows (:class:`fairvlm.mcq.Row`) whose item scenario is in ``scenarios``."""
-    keep = set(scenarios)
-    out = [r for r in rows if r.item.scenario in keep]
+    keep = set(V.strings("scenarios", scenarios))
+    out = [r for r in V.sequence("rows", rows) if r.item.scenario in keep]
     if not out:
         raise FairVLMError("no row has one of the given scenarios")
     return out
@@ -196,7 +219,8 @@ def answer_perplexity(loaded, rows: Sequence, answers: Sequence[str], *, images=
     Empty answers give NaN."""
     from fairvlm import mcq
 
-    rows, answers = list(rows), list(answers)
+    rows, answers = V.sequence("rows", rows), V.sequence("answers", answers, empty=True)
+    V.integer("batch_size", batch_size, low=1)
     if len(rows) != len(answers):
         raise FairVLMError(f"{len(rows)} rows but {len(answers)} answers")
     tok = loaded.tokenizer

@@ -46,10 +46,7 @@ about 40 packages and seconds of import time for a class of one screen).
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -59,6 +56,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from fairvlm import validate as V
 from fairvlm.errors import DataError, FairVLMError, unknown
 from fairvlm.params import ParameterError
 
@@ -94,15 +92,19 @@ class SAEConfig:
                 raise ParameterError(f"SAEConfig.{name}={v!r} must be a positive integer")
         if self.k > self.d_sae:
             raise ParameterError(f"SAEConfig.k={self.k} cannot exceed d_sae={self.d_sae}")
-        fr = tuple(float(f) for f in self.group_fractions)
+        fr = tuple(V.numbers_list("SAEConfig.group_fractions", self.group_fractions, low=0.0))
         if not fr or any(not f > 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
             raise ParameterError(f"group_fractions={self.group_fractions!r} must be positive and sum to 1")
         object.__setattr__(self, "group_fractions", fr)
         w = self.widths  # strictly increasing, last = d_sae (as SAELens validates matryoshka widths)
         if len(set(w)) != len(w) or w[0] < 1:
             raise ParameterError(f"d_sae={self.d_sae} is too small for {len(fr)} Matryoshka groups {fr}")
-        if not 0 <= self.auxk_alpha < math.inf or not 0 < self.threshold_decay < 1:
-            raise ParameterError("auxk_alpha must be >= 0 and threshold_decay in (0, 1)")
+        V.number("SAEConfig.auxk_alpha", self.auxk_alpha, low=0.0)
+        V.number("SAEConfig.threshold_decay", self.threshold_decay, low=0.0, high=1.0, low_open=True, high_open=True)
+        V.text("SAEConfig.site", self.site, empty=True)
+        V.text("SAEConfig.model", self.model, empty=True)
+        if not isinstance(self.extra, dict):
+            raise ParameterError(f"SAEConfig.extra={self.extra!r} must be a dict")
 
     @property
     def widths(self) -> tuple:
@@ -117,6 +119,9 @@ class MatryoshkaSAE(torch.nn.Module):
 
     def __init__(self, cfg: SAEConfig, *, seed: int = 0):
         super().__init__()
+        if not isinstance(cfg, SAEConfig):
+            raise ParameterError(f"cfg={V.show(cfg)} must be a fairvlm.sae.SAEConfig")
+        seed = V.integer("seed", seed, low=0)
         self.cfg = cfg
         g = torch.Generator().manual_seed(seed)
         w = F.normalize(torch.randn(cfg.d_sae, cfg.d_in, generator=g), dim=-1)
@@ -151,7 +156,8 @@ class MatryoshkaSAE(torch.nn.Module):
         return a * (a > self.threshold)
 
     def decode(self, z: torch.Tensor, width: int | None = None) -> torch.Tensor:
-        m = self.cfg.d_sae if width is None else width
+        z = V.tensor("z", z, width=self.cfg.d_sae, finite=False)
+        m = self.cfg.d_sae if width is None else V.integer("width", width, low=1, high=self.cfg.d_sae)
         return (z[..., :m] @ self.W_dec[:m] + self.b_dec) * self.scale  # (..., d_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,16 +245,22 @@ def train(acts: torch.Tensor, cfg: SAEConfig, *, steps: int = 1000, batch_size: 
     1024 rows of ``acts``), explained variance per prefix (``ev_level_i``), ``l0`` and the
     fraction of dead latents.
     """
+    if not isinstance(cfg, SAEConfig):
+        raise ParameterError(f"cfg={V.show(cfg)} must be a fairvlm.sae.SAEConfig")
     if not isinstance(acts, torch.Tensor) or acts.ndim != 2 or acts.shape[1] != cfg.d_in or len(acts) < 2:
         raise ParameterError(f"acts must be an (N >= 2, {cfg.d_in}) tensor; got "
                              f"{tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__}")
+    if not isinstance(cfg, SAEConfig):
+        raise ParameterError(f"cfg={V.show(cfg)} must be a fairvlm.sae.SAEConfig")
     if not torch.isfinite(acts).all():
-        raise DataError("activations hold NaN or inf; check the model and the site")
+        raise DataError("acts (the activations) hold NaN or inf; check the model and the site")
     for name, v in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ParameterError(f"{name}={v!r} must be a positive integer")
-    if not lr > 0:
-        raise ParameterError(f"lr={lr!r} must be positive")
+        V.integer(name, v, low=1)
+    V.learning_rate("lr", lr)
+    V.integer("seed", seed, low=0)
+    V.flag("progress", progress)
+    if eval_acts is not None:
+        V.tensor("eval_acts", eval_acts, ndim=2, width=cfg.d_in)
     x_all = acts.detach().float()          # trains where the activations are (CPU or GPU)
     sae = MatryoshkaSAE(cfg, seed=seed).to(x_all.device)
     scale = x_all.pow(2).sum(-1).mean().div(cfg.d_in).sqrt().clamp_min(1e-8)
@@ -299,48 +311,50 @@ def _eval(sae: MatryoshkaSAE, x: torch.Tensor) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- storage
-def save_sae(sae: MatryoshkaSAE, path: str | os.PathLike) -> Path:
-    """Write ``path/cfg.json`` and ``path/sae_weights.safetensors`` atomically."""
+def save_sae(sae: MatryoshkaSAE, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write the folder ``path`` with ``cfg.json``, ``sae_weights.safetensors`` and a
+    ``SHA256SUMS`` manifest (checked by :func:`load_sae`), atomically.
+
+    ``path`` must be new or empty; ``overwrite=True`` replaces an SAE saved there before, but
+    never a folder holding anything else (see :func:`fairvlm.validate.staged_folder`)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    if not isinstance(sae, MatryoshkaSAE):
+        raise ParameterError(f"sae={V.show(sae)} must be a fairvlm.sae.MatryoshkaSAE")
+    with V.staged_folder("path", path, overwrite=overwrite) as staging:
         tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
         save_file(tensors, str(staging / "sae_weights.safetensors"))
         cfg = asdict(sae.cfg)
         cfg["architecture"] = "matryoshka_batchtopk (inference: jumprelu with the learned threshold)"
         (staging / "cfg.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def load_sae(path: str | os.PathLike) -> MatryoshkaSAE:
     """Load what :func:`save_sae` wrote; checks that the weights match the config."""
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = V.path("path", path)
     cfg_file, w_file = path / "cfg.json", path / "sae_weights.safetensors"
     if not cfg_file.is_file() or not w_file.is_file():
-        raise DataError(f"{path} holds no SAE (cfg.json and sae_weights.safetensors); train and save one first")
+        raise DataError(f"path={str(path)!r} holds no SAE (cfg.json and sae_weights.safetensors); train and save one first")
+    V.verified("path", path)
     try:
         raw = json.loads(cfg_file.read_text())
         raw.pop("architecture", None)
         raw["group_fractions"] = tuple(raw["group_fractions"])
         cfg = SAEConfig(**raw)
         tensors = load_file(str(w_file))
-    except (ValueError, TypeError, KeyError, OSError) as exc:
-        raise DataError(f"{path}: unreadable SAE files ({exc}); delete the folder and retrain") from None
+    except Exception as exc:  # json, the config's own checks, or safetensors (several error types)
+        raise DataError(f"{path}: unreadable SAE files ({type(exc).__name__}: {exc}); delete the folder and retrain") from None
     sae = MatryoshkaSAE(cfg)
     want = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if want != got:
         raise DataError(f"{path}: weights {got} do not match the config {want}; delete the folder and retrain")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DataError(f"{w_file}: the weights {bad} hold NaN or inf; delete the folder and retrain")
     sae.load_state_dict(tensors)
     return sae.eval()
 
@@ -348,6 +362,7 @@ def load_sae(path: str | os.PathLike) -> MatryoshkaSAE:
 # ---------------------------------------------------------------------------------------- activations
 def site_width(lm, site: str) -> int:
     """Residual width at a site: the vision stream for ``vision.*``, else the language/text stream."""
+    V.text("site", site)
     return int(lm.d_vision if site.startswith("vision.") else lm.d_model)
 
 
@@ -373,10 +388,15 @@ def _pick_tokens(h: torch.Tensor, tokens, gen: torch.Generator, mask: torch.Tens
 
 
 def _check_tokens(tokens):
-    if tokens in ("cls", "mean", "max", "all"):
+    if isinstance(tokens, str) and tokens in ("cls", "mean", "max", "all"):
         return
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ParameterError(f"tokens={tokens!r} must be a positive integer, 'cls', 'mean', 'max' or 'all'")
+
+
+def _check_sae_arg(sae) -> None:
+    if sae is not None and not isinstance(sae, MatryoshkaSAE):
+        raise ParameterError(f"sae={V.show(sae)} must be None or a fairvlm.sae.MatryoshkaSAE")
 
 
 def _rows(h: torch.Tensor, sae, tokens, gen, mask=None) -> torch.Tensor:
@@ -400,10 +420,14 @@ def collect_image_acts(lm, pixels: torch.Tensor, *, site: str = "vision.resid_po
     from fairvlm import hooks
 
     _check_tokens(tokens)
-    if not site.startswith("vision."):
+    if not V.text("site", site).startswith("vision."):
         raise ParameterError(f"site {site!r} is not a vision site; use e.g. 'vision.resid_post.-1'")
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or len(pixels) == 0:
         raise ParameterError("pixels must be a non-empty (N, 3, S, S) tensor")
+    V.tensor("pixels", pixels)  # finite
+    V.integer("seed", seed, low=0)
+    V.integer("batch_size", batch_size, low=1)
+    _check_sae_arg(sae)
     vm = lm.vision_model()
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -425,9 +449,11 @@ def collect_text_acts(lm, texts: Sequence[str], *, site: str = "resid_post.-1", 
     from fairvlm import hooks
 
     _check_tokens(tokens)
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ParameterError("no texts")
+    texts = V.strings("texts", texts, blank=True)
+    V.text("site", site)
+    V.integer("seed", seed, low=0)
+    V.integer("batch_size", batch_size, low=1)
+    _check_sae_arg(sae)
     gen = torch.Generator().manual_seed(seed)
     out = []
     with hooks.capture(lm, site) as cache:
@@ -450,12 +476,9 @@ def social_neurons(codes, groups: Sequence, *, threshold: float = 0.5) -> pd.Dat
     group), ``mean_act``, ``mean_act_other`` and ``specificity = mean_act / (mean_act +
     mean_act_other)`` (1: fires only on g).
     """
-    z = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes).float()
-    labels = np.asarray([str(g) for g in groups], dtype=object)
-    if z.ndim != 2 or len(labels) != z.shape[0]:
-        raise ParameterError(f"codes must be (N, d_sae) with N group labels; got {tuple(z.shape)} and {len(labels)}")
-    if not 0 < threshold <= 1:
-        raise ParameterError(f"threshold={threshold!r} must lie in (0, 1]")
+    z = V.tensor("codes", codes, ndim=2, dtype=torch.float32)
+    labels = np.asarray([str(g) for g in V.labels("groups", groups, length=z.shape[0])], dtype=object)
+    V.number("threshold", threshold, low=0.0, high=1.0, low_open=True)
     names = sorted(set(labels.tolist()))
     if len(names) < 2:
         raise DataError("social-neuron probing needs images of at least two groups")
@@ -491,9 +514,11 @@ def pick_neurons(table: pd.DataFrame, groups: Sequence[str], *, per_group: int =
     ``known``: every group name the probing used (default: the groups in ``table``); a name
     outside it raises; a known group without social neurons contributes none.
     """
-    known = sorted(set(table["group"])) if known is None else list(known)
-    if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
-        raise ParameterError(f"per_group={per_group!r} must be a positive integer")
+    if not isinstance(table, pd.DataFrame) or not {"group", "rank", "latent", "mean_act"} <= set(table.columns):
+        raise ParameterError(f"table={V.show(table)} must be the DataFrame fairvlm.sae.social_neurons returned")
+    groups = V.strings("groups", groups, empty=True)
+    known = sorted(set(table["group"])) if known is None else V.strings("known", known)
+    V.integer("per_group", per_group, low=1)
     latents, gammas = [], []
     for g in groups:
         if g not in known:
@@ -506,13 +531,21 @@ def pick_neurons(table: pd.DataFrame, groups: Sequence[str], *, per_group: int =
 
 # ------------------------------------------------------------------------------------------- control
 def _check_alpha(alpha) -> float:
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise ParameterError(f"alpha={alpha!r} must be a number in [0, 1]") from None
-    if not 0.0 <= a <= 1.0:  # also rejects NaN
-        raise ParameterError(f"alpha={alpha!r} must lie in [0, 1] (0: no change, 1: the SAE's output only)")
-    return a
+    return V.number("alpha", alpha, low=0.0, high=1.0)  # 0: no change, 1: the SAE's output only
+
+
+def _check_control(sae, latents, gamma, variant) -> list[int]:
+    if not isinstance(sae, MatryoshkaSAE):
+        raise ParameterError(f"sae={V.show(sae)} must be a fairvlm.sae.MatryoshkaSAE")
+    V.choice("variant", variant, VARIANTS)
+    lat = V.integers("latents", latents, empty=True, low=0, high=sae.cfg.d_sae - 1, unique=True)
+    if isinstance(gamma, (list, tuple)) or getattr(gamma, "ndim", 0) > 0:
+        g = V.tensor("gamma", gamma, nonempty=False)
+        if g.ndim == 1 and g.shape[0] not in (1, len(lat)):
+            raise ParameterError(f"gamma has {g.shape[0]} values for {len(lat)} latents; give one number or one per latent")
+    else:
+        V.number("gamma", gamma)
+    return lat
 
 
 def control(sae: MatryoshkaSAE, h: torch.Tensor, latents: Sequence[int], gamma, alpha: float, *,
@@ -524,12 +557,11 @@ def control(sae: MatryoshkaSAE, h: torch.Tensor, latents: Sequence[int], gamma, 
     ``h + alpha (decode(z') - decode(z))``. Returns a tensor of ``h``'s shape and dtype.
     """
     a = _check_alpha(alpha)
-    if variant not in VARIANTS:
-        raise unknown("control variant", variant, VARIANTS)
+    lat = _check_control(sae, latents, gamma, variant)
     sae._check(h)
-    idx = torch.as_tensor(list(latents), dtype=torch.long)
-    if len(idx) and (idx.min() < 0 or idx.max() >= sae.cfg.d_sae):
-        raise ParameterError(f"latents {list(latents)} must lie in [0, {sae.cfg.d_sae})")
+    if not torch.isfinite(h).all():
+        raise ParameterError(f"h ({V.show(h)}) holds NaN or inf; only finite activations can be controlled")
+    idx = torch.as_tensor(lat, dtype=torch.long)
     z = sae.encode(h)
     z2 = z.clone()
     g = torch.as_tensor(gamma, dtype=z.dtype)
@@ -545,14 +577,24 @@ def control_edits(lm, site: str, sae: MatryoshkaSAE, latents: Sequence[int], gam
                   variant: str = "authors") -> dict:
     """``{site: fn}`` for :func:`fairvlm.hooks.edit`: neuron control on every token at ``site``.
 
-    Raises when the SAE's width does not match the model's stream at that site.
+    Raises when the SAE's width does not match the model's stream at that site, and when the
+    SAE records (``cfg.site``, ``cfg.model``) another site or model than the one it is applied
+    to: a vision SAE on the text stream of the same width would run and mean nothing.
     """
+    from fairvlm import hooks
+
     _check_alpha(alpha)
-    if variant not in VARIANTS:
-        raise unknown("control variant", variant, VARIANTS)
+    lat = _check_control(sae, latents, gamma, variant)
+    V.text("site", site)
+    if sae.cfg.site and [k for _, k in hooks._parse(lm, sae.cfg.site)] != [k for _, k in hooks._parse(lm, site)]:
+        raise ParameterError(f"site={site!r}: this SAE was trained on {sae.cfg.site!r}; apply it there, or train "
+                             "an SAE on this site")
+    names = {lm.name, str(getattr(lm, "info", {}).get("weights", lm.name))}
+    if sae.cfg.model and sae.cfg.model not in names:
+        raise ParameterError(f"lm={lm.name!r}: this SAE was trained on {sae.cfg.model!r}; apply it to that model, "
+                             "or train an SAE on this one")
     width = site_width(lm, site)
     if width != sae.cfg.d_in:
         raise FairVLMError(f"SAE width {sae.cfg.d_in} (trained on {sae.cfg.site!r} of {sae.cfg.model!r}) does not "
                            f"match {lm.name}'s {site!r}, width {width}: train an SAE on this model and site")
-    lat = list(latents)
     return {site: lambda h: control(sae, h, lat, gamma, alpha, variant=variant)}

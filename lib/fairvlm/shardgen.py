@@ -46,6 +46,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
 
 __all__ = ["load_job", "grid", "shard_rows", "run", "merge", "generate_texts", "sha256_file", "DEFAULTS"]
@@ -64,13 +65,16 @@ def load_job(path_or_dict) -> dict:
     if isinstance(path_or_dict, dict):
         job = dict(path_or_dict)
     else:
-        p = Path(path_or_dict)
+        p = V.path("job", path_or_dict)
         if not p.is_file():
-            raise FairVLMError(f"job file {p} not found")
+            raise FairVLMError(f"job file {p} not found" + (" (it is a folder)" if p.is_dir() else ""))
         try:
             job = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise FairVLMError(f"job file {p} is not valid JSON: {exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FairVLMError(f"job file {p} is not valid JSON (truncated or not a job?): {exc}") from None
+        if not isinstance(job, dict):
+            raise FairVLMError(f"job file {p} holds a {type(job).__name__}; a job is a JSON object "
+                               "{\"model\": ..., \"items\": [...]}")
     if not isinstance(job.get("model"), str):
         raise FairVLMError("the job needs 'model', a fairvlm.models.load name")
     items = job.get("items")
@@ -93,13 +97,78 @@ def load_job(path_or_dict) -> dict:
             raise FairVLMError(f"job {key}={v!r} must be a positive integer")
     if not isinstance(out["seeds"], list) or not out["seeds"]:
         raise FairVLMError("job seeds must be a non-empty list")
-    if not (0 < float(out["temperature"])) or not (0 < float(out["top_p"]) <= 1):
-        raise FairVLMError("job temperature must be > 0 and top_p in (0, 1]")
+    for s in out["seeds"]:
+        if isinstance(s, bool) or not isinstance(s, (int, str)):
+            raise FairVLMError(f"job seeds={out['seeds']!r}: each seed must be an integer or a string label")
+    labels = [str(s) for s in out["seeds"]]
+    if len(set(labels)) != len(labels):
+        raise FairVLMError(f"job seeds={out['seeds']!r} repeat a label (0 and '0' count as the same): the "
+                           "replicate rows could not be told apart")
+    V.number("job temperature", out["temperature"], low=0.0, low_open=True)
+    V.number("job top_p", out["top_p"], low=0.0, high=1.0, low_open=True)
+    V.integer("job seed", out["seed"], low=0)
+    V.text("job method", out["method"])
+    if out["direction"] is not None:
+        V.text("job direction", out["direction"])
+    if not isinstance(out["model_kwargs"], dict):
+        raise FairVLMError(f"job model_kwargs={out['model_kwargs']!r} must be a JSON object")
+    for i, it in enumerate(items):
+        _check_image_spec(i, it.get("image"))
     return out
 
 
+def _check_image_spec(i: int, spec) -> None:
+    if spec is None:
+        return
+    if isinstance(spec, dict) and set(spec) == {"path"} and isinstance(spec["path"], str):
+        return
+    if (isinstance(spec, dict) and set(spec) == {"testbed"} and isinstance(spec["testbed"], list)
+            and len(spec["testbed"]) == 4 and all(isinstance(v, str) for v in spec["testbed"][:3])
+            and isinstance(spec["testbed"][3], int) and not isinstance(spec["testbed"][3], bool)):
+        return
+    raise FairVLMError(f"item {i}: image={spec!r} is not an image spec; use null, {{\"path\": \"file.png\"}} or "
+                       "{\"testbed\": [scenario, gender, race, scene_seed]}")
+
+
 def fingerprint(job: dict) -> str:
-    return hashlib.sha256(json.dumps(job, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """sha256 of everything a shard's rows depend on except the model's weights (see
+    :func:`model_digest`): the job itself, the bytes of the direction file and of every image
+    file, and the library version. A changed input changes it, also under the same path."""
+    import fairvlm
+
+    files = {}
+    if job["direction"]:
+        files[job["direction"]] = _file_digest("direction", job["direction"])
+    for i, it in enumerate(job["items"]):
+        spec = it.get("image")
+        if isinstance(spec, dict) and "path" in spec:
+            files[spec["path"]] = _file_digest(f"item {i} image", spec["path"])
+    blob = {"job": job, "files": files, "fairvlm": fairvlm.__version__}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _file_digest(what: str, path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise FairVLMError(f"{what} file {p} not found")
+    return sha256_file(p)
+
+
+def model_digest(lm) -> str:
+    """What identifies the loaded weights: the sha256 of their ``SHA256SUMS`` manifest (or of
+    the weights file) where the model was loaded from a checked folder or file, else its name
+    and the description of its weights (e.g. a tiny model's initialisation seed)."""
+    info = getattr(lm, "info", {}) or {}
+    src = Path(str(info.get("path", ""))) if info.get("path") else None
+    if src is not None and (src / "SHA256SUMS").is_file():
+        return "sums:" + sha256_file(src / "SHA256SUMS")
+    if src is not None and src.is_file():
+        return "file:" + sha256_file(src)
+    return "name:" + json.dumps([lm.name, str(info.get("weights", ""))])
+
+
+def _row_fingerprint(fp: str, digest: str) -> str:
+    return hashlib.sha256(f"{fp}|{digest}".encode()).hexdigest()
 
 
 def grid(job: dict) -> list[tuple[int, int, object]]:
@@ -218,7 +287,10 @@ def _steer(lm, job):
     p = Path(job["direction"])
     if not p.is_file():
         raise FairVLMError(f"direction file {p} not found")
-    tensors = load_file(str(p))
+    try:
+        tensors = load_file(str(p))
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise FairVLMError(f"job direction file {p} is not a readable safetensors file ({exc})") from None
     if "direction" not in tensors:
         raise FairVLMError(f"{p} holds no tensor named 'direction'")
     a = steering.unit(tensors["direction"], lm.d_model)
@@ -242,21 +314,45 @@ def run(job, out_dir, *, rank: int | None = None, world: int | None = None, max_
         lm=None, progress: bool = False) -> list[int]:
     """Generate this process's missing shards; returns the shard indices it wrote."""
     job = load_job(job)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = V.path("out_dir", out_dir)
+    if out.exists() and not out.is_dir():
+        raise FairVLMError(f"out_dir={str(out)!r} is a file; give a folder for the shards")
+    if max_shards is not None:
+        V.integer("max_shards", max_shards, low=0)
+    V.flag("progress", progress)
     if rank is None or world is None:
         rank, world, _ = _state()
+    V.integer("world", world, low=1)
+    V.integer("rank", rank, low=0)
     if not 0 <= rank < world:
         raise FairVLMError(f"rank {rank} is not in 0..{world - 1}")
-    fp = fingerprint(job)
+    fp = fingerprint(job)              # reads every input file: a missing one stops here
+    new_dir = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     jpath = out / "job.json"
-    if jpath.is_file():
-        old = json.loads(jpath.read_text())
-        if old.get("fingerprint") != fp:
-            raise FairVLMError(f"{out} holds shards of a different job; use a new folder or delete it")
-    elif rank == 0:
+    old = _read_meta(out) if jpath.is_file() else None
+    if old is not None and old.get("fingerprint") != fp:
+        raise FairVLMError(f"{out} holds shards of a different job (the job, its direction file, an image "
+                           "file or the fairvlm version changed); use a new folder or delete it")
+    wrote_meta = rank == 0 and old is None
+    if wrote_meta:
         _atomic_write(jpath, json.dumps({"fingerprint": fp, "n_rows": len(grid(job)),
                                          "n_shards": len(shard_rows(job)), "job": job}, indent=1).encode())
+        old = {"fingerprint": fp}
+    try:
+        return _run_shards(job, out, fp, old, rank, world, max_shards, lm, progress)
+    except BaseException:
+        # a run that fails before its first shard takes back the job.json it wrote, so that
+        # the corrected job is not refused as "a different job"
+        if wrote_meta and not any(out.glob("shard-*.jsonl")):
+            jpath.unlink(missing_ok=True)
+            if new_dir and not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _run_shards(job, out, fp, old, rank, world, max_shards, lm, progress) -> list[int]:
+    jpath = out / "job.json"
     shards = shard_rows(job)
     todo = [k for k in range(rank, len(shards), world) if not shard_done(out, k)]
     if max_shards is not None:
@@ -267,6 +363,15 @@ def run(job, out_dir, *, rank: int | None = None, world: int | None = None, max_
         from fairvlm.models import load
 
         lm = load(job["model"], **job["model_kwargs"])
+    digest = model_digest(lm)
+    if old is not None and old.get("model_digest") not in (None, digest):
+        raise FairVLMError(f"{out} holds shards generated with other weights of {job['model']!r} "
+                           f"({old['model_digest']} vs now {digest}); use a new folder or delete it")
+    if rank == 0 and old is not None and old.get("model_digest") is None and jpath.is_file():
+        meta = _read_meta(out)
+        meta["model_digest"] = digest
+        _atomic_write(jpath, json.dumps(meta, indent=1).encode())
+    row_fp = _row_fingerprint(fp, digest)
     steer = _steer(lm, job)
     written = []
     for k in todo:
@@ -279,7 +384,8 @@ def run(job, out_dir, *, rank: int | None = None, world: int | None = None, max_
         lines = []
         for (row, i, s), it, text in zip(rows, items, texts):
             rec = {k2: v for k2, v in it.items() if k2 != "image"}
-            rec.update({"row": row, "item": i, "seed": s, "method": job["method"], "text": text})
+            rec.update({"row": row, "item": i, "seed": s, "method": job["method"], "text": text,
+                        "fingerprint": row_fp})
             lines.append(json.dumps(rec, sort_keys=True))
         p = _shard_path(out, k)
         _atomic_write(p, ("\n".join(lines) + "\n").encode())
@@ -295,25 +401,62 @@ def merge(out_dir, *, write: bool = True):
     ``write=True`` also writes ``merged.jsonl`` atomically."""
     import pandas as pd
 
-    out = Path(out_dir)
+    out = V.path("out_dir", out_dir)
+    V.flag("write", write)
     jpath = out / "job.json"
     if not jpath.is_file():
         raise FairVLMError(f"{out} has no job.json; is it a shardgen output folder?")
-    meta = json.loads(jpath.read_text())
-    missing = [k for k in range(meta["n_shards"]) if not shard_done(out, k)]
+    meta = _read_meta(out)
+    try:
+        job = load_job(meta.get("job"))
+    except FairVLMError as exc:
+        raise FairVLMError(f"{jpath} holds no valid job ({exc}); it was edited or damaged") from None
+    fp = fingerprint(job)
+    if meta.get("fingerprint") != fp:
+        raise FairVLMError(f"{out}: an input of the job changed since its shards were generated (the direction "
+                           "file, an image file or the fairvlm version), or job.json was edited; "
+                           "generate again into a new folder")
+    shards = shard_rows(job)           # the counts come from the job itself, not from job.json
+    missing = [k for k in range(len(shards)) if not shard_done(out, k)]
     if missing:
-        raise FairVLMError(f"{len(missing)} of {meta['n_shards']} shards are missing or fail their sha256 "
+        raise FairVLMError(f"{len(missing)} of {len(shards)} shards are missing or fail their sha256 "
                            f"(first: {missing[0]}); re-run the same `run` command to finish them")
     recs = []
-    for k in range(meta["n_shards"]):
-        recs.extend(json.loads(line) for line in _shard_path(out, k).read_text().splitlines() if line)
-    df = pd.DataFrame(recs).sort_values("row").reset_index(drop=True)
-    if df["row"].tolist() != list(range(meta["n_rows"])):
-        raise FairVLMError("the shards do not hold every grid row exactly once")
+    for k in range(len(shards)):
+        for line in _shard_path(out, k).read_text().splitlines():
+            if line:
+                recs.append(json.loads(line))
+    extra = sorted(int(p.name[6:12]) for p in out.glob("shard-*.jsonl") if p.name[6:12].isdigit()
+                   and int(p.name[6:12]) >= len(shards))
+    if extra:
+        raise FairVLMError(f"{out} holds shard {extra[0]} beyond the job's {len(shards)} shards; it belongs to "
+                           "another job: generate into a new folder")
+    df = pd.DataFrame(recs)
+    want = [(r, i, str(s)) for r, i, s in grid(job)]
+    got = sorted(((int(r["row"]), int(r["item"]), str(r["seed"])) for r in recs), key=lambda t: t[0])
+    if got != want:
+        raise FairVLMError("the shards do not hold every grid row of the job exactly once")
+    fps = set(df["fingerprint"]) if "fingerprint" in df else {None}
+    digest = meta.get("model_digest")
+    if len(fps) != 1 or (digest is not None and fps != {_row_fingerprint(fp, digest)}):
+        raise FairVLMError(f"{out}: the shards were generated from different inputs or model weights "
+                           f"({len(fps)} fingerprints); generate again into a new folder")
+    df = df.drop(columns=["fingerprint"]).sort_values("row").reset_index(drop=True)
     if write:
         _atomic_write(out / "merged.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n"
                                                     for r in df.to_dict(orient="records")).encode())
     return df
+
+
+def _read_meta(out: Path) -> dict:
+    jpath = out / "job.json"
+    try:
+        meta = json.loads(jpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FairVLMError(f"{jpath} is damaged (not valid JSON: {exc}); delete the folder and generate again") from None
+    if not isinstance(meta, dict):
+        raise FairVLMError(f"{jpath} is not a shardgen job.json; delete the folder and generate again")
+    return meta
 
 
 def main(argv=None) -> int:

@@ -47,6 +47,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
 from fairvlm.hooks import capture, edit
 
@@ -69,7 +70,9 @@ LOSSES = ("mse", "kl", "ce")
 
 def unit(a, d: int | None = None) -> torch.Tensor:
     """``a / ||a||`` as a float32 CPU tensor; checks shape (``(d,)``), finiteness and norm > 0."""
-    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).detach()
+    t = V.tensor("direction", a, finite=False, nonempty=False).detach()
+    if d is not None:
+        d = V.integer("d", d, low=1)
     if t.ndim != 1:
         raise FairVLMError(f"a direction must be a vector (d,), got shape {tuple(t.shape)}")
     if d is not None and t.shape[0] != d:
@@ -86,13 +89,14 @@ def unit(a, d: int | None = None) -> torch.Tensor:
 def random_direction(d: int, seed: int = 0) -> torch.Tensor:
     """A random unit vector in R^d (Gaussian, normalised): the null every steering result is
     compared with."""
-    g = torch.Generator().manual_seed(int(seed))
+    d = V.integer("d", d, low=1)
+    g = torch.Generator().manual_seed(V.integer("seed", seed, low=0))
     return unit(torch.randn(d, generator=g, dtype=torch.float64))
 
 
 def units(A) -> torch.Tensor:
     """Row-wise :func:`unit` of a ``(n, d)`` matrix (one direction per row)."""
-    A = torch.as_tensor(A).detach()
+    A = V.tensor("directions", A, finite=False, nonempty=False).detach()
     if A.ndim != 2:
         raise FairVLMError(f"expected directions (n, d), got shape {tuple(A.shape)}")
     return torch.stack([unit(r) for r in A])
@@ -103,7 +107,8 @@ def ablation_fn(a: torch.Tensor):
 
     ``a`` is one direction ``(d,)`` or one per batch row ``(batch, d)`` (the test-time gradient
     direction differs per image); rows then apply to ``x``'s first axis."""
-    a = unit(a) if torch.as_tensor(a).ndim == 1 else units(a)
+    t = V.tensor("a", a, ndim=(1, 2), finite=False)
+    a = unit(t) if t.ndim == 1 else units(t)
     cache: dict = {}
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +141,7 @@ def ablate(lm, a, *, sites: Sequence[str] = ABLATION_SITES, every_resid_pre: boo
     rounding. So ``resid_pre`` is edited at layer 0 alone (2L + 1 sites, not 3L) unless
     ``every_resid_pre=True``. Every layer still reads a stream without ``a`` (tested at every
     site, and on a GPU in bfloat16 by ``benchmarks/device_check.py``)."""
-    t = torch.as_tensor(a)
+    t = V.tensor("a", a, ndim=(1, 2), finite=False)
     if t.ndim == 1:
         a = unit(t, lm.d_model)
     else:
@@ -242,9 +247,12 @@ def mean_activations(lm, texts: Sequence[str], images=None, *, layers: Sequence[
     """Mean ``resid_post`` over prompts at each (layer, position): ``(len(layers), len(positions), d)``
     float64. Positions count from the end of the prompt (left padding: ``-1`` is every row's
     last prompt token)."""
-    texts = list(texts)
-    if not texts:
-        raise FairVLMError("mean_activations needs at least one prompt")
+    texts = V.strings("texts", texts)
+    layers = V.integers("layers", layers, low=-lm.n_layers, high=lm.n_layers - 1)
+    positions = V.integers("positions", positions, high=-1)
+    V.integer("batch_size", batch_size, low=1)
+    if images is not None:
+        images = V.sequence("images", images, length=len(texts))
     if any(p >= 0 for p in positions):
         raise FairVLMError(f"positions count from the end of the prompt (negative), got {list(positions)}")
     total = torch.zeros(len(layers), len(positions), lm.d_model, dtype=torch.float64)
@@ -266,6 +274,9 @@ def mean_activations(lm, texts: Sequence[str], images=None, *, layers: Sequence[
 def dataset_direction(lm, bias: Sequence[str], benign: Sequence[str], *, layer: int, position: int = -1,
                       bias_images=None, benign_images=None, batch_size: int = 8) -> torch.Tensor:
     """Unit difference of means ``mean(bias) - mean(benign)`` at ``resid_post.layer``, ``position``."""
+    V.integer("layer", layer)
+    V.integer("position", position, high=-1)
+    bias, benign = V.strings("bias", bias), V.strings("benign", benign)
     mb = mean_activations(lm, bias, bias_images, layers=[layer], positions=[position], batch_size=batch_size)
     mn = mean_activations(lm, benign, benign_images, layers=[layer], positions=[position], batch_size=batch_size)
     return unit(mb[0, 0] - mn[0, 0])
@@ -275,8 +286,9 @@ def candidate_grid(n_layers: int, n_candidates: int = 32, n_positions: int = 4) 
     """(layer, position) candidates: ``n_candidates // n_positions`` layers spread evenly over
     the middle of the network (from 25% to 90% of its depth) times the last ``n_positions``
     prompt positions. With 32 candidates and 4 positions: 8 layers x positions -1..-4."""
-    if n_candidates < 1 or n_positions < 1:
-        raise FairVLMError("n_candidates and n_positions must be at least 1")
+    V.integer("n_layers", n_layers, low=1)
+    V.integer("n_candidates", n_candidates, low=1)
+    V.integer("n_positions", n_positions, low=1)
     n_l = max(1, n_candidates // n_positions)
     lo, hi = int(round(0.25 * (n_layers - 1))), int(round(0.9 * (n_layers - 1)))
     layers = sorted({int(round(x)) for x in np.linspace(lo, hi, n_l)})
@@ -286,6 +298,13 @@ def candidate_grid(n_layers: int, n_candidates: int = 32, n_positions: int = 4) 
 def candidate_directions(lm, bias, benign, *, grid: Sequence[tuple[int, int]], bias_images=None,
                          benign_images=None, batch_size: int = 8) -> dict:
     """``{(layer, position): unit direction}`` for every candidate, from one pass per prompt set."""
+    grid = V.sequence("grid", grid)
+    for g in grid:
+        if not isinstance(g, (tuple, list)) or len(g) != 2:
+            raise FairVLMError(f"grid entry {g!r} must be a (layer, position) pair (see candidate_grid)")
+        V.integer("grid layer", g[0])
+        V.integer("grid position", g[1], high=-1)
+    bias, benign = V.strings("bias", bias), V.strings("benign", benign)
     layers = sorted({l for l, _ in grid})
     positions = sorted({p for _, p in grid})
     mb = mean_activations(lm, bias, bias_images, layers=layers, positions=positions, batch_size=batch_size)
@@ -318,6 +337,8 @@ def _next_token_logprobs(lm, texts, images, batch_size: int = 16) -> torch.Tenso
 
 def protected_mass(logprobs: torch.Tensor, target_ids: Sequence[int]) -> torch.Tensor:
     """Per row, the probability mass of the protected tokens: ``sum_t p_t``."""
+    logprobs = V.tensor("logprobs", logprobs, ndim=2, finite=False)
+    target_ids = V.integers("target_ids", target_ids, low=0, high=logprobs.shape[1] - 1)
     return logprobs[:, list(target_ids)].exp().sum(-1)
 
 
@@ -344,10 +365,11 @@ def select_direction(lm, candidates: dict, heldout_bias: Sequence[str], heldout_
     none qualifies, the smallest KL)."""
     import pandas as pd
 
-    if not candidates:
-        raise FairVLMError("select_direction got no candidates")
-    if not (max_benign_kl >= 0):
-        raise FairVLMError(f"max_benign_kl={max_benign_kl!r} must be a number >= 0")
+    if not isinstance(candidates, dict) or not candidates:
+        raise FairVLMError(f"candidates={V.show(candidates)} must be a non-empty dict {{(layer, position): direction}}")
+    V.number("max_benign_kl", max_benign_kl, low=0.0)
+    heldout_bias, heldout_benign = V.strings("heldout_bias", heldout_bias), V.strings("heldout_benign", heldout_benign)
+    target_ids = V.integers("target_ids", target_ids, low=0)
     base_bias = _next_token_logprobs(lm, heldout_bias, heldout_bias_images)
     base_benign = _next_token_logprobs(lm, heldout_benign, heldout_benign_images)
     m0 = protected_mass(base_bias, target_ids)
@@ -384,11 +406,16 @@ def target_logit_loss(z: torch.Tensor, target_ids: Sequence[int], kind: str = "m
     ``mse``: mean over T of ``(z_t - M_t)^2`` with ``M_t = z_t + max_v z_v`` (detached; the
     paper's target). ``kl``: KL(q || softmax z) with q uniform on T. ``ce``: column
     cross-entropy ``-sum_t log p_t``. Averaged over the batch."""
-    if kind not in LOSSES:
+    if not isinstance(kind, str) or kind not in LOSSES:
         raise FairVLMError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
-    ids = torch.as_tensor(list(target_ids), device=z.device)
-    if ids.numel() == 0:
+    z = V.tensor("z", z, ndim=2, finite=False)
+    if not z.is_floating_point():
+        raise FairVLMError(f"z={V.show(z)} must be float logits (batch, vocab)")
+    if z.shape[1] == 0:
+        raise FairVLMError("z has no vocabulary axis: give logits (batch, vocab)")
+    if isinstance(target_ids, (list, tuple)) and not target_ids:
         raise FairVLMError("target_ids is empty: give the protected-attribute token ids")
+    ids = torch.as_tensor(V.integers("target_ids", target_ids, low=0, high=z.shape[1] - 1), device=z.device)
     zt = z[:, ids]
     if kind == "mse":
         M = (zt + z.max(-1, keepdim=True).values).detach()
@@ -405,7 +432,8 @@ def loss_gradients(logits: torch.Tensor, target_ids: Sequence[int]) -> dict:
 
     Returns ``{"grads": {loss: (batch, vocab)}, "norm": {loss: mean L2 norm}, "cosine":
     {(l1, l2): mean cosine}, "target_share": {loss: share of |grad| on T}}``."""
-    z0 = logits.detach().float()
+    z0 = V.tensor("logits", logits, ndim=2).detach().float()
+    target_ids = V.integers("target_ids", target_ids, low=0, high=z0.shape[1] - 1)
     grads = {}
     for kind in LOSSES:
         z = z0.clone().requires_grad_(True)
@@ -470,6 +498,16 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
             input_site = "resid_pre.0"    # a text model: step on the prompt's token embeddings
     else:
         raise FairVLMError(f"{lm.name} is not a generative model")
+    if not isinstance(enc, dict) and not hasattr(enc, "keys"):
+        raise FairVLMError(f"enc={V.show(enc)} must be a batch from lm.inputs(texts, images)")
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise FairVLMError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    target_ids = V.integers("target_ids", target_ids, low=0)
+    V.integer("layer", layer)
+    V.integer("position", position)
+    V.flag("check_logits", check_logits)
+    if eps is not None:
+        V.number("eps", eps, low=0.0, low_open=True)
     L = lm.n_layers
     if not -L <= layer < L:
         raise FairVLMError(f"layer={layer} is out of range; {lm.name} has {L} language layers")
@@ -517,6 +555,7 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
 def loss_direction_effects(lm, enc, target_ids: Sequence[int], *, layer: int) -> dict:
     """For each loss of :data:`LOSSES`: the gradient direction it yields (unit), the protected
     logits' change after its step, and the cosine between the directions."""
+    V.integer("layer", layer)
     dirs = {k: gradient_direction(lm, enc, target_ids, layer=layer, loss=k, check_logits=True) for k in LOSSES}
     cos = {(a, b): float(dirs[a].direction @ dirs[b].direction) for a, b in itertools.combinations(LOSSES, 2)}
     return {"directions": dirs, "cosine": cos}
@@ -527,7 +566,7 @@ def target_ids_for(lm, words: Iterable[str]) -> list[int]:
     sentence), kept only where that form is a single token (a multi-token word's first piece
     is often a generic fragment)."""
     ids: list[int] = []
-    for w in words:
+    for w in V.strings("words", words):
         for form in (" " + w, " " + w.capitalize(), w.capitalize()):
             toks = lm.tokenizer(form, add_special_tokens=False)["input_ids"]
             if len(toks) == 1 and int(toks[0]) not in ids:

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from fairvlm import steering, textmetrics
+from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
 from fairvlm.shardgen import generate_texts
 
@@ -68,6 +69,12 @@ def testbed_setting(size: str, *, n_scenarios: int, n_fit: int, seed: int = 0) -
     on training-split scenes, selection on 10 other training-split scenes."""
     from fairvlm.testbed import SCENARIOS, SCENARIO_KEYS, world
 
+    if size is not None:
+        V.text("size", size)
+    V.integer("n_scenarios", n_scenarios, low=1, high=len(SCENARIO_KEYS))
+    V.integer("n_fit", n_fit, low=2)
+    V.integer("seed", seed, low=0)
+
     rng = np.random.default_rng(seed)
     keys = sorted(rng.choice(SCENARIO_KEYS, size=n_scenarios, replace=False).tolist())
     ev = world.gallery(1, split="heldout", scenarios=keys)
@@ -93,6 +100,12 @@ def persona_setting(model: str, *, n_personas: int, n_fit: int, seed: int = 0, l
     is fitted on other occupations."""
     from fairvlm.data import load_socialcounterfactuals
 
+    V.text("model", model)
+    V.integer("n_personas", n_personas, low=2)
+    V.integer("n_fit", n_fit, low=2)
+    V.integer("seed", seed, low=0)
+    if label is not None:
+        V.text("label", label)
     df = load_socialcounterfactuals("race_gender")
     rng = np.random.default_rng(seed)
     occs = sorted(df["occupation"].unique())
@@ -131,6 +144,12 @@ def socialcf_image_setting(model: str, *, n_sets: int, n_fit: int, seed: int = 0
 
     from fairvlm.data import load_socialcounterfactuals
 
+    V.text("model", model)
+    V.integer("n_sets", n_sets, low=1)
+    V.integer("n_fit", n_fit, low=2)
+    V.integer("seed", seed, low=0)
+    if label is not None:
+        V.text("label", label)
     df = load_socialcounterfactuals("race_gender", require_images=True)
     rng = np.random.default_rng(seed)
     occs = sorted(df["occupation"].unique())
@@ -171,6 +190,9 @@ def _split(pairs):
 
 def eval_rows(setting: Setting, n_seeds: int, n_prompts: int) -> pd.DataFrame:
     """(item, prompt, seed) rows, prompt-major so that batches share a prompt."""
+    _check_setting(setting)
+    V.integer("n_seeds", n_seeds, low=1)
+    V.integer("n_prompts", n_prompts, low=1, high=len(TEXT_PROMPTS if setting.text else PROMPTS))
     prompts = (TEXT_PROMPTS if setting.text else PROMPTS)[:n_prompts]
     rows = []
     for j, pr in enumerate(prompts):
@@ -185,7 +207,15 @@ def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, m
                 n_candidates: int = 32, batch_size: int = 16, seed: int = 0, max_benign_kl: float = 0.1,
                 words: dict | None = None) -> dict:
     """Directions, generations and per-row metrics for one setting (see the module docstring)."""
+    _check_setting(setting)
+    for name, v in (("n_seeds", n_seeds), ("n_prompts", n_prompts), ("max_new_tokens", max_new_tokens),
+                    ("n_candidates", n_candidates), ("batch_size", batch_size)):
+        V.integer(name, v, low=1)
+    V.integer("seed", seed, low=0)
+    V.number("max_benign_kl", max_benign_kl, low=0.0)
     words = textmetrics.load_word_lists() if words is None else words
+    if not isinstance(words, dict) or not set(ATTRIBUTES) <= set(words):
+        raise FairVLMError(f"words={V.show(words)} must be load_word_lists()'s dict with lists for {ATTRIBUTES}")
     timings = {}
     t0 = time.perf_counter()
     target = steering.target_ids_for(lm, sorted(words["gender"]["words"] | words["race"]["words"]))
@@ -271,6 +301,7 @@ def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, m
 
 def table1(gen: pd.DataFrame) -> pd.DataFrame:
     """Mentions per 1,000 generations by model, method and attribute (bigram method)."""
+    _check_gen(gen, ["model", "method", *[f"m_{a}" for a in ATTRIBUTES]])
     g = gen.groupby(["model", "method"], sort=False)
     out = (g[[f"m_{a}" for a in ATTRIBUTES]].sum().div(g.size(), axis=0) * 1000).reset_index()
     return out.rename(columns={f"m_{a}": a for a in ATTRIBUTES})
@@ -278,6 +309,7 @@ def table1(gen: pd.DataFrame) -> pd.DataFrame:
 
 def mentions_by_group(gen: pd.DataFrame) -> pd.DataFrame:
     """Mentions per 1,000 generations by model, method and group (where were they planted high?)."""
+    _check_gen(gen, ["model", "method", "group", *[f"m_{a}" for a in ATTRIBUTES]])
     g = gen.groupby(["model", "method", "group"], sort=True)
     out = (g[[f"m_{a}" for a in ATTRIBUTES]].sum().div(g.size(), axis=0) * 1000).reset_index()
     return out.rename(columns={f"m_{a}": a for a in ATTRIBUTES})
@@ -285,6 +317,8 @@ def mentions_by_group(gen: pd.DataFrame) -> pd.DataFrame:
 
 def table2(gen: pd.DataFrame, group_col: str = "race") -> pd.DataFrame:
     """Negative sentences per 1,000 generations per group; variance (ddof=1) and range across groups."""
+    V.text("group_col", group_col)
+    _check_gen(gen, ["model", "method", group_col, "neg"])
     rows = []
     for (model, method), df in gen.groupby(["model", "method"], sort=False):
         rates = df.groupby(group_col)["neg"].sum() / df.groupby(group_col).size() * 1000
@@ -296,6 +330,9 @@ def table2(gen: pd.DataFrame, group_col: str = "race") -> pd.DataFrame:
 
 def table3(gen: pd.DataFrame) -> pd.DataFrame:
     """Role / occupation named (exact match) per method, and relative change vs unsteered."""
+    _check_gen(gen, ["model", "method", "role_named"])
+    if not (gen["method"] == "unsteered").any():
+        raise FairVLMError("gen has no 'unsteered' rows; the relative change needs them")
     rate = gen.groupby(["model", "method"], sort=False)["role_named"].mean().rename("rate").reset_index()
     base = rate[rate["method"] == "unsteered"].set_index("model")["rate"]
     rate["relative_change"] = [textmetrics.relative_change(r, base[m]) for m, r in zip(rate["model"], rate["rate"])]
@@ -305,6 +342,10 @@ def table3(gen: pd.DataFrame) -> pd.DataFrame:
 def paired_drop(gen: pd.DataFrame, method: str, attribute: str | None = None) -> np.ndarray:
     """Per (item, prompt, seed) row: unsteered mentions minus ``method``'s (all attributes summed
     unless ``attribute``)."""
+    V.choice("method", method, METHODS)
+    if attribute is not None:
+        V.choice("attribute", attribute, ATTRIBUTES)
+    _check_gen(gen, ["method", "item", "prompt_id", "seed", *[f"m_{a}" for a in ATTRIBUTES]])
     cols = [f"m_{a}" for a in (ATTRIBUTES if attribute is None else [attribute])]
     key = ["item", "prompt_id", "seed"]
     u = gen[gen["method"] == "unsteered"].set_index(key)[cols].sum(1)
@@ -316,6 +357,14 @@ def spread_bootstrap(gen: pd.DataFrame, method: str, stat: str = "variance", gro
                      n: int = 1000, seed: int = 0) -> tuple[float, tuple[float, float]]:
     """The cross-group spread of negative-sentence rates, with a seeded bootstrap interval
     (rows resampled within each group)."""
+    V.choice("method", method, METHODS)
+    V.choice("stat", stat, ("variance", "range"))
+    V.text("group_col", group_col)
+    V.integer("n", n, low=1)
+    V.integer("seed", seed, low=0)
+    _check_gen(gen, ["method", group_col, "neg"])
+    if not (gen["method"] == method).any():
+        raise FairVLMError(f"gen has no rows of method {method!r}")
     df = gen[gen["method"] == method]
     groups = [g["neg"].to_numpy(dtype=float) for _, g in df.groupby(group_col)]
 
@@ -333,6 +382,10 @@ def spread_bootstrap(gen: pd.DataFrame, method: str, stat: str = "variance", gro
 def loss_analysis(lm, setting: Setting, target_ids, *, layer: int, n_items: int = 8) -> dict:
     """Paper 5.2 on this model: logit gradients of KL / column CE / MSE on the bias question,
     and the effect of each loss's one-step direction (protected-logit change, cosines)."""
+    _check_setting(setting)
+    V.integers("target_ids", target_ids, low=0)
+    V.integer("layer", layer)
+    V.integer("n_items", n_items, low=1)
     items = setting.items.iloc[:n_items]
     if setting.text:
         enc = lm.inputs([TEXT_BIAS_PROMPTS[0].format(p=p) for p in items["persona"]])
@@ -357,6 +410,10 @@ def random_step_change(lm, setting: Setting, target_ids, *, n_items: int = 8, se
     size (eps = std(u)) with random signs."""
     from fairvlm.hooks import capture, edit
 
+    _check_setting(setting)
+    target_ids = V.integers("target_ids", target_ids, low=0, high=lm.unembed().weight.shape[0] - 1)
+    V.integer("n_items", n_items, low=1)
+    V.integer("seed", seed, low=0)
     items = setting.items.iloc[:n_items]
     site = "resid_pre.0" if setting.text else "image_tokens"
     if setting.text:
@@ -377,6 +434,10 @@ def random_step_change(lm, setting: Setting, target_ids, *, n_items: int = 8, se
 
 def gradient_step_change(lm, setting: Setting, target_ids, *, layer: int, n_items: int = 8) -> np.ndarray:
     """Per item, the protected-logit change after the MSE gradient step."""
+    _check_setting(setting)
+    V.integers("target_ids", target_ids, low=0)
+    V.integer("layer", layer)
+    V.integer("n_items", n_items, low=1)
     items = setting.items.iloc[:n_items]
     out = []
     for i in range(len(items)):
@@ -389,6 +450,24 @@ def gradient_step_change(lm, setting: Setting, target_ids, *, layer: int, n_item
     return np.asarray(out)
 
 
+def _check_setting(setting) -> None:
+    if not isinstance(setting, Setting):
+        raise FairVLMError(f"setting={V.show(setting)} must be a Setting (testbed_setting, persona_setting, ...)")
+
+
+def _check_gen(gen, cols) -> None:
+    if not isinstance(gen, pd.DataFrame):
+        raise FairVLMError(f"gen={V.show(gen)} must be the generations DataFrame of run_setting")
+    missing = [c for c in cols if c not in gen.columns]
+    if missing:
+        raise FairVLMError(f"gen has no column {missing[0]!r}; give run_setting()['generations']")
+    for c in cols:
+        if c in ("model", "method", "group") or not c.startswith(("m_", "neg", "role_named", "item", "prompt_id", "seed")):
+            V.labels(f"gen[{c!r}]", gen[c].tolist(), empty=True)  # NaN labels would vanish from the tables
+
+
 def check_setting_sizes(n_items: int, n_fit: int):
+    V.integer("n_items", n_items)
+    V.integer("n_fit", n_fit)
     if n_items < 2 or n_fit < 2:
         raise FairVLMError("a setting needs at least 2 evaluation items and 2 fitting prompts per side")

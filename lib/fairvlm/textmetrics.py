@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
 
 __all__ = [
@@ -77,29 +78,58 @@ def load_word_lists(path: str | os.PathLike | None = None) -> dict:
     """``{attribute: {"words": set, "include": {word: set}, "exclude": set of (w1, w2)}}``."""
     import yaml
 
-    p = Path(path) if path is not None else words_path()
+    p = V.path("path", path) if path is not None else words_path()
     if not p.is_file():
         raise FairVLMError(f"word-list file {p} not found")
-    raw = yaml.safe_load(p.read_text())
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise FairVLMError(f"{p}: not a word-list file (YAML error: {exc})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("attributes"), dict):
         raise FairVLMError(f"{p}: expected a mapping with 'attributes'")
     out = {}
     for attr, spec in raw["attributes"].items():
         if not isinstance(spec, dict) or not spec.get("words"):
             raise FairVLMError(f"{p}: attribute {attr!r} needs a non-empty 'words' list")
-        words = {str(w).lower() for w in spec["words"]}
-        include = {str(k).lower(): {str(v).lower() for v in vs} for k, vs in (spec.get("include") or {}).items()}
+        where = f"{p}: attribute {attr!r}"
+        words = {w.lower() for w in _yaml_words(f"{where} words", spec["words"])}
+        inc_raw = spec.get("include") or {}
+        if not isinstance(inc_raw, dict):
+            raise FairVLMError(f"{where}: 'include' must map a word to the list of words allowed after it")
+        include = {str(k).lower(): {v.lower() for v in _yaml_words(f"{where} include[{k!r}]", vs)}
+                   for k, vs in inc_raw.items()}
         unknown = set(include) - words
         if unknown:
             raise FairVLMError(f"{p}: attribute {attr!r} has include rules for words not in its list: {sorted(unknown)}")
         exclude = set()
-        for b in spec.get("exclude") or []:
+        for b in _yaml_words(f"{where} exclude", spec.get("exclude") or []):
             parts = str(b).lower().split()
             if len(parts) != 2:
                 raise FairVLMError(f"{p}: exclude entry {b!r} of {attr!r} must be two words")
             exclude.add(tuple(parts))
         out[str(attr)] = {"words": words, "include": include, "exclude": exclude}
     return out
+
+
+def _yaml_words(where: str, value) -> list[str]:
+    """A YAML list of words; a lone string (``words: man``) would be read letter by letter."""
+    if not isinstance(value, list):
+        raise FairVLMError(f"{where} must be a YAML list (- word), not the {type(value).__name__} {value!r}")
+    bad = [w for w in value if not isinstance(w, (str, int)) or isinstance(w, bool) or not str(w).strip()]
+    if bad:
+        raise FairVLMError(f"{where} holds {bad[0]!r}; every entry must be a word")
+    return [str(w) for w in value]
+
+
+def _check_lists(lists) -> dict:
+    if not isinstance(lists, dict) or not lists:
+        raise FairVLMError(f"lists={V.show(lists)} must be the dict load_word_lists() returns")
+    for a, r in lists.items():
+        if not isinstance(r, dict) or not {"words", "include", "exclude"} <= set(r):
+            raise FairVLMError(f"lists[{a!r}] must hold 'words', 'include' and 'exclude' (use load_word_lists())")
+        if isinstance(r["words"], str):
+            raise FairVLMError(f"lists[{a!r}]['words'] is the string {r['words']!r}; it must be a set of words")
+    return lists
 
 
 def tokens(text: str) -> list[str]:
@@ -111,6 +141,10 @@ def tokens(text: str) -> list[str]:
 
 def attribute_mentions(text: str, rules: dict) -> int:
     """Mentions of one attribute in ``text`` by the bigram rules (see the module docstring)."""
+    if not isinstance(rules, dict) or not {"words", "include", "exclude"} <= set(rules):
+        raise FairVLMError(f"rules={V.show(rules)} must be one attribute of load_word_lists() (words, include, exclude)")
+    if isinstance(rules["words"], str):
+        raise FairVLMError(f"rules['words'] is the string {rules['words']!r}; it must be a set of words")
     toks = tokens(text)
     n = 0
     for i, w in enumerate(toks):
@@ -130,8 +164,9 @@ def attribute_mentions(text: str, rules: dict) -> int:
 def count_mentions(texts: Sequence[str], lists: dict | None = None,
                    attributes: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per text, one integer column per attribute."""
-    lists = load_word_lists() if lists is None else lists
-    attributes = list(lists) if attributes is None else list(attributes)
+    texts = V.strings("texts", texts, empty=True, blank=True)
+    lists = load_word_lists() if lists is None else _check_lists(lists)
+    attributes = list(lists) if attributes is None else V.strings("attributes", attributes)
     missing = [a for a in attributes if a not in lists]
     if missing:
         raise FairVLMError(f"no word list for {missing}; the lists have {sorted(lists)}")
@@ -140,7 +175,15 @@ def count_mentions(texts: Sequence[str], lists: dict | None = None,
 
 def mentions_per_1k(counts: pd.DataFrame, by: Sequence[str] = (), attributes: Sequence[str] | None = None) -> pd.DataFrame:
     """``1000 * sum(mentions) / n_generations`` per attribute (and per ``by`` group)."""
-    attributes = [c for c in counts.columns if c not in by] if attributes is None else list(attributes)
+    if not isinstance(counts, pd.DataFrame):
+        raise FairVLMError(f"counts={V.show(counts)} must be the DataFrame count_mentions() returns")
+    by = V.strings("by", by, empty=True)
+    attributes = [c for c in counts.columns if c not in by] if attributes is None else V.strings("attributes", attributes)
+    missing = [c for c in [*by, *attributes] if c not in counts.columns]
+    if missing:
+        raise FairVLMError(f"counts has no column {missing[0]!r}; its columns are {list(counts.columns)}")
+    for c in by:
+        V.labels(f"counts[{c!r}]", counts[c].tolist(), empty=True)
     if not by:
         return pd.DataFrame([{a: 1000.0 * counts[a].sum() / max(len(counts), 1) for a in attributes}])
     g = counts.groupby(list(by), sort=True)
@@ -167,6 +210,7 @@ def _analyzer():
 
 def sentences(text: str) -> list[str]:
     """Split after ``. ! ?`` followed by space, and at line breaks; empty pieces dropped."""
+    V.text("text", text, empty=True)
     return [s.strip() for s in _SENT_RE.split(text) if s and s.strip()]
 
 
@@ -178,12 +222,15 @@ def sentence_scores(text: str) -> list[float]:
 
 def negative_sentences(text: str, threshold: float = NEGATIVE_THRESHOLD) -> int:
     """Sentences whose compound score is <= ``threshold``."""
+    V.number("threshold", threshold, low=-1.0, high=1.0)
     return sum(c <= threshold for c in sentence_scores(text))
 
 
 def negative_rate(texts: Sequence[str], groups: Sequence) -> pd.DataFrame:
     """Negative sentences per 1,000 generations for each group: columns ``group``,
     ``n_generations``, ``negative_sentences``, ``neg_per_1k``."""
+    texts = V.strings("texts", texts, blank=True)
+    groups = V.labels("groups", groups, empty=True)
     if len(texts) != len(groups):
         raise FairVLMError(f"{len(texts)} texts but {len(groups)} group labels")
     df = pd.DataFrame({"group": list(groups), "neg": [negative_sentences(t) for t in texts]})
@@ -195,7 +242,7 @@ def negative_rate(texts: Sequence[str], groups: Sequence) -> pd.DataFrame:
 
 def spread(values: Sequence[float]) -> dict:
     """``{"variance": sample variance (ddof=1), "range": max - min}`` across groups."""
-    v = np.asarray(values, dtype=float)
+    v = np.asarray(V.numbers_list("values", values, empty=True) if not hasattr(values, "shape") else values, dtype=float)
     if v.size < 2 or not np.isfinite(v).all():
         raise FairVLMError("spread needs at least two finite group values")
     return {"variance": float(v.var(ddof=1)), "range": float(v.max() - v.min())}
@@ -208,14 +255,17 @@ def spread(values: Sequence[float]) -> dict:
 
 def mentions_role(text: str, role: str) -> bool:
     """Whether ``text`` names ``role`` exactly (whole words, case-insensitive, plural s allowed)."""
-    if not role or not role.strip():
-        raise FairVLMError("the role is empty")
+    V.text("text", text, empty=True)
+    if not isinstance(role, str) or not role.strip():
+        raise FairVLMError(f"role={V.show(role)} must be a non-empty string")
     pattern = r"\b" + r"\s+".join(re.escape(w) for w in role.lower().split()) + r"s?\b"
     return re.search(pattern, text.lower()) is not None
 
 
 def relative_change(steered: float, unsteered: float) -> float:
     """``(steered - unsteered) / unsteered`` (NaN when the unsteered rate is 0)."""
+    V.number("steered", steered)
+    V.number("unsteered", unsteered)
     return float("nan") if unsteered == 0 else (float(steered) - float(unsteered)) / float(unsteered)
 
 
@@ -242,10 +292,14 @@ def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer, 
         raise FairVLMError("steer must be a callable returning a context manager, or a non-empty dict of them")
     if "plain" in steers:
         raise FairVLMError("'plain' names the unsteered pass; give the steers other names")
+    prompts = V.strings("prompts", prompts)
+    generations = V.strings("generations", generations, blank=True)
+    V.integer("top", top, low=1)
+    V.integer("batch_size", batch_size, low=1)
     if len(prompts) != len(generations):
         raise FairVLMError(f"{len(prompts)} prompts but {len(generations)} generations")
-    V = lm.unembed().weight.shape[0]
-    sums = {k: torch.zeros(V, dtype=torch.float64) for k in ("plain", *steers)}
+    n_vocab = lm.unembed().weight.shape[0]
+    sums = {k: torch.zeros(n_vocab, dtype=torch.float64) for k in ("plain", *steers)}
     n_pos = 0
     for s in range(0, len(prompts), batch_size):
         sl = slice(s, s + batch_size)
@@ -315,6 +369,8 @@ JUDGE_PROMPT = (
 def parse_judge_reply(reply: str, text: str) -> JudgeResult:
     """The first JSON object in ``reply``; spans not found in ``text`` are dropped and the
     count is the number of spans kept (the judge's own count is checked against them)."""
+    V.text("reply", reply, empty=True)
+    V.text("text", text, empty=True)
     m = re.search(r"\{.*\}", reply, re.S)
     if not m:
         raise FairVLMError(f"the judge's reply holds no JSON object: {reply[:200]!r}")
@@ -322,6 +378,8 @@ def parse_judge_reply(reply: str, text: str) -> JudgeResult:
         obj = json.loads(m.group(0))
     except json.JSONDecodeError as exc:
         raise FairVLMError(f"the judge's reply is not valid JSON: {m.group(0)[:200]!r}") from exc
+    if not isinstance(obj, dict):
+        raise FairVLMError(f"the judge's reply is not a JSON object: {m.group(0)[:200]!r}")
     spans = obj.get("spans", [])
     if not isinstance(spans, list):
         raise FairVLMError("the judge's 'spans' must be a list")
@@ -338,8 +396,12 @@ class OpenAICompatibleJudge:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
                  post: Callable | None = None):
-        if not base_url or not model:
-            raise FairVLMError("OpenAICompatibleJudge needs base_url and model")
+        V.text("base_url", base_url)
+        V.text("model", model)
+        V.text("api_key_env", api_key_env)
+        V.number("timeout", timeout, low=0.0, low_open=True)
+        if post is not None and not callable(post):
+            raise FairVLMError(f"post={V.show(post)} must be None or a function (url, headers, payload) -> text")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env, self.timeout = model, api_key_env, timeout
         self._post = post or self._http
@@ -366,8 +428,9 @@ class LocalJudge:
     """A judge that is a loaded causal LM (``fairvlm.models.load``), greedy decoding."""
 
     def __init__(self, lm, max_new_tokens: int = 64):
-        if lm.kind not in ("causal-lm", "vlm"):
-            raise FairVLMError(f"{lm.name} is not a generative model")
+        if getattr(lm, "kind", None) not in ("causal-lm", "vlm"):
+            raise FairVLMError(f"lm={V.show(lm)} is not a generative model (fairvlm.models.load of a causal LM or VLM)")
+        V.integer("max_new_tokens", max_new_tokens, low=1)
         self.lm, self.max_new_tokens = lm, max_new_tokens
 
     def count(self, text: str, attribute: str) -> JudgeResult:
@@ -382,7 +445,8 @@ class LocalJudge:
 
 def judge_mentions(texts: Iterable[str], attribute: str, judge: Judge) -> float:
     """Judge-counted mentions of ``attribute`` per 1,000 texts."""
-    texts = list(texts)
-    if not texts:
-        raise FairVLMError("judge_mentions got no texts")
+    texts = V.strings("texts", texts, blank=True)
+    V.text("attribute", attribute)
+    if not callable(getattr(judge, "count", None)):
+        raise FairVLMError(f"judge={V.show(judge)} must have a count(text, attribute) method (a Judge)")
     return 1000.0 * sum(judge.count(t, attribute).count for t in texts) / len(texts)

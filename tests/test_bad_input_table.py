@@ -1,0 +1,837 @@
+"""Bad input generated from one table: every public function, every type class of mistake.
+
+``TABLE`` has one row per public callable of the modules in :data:`COVERED` (and one per
+command line). A row names the call with good arguments and, for each parameter a user can
+get wrong, the *type class* of the parameter (a positive count, a probability, a list of
+strings, a name, a file, ...). :data:`BAD` holds, for each type class, the mistakes a user
+plausibly makes with it (None, a string for a number, a string for a list, a bool for an int,
+NaN, inf, a negative or zero size, a wrong shape or width, an unknown name, a corrupt file).
+Every (row, parameter, mistake) is one case, which asserts that the call raises a
+:class:`~fairvlm.errors.FairVLMError` whose message names the parameter (for a command: exit
+status 2 and one ``error:`` line naming it).
+
+``test_every_public_function_has_a_row`` lists the public API of the covered modules by
+introspection (``__all__``) and fails when one has no row and no commented exemption.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fairvlm import checksums, debiaslens, finetune, params, resfair, shardgen, steering, steering_eval, textmetrics
+from fairvlm import sae as S
+from fairvlm import validate as V
+from fairvlm.errors import FairVLMError
+
+NAN, INF = float("nan"), float("inf")
+
+# ------------------------------------------------------------------------------ type classes
+# each entry: (type class of the mistake, the bad value); a callable value is built per case
+# from the case's scratch folder (files) or left lazy (tensors of a fixture's width)
+_NONE = ("None", None)
+_STR_NUM = ("str-for-number", "3")
+_BOOL = ("bool-for-int", True)
+_NAN = ("NaN", NAN)
+_INF = ("inf", INF)
+
+BAD = {
+    "count": [_NONE, _STR_NUM, _BOOL, ("float-for-int", 2.5), _NAN, _INF, ("negative", -1), ("zero size", 0)],
+    "index": [_NONE, _STR_NUM, _BOOL, ("float-for-int", 1.5), _NAN],
+    "seed": [_NONE, _STR_NUM, _BOOL, ("float-for-int", 0.5), ("negative", -1)],
+    "number": [_NONE, ("str-for-number", "0.5"), _BOOL, _NAN, _INF, ("-inf", -INF)],
+    "positive": [_NONE, ("str-for-number", "0.5"), _BOOL, _NAN, _INF, ("negative", -0.5), ("zero", 0.0)],
+    "nonneg": [_NONE, ("str-for-number", "0.5"), _BOOL, _NAN, _INF, ("negative", -0.5)],
+    "fraction": [_NONE, ("str-for-number", "0.5"), _BOOL, _NAN, _INF, ("negative", -0.1), ("above one", 1.5)],
+    "lr": [_NONE, ("str-for-number", "1e-3"), _NAN, _INF, ("zero", 0.0), ("negative", -1e-3), ("absurd", 100.0)],
+    "flag": [_NONE, ("str-for-bool", "false"), ("int-for-bool", 1)],
+    "text": [_NONE, ("number-for-str", 3), ("empty", "   "), ("list-for-str", ["a"])],
+    "strings": [_NONE, ("str-for-list", "hello"), ("zero size", []), ("numbers-in-list", [1, 2]),
+                ("number-for-list", 3)],
+    "strings0": [_NONE, ("str-for-list", "hello"), ("numbers-in-list", [1, 2]), ("number-for-list", 3)],
+    "ints": [_NONE, ("str-for-list", "12"), ("bool-in-list", [True]), ("float-in-list", [0.5]),
+             ("number-for-list", 3)],
+    "name": [_NONE, ("unknown name", "no-such-name"), ("number-for-name", 3)],
+    "path": [_NONE, ("number-for-path", 3), ("missing file", lambda d: d / "missing.file"),
+             ("folder-for-file", lambda d: d)],
+    "model": [_NONE, ("str-for-model", "tiny-llava"), ("number-for-model", 3)],
+    "frame": [_NONE, ("str-for-frame", "table"), ("list-for-frame", [1, 2])],
+}
+
+
+def _tensor_bad(width: int, ndim: int = 2) -> list:
+    """Mistakes for a float tensor (..., width) of ``ndim`` axes."""
+    shape = (3,) * (ndim - 1)
+    nan_t = torch.zeros(*shape, width)
+    nan_t.view(-1)[0] = NAN
+    inf_t = torch.zeros(*shape, width)
+    inf_t.view(-1)[-1] = INF
+    return [_NONE, ("str-for-tensor", "acts"), ("NaN", nan_t), ("inf", inf_t),
+            ("wrong width", torch.zeros(*shape, width + 1)), ("zero size", torch.zeros(*(0,) * (ndim - 1), width)),
+            ("wrong shape", torch.zeros(*(3,) * (ndim + 1), width))]
+
+
+def _labels_bad(n: int) -> list:
+    return [_NONE, ("str-for-list", "ab" * n), ("NaN label", ["a"] * (n - 1) + [NAN]),
+            ("None label", [None] + ["b"] * (n - 1)), ("wrong length", ["a", "b"] * (n + 1))]
+
+
+# ------------------------------------------------------------------------------ fixtures (lazy)
+
+
+@functools.cache
+def tiny_llava():
+    from fairvlm.models import load
+
+    return load("tiny-llava")
+
+
+@functools.cache
+def tiny_clip():
+    from fairvlm.models import load
+
+    return load("tiny-clip")
+
+
+@functools.cache
+def sae():
+    m = S.MatryoshkaSAE(S.SAEConfig(d_in=8, d_sae=32, k=4))
+    m.threshold.fill_(0.01)
+    return m
+
+
+@functools.cache
+def clip_sae():
+    lm = tiny_clip()
+    m = S.MatryoshkaSAE(S.SAEConfig(d_in=lm.d_vision, d_sae=32, k=4, site="vision.resid_post.-1", model=lm.name))
+    m.threshold.fill_(0.01)
+    return m
+
+
+@functools.cache
+def words():
+    return {"gender": {"words": {"man", "woman"}, "include": {}, "exclude": set()},
+            "race": {"words": {"black", "white"}, "include": {}, "exclude": set()}}
+
+
+@functools.cache
+def neuron_table():
+    return pd.DataFrame({"group": ["a", "b"], "rank": [0, 0], "latent": [1, 2], "mean_act": [1.0, 2.0]})
+
+
+@functools.cache
+def gen():
+    rows = []
+    for m in steering_eval.METHODS:
+        for i in range(4):
+            rows.append({"model": "x", "method": m, "item": i, "prompt_id": 0, "seed": 0, "group": "g" + str(i % 2),
+                         "race": "r" + str(i % 2), "m_gender": i % 2, "m_race": 1, "neg": i % 3, "role_named": True})
+    return pd.DataFrame(rows)
+
+
+@functools.cache
+def setting():
+    items = pd.DataFrame({"id": ["a", "b"], "persona": ["a nurse", "a pilot"], "group": ["x", "y"],
+                          "race": ["x", "y"], "gender": ["m", "f"], "role": ["nurse", "pilot"], "image": [None, None]})
+    pairs = [("What is the gender of a nurse?", None), ("Where does a pilot work?", None)]
+    return steering_eval.Setting("tiny-llava", "tiny", items, pairs, pairs, pairs, pairs, text=True)
+
+
+@functools.cache
+def directions():
+    from fairvlm import lens
+
+    d = tiny_llava().d_model
+    u = np.zeros(d, dtype=np.float32)
+    u[0] = 1
+    return lens.Directions({0: u}, {0: u}, {0: "mlp_out.0"}, {0: "attn_out.0"}, {}, {"model": "tiny-llava"})
+
+
+@functools.cache
+def mcq_rows():
+    from fairvlm import mcq
+
+    return mcq.make_rows(mcq.build_items(mcq.pairs_labels().head(1), "pairs", variants=("text",)), 1)[:2]
+
+
+def job(**kw) -> dict:
+    return {"model": "tiny-llava", "items": [{"id": "q", "prompt": "Describe a nurse.", "image": None}],
+            "seeds": [0, 1], "max_new_tokens": 2, **kw}
+
+
+def _enc():
+    lm = tiny_llava()
+    return lm.inputs(["What is the gender of a nurse?"])
+
+
+# ------------------------------------------------------------------------------ corrupt files
+
+
+def _saved_sae(d: Path, damage: str) -> Path:
+    p = S.save_sae(sae(), d / "sae")
+    w = p / "sae_weights.safetensors"
+    data = bytearray(w.read_bytes())
+    if damage == "flipped":
+        data[-5] ^= 0xFF
+        w.write_bytes(bytes(data))
+    elif damage == "truncated":
+        w.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "nan-weights":  # NaN written and the manifest redone: the NaN check catches it
+        from safetensors.torch import save_file
+
+        t = {k: v.clone() for k, v in sae().state_dict().items()}
+        t["W_enc"][0, 0] = NAN
+        save_file(t, str(w))
+        checksums.write_sums(p)
+    return p
+
+
+def _yaml(d: Path, text: str) -> Path:
+    p = d / "file.yaml"
+    p.write_text(text)
+    return p
+
+
+SAE_FILES = [("corrupt file (flipped bytes)", lambda d: _saved_sae(d, "flipped")),
+             ("corrupt file (truncated)", lambda d: _saved_sae(d, "truncated")),
+             ("corrupt file (NaN weights)", lambda d: _saved_sae(d, "nan-weights"))]
+WORD_FILES = [("corrupt file (truncated YAML)", lambda d: _yaml(d, "attributes:\n  gender: {words: [man, wo")),
+              ("str-for-list in file", lambda d: _yaml(d, "attributes:\n  gender:\n    words: man\n")),
+              ("numbers in file", lambda d: _yaml(d, "attributes:\n  gender:\n    words: [man, [1]]\n"))]
+QUERY_FILES = [("corrupt file (truncated YAML)", lambda d: _yaml(d, "sets: {adjectives: {words: [a")),
+               ("str-for-list in file", lambda d: _yaml(
+                   d, "word_template: 'a {a} {word}'\nrole_template: x\nactivity_template: y\n"
+                      "sets:\n  adjectives:\n    words:\n      traits: kind\n"))]
+JOB_FILES = [("corrupt file (truncated job)", lambda d: _yaml(d, json.dumps(job())[:30])),
+             ("list-for-job", lambda d: _yaml(d, json.dumps([job()])))]
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+class Row:
+    """One public callable: ``call(**overrides)`` runs it with good arguments; ``params`` maps
+    each checked parameter to its type class (a key of :data:`BAD`) or to its own list of
+    ``(mistake, value)``; ``needle`` (default: the parameter's name) must be in the message."""
+
+    def __init__(self, target: str, call, params: dict, needles: dict | None = None):
+        self.target, self.call, self.params, self.needles = target, call, params, needles or {}
+
+
+def _kw(fn, **good):
+    return lambda **kw: fn(**{**good, **kw})
+
+
+TABLE: list[Row] = [
+    # ----------------------------------------------------------------------------- sae
+    Row("sae.SAEConfig", _kw(S.SAEConfig, d_in=8, d_sae=32),
+        {"d_in": "count", "d_sae": "count", "k": "count", "auxk_alpha": "nonneg",
+         "threshold_decay": "fraction", "site": [_NONE, ("number-for-str", 3)],
+         "group_fractions": [_NONE, ("str-for-list", "0.5"), ("NaN", (NAN, 1.0)), ("negative", (-0.5, 1.5))]}),
+    Row("sae.MatryoshkaSAE", _kw(S.MatryoshkaSAE, cfg=S.SAEConfig(d_in=8, d_sae=32)),
+        {"cfg": [_NONE, ("dict-for-config", {"d_in": 8})], "seed": "seed"}),
+    Row("sae.train", _kw(S.train, acts=torch.randn(16, 8), cfg=S.SAEConfig(d_in=8, d_sae=32, k=4), steps=1),
+        {"acts": _tensor_bad(8), "steps": "count", "batch_size": "count", "lr": "lr", "seed": "seed",
+         "log_every": "count", "eval_acts": _tensor_bad(8)[1:], "cfg": [_NONE, ("str-for-config", "cfg")]}),
+    Row("sae.sae_loss", lambda **kw: S.sae_loss(**{"sae": sae(), "x": torch.randn(4, 8),
+                                                   "dead": torch.zeros(32, dtype=torch.bool), **kw}),
+        {"x": _tensor_bad(8), "dead": [_NONE, ("wrong width", torch.zeros(5, dtype=torch.bool)),
+                                         ("float-for-mask", torch.zeros(32))],
+         "sae": [_NONE, ("str-for-sae", "sae")]}),
+    Row("sae.explained_variance", _kw(S.explained_variance, x=torch.randn(4, 8), x_hat=torch.randn(4, 8)),
+        {"x": _tensor_bad(8), "x_hat": _tensor_bad(8)}),
+    Row("sae.save_sae", lambda d, **kw: S.save_sae(**{"sae": sae(), "path": d / "out", **kw}),
+        {"sae": [_NONE, ("str-for-sae", "sae")], "path": [_NONE, ("number-for-path", 3),
+                                                           ("file-for-folder", lambda d: _yaml(d, "x"))],
+         "overwrite": "flag"}),
+    Row("sae.load_sae", _kw(S.load_sae), {"path": [*BAD["path"], *SAE_FILES]},
+        needles={"path": ["path", "sae_weights.safetensors"]}),
+    Row("sae.collect_image_acts",
+        lambda **kw: S.collect_image_acts(**{"lm": tiny_clip(), "pixels": torch.randn(2, 3, 32, 32), **kw}),
+        {"pixels": _tensor_bad(32, 4), "site": "text", "tokens": "count", "seed": "seed", "batch_size": "count",
+         "sae": [("str-for-sae", "sae"), ("dict-for-sae", {})]}),
+    Row("sae.collect_text_acts", lambda **kw: S.collect_text_acts(**{"lm": tiny_clip(), "texts": ["a man"], **kw}),
+        {"texts": "strings", "site": "text", "tokens": "count", "seed": "seed", "batch_size": "count",
+         "sae": [("str-for-sae", "sae")]}),
+    Row("sae.social_neurons", _kw(S.social_neurons, codes=torch.rand(4, 32), groups=["a", "a", "b", "b"]),
+        {"codes": _tensor_bad(32), "groups": _labels_bad(4), "threshold": "fraction"}),
+    Row("sae.pick_neurons", lambda **kw: S.pick_neurons(**{"table": neuron_table(), "groups": ["a"], **kw}),
+        {"table": "frame", "groups": "strings0", "per_group": "count",
+         "known": [("str-for-list", "ab"), ("zero size", [])]},
+        needles={"groups": ["groups", "group"]}),
+    Row("sae.control", lambda **kw: S.control(**{"sae": sae(), "h": torch.randn(3, 8), "latents": [1],
+                                                 "gamma": 1.0, "alpha": 0.5, **kw}),
+        {"h": _tensor_bad(8), "latents": [*BAD["ints"], ("out of range", [99]), ("negative", [-1]),
+                                          ("repeated", [1, 1])],
+         "gamma": BAD["number"], "alpha": "fraction", "variant": "name", "sae": [_NONE, ("str-for-sae", "sae")]}),
+    Row("sae.control_edits",
+        lambda **kw: S.control_edits(**{"lm": tiny_clip(), "site": "vision.resid_post.-1", "sae": clip_sae(),
+                                        "latents": [1], "gamma": 1.0, "alpha": 0.5, **kw}),
+        {"site": [_NONE, ("number-for-str", 3), ("other site than the SAE's", "vision.resid_post.0"),
+                  ("text stream for a vision SAE", "resid_post.-1")],
+         "latents": "ints", "gamma": "number", "alpha": "fraction", "variant": "name",
+         "sae": [_NONE, ("str-for-sae", "sae"),
+                 ("SAE of another model", S.MatryoshkaSAE(S.SAEConfig(d_in=32, d_sae=32, k=4, model="other")))]},
+        needles={"site": ["site"], "sae": ["sae", "lm="]}),
+    Row("sae.site_width", lambda **kw: S.site_width(**{"lm": tiny_clip(), "site": "resid_post.-1", **kw}),
+        {"site": "text"}),
+    # ----------------------------------------------------------------------------- shardgen
+    Row("shardgen.load_job", lambda **kw: shardgen.load_job(job(**kw)),
+        {"seeds": [_NONE, ("str-for-list", "01"), ("duplicate", [0, 0]), ("duplicate str/int", [0, "0"]),
+                   ("bool-for-int", [True]), ("NaN", [NAN])],
+         "temperature": "positive", "top_p": "fraction", "shard_size": "count", "batch_size": "count",
+         "max_new_tokens": "count", "seed": "seed", "method": "text", "model": [_NONE, ("number-for-name", 3)],
+         "items": [_NONE, ("str-for-list", "items"), ("zero size", [])],
+         "direction": [("number-for-path", 3), ("empty", " ")],
+         "model_kwargs": [("str-for-dict", "size=smoke")]},
+        needles={"items": ["items"], "model": ["model"]}),
+    Row("shardgen.load_job(file)", lambda d, **kw: shardgen.load_job(kw["job"](d) if callable(kw["job"]) else kw["job"]),
+        {"job": [("missing file", "no-such-job.json"), ("number-for-job", 3), ("list-for-job", [job()]), *JOB_FILES]},
+        needles={"job": ["job"]}),
+    Row("shardgen.grid", _kw(shardgen.grid, job=job()), {"job": [_NONE, ("list-for-job", [job()]),
+                                                                   ("no items", {"model": "x"})]}),
+    Row("shardgen.shard_rows", _kw(shardgen.shard_rows, job=job()), {"job": [_NONE, ("str-for-job", "job.json!"),
+                                                                               ("no items", {"model": "x"})]}),
+    Row("shardgen.run", lambda d, **kw: shardgen.run(**{"job": job(), "out_dir": d / "o", "rank": 0, "world": 1,
+                                                       "max_shards": 0, **kw}),
+        {"out_dir": [_NONE, ("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x"))],
+         "rank": "index", "world": "count", "max_shards": [_NONE and ("str-for-number", "1"), ("negative", -1),
+                                                           _BOOL],
+         "job": [("direction file missing", job(direction="no-such.safetensors")), ("list-for-job", [job()])]},
+        needles={"rank": ["rank"], "job": ["direction", "job"]}),
+    Row("shardgen.merge", lambda d, **kw: shardgen.merge(**{"out_dir": d, **kw}),
+        {"out_dir": [_NONE, ("number-for-path", 3), ("empty folder", lambda d: d),
+                     ("truncated job.json", lambda d: (_yaml(d, "")).parent if (d / "job.json").write_text(
+                         '{"fingerprint": "ab') else d)],
+         "write": [("str-for-bool", "no")]},
+        needles={"out_dir": ["out_dir", "job.json"]}),
+    Row("shardgen.generate_texts",
+        lambda **kw: shardgen.generate_texts(**{"lm": tiny_llava(), "prompts": ["Hi"], "max_new_tokens": 1, **kw}),
+        {"prompts": "strings", "seed": "seed", "max_new_tokens": "count", "temperature": "positive",
+         "top_p": "fraction", "batch_size": "count", "lm": "model",
+         "steer": [("str-for-function", "ablate")]}),
+    Row("shardgen.sha256_file", _kw(shardgen.sha256_file), {"path": "path"}),
+    Row("shardgen.fingerprint", _kw(shardgen.fingerprint), {"job": [_NONE, ("list-for-job", [job()]),
+                                                                      ("missing direction", job(direction="x.st"))]},
+        needles={"job": ["job", "direction"]}),
+    Row("shardgen.model_digest", _kw(shardgen.model_digest), {"lm": "model"}),
+    Row("shardgen.shard_done", lambda d, **kw: shardgen.shard_done(**{"out": d, "k": 0, **kw}),
+        {"out": [_NONE, ("number-for-path", 3)], "k": "index"}),
+    # ----------------------------------------------------------------------------- textmetrics
+    Row("textmetrics.load_word_lists", _kw(textmetrics.load_word_lists),
+        {"path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.yaml"),
+                  ("folder-for-file", lambda d: d), *WORD_FILES]},
+        needles={"path": ["path", "file.yaml", "missing.yaml", "word-list"]}),
+    Row("textmetrics.tokens", _kw(textmetrics.tokens), {"text": [_NONE, ("number-for-str", 3), ("list-for-str", ["a"])]}),
+    Row("textmetrics.attribute_mentions", _kw(textmetrics.attribute_mentions, text="a man", rules=words()["gender"]),
+        {"text": [_NONE, ("number-for-str", 3), ("list-for-str", ["a"])],
+         "rules": [_NONE, ("str-for-dict", "man"), ("str-for-list in rules", {"words": "man", "include": {},
+                                                                               "exclude": set()})]}),
+    Row("textmetrics.count_mentions", _kw(textmetrics.count_mentions, texts=["a man"], lists=words()),
+        {"texts": "strings0", "lists": [("str-for-dict", "gender"), ("empty dict", {}),
+                                        ("str-for-list in lists", {"g": {"words": "man", "include": {},
+                                                                         "exclude": set()}})],
+         "attributes": [("str-for-list", "gender"), ("unknown name", ["colour"]), ("numbers-in-list", [1])]},
+        needles={"attributes": ["attributes", "colour"]}),
+    Row("textmetrics.mentions_per_1k",
+        _kw(textmetrics.mentions_per_1k, counts=pd.DataFrame({"g": ["a", "b"], "gender": [1, 0]}), by=["g"]),
+        {"counts": "frame", "by": [("str-for-list", "g"), ("unknown column", ["h"]), ("numbers-in-list", [1])],
+         "attributes": [("str-for-list", "gender"), ("unknown column", ["colour"])]},
+        needles={"by": ["by", "'h'"], "attributes": ["attributes", "colour"]}),
+    Row("textmetrics.mentions_per_1k(NaN labels)",
+        lambda **kw: textmetrics.mentions_per_1k(kw["counts"], by=["g"]),
+        {"counts": [("NaN label", pd.DataFrame({"g": ["a", NAN], "gender": [1, 0]})),
+                    ("None label", pd.DataFrame({"g": [None, "b"], "gender": [1, 0]}))]},
+        needles={"counts": ["counts['g']"]}),
+    Row("textmetrics.sentences", _kw(textmetrics.sentences), {"text": [_NONE, ("number-for-str", 3)]}),
+    Row("textmetrics.sentence_scores", _kw(textmetrics.sentence_scores), {"text": [_NONE, ("list-for-str", ["a"])]}),
+    Row("textmetrics.negative_sentences", _kw(textmetrics.negative_sentences, text="Bad."),
+        {"text": [_NONE, ("number-for-str", 3)], "threshold": "number"}),
+    Row("textmetrics.negative_rate", _kw(textmetrics.negative_rate, texts=["Bad.", "Good."], groups=["a", "b"]),
+        {"texts": "strings", "groups": _labels_bad(2)}, needles={"groups": ["group"]}),
+    Row("textmetrics.spread", _kw(textmetrics.spread), {"values": [_NONE, ("str-for-list", "12"),
+                                                                   ("NaN", [1.0, NAN]), ("inf", [1.0, INF]),
+                                                                   ("zero size", [])]},
+        needles={"values": ["values", "spread"]}),
+    Row("textmetrics.mentions_role", _kw(textmetrics.mentions_role, text="a nurse", role="nurse"),
+        {"text": [_NONE, ("number-for-str", 3)], "role": "text"}),
+    Row("textmetrics.relative_change", _kw(textmetrics.relative_change, steered=1.0, unsteered=2.0),
+        {"steered": "number", "unsteered": "number"}),
+    Row("textmetrics.token_shifts",
+        lambda **kw: textmetrics.token_shifts(**{"lm": tiny_llava(), "prompts": ["Hi"], "generations": ["there"],
+                                                 "steer": lambda: steering.ablate(tiny_llava(), torch.ones(
+                                                     tiny_llava().d_model)), **kw}),
+        {"prompts": "strings", "generations": "strings0", "top": "count", "batch_size": "count",
+         "steer": [_NONE, ("str-for-function", "ablate"), ("empty dict", {})]}),
+    Row("textmetrics.parse_judge_reply", _kw(textmetrics.parse_judge_reply, reply='{"spans": []}', text="x"),
+        {"reply": [_NONE, ("number-for-str", 3), ("not JSON", "count: 3"), ("JSON list", "[1, 2]"),
+                   ("str-for-list in reply", '{"spans": "man"}')],
+         "text": [_NONE, ("number-for-str", 3)]},
+        needles={"reply": ["reply"]}),
+    Row("textmetrics.OpenAICompatibleJudge", _kw(textmetrics.OpenAICompatibleJudge, base_url="http://x", model="m"),
+        {"base_url": "text", "model": "text", "api_key_env": "text", "timeout": "positive",
+         "post": [("str-for-function", "post")]}),
+    Row("textmetrics.LocalJudge", lambda **kw: textmetrics.LocalJudge(**{"lm": tiny_llava(), **kw}),
+        {"lm": [*BAD["model"], ("encoder for a generator", tiny_clip())], "max_new_tokens": "count"}),
+    Row("textmetrics.judge_mentions",
+        _kw(textmetrics.judge_mentions, texts=["x"], attribute="gender",
+            judge=textmetrics.OpenAICompatibleJudge("http://x", "m", post=lambda *a: '{"spans": []}')),
+        {"texts": "strings", "attribute": "text", "judge": [_NONE, ("str-for-judge", "gpt")]}),
+    # ----------------------------------------------------------------------------- steering
+    Row("steering.unit", _kw(steering.unit, a=torch.ones(4)),
+        {"a": [_NONE, ("str-for-tensor", "up"), ("NaN", torch.tensor([1.0, NAN])), ("inf", torch.tensor([INF, 1.0])),
+               ("zero size", torch.zeros(0)), ("wrong shape", torch.ones(2, 2)), ("zero vector", torch.zeros(4))],
+         "d": [("str-for-number", "4"), _BOOL, ("wrong width", 5), ("zero size", 0)]},
+        needles={"a": ["direction"], "d": ["d", "entries"]}),
+    Row("steering.units", _kw(steering.units, A=torch.ones(2, 4)),
+        {"A": [_NONE, ("str-for-tensor", "up"), ("NaN", torch.tensor([[1.0, NAN]])), ("wrong shape", torch.ones(4))]},
+        needles={"A": ["direction"]}),
+    Row("steering.random_direction", _kw(steering.random_direction, d=4), {"d": "count", "seed": "seed"}),
+    Row("steering.ablation_fn", _kw(steering.ablation_fn, a=torch.ones(4)),
+        {"a": [_NONE, ("str-for-tensor", "up"), ("NaN", torch.tensor([1.0, NAN])), ("wrong shape", torch.ones(2, 2, 2)),
+               ("zero vector", torch.zeros(4))]},
+        needles={"a": ["a=", "direction"]}),
+    Row("steering.ablate", lambda **kw: steering.ablate(**{"lm": tiny_llava(), "a": torch.ones(tiny_llava().d_model),
+                                                           **kw}),
+        {"a": [_NONE, ("str-for-tensor", "up"), ("wrong width", torch.ones(3)), ("NaN", torch.full((4,), NAN))],
+         "sites": [("str-for-list", "mlp_out"), ("unknown name", ["mlp"]), ("zero size", [])],
+         "every_resid_pre": "flag", "lm": "model"},
+        needles={"a": ["a=", "direction"], "sites": ["sites"]}),
+    Row("steering.orthogonalize", lambda **kw: steering.orthogonalize(**{"lm": tiny_llava(), **kw}),
+        {"a": [_NONE, ("str-for-tensor", "up"), ("wrong width", torch.ones(3)), ("NaN", torch.full((4,), NAN))],
+         "lm": "model"},
+        needles={"a": ["direction"]}),
+    Row("steering.stream_writers", _kw(steering.stream_writers), {"lm": [*BAD["model"], ("encoder", tiny_clip())]},
+        needles={"lm": ["lm", "orthogonalize"]}),
+    Row("steering.mean_activations",
+        lambda **kw: steering.mean_activations(**{"lm": tiny_llava(), "texts": ["Hi"], "layers": [0], **kw}),
+        {"texts": "strings", "layers": [*BAD["ints"], ("out of range", [99])],
+         "positions": [("str-for-list", "-1"), ("non-negative", [0]), ("bool-in-list", [True])],
+         "batch_size": "count", "lm": "model", "images": [("str-for-list", "img.png"), ("wrong length", [None, None])]}),
+    Row("steering.dataset_direction",
+        lambda **kw: steering.dataset_direction(**{"lm": tiny_llava(), "bias": ["a"], "benign": ["b"], "layer": 0, **kw}),
+        {"bias": "strings", "benign": "strings", "layer": "index", "position": [_STR_NUM, ("non-negative", 0)]}),
+    Row("steering.candidate_grid", _kw(steering.candidate_grid, n_layers=4),
+        {"n_layers": "count", "n_candidates": "count", "n_positions": "count"}),
+    Row("steering.candidate_directions",
+        lambda **kw: steering.candidate_directions(**{"lm": tiny_llava(), "bias": ["a"], "benign": ["b"],
+                                                      "grid": [(0, -1)], **kw}),
+        {"bias": "strings", "benign": "strings",
+         "grid": [_NONE, ("str-for-list", "0,-1"), ("zero size", []), ("not pairs", [0, 1]),
+                  ("float layer", [(0.5, -1)])]}),
+    Row("steering.select_direction",
+        lambda **kw: steering.select_direction(**{"lm": tiny_llava(), "candidates": {(0, -1): torch.ones(
+            tiny_llava().d_model)}, "heldout_bias": ["a"], "heldout_benign": ["b"], "target_ids": [1], **kw}),
+        {"candidates": [_NONE, ("zero size", {}), ("list-for-dict", [torch.ones(4)])],
+         "heldout_bias": "strings", "heldout_benign": "strings", "target_ids": "ints", "max_benign_kl": "nonneg"}),
+    Row("steering.target_logit_loss", _kw(steering.target_logit_loss, z=torch.randn(2, 10), target_ids=[1]),
+        {"z": [_NONE, ("str-for-tensor", "z"), ("wrong shape", torch.randn(10)), ("zero size", torch.zeros(2, 0))],
+         "target_ids": [*BAD["ints"], ("out of range", [10]), ("zero size", [])], "kind": "name"},
+        needles={"kind": ["loss"]}),
+    Row("steering.loss_gradients", _kw(steering.loss_gradients, logits=torch.randn(2, 10), target_ids=[1]),
+        {"logits": _tensor_bad(10), "target_ids": [*BAD["ints"], ("out of range", [10])]}),
+    Row("steering.protected_mass", _kw(steering.protected_mass, logprobs=torch.randn(2, 10), target_ids=[1]),
+        {"logprobs": [_NONE, ("str-for-tensor", "lp"), ("wrong shape", torch.randn(10))],
+         "target_ids": [*BAD["ints"], ("out of range", [10])]}),
+    Row("steering.gradient_direction",
+        lambda **kw: steering.gradient_direction(**{"lm": tiny_llava(), "enc": _enc(), "target_ids": [1],
+                                                    "layer": 0, **kw}),
+        {"target_ids": "ints", "layer": [*BAD["index"], ("out of range", 99)], "position": "index", "loss": "name",
+         "eps": "positive", "enc": [_NONE, ("str-for-batch", "hello")], "check_logits": "flag"},
+        needles={"loss": ["loss"]}),
+    Row("steering.loss_direction_effects",
+        lambda **kw: steering.loss_direction_effects(**{"lm": tiny_llava(), "enc": _enc(), "target_ids": [1],
+                                                        "layer": 0, **kw}),
+        {"layer": "index", "target_ids": "ints", "lm": "model"}),
+    Row("steering.target_ids_for", lambda **kw: steering.target_ids_for(**{"lm": tiny_llava(), "words": ["man"], **kw}),
+        {"words": "strings", "lm": "model"}),
+    # ----------------------------------------------------------------------------- steering_eval
+    Row("steering_eval.testbed_setting", _kw(steering_eval.testbed_setting, size="smoke", n_scenarios=2, n_fit=2),
+        {"n_scenarios": [*BAD["count"], ("too many", 10_000)], "n_fit": "count", "seed": "seed",
+         "size": [("number-for-str", 3)]}),
+    Row("steering_eval.persona_setting", _kw(steering_eval.persona_setting, model="tiny-llava", n_personas=4, n_fit=2),
+        {"model": "text", "n_personas": "count", "n_fit": "count", "seed": "seed", "label": [("number-for-str", 3)]}),
+    Row("steering_eval.socialcf_image_setting", _kw(steering_eval.socialcf_image_setting, model="m", n_sets=1, n_fit=2),
+        {"model": "text", "n_sets": "count", "n_fit": "count", "seed": "seed"}),
+    Row("steering_eval.eval_rows", lambda **kw: steering_eval.eval_rows(**{"setting": setting(), "n_seeds": 1,
+                                                                          "n_prompts": 1, **kw}),
+        {"setting": [_NONE, ("str-for-setting", "testbed")], "n_seeds": "count",
+         "n_prompts": [*BAD["count"], ("too many", 99)]}),
+    Row("steering_eval.run_setting", lambda **kw: steering_eval.run_setting(**{"lm": tiny_llava(), "setting": setting(),
+                                                                              "words": words(), **kw}),
+        {"setting": [_NONE, ("str-for-setting", "testbed")], "n_seeds": "count", "n_prompts": "count",
+         "max_new_tokens": "count", "n_candidates": "count", "batch_size": "count", "seed": "seed",
+         "max_benign_kl": "nonneg", "words": [("str-for-dict", "gender"), ("missing attributes", {"gender": {}})]}),
+    Row("steering_eval.table1", _kw(steering_eval.table1), {"gen": "frame"}),
+    Row("steering_eval.mentions_by_group", lambda **kw: steering_eval.mentions_by_group(**kw),
+        {"gen": [*BAD["frame"], ("NaN label", gen().assign(group=[NAN] + list(gen()["group"][1:])))]},
+        needles={"gen": ["gen"]}),
+    Row("steering_eval.table2", lambda **kw: steering_eval.table2(**{"gen": gen(), **kw}),
+        {"gen": [*BAD["frame"], ("NaN label", gen().assign(race=[None] + list(gen()["race"][1:])))],
+         "group_col": [_NONE, ("unknown column", "caste")]},
+        needles={"group_col": ["group_col", "caste"]}),
+    Row("steering_eval.table3", _kw(steering_eval.table3), {"gen": [*BAD["frame"], ("no unsteered rows",
+                                                                                  pd.DataFrame({"model": ["x"],
+                                                                                                "method": ["random"],
+                                                                                                "role_named": [1]}))]}),
+    Row("steering_eval.paired_drop", lambda **kw: steering_eval.paired_drop(**{"gen": gen(), "method": "random", **kw}),
+        {"gen": "frame", "method": "name", "attribute": [("unknown name", "age"), ("number-for-name", 3)]}),
+    Row("steering_eval.spread_bootstrap",
+        lambda **kw: steering_eval.spread_bootstrap(**{"gen": gen(), "method": "random", "n": 5, **kw}),
+        {"gen": "frame", "method": "name", "stat": "name", "n": "count", "seed": "seed",
+         "group_col": [_NONE, ("unknown column", "caste")]},
+        needles={"group_col": ["group_col", "caste"]}),
+    Row("steering_eval.loss_analysis",
+        lambda **kw: steering_eval.loss_analysis(**{"lm": tiny_llava(), "setting": setting(), "target_ids": [1],
+                                                    "layer": 0, **kw}),
+        {"setting": [_NONE, ("str-for-setting", "x")], "target_ids": "ints", "layer": "index", "n_items": "count"}),
+    Row("steering_eval.random_step_change",
+        lambda **kw: steering_eval.random_step_change(**{"lm": tiny_llava(), "setting": setting(), "target_ids": [1],
+                                                         **kw}),
+        {"setting": [_NONE, ("str-for-setting", "x")], "target_ids": [*BAD["ints"], ("out of range", [10 ** 9])],
+         "n_items": "count", "seed": "seed"}),
+    Row("steering_eval.gradient_step_change",
+        lambda **kw: steering_eval.gradient_step_change(**{"lm": tiny_llava(), "setting": setting(), "target_ids": [1],
+                                                           "layer": 0, **kw}),
+        {"setting": [_NONE, ("str-for-setting", "x")], "target_ids": "ints", "layer": "index", "n_items": "count"}),
+    Row("steering_eval.check_setting_sizes", _kw(steering_eval.check_setting_sizes, n_items=4, n_fit=4),
+        {"n_items": "count", "n_fit": "count"}, needles={"n_items": ["n_items", "at least 2"],
+                                                         "n_fit": ["n_fit", "at least 2"]}),
+    # ----------------------------------------------------------------------------- debiaslens
+    Row("debiaslens.load_queries", _kw(debiaslens.load_queries),
+        {"path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.yaml"),
+                  ("folder-for-file", lambda d: d), *QUERY_FILES]},
+        needles={"path": ["path", "file.yaml"]}),
+    Row("debiaslens.maxskew_per_query", _kw(debiaslens.maxskew_per_query, sim=np.random.rand(2, 4),
+                                            groups=["a", "a", "b", "b"], k=2),
+        {"sim": [_NONE, ("str-for-array", "sim"), ("NaN", np.array([[NAN, 1, 2, 3]])),
+                 ("inf", np.array([[INF, 1, 2, 3]])), ("wrong width", np.random.rand(2, 5)),
+                 ("wrong shape", np.random.rand(4))],
+         "groups": _labels_bad(4), "k": [*BAD["count"], ("too large", 5)]},
+        needles={"groups": ["groups", "sim"]}),
+    Row("debiaslens.random_floor", _kw(debiaslens.random_floor, groups=["a", "b"], k=1, n_queries=2),
+        {"groups": [_NONE, ("str-for-list", "ab"), ("NaN label", ["a", NAN])], "k": "count", "n_queries": "count",
+         "seed": "seed"}),
+    Row("debiaslens.yes_probability",
+        lambda **kw: debiaslens.yes_probability(**{"lm": tiny_llava(), "images": [None], "prompts": ["Is it?"], **kw}),
+        {"prompts": "strings", "images": [_NONE, ("str-for-list", "i.png"), ("wrong length", [None, None])],
+         "batch_size": "count", "lm": [*BAD["model"], ("encoder for a VLM", tiny_clip())]},
+        needles={"images": ["images", "image"], "lm": ["lm", "not a generative VLM"]}),
+    Row("debiaslens.last_layer_cls",
+        lambda **kw: debiaslens.last_layer_cls(**{"lm": tiny_clip(), "pixels": torch.randn(2, 3, 32, 32), **kw}),
+        {"pixels": _tensor_bad(32, 4), "batch_size": "count", "lm": [*BAD["model"], ("VLM for an encoder", tiny_llava())]},
+        needles={"lm": ["lm", "dual encoder"]}),
+    Row("debiaslens.embed_from_last_layer",
+        lambda **kw: debiaslens.embed_from_last_layer(**{"lm": tiny_clip(), "cls_resid": torch.randn(2, tiny_clip().d_vision),
+                                                         **kw}),
+        {"cls_resid": _tensor_bad(32), "edit": [("str-for-function", "edit")], "lm": "model"}),
+    Row("debiaslens.split_by_scenario", _kw(debiaslens.split_by_scenario),
+        {"meta": [*BAD["frame"], ("NaN label", pd.DataFrame({"scenario": ["a", "b", "c", "d", NAN]})),
+                  ("no scenario column", pd.DataFrame({"x": [1]}))]},
+        needles={"meta": ["meta"]}),
+    # ----------------------------------------------------------------------------- resfair
+    Row("resfair.check_lambdas", _kw(resfair.check_lambdas, lambda1=0.2, lambda2=0.2),
+        {"lambda1": "fraction", "lambda2": "fraction"}),
+    Row("resfair.base_dataset", _kw(resfair.base_dataset), {"name": [_NONE, ("number-for-name", 3),
+                                                                    ("list-for-name", ["pairs"])]}),
+    Row("resfair.check_dataset", _kw(resfair.check_dataset), {"name": "name"}, needles={"name": ["dataset"]}),
+    Row("resfair.update", _kw(resfair.update, x=torch.randn(2, 4), u_bias=torch.eye(4)[0], u_fair=torch.eye(4)[1],
+                              lambda1=0.2, lambda2=0.2),
+        {"x": [_NONE, ("str-for-tensor", "x"), ("NaN", torch.full((2, 4), NAN))],
+         "u_bias": [_NONE, ("wrong width", torch.ones(5)), ("NaN", torch.full((4,), NAN))],
+         "u_fair": [_NONE, ("wrong width", torch.ones(5)), ("inf", torch.full((4,), INF))],
+         "lambda1": "fraction", "lambda2": "fraction"}),
+    Row("resfair.edits", lambda **kw: resfair.edits(**{"dirs": directions(), **kw}),
+        {"layers": [("zero size", []), ("str-for-list", "0"), ("bool-in-list", [True]), ("unknown layer", [7])],
+         "lambda1": "fraction", "lambda2": "fraction", "dirs": [_NONE, ("str-for-directions", "dirs.safetensors")]},
+        needles={"layers": ["layer"]}),
+    Row("resfair.check_width", lambda **kw: resfair.check_width(**{"dirs": directions(), "loaded": tiny_llava(), **kw}),
+        {"dirs": [_NONE, ("str-for-directions", "d")], "loaded": [*BAD["model"], ("other model", tiny_clip())]},
+        needles={"loaded": ["loaded", "width", "fitted"]}),
+    Row("resfair.posthoc", lambda **kw: resfair.posthoc(**{"loaded": tiny_llava(), "dirs": directions(), **kw}).__enter__(),
+        {"lambda1": "fraction", "lambda2": "fraction", "layers": [("zero size", []), ("str-for-list", "0")],
+         "dirs": [_NONE, ("str-for-directions", "d")], "loaded": "model"},
+        needles={"layers": ["layer"], "loaded": ["loaded"]}),
+    Row("resfair.check_disjoint", _kw(resfair.check_disjoint, fit_table=pd.DataFrame({"scenario": ["a"]}),
+                                      eval_table=pd.DataFrame({"scenario": ["b"]})),
+        {"fit_table": "frame", "eval_table": [*BAD["frame"], ("shared scenario", pd.DataFrame({"scenario": ["a"]}))]},
+        needles={"eval_table": ["eval_table", "share"]}),
+    Row("resfair.fit_eval_splits", _kw(resfair.fit_eval_splits),
+        {"runs": [_NONE, ("str-for-mapping", "runs"), ("zero size", {}), ("bad key", {"tiny": None}),
+                  ("unknown dataset", {("tiny", "coco"): None})]},
+        needles={"runs": ["runs", "dataset"]}),
+    Row("resfair.rows_for", lambda **kw: resfair.rows_for(**{"rows": mcq_rows(), "scenarios": ["x"], **kw}),
+        {"scenarios": "strings", "rows": [_NONE, ("str-for-list", "rows")]}, needles={"scenarios": ["scenario"]}),
+    Row("resfair.answer_perplexity",
+        lambda **kw: resfair.answer_perplexity(**{"loaded": tiny_llava(), "rows": mcq_rows(), "answers": ["a", "b"], **kw}),
+        {"answers": [_NONE, ("str-for-list", "ab"), ("wrong length", ["a"])], "rows": [_NONE, ("str-for-list", "r")],
+         "batch_size": "count"}, needles={"answers": ["answers"]}),
+    # ----------------------------------------------------------------------------- finetune
+    Row("finetune.DPOKLConfig", lambda d, **kw: finetune.DPOKLConfig(**{"output_dir": str(d), "report_to": "none",
+                                                                         "use_cpu": True, **kw}),
+        {"kl_coef": "nonneg", "kl_measure": "name", "learning_rate": "lr", "beta": "positive"}),
+    Row("finetune.confidence_kl", _kw(finetune.confidence_kl, lp3=torch.randn(2, 3), measure="skew"),
+        {"lp3": [_NONE, ("str-for-tensor", "lp"), ("wrong width", torch.randn(2, 4)), ("wrong shape", torch.randn(3))],
+         "measure": "name", "ref_lp3": [("wrong width", torch.randn(2, 2))]},
+        needles={"measure": ["kl_measure"]}),
+    Row("finetune.cpu_training_kernels", lambda **kw: finetune.cpu_training_kernels(**kw).__enter__(),
+        {"enabled": "flag"}),
+    Row("finetune.lora_config", _kw(finetune.lora_config), {"r": "count", "alpha": "positive", "dropout": "fraction"}),
+    Row("finetune.preference_records",
+        lambda **kw: finetune.preference_records(**{"loaded": tiny_llava(), "rows": mcq_rows(), **kw}),
+        {"rows": [_NONE, ("str-for-list", "rows"), ("zero size", []), ("numbers-in-list", [1, 2])], "seed": "seed",
+         "images": [("str-for-lookup", "images/")]}),
+    Row("finetune.sft_records", lambda **kw: finetune.sft_records(**{"loaded": tiny_llava(), "rows": mcq_rows(), **kw}),
+        {"rows": [_NONE, ("str-for-list", "rows"), ("zero size", [])], "seed": "seed"}),
+    Row("finetune.train_dpo_kl",
+        lambda d, **kw: finetune.train_dpo_kl(**{"loaded": tiny_llava(), "rows": mcq_rows(), "output_dir": d / "o",
+                                                 **kw}),
+        {"lr": "lr", "epochs": "positive", "batch_size": "count", "seed": "seed", "lora_r": "count",
+         "kl_coef": "nonneg", "kl_measure": "name", "max_steps": [_NONE, _STR_NUM, ("zero", 0), ("negative", -5)],
+         "micro_batch": [_STR_NUM, ("zero size", 0), ("not a divisor", 3)],
+         "mixed_precision": [("unknown name", "fp8"), ("bool", True)], "output_dir": [_NONE, ("number-for-path", 3)],
+         "args": [("str-for-config", "args")]}),
+    Row("finetune.train_lora",
+        lambda d, **kw: finetune.train_lora(**{"loaded": tiny_llava(), "rows": mcq_rows(), "output_dir": d / "o", **kw}),
+        {"lr": "lr", "epochs": "positive", "batch_size": "count", "seed": "seed", "lora_r": "count",
+         "extra": [("str-for-dict", "fp16")]}),
+    # ----------------------------------------------------------------------------- base layer
+    Row("params.check_params", _kw(params.check_params, PROFILE="smoke", SEED=0),
+        {"PROFILE": "name", "SEED": "seed"}),
+    Row("params.check_choice", _kw(params.check_choice, name="MODE", choices=("a", "b")),
+        {"value": [_NONE, ("unknown name", "c")]}, needles={"value": ["MODE"]}),
+    Row("params.check_range", _kw(params.check_range, name="TEMP", low=0, high=1),
+        {"value": "fraction"}, needles={"value": ["TEMP"]}),
+    Row("checksums.sha256_file", _kw(checksums.sha256_file), {"path": "path"}),
+    Row("checksums.write_sums", _kw(checksums.write_sums), {"folder": [_NONE, ("number-for-path", 3),
+                                                                       ("missing folder", lambda d: d / "nope"),
+                                                                       ("file-for-folder", lambda d: _yaml(d, "x"))]}),
+    Row("checksums.problems", _kw(checksums.problems), {"folder": [_NONE, ("number-for-path", 3),
+                                                                   ("missing folder", lambda d: d / "nope")]}),
+]
+
+for _fn, _kind in [("integer", "index"), ("number", "number"), ("learning_rate", "lr"), ("flag", "flag"),
+                   ("text", "text"), ("strings", "strings"), ("sequence", [_NONE, ("str-for-list", "ab")]),
+                   ("integers", "ints"), ("numbers_list", [_NONE, ("str-for-list", "12"), ("NaN", [NAN])]),
+                   ("labels", [_NONE, ("NaN label", ["a", NAN])]), ("tensor", _tensor_bad(4, 1)[:4]),
+                   ("array", [_NONE, ("str-for-array", "x"), ("NaN", [NAN])]), ("loaded", "model"),
+                   ("path", [_NONE, ("number-for-path", 3)]), ("existing_file", "path"),
+                   ("existing_dir", [_NONE, ("missing folder", lambda d: d / "nope")])]:
+    TABLE.append(Row(f"validate.{_fn}", functools.partial(lambda fn, **kw: getattr(V, fn)("x", **kw), _fn),
+                     {"value": _kind}, needles={"value": ["x"]}))
+TABLE.append(Row("validate.choice", lambda **kw: V.choice("x", choices=("a",), **kw), {"value": "name"},
+                 needles={"value": ["x"]}))
+TABLE.append(Row("validate.staged_folder", lambda d, **kw: V.staged_folder("x", **kw).__enter__(),
+                 {"target": [_NONE, ("non-empty folder", lambda d: _yaml(d, "x").parent),
+                             ("file-for-folder", lambda d: _yaml(d, "x"))]}, needles={"target": ["x="]}))
+TABLE.append(Row("validate.replaceable", lambda d, **kw: V.replaceable("x", **kw),
+                 {"target": [_NONE, ("non-empty folder", lambda d: _yaml(d, "x").parent)]}, needles={"target": ["x="]}))
+TABLE.append(Row("validate.verified", lambda d, **kw: V.verified("x", **kw),
+                 {"folder": [_NONE, ("missing folder", lambda d: d / "nope"),
+                             ("no manifest", lambda d: _yaml(d, "x").parent)]}, needles={"folder": ["x="]}))
+
+
+# ------------------------------------------------------------------------------ commands
+def _cli_cases():
+    """(target, argv-builder, needle): each must exit 2 with one ``error:`` line naming it."""
+    def job_file(d, **kw):
+        p = d / "job.json"
+        p.write_text(json.dumps(job(**kw)))
+        return str(p)
+
+    return [
+        ("shardgen.main", lambda d: ["run", job_file(d, temperature="hot"), str(d / "o")], "temperature"),
+        ("shardgen.main", lambda d: ["run", job_file(d, seeds=[0, "0"]), str(d / "o")], "seeds"),
+        ("shardgen.main", lambda d: ["run", str(_yaml(d, json.dumps([job()]))), str(d / "o")], "job"),
+        ("shardgen.main", lambda d: ["run", str(_yaml(d, json.dumps(job())[:20])), str(d / "o")], "job"),
+        ("shardgen.main", lambda d: ["run", job_file(d), str(_yaml(d, "x"))], "out_dir"),
+        ("shardgen.main", lambda d: ["run", job_file(d), str(d / "o"), "--max-shards", "-1"], "max_shards"),
+        ("shardgen.main", lambda d: ["run", job_file(d, direction="nope.safetensors"), str(d / "o")], "direction"),
+        ("shardgen.main", lambda d: ["merge", str(d)], "job.json"),
+        ("finetune.main", lambda d: ["--learning_rate", "nan", "--output_dir", str(d / "o")], "learning_rate"),
+        ("finetune.main", lambda d: ["--learning_rate", "1e3", "--output_dir", str(d / "o")], "learning_rate"),
+        ("finetune.main", lambda d: ["--dataset", "coco", "--output_dir", str(d / "o"), "--use_cpu", "true"],
+         "dataset"),
+        ("finetune.main", lambda d: ["--method", "ppo", "--output_dir", str(d / "o")], "method"),
+        ("finetune.main", lambda d: ["--output_dir", str(_yaml(d, "x"))], "output_dir"),
+        ("finetune.main", lambda d: ["--n_prompts", "-2", "--output_dir", str(d / "o")], "n_prompts"),
+        ("data.main", lambda d: ["fetch", "imagenet", str(d / "x")], "dataset"),
+        ("data.main", lambda d: ["verify-pairs", str(d / "missing")], "missing"),
+        ("testbed.main", lambda d: ["render", "no_such_scenario", "man_white", "1", str(d / "x.png")], "scenario"),
+        ("testbed.main", lambda d: ["render", "cooking", "man_white", "1", str(d / "x.jpg")], "png"),
+        ("testbed.main", lambda d: ["render", "cooking", "man_white", "1", str(d)], "folder"),
+        ("testbed.main", lambda d: ["render", "cooking", "man_white", "-3", str(d / "x.png")], "scene_seed"),
+        ("testbed.main", lambda d: ["render", "cooking", "man_white", "1", str(d / "x.png"), "--size", "0"], "size"),
+        ("testbed.main", lambda d: ["where", "--spec", str(d / "missing.yaml"), "--size", "smoke"], "missing.yaml"),
+    ]
+
+
+def _cli(target: str):
+    if target == "data.main":
+        from fairvlm.data.__main__ import main
+    elif target == "testbed.main":
+        from fairvlm.testbed.__main__ import main
+    else:
+        main = {"shardgen.main": shardgen.main, "finetune.main": finetune.main}[target]
+    return main
+
+
+# ------------------------------------------------------------------------------ case generation
+
+
+def _cases():
+    out = []
+    for row in TABLE:
+        for param, kind in row.params.items():
+            bad = BAD[kind] if isinstance(kind, str) else kind
+            for label, value in bad:
+                out.append(pytest.param(row, param, value, id=f"{row.target}:{param}:{label}"))
+    return out
+
+
+CASES = _cases()
+
+
+def _resolve(value, d: Path):
+    return value(d) if callable(value) and not isinstance(value, torch.Tensor) and getattr(
+        value, "__name__", "") == "<lambda>" else value
+
+
+def _takes_dir(call) -> bool:
+    try:
+        return "d" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@pytest.mark.parametrize("row, param, value", CASES)
+def test_bad_input_gives_one_clear_error(row, param, value, tmp_path):
+    d = tmp_path / "case"
+    d.mkdir()
+    value = _resolve(value, d)
+    with pytest.raises(FairVLMError) as info:
+        if _takes_dir(row.call):
+            row.call(d, **{param: value})
+        else:
+            row.call(**{param: value})
+    msg = str(info.value)
+    needles = row.needles.get(param, [param])
+    assert any(n in msg for n in needles), f"the message does not name {needles}: {msg}"
+    assert "\n" not in msg.strip() or len(msg) < 2000
+
+
+@pytest.mark.parametrize("target, argv, needle", [pytest.param(*c, id=f"{c[0]}:{i}") for i, c in
+                                                  enumerate(_cli_cases())])
+def test_commands_exit_2_with_one_line(target, argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    d = tmp_path / "case"
+    d.mkdir()
+    try:
+        rc = _cli(target)(argv(d))
+    except SystemExit as exc:  # argparse's own refusals
+        rc = exc.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2, err[-2000:]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert needle in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------------ coverage
+
+#: The modules whose whole public API must have a row (issue 38's modules and the base layer
+#: they check with). Not here: ``verdicts`` (being rewritten elsewhere), ``bookbuild`` and the
+#: testbed's training (owned elsewhere), and the older modules hardened by tests/test_bad_input.py.
+COVERED = ("sae", "shardgen", "textmetrics", "steering", "steering_eval", "debiaslens", "resfair", "finetune",
+           "validate", "params", "checksums")
+
+#: Public names with no row, and why.
+EXEMPT = {
+    "sae.VARIANTS": "a constant",
+    "shardgen.DEFAULTS": "a constant",
+    "textmetrics.WORDS_FILE": "a constant",
+    "textmetrics.NEGATIVE_THRESHOLD": "a constant",
+    "textmetrics.words_path": "no parameters (reads $FAIRVLM_ATTRIBUTE_WORDS; a missing file is a FairVLMError)",
+    "textmetrics.Judge": "a typing.Protocol, not callable code",
+    "textmetrics.JudgeResult": "a frozen record the judges return",
+    "debiaslens.QUERY_SETS": "a constant",
+    "debiaslens.queries_path": "no parameters",
+    "steering.ABLATION_SITES": "a constant",
+    "steering.LOSSES": "a constant",
+    "steering.Selection": "a record select_direction returns",
+    "steering.GradientDirection": "a record gradient_direction returns",
+    "steering_eval.Setting": "a record the *_setting functions build; checked where it is used (_check_setting)",
+    "steering_eval.METHODS": "a constant",
+    "steering_eval.ATTRIBUTES": "a constant",
+    "resfair.DEFAULT_LAMBDA": "a constant",
+    "resfair.DATASETS": "a constant",
+    "finetune.FAIR_ANSWERS": "a constant",
+    "finetune.KL_MEASURES": "a constant",
+    "finetune.DPOKLTrainer": "trl's trainer; its settings are DPOKLConfig's (rows above)",
+    "finetune.main": "a command: test_commands_exit_2_with_one_line",
+    "shardgen.main": "a command: test_commands_exit_2_with_one_line",
+    "validate.show": "formats any value for a message; accepts everything by design",
+    "params.PROFILES": "a constant",
+    "params.Params": "a record check_params returns",
+    "params.ParameterError": "the error class",
+    "params.install_short_tracebacks": "no parameters",
+    "checksums.SUMS": "a constant",
+}
+
+
+def public_api() -> list[str]:
+    out = []
+    for m in COVERED:
+        mod = importlib.import_module(f"fairvlm.{m}")
+        names = getattr(mod, "__all__", None)
+        if names is None:
+            names = [n for n, v in vars(mod).items() if not n.startswith("_")
+                     and getattr(v, "__module__", None) == mod.__name__ and (inspect.isfunction(v) or inspect.isclass(v))]
+        out += [f"{m}.{n}" for n in names]
+    return sorted(out)
+
+
+def test_every_public_function_has_a_row():
+    rows = {r.target.split("(")[0] for r in TABLE}
+    api = public_api()
+    missing = [n for n in api if n not in rows and n not in EXEMPT]
+    assert not missing, f"public functions without a row in TABLE (add one, or an exemption with a reason): {missing}"
+    stale = [n for n in EXEMPT if n not in api]
+    assert not stale, f"exemptions for names that are not public API: {stale}"
+
+
+def test_the_table_is_large_and_spans_every_type_class():
+    assert len(CASES) + len(_cli_cases()) >= 300
+    labels = {c.id.split(":")[-1] for c in CASES}
+    for kind in ("None", "str-for-number", "str-for-list", "bool-for-int", "NaN", "inf", "negative", "zero size",
+                 "wrong shape", "wrong width", "unknown name"):
+        assert kind in labels, kind
+    assert any(lbl.startswith("corrupt file") for lbl in labels)
+
+
+# ------------------------------------------------------------------------------ writes
+
+
+def test_save_sae_never_removes_what_it_did_not_write(tmp_path):
+    results = tmp_path / "my_results"
+    results.mkdir()
+    (results / "notes.md").write_text("three weeks of work")
+    with pytest.raises(FairVLMError, match="not empty"):
+        S.save_sae(sae(), results)
+    with pytest.raises(FairVLMError, match="did not save"):
+        S.save_sae(sae(), results, overwrite=True)
+    assert (results / "notes.md").read_text() == "three weeks of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_results"]          # no staging folder left
+    p = S.save_sae(sae(), results / "sae")
+    S.save_sae(sae(), p, overwrite=True)                                          # its own save: replaced
+    assert torch.equal(S.load_sae(p).W_enc, sae().W_enc)
+    assert sorted(x.name for x in p.iterdir()) == ["SHA256SUMS", "cfg.json", "sae_weights.safetensors"]
