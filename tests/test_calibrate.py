@@ -81,14 +81,14 @@ def test_summary_and_page(tmp_path):
     rec = calibrate.summarise(worlds, {"default": ["05_x"]}, profile="smoke", chapters=["01_first", "07_last"])
     assert rec["false_positives"] == 1 and rec["false_positives_unclassified"] == 1 and not rec["ok"]
     assert rec["default_counts"]["reproduced"] == 5   # testbed bias, real bias, no change, legacy NDKL, debias
-    assert rec["worlds"]["strength-0"]["counts"]["inconclusive"] == 2
+    assert rec["worlds"]["strength-0"]["counts"]["not reproduced"] == 2
     assert rec["worlds"]["default"]["failed_chapters"] == ["05_x"]
     json.dumps(rec)                                            # writable as is
     page = calibrate.paper_vs_book(worlds, calibration=rec)
     assert page.startswith("# Paper vs this book")
     line = next(l for l in page.splitlines() if "testbed-llava, testbed, gender" in l)
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[0] == "01_first" and cells[-2] == "reproduced" and cells[-1] == "inconclusive"
+    assert cells[0] == "01_first" and cells[-2] == "reproduced" and cells[-1] == "not reproduced"
     real = next(l for l in page.splitlines() if "smollm2" in l)
     assert real.rstrip(" |").endswith("reproduced (no testbed model)")
     assert "**1**" in page
