@@ -29,7 +29,7 @@ PARAMS     ?=
 # Users with a newer torch keep theirs.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup book html test unit clean distclean pairs data
+.PHONY: setup book html test unit calibrate clean distclean pairs data
 
 setup: $(SETUP_STAMP)
 
@@ -56,6 +56,11 @@ html: setup
 
 unit: setup
 	$(PYTHON) -m pytest -m "not notebook"
+
+# the chapters on the testbed world with nothing planted and on the default world:
+# results/calibration.json (false positives on strength-0, target 0) and book/paper_vs_book.md
+calibrate: setup data
+	$(PYTHON) -m fairvlm.calibrate --chapters "$(CHAPTERS)"
 
 test: setup
 	$(PYTHON) -m pytest

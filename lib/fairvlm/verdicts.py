@@ -355,10 +355,10 @@ class Verdict:
 
     def row(self) -> dict:
         """A flat dict for a verdict table (see :func:`verdict_table`)."""
-        if self.asserts == "unclassified":  # legacy decide(): its old layout
+        if self.asserts == "unclassified":  # legacy decide(): its old layout, unchanged
             return {"effect": self.effect, "interval": format_interval(self.interval), "null": self.null,
                     "null interval": format_interval(self.null_interval), "verdict": self.verdict,
-                    "rule": self.rule, "why": self.why, "asserts": self.asserts, "bias_claim": None}
+                    "rule": self.rule, "why": self.why}
         return {
             "effect": self.effect,
             "effect interval": format_interval(self.interval),
