@@ -78,7 +78,7 @@ import fairvlm
 from fairvlm import confidence, lens, mcq
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
-from fairvlm.verdicts import decide, verdict_table
+from fairvlm.verdicts import tally, verdict_table
 
 fairvlm.seed_everything(SEED)
 set_theme()
@@ -440,48 +440,46 @@ else:
 # %% [markdown]
 # ## Paper vs this book
 #
-# The rule (`fairvlm.verdicts.decide`, the same in every chapter): a claim is
-# *reproduced* when the 95% interval of the measured effect (seeded bootstrap over items)
-# lies beyond the interval of a null measured in the same run, in the paper's direction;
-# *partly* when only the point estimate does; *not reproduced* otherwise; *not testable
-# here* when the run cannot tell. For finding 1 the effect is the **label-specific skew
-# behind fair answers**: the mean label-specific skew over fair-majority items (option
-# order averaged out, the model's common word preference removed). The null is the same
-# statistic with each prompt's group log-odds shuffled among the labels of the same input
-# variant and prompt (`fairvlm.mcq.shuffled_label_null`, 200 shuffles): what prompt noise
-# alone produces when labels carry no information. Since the paper's claim is a *hard*
-# lean, *reproduced* also needs the mean label-specific skew to reach the 2:1 lean of a
-# paradox row ({glue:text}`paradox_skew` nats); beyond the null but below that is
-# *partly*. The raw measures (which include the
-# option-order and option-word preferences the paper may also have measured; it does not
-# say how its options were ordered) are printed beside. Numbers from SmolLM2 and the
-# testbed are about those models, not the paper's.
+# Every verdict of the book follows one protocol (`fairvlm.verdicts.judge`): the effect
+# is compared with a **control** measured in the same run by the same procedure with the
+# causal ingredient removed, and the verdict rests on the 95% bootstrap interval of their
+# difference. *Reproduced*: the interval lies beyond the claim's minimum size, and the
+# effect itself points the claimed way. *Not reproduced*: the interval lies below that
+# size, so the claim is ruled out. *Inconclusive*: neither (the table gives the minimum
+# detectable effect at this sample size). *Not testable here*: a precondition fails.
+#
+# For finding 1 the effect is the **label-specific skew** of each *fair-majority* item
+# (option order averaged out, the common word preference of its input variant removed,
+# both computed within the fair-majority items). The control is that item's skew after
+# each prompt's group log-odds are shuffled among the fair-majority items of the same
+# input variant and prompt (`fairvlm.mcq.label_shuffle_pairs`, 200 shuffles): the same
+# computation with the link between label and group cut, so what remains is what prompt
+# noise makes on its own. The paired difference is bootstrapped over labels (the input
+# variants of one label are one cluster). The paper's claim is a *hard* lean, so the
+# minimum size is the 2:1 lean of a paradox row, {glue:text}`paradox_skew` nats: an
+# interval wholly below it rules the claim out. The raw fair proportion and skew (which
+# include the option-order and option-word preferences the paper may also have measured;
+# it does not say how its options were ordered) are printed beside. Numbers from SmolLM2
+# and the testbed are about those models, not the paper's.
 
 # %%
 evidence = mcq.shuffled_label_null(rows, n_perm=200, seed=SEED)
-verdict_rows = []
-for r in evidence.itertuples(index=False):
-    cell = (summary.model == r.model) & (summary.dataset == r.dataset) & (summary.attribute == r.attribute)
-    sk = paradox[(paradox.model == r.model) & (paradox.dataset == r.dataset) & (paradox.attribute == r.attribute)]
-    # "leans hard": reproduced also needs the mean label-specific skew to reach the 2:1 lean
-    v = decide(r.effect, (r.lo, r.hi), r.null, (r.null_lo, r.null_hi), direction="greater",
-               min_effect=max(0.0, mcq.PARADOX_SKEW - r.null_hi) if np.isfinite(r.null_hi) else 0.0,
-               testable=r.n_fair_majority >= 2,
-               why="" if r.n_fair_majority >= 2 else f"only {r.n_fair_majority} fair-majority items")
-    verdict_rows.append({
-        "claim": "fair answers over skewed group probabilities (finding 1)",
-        "paper": "fair 0.39-0.69 (App. Tab. 1); KL 0.10-0.25 nats (App. Tab. 2)",
-        "cell": f"{r.model}, {r.dataset}, {r.attribute}",
-        "measure": "label-specific skew | fair-majority items (nats) vs label-shuffled null",
-        "fair proportion": float(summary.loc[cell, "fair_mean"].mean()),
-        "invalid": float(summary.loc[cell, "invalid_mean"].mean()),
-        "raw skew | fair answer": float(sk["skew | fair answer"].iloc[0]) if len(sk) else float("nan"),
-        "fair-majority items": r.n_fair_majority,
-        "verdict": v})
+paradox_pairs, verdict_rows = mcq.paradox_verdicts(rows, n_perm=200, seed=SEED)
+for r in verdict_rows:
+    cell = (summary.model == r["model"]) & (summary.dataset == r["dataset"]) & (summary.attribute == r["attribute"])
+    sk = paradox[(paradox.model == r["model"]) & (paradox.dataset == r["dataset"])
+                 & (paradox.attribute == r["attribute"])]
+    r.update({"paper": "fair 0.39-0.69 (App. Tab. 1); KL 0.10-0.25 nats (App. Tab. 2)",
+              "measure": "label-specific skew | fair-majority items (nats) vs the label-shuffled control",
+              "fair proportion": float(summary.loc[cell, "fair_mean"].mean()),
+              "raw skew | fair answer": float(sk["skew | fair answer"].iloc[0]) if len(sk) else float("nan")})
+    for k in ("model", "dataset", "attribute"):
+        r.pop(k)
 verdicts = verdict_table(verdict_rows)
-display(Markdown(f"*Provenance: {chapter.caption()}; {len(evidence)} cells; bootstrap 2000 resamples, "
-                 f"seed {SEED}.*"))
-display(verdicts.drop(columns=["rule"]).style.format(precision=3).hide(axis="index"))
+display(Markdown(f"*Provenance: {chapter.caption()}; {len(verdicts)} cells; effect and control paired per "
+                 f"fair-majority item, BCa bootstrap over labels (2000 resamples), seed {SEED}; "
+                 f"rule: {verdicts['rule'].iloc[0]}.*"))
+display(verdicts.drop(columns=["rule", "asserts", "bias_claim"]).style.format(precision=4).hide(axis="index"))
 
 # %%
 def _cell(model, dataset, attribute, col):
@@ -533,14 +531,15 @@ def _word_sentence(attribute: str) -> str:
 
 glue("word_gender", _word_sentence("gender"), display=False)
 glue("word_race", _word_sentence("race"), display=False)
-counts = verdicts["verdict"].value_counts()
 rep_cells = verdicts.loc[verdicts["verdict"] == "reproduced", "cell"].tolist()
+ruled_out = verdicts.loc[verdicts["verdict"] == "not reproduced", "difference"]
 glue("verdict_sentence",
-     (f"Measured against the label-shuffled null, the label-specific skew behind fair answers is reproduced in "
-      f"{counts.get('reproduced', 0)} of {len(verdicts)} cells"
-      + (f" ({'; '.join(rep_cells)})" if rep_cells else "")
-      + f", partly in {counts.get('partly', 0)}, not reproduced in {counts.get('not reproduced', 0)}"
-      + (f" and not testable in {counts.get('not testable here', 0)}" if counts.get("not testable here", 0) else "")
+     (f"Against the label-shuffled control, with the 2:1 lean as the claim's size, finding 1 comes out "
+      f"{tally(verdicts)} over the {len(verdicts)} cells"
+      + (f" (reproduced: {'; '.join(rep_cells)})" if rep_cells else "")
+      + (f"; where it is not reproduced the label-specific skew exceeds its control by "
+         f"{ruled_out.min():.4f} to {ruled_out.max():.4f} nats, against the {mcq.PARADOX_SKEW:.3f} of a 2:1 lean"
+         if len(ruled_out) else "")
       + "."), display=False)
 
 # %% [markdown]
@@ -589,11 +588,15 @@ headline = {
     "invalid_rate": {f"{m}|{d}|{a}": v for (m, d, a), v in invalid_rate.items()},
     "max_new_tokens": mcq.MAX_NEW_TOKENS,
     "verdicts": dict(zip(verdicts["cell"], verdicts["verdict"])),
+    "verdict_differences": {c: {"effect": e, "control": k, "difference": d, "interval": iv} for c, e, k, d, iv in
+                            zip(verdicts["cell"], verdicts["effect"], verdicts["control"], verdicts["difference"],
+                                verdicts["difference interval"])},
 }
 save_results(
     SLUG, params=P, headline=headline, provenance=chapter.provenance,
     tables={"rows": rows.drop(columns=["answer kind"]), "items": items, "summary": summary,
             "paradox": paradox, "position": position, "control_rows": control_rows,
             "verdicts": verdicts, "testbed_planted": planted_table, "label_specific_null": evidence,
+            "paradox_pairs": paradox_pairs,
             "kl_readings": kl_readings},
 )

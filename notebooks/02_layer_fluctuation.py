@@ -75,7 +75,7 @@ import fairvlm
 from fairvlm import hooks, lens, mcq, models
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
-from fairvlm.verdicts import decide, verdict_table
+from fairvlm.verdicts import tally, verdict_table
 
 fairvlm.seed_everything(SEED)
 set_theme()
@@ -237,53 +237,44 @@ else:
 # %% [markdown]
 # ## Paper vs this book
 #
-# Two claims per model, dataset and attribute, each decided by the book's rule
-# (`fairvlm.verdicts.decide`; intervals are seeded bootstraps over items,
-# `fairvlm.lens.peak_test`), and only on depths where the options hold at least
-# `MIN_OPTION_MASS` of the lens distribution:
+# One claim per model, dataset and attribute, decided by the book's protocol
+# (`fairvlm.verdicts.judge`, through `fairvlm.lens.fluctuation_verdict`): the effect is
+# compared with a control measured the same way in the same run, and the verdict rests on
+# the bootstrap interval of their difference.
 #
-# 1. *the peak is intermediate*: the 95% interval of the peak's relative depth lies inside
-#    the band 0.1-0.8 (a claim of "where", so the rule is the band, printed as null ±
-#    tolerance);
-# 2. *the final layers erode it*: the drop of the fair share from the peak depth to the
-#    output, per item, exceeds the same drop on the content-free control items (whose
-#    right answer is "both") beyond both intervals.
-#
-# With fewer than two readable depths the lens cannot locate a peak, and with no readable
-# depth inside the band it cannot see an intermediate one: *not testable here*.
+# - **Effect: the peak's height.** The labels are split in two. On one half the peak
+#   depth is chosen: the depth inside the band of relative depths 0.1-0.8 where the lens
+#   reads the options (mass at least `MIN_OPTION_MASS`) and the fair share is highest. On
+#   the other half, which took no part in the choice, each item's height is its fair share
+#   at that depth minus its fair share at the output.
+# - **Control: the same height on the content-free questions**, at the same depth. Their
+#   right answer is "both"; a rise and fall they share is the lens's and the option
+#   word's, not fairness.
+# - **Rule:** *reproduced* when the 95% interval of (height - control height), resampled
+#   over labels, lies above 0.05 (five points of fair share) and the height itself is
+#   positive; *not reproduced* when that interval lies below 0.05; *inconclusive*
+#   otherwise. *Not testable here* when no readable depth lies in the band, when the chosen
+#   peak is the first depth the lens reads at all (nothing before it can be seen, so it
+#   is no peak), or when the control has fewer than {glue:text}`min_control_labels`
+#   labels.
 
 # %%
 BAND = (0.1, 0.8)
 tests, verdict_rows = [], []
 for (name, dataset, attribute), g in layer_rows.groupby(["model", "dataset", "attribute"], sort=False):
     ctrl = control_layers[(control_layers.model == name) & (control_layers.attribute == attribute)]
-    t = lens.peak_test(g, ctrl, min_mass=MIN_OPTION_MASS, seed=SEED, band=BAND)
-    tests.append({"model": name, "dataset": dataset, "attribute": attribute,
-                  **{k: v for k, v in t.items() if k != "band"}})
-    why = "" if t["testable"] else (f"the lens gives the options at least {MIN_OPTION_MASS:g} of its mass at "
-                                    f"{t['n_readable']} depth(s) only")
-    cell = f"{name}, {dataset}, {attribute}"
-    see_band = t["n_readable_in_band"] > 0
-    band_why = why or ("" if see_band else f"the lens reads the options only from relative depth "
-                                           f"{t['readable_from']:.2f} on, past the band: it cannot see an "
-                                           "intermediate peak")
-    verdict_rows.append({
-        "claim": "fairness peaks in intermediate layers (finding 2)", "paper": "shape only (Fig. 4, App. Fig. 6)",
-        "cell": cell, "measure": "relative depth of the fair-share peak",
-        "option mass at peak": t["peak_mass"],
-        "verdict": decide(t["peak_rel"], t["peak_interval"], sum(BAND) / 2, direction="within",
-                          tol=(BAND[1] - BAND[0]) / 2, testable=t["testable"] and see_band, why=band_why)})
-    verdict_rows.append({
-        "claim": "fairness erodes in the final layers (finding 2)", "paper": "shape only (Fig. 4, App. Fig. 6)",
-        "cell": cell, "measure": "fair share at peak minus output, vs the content-free control",
-        "option mass at peak": t["peak_mass"],
-        "verdict": decide(t["erosion"], t["erosion_interval"], t["control_erosion"], t["control_interval"],
-                          direction="greater", testable=t["testable"], why=why)})
+    details, v = lens.fluctuation_verdict(g, ctrl, min_mass=MIN_OPTION_MASS, band=BAND, seed=SEED)
+    tests.append({"model": name, "dataset": dataset, "attribute": attribute, **details})
+    verdict_rows.append({"cell": f"{name}, {dataset}, {attribute}", "paper": "shape only (Fig. 4, App. Fig. 6)",
+                         "peak depth (rel.)": details["peak_rel"], "control labels": details["n_control_labels"],
+                         "verdict": v})
 peak_tests = pd.DataFrame(tests)
 verdicts = verdict_table(verdict_rows)
-display(Markdown(f"*Provenance: {chapter.caption()}; control: {', '.join(mcq.CONTROL_LABELS)}; "
-                 f"bootstrap over items, seed {SEED}.*"))
-display(verdicts.drop(columns=["rule"]).style.format(precision=3).hide(axis="index"))
+glue("min_control_labels", lens.MIN_CONTROL_LABELS, display=False)
+display(Markdown(f"*Provenance: {chapter.caption()}; control: the content-free labels of "
+                 f"`fairvlm.mcq.CONTROL_LABELS`; peak chosen on alternate labels, scored on the others; BCa "
+                 f"bootstrap over labels, seed {SEED}; rule: {verdicts['rule'].iloc[0]}.*"))
+display(verdicts.drop(columns=["rule", "asserts", "bias_claim"]).style.format(precision=3).hide(axis="index"))
 
 # %% [markdown]
 # These are statements about the models named in the table, not measurements of the
@@ -297,29 +288,14 @@ glue("main_run", f"{main['model']} / {main['dataset']} / {main['attribute']}", d
 glue("main_peak", f"{main['peak']:.2f}", display=False)
 glue("main_peak_rel", f"{main['peak_rel']:.2f}", display=False)
 glue("main_final", f"{main['final']:.2f}", display=False)
-counts = {c: verdicts[verdicts["claim"].str.startswith(c)]["verdict"].value_counts() for c in ("fairness peaks",
-                                                                                            "fairness erodes")}
 n_cells = len(peak_tests)
 glue("n_cells", n_cells, display=False)
-n_untestable = int((~peak_tests["testable"]).sum())
-n_blind = int((peak_tests["testable"] & (peak_tests["n_readable_in_band"] == 0)).sum())
-
-
-def _tally(c):
-    v = counts[c]
-    return (f"{v.get('reproduced', 0)} reproduced, {v.get('partly', 0)} partly, "
-            f"{v.get('not reproduced', 0)} not reproduced, {v.get('not testable here', 0)} not testable")
-
-
-glue("peak_tally", _tally("fairness peaks"), display=False)
-glue("erosion_tally", _tally("fairness erodes"), display=False)
+glue("fluctuation_tally", tally(verdicts), display=False)
+why_counts = verdicts.loc[verdicts["verdict"] == "not testable here", "why"].str.split(":").str[0].value_counts()
 glue("untestable_sentence",
-     (f"In {n_untestable} of the {n_cells} cells the lens never gives the options {MIN_OPTION_MASS:g} of its mass "
-      "at two depths, so there the shape cannot be tested." if n_untestable else
-      f"Every cell has at least two depths where the options hold {MIN_OPTION_MASS:g} of the lens mass.")
-     + (f" In {n_blind} of them no such depth lies in the intermediate band, so the lens cannot see an "
-        "intermediate peak there: the peak claim is not testable in those cells." if n_blind else ""),
-     display=False)
+     ("Where it is not testable the reason is: " + "; ".join(f"{why} ({n} cell{'s' if n > 1 else ''})"
+                                                               for why, n in why_counts.items()) + "."
+      if len(why_counts) else "Every cell could be tested."), display=False)
 
 # %% [markdown]
 # ## Summary and what's next
@@ -327,9 +303,9 @@ glue("untestable_sentence",
 # For {glue:text}`main_run` the fair share peaks at {glue:text}`main_peak` at relative
 # depth {glue:text}`main_peak_rel` (among depths where the options hold enough of the
 # lens mass) and ends at {glue:text}`main_final` at the output. Over the
-# {glue:text}`n_cells` model/dataset/attribute cells, the intermediate peak is
-# {glue:text}`peak_tally`; the erosion beyond the content-free control is
-# {glue:text}`erosion_tally`. {glue:text}`untestable_sentence` The
+# {glue:text}`n_cells` model/dataset/attribute cells, a peak whose height over the output
+# exceeds the content-free control's is {glue:text}`fluctuation_tally`.
+# {glue:text}`untestable_sentence` The
 # logit lens is a biased instrument in early layers (the unembedding was trained for the
 # last layer), which is why the peak search ignores depths where the options barely
 # register; a tuned lens (Belrose et al., 2023) would read the early layers better.
@@ -352,9 +328,9 @@ save_results(
             "peak": r.peak, "peak_rel": r.peak_rel, "final": r.final, "erosion": r.erosion,
             "readable_from": r.readable_from} for r in pe.itertuples()},
         "peak_tests": {f"{r.model}|{r.dataset}|{r.attribute}": {
-            "peak_rel": r.peak_rel, "peak_interval": list(r.peak_interval), "erosion": r.erosion,
-            "erosion_interval": list(r.erosion_interval), "control_erosion": r.control_erosion,
-            "control_interval": list(r.control_interval), "testable": bool(r.testable)}
+            "peak_depth": int(r.peak_depth), "peak_rel": r.peak_rel, "peak": r.peak, "final": r.final,
+            "control_peak": r.control_peak, "control_final": r.control_final,
+            "n_control_labels": int(r.n_control_labels), "testable": bool(r.testable)}
             for r in peak_tests.itertuples(index=False)},
         "verdicts": {f"{r['claim']} | {r['cell']}": r["verdict"] for _, r in verdicts.iterrows()},
         "n_reproduced": int((verdicts["verdict"] == "reproduced").sum()), "n_verdicts": len(verdicts),

@@ -78,7 +78,7 @@ import fairvlm
 from fairvlm import lens, mcq, models
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
-from fairvlm.verdicts import bootstrap_ci, decide, verdict_table
+from fairvlm.verdicts import tally, verdict_table
 
 fairvlm.seed_everything(SEED)
 set_theme()
@@ -177,10 +177,6 @@ for (name, dataset, attribute), g in res_rows.groupby(["model", "dataset", "attr
     })
 conflict = pd.DataFrame(conf)
 display(conflict.style.format(precision=3).hide(axis="index"))
-# per row: the share of its last-tenth layers in conflict (the unit the intervals resample)
-row_conflict = (res_rows[res_rows["in_last_tenth"]]
-                .groupby(["model", "dataset", "attribute", "row_id"], sort=False)[["write_conflict", "stream_conflict"]]
-                .mean().reset_index())
 
 # %% [markdown]
 # ## Biased and fair directions
@@ -208,9 +204,10 @@ row_conflict = (res_rows[res_rows["in_last_tenth"]]
 
 # %%
 pairs_ = lens.cross_pairs(runs)
-evals, saved, cos_rows = [], [], []
+evals, saved, cos_rows, fitted = [], [], [], {}
 for pr in pairs_:
     dirs = lens.fit_directions(pr["fit_col"])
+    fitted[(pr["model"], pr["fit"])] = dirs
     dirs.meta.update({"fit": pr["fit"], "eval": pr["eval"], "profile": PROFILE, "dtype": DTYPE})
     path = dirs.save(lens.directions_path(pr["model"], pr["fit"]))
     saved.append(str(path))
@@ -326,38 +323,66 @@ savefig(fig, f"{SLUG}_transfer")
 # %% [markdown]
 # ## Paper vs this book
 #
-# Every verdict follows the book's rule (`fairvlm.verdicts.decide`): the effect's 95%
-# interval must lie beyond the null's, in the paper's direction. **Conflict**, for both
-# readings: the effect is the share of (row, layer) pairs of the last tenth whose two
-# writes push opposite ways (writes) or whose $\Delta_1$ and $\Delta_2$ fall on opposite
-# sides (streams), with a bootstrap interval over rows; the null is 0.5, the conflict rate
-# of two independent fair coins. **Transfer**, for both readings and both directions: the
-# mean AUROC over the last tenth on the evaluation data against the random-direction null
-# above; the unembedding control is printed beside. The transfer test is weaker than the
-# paper's use of the vectors (chapter 04 measures the debiasing itself).
+# Every verdict follows the book's protocol (`fairvlm.verdicts.judge`): the effect is
+# compared with a control measured the same way in the same run with the causal
+# ingredient removed, and the verdict rests on the 95% bootstrap interval of their
+# difference (*reproduced* when it lies above the claim's minimum size and the effect
+# itself points the claimed way, *not reproduced* when it lies below that size,
+# *inconclusive* otherwise, with the minimum detectable effect printed).
+#
+# - **Conflict** (`fairvlm.lens.conflict_verdict`), for both readings: the effect is, per
+#   row, the share of the last tenth's layers in conflict (the two writes push opposite
+#   ways, or $\Delta_1$ and $\Delta_2$ fall on opposite sides). The control is the same
+#   share on the content-free questions of chapter 01, read by the same lens at the same
+#   layers: they carry no social knowledge, so a conflict they show as often is a property
+#   of the lens and the option words. Minimum size: 0.05 (five points of conflict rate).
+#   Both sides are resampled over labels, so the prompts and input variants of one label
+#   stay together.
+# - **Transfer** (`fairvlm.lens.transfer_verdicts`), for both readings and both
+#   directions: the effect is the mean AUROC over the last tenth on the evaluation data,
+#   written per row as placement values. The control is the same AUROC for directions
+#   fitted by the same rule on the same fitting rows with their biased/fair labels
+#   shuffled (10 fits): whatever a fitted direction picks up besides bias (the question's
+#   wording, the input variant, the option word) the shuffled fits pick up too. Minimum
+#   size: 0.05 of AUROC, and the AUROC itself must exceed chance (0.5). Paired per
+#   evaluation row, resampled over its labels. The random-direction and unembedding
+#   controls of the table above are printed beside.
+#
+# The transfer test is weaker than the paper's use of the vectors (chapter 04 measures the
+# debiasing itself).
 
 # %%
+control_res = pd.concat([lens.residual_frame(c) for c in chapter.controls.values()], ignore_index=True)
 verdict_rows = []
-for (name, dataset, attribute), g in row_conflict.groupby(["model", "dataset", "attribute"], sort=False):
-    for reading, col_name in (("writes", "write_conflict"), ("streams", "stream_conflict")):
-        x = g[col_name].to_numpy(float)
-        verdict_rows.append({
-            "claim": "residuals of one layer carry conflicting knowledge (finding 3)",
-            "paper": "qualitative (abstract; App. B.1, Fig. 2)", "reading": reading,
-            "cell": f"{name}, {dataset}, {attribute}",
-            "measure": "share of (row, layer) pairs in conflict, last tenth; null: independent signs",
-            "verdict": decide(float(x.mean()), bootstrap_ci(x, seed=SEED), 0.5, direction="greater")})
-for r in transfer.itertuples(index=False):
-    verdict_rows.append({
-        "claim": f"{r.kind} residual vectors fitted on one dataset apply to another (App. C.1)",
-        "paper": "no separation number; only the downstream debiasing (chapter 04)", "reading": r.reading,
-        "cell": f"{r.model}, fit {r.fit} → eval {r.eval}",
-        "measure": f"mean AUROC over the last tenth; null: random directions (unembedding control {r.unembed_auroc:.2f})",
-        "verdict": decide(r.effect, (r.lo, r.hi), r.null, (r.null_lo, r.null_hi), direction="greater")})
+for (name, dataset, attribute), g in res_rows.groupby(["model", "dataset", "attribute"], sort=False):
+    ctrl = control_res[(control_res["model"] == name) & (control_res["attribute"] == attribute)]
+    for reading in ("writes", "streams"):
+        _, _, v = lens.conflict_verdict(g, ctrl, reading=reading, layers=tenth[name], seed=SEED)
+        verdict_rows.append({"paper": "qualitative (abstract; App. B.1, Fig. 2)", "reading": reading,
+                             "cell": f"{name}, {dataset}, {attribute}",
+                             "measure": "share of last-tenth layers in conflict per row; control: content-free rows",
+                             "verdict": v})
+transfer_verdict_rows = []
+for pr in pairs_:
+    for reading in ("writes", "streams"):
+        tv, vs = lens.transfer_verdicts(pr["fit_col"], pr["eval_col"], reading=reading, n_shuffles=10, seed=SEED,
+                                        dirs=fitted[(pr["model"], pr["fit"])])
+        for (_, t), v in zip(tv.iterrows(), vs):
+            rnd = transfer[(transfer["model"] == pr["model"]) & (transfer["fit"] == pr["fit"])
+                           & (transfer["reading"] == reading) & (transfer["kind"] == t["kind"])]
+            transfer_verdict_rows.append({"model": pr["model"], "fit": pr["fit"], "eval": pr["eval"],
+                                          "reading": reading, **t.to_dict()})
+            verdict_rows.append({
+                "paper": "no separation number; only the downstream debiasing (chapter 04)", "reading": reading,
+                "cell": f"{pr['model']}, fit {pr['fit']} → eval {pr['eval']}",
+                "measure": ("mean AUROC over the last tenth; control: shuffled-label fits (random directions "
+                            f"{rnd['null'].iloc[0]:.2f}, unembedding {rnd['unembed_auroc'].iloc[0]:.2f})"),
+                "verdict": v})
+transfer_shuffled = pd.DataFrame(transfer_verdict_rows)
 verdicts = verdict_table(verdict_rows)
-display(Markdown(f"*Provenance: {chapter.caption()}; last tenth of the layers; bootstrap over rows and "
-                 f"200 random directions, seed {SEED}.*"))
-display(verdicts.drop(columns=["rule"]).style.format(precision=3).hide(axis="index"))
+display(Markdown(f"*Provenance: {chapter.caption()}; last tenth of the layers; controls: the content-free "
+                 f"labels (conflict) and 10 shuffled-label fits (transfer); BCa bootstrap over labels, seed {SEED}.*"))
+display(verdicts.drop(columns=["asserts", "bias_claim"]).style.format(precision=3).hide(axis="index"))
 
 # %%
 first = conflict.iloc[0]
@@ -368,9 +393,7 @@ glue("main_stream_conflict", f"{first['stream conflict (last tenth)']:.0%}", dis
 
 
 def _tally(mask) -> str:
-    v = verdicts.loc[mask, "verdict"].value_counts()
-    return (f"{v.get('reproduced', 0)} of {int(mask.sum())} reproduced, {v.get('partly', 0)} partly, "
-            f"{v.get('not reproduced', 0)} not reproduced, {v.get('not testable here', 0)} not testable")
+    return f"{tally(verdicts, mask)} (of {int(mask.sum())})"
 
 
 is_conf = verdicts["claim"].str.startswith("residuals")
@@ -389,11 +412,11 @@ glue("unembed_sentence", f"The fitted write directions beat the unembedding cont
 # For {glue:text}`main_run`, the two writes of a layer push in opposite directions for
 # {glue:text}`main_conflict` of the (row, layer) pairs in the last tenth of the layers
 # ({glue:text}`main_conflict_all` over all layers), and the two streams fall on opposite
-# sides for {glue:text}`main_stream_conflict`. Against the independent-signs null of 0.5,
-# the conflict is {glue:text}`conflict_writes_tally` under the writes reading and
-# {glue:text}`conflict_streams_tally` under the streams reading. Transfer beyond random
-# directions: {glue:text}`transfer_writes_tally` (writes), {glue:text}`transfer_streams_tally`
-# (streams). {glue:text}`unembed_sentence` {glue:text}`cosine_sentence`
+# sides for {glue:text}`main_stream_conflict`. Against the conflict rate of the
+# content-free questions, the conflict claim is {glue:text}`conflict_writes_tally` under the
+# writes reading and {glue:text}`conflict_streams_tally` under the streams reading. Transfer
+# beyond directions fitted on shuffled labels: {glue:text}`transfer_writes_tally` (writes),
+# {glue:text}`transfer_streams_tally` (streams). {glue:text}`unembed_sentence` {glue:text}`cosine_sentence`
 # {glue:text}`proxy_sentence` The directions are saved as safetensors under
 # `results/directions/` (`fairvlm.lens.Directions.load`; chapter 04 refits them from the
 # cached runs with `fairvlm.lens.fit_directions`, which gives the same vectors, and applies
@@ -424,5 +447,5 @@ save_results(
     provenance=chapter.provenance,
     tables={"residual_rows": res_rows, "residual_summary": res_summary, "conflict": conflict,
             "direction_eval": direction_eval, "direction_cosines": cosines, "lens_proxy": proxy,
-            "verdicts": verdicts, "transfer_test": transfer},
+            "verdicts": verdicts, "transfer_test": transfer, "transfer_shuffled": transfer_shuffled},
 )

@@ -528,19 +528,19 @@ def test_time_edits_reports_a_ratio_and_an_aa_noise_band(model, pixels):
         retrieval.time_edits(model, pixels, [edit], repeats=2)
 
 
-def _scores(ndkl_by_variant, n_q=30, seed=0):
+def _scores(ndkl_by_variant, n_q=30, seed=0, entropy_up=("male (experts)",)):
     """Constructed score_variants output: per-query NDKL around the given means."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
     fam = {"none": "baseline", "male (experts)": "prototype", "person (experts)": "prototype",
-           "female (experts)": "prototype", "zero (experts)": "zero", "male (control heads)": "control",
-           "male (h:1)": "single head", "male (h:2)": "single head", "CLIP-clip": "baseline method",
-           "biased prompts": "baseline method"}
+           "female (experts)": "prototype", "zero (experts)": "zero", "male (random 1)": "random control",
+           "male (random 2)": "random control", "male (h:1)": "single head", "male (h:2)": "single head",
+           "CLIP-clip": "baseline method", "biased prompts": "baseline method"}
     q = pd.concat([pd.DataFrame({"suite": "s", "query": [f"q{i}" for i in range(n_q)], "variant": v,
                                  "ndkl_gender": m + rng.normal(0, 0.01, n_q)}) for v, m in ndkl_by_variant.items()])
     words = pd.concat([pd.DataFrame({"style": "word", "word": [f"w{i}" for i in range(20)], "variant": v,
-                                     "entropy_gender": 0.5 + (0.2 if v == "male (experts)" else 0.0)
+                                     "entropy_gender": 0.5 + (0.2 if v in entropy_up else 0.0)
                                      + rng.normal(0, 0.01, 20)}) for v in ndkl_by_variant])
     summ = q.groupby("variant")["ndkl_gender"].mean().rename("ndkl_gender").reset_index()
     summ["family"] = summ["variant"].map(fam)
@@ -552,38 +552,53 @@ def _scores(ndkl_by_variant, n_q=30, seed=0):
 def test_head_audit_claims_come_out_as_constructed():
     import pandas as pd
 
+    from fairvlm.verdicts import Claim, judge_estimates
+
     means = {"none": 0.30, "male (experts)": 0.15, "person (experts)": 0.25, "female (experts)": 0.28,
-             "zero (experts)": 0.26, "male (control heads)": 0.30, "male (h:1)": 0.22, "male (h:2)": 0.24,
-             "CLIP-clip": 0.30, "biased prompts": 0.30}
+             "zero (experts)": 0.26, "male (random 1)": 0.30, "male (random 2)": 0.31, "male (h:1)": 0.22,
+             "male (h:2)": 0.24, "CLIP-clip": 0.30, "biased prompts": 0.30}
     floor = pd.DataFrame([{"suite": "s", "attribute": a, "metric": m, "floor": 0.10, "lo": 0.09, "hi": 0.11,
                            "n_draws": 100} for a in ("gender", "race") for m in ("ndkl", "maxskew")])
-    gap = {"effect": 0.3, "interval": (0.25, 0.35), "null": 0.05, "null_interval": (0.0, 0.1)}
-    aps = {"expert": np.linspace(0.7, 0.9, 40), "other": np.linspace(0.45, 0.55, 40)}
+    gap = judge_estimates(Claim(probes.EXPERT_CLAIM, "other", min_effect=0.05), 0.3, (0.25, 0.35), 0.05, 0.25,
+                          (0.2, 0.3), n_units=20)
+    rng = np.random.default_rng(0)
+    neurons = pd.DataFrame({"head": np.repeat([0, 1, 2, 3], 16),
+                            "ap": np.r_[rng.normal(0.8, 0.03, 32), rng.normal(0.5, 0.03, 32)],
+                            "kind": ["expert"] * 32 + ["other"] * 32})
     timing = {"ratio": 1.01, "interval": (0.99, 1.03), "noise": 1.0, "noise_interval": (0.98, 1.02),
               "valid": True, "repeats": 7}
-    kw = dict(main_suite="s", gap=gap, neuron_aps=aps, experts=[0, 1], control_heads=[2, 3], neuron_ap=0.42,
-              damp_alpha=0.1, timing=timing)
+    kw = dict(main_suite="s", gap_verdict=gap, neurons=neurons, neuron_testable=(False, "the mask covers all"),
+              experts=[0, 1], random_variants=["male (random 1)", "male (random 2)"], damp_alpha=0.1, timing=timing)
     rows, info = retrieval.head_audit_claims(_scores(means), floor, **kw)
     assert info["has_bias"]
-    by = {r["claim"]: r["verdict"].verdict for r in rows}
-    assert by["Table 1: a few last-layer heads carry gender (ViT-B/32 heads 3, 11, 12)"] == "reproduced"
-    assert by["Figure 1: expert heads hold many high-AP neurons, other heads few"] == "reproduced"
-    assert by["Table 2: the male prototype on the experts cuts NDKL (up to 42%)"] == "reproduced"
-    assert by["Table 2: editing all experts beats editing one"] == "reproduced"
-    assert by["Table 2: the male prototype is the best edit of the experts"] == "reproduced"
-    assert by["Table 4: the male prototype raises gender entropy over So-B-IT words"] == "reproduced"
-    assert by["Sec. 3.2: the intervention adds negligible inference cost"] == "reproduced"
-    assert any(r["verdict"].verdict == "not testable here" for r in rows)      # no expert neurons variant
-    # the male edit no better than the control heads: never reproduced
-    same = dict(means, **{"male (control heads)": 0.15})
-    rows, _ = retrieval.head_audit_claims(_scores(same), floor, **kw)
-    assert {r["claim"]: r["verdict"].verdict for r in rows}[
-        "Table 2: the male prototype on the experts cuts NDKL (up to 42%)"] == "not reproduced"
+    by = {r["verdict"].claim: r["verdict"] for r in rows}
+    for c in (probes.EXPERT_CLAIM, "Figure 1: expert heads hold many high-AP neurons, other heads few",
+              "Table 2: the male prototype on the experts cuts NDKL (up to 42%)",
+              "Table 2: editing all experts beats editing one", "Table 2: the male prototype is the best edit of the experts",
+              "Table 4: the male prototype raises gender entropy over So-B-IT words",
+              "Sec. 3.2: the intervention adds negligible inference cost"):
+        assert by[c].verdict == "reproduced", c
+    assert by["Table 2: the male prototype on the experts cuts NDKL (up to 42%)"].asserts == "debias"
+    left = next(v for c, v in by.items() if c.startswith("Table 3 (left)"))
+    assert left.verdict == "not testable here" and "covers all" in left.why
+    # the male edit no better than random non-expert heads: ruled out, and what needs its effect is not testable
+    same = dict(means, **{"male (random 1)": 0.15, "male (random 2)": 0.15})
+    rows, _ = retrieval.head_audit_claims(_scores(same, entropy_up=("male (experts)", "male (random 1)",
+                                                                     "male (random 2)")), floor, **kw)
+    by = {r["verdict"].claim: r["verdict"].verdict for r in rows}
+    assert by["Table 2: the male prototype on the experts cuts NDKL (up to 42%)"] == "not reproduced"
+    assert by["Table 4: the male prototype raises gender entropy over So-B-IT words"] == "not reproduced"
+    # a neuron mask that selects: the neuron claims wait for the head effect
+    sc = _scores(dict(same, **{"male (expert neurons)": 0.2, "damp 0.1 (expert neurons)": 0.3}))
+    sc["summary"].loc[sc["summary"]["variant"].str.contains("neurons"), "family"] = "neurons"
+    rows, _ = retrieval.head_audit_claims(sc, floor, **dict(kw, neuron_testable=(True, "")))
+    left = next(r["verdict"] for r in rows if r["verdict"].claim.startswith("Table 3 (left)"))
+    assert left.verdict == "not testable here" and "not shown" in left.why
     # a baseline already at the random floor: the NDKL claims are not testable
     at_floor = floor.assign(hi=0.5)
     rows, info = retrieval.head_audit_claims(_scores(means), at_floor, **kw)
     assert not info["has_bias"]
-    assert {r["claim"]: r["verdict"].verdict for r in rows}[
+    assert {r["verdict"].claim: r["verdict"].verdict for r in rows}[
         "Table 2: the male prototype on the experts cuts NDKL (up to 42%)"] == "not testable here"
     assert rows[0]["verdict"].verdict == "reproduced"          # the probe claim does not need NDKL bias
     # an edited run faster than plain beyond the A/A band: the timing is invalid
@@ -593,6 +608,42 @@ def test_head_audit_claims_come_out_as_constructed():
     noisy = dict(timing, noise_interval=(0.8, 1.3))
     rows, _ = retrieval.head_audit_claims(_scores(means), floor, **dict(kw, timing=noisy))
     assert rows[-1]["verdict"].verdict == "not testable here" and "noisy" in rows[-1]["verdict"].why
+    with pytest.raises(FairVLMError, match="random_variants"):
+        retrieval.head_audit_claims(_scores(means), floor, **dict(kw, random_variants=["male (nowhere)"]))
+
+
+def test_expert_gap_verdict_on_a_planted_head():
+    rng = np.random.default_rng(0)
+    n, h, d = 480, 4, 6
+    y = np.array(["male", "female"] * (n // 2))
+    x = torch.tensor(rng.normal(size=(n, h, d)), dtype=torch.float32)
+    x[:, 2, :] += torch.tensor(np.where(y == "male", 3.0, -3.0)[:, None], dtype=torch.float32)  # head 2 knows gender
+    groups = np.repeat(np.arange(n // 4), 4)
+    res = probes.probe_heads(x, y, positive="male", groups=groups)
+    experts, det, v = probes.expert_gap_verdict(res, x, y, k=1, groups=groups, positive="male", n_shuffles=4,
+                                                n_boot=100, seed=0)
+    assert experts == [2] and v.verdict == "reproduced" and det["n_scoring"] + det["n_selection"] == len(res.test_idx)
+    assert not v.bias_claim
+    # no head knows anything: the picked head's gap is what shuffled labels give
+    noise = torch.tensor(rng.normal(size=(n, h, d)), dtype=torch.float32)
+    r0 = probes.probe_heads(noise, y, positive="male", groups=groups)
+    _, _, v0 = probes.expert_gap_verdict(r0, noise, y, k=1, groups=groups, positive="male", n_shuffles=4,
+                                         n_boot=100, seed=0)
+    assert v0.verdict in ("not reproduced", "not testable here", "inconclusive")
+    with pytest.raises(ParameterError, match="k="):
+        probes.expert_gap_verdict(res, x, y, k=4, groups=groups, positive="male")
+
+
+def test_random_heads_are_non_experts_of_the_experts_size():
+    import pandas as pd
+
+    t = pd.DataFrame({"head": range(8), "ap": np.linspace(0.5, 0.9, 8)})
+    draws = probes.random_heads(t, [6, 7], n_draws=5, seed=1)
+    assert len(draws) == 5 and len({tuple(d) for d in draws}) == 5
+    assert all(len(d) == 2 and not set(d) & {6, 7} for d in draws)
+    assert probes.random_heads(t, [6, 7], n_draws=5, seed=1) == draws
+    with pytest.raises(ParameterError, match="n_draws"):
+        probes.random_heads(t, [6, 7], n_draws=0)
 
 
 # ------------------------------------------------------------------------ chapter 07's tables, moved into the library

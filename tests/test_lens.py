@@ -388,8 +388,12 @@ def test_chapter_setup_checks_its_parameters():
 def test_control_rows_of_the_smoke_profile(shared):
     spec = next(s for s in lens.PROFILE_RUNS["smoke"] if s.dataset == lens.CONTROL and s.variants != ("text",))
     rows, images, _ = lens.run_rows(spec)
-    assert {r.item.label for r in rows} == set(mcq.CONTROL_LABELS)
-    assert len(rows) == len(mcq.CONTROL_LABELS) * 2 * 4 * spec.n_prompts
+    assert {r.item.label for r in rows} <= set(mcq.CONTROL_LABELS)
+    assert len({r.item.label for r in rows}) == spec.n_labels
+    assert len(rows) == spec.n_labels * 2 * 4 * spec.n_prompts
+    # the embedded profile asks every content-free label: enough for finding 2's control
+    assert len(mcq.CONTROL_LABELS) >= lens.MIN_CONTROL_LABELS
+    assert all(s.n_labels is None for s in lens.PROFILE_RUNS["embedded"] if s.dataset == lens.CONTROL)
     im = images(rows[-1].item.scenario, *rows[-1].item.images[0])   # rendered testbed scenes
     assert im.size[0] > 0
 
@@ -405,3 +409,102 @@ def test_collect_on_tiny_mllama_text_and_image_rows():
     text = (col.table["variant"] == "text").to_numpy()
     cross = lm.model.config.text_config.cross_attention_layers
     assert np.all(col.vectors[text][:, cross, 1:] == 0)          # skipped layers write nothing
+
+
+# ---------------------------------------------------------------------------- issue 31: finding 2 by the protocol
+
+
+def test_fluctuation_verdict_every_branch():
+    rng = np.random.default_rng(0)
+    masses = [0.001, 0.3, 0.5, 0.6, 0.9]
+    social = lens.layer_frame(_collection(_shaped(40, [0.2, 0.5, 0.9, 0.6, 0.4], masses, rng)))
+    flat = lens.layer_frame(_collection(_shaped(24, [0.2, 0.5, 0.9, 0.9, 0.9], masses, rng)))
+    d, v = lens.fluctuation_verdict(social, flat, min_mass=0.1, seed=0)
+    # peak chosen on the even labels, scored on the odd ones: depth 2, height 0.5 over the output
+    assert d["peak_depth"] == 2 and d["peak"] - d["final"] == pytest.approx(0.5, abs=0.02)
+    assert v.verdict == "reproduced" and v.bias_claim and v.n_units == 20
+    # the control has the same shape: the height is the lens's, not the model's -> ruled out
+    same = lens.layer_frame(_collection(_shaped(24, [0.2, 0.5, 0.9, 0.6, 0.4], masses, rng)))
+    assert lens.fluctuation_verdict(social, same, min_mass=0.1)[1].verdict == "not reproduced"
+    # four control labels are too few
+    small = lens.layer_frame(_collection(_shaped(4, [0.2, 0.5, 0.9, 0.9, 0.9], masses, rng)))
+    d, v = lens.fluctuation_verdict(social, small, min_mass=0.1)
+    assert v.verdict == "not testable here" and "4 label" in v.why
+    # the best in-band depth is the first one the lens reads: no peak can be seen
+    edge = lens.layer_frame(_collection(_shaped(40, [0.2, 0.95, 0.6, 0.5, 0.4], masses, rng)))
+    d, v = lens.fluctuation_verdict(edge, flat, min_mass=0.1)
+    assert d["peak_depth"] == 1 and v.verdict == "not testable here" and "first depth" in v.why
+    # nothing readable inside the band
+    d, v = lens.fluctuation_verdict(social, flat, min_mass=0.7)
+    assert v.verdict == "not testable here" and "band" in v.why
+
+
+def test_placements_hand_computed_and_mean_is_auroc():
+    from sklearn.metrics import roc_auc_score
+
+    s, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([True, False, True, False])
+    assert lens.placements(s, y).tolist() == [0.0, 0.5, 0.5, 0.0]          # AUROC 0.25 = every mean
+    assert lens.placements(np.array([1.0, 1.0]), np.array([True, False])).tolist() == [0.5, 0.5]
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=60), rng.random(60) < 0.4
+    p = lens.placements(s, y)
+    auc = roc_auc_score(y, s)
+    assert p[y].mean() == pytest.approx(auc) and p[~y].mean() == pytest.approx(auc)
+    with pytest.raises(FairVLMError, match="both"):
+        lens.placements(s, np.ones(60, bool))
+
+
+def _conflict_frame(n_labels, p_conflict, rng, layers=(5, 6)):
+    recs = []
+    for i in range(n_labels):
+        for k in range(4):
+            for l in layers:
+                c = rng.random() < p_conflict
+                recs.append({"row_id": f"s{i}|{k}", "scenario": f"s{i}", "layer": l, "push_attn": 1.0,
+                             "push_mlp": -1.0 if c else 1.0, "d1_margin": 1.0, "d2_margin": 1.0})
+    return pd.DataFrame(recs)
+
+
+def test_conflict_verdict_against_the_content_free_rows():
+    rng = np.random.default_rng(0)
+    social = _conflict_frame(30, 0.8, rng)
+    eff, ctl, v = lens.conflict_verdict(social, _conflict_frame(20, 0.2, rng), reading="writes", layers=(5, 6))
+    assert v.verdict == "reproduced" and v.n_units == 20 and eff["conflict"].mean() == pytest.approx(v.effect)
+    # the content-free rows conflict as often: the procedure measures itself
+    _, _, v = lens.conflict_verdict(social, _conflict_frame(40, 0.8, rng), reading="writes", layers=(5, 6))
+    assert v.verdict == "not reproduced"
+    # the streams never conflict here (margins of one sign): the claim is ruled out... or refused
+    _, _, v = lens.conflict_verdict(social, _conflict_frame(20, 0.2, rng), reading="streams", layers=(5, 6))
+    assert v.verdict == "not testable here" and "zero" in v.why
+    with pytest.raises(FairVLMError, match="reading"):
+        lens.conflict_verdict(social, social, reading="both", layers=(5,))
+
+
+def _transfer_collection(n, signal, seed):
+    rng = np.random.default_rng(seed)
+    L, d = 2, 64
+    z = rng.normal(size=n)
+    lp = np.zeros((n, 2 * L + 1, 3))
+    lp[:, :, 2] = np.log(0.5)
+    lp[:, -1, 2] = np.log(1 / (1 + np.exp(-z)))
+    lp[:, :, 0] = lp[:, :, 1] = np.log((1 - np.exp(lp[:, :, 2])) / 2)
+    u = np.zeros(d, np.float32)
+    u[3] = 1.0
+    vec = rng.normal(0, 1.0, size=(n, L, 3, d)).astype(np.float32)
+    vec[:, 1, 1] += -signal * z[:, None] * u
+    vec[:, 1, 2] += signal * z[:, None] * u
+    return _collection(lp, vectors=vec.astype(np.float16))
+
+
+def test_transfer_verdicts_against_shuffled_label_fits():
+    col = _transfer_collection(240, 2.0, 0)
+    fit, ev = lens.split_by_label(col)
+    table, vs = lens.transfer_verdicts(fit, ev, n_shuffles=5, seed=0)
+    assert [v.verdict for v in vs] == ["reproduced", "reproduced"] and (table["auroc"] > 0.9).all()
+    assert (table["control_auroc"] < 0.7).all()
+    assert all(v.bias_claim and "bias" in vs[0].claim for v in vs)
+    # no signal in the writes: the fitted directions do no better than shuffled-label fits
+    fit0, ev0 = lens.split_by_label(_transfer_collection(600, 0.0, 1))
+    _, vs0 = lens.transfer_verdicts(fit0, ev0, n_shuffles=5, seed=0)
+    assert all(v.verdict in ("not reproduced", "inconclusive") for v in vs0)
+    assert any(v.verdict == "not reproduced" for v in vs0)

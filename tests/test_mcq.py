@@ -417,3 +417,34 @@ def test_shuffled_label_null_separates_stable_stereotypes_from_prompt_noise():
     assert math.isnan(none["effect"]) and none["n_fair_majority"] == 0
     with pytest.raises(FairVLMError, match="n_perm"):
         mcq.shuffled_label_null(stable, n_perm=5)
+
+
+def test_label_shuffle_pairs_draws_within_the_fair_majority_set():
+    rng = np.random.default_rng(0)
+    leans = {f"l{i}": np.full(4, v) for i, v in enumerate(rng.choice([-3.0, 3.0], 12))}
+    fair = _lean_rows(leans)
+    # four more labels answered with a group: they must not enter effect or control
+    other = _lean_rows({f"g{i}": np.full(4, 30.0) for i in range(4)}, parsed="a")
+    pairs = mcq.label_shuffle_pairs(pd.concat([fair, other]), n_perm=30, seed=0)
+    assert set(pairs["scenario"]) == set(leans)
+    # within the set the common lean is the mean over its labels: +-3 around it, hand-computed
+    common = np.mean([v[0] for v in leans.values()])
+    ls = np.array([leans[s][0] for s in pairs["scenario"]]) - common
+    assert np.allclose(pairs["skew"], mcq.skew_from_logprobs(ls / 2, -ls / 2))
+    assert (pairs["null_skew"] < pairs["skew"]).mean() > 0.5
+
+
+def test_paradox_verdicts_cover_every_branch():
+    rng = np.random.default_rng(1)
+    # a hard, label-specific lean on every prompt: reproduced
+    hard = _lean_rows({f"l{i}": np.full(4, s) for i, s in enumerate(rng.choice([-3.0, 3.0], 20))})
+    _, rows = mcq.paradox_verdicts(hard, n_perm=30, seed=0)
+    assert rows[0]["verdict"].verdict == "reproduced" and rows[0]["verdict"].bias_claim
+    # a stable but tiny lean (0.1 log-odds: skew 0.0012 nats, 2% of the 2:1 size): ruled out
+    tiny = _lean_rows({f"l{i}": np.full(4, s) + rng.normal(0, 0.01, 4)
+                       for i, s in enumerate(rng.choice([-0.1, 0.1], 20))})
+    _, rows = mcq.paradox_verdicts(tiny, n_perm=30, seed=0)
+    assert rows[0]["verdict"].verdict == "not reproduced"
+    # no fair-majority item: not testable
+    _, rows = mcq.paradox_verdicts(_lean_rows({"a": 1.0, "b": -1.0}, parsed="a"), n_perm=20)
+    assert rows[0]["verdict"].verdict == "not testable here" and rows[0]["fair-majority items"] == 0

@@ -1,14 +1,287 @@
-"""fairvlm.verdicts: every outcome of the rule on constructed cases, and the bootstrap."""
+"""fairvlm.verdicts: every branch of the protocol on constructed data (hand-computed where
+the arithmetic allows), the bootstraps it rests on, and the legacy rule chapters 04-06 use."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from scipy import stats
 
 from fairvlm.errors import FairVLMError
-from fairvlm.verdicts import Verdict, bootstrap_ci, change_interval, decide, verdict_table
+from fairvlm.verdicts import (Claim, Estimate, Verdict, apply_rule, bootstrap_ci, change_interval, decide, judge,
+                              judge_estimates, min_detectable_effect, paired_estimates, tally, unpaired_estimates,
+                              verdict_table)
+
+BIAS = Claim("the model leans to a group", "bias", direction="greater", min_effect=0.1)
+DEBIAS = Claim("the method lowers the bias", "debias", direction="less", min_effect=0.05)
+SAME = Claim("accuracy does not move", "no-change", direction="within", tol=0.05)
 
 
+def E(v, lo, hi, n=50, spread=True):
+    return Estimate(v, lo, hi, n, spread)
+
+
+# ================================================================== apply_rule, hand-made estimates
+def test_reproduced_needs_difference_beyond_size_and_effect_in_direction():
+    v = apply_rule(BIAS, E(0.4, 0.3, 0.5), E(0.0, -0.05, 0.05), E(0.4, 0.3, 0.5))
+    assert v.verdict == "reproduced" and v.bias_claim and v.asserts == "bias"
+    assert v.difference == 0.4 and v.difference_interval == (0.3, 0.5)
+
+
+def test_interval_below_the_size_is_not_reproduced():
+    # the ch01 case: an effect of 3-13% of the named size can be ruled out
+    v = apply_rule(BIAS, E(0.05, 0.03, 0.07), E(0.0, -0.01, 0.01), E(0.05, 0.02, 0.08))
+    assert v.verdict == "not reproduced" and "below the claimed size" in v.why
+
+
+def test_straddling_interval_is_inconclusive_with_hand_computed_mde():
+    v = apply_rule(BIAS, E(0.2, 0.1, 0.3), E(0.0, -0.05, 0.05), E(0.15, 0.05, 0.30))
+    assert v.verdict == "inconclusive"
+    z = stats.norm.ppf(0.975)
+    expected = (z + stats.norm.ppf(0.8)) * 0.25 / (2 * z)          # = 0.17856...
+    assert v.mde == pytest.approx(expected) and v.mde == pytest.approx(0.1786, abs=1e-4)
+    assert "minimum detectable effect" in v.why and "0.179" in v.why
+
+
+def test_debiasing_must_lower_the_bias_itself():
+    # the bias rose by 0.03 under the method but by 0.2 under a harmful null: the difference
+    # clears the size, the effect is on the wrong side of 0 -> not reproduced
+    v = apply_rule(DEBIAS, E(0.03, 0.01, 0.05), E(0.2, 0.18, 0.22), E(-0.17, -0.19, -0.15))
+    assert v.verdict == "not reproduced" and "wrong side" in v.why
+    # the effect's own interval includes 0: not shown, not ruled out
+    v = apply_rule(DEBIAS, E(-0.003, -0.01, 0.009), E(0.2, 0.18, 0.22), E(-0.2, -0.22, -0.18))
+    assert v.verdict == "inconclusive" and "includes 0" in v.why
+    # both shown: reproduced
+    v = apply_rule(DEBIAS, E(-0.2, -0.25, -0.15), E(0.0, -0.01, 0.01), E(-0.2, -0.26, -0.14))
+    assert v.verdict == "reproduced" and v.bias_claim
+
+
+def test_less_mirrors_greater():
+    assert apply_rule(DEBIAS, E(-0.02, -0.03, -0.01), E(0, 0, 0), E(-0.02, -0.03, -0.01)).verdict == "not reproduced"
+    assert apply_rule(DEBIAS, E(-0.06, -0.1, -0.02), E(0, 0, 0), E(-0.06, -0.1, -0.02)).verdict == "inconclusive"
+
+
+def test_effect_ref_none_skips_the_own_direction_check():
+    c = Claim("skew beyond null", "bias", min_effect=0.01, effect_ref=None)
+    assert apply_rule(c, E(-1.0, -1.1, -0.9), E(-2, -2, -2), E(1.0, 0.9, 1.1)).verdict == "reproduced"
+    c2 = Claim("skew beyond null", "bias", min_effect=0.01, effect_ref=-0.5)
+    assert apply_rule(c2, E(-1.0, -1.1, -0.9), E(-2, -2, -2), E(1.0, 0.9, 1.1)).verdict == "not reproduced"
+
+
+# ------------------------------------------------------------------ not testable
+def test_not_testable_by_flag_units_nan_and_zero_width():
+    ok = (E(0.4, 0.3, 0.5), E(0.0, -0.05, 0.05), E(0.4, 0.3, 0.5))
+    v = apply_rule(BIAS, *ok, testable=False, why="the model shows no bias to remove")
+    assert v.verdict == "not testable here" and "no bias" in v.why
+    assert apply_rule(BIAS, ok[0], ok[1], E(0.4, 0.3, 0.5, n=1)).verdict == "not testable here"
+    assert apply_rule(BIAS, E(math.nan, math.nan, math.nan), ok[1], ok[2]).verdict == "not testable here"
+    # the ch02 case: a peak of [0.733, 0.733] is refused, not read as certainty
+    v = apply_rule(BIAS, E(0.733, 0.733, 0.733, spread=False), ok[1], E(0.733, 0.733, 0.733, spread=False))
+    assert v.verdict == "not testable here" and "zero" in v.why
+    assert apply_rule(BIAS, ok[0], ok[1], E(0.4, 0.4, 0.4)).verdict == "not testable here"
+
+
+# ------------------------------------------------------------------ within (TOST)
+def test_within_inside_outside_straddling():
+    assert apply_rule(SAME, E(0.01, -0.02, 0.03), E(0, 0, 0), E(0.01, -0.02, 0.03)).verdict == "reproduced"
+    assert apply_rule(SAME, E(0.2, 0.1, 0.3), E(0, 0, 0), E(0.2, 0.1, 0.3)).verdict == "not reproduced"
+    v = apply_rule(SAME, E(0.01, -0.1, 0.12), E(0, 0, 0), E(0.01, -0.1, 0.12))
+    assert v.verdict == "inconclusive" and np.isfinite(v.mde)
+    assert "90%" in v.rule
+
+
+def test_within_tolerance_must_exceed_one_units_weight():
+    # 10 items of 0/1 outcomes: one item moves the mean by 0.1 > tol 0.05
+    v = apply_rule(SAME, E(0.0, -0.02, 0.02, n=10), E(0, 0, 0), E(0.0, -0.02, 0.02, n=10), resolution=0.1)
+    assert v.verdict == "not testable here" and "one unit" in v.why
+
+
+def test_judge_binary_no_change_uses_rule_of_three():
+    before = np.zeros(100)
+    v = judge(SAME, before, before, binary=True)
+    b = 1 - 0.05 ** (1 / 100)                       # 0.0295: inside +-0.05
+    assert v.difference_interval == pytest.approx((-b, b)) and v.verdict == "reproduced"
+    tight = Claim("accuracy does not move", "no-change", direction="within", tol=0.02)
+    assert judge(tight, before, before, binary=True).verdict == "inconclusive"      # 0.0295 > 0.02 > 1/100
+    assert judge(tight, np.zeros(40), np.zeros(40), binary=True).verdict == "not testable here"  # 0.02 < 1/40
+    # without binary=True a constant change is refused
+    assert judge(SAME, before, before).verdict == "not testable here"
+
+
+def test_no_change_needs_a_shown_effect_first():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    b = a + rng.normal(0, 0.01, 200)
+    shown = apply_rule(BIAS, E(0.4, 0.3, 0.5), E(0, 0, 0), E(0.4, 0.3, 0.5))
+    assert judge(SAME, a, b, after=shown).verdict == "reproduced"
+    not_shown = apply_rule(BIAS, E(0.2, 0.1, 0.3), E(0, 0, 0), E(0.15, 0.05, 0.3))
+    v = judge(SAME, a, b, after=not_shown)
+    assert v.verdict == "not testable here" and "not shown" in v.why
+
+
+# ================================================================== judge on constructed samples
+def test_judge_paired_point_values_are_hand_computable():
+    e = np.array([1.0, 2.0, 3.0, 4.0])
+    c = np.array([0.5, 1.0, 1.0, 1.5])
+    v = judge(Claim("x", "bias", min_effect=0.5), e, c)
+    assert v.effect == 2.5 and v.null == 1.0 and v.difference == 1.5 and v.n_units == 4
+
+
+def test_paired_interval_matches_scipy_bca_on_the_difference():
+    rng = np.random.default_rng(3)
+    e, c = rng.normal(1, 1, 60), rng.normal(0, 1, 60)
+    _, _, d = paired_estimates(e, c, seed=5)
+    ref = stats.bootstrap((e - c,), np.mean, method="BCa", n_resamples=2000, rng=np.random.default_rng(5))
+    assert d.interval == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+
+
+def test_paired_is_tighter_than_unpaired_with_a_shared_item_effect():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, 300)
+    after = base + 0.1 + rng.normal(0, 0.05, 300)
+    _, _, dp = paired_estimates(after, base)
+    _, _, du = unpaired_estimates(after, base)
+    assert 0.05 < dp.low and dp.high < 0.15
+    assert (dp.high - dp.low) < (du.high - du.low) / 3
+
+
+def test_cluster_bootstrap_resamples_clusters_not_rows():
+    rng = np.random.default_rng(1)
+    means = rng.normal(0, 1, 12)
+    rows = np.repeat(means, 8)                      # 8 identical prompts per item
+    ids = np.repeat(np.arange(12), 8)
+    clustered, _, _ = unpaired_estimates(rows, 0.0, clusters=ids)
+    per_item, _, _ = unpaired_estimates(means, 0.0)
+    naive, _, _ = unpaired_estimates(rows, 0.0)
+    # equal cluster sizes: resampling clusters is resampling the item means
+    assert clustered.interval == pytest.approx(per_item.interval) and clustered.n_units == 12
+    # treating the 96 rows as independent would claim about sqrt(8) times the precision
+    assert (naive.high - naive.low) < 0.5 * (clustered.high - clustered.low)
+
+
+def test_unpaired_with_point_control_is_a_shift():
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.6, 0.1, 50)
+    e, c, d = unpaired_estimates(x, 0.5)
+    assert c.value == 0.5 and c.n_units == 0
+    assert d.low == pytest.approx(e.low - 0.5) and d.high == pytest.approx(e.high - 0.5)
+
+
+def test_judge_end_to_end_branches():
+    rng = np.random.default_rng(4)
+    ctrl = rng.normal(0.0, 0.1, 80)
+    assert judge(BIAS, ctrl + 0.5 + rng.normal(0, 0.05, 80), ctrl).verdict == "reproduced"
+    assert judge(BIAS, ctrl + rng.normal(0, 0.02, 80), ctrl).verdict == "not reproduced"
+    assert judge(BIAS, ctrl + 0.1 + rng.normal(0, 0.3, 80), ctrl).verdict == "inconclusive"
+    assert judge(BIAS, np.full(80, 0.733), ctrl).verdict == "not testable here"          # constant effect
+    assert judge(BIAS, [0.3], [0.1]).verdict == "not testable here"                      # one unit
+
+
+def test_judge_seeded():
+    rng = np.random.default_rng(5)
+    e, c = rng.normal(size=40), rng.normal(size=40)
+    a, b = judge(BIAS, e, c, seed=7), judge(BIAS, e, c, seed=7)
+    assert a.difference_interval == b.difference_interval and a.verdict == b.verdict
+    assert judge(BIAS, e, c, seed=8).difference_interval != a.difference_interval
+
+
+# ================================================================== bad input
+@pytest.mark.parametrize("kwargs,match", [
+    ({"asserts": "maybe"}, "asserts"),
+    ({"direction": "bigger"}, "direction"),
+    ({"min_effect": 0.0}, "min_effect"),
+    ({"min_effect": float("nan")}, "min_effect"),
+    ({"direction": "within", "asserts": "no-change"}, "tol"),
+    ({"direction": "within", "asserts": "no-change", "tol": -0.1}, "tol"),
+    ({"asserts": "no-change"}, "within"),
+    ({"text": ""}, "text"),
+    ({"effect_ref": float("inf")}, "effect_ref"),
+])
+def test_bad_claims_raise(kwargs, match):
+    base = dict(text="c", asserts="bias", direction="greater", min_effect=0.1)
+    with pytest.raises(FairVLMError, match=match):
+        Claim(**{**base, **kwargs})
+
+
+def test_bad_judge_inputs_name_the_parameter():
+    with pytest.raises(FairVLMError, match="effect"):
+        judge(BIAS, [0.1, float("nan"), 0.3], [0.0, 0.0, 0.1])
+    with pytest.raises(FairVLMError, match="control"):
+        judge(BIAS, [0.1, 0.2, 0.3], [0.0, float("inf"), 0.1])
+    with pytest.raises(FairVLMError, match="one length"):
+        judge(BIAS, [0.1, 0.2, 0.3], [0.0, 0.1])
+    with pytest.raises(FairVLMError, match="clusters"):
+        judge(BIAS, [0.1, 0.2, 0.3], [0.0, 0.1, 0.1], clusters=[0, 1])
+    with pytest.raises(FairVLMError, match="1-D"):
+        judge(BIAS, np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(FairVLMError, match="testable"):
+        judge(BIAS, [0.1, 0.2, 0.9], [0.0, 0.1, 0.1], testable="no")
+    with pytest.raises(FairVLMError, match="paired"):
+        judge(BIAS, [0.1, 0.2, 0.9], [0.0, 0.1, 0.1], paired="yes")
+    with pytest.raises(FairVLMError, match="claim"):
+        judge("a claim", [0.1, 0.2], [0.0, 0.1])
+    with pytest.raises(FairVLMError, match="after"):
+        judge(SAME, [0.1, 0.2], [0.0, 0.1], after="reproduced")
+    with pytest.raises(FairVLMError, match="control"):
+        unpaired_estimates([0.1, 0.2], float("nan"))
+
+
+def test_testable_no_never_returns_reproduced():
+    ok = (E(0.4, 0.3, 0.5), E(0.0, -0.05, 0.05), E(0.4, 0.3, 0.5))
+    for bad in ("no", "False", 0, None):
+        with pytest.raises(FairVLMError, match="testable"):
+            apply_rule(BIAS, *ok, testable=bad)
+
+
+def test_unknown_verdict_word_raises():
+    with pytest.raises(FairVLMError, match="verdict"):
+        Verdict("probably", 0.1, (0, 0.2), 0.0, (0, 0), "greater", "r")
+
+
+def test_judge_estimates_refuses_zero_width_and_bad_pairs():
+    v = judge_estimates(BIAS, 0.733, (0.733, 0.733), 0.5, 0.233, (0.233, 0.233), n_units=20)
+    assert v.verdict == "not testable here"
+    v = judge_estimates(BIAS, 0.5, (0.4, 0.6), 0.1, 0.4, (0.3, 0.5), n_units=20, control_interval=(0.05, 0.15))
+    assert v.verdict == "reproduced"
+    with pytest.raises(FairVLMError, match="difference_interval"):
+        judge_estimates(BIAS, 0.5, (0.4, 0.6), 0.1, 0.4, 0.3, n_units=20)
+    with pytest.raises(FairVLMError, match="n_units"):
+        judge_estimates(BIAS, 0.5, (0.4, 0.6), 0.1, 0.4, (0.3, 0.5), n_units=-1)
+    with pytest.raises(FairVLMError, match="reversed"):
+        judge_estimates(BIAS, 0.5, (0.4, 0.6), 0.1, 0.4, (0.5, 0.3), n_units=20)
+
+
+def test_mde_of_bad_interval_is_nan():
+    assert np.isnan(min_detectable_effect((float("nan"), 1.0)))
+    assert np.isnan(min_detectable_effect((1.0, 0.0)))
+
+
+# ================================================================== tables
+def test_verdict_table_prints_effect_control_difference_rule_verdict():
+    v = apply_rule(BIAS, E(0.4, 0.3, 0.5), E(0.0, -0.05, 0.05), E(0.4, 0.3, 0.5))
+    t = verdict_table([{"cell": "m, d, gender", "verdict": v}])
+    assert t.loc[0, "claim"] == BIAS.text
+    for col in ("effect", "effect interval", "control", "difference", "difference interval", "rule", "verdict",
+                "asserts", "bias_claim"):
+        assert col in t.columns
+    assert t.loc[0, "difference interval"] == "[0.300, 0.500]" and bool(t.loc[0, "bias_claim"])
+    legacy = decide(0.3, (0.25, 0.35), null=0.1)
+    assert "asserts" not in verdict_table([{"claim": "old", "verdict": legacy}]).columns   # 04-06 tables unchanged
+    with pytest.raises(FairVLMError, match="claim"):
+        verdict_table([{"verdict": legacy}])
+    with pytest.raises(FairVLMError, match="verdict"):
+        verdict_table([{"claim": "c", "verdict": "reproduced"}])
+
+
+def test_tally_counts_every_word():
+    t = verdict_table([{"verdict": apply_rule(BIAS, E(0.4, 0.3, 0.5), E(0, 0, 0), E(0.4, 0.3, 0.5))},
+                       {"verdict": apply_rule(BIAS, E(0.4, 0.3, 0.5), E(0, 0, 0), E(0.4, 0.3, 0.5), testable=False)}])
+    assert tally(t) == "1 reproduced, 0 not reproduced, 0 inconclusive, 1 not testable"
+
+
+# ================================================================== legacy rule (chapters 04-06)
 # ------------------------------------------------------------------ greater / less
 def test_effect_interval_clear_of_null_is_reproduced():
     v = decide(0.30, (0.25, 0.35), null=0.10, null_interval=(0.08, 0.12))

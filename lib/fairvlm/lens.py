@@ -428,9 +428,9 @@ PROFILE_RUNS: dict[str, tuple] = {
     "smoke": (
         RunSpec("smollm2-135m-instruct", "pairs", _TEXT, 2, n_labels=8),
         RunSpec("smollm2-135m-instruct", "scf", _TEXT, 2, n_labels=8),
-        RunSpec("smollm2-135m-instruct", "control", _TEXT, 2),
+        RunSpec("smollm2-135m-instruct", "control", _TEXT, 2, n_labels=4),
         RunSpec("testbed-llava", "testbed", mcq.VARIANTS, 2, n_labels=6, size="smoke"),
-        RunSpec("testbed-llava", "control", mcq.VARIANTS, 2, size="smoke"),
+        RunSpec("testbed-llava", "control", mcq.VARIANTS, 2, n_labels=4, size="smoke"),
     ),
     "paper": tuple(RunSpec(m, d, mcq.VARIANTS, 4, batch_size=8)
                    for m in PAPER_RUN_MODELS for d in ("pairs", "scf"))
@@ -769,6 +769,88 @@ def peak_test(lf: pd.DataFrame, control: pd.DataFrame | None, *, min_mass: float
     return res
 
 
+#: Finding 2 of RES-FAIR as the verdict table prints it.
+FLUCTUATION_CLAIM = "fairness peaks in intermediate layers and erodes by the output (finding 2)"
+#: Fewest content-free labels a fluctuation verdict accepts as its control.
+MIN_CONTROL_LABELS = 20
+
+
+def _item_labels(lf: pd.DataFrame) -> pd.Series:
+    """The label (scenario) of every item of a layer frame, indexed like :func:`item_curves`."""
+    item = lf["row_id"].str.rsplit("|", n=1).str[0]
+    return lf.assign(_item=item).groupby("_item")["scenario"].first().sort_index()
+
+
+def fluctuation_verdict(lf: pd.DataFrame, control: pd.DataFrame | None, *, min_mass: float,
+                        band: tuple[float, float] = (0.1, 0.8), min_effect: float = 0.05, seed: int = 0,
+                        min_control_labels: int = MIN_CONTROL_LABELS):
+    """Finding 2 for one (model, dataset, attribute) cell, decided by
+    :func:`fairvlm.verdicts.judge`. Returns ``(details, verdict)``.
+
+    The labels are split in two (alternately in sorted order). On the *selection* half the
+    peak depth ``d*`` is the readable depth (mean option mass at least ``min_mass``) inside
+    ``band`` (relative depth) with the highest mean fair share. On the other, *scoring*
+    half, the effect per item is its **peak height**: fair share at ``d*`` minus fair share
+    at the output. The control is the same height, at the same ``d*``, on the content-free
+    items. Both are bootstrapped over labels (clusters), independently. Not testable when
+    no readable depth lies in the band, when ``d*`` is the first readable depth (no rise
+    before it can be seen: a tie-break at the edge of what the lens reads is no peak), or
+    when the control has fewer than ``min_control_labels`` labels.
+    """
+    from fairvlm.verdicts import Claim, judge
+
+    claim = Claim(FLUCTUATION_CLAIM, "bias", "greater", min_effect=min_effect)
+    curves, depths = item_curves(lf, "fair_share")
+    mass, _ = item_curves(lf, "option_mass")
+    labels = _item_labels(lf).to_numpy()
+    last = int(depths.max())
+    rel = depths / last
+    readable = mass.mean(axis=0) >= min_mass
+    in_band = readable & (rel >= band[0]) & (rel <= band[1]) & (depths < last)
+    uniq = np.array(sorted(set(labels)))
+    select = np.isin(labels, uniq[0::2])
+    first_readable = int(np.flatnonzero(readable)[0]) if readable.any() else -1
+    details = {"n_items": len(curves), "n_labels": len(uniq), "n_readable": int(readable.sum()),
+               "n_readable_in_band": int(in_band.sum()),
+               "readable_from": float(rel[readable].min()) if readable.any() else float("nan"),
+               "peak_depth": -1, "peak_rel": float("nan"), "peak": float("nan"), "final": float("nan"),
+               "control_peak": float("nan"), "control_final": float("nan"), "n_control_labels": 0}
+    why = ""
+    if control is not None and len(control):
+        ccurves, cdepths = item_curves(control, "fair_share")
+        if not np.array_equal(cdepths, depths):
+            raise FairVLMError("the control was read at other depths than the cell (another model?)")
+        clabels = _item_labels(control).to_numpy()
+        details["n_control_labels"] = len(set(clabels))
+    else:
+        ccurves, clabels = np.zeros((0, len(depths))), np.array([])
+    if not in_band.any():
+        why = (f"the lens reads the options (mass >= {min_mass:g}) at no depth inside the band {band}: "
+               "it cannot see an intermediate peak")
+    elif select.sum() == 0 or (~select).sum() == 0:
+        why = "fewer than two labels: no held-out half to score the peak on"
+    else:
+        cand = np.flatnonzero(in_band)
+        pk = int(cand[np.argmax(curves[select][:, cand].mean(axis=0))])
+        details.update(peak_depth=int(depths[pk]), peak_rel=float(rel[pk]),
+                       peak=float(curves[~select, pk].mean()), final=float(curves[~select, -1].mean()))
+        if len(ccurves):
+            details.update(control_peak=float(ccurves[:, pk].mean()), control_final=float(ccurves[:, -1].mean()))
+        if pk == first_readable:
+            why = ("the peak chosen on the selection labels is the first depth the lens reads the options at: "
+                   "no rise before it can be seen")
+        elif details["n_control_labels"] < min_control_labels:
+            why = (f"the content-free control has {details['n_control_labels']} label(s); at least "
+                   f"{min_control_labels} are needed")
+    if why:
+        v = judge(claim, [], [], paired=False, testable=False, why=why)
+        return {**details, "testable": False}, v
+    eff = curves[~select, pk] - curves[~select, -1]
+    ctl = ccurves[:, pk] - ccurves[:, -1]
+    v = judge(claim, eff, ctl, paired=False, clusters=labels[~select], control_clusters=clabels, seed=seed)
+    return {**details, "testable": v.verdict != "not testable here"}, v
+
+
 # ---------------------------------------------------------------------------------------
 # Residual discrepancy
 # ---------------------------------------------------------------------------------------
@@ -931,10 +1013,14 @@ class Directions:
         return cls(bias, fair, bsite, fsite, streams, meta)
 
 
-def fit_directions(col: Collection, layers: Sequence[int] | None = None) -> Directions:
+def fit_directions(col: Collection, layers: Sequence[int] | None = None, *,
+                   shuffle_seed: int | None = None) -> Directions:
     """Fit biased / fair directions on ``col`` by the rule in the module docstring.
 
     ``layers`` defaults to :func:`last_tenth`. Needs a collection with vectors and lens.
+    ``shuffle_seed``: fit the *control* instead: the biased / fair labels of
+    :func:`split_rows` are permuted among the rows of each (attribute, variant, prompt)
+    group, so the fit runs the same procedure on labels that carry no information.
     """
     if col.vectors is None or col.lens is None:
         raise FairVLMError("fit_directions needs a collection made with layers=True")
@@ -943,6 +1029,8 @@ def fit_directions(col: Collection, layers: Sequence[int] | None = None) -> Dire
         if not 0 <= l < col.n_layers:
             raise FairVLMError(f"layer {l} is out of range (0..{col.n_layers - 1})")
     biased, fair = split_rows(col)
+    if shuffle_seed is not None:
+        biased, fair = _shuffle_split(col, biased, fair, shuffle_seed)
     rf = residual_frame(col)
     means = rf.groupby("layer")[["push_attn", "push_mlp", "d1_margin", "d2_margin"]].mean()
     out = {"bias": {}, "fair": {}, "bias_site": {}, "fair_site": {}}
@@ -961,7 +1049,7 @@ def fit_directions(col: Collection, layers: Sequence[int] | None = None) -> Dire
         streams["fair"][l] = _unit(sf[fair].mean(0) - sf[biased].mean(0))
         streams["bias_site"][l], streams["fair_site"][l] = f"{bs}.{l}", f"{fs}.{l}"
     t = col.table
-    meta = {"model": col.model, "fit_datasets": sorted(set(t["dataset"])),
+    meta = {"model": col.model, "fit_datasets": sorted(set(t["dataset"])), "shuffle_seed": shuffle_seed,
             "n_rows": int(len(t)), "n_biased": int(biased.sum()), "n_fair": int(fair.sum()),
             "n_layers": col.n_layers, "layers": layers, "reading": "writes",
             "rule": "bottom/top third by final fair margin within (attribute, variant, prompt); "
@@ -969,6 +1057,42 @@ def fit_directions(col: Collection, layers: Sequence[int] | None = None) -> Dire
                     "u = unit(mean difference of that write between the thirds)",
             "code": CODE_VERSION, "collection": col.key}
     return Directions(out["bias"], out["fair"], out["bias_site"], out["fair_site"], streams, meta)
+
+
+def _shuffle_split(col: Collection, biased: np.ndarray, fair: np.ndarray, seed: int,
+                   within: Sequence[str] = ("attribute", "variant", "prompt_id")) -> tuple[np.ndarray, np.ndarray]:
+    """The masks of :func:`split_rows` permuted among the rows of each ``within`` group."""
+    rng = np.random.default_rng(seed)
+    t = col.table
+    keys = [c for c in within if c in t.columns]
+    b, f = biased.copy(), fair.copy()
+    for idx in (t.groupby(keys, sort=False).indices.values() if keys else [np.arange(len(t))]):
+        idx = np.asarray(idx)
+        perm = rng.permutation(idx)
+        b[idx], f[idx] = biased[perm], fair[perm]
+    return b, f
+
+
+def placements(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Per-row placement values of a ranking (DeLong et al., 1988): for a positive row the
+    share of negative rows it outranks, for a negative row the share of positive rows that
+    outrank it (ties count one half). Their mean over the positives, over the negatives and
+    over all rows is the AUROC, so a bootstrap over rows can treat the AUROC as a mean."""
+    s = np.asarray(scores, float)
+    y = np.asarray(positive, bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise FairVLMError(f"placements needs 1-D scores and labels of one length, got {s.shape} and {y.shape}")
+    if y.all() or not y.any():
+        raise FairVLMError("placements needs both positive and negative rows")
+    neg, pos = np.sort(s[~y]), np.sort(s[y])
+    out = np.empty_like(s)
+    below_neg = np.searchsorted(neg, s[y], "left") + 0.5 * (np.searchsorted(neg, s[y], "right")
+                                                             - np.searchsorted(neg, s[y], "left"))
+    out[y] = below_neg / neg.size
+    above_pos = (pos.size - np.searchsorted(pos, s[~y], "right")) + 0.5 * (
+        np.searchsorted(pos, s[~y], "right") - np.searchsorted(pos, s[~y], "left"))
+    out[~y] = above_pos / pos.size
+    return out
 
 
 def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -1098,6 +1222,96 @@ def transfer_test(dirs: Directions, col: Collection, *, n_random: int = 200, n_b
                     "null": float(np.median(nulls)), "null_lo": float(np.percentile(nulls, 2.5)),
                     "null_hi": float(np.percentile(nulls, 97.5)), "unembed_auroc": ue, "n_rows": int(keep.sum())})
     return pd.DataFrame(out)
+
+
+#: Finding 3 and the transfer claim of RES-FAIR as the verdict tables print them.
+CONFLICT_CLAIM = "residuals of one layer carry conflicting knowledge (finding 3)"
+TRANSFER_CLAIM = "{kind} residual vectors fitted on one dataset apply to another (App. C.1)"
+
+
+def conflict_verdict(rows: pd.DataFrame, control_rows: pd.DataFrame, *, reading: str, layers: Sequence[int],
+                     min_effect: float = 0.05, seed: int = 0):
+    """Finding 3 for one cell by :func:`fairvlm.verdicts.judge`. Returns ``(effect rows,
+    control rows, verdict)``.
+
+    ``rows`` / ``control_rows``: :func:`residual_frame` lines of the cell and of the
+    content-free control (same model and attribute). Per row, the share of ``layers`` in
+    conflict: the two writes push opposite ways (``reading="writes"``) or the two streams
+    fall on opposite sides (``"streams"``). Effect: that share on the cell's rows; control:
+    on the content-free rows, where there is no social knowledge to conflict. Both are
+    bootstrapped over labels (every prompt and input variant of a label is one cluster).
+    """
+    from fairvlm.verdicts import Claim, judge
+
+    if reading not in ("writes", "streams"):
+        raise FairVLMError(f"reading={reading!r}: choose 'writes' or 'streams'")
+    claim = Claim(CONFLICT_CLAIM, "bias", "greater", min_effect=min_effect)
+
+    def per_row(rf):
+        rf = rf[rf["layer"].isin(list(layers))]
+        if reading == "writes":
+            c = np.sign(rf["push_attn"]) != np.sign(rf["push_mlp"])
+        else:
+            c = np.sign(rf["d1_margin"]) != np.sign(rf["d2_margin"])
+        return (rf.assign(conflict=c.astype(float)).groupby("row_id", sort=False)
+                .agg(scenario=("scenario", "first"), conflict=("conflict", "mean")).reset_index())
+
+    eff, ctl = per_row(rows), per_row(control_rows)
+    testable = ctl["scenario"].nunique() >= 2 and eff["scenario"].nunique() >= 2
+    v = judge(claim, eff["conflict"].to_numpy(), ctl["conflict"].to_numpy(), paired=False,
+              clusters=eff["scenario"].to_numpy(), control_clusters=ctl["scenario"].to_numpy(), testable=testable,
+              why="" if testable else "fewer than two labels in the cell or in its content-free control", seed=seed)
+    return eff, ctl, v
+
+
+def transfer_verdicts(fit_col: Collection, eval_col: Collection, *, reading: str = "writes", n_shuffles: int = 10,
+                      min_effect: float = 0.05, seed: int = 0, dirs: Directions | None = None):
+    """The transfer claim for one fit / evaluation pair, by :func:`fairvlm.verdicts.judge`.
+    Returns ``(table, verdicts)``: one line and one verdict per kind (bias, fair).
+
+    Effect: the AUROC with which the directions fitted on ``fit_col`` rank ``eval_col``'s
+    own biased rows above its fair rows (``u_bias``, on the biased write) or the reverse
+    (``u_fair``), averaged over the directions' layers, written per row as
+    :func:`placements`. Control: the same for directions fitted by the same procedure on
+    ``fit_col`` with its biased / fair labels shuffled (``n_shuffles`` fits, averaged per
+    row): a direction that separates rows for any other reason (the question's wording, the
+    option word) separates them just as well. Paired per evaluation row, bootstrapped over
+    its labels. ``dirs``: the fitted (writes) directions when already at hand.
+    """
+    from fairvlm.verdicts import Claim, judge
+
+    if reading not in ("writes", "streams"):
+        raise FairVLMError(f"reading={reading!r}: choose 'writes' or 'streams'")
+    view = (lambda d: d) if reading == "writes" else streams_view
+    real = view(dirs if dirs is not None else fit_directions(fit_col))
+    controls = [view(fit_directions(fit_col, real.layers, shuffle_seed=seed + 1 + k)) for k in range(n_shuffles)]
+    biased, fair = split_rows(eval_col)
+    keep = biased | fair
+    scen = eval_col.table["scenario"].to_numpy()[keep]
+    table, verdicts = [], []
+    for kind, positive in (("bias", biased[keep]), ("fair", fair[keep])):
+        claim = Claim(TRANSFER_CLAIM.format(kind=kind), "bias", "greater", min_effect=min_effect, effect_ref=0.5)
+        if positive.all() or not positive.any():
+            v = judge(claim, [], [], testable=False, why="the evaluation data have no biased or no fair rows")
+            table.append({"kind": kind, "auroc": float("nan"), "control_auroc": float("nan"), "n_rows": int(keep.sum())})
+            verdicts.append(v)
+            continue
+
+        def row_placements(d: Directions) -> np.ndarray:
+            sites, vecs = (d.bias_site, d.bias) if kind == "bias" else (d.fair_site, d.fair)
+            per_layer = []
+            for l in d.layers:
+                site, layer = sites[l].split(".")
+                per_layer.append(placements(eval_col.stream(site, int(layer))[keep] @ vecs[l], positive))
+            return np.mean(per_layer, axis=0)
+
+        eff = row_placements(real)
+        ctl = np.mean([row_placements(c) for c in controls], axis=0)
+        v = judge(claim, eff, ctl, clusters=scen, seed=seed)
+        table.append({"kind": kind, "auroc": float(eff.mean()), "control_auroc": float(ctl.mean()),
+                      "n_rows": int(keep.sum())})
+        verdicts.append(v)
+    return pd.DataFrame(table), verdicts
 
 
 def lens_proxy(loaded, dirs: Directions, col: Collection, *, lambda1: float = 0.2,

@@ -101,7 +101,7 @@ __all__ = [
     "option_logprobs", "confidence_skew", "skew_from_logprobs", "fair_proportion",
     "answer_shares", "summarize", "paradox_table", "order_balanced", "pairs_image_source", "testbed_image_source",
     "scf_image_source", "evaluate", "generate_answers", "AnswerStop", "CONTROL_LABELS", "control_labels",
-    "label_specific", "shuffled_label_null", "MAX_NEW_TOKENS",
+    "label_specific", "shuffled_label_null", "label_shuffle_pairs", "paradox_verdicts", "PARADOX_CLAIM", "MAX_NEW_TOKENS",
 ]
 
 ATTRIBUTES = ("gender", "race")
@@ -198,6 +198,22 @@ _PREDICATES = {
     "need sleep": "need sleep",
     "have a heartbeat": "have a heartbeat",
     "be a human being": "be a human being",
+    "need water": "need water",
+    "need food": "need food",
+    "need oxygen": "need oxygen",
+    "have blood": "have blood",
+    "have bones": "have bones",
+    "have a brain": "have a brain",
+    "have lungs": "have lungs",
+    "have skin": "have skin",
+    "have dna": "have DNA",
+    "have a birthday": "have a birthday",
+    "have been born": "have been born",
+    "grow older over time": "grow older over time",
+    "be a mammal": "be a mammal",
+    "have a body temperature": "have a body temperature",
+    "be made of cells": "be made of cells",
+    "be mortal": "be mortal",
     # SocialCounterfactuals occupations that do not read as "be a/an X"
     "army": "serve in the army",
     "ceo": "be a CEO",
@@ -208,7 +224,10 @@ _PREDICATES = {
 }
 #: Content-free control labels: true of every person, so the right answer is "both" and a
 #: lean toward a group on them is a preference for an option *word*, not a stereotype.
-CONTROL_LABELS = ("breathe air", "need sleep", "have a heartbeat", "be a human being")
+CONTROL_LABELS = ("breathe air", "need sleep", "have a heartbeat", "be a human being",
+                  "need water", "need food", "need oxygen", "have blood", "have bones",
+                  "have a brain", "have lungs", "have skin", "have DNA", "have a birthday", "have been born",
+                  "grow older over time", "be a mammal", "have a body temperature", "be made of cells", "be mortal")
 #: Answer cap: generation stops earlier once the answer parses (:class:`AnswerStop`).
 MAX_NEW_TOKENS = 32
 _AN_EXCEPTIONS = ("uni", "use", "euro", "one")
@@ -752,15 +771,18 @@ def label_specific(items: pd.DataFrame) -> pd.DataFrame:
 
 def _lean_matrix(g: pd.DataFrame):
     """Items x prompts matrix of ``lp_a - lp_b`` for one (model, dataset, attribute) cell,
-    with the items' variants and fair rates (every item must have the same prompts)."""
+    with the items' meta data (``variant``, ``fair_rate``, ``scenario``; every item must have
+    the same prompts)."""
     lo = g.assign(_lo=g["lp_a"].astype(float) - g["lp_b"].astype(float),
                   _fair=(g["parsed"] == "fair").astype(float))
     mat = lo.pivot_table(index="item_id", columns="prompt_id", values="_lo", sort=False)
     if mat.isna().any().any():
-        raise FairVLMError("shuffled_label_null needs every item asked with the same prompts")
-    meta = lo.groupby("item_id", sort=False).agg(variant=("variant", "first"), fair_rate=("_fair", "mean"))
-    meta = meta.loc[mat.index]
-    return mat.to_numpy(), meta["variant"].to_numpy(), meta["fair_rate"].to_numpy()
+        raise FairVLMError("the label-shuffled null needs every item asked with the same prompts")
+    agg = {"variant": ("variant", "first"), "fair_rate": ("_fair", "mean")}
+    if "scenario" in lo:
+        agg["scenario"] = ("scenario", "first")
+    meta = lo.groupby("item_id", sort=False).agg(**agg).loc[mat.index]
+    return mat.to_numpy(), meta
 
 
 def _ls_skew(mat: np.ndarray, variants: np.ndarray) -> np.ndarray:
@@ -774,18 +796,72 @@ def _ls_skew(mat: np.ndarray, variants: np.ndarray) -> np.ndarray:
     return out
 
 
+def _shuffled_skews(mat: np.ndarray, variants: np.ndarray, n_perm: int, rng) -> np.ndarray:
+    """``(n_perm, items)`` label-specific skews after shuffling each prompt's log-odds among
+    the items of the same variant (labels then carry no information; prompt noise stays)."""
+    out = np.empty((n_perm, len(mat)))
+    groups = [np.flatnonzero(variants == v) for v in np.unique(variants)]
+    for i in range(n_perm):
+        sh = mat.copy()
+        for idx in groups:
+            for j in range(sh.shape[1]):
+                sh[idx, j] = sh[rng.permutation(idx), j]
+        out[i] = _ls_skew(sh, variants)
+    return out
+
+
+def label_shuffle_pairs(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
+                        min_fair_rate: float = 0.5) -> pd.DataFrame:
+    """The paradox effect and its label-shuffled control, paired per item, for
+    :func:`fairvlm.verdicts.judge`.
+
+    Only *fair-majority* items (at least ``min_fair_rate`` of their prompts answered fair)
+    take part, in the effect and in the control alike: the common lean of a variant is the
+    mean over its fair-majority items, and the shuffle draws within that set, so the
+    control is the same procedure with only the label-group link removed. Per item:
+    ``skew`` (its :func:`label_specific` skew within the set) and ``null_skew`` (the mean of
+    its skew over ``n_perm`` shuffles of each prompt's group log-odds among the set's items
+    of the same variant). One line per fair-majority item: ``model, dataset, attribute,
+    item_id, scenario, variant, fair_rate, skew, null_skew``; cells whose set has fewer than
+    two items of some variant keep those items with NaN (nothing to shuffle against).
+    """
+    if n_perm < 20:
+        raise FairVLMError(f"n_perm={n_perm} is too small for a stable shuffled control; use at least 20")
+    rng = np.random.default_rng(seed)
+    keys = [c for c in ("model", "dataset", "attribute") if c in df]
+    out = []
+    for k, g in df.groupby(keys, sort=False):
+        mat, meta = _lean_matrix(g)
+        major = meta["fair_rate"].to_numpy() >= min_fair_rate
+        if not major.any():
+            continue
+        sub, sub_meta = mat[major], meta[major]
+        variants = sub_meta["variant"].to_numpy()
+        real = _ls_skew(sub, variants)
+        null = _shuffled_skews(sub, variants, n_perm, rng).mean(axis=0)
+        alone = pd.Series(variants).map(pd.Series(variants).value_counts()).to_numpy() < 2
+        real[alone], null[alone] = np.nan, np.nan
+        frame = sub_meta.reset_index().assign(skew=real, null_skew=null)
+        for key, val in zip(keys, k if isinstance(k, tuple) else (k,)):
+            frame.insert(0, key, val)
+        out.append(frame)
+    cols = keys + ["item_id", "scenario", "variant", "fair_rate", "skew", "null_skew"]
+    if not out:
+        return pd.DataFrame(columns=cols)
+    res = pd.concat(out, ignore_index=True)
+    if "scenario" not in res:
+        res["scenario"] = res["item_id"]
+    return res[cols]
+
+
 def shuffled_label_null(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
                         min_fair_rate: float = 0.5) -> pd.DataFrame:
     """The label-specific paradox effect with its label-shuffled null, per (model, dataset,
-    attribute).
-
-    Effect: the mean :func:`label_specific` skew over *fair-majority* items (at least
-    ``min_fair_rate`` of their prompts answered fair), with a seeded bootstrap interval over
-    those items. Null: the same statistic after shuffling each prompt's group log-odds
-    among the labels of the same (variant, prompt) -- labels then carry no information, so
-    what remains is the spread prompt noise alone gives; ``null`` is the median over
-    ``n_perm`` shuffles and ``null_lo``/``null_hi`` their 2.5 / 97.5 percentiles.
-    ``df``: one line per row with ``lp_a, lp_b, parsed, prompt_id, item_id, variant``.
+    attribute), as a summary: ``effect`` (mean label-specific skew over fair-majority items,
+    computed within that set as in :func:`label_shuffle_pairs`) with a seeded bootstrap
+    interval over those items, and ``null``, ``null_lo``, ``null_hi``: the median and
+    2.5 / 97.5 percentiles of the same mean over ``n_perm`` shuffles drawn within the
+    fair-majority set. The verdict uses :func:`label_shuffle_pairs`; this is its summary.
     """
     from fairvlm.verdicts import bootstrap_ci
 
@@ -794,31 +870,59 @@ def shuffled_label_null(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
     rng = np.random.default_rng(seed)
     keys = [c for c in ("model", "dataset", "attribute") if c in df]
     out = []
+    nan = float("nan")
     for k, g in df.groupby(keys, sort=False):
-        mat, variants, fair_rate = _lean_matrix(g)
-        major = fair_rate >= min_fair_rate
-        real = _ls_skew(mat, variants)
-        null = np.empty(n_perm)
-        for i in range(n_perm):
-            sh = mat.copy()
-            for v in np.unique(variants):
-                idx = np.flatnonzero(variants == v)
-                for j in range(sh.shape[1]):
-                    sh[idx, j] = sh[rng.permutation(idx), j]
-            s = _ls_skew(sh, variants)
-            null[i] = s[major].mean() if major.any() else np.nan
-        eff = float(real[major].mean()) if major.any() else float("nan")
-        lo, hi = bootstrap_ci(real[major], seed=seed) if major.sum() >= 2 else (float("nan"), float("nan"))
-        finite = null[np.isfinite(null)]
-        out.append({**dict(zip(keys, k if isinstance(k, tuple) else (k,))),
-                    "n_items": len(real), "n_fair_majority": int(major.sum()),
-                    "effect": eff, "lo": lo, "hi": hi,
-                    "null": float(np.median(finite)) if finite.size else float("nan"),
-                    "null_lo": float(np.percentile(finite, 2.5)) if finite.size else float("nan"),
-                    "null_hi": float(np.percentile(finite, 97.5)) if finite.size else float("nan"),
-                    "paradox_share_label_specific": float((real[major] >= PARADOX_SKEW).mean())
-                    if major.any() else float("nan")})
+        mat, meta = _lean_matrix(g)
+        major = meta["fair_rate"].to_numpy() >= min_fair_rate
+        row = {**dict(zip(keys, k if isinstance(k, tuple) else (k,))), "n_items": len(mat),
+               "n_fair_majority": int(major.sum()), "effect": nan, "lo": nan, "hi": nan, "null": nan,
+               "null_lo": nan, "null_hi": nan, "paradox_share_label_specific": nan}
+        if major.sum() >= 2:
+            variants = meta["variant"].to_numpy()[major]
+            real = _ls_skew(mat[major], variants)
+            null = _shuffled_skews(mat[major], variants, n_perm, rng).mean(axis=1)
+            lo, hi = bootstrap_ci(real, seed=seed)
+            row.update(effect=float(real.mean()), lo=lo, hi=hi, null=float(np.median(null)),
+                       null_lo=float(np.percentile(null, 2.5)), null_hi=float(np.percentile(null, 97.5)),
+                       paradox_share_label_specific=float((real >= PARADOX_SKEW).mean()))
+        elif major.any():
+            row["effect"] = 0.0  # one item is its own common lean: no label-specific part
+        out.append(row)
     return pd.DataFrame(out)
+
+
+#: Finding 1 of RES-FAIR as the verdict table prints it.
+PARADOX_CLAIM = "fair answers over skewed group probabilities (finding 1)"
+
+
+def paradox_verdicts(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
+                     min_fair_rate: float = 0.5) -> tuple[pd.DataFrame, list[dict]]:
+    """Finding 1 decided per (model, dataset, attribute) by :func:`fairvlm.verdicts.judge`.
+
+    Effect: the label-specific skew of each fair-majority item; control: the same item's
+    skew under label shuffles drawn within the fair-majority set (:func:`label_shuffle_pairs`);
+    the paired difference is bootstrapped over *labels* (an item is one label in one input
+    variant, so the variants of a label are one cluster). The claim is a hard lean: the
+    difference must clear :data:`PARADOX_SKEW` (a 2:1 lean), and an interval wholly below
+    it rules the claim out. Returns the pairs and one verdict row per cell (``cell``,
+    ``model``, ``dataset``, ``attribute``, ``fair-majority items``, ``verdict``).
+    """
+    from fairvlm.verdicts import Claim, judge
+
+    claim = Claim(PARADOX_CLAIM, "bias", "greater", min_effect=PARADOX_SKEW)
+    pairs = label_shuffle_pairs(df, n_perm=n_perm, seed=seed, min_fair_rate=min_fair_rate)
+    keys = ["model", "dataset", "attribute"]
+    rows = []
+    for k, _ in df.groupby(keys, sort=False):
+        p = pairs[(pairs[keys] == pd.Series(dict(zip(keys, k)))).all(axis=1)].dropna(subset=["skew", "null_skew"])
+        n_labels = p["scenario"].nunique()
+        testable = n_labels >= 2
+        v = judge(claim, p["skew"].to_numpy(float), p["null_skew"].to_numpy(float), clusters=p["scenario"].to_numpy(),
+                  testable=testable, seed=seed,
+                  why="" if testable else f"{len(p)} fair-majority item(s) from {n_labels} label(s): nothing to compare")
+        rows.append({"cell": ", ".join(map(str, k)), **dict(zip(keys, k)), "fair-majority items": len(p),
+                     "verdict": v})
+    return pairs, rows
 
 
 # ---------------------------------------------------------------------------------------

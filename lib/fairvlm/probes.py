@@ -486,6 +486,125 @@ def expert_gap_test(result: ProbeResult, contributions: torch.Tensor, labels: Se
                                                                 float(np.percentile(nulls, 97.5)))}
 
 
+#: Table 1 of the CLIP-heads paper as the verdict table prints it.
+EXPERT_CLAIM = "Table 1: a few last-layer heads carry gender (ViT-B/32 heads 3, 11, 12)"
+
+
+def _head_aps(result: ProbeResult, idx: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.array([average_precision_score(y[idx], result.scores[h][idx, result.positive])
+                     for h in range(result.scores.shape[0])])
+
+
+def expert_gap_verdict(result: ProbeResult, contributions: torch.Tensor, labels: Sequence, *, k: int,
+                       groups: Sequence | None = None, config: ProbeConfig = ProbeConfig(), positive=None,
+                       n_shuffles: int = 10, n_boot: int = 500, min_effect: float = 0.05, seed: int = 0):
+    """Table 1 decided by the protocol (:mod:`fairvlm.verdicts`), with the experts chosen on
+    images apart from those that score them. Returns ``(experts, details, verdict)``.
+
+    The test split of ``result`` is cut in two by counterfactual set (``groups``, one id per
+    image of the probe set; alternate sets in sorted order): on the *selection* half the
+    top-``k`` heads by AP are the experts; on the *scoring* half the effect is their mean AP
+    minus the other heads'. Control: the same procedure, probes included, on labels
+    shuffled within the train and test splits (``n_shuffles`` times, gaps averaged), where
+    picking the best ``k`` heads still yields a gap, but not from any knowledge. The
+    difference is bootstrapped over the scoring half's sets (``n_boot`` percentile
+    resamples, every AP recomputed from the stored scores), paired: the same images score
+    the real and the shuffled probes. Precondition: the real probes read the attribute at
+    all (their best head's AP on the scoring half is above the positive share, AP's chance).
+    """
+    from fairvlm.verdicts import Claim, judge_estimates
+
+    if result.positive is None:
+        raise ParameterError("expert_gap_verdict needs a binary probe (two classes)")
+    n_heads = result.scores.shape[0]
+    if not 1 <= int(k) < n_heads:
+        raise ParameterError(f"k={k!r} must lie in [1, {n_heads - 1}] so that other heads remain")
+    claim = Claim(EXPERT_CLAIM, "other", "greater", min_effect=min_effect, effect_ref=0.0)
+    test_groups = (np.asarray(result.test_idx) if groups is None else np.asarray(groups)[result.test_idx])
+    sets = np.array(sorted(set(test_groups.tolist())))
+    sel = np.isin(test_groups, sets[0::2])
+    sel_idx, score_idx = np.flatnonzero(sel), np.flatnonzero(~sel)
+    rng = np.random.default_rng(seed)
+    lab = np.asarray([str(x) for x in labels])
+
+    def pick_and_gap(res: ProbeResult):
+        y = (res.y_test == res.positive).astype(int)
+        if len(set(y[sel_idx])) < 2 or len(set(y[score_idx])) < 2:
+            return None, None, y
+        experts = [int(h) for h in np.argsort(-_head_aps(res, sel_idx, y), kind="stable")[:k]]
+        return experts, np.isin(np.arange(n_heads), experts), y
+
+    experts, emask, y = pick_and_gap(result)
+    details = {"experts": experts, "n_selection": int(len(sel_idx)), "n_scoring": int(len(score_idx)),
+               "n_sets_scoring": int(len(set(test_groups[score_idx].tolist())))}
+    if experts is None:
+        from fairvlm.verdicts import judge
+        return experts, details, judge(claim, [], [], testable=False,
+                                       why="a half of the test split holds one class only")
+    shuffled = []
+    for _ in range(n_shuffles):
+        perm = lab.copy()
+        perm[result.train_idx] = rng.permutation(lab[result.train_idx])
+        perm[result.test_idx] = rng.permutation(lab[result.test_idx])
+        r = probe_heads(contributions, perm, config=config, positive=positive,
+                        split=(result.train_idx, result.test_idx))
+        se, sm, sy = pick_and_gap(r)
+        if se is not None:
+            shuffled.append((r, sm, sy))
+
+    def gaps(idx):
+        ap = _head_aps(result, idx, y)
+        g = ap[emask].mean() - ap[~emask].mean()
+        c = [(lambda a: a[m].mean() - a[~m].mean())(_head_aps(r, idx, yy)) for r, m, yy in shuffled]
+        return g, float(np.mean(c)) if c else float("nan"), ap.max()
+
+    eff, ctl, best = gaps(score_idx)
+    chance = float(y[score_idx].mean())
+    score_sets = test_groups[score_idx]
+    uniq = np.array(sorted(set(score_sets.tolist())))
+    members = {g: score_idx[score_sets == g] for g in uniq}
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.choice(uniq, size=len(uniq), replace=True)])
+        if len(set(y[idx])) < 2 or any(len(set(yy[idx])) < 2 for _, _, yy in shuffled):
+            continue
+        g, c, _ = gaps(idx)
+        boots.append((g, g - c))
+    boots = np.array(boots) if boots else np.full((0, 2), np.nan)
+    lo_hi = lambda j: (float(np.percentile(boots[:, j], 2.5)), float(np.percentile(boots[:, j], 97.5))) \
+        if len(boots) else (float("nan"), float("nan"))
+    details.update(effect=float(eff), control=float(ctl), best_ap=float(best), ap_chance=chance,
+                   n_shuffles=len(shuffled), n_boot=int(len(boots)))
+    testable = bool(best > chance) and len(shuffled) > 0
+    why = "" if testable else (f"no head's AP ({best:.3f}) on the scoring images exceeds chance ({chance:.3f})"
+                               if best <= chance else "no shuffled-label probe could be scored")
+    v = judge_estimates(claim, float(eff), lo_hi(0), float(ctl), float(eff - ctl), lo_hi(1), n_units=len(uniq),
+                        testable=testable, why=why)
+    return experts, details, v
+
+
+def random_heads(table: pd.DataFrame, experts: Sequence[int], *, n_draws: int = 5, seed: int = 0) -> list[list[int]]:
+    """``n_draws`` random sets of non-expert heads, each as large as ``experts`` (as many as
+    there are non-experts when those are fewer), drawn without regard to AP: the control
+    an expert-head edit is measured against is an edit of heads picked like the experts,
+    minus the knowledge. Distinct sets where the heads allow."""
+    e = _expert_mask(table, experts)
+    others = table.loc[~e, "head"].astype(int).to_numpy()
+    size = min(int(e.sum()), len(others))
+    if not isinstance(n_draws, (int, np.integer)) or isinstance(n_draws, bool) or n_draws < 1:
+        raise ParameterError(f"n_draws={n_draws!r} must be an integer >= 1")
+    rng = np.random.default_rng(seed)
+    out, seen = [], set()
+    for _ in range(50 * n_draws):
+        draw = tuple(sorted(int(h) for h in rng.choice(others, size=size, replace=False)))
+        if draw not in seen:
+            seen.add(draw)
+            out.append(list(draw))
+        if len(out) == n_draws:
+            break
+    return out
+
+
 def trap_table(contributions: torch.Tensor, labels: Sequence, *, experts: Sequence[int], k: int,
                groups: Sequence | None = None, positive=None, seeds: Sequence[int] = range(5)) -> pd.DataFrame:
     """How the expert list depends on the probe recipe, over split ``seeds``.

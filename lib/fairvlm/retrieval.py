@@ -936,131 +936,144 @@ def score_variants(data: AuditData, words: pd.DataFrame, variants: Sequence[Mapp
     return {"queries": scen, "words": wt, "summary": summary, "hits": hits}
 
 
-def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, gap: Mapping,
-                      neuron_aps: Mapping, experts: Sequence[int], control_heads: Sequence[int],
-                      neuron_ap: float, damp_alpha: float, timing: Mapping, seed: int = 0) -> tuple[list, dict]:
-    """The "Paper vs this book" rows of the CLIP-heads chapter, each decided by
-    :func:`fairvlm.verdicts.decide` with a null measured in the same run.
+def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, gap_verdict,
+                      neurons: pd.DataFrame, neuron_testable: tuple[bool, str], experts: Sequence[int],
+                      random_variants: Sequence[str], damp_alpha: float, timing: Mapping,
+                      seed: int = 0) -> tuple[list, dict]:
+    """The "Paper vs this book" rows of the CLIP-heads chapter, each decided by the
+    protocol of :mod:`fairvlm.verdicts` against a control measured in the same run.
 
     ``scores``: :func:`score_variants` output; ``floor``: :func:`random_ranking_floor`;
-    ``gap``: :func:`fairvlm.probes.expert_gap_test`; ``neuron_aps``: ``{"expert": array,
-    "other": array}`` of the held-out AP of every neuron of the expert heads and of as many
-    other heads; ``neuron_ap``: the threshold of the expert neurons; ``timing``:
-    :func:`time_edits`. Differences between two variants are paired per query / word /
-    caption and bootstrapped (seeded); the NDKL claims are *not testable here* when the
-    baseline NDKL lies inside the random-ranking floor (no bias to remove). Returns the
-    rows (for :func:`fairvlm.verdicts.verdict_table`) and ``{"base_ndkl", "floor",
-    "floor_hi", "has_bias"}``.
+    ``gap_verdict``: Table 1's verdict (:func:`fairvlm.probes.expert_gap_verdict`);
+    ``neurons``: the neuron probes of the expert heads and of random non-expert heads
+    (``head, ap, kind`` with kind ``expert`` / ``other``); ``neuron_testable``: whether the
+    expert-neuron mask selects some but not all coordinates above chance, and why not;
+    ``random_variants``: the variants that put the male prototype on random non-expert
+    heads (:func:`fairvlm.probes.random_heads`), the control of every head-level edit;
+    ``timing``: :func:`time_edits`. Rows pair variants per scenario query, word or caption.
+    NDKL claims are *not testable here* when the baseline NDKL lies inside the
+    random-ranking floor (no bias to remove), and claims that something else stays put
+    (or that a neuron edit does less) only after the head edit's own effect was shown.
+    Returns the rows (for :func:`fairvlm.verdicts.verdict_table`) and ``{"base_ndkl",
+    "floor", "floor_hi", "has_bias"}``.
     """
-    from fairvlm.verdicts import bootstrap_ci, decide
+    from fairvlm.verdicts import Claim, judge, judge_estimates
 
     q = scores["queries"]
     q = q[q["suite"] == main_suite]
     words, hits = scores["words"], scores["hits"]
     S = scores["summary"].set_index("variant")
     names = set(S.index)
+    if not random_variants or any(v not in names for v in random_variants):
+        raise FairVLMError(f"random_variants={list(random_variants)} must name scored variants (the male prototype "
+                           "on random non-expert heads)")
 
     def h1(hs):
         return ",".join(str(h + 1) for h in hs)
 
     def per_query(variant, col="ndkl_gender"):
-        return q[q["variant"] == variant].set_index("query")[col]
+        return q[q["variant"] == variant].set_index("query")[col].sort_index()
 
-    def reduction(variant, col="ndkl_gender"):
-        return (per_query("none", col) - per_query(variant, col)).to_numpy(float)
-
-    def ci(x):
-        return bootstrap_ci(np.asarray(x, float), seed=seed)
+    def reduction(variant):
+        return (per_query("none") - per_query(variant)).to_numpy(float)
 
     nan = float("nan")
     fl = floor[floor["suite"] == main_suite].set_index(["metric", "attribute"])
     base = float(S.loc["none", "ndkl_gender"])
     floor_hi = float(fl.loc[("ndkl", "gender"), "hi"])
     has_bias = base > floor_hi
-    no_bias = f"baseline NDKL {base:.3f} is inside the random-ranking floor (up to {floor_hi:.3f}): no bias to remove"
-    why = "" if has_bias else no_bias
-    male, ctrl = reduction("male (experts)"), reduction("male (control heads)")
-    rows = [
-        {"claim": "Table 1: a few last-layer heads carry gender (ViT-B/32 heads 3, 11, 12)",
-         "measure": f"AP gap, experts {h1(experts)} vs other heads; null: same selection on shuffled labels",
-         "verdict": decide(gap["effect"], gap["interval"], gap["null"], gap["null_interval"])},
-        {"claim": "Figure 1: expert heads hold many high-AP neurons, other heads few",
-         "measure": f"mean neuron AP, expert heads vs heads {h1(control_heads)}",
-         "verdict": decide(float(np.mean(neuron_aps["expert"])), ci(neuron_aps["expert"]),
-                           float(np.mean(neuron_aps["other"])), ci(neuron_aps["other"]))},
-        {"claim": "Table 2: the male prototype on the experts cuts NDKL (up to 42%)",
-         "measure": f"NDKL reduction per query ({-S.loc['male (experts)', 'ndkl_gender_change']:+.1%} relative); "
-                    "null: the same prototype on control heads",
-         "verdict": decide(male.mean(), ci(male), ctrl.mean(), ci(ctrl), testable=has_bias, why=why)}]
+    why = "" if has_bias else (f"baseline NDKL {base:.3f} is inside the random-ranking floor (up to {floor_hi:.3f}): "
+                               "no bias to remove")
+    size = 0.05 * base            # the smallest NDKL change that counts: 5% of the baseline
+    male = reduction("male (experts)")
+    rand = np.mean([reduction(v) for v in random_variants], axis=0)
+    rows = [{"measure": "AP gap of the experts (picked on other images) over the other heads; control: the same "
+                        "procedure on shuffled labels", "verdict": gap_verdict}]
+    ne, no = neurons[neurons["kind"] == "expert"], neurons[neurons["kind"] == "other"]
+    rows.append({"measure": "neuron AP, expert heads vs random non-expert heads (clusters: heads)",
+                 "verdict": judge(Claim("Figure 1: expert heads hold many high-AP neurons, other heads few", "other",
+                                        min_effect=0.02, effect_ref=None),
+                                  ne["ap"].to_numpy(float), no["ap"].to_numpy(float), paired=False,
+                                  clusters=ne["head"].to_numpy(), control_clusters=no["head"].to_numpy(), seed=seed)})
+    t2 = judge(Claim("Table 2: the male prototype on the experts cuts NDKL (up to 42%)", "debias", min_effect=size),
+               male, rand, testable=has_bias, why=why, seed=seed)
+    rows.append({"measure": f"NDKL reduction per query ({-S.loc['male (experts)', 'ndkl_gender_change']:+.1%} "
+                            f"relative); control: the male prototype on {len(random_variants)} random sets of "
+                            "non-expert heads", "verdict": t2})
     single = [v for v in S.index if S.loc[v, "family"] == "single head" and v.startswith("male")]
+    c_one = Claim("Table 2: editing all experts beats editing one", "debias", min_effect=size)
     if single and len(experts) > 1:
         best = min(single, key=lambda v: per_query(v).mean())
         gain = (per_query(best) - per_query("male (experts)")).to_numpy(float)
-        rows.append({"claim": "Table 2: editing all experts beats editing one",
-                     "measure": f"NDKL of the best single head ({best}) minus all experts, per query",
-                     "verdict": decide(gain.mean(), ci(gain), 0.0, testable=has_bias, why=why)})
+        rows.append({"measure": f"NDKL of the best single head ({best}) minus all experts, per query; control: 0",
+                     "verdict": judge(c_one, gain, np.zeros_like(gain), testable=has_bias, why=why, seed=seed)})
     else:
-        rows.append({"claim": "Table 2: editing all experts beats editing one", "measure": "a single expert head",
-                     "verdict": decide(nan, (nan, nan), 0.0, testable=False, why="one expert: nothing to compare")})
+        rows.append({"measure": "a single expert head",
+                     "verdict": judge(c_one, [], [], testable=False, why="one expert: nothing to compare")})
     others = [v for v in ("person (experts)", "female (experts)", "zero (experts)") if v in names]
     runner = min(others, key=lambda v: per_query(v).mean())
     mb = (per_query(runner) - per_query("male (experts)")).to_numpy(float)
-    rows.append({"claim": "Table 2: the male prototype is the best edit of the experts",
-                 "measure": f"NDKL of the best other edit ({runner}) minus male, per query",
-                 "verdict": decide(mb.mean(), ci(mb), 0.0, testable=has_bias, why=why)})
+    rows.append({"measure": f"NDKL of the best other edit ({runner}) minus male, per query; control: 0",
+                 "verdict": judge(Claim("Table 2: the male prototype is the best edit of the experts", "debias",
+                                        min_effect=size), mb, np.zeros_like(mb), testable=has_bias, why=why,
+                                  seed=seed)})
     if hits:
-        drop = hits["none"] - hits["male (experts)"]
-        rows.append({"claim": "Tables 2 and 5: utility barely moves (about 2 points of Recall@K)",
-                     "measure": "drop of text-to-image hit@5 per caption, male (experts); band ±0.02",
-                     "verdict": decide(drop.mean(), ci(drop), 0.0, direction="within", tol=0.02)})
+        rows.append({"measure": "text-to-image hit@5 per caption, male (experts) vs unedited; margin ±0.02",
+                     "verdict": judge(Claim("Tables 2 and 5: utility barely moves (about 2 points of Recall@K)",
+                                            "no-change", "within", tol=0.02),
+                                      hits["male (experts)"], hits["none"], binary=True, after=t2, seed=seed)})
     damp_name = f"damp {damp_alpha:g} (expert neurons)"
-    if "male (expert neurons)" in names:
-        nrn = reduction("male (expert neurons)")
-        dmp = -reduction(damp_name)
-        rows.append({"claim": "Table 3 (left): neuron-level edits do little, less than head-level",
-                     "measure": "NDKL reduction per query, male prototype on expert neurons; null: on the whole experts",
-                     "verdict": decide(nrn.mean(), ci(nrn), male.mean(), ci(male), direction="less",
-                                       testable=has_bias, why=why)})
-        rows.append({"claim": f"Table 3 (right): damping expert neurons (alpha {damp_alpha:g}) changes NDKL little",
-                     "measure": f"NDKL change per query; band ±5% of the baseline ({0.05 * base:.3f})",
-                     "verdict": decide(dmp.mean(), ci(dmp), 0.0, direction="within", tol=0.05 * base,
-                                       testable=has_bias, why=why)})
+    c_left = Claim("Table 3 (left): neuron-level edits do little, less than head-level", "other", "less",
+                   min_effect=size, effect_ref=None)
+    c_right = Claim(f"Table 3 (right): damping expert neurons (alpha {damp_alpha:g}) changes NDKL little",
+                    "no-change", "within", tol=size if size > 0 else 0.01)
+    mask_ok, mask_why = neuron_testable
+    if mask_ok and "male (expert neurons)" in names:
+        rows.append({"measure": "NDKL reduction per query, male prototype on expert neurons; control: on the whole "
+                                "experts", "verdict": judge(c_left, reduction("male (expert neurons)"), male,
+                                                            testable=has_bias, why=why, after=t2, seed=seed)})
+        rows.append({"measure": f"NDKL per query, damped vs unedited; margin ±5% of the baseline ({size:.3f})",
+                     "verdict": judge(c_right, per_query(damp_name).to_numpy(float), per_query("none").to_numpy(float),
+                                      testable=has_bias, why=why, after=t2, seed=seed)})
     else:
-        for c in ("Table 3 (left): neuron-level edits do little, less than head-level",
-                  f"Table 3 (right): damping expert neurons (alpha {damp_alpha:g}) changes NDKL little"):
-            rows.append({"claim": c, "measure": f"no neuron of the experts reaches AP {neuron_ap:g}",
-                         "verdict": decide(nan, (nan, nan), 0.0, testable=False,
-                                           why=f"no expert neuron above AP {neuron_ap:g}")})
+        reason = mask_why or "no neuron-level variant was run"
+        for c in (c_left, c_right):
+            rows.append({"measure": "expert-neuron mask", "verdict": judge(c, [], [], testable=False, why=reason)})
     wt = words[words["style"] == "word"]
 
     def h_change(variant):
-        return (wt[wt["variant"] == variant].set_index("word")["entropy_gender"]
-                - wt[wt["variant"] == "none"].set_index("word")["entropy_gender"]).to_numpy(float)
+        return (wt[wt["variant"] == variant].set_index("word")["entropy_gender"].sort_index()
+                - wt[wt["variant"] == "none"].set_index("word")["entropy_gender"].sort_index()).to_numpy(float)
 
-    hm, hc = h_change("male (experts)"), h_change("male (control heads)")
+    hm = h_change("male (experts)")
+    hr = np.mean([h_change(v) for v in random_variants], axis=0)
     h0 = S.loc["none", "H_gender (word)"]
-    rows.append({"claim": "Table 4: the male prototype raises gender entropy over So-B-IT words",
-                 "measure": f"entropy change per word; null: control heads (CLIP-clip "
+    rows.append({"measure": f"entropy change per word; control: random non-expert heads (CLIP-clip "
                             f"{S.loc['CLIP-clip', 'H_gender (word)'] - h0:+.3f}, biased prompts "
                             f"{S.loc['biased prompts', 'H_gender (word)'] - h0:+.3f})",
-                 "verdict": decide(hm.mean(), ci(hm), hc.mean(), ci(hc))})
+                 "verdict": judge(Claim("Table 4: the male prototype raises gender entropy over So-B-IT words",
+                                        "debias", min_effect=0.01), hm, hr, seed=seed)})
     if hits:
-        extra = (hits["none"] - hits["CLIP-clip"]) - (hits["none"] - hits["male (experts)"])
-        rows.append({"claim": "Table 5: CLIP-clip costs more utility than the intervention",
-                     "measure": "hit@5 drop of CLIP-clip minus drop of male (experts), per caption",
-                     "verdict": decide(extra.mean(), ci(extra), 0.0)})
+        drop_clip = hits["none"] - hits["CLIP-clip"]
+        drop_male = hits["none"] - hits["male (experts)"]
+        rows.append({"measure": "hit@5 drop per caption, CLIP-clip vs male (experts)",
+                     "verdict": judge(Claim("Table 5: CLIP-clip costs more utility than the intervention", "other",
+                                            min_effect=0.02, effect_ref=None), drop_clip, drop_male, seed=seed)})
     nlo, nhi = timing["noise_interval"]
     resolvable = nhi - nlo <= 2 * 0.05
     t_why = ("" if timing["valid"] and resolvable else
              "the edited run was faster than plain beyond the A/A noise band: the timing measures the machine, "
              "not the edit" if not timing["valid"] else
              f"two identical runs differ by up to [{nlo:.2f}, {nhi:.2f}]: the machine is too noisy to resolve a 5% cost")
-    rows.append({"claim": "Sec. 3.2: the intervention adds negligible inference cost",
-                 "measure": f"wall-clock median ratio edited/plain ({timing['repeats']} interleaved repeats), band "
-                            "1 ± 0.05; null interval: plain/plain (A/A); benchmarks/bench_clip_heads.py times a "
-                            "ViT-B/32-sized encoder",
-                 "verdict": decide(timing["ratio"], timing["interval"], 1.0, timing["noise_interval"],
-                                   direction="within", tol=0.05, testable=timing["valid"] and resolvable, why=t_why)})
+    lo, hi = timing["interval"]
+    rows.append({"measure": f"wall-clock median ratio edited/plain ({timing['repeats']} interleaved repeats), margin "
+                            "±0.05; control: plain/plain (A/A); benchmarks/bench_clip_heads.py times a ViT-B/32-sized "
+                            "encoder",
+                 "verdict": judge_estimates(Claim("Sec. 3.2: the intervention adds negligible inference cost",
+                                                  "no-change", "within", tol=0.05),
+                                            timing["ratio"], (lo, hi), 1.0, timing["ratio"] - 1.0, (lo - 1.0, hi - 1.0),
+                                            n_units=int(timing["repeats"]), control_interval=(nlo, nhi),
+                                            testable=bool(timing["valid"] and resolvable), why=t_why)})
     return rows, {"base_ndkl": base, "floor": float(fl.loc[("ndkl", "gender"), "floor"]), "floor_hi": floor_hi,
                   "has_bias": has_bias}
 

@@ -1,0 +1,342 @@
+"""Calibration: the book run on a world where nothing is planted.
+
+A verdict protocol earns trust by what it says when there is nothing to find. The testbed
+can be built at ``strength: 0`` (every group equally often in every scenario; the groups
+stay visible), and a sound protocol must then award **no** "reproduced" to a testbed row
+that claims a bias exists or that a method removes one. This module executes the chapters
+on that world and on the default one, collects every verdict table they write, and
+reports::
+
+    python -m fairvlm.calibrate                       # every chapter, embedded profile
+    python -m fairvlm.calibrate --chapters 01,02 --profile smoke
+    python -m fairvlm.calibrate --collect-only        # reuse the per-world results already written
+
+Worlds are chosen with ``$FAIRVLM_WORLD`` (``default``, ``strength-0.5``, ``strength-0``),
+which every testbed model load honours; each world's results and figures go to their own
+folder under ``--work-dir`` (``$FAIRVLM_RESULTS`` / ``$FAIRVLM_FIGURES`` are set for the
+kernel), so the default book's ``results/`` is never overwritten.
+
+``results/calibration.json`` holds the false-positive count on the strength-0 world
+(reproduced verdicts on testbed rows whose claim asserts a bias or its removal, and, to be
+safe, on testbed rows from the older rule that do not say what they assert), the verdict
+counts per world, and every chapter that failed. The command exits with status 1 when
+the false-positive count is above 0 or a chapter failed.
+
+:func:`paper_vs_book` turns the two worlds' verdicts into the book's *Paper vs this book*
+page: every claim in one table with its chapter, effect against control, and the verdict
+on each world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from fairvlm.errors import FairVLMError, cli_main
+from fairvlm.verdicts import ALL_VERDICTS, BIAS_KINDS
+
+#: The environment variable every testbed load reads (see ``fairvlm.testbed``).
+WORLD_ENV = "FAIRVLM_WORLD"
+#: The world with nothing planted, and the book's default world.
+NULL_WORLD, DEFAULT_WORLD = "strength-0", "default"
+KNOWN_WORLDS = ("default", "strength-0.5", "strength-0")
+#: Verdict words in the order a prefix is matched (longest first).
+_PREFIXES = sorted(ALL_VERDICTS, key=len, reverse=True)
+
+
+def _known_worlds() -> tuple[str, ...]:
+    try:  # the testbed's own list, where this checkout has it
+        from fairvlm.testbed import WORLDS  # type: ignore[attr-defined]
+
+        return tuple(WORLDS)
+    except ImportError:
+        return KNOWN_WORLDS
+
+
+def normalise_verdict(text) -> str:
+    """The protocol word a verdict cell starts with (``"partly (images absent)"`` ->
+    ``"partly"``), or ``"unknown"``."""
+    t = str(text).strip().lower()
+    for w in _PREFIXES:
+        if t.startswith(w):
+            return w
+    return "unknown"
+
+
+# ---------------------------------------------------------------------------------------
+# Collecting verdicts from written results
+# ---------------------------------------------------------------------------------------
+
+
+def _chapter_models(results: Path, slug: str) -> list[str]:
+    try:
+        rec = json.loads((results / f"{slug}.json").read_text())
+        return [str(m) for m in rec.get("provenance", {}).get("models", [])]
+    except (OSError, ValueError):
+        return []
+
+
+def collect_verdicts(results: Path) -> pd.DataFrame:
+    """Every verdict row the chapters wrote under ``results`` (``<slug>/<table>.csv`` files
+    with ``claim`` and ``verdict`` columns), one line per row: ``chapter, table, claim, key,
+    verdict, asserts, bias_claim, testbed, effect_vs_control`` plus ``raw`` (the verdict cell
+    as written).
+
+    ``testbed``: the row is about a testbed model (a text cell names one, or every model of
+    the chapter's provenance is one). ``bias_claim``: True / False from the protocol's row,
+    None for rows of the older rule (``asserts`` "unclassified" or absent).
+    """
+    results = Path(results)
+    out = []
+    for table in sorted(results.glob("*/*.csv")):
+        slug = table.parent.name
+        try:
+            df = pd.read_csv(table)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            continue
+        if not {"claim", "verdict"} <= set(df.columns) or df.empty:
+            continue
+        models = _chapter_models(results, slug)
+        all_testbed = bool(models) and all("testbed" in m for m in models)
+        seen: dict = {}
+        for _, r in df.iterrows():
+            cell = str(r.get("cell", "")) if pd.notna(r.get("cell", "")) else ""
+            extra = [str(r[c]) for c in ("reading", "model + data", "model", "paper") if c in df.columns
+                     and pd.notna(r[c]) and c != "paper"]
+            base_key = " | ".join([str(r["claim"]), cell, *extra])
+            seen[base_key] = seen.get(base_key, 0) + 1
+            key = base_key + (f" #{seen[base_key]}" if seen[base_key] > 1 else "")
+            text = " ".join(str(v) for v in r.values if isinstance(v, str))
+            asserts = str(r["asserts"]) if "asserts" in df.columns and pd.notna(r.get("asserts")) else "unclassified"
+            out.append({"chapter": slug, "table": table.stem, "claim": str(r["claim"]), "cell": cell, "key": key,
+                        "verdict": normalise_verdict(r["verdict"]), "raw": str(r["verdict"]), "asserts": asserts,
+                        "bias_claim": (asserts in BIAS_KINDS) if asserts != "unclassified" else None,
+                        "testbed": all_testbed or "testbed" in text.lower(),
+                        "effect_vs_control": effect_vs_control(r)})
+    cols = ["chapter", "table", "claim", "cell", "key", "verdict", "raw", "asserts", "bias_claim", "testbed",
+            "effect_vs_control"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def _num(x) -> str:
+    try:
+        return f"{float(x):.3g}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def effect_vs_control(r: Mapping) -> str:
+    """``effect vs control: difference [interval]`` from a verdict row (protocol or older
+    layout); empty when the row has neither."""
+    def has(c):
+        return c in r and pd.notna(r[c]) and str(r[c]) != ""
+
+    if has("effect") and has("control"):
+        s = f"{_num(r['effect'])} vs {_num(r['control'])}"
+        if has("difference"):
+            s += f": {_num(r['difference'])}"
+            if has("difference interval") and r["difference interval"] != "n/a":
+                s += f" {r['difference interval']}"
+        return s
+    if has("effect") and has("null"):
+        iv = f" {r['interval']}" if has("interval") and r["interval"] != "n/a" else ""
+        niv = f" {r['null interval']}" if has("null interval") and r["null interval"] != "n/a" else ""
+        return f"{_num(r['effect'])}{iv} vs {_num(r['null'])}{niv}"
+    return ""
+
+
+def false_positives(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a world with nothing planted that count as false positives: testbed rows
+    judged "reproduced" whose claim asserts a bias or its removal, or whose claim does not
+    say what it asserts (older rule: counted, to be safe)."""
+    if verdicts.empty:
+        return verdicts
+    bias_or_unknown = verdicts["bias_claim"].map(lambda b: b is None or bool(b))
+    return verdicts[(verdicts["verdict"] == "reproduced") & verdicts["testbed"] & bias_or_unknown]
+
+
+def summarise(worlds: Mapping[str, pd.DataFrame], failures: Mapping[str, Sequence[str]] | None = None,
+              *, profile: str = "", chapters: Sequence[str] = ()) -> dict:
+    """The record written to ``calibration.json`` from each world's :func:`collect_verdicts`."""
+    failures = failures or {}
+    rec: dict = {"world_env": WORLD_ENV, "null_world": NULL_WORLD, "profile": profile, "chapters": list(chapters),
+                 "worlds": {}}
+    for world, v in worlds.items():
+        rec["worlds"][world] = {
+            "n_verdicts": int(len(v)),
+            "counts": {w: int(n) for w, n in v["verdict"].value_counts().sort_index().items()},
+            "counts_testbed": {w: int(n) for w, n in v.loc[v["testbed"], "verdict"].value_counts().sort_index().items()},
+            "per_chapter": {c: {w: int(n) for w, n in g["verdict"].value_counts().sort_index().items()}
+                            for c, g in v.groupby("chapter")},
+            "failed_chapters": list(failures.get(world, [])),
+        }
+    zero = worlds.get(NULL_WORLD)
+    if zero is not None:
+        fp = false_positives(zero)
+        rec["false_positives"] = int(len(fp))
+        rec["false_positives_unclassified"] = int(fp["bias_claim"].isna().sum()) if len(fp) else 0
+        rec["false_positive_rows"] = fp[["chapter", "claim", "cell", "asserts", "effect_vs_control"]].to_dict("records")
+    else:
+        rec["false_positives"] = None
+    if DEFAULT_WORLD in worlds:
+        rec["default_counts"] = rec["worlds"][DEFAULT_WORLD]["counts"]
+    rec["ok"] = bool(rec["false_positives"] in (0, None) and not any(failures.get(w) for w in worlds))
+    return rec
+
+
+# ---------------------------------------------------------------------------------------
+# The Paper vs this book page
+# ---------------------------------------------------------------------------------------
+
+PAGE_HEAD = """# Paper vs this book
+
+This page is generated by `python -m fairvlm.calibrate` from the verdict tables the
+chapters write; do not edit it by hand.
+
+Every claim of the four papers is checked by one protocol (`fairvlm.verdicts`): the
+effect is measured in the chapter's own run together with a **control** measured by the
+same procedure with the causal ingredient removed (a content-free label, shuffled labels,
+random heads or latents, the unedited model), and the verdict rests on the bootstrap
+interval of their difference:
+
+- **reproduced**: the interval lies beyond the claim's minimum size in the claimed
+  direction, and the effect itself points that way;
+- **not reproduced**: the interval lies below the minimum size: the claim is ruled out;
+- **inconclusive**: neither; the chapter prints the smallest effect its sample could
+  have detected;
+- **not testable here**: a precondition fails (no bias to remove, a baseline at chance,
+  no shown effect before a "nothing else changes" claim, too few units);
+- **partly**: only in chapters still on the older rule.
+
+The last column repeats every verdict on the testbed built with **nothing planted**
+(strength 0): a claim that a bias exists or that a method removes one must not come out
+*reproduced* there. Models and data are named in each chapter's caption; on the embedded
+profile, numbers describe the testbed and SmolLM2, not the papers' models.
+"""
+
+
+def _cell_text(x) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def paper_vs_book(worlds: Mapping[str, pd.DataFrame], *, calibration: Mapping | None = None) -> str:
+    """The *Paper vs this book* page (MyST markdown) from the default and the strength-0
+    world's :func:`collect_verdicts`: one row per claim and cell, in chapter order, with the
+    effect against its control and the verdict on each world ("not run" where a world did
+    not produce the row)."""
+    if DEFAULT_WORLD not in worlds:
+        raise FairVLMError(f"paper_vs_book needs the {DEFAULT_WORLD!r} world's verdicts")
+    d = worlds[DEFAULT_WORLD]
+    z = worlds.get(NULL_WORLD, pd.DataFrame(columns=d.columns))
+    zmap = {(r.chapter, r.key): r for r in z.itertuples(index=False)}
+    lines = [PAGE_HEAD]
+    if calibration is not None and calibration.get("false_positives") is not None:
+        lines.append(f"On the strength-0 world, **{calibration['false_positives']}** testbed rows that claim a bias "
+                     "or its removal come out *reproduced* (the target is 0).\n")
+    lines += ["| chapter | claim | cell | effect vs control (difference [interval]) | default world | "
+              "strength-0 world |", "|---|---|---|---|---|---|"]
+    seen = set()
+    for r in d.itertuples(index=False):
+        seen.add((r.chapter, r.key))
+        zr = zmap.get((r.chapter, r.key))
+        zv = "not run" if zr is None else (zr.verdict if r.testbed else f"{zr.verdict} (no testbed model)")
+        lines.append("| " + " | ".join(_cell_text(x) for x in (r.chapter, r.claim, r.cell, r.effect_vs_control,
+                                                                  r.verdict, zv)) + " |")
+    for r in z.itertuples(index=False):  # rows only the strength-0 world produced
+        if (r.chapter, r.key) not in seen:
+            lines.append("| " + " | ".join(_cell_text(x) for x in (r.chapter, r.claim, r.cell, r.effect_vs_control,
+                                                                      "not run", r.verdict)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Running the chapters on a world
+# ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_world(root: Path, world: str, sources: Sequence[Path], params: Mapping, work_dir: Path) -> tuple[Path, list]:
+    """Execute ``sources`` on ``world``; results, figures and executed notebooks go under
+    ``work_dir / world``. Returns ``(results folder, failed chapter names)``."""
+    from fairvlm import bookbuild
+
+    base = Path(work_dir) / world
+    results, figures, executed = base / "results", base / "figures", base / "executed"
+    failed = []
+    with _env(**{WORLD_ENV: world, "FAIRVLM_RESULTS": results.resolve(), "FAIRVLM_FIGURES": figures.resolve()}):
+        for src in sources:
+            print(f"[calibrate] {world}: {src.stem}", flush=True)
+            try:
+                bookbuild.execute(root, src, dict(params), out_dir=executed.resolve())
+            except FairVLMError as exc:
+                print(f"[calibrate] {world}: {src.stem} failed: {exc}", flush=True)
+                failed.append(src.stem)
+    return results, failed
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fairvlm.calibrate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--chapters", default="all", help="NN prefixes or slugs, comma-separated (default: all)")
+    ap.add_argument("--profile", default="embedded", help="the chapters' PROFILE (default: embedded)")
+    ap.add_argument("--worlds", default=f"{NULL_WORLD},{DEFAULT_WORLD}",
+                    help=f"comma-separated worlds (default: {NULL_WORLD},{DEFAULT_WORLD})")
+    ap.add_argument("--work-dir", default="results/calibration", help="per-world results (default: results/calibration)")
+    ap.add_argument("--out", default="results/calibration.json", help="the record (default: results/calibration.json)")
+    ap.add_argument("--page", default="book/paper_vs_book.md",
+                    help="write the Paper vs this book page here ('' to skip; needs the default world)")
+    ap.add_argument("--collect-only", action="store_true", help="do not execute; read the per-world results")
+    a = ap.parse_args(argv)
+
+    from fairvlm import bookbuild
+
+    root = bookbuild.find_root()
+    worlds = [w.strip() for w in a.worlds.split(",") if w.strip()]
+    known = _known_worlds()
+    for w in worlds:
+        if w not in known:
+            raise FairVLMError(f"unknown world {w!r}; choose from {', '.join(known)}")
+    sources = bookbuild.select(bookbuild.chapter_sources(root), a.chapters)
+    work = Path(a.work_dir)
+    collected, failures = {}, {}
+    for w in worlds:
+        if a.collect_only:
+            results, failed = work / w / "results", []
+            if not results.is_dir():
+                raise FairVLMError(f"no results for world {w!r} under {results}; run without --collect-only first")
+        else:
+            results, failed = run_world(root, w, sources, {"PROFILE": a.profile}, work)
+        collected[w], failures[w] = collect_verdicts(results), failed
+    rec = summarise(collected, failures, profile=a.profile, chapters=[s.stem for s in sources])
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n")
+    if a.page and DEFAULT_WORLD in collected:
+        Path(a.page).write_text(paper_vs_book(collected, calibration=rec))
+    print(f"[calibrate] wrote {out}: false positives on {NULL_WORLD}: {rec['false_positives']}; "
+          f"default counts: {rec.get('default_counts')}; failed: {failures}", flush=True)
+    return 0 if rec["ok"] else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(cli_main(main))
