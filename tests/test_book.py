@@ -50,12 +50,12 @@ def test_chapter_matches_its_nbval_reference(source):
         pytest.fail(f"{source.stem} did not execute in this session; nothing to compare")
     ref = ROOT / nbcheck.REFS / executed.name
     assert ref.is_file(), (f"no nbval reference {ref.relative_to(ROOT)}; write it on purpose with "
-                           f"`make nbval-refs CHAPTERS={source.stem[:2]} FROM_SMOKE=1`")
+                           f"`make nbval-refs CHAPTERS={source.stem} FROM_SMOKE=1`")
     proc = nbcheck.run_nbval(ROOT, executed)
     assert proc.returncode == 0, (
         f"{source.stem}'s smoke outputs differ from {ref.relative_to(ROOT)} (nbval's report below). "
         f"If the change is intended, regenerate the reference: make nbval-refs "
-        f"CHAPTERS={source.stem[:2]} FROM_SMOKE=1\n" + proc.stdout[-6000:] + proc.stderr[-2000:])
+        f"CHAPTERS={source.stem} FROM_SMOKE=1\n" + proc.stdout[-6000:] + proc.stderr[-2000:])
 
 
 @pytest.mark.notebook
