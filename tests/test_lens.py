@@ -506,5 +506,5 @@ def test_transfer_verdicts_against_shuffled_label_fits():
     # no signal in the writes: the fitted directions do no better than shuffled-label fits
     fit0, ev0 = lens.split_by_label(_transfer_collection(600, 0.0, 1))
     _, vs0 = lens.transfer_verdicts(fit0, ev0, n_shuffles=5, seed=0)
-    assert all(v.verdict in ("not reproduced", "inconclusive") for v in vs0)
-    assert any(v.verdict == "not reproduced" for v in vs0)
+    assert [v.verdict for v in vs0] == ["not reproduced", "not reproduced"]
+    assert all(v.difference_interval[1] < 0.05 for v in vs0)
