@@ -842,13 +842,15 @@ def test_save_sae_never_removes_what_it_did_not_write(tmp_path):
     results.mkdir()
     (results / "notes.md").write_text("three weeks of work")
     with pytest.raises(FairVLMError, match="not empty"):
-        S.save_sae(sae(), results)
+        S.save_sae(sae(), results, overwrite=False)
     with pytest.raises(FairVLMError, match="did not save"):
-        S.save_sae(sae(), results, overwrite=True)
+        S.save_sae(sae(), results)
     assert (results / "notes.md").read_text() == "three weeks of work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_results"]          # no staging folder left
     p = S.save_sae(sae(), results / "sae")
-    S.save_sae(sae(), p, overwrite=True)                                          # its own save: replaced
+    with pytest.raises(FairVLMError, match="not empty"):
+        S.save_sae(sae(), p, overwrite=False)
+    S.save_sae(sae(), p)                                                          # its own save: replaced
     assert torch.equal(S.load_sae(p).W_enc, sae().W_enc)
     assert sorted(x.name for x in p.iterdir()) == ["SHA256SUMS", "cfg.json", "sae_weights.safetensors"]
 

@@ -320,12 +320,14 @@ def _eval(sae: MatryoshkaSAE, x: torch.Tensor) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- storage
-def save_sae(sae: MatryoshkaSAE, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_sae(sae: MatryoshkaSAE, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write the folder ``path`` with ``cfg.json``, ``sae_weights.safetensors`` and a
     ``SHA256SUMS`` manifest (checked by :func:`load_sae`), atomically.
 
-    ``path`` must be new or empty; ``overwrite=True`` replaces an SAE saved there before, but
-    never a folder holding anything else (see :func:`fairvlm.validate.staged_folder`)."""
+    A folder holding anything fairvlm did not save there is never touched: the call is
+    refused. With ``overwrite=True`` (the default: a chapter re-run saves to the same cache
+    folder) what a previous save wrote there is replaced; ``overwrite=False`` refuses any
+    non-empty folder (see :func:`fairvlm.validate.staged_folder`)."""
     from safetensors.torch import save_file
 
     if not isinstance(sae, MatryoshkaSAE):
