@@ -169,8 +169,10 @@ def job(**kw) -> dict:
 
 
 def _enc():
+    from PIL import Image
+
     lm = tiny_llava()
-    return lm.inputs(["What is the gender of a nurse?"])
+    return lm.inputs(["What is the gender of a nurse?"], [Image.new("RGB", (32, 32), (90, 60, 30))])
 
 
 # ------------------------------------------------------------------------------ corrupt files
@@ -188,7 +190,7 @@ def _saved_sae(d: Path, damage: str) -> Path:
     elif damage == "nan-weights":  # NaN written and the manifest redone: the NaN check catches it
         from safetensors.torch import save_file
 
-        t = {k: v.clone() for k, v in sae().state_dict().items()}
+        t = {k: v.detach().clone().contiguous() for k, v in sae().state_dict().items()}
         t["W_enc"][0, 0] = NAN
         save_file(t, str(w))
         checksums.write_sums(p)
@@ -270,7 +272,7 @@ TABLE: list[Row] = [
         needles={"groups": ["groups", "group"]}),
     Row("sae.control", lambda **kw: S.control(**{"sae": sae(), "h": torch.randn(3, 8), "latents": [1],
                                                  "gamma": 1.0, "alpha": 0.5, **kw}),
-        {"h": _tensor_bad(8), "latents": [*BAD["ints"], ("out of range", [99]), ("negative", [-1]),
+        {"h": [c for c in _tensor_bad(8) if c[0] != "wrong shape"], "latents": [*BAD["ints"], ("out of range", [99]), ("negative", [-1]),
                                           ("repeated", [1, 1])],
          "gamma": BAD["number"], "alpha": "fraction", "variant": "name", "sae": [_NONE, ("str-for-sae", "sae")]}),
     Row("sae.control_edits",
@@ -304,7 +306,7 @@ TABLE: list[Row] = [
     Row("shardgen.run", lambda d, **kw: shardgen.run(**{"job": job(), "out_dir": d / "o", "rank": 0, "world": 1,
                                                        "max_shards": 0, **kw}),
         {"out_dir": [_NONE, ("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x"))],
-         "rank": "index", "world": "count", "max_shards": [_NONE and ("str-for-number", "1"), ("negative", -1),
+         "rank": BAD["index"][1:], "world": BAD["count"][1:], "max_shards": [_NONE and ("str-for-number", "1"), ("negative", -1),
                                                            _BOOL],
          "job": [("direction file missing", job(direction="no-such.safetensors")), ("list-for-job", [job()])]},
         needles={"rank": ["rank"], "job": ["direction", "job"]}),
@@ -376,7 +378,7 @@ TABLE: list[Row] = [
         {"reply": [_NONE, ("number-for-str", 3), ("not JSON", "count: 3"), ("JSON list", "[1, 2]"),
                    ("str-for-list in reply", '{"spans": "man"}')],
          "text": [_NONE, ("number-for-str", 3)]},
-        needles={"reply": ["reply"]}),
+        needles={"reply": ["reply", "spans"]}),
     Row("textmetrics.OpenAICompatibleJudge", _kw(textmetrics.OpenAICompatibleJudge, base_url="http://x", model="m"),
         {"base_url": "text", "model": "text", "api_key_env": "text", "timeout": "positive",
          "post": [("str-for-function", "post")]}),
@@ -406,7 +408,8 @@ TABLE: list[Row] = [
          "sites": [("str-for-list", "mlp_out"), ("unknown name", ["mlp"]), ("zero size", [])],
          "every_resid_pre": "flag", "lm": "model"},
         needles={"a": ["a=", "direction"], "sites": ["sites"]}),
-    Row("steering.orthogonalize", lambda **kw: steering.orthogonalize(**{"lm": tiny_llava(), **kw}),
+    Row("steering.orthogonalize", lambda **kw: steering.orthogonalize(**{"lm": tiny_llava(), "a": torch.ones(
+        tiny_llava().d_model), **kw}),
         {"a": [_NONE, ("str-for-tensor", "up"), ("wrong width", torch.ones(3)), ("NaN", torch.full((4,), NAN))],
          "lm": "model"},
         needles={"a": ["direction"]}),
@@ -438,7 +441,7 @@ TABLE: list[Row] = [
          "target_ids": [*BAD["ints"], ("out of range", [10]), ("zero size", [])], "kind": "name"},
         needles={"kind": ["loss"]}),
     Row("steering.loss_gradients", _kw(steering.loss_gradients, logits=torch.randn(2, 10), target_ids=[1]),
-        {"logits": _tensor_bad(10), "target_ids": [*BAD["ints"], ("out of range", [10])]}),
+        {"logits": [c for c in _tensor_bad(10) if c[0] != "wrong width"], "target_ids": [*BAD["ints"], ("out of range", [10])]}),
     Row("steering.protected_mass", _kw(steering.protected_mass, logprobs=torch.randn(2, 10), target_ids=[1]),
         {"logprobs": [_NONE, ("str-for-tensor", "lp"), ("wrong shape", torch.randn(10))],
          "target_ids": [*BAD["ints"], ("out of range", [10])]}),
@@ -446,7 +449,7 @@ TABLE: list[Row] = [
         lambda **kw: steering.gradient_direction(**{"lm": tiny_llava(), "enc": _enc(), "target_ids": [1],
                                                     "layer": 0, **kw}),
         {"target_ids": "ints", "layer": [*BAD["index"], ("out of range", 99)], "position": "index", "loss": "name",
-         "eps": "positive", "enc": [_NONE, ("str-for-batch", "hello")], "check_logits": "flag"},
+         "eps": BAD["positive"][1:], "enc": [_NONE, ("str-for-batch", "hello")], "check_logits": "flag"},
         needles={"loss": ["loss"]}),
     Row("steering.loss_direction_effects",
         lambda **kw: steering.loss_direction_effects(**{"lm": tiny_llava(), "enc": _enc(), "target_ids": [1],
@@ -666,11 +669,11 @@ def _cli_cases():
         ("finetune.main", lambda d: ["--n_prompts", "-2", "--output_dir", str(d / "o")], "n_prompts"),
         ("data.main", lambda d: ["fetch", "imagenet", str(d / "x")], "dataset"),
         ("data.main", lambda d: ["verify-pairs", str(d / "missing")], "missing"),
-        ("testbed.main", lambda d: ["render", "no_such_scenario", "man_white", "1", str(d / "x.png")], "scenario"),
-        ("testbed.main", lambda d: ["render", "cooking", "man_white", "1", str(d / "x.jpg")], "png"),
-        ("testbed.main", lambda d: ["render", "cooking", "man_white", "1", str(d)], "folder"),
-        ("testbed.main", lambda d: ["render", "cooking", "man_white", "-3", str(d / "x.png")], "scene_seed"),
-        ("testbed.main", lambda d: ["render", "cooking", "man_white", "1", str(d / "x.png"), "--size", "0"], "size"),
+        ("testbed.main", lambda d: ["render", "no_such_scenario", "white_man", "1", str(d / "x.png")], "scenario"),
+        ("testbed.main", lambda d: ["render", "cooking", "white_man", "1", str(d / "x.jpg")], "png"),
+        ("testbed.main", lambda d: ["render", "cooking", "white_man", "1", str(d)], "folder"),
+        ("testbed.main", lambda d: ["render", "cooking", "white_man", "-3", str(d / "x.png")], "scene_seed"),
+        ("testbed.main", lambda d: ["render", "cooking", "white_man", "1", str(d / "x.png"), "--size", "0"], "size"),
         ("testbed.main", lambda d: ["where", "--spec", str(d / "missing.yaml"), "--size", "smoke"], "missing.yaml"),
     ]
 
@@ -701,9 +704,13 @@ def _cases():
 CASES = _cases()
 
 
-def _resolve(value, d: Path):
-    return value(d) if callable(value) and not isinstance(value, torch.Tensor) and getattr(
-        value, "__name__", "") == "<lambda>" else value
+def _is_builder(value) -> bool:
+    return callable(value) and getattr(value, "__name__", "") == "<lambda>"
+
+
+def _resolve(value, d: Path | None):
+    """A value built from the case's folder (``lambda d: ...``), else the value itself."""
+    return value(d) if _is_builder(value) else value
 
 
 def _takes_dir(call) -> bool:
@@ -713,10 +720,19 @@ def _takes_dir(call) -> bool:
         return False
 
 
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A folder per module; cases that need one get a fresh subfolder (pytest's per-test
+    ``tmp_path`` costs more than most of these cases)."""
+    return tmp_path_factory.mktemp("bad-input")
+
+
 @pytest.mark.parametrize("row, param, value", CASES)
-def test_bad_input_gives_one_clear_error(row, param, value, tmp_path):
-    d = tmp_path / "case"
-    d.mkdir()
+def test_bad_input_gives_one_clear_error(row, param, value, scratch):
+    import tempfile
+
+    needs_dir = _takes_dir(row.call) or _is_builder(value)
+    d = Path(tempfile.mkdtemp(dir=scratch)) if needs_dir else None
     value = _resolve(value, d)
     with pytest.raises(FairVLMError) as info:
         if _takes_dir(row.call):
@@ -771,6 +787,10 @@ EXEMPT = {
     "steering.GradientDirection": "a record gradient_direction returns",
     "steering_eval.Setting": "a record the *_setting functions build; checked where it is used (_check_setting)",
     "steering_eval.METHODS": "a constant",
+    "steering_eval.PROMPTS": "a constant",
+    "steering_eval.TEXT_PROMPTS": "a constant",
+    "steering_eval.BIAS_PROMPTS": "a constant",
+    "steering_eval.BENIGN_PROMPTS": "a constant",
     "steering_eval.ATTRIBUTES": "a constant",
     "resfair.DEFAULT_LAMBDA": "a constant",
     "resfair.DATASETS": "a constant",
@@ -780,11 +800,7 @@ EXEMPT = {
     "finetune.main": "a command: test_commands_exit_2_with_one_line",
     "shardgen.main": "a command: test_commands_exit_2_with_one_line",
     "validate.show": "formats any value for a message; accepts everything by design",
-    "params.PROFILES": "a constant",
     "params.Params": "a record check_params returns",
-    "params.ParameterError": "the error class",
-    "params.install_short_tracebacks": "no parameters",
-    "checksums.SUMS": "a constant",
 }
 
 
@@ -826,12 +842,37 @@ def test_save_sae_never_removes_what_it_did_not_write(tmp_path):
     results.mkdir()
     (results / "notes.md").write_text("three weeks of work")
     with pytest.raises(FairVLMError, match="not empty"):
-        S.save_sae(sae(), results)
+        S.save_sae(sae(), results, overwrite=False)
     with pytest.raises(FairVLMError, match="did not save"):
-        S.save_sae(sae(), results, overwrite=True)
+        S.save_sae(sae(), results)
     assert (results / "notes.md").read_text() == "three weeks of work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_results"]          # no staging folder left
     p = S.save_sae(sae(), results / "sae")
-    S.save_sae(sae(), p, overwrite=True)                                          # its own save: replaced
+    with pytest.raises(FairVLMError, match="not empty"):
+        S.save_sae(sae(), p, overwrite=False)
+    S.save_sae(sae(), p)                                                          # its own save: replaced
     assert torch.equal(S.load_sae(p).W_enc, sae().W_enc)
     assert sorted(x.name for x in p.iterdir()) == ["SHA256SUMS", "cfg.json", "sae_weights.safetensors"]
+
+
+def test_directions_with_flipped_bytes_are_refused(tmp_path):
+    from fairvlm import lens
+
+    p = directions().save(tmp_path / "dirs.safetensors")
+    assert np.array_equal(lens.Directions.load(p).bias[0], directions().bias[0])
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0x40                                          # inside the last tensor's data
+    p.write_bytes(bytes(data))
+    with pytest.raises(FairVLMError, match="dirs.safetensors"):
+        lens.Directions.load(p)
+    p.write_bytes(bytes(data[: len(data) - 7]))               # truncated
+    with pytest.raises(FairVLMError, match="dirs.safetensors"):
+        lens.Directions.load(p)
+
+
+def test_load_sae_names_the_damaged_file(tmp_path):
+    for label, make in SAE_FILES:
+        d = tmp_path / label.replace(" ", "_").replace("(", "").replace(")", "")
+        d.mkdir()
+        with pytest.raises(FairVLMError, match="sae_weights.safetensors"):
+            S.load_sae(make(d))

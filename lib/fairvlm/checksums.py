@@ -19,11 +19,25 @@ import os
 import re
 from pathlib import Path
 
+from fairvlm.errors import DataError
+
 SUMS = "SHA256SUMS"
+
+
+def _dir(name: str, folder) -> Path:
+    if not isinstance(folder, (str, os.PathLike)):
+        raise DataError(f"{name}={folder!r} must be a folder path (a string or pathlib.Path)")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{name}={str(folder)!r} " + ("is a file, not a folder" if folder.exists() else "does not exist"))
+    return folder
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The sha256 hex digest of a file's bytes."""
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        raise DataError(f"path={path!r} is not a file" + (" (it is a folder)" if isinstance(path, (str, os.PathLike))
+                                                          and Path(path).is_dir() else ""))
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -34,7 +48,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def write_sums(folder: str | os.PathLike) -> Path:
     """Write ``folder/SHA256SUMS`` listing every file below ``folder`` (sorted, relative
     paths); call it last, once everything else is written. Returns the file's path."""
-    folder = Path(folder)
+    folder = _dir("folder", folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SUMS)
     lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}\n" for p in files]
     out = folder / SUMS
@@ -46,7 +60,7 @@ def problems(folder: str | os.PathLike) -> list[str]:
     """What is wrong with ``folder`` against its ``SHA256SUMS``: one line per missing,
     altered or unlisted file (an empty list means the folder is as it was written).
     A folder without the file gives one problem saying so."""
-    folder = Path(folder)
+    folder = _dir("folder", folder)
     sums = folder / SUMS
     if not sums.is_file():
         return [f"{SUMS} is missing (the folder was written by an older fairvlm or not "

@@ -150,8 +150,8 @@ def yes_probability(lm, images: Sequence, prompts: Sequence[str], *, batch_size:
     ``images`` and ``prompts`` have one entry per row. Runs inside any active
     :func:`fairvlm.hooks.edit` context (that is how an intervention is measured).
     """
-    if lm.kind != "vlm":
-        raise FairVLMError(f"{lm.name} is not a generative VLM")
+    if V.loaded("lm", lm).kind != "vlm":
+        raise FairVLMError(f"lm={lm.name!r} is not a generative VLM")
     prompts = V.strings("prompts", prompts)
     images = V.sequence("images", images)
     V.integer("batch_size", batch_size, low=1)
@@ -172,9 +172,11 @@ def last_layer_cls(lm, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.
     """The class token of ``vision.resid_post.-1`` for each image, (N, d_vision), float32 on CPU."""
     from fairvlm import hooks
 
-    if lm.kind != "dual-encoder":
-        raise FairVLMError(f"{lm.name} is not a CLIP-style dual encoder")
-    V.tensor("pixels", pixels, ndim=4)
+    if V.loaded("lm", lm).kind != "dual-encoder":
+        raise FairVLMError(f"lm={lm.name!r} is not a CLIP-style dual encoder")
+    from fairvlm.sae import check_pixels
+
+    check_pixels(lm, pixels)
     V.integer("batch_size", batch_size, low=1)
     out = []
     with hooks.capture(lm, "vision.resid_post.-1") as cache:
@@ -187,6 +189,7 @@ def last_layer_cls(lm, pixels: torch.Tensor, *, batch_size: int = 128) -> torch.
 @torch.no_grad()
 def embed_from_last_layer(lm, cls_resid: torch.Tensor, edit=None) -> torch.Tensor:
     """L2-normalized image embeddings from last-layer class tokens, after ``edit(h)`` if given."""
+    V.loaded("lm", lm)
     V.tensor("cls_resid", cls_resid, ndim=2, width=lm.d_vision)
     if edit is not None and not callable(edit):
         raise ParameterError(f"edit={V.show(edit)} must be None or a function h -> h (e.g. from control_edits)")

@@ -231,6 +231,7 @@ def _images(loaded, rows, images: Callable | None):
 def _records(loaded, rows: Sequence, images: Callable | None, seed: int, caller: str, fields) -> list[dict]:
     """One training record per row: the model's own ``prompt`` (ending at the assistant
     turn), the answer fields ``fields(row, rng)`` gives, and ``images`` for a VLM."""
+    V.loaded("loaded", loaded)
     rng = random.Random(V.integer("seed", seed, low=0))
     rows = V.sequence("rows", rows, empty=True)
     if not rows:
@@ -365,7 +366,7 @@ def cpu_training_kernels(enabled: bool = True):
     left out: this context changes speed only. ``fairvlm.testbed.train`` does use it, for a
     training whose results were being redrawn anyway.)
     """
-    if not enabled:
+    if not V.flag("enabled", enabled):
         yield
         return
     try:

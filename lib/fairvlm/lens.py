@@ -971,6 +971,7 @@ class Directions:
                 "fair_site": json.dumps({str(k): v for k, v in self.fair_site.items()}),
                 "streams_bias_site": json.dumps({str(k): v for k, v in self.streams.get("bias_site", {}).items()}),
                 "streams_fair_site": json.dumps({str(k): v for k, v in self.streams.get("fair_site", {}).items()})}
+        meta["sha256"] = _tensors_sha256(tensors)  # checked by load: flipped bytes in the data
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         try:
@@ -1001,6 +1002,10 @@ class Directions:
             sf = {int(k): v for k, v in json.loads(md.get("streams_fair_site", "{}")).items()}
         except Exception as exc:  # safetensors raises several types for a corrupt file
             raise DataError(f"{path} is not a directions file written by fairvlm.lens ({exc})") from exc
+        want = md.get("sha256")
+        if want is not None and want != _tensors_sha256({k: torch.from_numpy(v) for k, v in tensors.items()}):
+            raise DataError(f"{path}: the directions' bytes differ from the sha256 written with them (altered or "
+                            "damaged after saving); fit and save them again")
         bias = {int(k.split(".")[-1]): v for k, v in tensors.items() if k.startswith("writes.bias.")}
         fair = {int(k.split(".")[-1]): v for k, v in tensors.items() if k.startswith("writes.fair.")}
         if not bias or set(bias) != set(fair) or set(bias) != set(bsite):
@@ -1011,6 +1016,16 @@ class Directions:
                        "fair": {int(k.split(".")[-1]): v for k, v in tensors.items() if k.startswith("streams.fair.")},
                        "bias_site": sb, "fair_site": sf}
         return cls(bias, fair, bsite, fsite, streams, meta)
+
+
+def _tensors_sha256(tensors: dict) -> str:
+    """sha256 over the named tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def fit_directions(col: Collection, layers: Sequence[int] | None = None, *,

@@ -64,6 +64,7 @@ def check_lambdas(lambda1, lambda2) -> tuple[float, float]:
 
 def base_dataset(name: str) -> str:
     """The dataset a split half belongs to: ``"testbed-odd"`` -> ``"testbed"``; other names as they are."""
+    V.text("name", name)
     return name.rsplit("-", 1)[0] if isinstance(name, str) and name.endswith(("-even", "-odd")) else name
 
 
@@ -87,6 +88,15 @@ def update(x: torch.Tensor, u_bias: torch.Tensor, u_fair: torch.Tensor, lambda1:
             raise FairVLMError(f"{name}={V.show(u)} must be a vector (d,) with d={x.shape[-1]}, the width of x")
         if not bool(torch.isfinite(u).all()):
             raise FairVLMError(f"{name} holds NaN or inf; refit the directions")
+    if not bool(torch.isfinite(x).all()):
+        raise FairVLMError(f"x ({V.show(x)}) holds NaN or inf; only finite activations can be updated")
+    return _update(x, u_bias, u_fair, lambda1, lambda2)
+
+
+def _update(x, u_bias, u_fair, lambda1: float, lambda2: float):
+    """:func:`update` without its checks: what the hooks of :func:`edits` run at every layer of
+    every decoding step (``edits`` checked the weights and directions once; ``hooks.edit``
+    checks the edited stream is finite)."""
     if lambda1:
         x = x - lambda1 * (x @ u_bias)[..., None] * u_bias
     if lambda2:
@@ -126,7 +136,7 @@ def edits(dirs, *, lambda1: float = DEFAULT_LAMBDA, lambda2: float = DEFAULT_LAM
                 cache[key] = (torch.as_tensor(ub_np, dtype=x.dtype, device=x.device),
                               torch.as_tensor(uf_np, dtype=x.dtype, device=x.device))
             ub, uf = cache[key]
-            return update(x, ub, uf, lambda1, lambda2)
+            return _update(x, ub, uf, lambda1, lambda2)
 
         out[f"resid_post.{l}"] = fn
     return out
@@ -134,6 +144,9 @@ def edits(dirs, *, lambda1: float = DEFAULT_LAMBDA, lambda2: float = DEFAULT_LAM
 
 def check_width(dirs, loaded) -> None:
     """Raise unless the directions have the model's width and fit inside its layers."""
+    if not all(hasattr(dirs, a) for a in ("bias", "fair", "layers", "meta")):
+        raise FairVLMError(f"dirs={V.show(dirs)} must be a fairvlm.lens.Directions (fit_directions or Directions.load)")
+    V.loaded("loaded", loaded)
     d = int(np.asarray(dirs.bias[dirs.layers[0]]).shape[0])
     if d != loaded.d_model:
         raise FairVLMError(f"the directions have width {d} but {loaded.name} has d_model={loaded.d_model}; "
@@ -156,6 +169,7 @@ def posthoc(loaded, dirs, *, lambda1: float = DEFAULT_LAMBDA, lambda2: float = D
     if not all(hasattr(dirs, a) for a in ("bias", "fair", "layers")):
         raise FairVLMError(f"dirs={V.show(dirs)} must be a fairvlm.lens.Directions (fit_directions or Directions.load)")
     check_width(dirs, loaded)
+    check_lambdas(lambda1, lambda2)
     with edit(loaded, edits(dirs, lambda1=lambda1, lambda2=lambda2, layers=layers)):
         yield loaded
 
@@ -219,6 +233,7 @@ def answer_perplexity(loaded, rows: Sequence, answers: Sequence[str], *, images=
     Empty answers give NaN."""
     from fairvlm import mcq
 
+    V.loaded("loaded", loaded)
     rows, answers = V.sequence("rows", rows), V.sequence("answers", answers, empty=True)
     V.integer("batch_size", batch_size, low=1)
     if len(rows) != len(answers):

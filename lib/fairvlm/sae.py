@@ -63,7 +63,7 @@ from fairvlm.params import ParameterError
 __all__ = [
     "SAEConfig", "MatryoshkaSAE", "train", "sae_loss", "explained_variance", "save_sae", "load_sae",
     "collect_image_acts", "collect_text_acts", "social_neurons", "pick_neurons", "control",
-    "control_edits", "site_width", "VARIANTS",
+    "control_edits", "site_width", "check_pixels", "VARIANTS",
 ]
 
 VARIANTS = ("authors", "error_preserving")
@@ -171,6 +171,11 @@ def sae_loss(sae: MatryoshkaSAE, x: torch.Tensor, dead: torch.Tensor) -> tuple[d
     ``mse_level_i``: squared error of prefix i, summed over features, mean over rows (the
     poster's L_R sums them); ``auxk``: normalized error of reconstructing the residual from
     the top ``d_in // 2`` dead latents (Gao et al. 2024, App. B.1). Returns (terms, z)."""
+    if not isinstance(sae, MatryoshkaSAE):
+        raise ParameterError(f"sae={V.show(sae)} must be a fairvlm.sae.MatryoshkaSAE")
+    x = V.tensor("x", x, ndim=2, width=sae.cfg.d_in)
+    if not isinstance(dead, torch.Tensor) or dead.dtype != torch.bool or tuple(dead.shape) != (sae.cfg.d_sae,):
+        raise ParameterError(f"dead={V.show(dead)} must be a bool tensor ({sae.cfg.d_sae},): latents counted as dead")
     cfg = sae.cfg
     a = F.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)              # (B, d_sae)
     flat = a.reshape(-1)
@@ -229,6 +234,10 @@ def update_threshold(sae: MatryoshkaSAE, z: torch.Tensor) -> None:
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """``1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2`` over rows (1 = perfect)."""
+    x = V.tensor("x", x, ndim=2)
+    x_hat = V.tensor("x_hat", x_hat, ndim=2, width=x.shape[-1])
+    if x_hat.shape != x.shape:
+        raise ParameterError(f"x_hat={V.show(x_hat)} must have x's shape {tuple(x.shape)}")
     den = (x - x.mean(0)).pow(2).sum()
     return float(1 - (x - x_hat).pow(2).sum() / den.clamp_min(1e-12))
 
@@ -311,12 +320,14 @@ def _eval(sae: MatryoshkaSAE, x: torch.Tensor) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- storage
-def save_sae(sae: MatryoshkaSAE, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_sae(sae: MatryoshkaSAE, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write the folder ``path`` with ``cfg.json``, ``sae_weights.safetensors`` and a
     ``SHA256SUMS`` manifest (checked by :func:`load_sae`), atomically.
 
-    ``path`` must be new or empty; ``overwrite=True`` replaces an SAE saved there before, but
-    never a folder holding anything else (see :func:`fairvlm.validate.staged_folder`)."""
+    A folder holding anything fairvlm did not save there is never touched: the call is
+    refused. With ``overwrite=True`` (the default: a chapter re-run saves to the same cache
+    folder) what a previous save wrote there is replaced; ``overwrite=False`` refuses any
+    non-empty folder (see :func:`fairvlm.validate.staged_folder`)."""
     from safetensors.torch import save_file
 
     if not isinstance(sae, MatryoshkaSAE):
@@ -362,6 +373,7 @@ def load_sae(path: str | os.PathLike) -> MatryoshkaSAE:
 # ---------------------------------------------------------------------------------------- activations
 def site_width(lm, site: str) -> int:
     """Residual width at a site: the vision stream for ``vision.*``, else the language/text stream."""
+    V.loaded("lm", lm)
     V.text("site", site)
     return int(lm.d_vision if site.startswith("vision.") else lm.d_model)
 
@@ -394,6 +406,21 @@ def _check_tokens(tokens):
         raise ParameterError(f"tokens={tokens!r} must be a positive integer, 'cls', 'mean', 'max' or 'all'")
 
 
+def check_pixels(lm, pixels) -> torch.Tensor:
+    """``pixels`` is a finite, non-empty ``(N, 3, S, S)`` tensor with ``S`` the vision
+    encoder's image size (when its config states one)."""
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or len(pixels) == 0:
+        raise ParameterError(f"pixels={V.show(pixels)} must be a non-empty (N, 3, S, S) tensor")
+    V.tensor("pixels", pixels)  # finite
+    vc = getattr(getattr(getattr(lm, "model", None), "config", None), "vision_config", None)
+    size = getattr(vc, "image_size", None)
+    if pixels.shape[1] != 3 or (isinstance(size, int) and tuple(pixels.shape[2:]) != (size, size)):
+        want = f"(N, 3, {size}, {size})" if isinstance(size, int) else "(N, 3, S, S)"
+        raise ParameterError(f"pixels={V.show(pixels)} must be {want} for {lm.name}: preprocess the images with "
+                             "the model's processor")
+    return pixels
+
+
 def _check_sae_arg(sae) -> None:
     if sae is not None and not isinstance(sae, MatryoshkaSAE):
         raise ParameterError(f"sae={V.show(sae)} must be None or a fairvlm.sae.MatryoshkaSAE")
@@ -419,12 +446,11 @@ def collect_image_acts(lm, pixels: torch.Tensor, *, site: str = "vision.resid_po
     """
     from fairvlm import hooks
 
+    V.loaded("lm", lm)
     _check_tokens(tokens)
     if not V.text("site", site).startswith("vision."):
         raise ParameterError(f"site {site!r} is not a vision site; use e.g. 'vision.resid_post.-1'")
-    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or len(pixels) == 0:
-        raise ParameterError("pixels must be a non-empty (N, 3, S, S) tensor")
-    V.tensor("pixels", pixels)  # finite
+    check_pixels(lm, pixels)
     V.integer("seed", seed, low=0)
     V.integer("batch_size", batch_size, low=1)
     _check_sae_arg(sae)
@@ -448,6 +474,7 @@ def collect_text_acts(lm, texts: Sequence[str], *, site: str = "resid_post.-1", 
     """
     from fairvlm import hooks
 
+    V.loaded("lm", lm)
     _check_tokens(tokens)
     texts = V.strings("texts", texts, blank=True)
     V.text("site", site)
@@ -477,7 +504,10 @@ def social_neurons(codes, groups: Sequence, *, threshold: float = 0.5) -> pd.Dat
     mean_act_other)`` (1: fires only on g).
     """
     z = V.tensor("codes", codes, ndim=2, dtype=torch.float32)
-    labels = np.asarray([str(g) for g in V.labels("groups", groups, length=z.shape[0])], dtype=object)
+    groups = V.labels("groups", groups)
+    if len(groups) != z.shape[0]:
+        raise ParameterError(f"codes has {z.shape[0]} rows but groups has {len(groups)} labels; give one label per row")
+    labels = np.asarray([str(g) for g in groups], dtype=object)
     V.number("threshold", threshold, low=0.0, high=1.0, low_open=True)
     names = sorted(set(labels.tolist()))
     if len(names) < 2:
@@ -583,6 +613,7 @@ def control_edits(lm, site: str, sae: MatryoshkaSAE, latents: Sequence[int], gam
     """
     from fairvlm import hooks
 
+    V.loaded("lm", lm)
     _check_alpha(alpha)
     lat = _check_control(sae, latents, gamma, variant)
     V.text("site", site)

@@ -49,7 +49,8 @@ from typing import Sequence
 from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
 
-__all__ = ["load_job", "grid", "shard_rows", "run", "merge", "generate_texts", "sha256_file", "DEFAULTS"]
+__all__ = ["load_job", "grid", "shard_rows", "run", "merge", "generate_texts", "sha256_file", "fingerprint", "model_digest",
+           "shard_done", "main", "DEFAULTS"]
 
 DEFAULTS = {"seeds": [0, 1, 2], "max_new_tokens": 64, "temperature": 0.7, "top_p": 0.9, "shard_size": 16,
             "batch_size": 8, "seed": 0, "direction": None, "method": "unsteered", "model_kwargs": {}}
@@ -136,6 +137,7 @@ def fingerprint(job: dict) -> str:
     file, and the library version. A changed input changes it, also under the same path."""
     import fairvlm
 
+    job = load_job(job)
     files = {}
     if job["direction"]:
         files[job["direction"]] = _file_digest("direction", job["direction"])
@@ -158,7 +160,7 @@ def model_digest(lm) -> str:
     """What identifies the loaded weights: the sha256 of their ``SHA256SUMS`` manifest (or of
     the weights file) where the model was loaded from a checked folder or file, else its name
     and the description of its weights (e.g. a tiny model's initialisation seed)."""
-    info = getattr(lm, "info", {}) or {}
+    info = getattr(V.loaded("lm", lm), "info", {}) or {}
     src = Path(str(info.get("path", ""))) if info.get("path") else None
     if src is not None and (src / "SHA256SUMS").is_file():
         return "sums:" + sha256_file(src / "SHA256SUMS")
@@ -173,6 +175,7 @@ def _row_fingerprint(fp: str, digest: str) -> str:
 
 def grid(job: dict) -> list[tuple[int, int, object]]:
     """``(row_index, item_index, seed)`` in order: item-major, seeds inside."""
+    job = load_job(job)
     rows = []
     for i, _ in enumerate(job["items"]):
         for s in job["seeds"]:
@@ -181,11 +184,13 @@ def grid(job: dict) -> list[tuple[int, int, object]]:
 
 
 def shard_rows(job: dict) -> list[list[tuple[int, int, object]]]:
+    job = load_job(job)
     g, S = grid(job), job["shard_size"]
     return [g[k:k + S] for k in range(0, len(g), S)]
 
 
 def sha256_file(path: Path) -> str:
+    path = V.existing_file("path", path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -215,7 +220,7 @@ def _shard_path(out: Path, k: int) -> Path:
 
 def shard_done(out: Path, k: int) -> bool:
     """A shard counts only when its file's sha256 equals its sidecar."""
-    p = _shard_path(out, k)
+    p = _shard_path(V.path("out", out), V.integer("k", k, low=0))
     side = p.with_suffix(".jsonl.sha256")
     if not (p.is_file() and side.is_file()):
         return False
@@ -256,7 +261,17 @@ def generate_texts(lm, prompts: Sequence[str], images=None, *, seed: int = 0, ma
 
     import torch
 
-    prompts = list(prompts)
+    V.loaded("lm", lm)
+    prompts = V.strings("prompts", prompts, blank=True)
+    if images is not None:
+        images = V.sequence("images", images, length=len(prompts))
+    V.integer("seed", seed, low=0)
+    V.integer("max_new_tokens", max_new_tokens, low=1)
+    V.number("temperature", temperature, low=0.0, low_open=True)
+    V.number("top_p", top_p, low=0.0, high=1.0, low_open=True)
+    V.integer("batch_size", batch_size, low=1)
+    if steer is not None and not callable(steer):
+        raise FairVLMError(f"steer={V.show(steer)} must be None or a function slice -> context manager")
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[str] = []

@@ -141,6 +141,7 @@ def ablate(lm, a, *, sites: Sequence[str] = ABLATION_SITES, every_resid_pre: boo
     rounding. So ``resid_pre`` is edited at layer 0 alone (2L + 1 sites, not 3L) unless
     ``every_resid_pre=True``. Every layer still reads a stream without ``a`` (tested at every
     site, and on a GPU in bfloat16 by ``benchmarks/device_check.py``)."""
+    V.loaded("lm", lm)
     t = V.tensor("a", a, ndim=(1, 2), finite=False)
     if t.ndim == 1:
         a = unit(t, lm.d_model)
@@ -172,6 +173,9 @@ def stream_writers(lm) -> list[tuple[str, torch.nn.Module, str]]:
     ``nn.Linear`` with output ``d`` (weight ``(d, d_in)``, bias ``(d,)``) and ``"vector"``
     for a parameter of shape ``(d,)`` added as is (LLaVA-NeXT's image newline).
     """
+    V.loaded("lm", lm)
+    if lm.kind not in ("causal-lm", "vlm"):
+        raise FairVLMError(f"lm={lm.name!r}: orthogonalize supports decoder LMs and LVLMs, not a {lm.kind}")
     out: list = [("embed_tokens", lm.embed_tokens(), "rows")]
     for i, layer in enumerate(lm.decoder_layers()):
         name = type(layer).__name__
@@ -198,6 +202,7 @@ def orthogonalize(lm, a):
     embeddings are untied first (the unembedding reads the stream; it must not change)."""
     from fairvlm.models import LoadedModel
 
+    V.loaded("lm", lm)
     a = unit(a, lm.d_model)
     model = copy.deepcopy(lm.model)
     new = LoadedModel(model=model, processor=lm.processor, tokenizer=lm.tokenizer, name=lm.name,
@@ -247,6 +252,7 @@ def mean_activations(lm, texts: Sequence[str], images=None, *, layers: Sequence[
     """Mean ``resid_post`` over prompts at each (layer, position): ``(len(layers), len(positions), d)``
     float64. Positions count from the end of the prompt (left padding: ``-1`` is every row's
     last prompt token)."""
+    V.loaded("lm", lm)
     texts = V.strings("texts", texts)
     layers = V.integers("layers", layers, low=-lm.n_layers, high=lm.n_layers - 1)
     positions = V.integers("positions", positions, high=-1)
@@ -490,14 +496,7 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
     (``target_logit_change``; otherwise NaN). ``input_site`` is what the step perturbs: the image
     tokens (default), or for a text-only model the token embeddings ``resid_pre.0`` (every
     prompt position; our analogue, the paper has no text-only variant)."""
-    if lm.kind == "vlm":
-        if "pixel_values" not in enc:
-            raise FairVLMError("the batch has no image: build it with lm.inputs(texts, images)")
-    elif lm.kind == "causal-lm":
-        if input_site == "image_tokens":
-            input_site = "resid_pre.0"    # a text model: step on the prompt's token embeddings
-    else:
-        raise FairVLMError(f"{lm.name} is not a generative model")
+    V.loaded("lm", lm)
     if not isinstance(enc, dict) and not hasattr(enc, "keys"):
         raise FairVLMError(f"enc={V.show(enc)} must be a batch from lm.inputs(texts, images)")
     if not isinstance(loss, str) or loss not in LOSSES:
@@ -508,6 +507,14 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
     V.flag("check_logits", check_logits)
     if eps is not None:
         V.number("eps", eps, low=0.0, low_open=True)
+    if lm.kind == "vlm":
+        if "pixel_values" not in enc:
+            raise FairVLMError("the batch has no image: build it with lm.inputs(texts, images)")
+    elif lm.kind == "causal-lm":
+        if input_site == "image_tokens":
+            input_site = "resid_pre.0"    # a text model: step on the prompt's token embeddings
+    else:
+        raise FairVLMError(f"{lm.name} is not a generative model")
     L = lm.n_layers
     if not -L <= layer < L:
         raise FairVLMError(f"layer={layer} is out of range; {lm.name} has {L} language layers")
@@ -555,6 +562,7 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
 def loss_direction_effects(lm, enc, target_ids: Sequence[int], *, layer: int) -> dict:
     """For each loss of :data:`LOSSES`: the gradient direction it yields (unit), the protected
     logits' change after its step, and the cosine between the directions."""
+    V.loaded("lm", lm)
     V.integer("layer", layer)
     dirs = {k: gradient_direction(lm, enc, target_ids, layer=layer, loss=k, check_logits=True) for k in LOSSES}
     cos = {(a, b): float(dirs[a].direction @ dirs[b].direction) for a, b in itertools.combinations(LOSSES, 2)}
@@ -565,6 +573,7 @@ def target_ids_for(lm, words: Iterable[str]) -> list[int]:
     """Token ids of the protected words: each word as " word", " Word" and "Word" (start of a
     sentence), kept only where that form is a single token (a multi-token word's first piece
     is often a generic fragment)."""
+    V.loaded("lm", lm)
     ids: list[int] = []
     for w in V.strings("words", words):
         for form in (" " + w, " " + w.capitalize(), w.capitalize()):

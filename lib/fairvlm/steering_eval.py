@@ -21,6 +21,13 @@ from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
 from fairvlm.shardgen import generate_texts
 
+__all__ = [
+    "PROMPTS", "TEXT_PROMPTS", "BIAS_PROMPTS", "BENIGN_PROMPTS", "METHODS", "ATTRIBUTES", "Setting", "testbed_setting",
+    "persona_setting", "socialcf_image_setting", "eval_rows", "run_setting", "table1", "mentions_by_group", "table2",
+    "table3", "paired_drop", "spread_bootstrap", "loss_analysis", "random_step_change", "gradient_step_change",
+    "check_setting_sizes",
+]
+
 #: Open-ended prompts. The first two are the ones REFERENCE.md quotes from the paper's group
 #: (Howard et al.); the other three are ours, written in the same spirit.
 PROMPTS = (
@@ -207,6 +214,7 @@ def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, m
                 n_candidates: int = 32, batch_size: int = 16, seed: int = 0, max_benign_kl: float = 0.1,
                 words: dict | None = None) -> dict:
     """Directions, generations and per-row metrics for one setting (see the module docstring)."""
+    V.loaded("lm", lm)
     _check_setting(setting)
     for name, v in (("n_seeds", n_seeds), ("n_prompts", n_prompts), ("max_new_tokens", max_new_tokens),
                     ("n_candidates", n_candidates), ("batch_size", batch_size)):
@@ -382,6 +390,7 @@ def spread_bootstrap(gen: pd.DataFrame, method: str, stat: str = "variance", gro
 def loss_analysis(lm, setting: Setting, target_ids, *, layer: int, n_items: int = 8) -> dict:
     """Paper 5.2 on this model: logit gradients of KL / column CE / MSE on the bias question,
     and the effect of each loss's one-step direction (protected-logit change, cosines)."""
+    V.loaded("lm", lm)
     _check_setting(setting)
     V.integers("target_ids", target_ids, low=0)
     V.integer("layer", layer)
@@ -410,6 +419,7 @@ def random_step_change(lm, setting: Setting, target_ids, *, n_items: int = 8, se
     size (eps = std(u)) with random signs."""
     from fairvlm.hooks import capture, edit
 
+    V.loaded("lm", lm)
     _check_setting(setting)
     target_ids = V.integers("target_ids", target_ids, low=0, high=lm.unembed().weight.shape[0] - 1)
     V.integer("n_items", n_items, low=1)
@@ -434,6 +444,7 @@ def random_step_change(lm, setting: Setting, target_ids, *, n_items: int = 8, se
 
 def gradient_step_change(lm, setting: Setting, target_ids, *, layer: int, n_items: int = 8) -> np.ndarray:
     """Per item, the protected-logit change after the MSE gradient step."""
+    V.loaded("lm", lm)
     _check_setting(setting)
     V.integers("target_ids", target_ids, low=0)
     V.integer("layer", layer)

@@ -216,6 +216,7 @@ def sentences(text: str) -> list[str]:
 
 def sentence_scores(text: str) -> list[float]:
     """VADER compound score of each sentence."""
+    V.text("text", text, empty=True)
     an = _analyzer()
     return [float(an.polarity_scores(s)["compound"]) for s in sentences(text)]
 
@@ -287,6 +288,7 @@ def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer, 
     them and the result is ``{name: DataFrame}``."""
     import torch
 
+    V.loaded("lm", lm)
     steers = steer if isinstance(steer, dict) else {"steered": steer}
     if not steers or not all(callable(f) for f in steers.values()):
         raise FairVLMError("steer must be a callable returning a context manager, or a non-empty dict of them")
@@ -447,6 +449,6 @@ def judge_mentions(texts: Iterable[str], attribute: str, judge: Judge) -> float:
     """Judge-counted mentions of ``attribute`` per 1,000 texts."""
     texts = V.strings("texts", texts, blank=True)
     V.text("attribute", attribute)
-    if not callable(getattr(judge, "count", None)):
+    if isinstance(judge, (str, bytes)) or not callable(getattr(judge, "count", None)):
         raise FairVLMError(f"judge={V.show(judge)} must have a count(text, attribute) method (a Judge)")
     return 1000.0 * sum(judge.count(t, attribute).count for t in texts) / len(texts)

@@ -302,9 +302,9 @@ def staged_folder(name: str, target: Any, *, overwrite: bool = False):
     Yields the staging folder; on success a ``SHA256SUMS`` of what was written is added and the
     folder renamed to ``target``. Nothing that fairvlm did not write is ever removed: an empty
     folder at ``target`` is replaced; a non-empty one only with ``overwrite=True`` *and* when
-    every file in it is one this function wrote (it is listed in its ``SHA256SUMS``), otherwise
-    the call is refused with the files that would be lost. On an exception the staging folder is
-    removed and ``target`` is as it was.
+    every file in it is one a previous call wrote (it is listed in its ``SHA256SUMS``),
+    otherwise the call is refused naming a file that would be lost. On an exception the staging
+    folder is removed and ``target`` is as it was.
     """
     target = path(name, target)
     overwrite = flag("overwrite", overwrite)
@@ -321,9 +321,15 @@ def staged_folder(name: str, target: Any, *, overwrite: bool = False):
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / "x")
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if old is not None:  # put the previous save back
+                os.replace(old / "x", target)
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
