@@ -55,7 +55,8 @@ def test_worlds_are_the_spec_at_their_strength(monkeypatch):
     assert testbed.world_spec("strength-0.5").strength == 0.5
     s0 = testbed.world_spec("strength-0")
     assert s0.strength == 0.0
-    assert s0.share_table().drop(columns="scenario").select_dtypes("number").sub(0.25).abs().max().max() < 1e-12
+    assert (s0.share_table()[list(testbed.GROUPS)] - 0.25).abs().max().max() < 1e-12
+    assert (testbed.world_spec("default").share_table()[list(testbed.GROUPS)] - 0.25).abs().max().max() > 0.2
     monkeypatch.setenv(testbed.WORLD_ENV, "strength-0")
     assert testbed.current_world() == "strength-0"
     assert testbed.world_spec().digest() == s0.digest()
@@ -164,7 +165,7 @@ def _logits(name, size, images, texts):
 
 
 def test_shipped_deltas_installed_into_fresh_bases_give_the_built_logits(smoke_root, tmp_path, monkeypatch):
-    images = [testbed.render("pilot", "woman", "black", 1_000_001), testbed.render("nurse", "man", "white", 1_000_002)]
+    images = [testbed.render("airplane", "woman", "black", 1_000_001), testbed.render("scrubs", "man", "white", 1_000_002)]
     texts = ["Who is in the picture?", "Describe the person."]
     before = {n: _logits(n, "smoke", images, texts) for n in testbed.NAMES}
 

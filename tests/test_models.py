@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,11 +234,15 @@ def test_testbed_names_dispatch_to_testbed_load_hf(monkeypatch):
 
     fake = types.ModuleType("fairvlm.testbed")
     fake.load_hf = load_hf
+    fake.testbed_dir = lambda size="full", world=None: Path("/nowhere") / f"{size}-{world}"
+    fake.describe_build = lambda root: f"built into {root}"
+    fake.current_world = lambda: "default"
     monkeypatch.setitem(sys.modules, "fairvlm.testbed", fake)
     monkeypatch.setattr(fairvlm, "testbed", fake, raising=False)
     lm = models.load("testbed-llava", size="smoke")
     assert calls == [("testbed-llava", "smoke")]
     assert (lm.family, lm.kind, lm.name) == ("llava", "vlm", "testbed-llava")
+    assert "built into /nowhere/smoke-None" in lm.info["weights"] and lm.info["world"] == "default"
     enc = lm.inputs(["who is this?"], [_image()])
     with torch.no_grad(), hooks.capture(lm, ["image_tokens", "resid_post.0"]) as cache:
         lm.model(**enc)

@@ -961,11 +961,11 @@ class Directions:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for l in self.layers:
-            tensors[f"writes.bias.{l}"] = torch.from_numpy(np.ascontiguousarray(self.bias[l]))
-            tensors[f"writes.fair.{l}"] = torch.from_numpy(np.ascontiguousarray(self.fair[l]))
+            tensors[f"writes.bias.{l}"] = torch.from_numpy(np.array(self.bias[l], copy=True))
+            tensors[f"writes.fair.{l}"] = torch.from_numpy(np.array(self.fair[l], copy=True))
             if self.streams:
-                tensors[f"streams.bias.{l}"] = torch.from_numpy(np.ascontiguousarray(self.streams["bias"][l]))
-                tensors[f"streams.fair.{l}"] = torch.from_numpy(np.ascontiguousarray(self.streams["fair"][l]))
+                tensors[f"streams.bias.{l}"] = torch.from_numpy(np.array(self.streams["bias"][l], copy=True))
+                tensors[f"streams.fair.{l}"] = torch.from_numpy(np.array(self.streams["fair"][l], copy=True))
         meta = {"meta": json.dumps(self.meta, sort_keys=True),
                 "bias_site": json.dumps({str(k): v for k, v in self.bias_site.items()}),
                 "fair_site": json.dumps({str(k): v for k, v in self.fair_site.items()}),
