@@ -562,9 +562,9 @@ def test_head_audit_claims_come_out_as_constructed():
     gap = judge_estimates(Claim(probes.EXPERT_CLAIM, "other", min_effect=0.05), 0.3, (0.25, 0.35), 0.05, 0.25,
                           (0.2, 0.3), n_units=20)
     rng = np.random.default_rng(0)
-    neurons = pd.DataFrame({"head": np.repeat([0, 1, 2, 3], 16),
-                            "ap": np.r_[rng.normal(0.8, 0.03, 32), rng.normal(0.5, 0.03, 32)],
-                            "kind": ["expert"] * 32 + ["other"] * 32})
+    neurons = pd.DataFrame({"head": np.repeat(np.arange(12), 16),
+                            "ap": np.r_[rng.normal(0.8, 0.03, 96), rng.normal(0.5, 0.03, 96)],
+                            "kind": ["expert"] * 96 + ["other"] * 96})
     timing = {"ratio": 1.01, "interval": (0.99, 1.03), "noise": 1.0, "noise_interval": (0.98, 1.02),
               "valid": True, "repeats": 7}
     kw = dict(main_suite="s", gap_verdict=gap, neurons=neurons, neuron_testable=(False, "the mask covers all"),
@@ -581,6 +581,11 @@ def test_head_audit_claims_come_out_as_constructed():
     assert by["Table 2: the male prototype on the experts cuts NDKL (up to 42%)"].asserts == "debias"
     left = next(v for c, v in by.items() if c.startswith("Table 3 (left)"))
     assert left.verdict == "not testable here" and "covers all" in left.why
+    # three expert heads against three others: too few clusters for the neuron comparison
+    few = neurons[neurons["head"].isin([0, 1, 2, 6, 7, 8])]
+    rows, _ = retrieval.head_audit_claims(_scores(means), floor, **dict(kw, neurons=few))
+    fig1 = next(r["verdict"] for r in rows if r["verdict"].claim.startswith("Figure 1"))
+    assert fig1.verdict == "not testable here" and "at least 5" in fig1.why
     # the male edit no better than random non-expert heads: ruled out, and what needs its effect is not testable
     same = dict(means, **{"male (random 1)": 0.15, "male (random 2)": 0.15})
     rows, _ = retrieval.head_audit_claims(_scores(same, entropy_up=("male (experts)", "male (random 1)",

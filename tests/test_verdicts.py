@@ -76,6 +76,9 @@ def test_not_testable_by_flag_units_nan_and_zero_width():
     v = apply_rule(BIAS, *ok, testable=False, why="the model shows no bias to remove")
     assert v.verdict == "not testable here" and "no bias" in v.why
     assert apply_rule(BIAS, ok[0], ok[1], E(0.4, 0.3, 0.5, n=1)).verdict == "not testable here"
+    v = apply_rule(BIAS, ok[0], ok[1], E(0.4, 0.3, 0.5, n=4))          # 4 clusters: too few to resample
+    assert v.verdict == "not testable here" and "at least 5" in v.why
+    assert apply_rule(BIAS, ok[0], ok[1], E(0.4, 0.3, 0.5, n=5)).verdict == "reproduced"
     assert apply_rule(BIAS, E(math.nan, math.nan, math.nan), ok[1], ok[2]).verdict == "not testable here"
     # the ch02 case: a peak of [0.733, 0.733] is refused, not read as certainty
     v = apply_rule(BIAS, E(0.733, 0.733, 0.733, spread=False), ok[1], E(0.733, 0.733, 0.733, spread=False))

@@ -34,7 +34,7 @@ into one of four words. For a claim that the effect is *greater* than the contro
 ``not testable here``
     a precondition fails: the caller says so (``testable=False`` and a reason: the model
     does not show the bias a method should remove, a baseline at chance, an invalid
-    timing); fewer than two units; zero variance (a constant sample gives a zero-width
+    timing); fewer than :data:`MIN_UNITS` independent units (clusters); zero variance (a constant sample gives a zero-width
     interval, which is refused, not read as certainty); a no-change claim asked
     ``after=`` an intervention whose own effect was not shown.
 
@@ -84,6 +84,9 @@ LEVEL = 0.95
 TOST_LEVEL = 0.90
 #: Power used for the minimum detectable effect.
 MDE_POWER = 0.80
+#: Fewest independent units (items, labels, clusters) a bootstrap interval is trusted on:
+#: with 4 clusters a resample can take only 35 distinct forms.
+MIN_UNITS = 5
 
 
 class VerdictError(FairVLMError, ValueError):
@@ -429,8 +432,9 @@ def apply_rule(claim: Claim, effect: Estimate, control: Estimate, difference: Es
 
     if not testable:
         return out("not testable here", why or "a precondition of the claim fails")
-    if difference.n_units < 2:
-        return out("not testable here", why or f"{difference.n_units} independent unit(s): no interval")
+    if difference.n_units < MIN_UNITS:
+        return out("not testable here", why or f"{difference.n_units} independent unit(s): a bootstrap interval "
+                   f"needs at least {MIN_UNITS}")
     if not (effect.finite and difference.finite and _finite(control.value)):
         return out("not testable here", why or "the effect, the control or the difference is not a finite number")
     if claim.direction == "within":
