@@ -153,7 +153,7 @@ def directions():
     d = tiny_llava().d_model
     u = np.zeros(d, dtype=np.float32)
     u[0] = 1
-    return lens.Directions({0: u}, {0: u}, {0: "mlp_out.0"}, {0: "attn_out.0"}, {}, {"model": "tiny-llava"})
+    return lens.Directions({0: u}, {0: u.copy()}, {0: "mlp_out.0"}, {0: "attn_out.0"}, {}, {"model": "tiny-llava"})
 
 
 @functools.cache
@@ -261,6 +261,9 @@ TABLE: list[Row] = [
         lambda **kw: S.collect_image_acts(**{"lm": tiny_clip(), "pixels": torch.randn(2, 3, 32, 32), **kw}),
         {"pixels": _tensor_bad(32, 4), "site": "text", "tokens": "count", "seed": "seed", "batch_size": "count",
          "sae": [("str-for-sae", "sae"), ("dict-for-sae", {})]}),
+    Row("sae.check_pixels", lambda **kw: S.check_pixels(**{"lm": tiny_clip(), "pixels": torch.randn(2, 3, 32, 32), **kw}),
+        {"pixels": [*_tensor_bad(32, 4), ("one channel", torch.zeros(2, 1, 32, 32)),
+                    ("other image size", torch.zeros(2, 3, 64, 64))]}),
     Row("sae.collect_text_acts", lambda **kw: S.collect_text_acts(**{"lm": tiny_clip(), "texts": ["a man"], **kw}),
         {"texts": "strings", "site": "text", "tokens": "count", "seed": "seed", "batch_size": "count",
          "sae": [("str-for-sae", "sae")]}),
