@@ -776,8 +776,6 @@ COVERED = ("sae", "shardgen", "textmetrics", "steering", "steering_eval", "debia
 #: Public names with no row, and why.
 EXEMPT = {
     "sae.VARIANTS": "a constant",
-    "sae.check_pixels": "the pixel check that sae.collect_image_acts and debiaslens run first; its refusals are the "
-                        "pixels rows of those functions",
     "shardgen.DEFAULTS": "a constant",
     "textmetrics.WORDS_FILE": "a constant",
     "textmetrics.NEGATIVE_THRESHOLD": "a constant",
