@@ -164,16 +164,20 @@ def _logits(name, size, images, texts):
         return lm.model(**batch).logits
 
 
+def _ship_smoke_build(smoke_root, ship, monkeypatch) -> None:
+    """Export the smoke build into ``ship`` as the book's shipped folder."""
+    spec = testbed.world_spec("default")
+    artifacts.export(smoke_root, world="default", size="smoke", seed=0, strength=spec.strength,
+                     spec_digest=spec.digest(), build_key=testbed.cache_key(spec, "smoke", 0), dest=ship)
+    monkeypatch.setattr(artifacts, "shipped_dir", lambda: ship)
+
+
 def test_shipped_deltas_installed_into_fresh_bases_give_the_built_logits(smoke_root, tmp_path, monkeypatch):
     images = [testbed.render("airplane", "woman", "black", 1_000_001), testbed.render("scrubs", "man", "white", 1_000_002)]
     texts = ["Who is in the picture?", "Describe the person."]
     before = {n: _logits(n, "smoke", images, texts) for n in testbed.NAMES}
 
-    spec = testbed.world_spec("default")
-    ship = tmp_path / "ship"
-    artifacts.export(smoke_root, world="default", size="smoke", seed=0, strength=spec.strength,
-                     spec_digest=spec.digest(), build_key=testbed.cache_key(spec, "smoke", 0), dest=ship)
-    monkeypatch.setattr(artifacts, "shipped_dir", lambda: ship)
+    _ship_smoke_build(smoke_root, tmp_path / "ship", monkeypatch)
     monkeypatch.setenv("FAIRVLM_CACHE", str(tmp_path / "fresh-cache"))
     calls = []
     monkeypatch.setattr(train, "train_clip", lambda *a, **k: calls.append("train") or pytest.fail("trained"))
@@ -188,11 +192,7 @@ def test_shipped_deltas_installed_into_fresh_bases_give_the_built_logits(smoke_r
 
 
 def test_a_damaged_cache_is_made_again_from_the_shipped_deltas(smoke_root, tmp_path, monkeypatch):
-    spec = testbed.world_spec("default")
-    ship = tmp_path / "ship"
-    artifacts.export(smoke_root, world="default", size="smoke", seed=0, strength=spec.strength,
-                     spec_digest=spec.digest(), build_key=testbed.cache_key(spec, "smoke", 0), dest=ship)
-    monkeypatch.setattr(artifacts, "shipped_dir", lambda: ship)
+    _ship_smoke_build(smoke_root, tmp_path / "ship", monkeypatch)
     monkeypatch.setenv("FAIRVLM_CACHE", str(tmp_path / "cache"))
     root = testbed.build("smoke", progress=False)
     weights = root / "clip" / "model.safetensors"

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -45,18 +43,14 @@ from fairvlm.verdicts import ALL_VERDICTS, BIAS_KINDS
 WORLD_ENV = "FAIRVLM_WORLD"
 #: The world with nothing planted, and the book's default world.
 NULL_WORLD, DEFAULT_WORLD = "strength-0", "default"
-KNOWN_WORLDS = ("default", "strength-0.5", "strength-0")
 #: Verdict words in the order a prefix is matched (longest first).
 _PREFIXES = sorted(ALL_VERDICTS, key=len, reverse=True)
 
 
 def _known_worlds() -> tuple[str, ...]:
-    try:  # the testbed's own list, where this checkout has it
-        from fairvlm.testbed import WORLDS  # type: ignore[attr-defined]
+    from fairvlm.testbed.artifacts import WORLDS
 
-        return tuple(WORLDS)
-    except ImportError:
-        return KNOWN_WORLDS
+    return tuple(WORLDS)
 
 
 def normalise_verdict(text) -> str:
@@ -260,20 +254,6 @@ def paper_vs_book(worlds: Mapping[str, pd.DataFrame], *, calibration: Mapping | 
 # ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: str(v) for k, v in values.items()})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_world(root: Path, world: str, sources: Sequence[Path], params: Mapping, work_dir: Path) -> tuple[Path, list]:
     """Execute ``sources`` on ``world``; results, figures and executed notebooks go under
     ``work_dir / world``. Returns ``(results folder, failed chapter names)``."""
@@ -282,7 +262,8 @@ def run_world(root: Path, world: str, sources: Sequence[Path], params: Mapping, 
     base = Path(work_dir) / world
     results, figures, executed = base / "results", base / "figures", base / "executed"
     failed = []
-    with _env(**{WORLD_ENV: world, "FAIRVLM_RESULTS": results.resolve(), "FAIRVLM_FIGURES": figures.resolve()}):
+    with bookbuild._environ(**{WORLD_ENV: world, "FAIRVLM_RESULTS": str(results.resolve()),
+                               "FAIRVLM_FIGURES": str(figures.resolve())}):
         for src in sources:
             print(f"[calibrate] {world}: {src.stem}", flush=True)
             try:
