@@ -87,6 +87,26 @@ def test_paper_model_from_local_copy(monkeypatch, tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_local_copy_with_a_manifest_is_checked_before_loading(tmp_path):
+    """A folder fairvlm wrote (``SHA256SUMS`` beside the weights, as the finetune command
+    saves) loads while intact and is refused, naming the damaged file, once a byte changed."""
+    from fairvlm import validate as V
+
+    tiny = models.load("tiny-clip", seed=3)
+    target = tmp_path / "clip-copy"
+    with V.staged_folder("output_dir", target) as staging:
+        tiny.model.save_pretrained(staging)
+        tiny.processor.save_pretrained(staging)
+    lm = models.load("openai/clip-vit-base-patch32", local_dir=target)
+    assert torch.equal(next(iter(lm.model.state_dict().values())), next(iter(tiny.model.state_dict().values())))
+    weights = target / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-9] ^= 0xFF                               # one flipped byte inside the tensor data
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(FairVLMError, match="model.safetensors.*altered"):
+        models.load("openai/clip-vit-base-patch32", local_dir=target)
+
+
 # ---- SmolLM2 ---------------------------------------------------------------------------------
 
 

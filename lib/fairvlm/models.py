@@ -78,6 +78,7 @@ from fairvlm.embedded import (  # noqa: F401  (re-exported: the public paths and
     minilm_dir,
     smollm2_gguf_path,
 )
+from fairvlm import checksums
 from fairvlm.errors import FairVLMError, unknown
 
 __all__ = [
@@ -1007,6 +1008,12 @@ def _load_paper(hub_id: str, local_dir, device, dtype) -> LoadedModel:
                                f"a local copy of {hub_id} (config.json, *.safetensors, processor files)")
     else:
         source = paper_local_dir(hub_id) or hub_id
+    if isinstance(source, Path) and (source / checksums.SUMS).is_file():
+        # a folder fairvlm wrote (a fine-tuned model from `python -m fairvlm.finetune`):
+        # its sha256 manifest is checked, never trusted
+        from fairvlm.validate import verified
+
+        verified("local_dir", source)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
