@@ -107,6 +107,9 @@ def test_command_line_collect_only(tmp_path, monkeypatch):
     assert calibrate.main(args) == 1                           # one false positive
     rec = json.loads(out.read_text())
     assert rec["false_positives"] == 1 and "| 07_last |" in page.read_text()
+    # the record and the page say what produced them: a commit and a date
+    assert rec["produced_by"]["commit"] and rec["produced_by"]["date"].endswith("UTC")
+    assert f"commit `{rec['produced_by']['commit']}`" in page.read_text()
     # a world where nothing comes out reproduced on the testbed: green
     clean = tmp_path / "clean"
     _write_world(clean / "default" / "results", planted=True)

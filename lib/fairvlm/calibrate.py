@@ -230,6 +230,13 @@ def paper_vs_book(worlds: Mapping[str, pd.DataFrame], *, calibration: Mapping | 
     z = worlds.get(NULL_WORLD, pd.DataFrame(columns=d.columns))
     zmap = {(r.chapter, r.key): r for r in z.itertuples(index=False)}
     lines = [PAGE_HEAD]
+    if calibration is not None and calibration.get("produced_by"):
+        pb = calibration["produced_by"]
+        lines.append(f"Produced by `python -m fairvlm.calibrate` at commit `{pb.get('commit', 'unknown')}` on "
+                     f"{pb.get('date', 'an unrecorded date')}, profile `{calibration.get('profile', '?')}`, "
+                     f"chapters {', '.join(calibration.get('chapters') or []) or 'none'}. "
+                     "Testbed rows describe the testbed; SmolLM2 and MiniLM rows describe those small "
+                     "language models; neither is a paper's number.\n")
     if calibration is not None and calibration.get("false_positives") is not None:
         lines.append(f"On the strength-0 world, **{calibration['false_positives']}** testbed rows that claim a bias "
                      "or its removal come out *reproduced* (the target is 0).\n")
@@ -274,6 +281,24 @@ def run_world(root: Path, world: str, sources: Sequence[Path], params: Mapping, 
     return results, failed
 
 
+def _produced_by(root: Path) -> dict:
+    """The commit (``+dirty`` when the checkout has changes) and UTC date of this run."""
+    import datetime
+    import subprocess
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    return {"commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fairvlm.calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--chapters", default="all", help="NN prefixes or slugs, comma-separated (default: all)")
@@ -307,6 +332,7 @@ def main(argv=None) -> int:
             results, failed = run_world(root, w, sources, {"PROFILE": a.profile}, work)
         collected[w], failures[w] = collect_verdicts(results), failed
     rec = summarise(collected, failures, profile=a.profile, chapters=[s.stem for s in sources])
+    rec["produced_by"] = _produced_by(root)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n")
