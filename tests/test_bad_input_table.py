@@ -873,6 +873,24 @@ def test_directions_with_flipped_bytes_are_refused(tmp_path):
         lens.Directions.load(p)
 
 
+def test_directions_without_a_checksum_are_refused(tmp_path):
+    """A directions file from before saves carried a sha256 cannot be checked: refused with
+    the fix named, never loaded on trust."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    from fairvlm import lens
+
+    p = directions().save(tmp_path / "dirs.safetensors")
+    with safe_open(str(p), framework="pt") as f:
+        md = dict(f.metadata())
+    md.pop("sha256")
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(p)), str(old), metadata=md)
+    with pytest.raises(FairVLMError, match="old.safetensors.*no sha256.*fit the directions again"):
+        lens.Directions.load(old)
+
+
 def test_load_sae_names_the_damaged_file(tmp_path):
     for label, make in SAE_FILES:
         d = tmp_path / label.replace(" ", "_").replace("(", "").replace(")", "")

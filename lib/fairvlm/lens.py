@@ -1003,7 +1003,10 @@ class Directions:
         except Exception as exc:  # safetensors raises several types for a corrupt file
             raise DataError(f"{path} is not a directions file written by fairvlm.lens ({exc})") from exc
         want = md.get("sha256")
-        if want is not None and want != _tensors_sha256({k: torch.from_numpy(v) for k, v in tensors.items()}):
+        if want is None:   # written before saves carried a checksum: nothing to check it against
+            raise DataError(f"{path} carries no sha256 of its directions (written by an older fairvlm), so it "
+                            "cannot be checked; fit the directions again and save them (Directions.save)")
+        if want != _tensors_sha256({k: torch.from_numpy(v) for k, v in tensors.items()}):
             raise DataError(f"{path}: the directions' bytes differ from the sha256 written with them (altered or "
                             "damaged after saving); fit and save them again")
         bias = {int(k.split(".")[-1]): v for k, v in tensors.items() if k.startswith("writes.bias.")}
