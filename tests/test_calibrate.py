@@ -110,6 +110,8 @@ def test_command_line_collect_only(tmp_path, monkeypatch):
     # the record and the page say what produced them: a commit and a date
     assert rec["produced_by"]["commit"] and rec["produced_by"]["date"].endswith("UTC")
     assert f"commit `{rec['produced_by']['commit']}`" in page.read_text()
+    assert set(rec["chapter_commits"]["default"]) == {"01_first", "07_last"}
+    assert "01_first at `" in page.read_text()
     # a world where nothing comes out reproduced on the testbed: green
     clean = tmp_path / "clean"
     _write_world(clean / "default" / "results", planted=True)

@@ -76,6 +76,20 @@ def _chapter_models(results: Path, slug: str) -> list[str]:
         return []
 
 
+def chapter_commits(results: Path) -> dict[str, str]:
+    """``{chapter slug: short git commit}`` of the run that wrote each ``<slug>.json`` under
+    ``results`` ("unknown" where the record has none)."""
+    out = {}
+    for rec_path in sorted(Path(results).glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and "chapter" in rec:
+            out[str(rec["chapter"])] = str(rec.get("git_commit") or "unknown")[:7]
+    return out
+
+
 def collect_verdicts(results: Path) -> pd.DataFrame:
     """Every verdict row the chapters wrote under ``results`` (``<slug>/<table>.csv`` files
     with ``claim`` and ``verdict`` columns), one line per row: ``chapter, table, claim, key,
@@ -237,6 +251,11 @@ def paper_vs_book(worlds: Mapping[str, pd.DataFrame], *, calibration: Mapping | 
                      f"chapters {', '.join(calibration.get('chapters') or []) or 'none'}. "
                      "Testbed rows describe the testbed; SmolLM2 and MiniLM rows describe those small "
                      "language models; neither is a paper's number.\n")
+    if calibration is not None and calibration.get("chapter_commits"):
+        per = "; ".join(f"{w}: " + ", ".join(f"{c} at `{k}`" for c, k in sorted(cm.items()))
+                        for w, cm in calibration["chapter_commits"].items() if cm)
+        if per:
+            lines.append(f"Each chapter's rows come from the run recorded in its results: {per}.\n")
     if calibration is not None and calibration.get("false_positives") is not None:
         lines.append(f"On the strength-0 world, **{calibration['false_positives']}** testbed rows that claim a bias "
                      "or its removal come out *reproduced* (the target is 0).\n")
@@ -322,7 +341,7 @@ def main(argv=None) -> int:
             raise FairVLMError(f"unknown world {w!r}; choose from {', '.join(known)}")
     sources = bookbuild.select(bookbuild.chapter_sources(root), a.chapters)
     work = Path(a.work_dir)
-    collected, failures = {}, {}
+    collected, failures, results_of = {}, {}, {}
     for w in worlds:
         if a.collect_only:
             results, failed = work / w / "results", []
@@ -330,9 +349,13 @@ def main(argv=None) -> int:
                 raise FairVLMError(f"no results for world {w!r} under {results}; run without --collect-only first")
         else:
             results, failed = run_world(root, w, sources, {"PROFILE": a.profile}, work)
-        collected[w], failures[w] = collect_verdicts(results), failed
-    rec = summarise(collected, failures, profile=a.profile, chapters=[s.stem for s in sources])
+        collected[w], failures[w], results_of[w] = collect_verdicts(results), failed, results
+    ran = [s.stem for s in sources] if not a.collect_only else \
+        sorted(set().union(*(set(v["chapter"]) for v in collected.values())))
+    rec = summarise(collected, failures, profile=a.profile, chapters=ran)
     rec["produced_by"] = _produced_by(root)
+    # a chapter's rows may come from an earlier run (--collect-only): each names its own commit
+    rec["chapter_commits"] = {w: chapter_commits(results_of[w]) for w in worlds}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n")
