@@ -139,6 +139,17 @@ def test_a_changed_data_manifest_reruns_every_chapter(book):
     assert all("data" in why for why in plan(root, lib).values())
 
 
+def test_a_rebuilt_shipped_artifact_reruns_the_chapters(book):
+    root, lib = book
+    art = root / "data" / "artifacts" / "06_x" / "sae_weights.safetensors"
+    art.parent.mkdir(parents=True)
+    art.write_bytes(b"weights v1")
+    fake_execute(root, lib)
+    assert set(plan(root, lib).values()) == {None}
+    art.write_bytes(b"weights v2")                 # retrained: the chapters must run again
+    assert all("data" in why for why in plan(root, lib).values())
+
+
 def test_missing_or_edited_outputs_are_not_trusted(book):
     root, lib = book
     fake_execute(root, lib)

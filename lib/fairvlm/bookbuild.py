@@ -393,12 +393,16 @@ def library_closure(source_text: str, lib: Path | None = None) -> dict[str, Path
 
 def _data_inputs(root: Path) -> dict[str, str]:
     """sha256 of the data manifests, word lists and bias spec under ``data/`` (the shipped
-    testbed's manifest lists the sha256 of every shipped weight)."""
+    testbed's manifest lists the sha256 of every shipped weight) and of every file under
+    ``data/artifacts/`` (the chapters' shipped adapters and SAEs)."""
     data = root / "data"
     files = [p for p in sorted(data.glob("*")) if p.is_file() and p.suffix in (".yaml", ".yml", ".sha256", ".json")]
     manifest = data / "testbed" / "manifest.json"
     if manifest.is_file():
         files.append(manifest)
+    # the chapters' shipped artifacts (trained adapters, SAEs): every file, so a rebuilt or
+    # replaced artifact executes the chapters that load it again
+    files += sorted(p for p in (data / "artifacts").rglob("*") if p.is_file())
     return {p.relative_to(root).as_posix(): _sha256_file(p) for p in files}
 
 
