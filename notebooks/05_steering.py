@@ -224,8 +224,10 @@ display(bg.style.hide(axis="index").format(precision=2))
 # Table 3: how often the annotated role (testbed scenario role, or the persona's occupation) is
 # named exactly. A steering method that stops the model describing the person removes
 # mentions for free, so a mention verdict counts only when the method's role retention stays
-# within `ROLE_TOL` (absolute share) of the unsteered model's: the 90% interval of the change,
-# bootstrapped over item clusters, inside $\pm$`ROLE_TOL` (TOST). Table 2: VADER compound per
+# within `ROLE_TOL` (absolute share) of the unsteered model's: the lower end of the 90%
+# interval of the change, bootstrapped over item clusters, at or above $-$`ROLE_TOL` (column
+# `kept`; a non-inferiority check, the lower half of a TOST: naming the role more often is
+# no damage). Table 2: VADER compound per
 # sentence, negative at $\le -0.05$; negative sentences per 1,000 generations per race group,
 # their variance (ddof = 1) and range across groups, and the fewest negative sentences of any
 # group (a spread verdict needs at least 5 in every group, and an unsteered variance above 0).
@@ -233,7 +235,7 @@ display(bg.style.hide(axis="index").format(precision=2))
 # %% tags=["hide-input"]
 roles = se.role_retention(gen, tol=ROLE_TOL, seed=SEED)
 display(Markdown(f"**Table 3 (this book).** Role named (share of generations), change against unsteered, "
-                 f"and whether it stays within +-{ROLE_TOL:g}."))
+                 f"its 90% interval, and whether the fall is shown to be under {ROLE_TOL:g} (kept)."))
 display(roles.style.hide(axis="index").format(precision=3))
 t2 = se.table2(gen)
 display(Markdown("**Table 2 (this book).** Negative sentences per 1,000 generations across race groups."))
@@ -341,7 +343,7 @@ display(eq.style.hide(axis="index").format({"max |logit difference|": "{:.2e}"})
 # clusters (testbed scenes, each with its four group variants; personas). **Mentions**, per
 # attribute: the drop against the random null (row $r$ ablates draw $r \bmod 20$) and,
 # separately, against the generation-damage control, at least 50 per 1,000 generations; a
-# drop is only judged when role retention stays within tolerance (else "not testable here").
+# drop is only judged when role retention is kept (Table 3; else "not testable here").
 # These rows assert "other": fewer mentions of an attribute is the paper's measure, but it is
 # not a gap between groups, and it is real even in a world where nothing is planted.
 # **Sentiment**: the fall of the cross-group variance under each race direction against the

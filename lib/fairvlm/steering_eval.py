@@ -485,8 +485,10 @@ def paired_drop(gen: pd.DataFrame, method: str, attribute: str | None = None) ->
 
 def role_retention(gen: pd.DataFrame, *, tol: float = ROLE_TOL, seed: int = 0) -> pd.DataFrame:
     """Per model and method: the share of generations naming the role, its change against
-    unsteered, and the TOST verdict "within +-tol of the unsteered model" (90% interval,
-    bootstrap over item clusters)."""
+    unsteered with its 90% interval (bootstrap over item clusters, as in a TOST check) and
+    ``kept``: the interval's lower end is at least
+    ``-tol`` (non-inferiority: the role is not shown to be named less often by more than
+    ``tol``), the gate of every mention verdict."""
     from fairvlm.verdicts import Claim, judge
 
     V.number("tol", tol, low=0.0, low_open=True)
@@ -500,8 +502,9 @@ def role_retention(gen: pd.DataFrame, *, tol: float = ROLE_TOL, seed: int = 0) -
             if m != "unsteered":
                 v = judge(Claim(f"{m} keeps role retention within +-{tol:g}", "no-change", "within", tol=tol), s, u,
                           clusters=cl, binary=True, seed=seed)
+                lo = v.difference_interval[0]
                 row.update({"90% interval": f"[{v.difference_interval[0]:.3f}, {v.difference_interval[1]:.3f}]",
-                            "within tolerance": v.verdict})
+                            "kept": bool(np.isfinite(lo) and lo >= -tol)})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -584,9 +587,10 @@ def verdict_rows(run: dict, *, planted: pd.DataFrame | None = None, role_table: 
     rows = []
     for m in STEERED:
         kind, _, a = m.partition(":")
-        ok = keep.loc[m, "within tolerance"] == "reproduced"
+        ok = bool(keep.loc[m, "kept"])
         why = "" if ok else (f"role retention {keep.loc[m, 'role named']:.2f} vs {keep.loc['unsteered', 'role named']:.2f}"
-                             f" unsteered is not shown within +-{tol:g}: a drop could be generation damage")
+                             f" unsteered (90% interval of the change {keep.loc[m, '90% interval']}) is not shown "
+                             f"above -{tol:g}: a drop could be generation damage")
         for ctrl, ctext, asserts in (("random", f"{run['n_null_draws']} random directions", "other"),
                                      ("damage", "the generation-damage control", "other")):
             u, s, cl = _paired(gen, m, f"m_{a}")
