@@ -171,7 +171,8 @@ for st in settings:
     loaded[st.label] = lm
     runs[st.label] = se.run_setting(lm, st, n_seeds=N_SEEDS, n_prompts=N_PROMPTS, max_new_tokens=MAX_NEW_TOKENS,
                                     n_candidates=N_CANDIDATES, batch_size=BATCH_SIZE, seed=SEED,
-                                    max_benign_kl=MAX_BENIGN_KL, n_null_draws=N_NULL_DRAWS)
+                                    max_benign_kl=MAX_BENIGN_KL, n_null_draws=N_NULL_DRAWS,
+                                    n_held=3 if PROFILE == "smoke" else None)
 dirs = pd.concat([r["directions_table"] for r in runs.values()], ignore_index=True)
 cands = se.candidate_table(runs)
 PROV = "; ".join(f"{s.label} on {'SocialCounterfactuals personas' if s.text else ('held-out testbed scenes' if s.name.startswith('testbed') else 'SocialCounterfactuals images')}"

@@ -274,9 +274,11 @@ def _gradient_dirs(lm, setting: Setting, attribute: str, target, *, layer: int, 
 
 def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, max_new_tokens: int = 32,
                 n_candidates: int = 32, batch_size: int = 16, seed: int = 0, max_benign_kl: float = 0.1,
-                words: dict | None = None, n_null_draws: int = N_NULL_DRAWS) -> dict:
+                words: dict | None = None, n_null_draws: int = N_NULL_DRAWS, n_held: int | None = None) -> dict:
     """Directions per attribute, the controls, generations and per-row metrics for one
-    setting (see the module docstring)."""
+    setting (see the module docstring). ``n_held``: select on the first ``n_held`` held-out
+    inputs (default all, the paper's 10). ``n_candidates`` below 4 takes that many positions
+    of one layer."""
     V.loaded("lm", lm)
     _check_setting(setting)
     for name, v in (("n_seeds", n_seeds), ("n_prompts", n_prompts), ("max_new_tokens", max_new_tokens),
@@ -284,14 +286,17 @@ def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, m
         V.integer(name, v, low=1)
     V.integer("seed", seed, low=0)
     V.number("max_benign_kl", max_benign_kl, low=0.0)
+    if n_held is not None:
+        V.integer("n_held", n_held, low=1)
     words = textmetrics.load_word_lists() if words is None else words
     if not isinstance(words, dict) or not set(ATTRIBUTES) <= set(words):
         raise FairVLMError(f"words={V.show(words)} must be load_word_lists()'s dict with lists for {ATTRIBUTES}")
+    held = list(setting.held)[:n_held]
     timings = {}
     t0 = time.perf_counter()
     target = _target_ids(lm, words)
     # 1. dataset directions, one per attribute: means of each prompt set on the fitting inputs
-    grid = steering.candidate_grid(lm.n_layers, n_candidates)
+    grid = steering.candidate_grid(lm.n_layers, n_candidates, n_positions=min(4, n_candidates))
     layers, positions = sorted({l for l, _ in grid}), sorted({p for _, p in grid})
 
     def means(texts_ims):
@@ -302,11 +307,11 @@ def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, m
     m_ben = [means(_benign(setting, setting.fit, k)) for k in (0, 1)]
     m_benign = (m_ben[0] + m_ben[1]) / 2
     li, pi = {l: i for i, l in enumerate(layers)}, {p: i for i, p in enumerate(positions)}
-    hn, hni = _benign(setting, setting.held)
+    hn, hni = _benign(setting, held)
     sel, held_prefixes = {}, {}
     for a in ATTRIBUTES:
         cands = {(l, p): steering.unit(m_bias[a][li[l], pi[p]] - m_benign[li[l], pi[p]]) for l, p in grid}
-        hb, hbi = _bias(setting, a, setting.held)
+        hb, hbi = _bias(setting, a, held)
         pre, found = steering.attribute_prefixes(lm, hb, hbi, target_ids=target[a], batch_size=batch_size)
         held_prefixes[a] = (pre, found)
         sel[a] = steering.select_direction(lm, cands, hb, hn, target_ids=target[a], heldout_bias_images=hbi,
