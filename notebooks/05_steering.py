@@ -50,7 +50,7 @@
 # |---|---|
 # | Chapter 00 (testbed) | necessary: testbed-llava and the planted mention rates |
 # | Chapter 01 | helpful: hooks and the residual stream |
-# | Time | embedded: 3.8 minutes on 2 CPU cores in a whole `make book` from an empty cache on 2026-12-07 (earlier runs: `benchmarks/TIMINGS.md`); smoke: about a minute; paper: a GPU and the hub |
+# | Time | embedded: 3.8 minutes on 2 CPU cores for the previous revision (one joint direction, four generation passes; `benchmarks/TIMINGS.md`); this revision generates seven passes per model on fewer prompts and has not been timed on an idle machine yet (the run at the end of this page says how long it took); smoke: designed for about a minute; paper: a GPU and the hub |
 #
 # ## Parameters
 #
