@@ -134,16 +134,17 @@ def gen():
     for m in steering_eval.METHODS:
         for i in range(4):
             rows.append({"model": "x", "method": m, "item": i, "prompt_id": 0, "seed": 0, "group": "g" + str(i % 2),
-                         "race": "r" + str(i % 2), "m_gender": i % 2, "m_race": 1, "neg": i % 3, "role_named": True})
+                         "race": "r" + str(i % 2), "m_gender": i % 2, "m_race": 1, "neg": i % 3, "role_named": 1,
+                         "cluster": f"c{i}"})
     return pd.DataFrame(rows)
 
 
 @functools.cache
 def setting():
     items = pd.DataFrame({"id": ["a", "b"], "persona": ["a nurse", "a pilot"], "group": ["x", "y"],
-                          "race": ["x", "y"], "gender": ["m", "f"], "role": ["nurse", "pilot"], "image": [None, None]})
-    pairs = [("What is the gender of a nurse?", None), ("Where does a pilot work?", None)]
-    return steering_eval.Setting("tiny-llava", "tiny", items, pairs, pairs, pairs, pairs, text=True)
+                          "race": ["x", "y"], "gender": ["m", "f"], "role": ["nurse", "pilot"], "image": [None, None],
+                          "cluster": ["a", "b"]})
+    return steering_eval.Setting("tiny-llava", "tiny", items, ["a nurse", "a pilot"], ["a nurse", "a pilot"], text=True)
 
 
 @functools.cache
@@ -341,6 +342,7 @@ TABLE: list[Row] = [
         {"text": [_NONE, ("number-for-str", 3), ("list-for-str", ["a"])],
          "rules": [_NONE, ("str-for-dict", "man"), ("str-for-list in rules", {"words": "man", "include": {},
                                                                                "exclude": set()})]}),
+    Row("textmetrics.testbed_mentions", _kw(textmetrics.testbed_mentions, texts=["a man"]), {"texts": "strings0"}),
     Row("textmetrics.count_mentions", _kw(textmetrics.count_mentions, texts=["a man"], lists=words()),
         {"texts": "strings0", "lists": [("str-for-dict", "gender"), ("empty dict", {}),
                                         ("str-for-list in lists", {"g": {"words": "man", "include": {},
@@ -458,6 +460,10 @@ TABLE: list[Row] = [
         lambda **kw: steering.loss_direction_effects(**{"lm": tiny_llava(), "enc": _enc(), "target_ids": [1],
                                                         "layer": 0, **kw}),
         {"layer": "index", "target_ids": "ints", "lm": "model"}),
+    Row("steering.attribute_prefixes",
+        lambda **kw: steering.attribute_prefixes(**{"lm": tiny_llava(), "texts": ["Who is this?"], "target_ids": [1],
+                                                    **kw}),
+        {"lm": "model", "texts": "strings", "target_ids": "ints", "max_new_tokens": "count", "batch_size": "count"}),
     Row("steering.target_ids_for", lambda **kw: steering.target_ids_for(**{"lm": tiny_llava(), "words": ["man"], **kw}),
         {"words": "strings", "lm": "model"}),
     # ----------------------------------------------------------------------------- steering_eval
@@ -489,8 +495,22 @@ TABLE: list[Row] = [
                                                                                   pd.DataFrame({"model": ["x"],
                                                                                                 "method": ["random"],
                                                                                                 "role_named": [1]}))]}),
-    Row("steering_eval.paired_drop", lambda **kw: steering_eval.paired_drop(**{"gen": gen(), "method": "random", **kw}),
-        {"gen": "frame", "method": "name", "attribute": [("unknown name", "age"), ("number-for-name", 3)]}),
+    Row("steering_eval.paired_drop", lambda **kw: steering_eval.paired_drop(**{"gen": gen(), "method": "random",
+                                                                              "attribute": "gender", **kw}),
+        {"gen": "frame", "method": "name", "attribute": [_NONE, ("unknown name", "age"), ("number-for-name", 3)]}),
+    Row("steering_eval.role_retention", lambda **kw: steering_eval.role_retention(**{"gen": gen(), **kw}),
+        {"gen": "frame", "tol": "positive", "seed": "seed"}),
+    Row("steering_eval.candidate_table", _kw(steering_eval.candidate_table), {"runs": [_NONE, ("empty", {}),
+                                                                                     ("str-for-dict", "runs")]}),
+    Row("steering_eval.verdict_rows", _kw(steering_eval.verdict_rows), {"run": [_NONE, ("str-for-dict", "run"),
+                                                                               ("missing keys", {"setting": 1})]}),
+    Row("steering_eval.loss_mention_drop",
+        lambda **kw: steering_eval.loss_mention_drop(**{"lm": tiny_llava(), "setting": setting(),
+                                                        "directions": {"mse": torch.ones(2, tiny_llava().d_model)},
+                                                        "attribute": "gender", "words": words(), **kw}),
+        {"lm": "model", "setting": [_NONE, ("str-for-setting", "x")], "attribute": "name",
+         "directions": [_NONE, ("empty", {}), ("str-for-dict", "mse")], "max_new_tokens": "count",
+         "batch_size": "count", "seed": "seed"}),
     Row("steering_eval.spread_bootstrap",
         lambda **kw: steering_eval.spread_bootstrap(**{"gen": gen(), "method": "random", "n": 5, **kw}),
         {"gen": "frame", "method": "name", "stat": "name", "n": "count", "seed": "seed",

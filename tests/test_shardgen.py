@@ -196,3 +196,24 @@ def test_command_line_bad_input_exits_2_with_one_line(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert "Traceback" not in res.stderr
     assert not (out / "job.json").exists() if out.is_dir() else True
+
+
+def test_changed_weights_under_the_same_name_are_refused_on_resume(tmp_path, tiny_llava):
+    """model_digest hashes the weights themselves where no manifest names them: one edited
+    parameter changes it, and a resume with those weights stops with one error."""
+    import copy
+
+    import torch
+
+    lm = tiny_llava
+    job, out = _small_job(tmp_path), tmp_path / "out"
+    assert shardgen.run(job, out, rank=0, world=1, max_shards=1, lm=lm) == [0]
+    d0 = shardgen.model_digest(lm)
+    assert d0.startswith("weights:") and shardgen.model_digest(lm) == d0
+    other = copy.copy(lm)
+    other.model = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1e-3)
+    assert shardgen.model_digest(other) != d0
+    with pytest.raises(FairVLMError, match="other weights"):
+        shardgen.run(job, out, rank=0, world=1, lm=other)

@@ -270,3 +270,32 @@ def test_token_shifts_hand_computed_and_shared_plain_pass(tiny):
     assert float(one["shift"].iloc[0]) > 0 > float(one["shift"].iloc[-1])
     with pytest.raises(FairVLMError, match="steer must be"):
         textmetrics.token_shifts(lm, prompts, gens, {}, images=ims)
+
+
+def test_attribute_prefixes_stop_before_the_first_protected_token(tiny):
+    """The prefix is the greedy answer up to its first protected token, so the next token after
+    prompt + prefix is the protected one; selection reads the mass there."""
+    lm = tiny["tiny-llava"]
+    ims = [Image.new("RGB", (40, 40), (200, 30, 30)), Image.new("RGB", (40, 40), (20, 30, 230))]
+    texts = ["Describe the person.", "Who is it?"]
+    enc = lm.inputs(texts, ims)
+    seq = lm.model.generate(**enc, max_new_tokens=6, do_sample=False,
+                            pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id)
+    answer = seq[:, enc["input_ids"].shape[1]:]
+    target = [int(answer[0, 2])]                       # pretend the third answer token names the attribute
+    pre, found = steering.attribute_prefixes(lm, texts, ims, target_ids=target, max_new_tokens=6)
+    assert found[0]
+    assert pre[0] == lm.tokenizer.decode(answer[0, :2], skip_special_tokens=True).rstrip()
+    lp = steering._next_token_logprobs(lm, texts[:1], ims[:1], prefixes=pre[:1])
+    assert int(lp[0].argmax()) == target[0]            # greedy: the protected token is next
+    unrelated = [i for i in range(lm.unembed().weight.shape[0]) if i not in answer.flatten().tolist()][:1]
+    pre2, found2 = steering.attribute_prefixes(lm, texts, ims, target_ids=unrelated, max_new_tokens=6)
+    assert pre2 == ["", ""] and found2 == [False, False]
+
+
+def test_kl_and_ce_give_the_same_sign_step(tiny):
+    lm = tiny["tiny-llava"]
+    ids = steering.target_ids_for(lm, ["man", "woman"])
+    g = {k: steering.gradient_direction(lm, _enc(lm), ids, layer=1, loss=k, check_logits=True) for k in ("kl", "ce")}
+    assert torch.allclose(g["kl"].per_row, g["ce"].per_row)
+    assert g["kl"].extra["logp_change_rows"].shape == (2,)

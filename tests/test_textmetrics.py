@@ -32,6 +32,55 @@ def test_bigram_counting_hand_made(lists):
     assert by.loc["a", "gender"] == 1000 and by.loc["b", "gender"] == 1000 and by.loc["b", "race"] == 500
 
 
+def test_race_is_counted_before_any_person_noun_and_never_moves_with_gender_words(lists):
+    """Issue 33: "A Black female barista" and "A Black barista" are one race mention each;
+    deleting "female"/"male" must not change the race count."""
+    r, g = lists["race"], lists["gender"]
+    cases = {
+        "A Black barista making coffee.": (1, 0),
+        "A Black female barista making coffee.": (1, 1),
+        "A White male sheriff at his desk.": (1, 2),
+        "A White sheriff.": (1, 0),
+        "A Black guitar player on a stage.": (1, 0),
+        "A black guitar on a stage.": (0, 0),                 # an object, not a person
+        "A White groundskeeper mowing the lawn.": (1, 0),
+        "A Black smoker outside.": (1, 0),
+        "Two Black baristas.": (1, 0),                        # plural of the role head
+        "A Middle Eastern female plumber.": (1, 1),
+        "An Indian doctor in a white coat.": (1, 0),
+        "A white coffee cup and a black laptop.": (0, 0),
+        "The officer is black.": (1, 0),
+    }
+    for text, (race, gender) in cases.items():
+        assert tm.attribute_mentions(text, r) == race, text
+        assert tm.attribute_mentions(text, g) == gender, text
+    for text in cases:                                        # removing gender words leaves race as it was
+        stripped = " ".join(w for w in text.split() if w.lower() not in ("male", "female"))
+        assert tm.attribute_mentions(stripped, r) == tm.attribute_mentions(text, r), text
+
+
+def test_person_nouns_cover_the_testbed_heads_and_the_socialcf_occupations(lists):
+    from fairvlm.testbed import SCENARIOS
+
+    nouns = {" ".join(n) for n in lists["race"]["nouns"]}
+    heads = {s.head for s in SCENARIOS.values()}
+    assert heads <= nouns, sorted(heads - nouns)
+    try:
+        from fairvlm.data import load_socialcounterfactuals
+
+        occ = set(load_socialcounterfactuals("race_gender")["occupation"])
+    except FairVLMError:
+        pytest.skip("SocialCounterfactuals metadata not available")
+    missing = {o for o in occ if " ".join(tm.tokens(o)) not in nouns} - {"army", "optician custodian"}
+    assert not missing, sorted(missing)
+
+
+def test_testbed_text_goes_through_the_testbed_detector():
+    df = tm.testbed_mentions(["A Black female barista making coffee.", "A barista making coffee.",
+                              "A Black barista making coffee.", "A woman in a white shirt."])
+    assert df.to_dict(orient="list") == {"gender": [1, 0, 0, 1], "race": [1, 0, 1, 0]}
+
+
 def test_word_list_file_is_checked(tmp_path):
     bad = tmp_path / "w.yaml"
     bad.write_text("attributes:\n  gender:\n    words: [man]\n    include: {woman: [x]}\n")

@@ -158,15 +158,24 @@ def _file_digest(what: str, path: str) -> str:
 
 def model_digest(lm) -> str:
     """What identifies the loaded weights: the sha256 of their ``SHA256SUMS`` manifest (or of
-    the weights file) where the model was loaded from a checked folder or file, else its name
-    and the description of its weights (e.g. a tiny model's initialisation seed)."""
+    the weights file) where the model was loaded from a checked folder or file, else the
+    sha256 of the weights themselves (every parameter and buffer: name, dtype, shape, bytes;
+    a second or two for a small model)."""
+    import torch
+
     info = getattr(V.loaded("lm", lm), "info", {}) or {}
     src = Path(str(info.get("path", ""))) if info.get("path") else None
     if src is not None and (src / "SHA256SUMS").is_file():
         return "sums:" + sha256_file(src / "SHA256SUMS")
     if src is not None and src.is_file():
         return "file:" + sha256_file(src)
-    return "name:" + json.dumps([lm.name, str(info.get("weights", ""))])
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in sorted(lm.model.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "weights:" + h.hexdigest()
 
 
 def _row_fingerprint(fp: str, digest: str) -> str:

@@ -55,7 +55,7 @@ __all__ = [
     "ABLATION_SITES", "LOSSES", "unit", "units", "random_direction", "ablation_fn", "ablate",
     "orthogonalize", "stream_writers", "mean_activations", "dataset_direction",
     "candidate_directions", "candidate_grid", "select_direction", "Selection", "GradientDirection",
-    "gradient_direction", "loss_gradients", "target_logit_loss", "protected_mass", "target_ids_for",
+    "gradient_direction", "loss_gradients", "target_logit_loss", "protected_mass", "target_ids_for", "attribute_prefixes",
     "loss_direction_effects",
 ]
 
@@ -332,13 +332,48 @@ def _last_only(lm) -> dict:
 
 
 @torch.no_grad()
-def _next_token_logprobs(lm, texts, images, batch_size: int = 16) -> torch.Tensor:
-    out = []
+def _next_token_logprobs(lm, texts, images, batch_size: int = 16, prefixes=None) -> torch.Tensor:
+    """Next-token log-probabilities after each prompt (and its assistant ``prefixes[i]``, the
+    answer so far: rows that share a prefix are batched together)."""
     kw = _last_only(lm)
+    prefixes = [""] * len(texts) if prefixes is None else list(prefixes)
+    out = [None] * len(texts)
+    for pre in dict.fromkeys(prefixes):
+        idx = [i for i, p in enumerate(prefixes) if p == pre]
+        for s in range(0, len(idx), batch_size):
+            rows = idx[s:s + batch_size]
+            enc = lm.inputs([texts[i] for i in rows], None if images is None else [images[i] for i in rows],
+                            assistant_prefix=pre)
+            lp = torch.log_softmax(lm.model(**enc, use_cache=False, **kw).logits[:, -1].float(), -1).cpu()
+            for j, i in enumerate(rows):
+                out[i] = lp[j]
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def attribute_prefixes(lm, texts: Sequence[str], images=None, *, target_ids: Sequence[int], max_new_tokens: int = 8,
+                       batch_size: int = 16) -> tuple[list[str], list[bool]]:
+    """Where each prompt's answer carries the attribute: greedy-decode up to ``max_new_tokens``
+    and return the answer text *before* the first protected token (``target_ids``), so that
+    the next token after ``prompt + prefix`` is the one that names the attribute ("A" in
+    "A woman." is not). Rows whose answer names no protected token keep ``""`` (the first
+    answer token) and ``False`` in the second list."""
+    V.loaded("lm", lm)
+    texts = V.strings("texts", texts)
+    ids = set(V.integers("target_ids", target_ids, low=0))
+    V.integer("max_new_tokens", max_new_tokens, low=1)
+    V.integer("batch_size", batch_size, low=1)
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    prefixes, found = [], []
     for sl in _batches(len(texts), batch_size):
         enc = lm.inputs(list(texts[sl]), None if images is None else list(images[sl]))
-        out.append(torch.log_softmax(lm.model(**enc, use_cache=False, **kw).logits[:, -1].float(), -1).cpu())
-    return torch.cat(out)
+        seq = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        for row in seq[:, enc["input_ids"].shape[1]:].tolist():
+            j = next((k for k, t in enumerate(row) if t in ids), None)
+            found.append(j is not None)
+            prefixes.append(tok.decode(row[:j], skip_special_tokens=True).rstrip() if j else "")
+    return prefixes, found
 
 
 def protected_mass(logprobs: torch.Tensor, target_ids: Sequence[int]) -> torch.Tensor:
@@ -360,7 +395,7 @@ class Selection:
 
 def select_direction(lm, candidates: dict, heldout_bias: Sequence[str], heldout_benign: Sequence[str], *,
                      target_ids: Sequence[int], heldout_bias_images=None, heldout_benign_images=None,
-                     max_benign_kl: float = 0.1) -> Selection:
+                     max_benign_kl: float = 0.1, heldout_bias_prefixes=None) -> Selection:
     """Choose a candidate on held-out prompts by the rule stated in ``Selection.rule``:
 
     for each candidate, ablate it (every layer, :func:`ablate`) and measure (1) the drop in the
@@ -368,7 +403,9 @@ def select_direction(lm, candidates: dict, heldout_bias: Sequence[str], heldout_
     prompts (relative to no ablation, mean over prompts) and (2) the mean KL(unsteered ||
     steered) of the next-token distribution on the held-out benign prompts. Keep candidates
     whose benign KL is at most ``max_benign_kl`` nats; pick the largest drop among them (if
-    none qualifies, the smallest KL)."""
+    none qualifies, the smallest KL; the table's ``passed_kl`` column says which passed).
+    ``heldout_bias_prefixes``: the answer so far on each bias prompt (see
+    :func:`attribute_prefixes`), so the mass is read at the token that carries the attribute."""
     import pandas as pd
 
     if not isinstance(candidates, dict) or not candidates:
@@ -376,13 +413,18 @@ def select_direction(lm, candidates: dict, heldout_bias: Sequence[str], heldout_
     V.number("max_benign_kl", max_benign_kl, low=0.0)
     heldout_bias, heldout_benign = V.strings("heldout_bias", heldout_bias), V.strings("heldout_benign", heldout_benign)
     target_ids = V.integers("target_ids", target_ids, low=0)
-    base_bias = _next_token_logprobs(lm, heldout_bias, heldout_bias_images)
+    if heldout_bias_prefixes is not None:
+        heldout_bias_prefixes = V.strings("heldout_bias_prefixes", heldout_bias_prefixes, blank=True)
+        if len(heldout_bias_prefixes) != len(heldout_bias):
+            raise FairVLMError(f"{len(heldout_bias_prefixes)} prefixes for {len(heldout_bias)} held-out bias prompts")
+    pre = heldout_bias_prefixes
+    base_bias = _next_token_logprobs(lm, heldout_bias, heldout_bias_images, prefixes=pre)
     base_benign = _next_token_logprobs(lm, heldout_benign, heldout_benign_images)
     m0 = protected_mass(base_bias, target_ids)
     rows = []
     for key, a in candidates.items():
         with ablate(lm, a):
-            lb = _next_token_logprobs(lm, heldout_bias, heldout_bias_images)
+            lb = _next_token_logprobs(lm, heldout_bias, heldout_bias_images, prefixes=pre)
             ln = _next_token_logprobs(lm, heldout_benign, heldout_benign_images)
         drop = float((m0 - protected_mass(lb, target_ids)).mean())
         rel = float(((m0 - protected_mass(lb, target_ids)) / m0.clamp_min(1e-12)).mean())
@@ -390,14 +432,16 @@ def select_direction(lm, candidates: dict, heldout_bias: Sequence[str], heldout_
         rows.append({"layer": key[0], "position": key[1], "mass_before": float(m0.mean()),
                      "mass_drop": drop, "relative_drop": rel, "benign_kl": kl})
     table = pd.DataFrame(rows)
-    ok = table[table["benign_kl"] <= max_benign_kl]
+    table["passed_kl"] = table["benign_kl"] <= max_benign_kl
+    ok = table[table["passed_kl"]]
     best = ok["mass_drop"].idxmax() if len(ok) else table["benign_kl"].idxmin()
     table["selected"] = False
     table.loc[best, "selected"] = True
     key = (int(table.loc[best, "layer"]), int(table.loc[best, "position"]))
-    rule = (f"largest drop of the protected tokens' next-token mass on {len(heldout_bias)} held-out bias prompts "
+    where = "at the answer token that names the attribute" if pre is not None else "at the first answer token"
+    rule = (f"largest drop of the protected tokens' mass {where} on {len(heldout_bias)} held-out bias prompts "
             f"among candidates whose mean next-token KL on {len(heldout_benign)} held-out benign prompts is "
-            f"<= {max_benign_kl:g} nats")
+            f"<= {max_benign_kl:g} nats" + ("" if len(ok) else "; no candidate passed, so the smallest KL"))
     return Selection(key=key, direction=candidates[key], table=table, rule=rule)
 
 
@@ -493,7 +537,8 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
     Cost: one forward that builds the graph (capturing ``h_l(x, u)`` on the way), one
     backward to the image tokens only, one forward up to layer ``l`` with ``u'``. With
     ``check_logits=True`` a full third forward measures how the protected logits moved
-    (``target_logit_change``; otherwise NaN). ``input_site`` is what the step perturbs: the image
+    (``target_logit_change``; otherwise NaN) and ``extra["logp_change_rows"]``, each row's change of
+    ``log p(T)``. ``input_site`` is what the step perturbs: the image
     tokens (default), or for a text-only model the token embeddings ``resid_pre.0`` (every
     prompt position; our analogue, the paper has no text-only variant)."""
     V.loaded("lm", lm)
@@ -554,9 +599,14 @@ def gradient_direction(lm, enc, target_ids: Sequence[int], *, layer: int, positi
             z1 = lm.model(**enc, use_cache=False, **_last_only(lm)).logits[:, -1].float()
         ids = list(target_ids)
         change = float((z1[:, ids] - z.detach()[:, ids]).mean())
+        # the log-probability of the protected set, log p(T) = logsumexp_t log p_t: unlike a raw
+        # logit it does not move when every logit shifts together
+        lp = lambda x: torch.logsumexp(torch.log_softmax(x, -1)[:, ids], -1)  # noqa: E731
+        out["logp_change_rows"] = (lp(z1) - lp(z.detach())).cpu().numpy()
     return GradientDirection(direction=unit(diff.mean(0)), per_row=diff.float(), layer=layer, position=position,
                              eps=step, loss=float(L_val.detach()), target_logit_change=change,
-                             grad_norm=float(grad.float().norm()))
+                             grad_norm=float(grad.float().norm()),
+                             extra={k: v for k, v in out.items() if k == "logp_change_rows"})
 
 
 def loss_direction_effects(lm, enc, target_ids: Sequence[int], *, layer: int) -> dict:

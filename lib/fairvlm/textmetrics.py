@@ -3,8 +3,12 @@
 Protected-attribute mentions (bigram method)
     :func:`count_mentions` counts, per text and attribute, the occurrences of the target words
     of ``data/attribute_words.yaml`` (whole words, case-insensitive), keeping a polysemous
-    word only when the word after it is annotated as attribute-related (``include``) and
-    dropping annotated unrelated bigrams (``exclude``). :func:`mentions_per_1k` reports
+    word only when the word after it is annotated as attribute-related (``include``; the
+    entry ``"@person"`` stands for every phrase of the file's ``person_nouns``, one- or
+    multi-word, plural ``s`` allowed, and the attribute's ``between`` words, such as
+    "female" in "a Black female barista", may stand in between) and dropping annotated
+    unrelated bigrams (``exclude``). Testbed generations are counted by the testbed's own
+    detector instead (:func:`testbed_mentions`), a 0/1 per text and attribute. :func:`mentions_per_1k` reports
     ``1000 * mentions / generations`` (a count, so it can exceed 1000, as in the paper's
     Table 1).
 Sentiment (VADER, the ``vaderSentiment`` package; NLTK's copy differs)
@@ -44,7 +48,7 @@ from fairvlm.errors import FairVLMError
 
 __all__ = [
     "WORDS_FILE", "load_word_lists", "words_path", "tokens", "attribute_mentions", "count_mentions",
-    "mentions_per_1k", "sentences", "sentence_scores", "negative_sentences", "negative_rate", "spread",
+    "mentions_per_1k", "testbed_mentions", "sentences", "sentence_scores", "negative_sentences", "negative_rate", "spread",
     "mentions_role", "relative_change", "token_shifts", "Judge", "JudgeResult", "parse_judge_reply",
     "OpenAICompatibleJudge", "LocalJudge", "judge_mentions", "NEGATIVE_THRESHOLD",
 ]
@@ -75,7 +79,8 @@ def words_path() -> Path:
 
 
 def load_word_lists(path: str | os.PathLike | None = None) -> dict:
-    """``{attribute: {"words": set, "include": {word: set}, "exclude": set of (w1, w2)}}``."""
+    """``{attribute: {"words": set, "include": {word: set}, "exclude": set of (w1, w2),
+    "between": set, "nouns": tuple of word tuples}}``."""
     import yaml
 
     p = V.path("path", path) if path is not None else words_path()
@@ -87,6 +92,8 @@ def load_word_lists(path: str | os.PathLike | None = None) -> dict:
         raise FairVLMError(f"{p}: not a word-list file (YAML error: {exc})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("attributes"), dict):
         raise FairVLMError(f"{p}: expected a mapping with 'attributes'")
+    nouns = tuple(sorted({tuple(tokens(str(n))) for n in _yaml_words(f"{p} person_nouns", raw.get("person_nouns") or [])
+                          if tokens(str(n))}, key=lambda t: (-len(t), t)))
     out = {}
     for attr, spec in raw["attributes"].items():
         if not isinstance(spec, dict) or not spec.get("words"):
@@ -107,7 +114,10 @@ def load_word_lists(path: str | os.PathLike | None = None) -> dict:
             if len(parts) != 2:
                 raise FairVLMError(f"{p}: exclude entry {b!r} of {attr!r} must be two words")
             exclude.add(tuple(parts))
-        out[str(attr)] = {"words": words, "include": include, "exclude": exclude}
+        if any("@person" in v for v in include.values()) and not nouns:
+            raise FairVLMError(f"{where}: an include rule names '@person' but the file has no 'person_nouns'")
+        between = {w.lower() for w in _yaml_words(f"{where} between", spec.get("between") or [])}
+        out[str(attr)] = {"words": words, "include": include, "exclude": exclude, "between": between, "nouns": nouns}
     return out
 
 
@@ -146,6 +156,8 @@ def attribute_mentions(text: str, rules: dict) -> int:
     if isinstance(rules["words"], str):
         raise FairVLMError(f"rules['words'] is the string {rules['words']!r}; it must be a set of words")
     toks = tokens(text)
+    between = rules.get("between") or set()
+    nouns = rules.get("nouns") or ()
     n = 0
     for i, w in enumerate(toks):
         if w not in rules["words"]:
@@ -155,10 +167,34 @@ def attribute_mentions(text: str, rules: dict) -> int:
         if (w, nxt_key) in rules["exclude"]:
             continue
         inc = rules["include"].get(w)
-        if inc is not None and nxt_key not in inc:
+        if inc is not None and nxt_key not in inc and not ("@person" in inc and _person_follows(toks, i + 1, between, nouns)):
             continue
         n += 1
     return n
+
+
+def _person_follows(toks: list, j: int, between, nouns) -> bool:
+    """Whether a person noun phrase starts at ``toks[j]``, after any ``between`` words."""
+    while j < len(toks) and toks[j] in between:
+        j += 1
+    for phrase in nouns:
+        k = len(phrase)
+        got = toks[j:j + k]
+        if len(got) == k and got[:-1] == list(phrase[:-1]) and got[-1] in (phrase[-1], phrase[-1] + "s",
+                                                                           phrase[-1] + "es"):
+            return True
+    return False
+
+
+def testbed_mentions(texts: Sequence[str]) -> pd.DataFrame:
+    """One row per text: 0/1 ``gender`` and ``race`` columns from the testbed's own detector
+    (:func:`fairvlm.testbed.captions.mentions`: a gender word; "black"/"white" before one of
+    the testbed's person nouns or role heads), the detector its descriptions were planted for."""
+    from fairvlm.testbed.captions import mentions
+
+    texts = V.strings("texts", texts, empty=True, blank=True)
+    found = [mentions(t) for t in texts]
+    return pd.DataFrame({a: [int(f[a]) for f in found] for a in ("gender", "race")})
 
 
 def count_mentions(texts: Sequence[str], lists: dict | None = None,
