@@ -217,3 +217,667 @@ def split_by_scenario(meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
                         "set FAIRFACE_DIR to fit on FairFace instead")
     fit = meta["scenario"].isin(set(scen[0::2])).to_numpy()
     return np.flatnonzero(fit), np.flatnonzero(~fit)
+
+
+# =====================================================================================
+# The chapter's analysis: nulls, evaluation, the LVLM gap, the planted truth, the claims
+# =====================================================================================
+
+#: The departures of this book from the authors' released code (namin-an/DeBiasLens).
+DEPARTURES = [
+    {"choice": "intervention (gamma)", "authors' code": "chosen neurons deactivated (set to 0)",
+     "this book": "0 by default (GAMMA_MODE='zero'); 'group_mean' (each neuron set to its own group's "
+                  "mean activation) is this book's variant, not the authors'"},
+    {"choice": "SAE expansion factor", "authors' code": "8 (README recipe: 1 on ViT-L/14)",
+     "this book": "8 on the image and LLaVA-vision SAEs; 2 on the text SAE (a 384-wide stream and "
+                  "about 12k caption tokens; keeps the shipped artifact small)"},
+    {"choice": "training tokens", "authors' code": "2 random tokens per image",
+     "this book": "the class token (the only token CLIP's image embedding reads, and the one the "
+                  "control edits) for CLIP; every token for text and for LLaVA's layer -2"},
+    {"choice": "prefix losses", "authors' code": "averaged over the Matryoshka prefixes",
+     "this book": "averaged (as the authors' code)"},
+    {"choice": "steps", "authors' code": "110k steps, batch 4096",
+     "this book": "until the held-out explained variance plateaus (ceiling in the recipe), batch 256"},
+    {"choice": "CLIP layer", "authors' code": "last layer, post-MLP residual",
+     "this book": "the same (vision.resid_post.-1, resid_post.-1)"},
+    {"choice": "LLaVA layer", "authors' code": "last vision layer",
+     "this book": "layer -2 (vision_feature_layer): the last layer is never read by the LLM, so an edit "
+                  "there changes nothing"},
+    {"choice": "neuron ranking", "authors' code": "mean activation on the group",
+     "this book": "specificity on the group, among neurons whose firing rate differs by at most "
+                  "OTHER_CAP between the other attribute's groups (gender-only neurons)"},
+]
+
+
+def firing_rates(codes) -> np.ndarray:
+    """Fraction of rows on which each latent fires (> 0): ``(d_sae,)``."""
+    z = V.tensor("codes", codes, ndim=2, dtype=torch.float32)
+    return (z > 0).float().mean(0).numpy()
+
+
+def matched_random_latents(rates, chosen: Sequence[int], exclude: Sequence[int] = (), *, n_draws: int = 20,
+                           pool: int = 8, seed: int = 0) -> list[list[int]]:
+    """``n_draws`` sets of random latents, one per chosen latent, each drawn from the ``pool``
+    latents (not chosen, not in ``exclude``) whose firing rate is nearest the chosen one's:
+    a null that touches latents as active as the social ones, not dead or always-on ones."""
+    r = np.asarray(V.array("rates", rates, ndim=1), dtype=float)
+    chosen = V.integers("chosen", chosen, empty=True, low=0, high=len(r) - 1)
+    exclude = V.integers("exclude", exclude, empty=True, low=0, high=len(r) - 1)
+    V.integer("n_draws", n_draws, low=1)
+    V.integer("pool", pool, low=1)
+    cand = np.setdiff1d(np.arange(len(r)), np.asarray(list(chosen) + list(exclude), dtype=int))
+    if len(cand) < len(chosen) + pool:
+        raise DataError(f"only {len(cand)} latents are neither chosen nor social: too few to draw a matched null")
+    pools = [cand[np.argsort(np.abs(r[cand] - r[j]), kind="stable")[:pool]] for j in chosen]
+    rng = np.random.default_rng(V.integer("seed", seed, low=0))
+    draws = []
+    for _ in range(n_draws):
+        pick: list[int] = []
+        for p in pools:
+            avail = [int(x) for x in p if int(x) not in pick]
+            pick.append(int(rng.choice(avail)))
+        draws.append(pick)
+    return draws
+
+
+def gammas(mode: str, codes, labels: Sequence, latents: Sequence[int], latent_groups: Sequence[str]) -> list[float]:
+    """The value each latent is set to: 0 (``"zero"``, the authors') or its mean activation on
+    its group's rows (``"group_mean"``, this book's variant)."""
+    V.choice("mode", mode, ("zero", "group_mean"))
+    if mode == "zero":
+        return [0.0] * len(latents)
+    z = V.tensor("codes", codes, ndim=2, dtype=torch.float32)
+    lab = np.asarray([str(x) for x in labels], dtype=object)
+    return [float(z[torch.from_numpy(lab == g), j].mean()) for j, g in zip(latents, latent_groups)]
+
+
+def specific_neurons(table: pd.DataFrame, codes, other_labels: Sequence, *, cap: float = 0.2) -> pd.DataFrame:
+    """``table`` (from :func:`fairvlm.sae.social_neurons`) with ``other_gap``: the spread of each
+    latent's firing rate between the groups of the *other* attribute (0: blind to it), and
+    ``eligible = other_gap <= cap``; re-ranked within each group by specificity (eligible
+    first). :func:`pick_specific` picks from it."""
+    z = V.tensor("codes", codes, ndim=2, dtype=torch.float32)
+    lab = np.asarray([str(x) for x in V.labels("other_labels", other_labels)], dtype=object)
+    if len(lab) != z.shape[0]:
+        raise ParameterError(f"codes has {z.shape[0]} rows but other_labels {len(lab)}")
+    V.number("cap", cap, low=0.0, high=1.0)
+    rates = np.stack([(z[torch.from_numpy(lab == g)] > 0).float().mean(0).numpy() for g in sorted(set(lab))])
+    out = table.copy()
+    lat = out["latent"].to_numpy(dtype=int)
+    out["other_gap"] = (rates.max(0) - rates.min(0))[lat] if len(lat) else np.array([], dtype=float)
+    out["eligible"] = out["other_gap"] <= cap
+    out = out.sort_values(["group", "eligible", "specificity", "mean_act"], ascending=[True, False, False, False],
+                          kind="stable")
+    out["rank"] = out.groupby("group").cumcount()
+    return out.reset_index(drop=True)
+
+
+def pick_specific(table: pd.DataFrame, groups: Sequence[str], per_group: int) -> tuple[list[int], list[str]]:
+    """The top ``per_group`` *eligible* latents of each group of :func:`specific_neurons`."""
+    V.integer("per_group", per_group, low=1)
+    lat, grp = [], []
+    for g in groups:
+        sub = table[(table["group"] == g) & table["eligible"]].head(per_group)
+        lat += sub["latent"].astype(int).tolist()
+        grp += [g] * len(sub)
+    return lat, grp
+
+
+# ----------------------------------------------------------------------------- text shortcut
+class TextStates:
+    """Last-layer hidden states of a set of texts (padded) and their attention masks."""
+
+    def __init__(self, texts: list[str], hidden: torch.Tensor, mask: torch.Tensor):
+        self.texts, self.hidden, self.mask = texts, hidden, mask
+        self.index = {t: i for i, t in enumerate(texts)}
+
+
+def supports_text_shortcut(lm) -> bool:
+    """True for a mean-pooled dual encoder (testbed-clip): its text embedding is
+    ``text_projection(mean_pool(resid_post.-1))``, so an edit there can be applied to cached states."""
+    return hasattr(getattr(lm, "model", None), "text_pooled")
+
+
+@torch.no_grad()
+def last_layer_text(lm, texts: Sequence[str], *, batch_size: int = 128) -> TextStates:
+    """Capture ``resid_post.-1`` (every token) for ``texts`` once (see :func:`embed_text_from_last_layer`)."""
+    from fairvlm import hooks
+
+    if not supports_text_shortcut(V.loaded("lm", lm)):
+        raise FairVLMError(f"{lm.name}: the text shortcut needs a mean-pooled dual encoder; use hooks.edit and "
+                           "retrieval.embed_texts")
+    texts = list(dict.fromkeys(V.strings("texts", texts)))
+    hs, ms = [], []
+    with hooks.capture(lm, "resid_post.-1") as cache:
+        for s in range(0, len(texts), batch_size):
+            enc = lm.inputs(texts[s:s + batch_size])
+            enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            lm.model.get_text_features(**enc)
+            hs.append(cache["resid_post.-1"].float().cpu())
+            ms.append(enc["attention_mask"].bool().cpu())
+    t = max(h.shape[1] for h in hs)
+    hidden = torch.cat([torch.nn.functional.pad(h, (0, 0, 0, t - h.shape[1])) for h in hs])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, t - m.shape[1])) for m in ms])
+    return TextStates(texts, hidden, mask)
+
+
+@torch.no_grad()
+def embed_text_from_last_layer(lm, states: TextStates, edit=None) -> torch.Tensor:
+    """L2-normalized text embeddings from cached last-layer states, after ``edit(h)`` on every token."""
+    from fairvlm.testbed.dual import mean_pool
+
+    if edit is not None and not callable(edit):
+        raise ParameterError(f"edit={V.show(edit)} must be None or a function h -> h")
+    h = states.hidden if edit is None else edit(states.hidden)
+    p = next(lm.model.text_projection.parameters())
+    emb = lm.model.text_projection(mean_pool(h, states.mask).to(p.device, p.dtype))
+    return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+
+
+# ------------------------------------------------------------------------------ evaluation
+class Bench:
+    """Per-query MaxSkew, zero-shot correctness and Recall@K for embeddings of one gallery.
+
+    ``texts``: every text any condition embeds, in order: query prompts, zero-shot prompts,
+    retrieval captions (``T`` passed to :meth:`evaluate` has one row per entry of ``texts``)."""
+
+    def __init__(self, queries: Sequence[str], zs_prompts: Sequence[str], zs_labels, attr_labels: dict, k: int,
+                 rec_caps: Sequence[str] = (), rec_rel=None):
+        self.queries, self.zs_prompts, self.rec_caps = list(queries), list(zs_prompts), list(rec_caps)
+        self.texts = list(dict.fromkeys(self.queries + self.zs_prompts + self.rec_caps))
+        idx = {t: i for i, t in enumerate(self.texts)}
+        self.qi = [idx[t] for t in self.queries]
+        self.zi = [idx[t] for t in self.zs_prompts]
+        self.ri = [idx[t] for t in self.rec_caps]
+        self.zs_labels, self.attr_labels, self.k, self.rec_rel = np.asarray(zs_labels), attr_labels, int(k), rec_rel
+
+    def skew(self, I, T) -> dict:
+        sim = (T[self.qi] @ I.T).numpy()
+        return {a: maxskew_per_query(sim, lab, self.k) for a, lab in self.attr_labels.items()}
+
+    def evaluate(self, I, T, I_zs=None) -> dict:
+        out = {"skew": self.skew(I, T)}
+        pred = ((I if I_zs is None else I_zs) @ T[self.zi].T).argmax(-1).numpy()
+        out["zs_correct"] = (pred == self.zs_labels).astype(float)
+        out["zero_shot"] = float(out["zs_correct"].mean())
+        if self.ri:
+            out.update({f"t2i_R@{k}": v for k, v in
+                        metrics.recall_at_k((T[self.ri] @ I.T).numpy(), self.rec_rel, (1, 5, 10)).items()})
+        return out
+
+
+def quadruplet_label_shuffle(labels: Sequence, quads: Sequence, *, n_perm: int = 20, seed: int = 0) -> list[np.ndarray]:
+    """``n_perm`` copies of ``labels`` permuted *within* each quadruplet (counterfactual set):
+    the null of "the model treats the groups differently" that keeps each scene's content."""
+    lab = np.asarray(labels, dtype=object)
+    q = np.asarray(quads)
+    if lab.shape != q.shape:
+        raise ParameterError(f"labels ({lab.shape}) and quads ({q.shape}) must be one per row")
+    rng = np.random.default_rng(V.integer("seed", seed, low=0))
+    groups = [np.flatnonzero(q == u) for u in pd.unique(q)]
+    out = []
+    for _ in range(V.integer("n_perm", n_perm, low=1)):
+        p = lab.copy()
+        for g in groups:
+            p[g] = lab[rng.permutation(g)]
+        out.append(p)
+    return out
+
+
+# --------------------------------------------------------------------------------- LVLM gap
+def quad_gap(p, group, quad, question, groups: Sequence[str]) -> pd.Series:
+    """Signed gap per (question, quadruplet): mean ``p`` on ``groups[1]`` minus on ``groups[0]``."""
+    df = pd.DataFrame({"q": list(question), "quad": list(quad), "g": list(group), "p": np.asarray(p, float)})
+    m = df.pivot_table(index=["q", "quad"], columns="g", values="p", aggfunc="mean")
+    return (m[groups[1]] - m[groups[0]]).rename("gap")
+
+
+def orient(gap: pd.Series, sign: pd.Series) -> pd.Series:
+    """``gap`` times the sign of each question's gap (``sign`` indexed by question): its
+    mean over quadruplets is the VLA metric |mean gap| for the reference condition."""
+    return gap * gap.index.get_level_values("q").map(sign).to_numpy()
+
+
+# --------------------------------------------------------------------------- planted truth
+def top_share(T, I, labels, value: str, k: int) -> np.ndarray:
+    """Per text row: the share of ``value`` among the top ``k`` images by cosine."""
+    top = np.argsort(-(T @ I.T).numpy(), axis=1, kind="stable")[:, :k]
+    return (np.asarray(labels)[top] == value).mean(1)
+
+
+def planted_classes(planted: pd.DataFrame, *, skewed_at: float = 0.15) -> pd.Series:
+    """Per scenario: ``"skewed (gender)"`` where the planted share of men is at least
+    ``skewed_at`` from one half, ``"balanced control"`` where gender and race are both 0.5,
+    else ``"mild"``."""
+    pm, pb = planted["p_man"].to_numpy(float), planted["p_black"].to_numpy(float)
+    cls = np.where((pm == 0.5) & (pb == 0.5), "balanced control",
+                   np.where(np.abs(pm - 0.5) >= skewed_at, "skewed (gender)", "mild"))
+    return pd.Series(cls, index=planted["scenario"].to_numpy(), name="planted")
+
+
+# ------------------------------------------------------------------ neurons against labels
+def firing_score(codes, labels: Sequence, latents: Sequence[int], latent_groups: Sequence[str]) -> np.ndarray:
+    """Per row: over the chosen latents, +fires where the row's group is the latent's group and
+    -fires elsewhere, times 2 (for two balanced groups the mean over rows is then the mean of
+    own-group minus other-group firing rates). Zeros when no latent is chosen."""
+    z = V.tensor("codes", codes, ndim=2, dtype=torch.float32)
+    lab = np.asarray([str(x) for x in labels], dtype=object)
+    if not len(latents):
+        return np.zeros(z.shape[0])
+    fires = (z[:, list(latents)] > 0).numpy().astype(float)
+    own = (lab[:, None] == np.asarray(latent_groups, dtype=object)[None, :])
+    return 2.0 * (fires * np.where(own, 1.0, -1.0)).mean(1)
+
+
+def permuted_selection_scores(probe_codes, probe_labels, eval_codes, eval_labels, groups: Sequence[str], *,
+                              threshold: float, per_group: int, n_perm: int = 20, seed: int = 0,
+                              other_labels: Sequence | None = None, cap: float = 1.0) -> np.ndarray:
+    """The label-permutation null of social-neuron selection: shuffle the probing labels,
+    select neurons as the method does, score them on the evaluation rows with their true
+    labels (:func:`firing_score`); the mean over ``n_perm`` shuffles, per evaluation row."""
+    from fairvlm import sae as S
+
+    rng = np.random.default_rng(V.integer("seed", seed, low=0))
+    lab = np.asarray([str(x) for x in probe_labels], dtype=object)
+    acc = np.zeros(len(eval_labels))
+    for _ in range(V.integer("n_perm", n_perm, low=1)):
+        t = S.social_neurons(probe_codes, rng.permutation(lab).tolist(), threshold=threshold)
+        if other_labels is not None:  # the same selection rule as the real neurons
+            t = specific_neurons(t, probe_codes, other_labels, cap=cap)
+        else:
+            t = t.assign(eligible=True)
+        lat, grp = pick_specific(t, groups, per_group)
+        acc += firing_score(eval_codes, eval_labels, lat, grp)
+    return acc / n_perm
+
+
+# =====================================================================================
+# The chapter's SAEs: trained once, shipped as artifacts, verified before use
+# =====================================================================================
+
+IMG_SITE, TXT_SITE = "vision.resid_post.-1", "resid_post.-1"
+ARTIFACT_DIR = Path("data") / "artifacts" / "06_debiaslens"
+SAE_NAMES = ("image", "text", "llava")
+#: Per profile: images (scenes x 50 scenarios x 4 variants) and captions, widths, the step
+#: ceiling and the plateau rule.
+RECIPES = {
+    "embedded": {"sae_scenes": 16, "captions": 2000, "llava_scenes": 8, "expansion": {"image": 8, "text": 2, "llava": 8},
+                 "k": 20, "steps": 4000, "batch": 256, "lr": 1e-3, "log_every": 100, "plateau_tol": 0.002,
+                 "patience": 5, "dead_after_epochs": 4, "threshold_decay": 0.99},
+    "smoke": {"sae_scenes": 2, "captions": 200, "llava_scenes": 1, "expansion": {"image": 8, "text": 1, "llava": 8},
+              "k": 20, "steps": 400, "batch": 128, "lr": 1e-3, "log_every": 20, "plateau_tol": 0.004,
+              "patience": 5, "dead_after_epochs": 4, "threshold_decay": 0.99},
+}
+RECIPES["paper"] = {**RECIPES["embedded"], "expansion": {"image": 8, "text": 8, "llava": 8}}
+
+
+def _source_digest() -> str:
+    import hashlib
+    import inspect
+
+    from fairvlm import sae as S
+
+    src = inspect.getsource(S) + "".join(inspect.getsource(f) for f in (sae_training_data, train_saes))
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+def build_key(clip_name: str, llava_name: str, *, profile: str, world: str, seed: int, size: str | None) -> tuple[str, dict]:
+    """The key of the chapter's SAEs and what it hashes: the SAE code, the recipe, the world,
+    the seed, and the testbed build (its own key hashes the spec, its code and the bases)."""
+    import hashlib
+    import json
+
+    inputs = {"code": _source_digest(), "recipe": RECIPES[profile], "profile": profile, "world": world,
+              "seed": int(seed), "clip": clip_name, "llava": llava_name}
+    if clip_name.startswith("testbed"):
+        from fairvlm import testbed
+
+        inputs["testbed_build"] = testbed.testbed_dir(size or "full", world=world).name
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key, inputs
+
+
+def sae_training_data(clip, llava, recipe: dict, *, seed: int = 0) -> dict:
+    """Activations the SAEs train on (testbed): class tokens of held-out scenes (start 2000,
+    disjoint from the chapter's probing and gallery scenes), every token of testbed captions,
+    every token of LLaVA's vision layer -2. Each split 90/10 by image or caption for the plateau rule."""
+    from fairvlm import retrieval
+    from fairvlm import sae as S
+    from fairvlm import testbed
+    from fairvlm.testbed import captions, world
+
+    spec = testbed.world_spec()
+    rng = np.random.default_rng(seed)
+    rows = world.gallery(recipe["sae_scenes"], split="heldout", start=2000)
+    images = world.render_rows(rows, world.DEFAULT_SIZE)
+    n = len(images)
+    perm = rng.permutation(n)
+    tr, ev = perm[: int(0.9 * n)], perm[int(0.9 * n):]
+    cls = last_layer_cls(clip, retrieval.pixel_values(clip, images))
+    keys = rng.choice(list(testbed.SCENARIO_KEYS), recipe["captions"])
+    grp = rng.integers(0, 4, recipe["captions"])
+    caps = [captions.caption(spec, k, ("man", "woman")[g % 2], ("black", "white")[g // 2], rng) for k, g in zip(keys, grp)]
+    m = int(0.9 * len(caps))
+    out = {"image": (cls[torch.from_numpy(tr)], cls[torch.from_numpy(ev)]),
+           "text": (S.collect_text_acts(clip, caps[:m], site=TXT_SITE, tokens="all"),
+                    S.collect_text_acts(clip, caps[m:], site=TXT_SITE, tokens="all"))}
+    layer = int(getattr(llava.model.config, "vision_feature_layer", -2))
+    lv_n = min(n, recipe["llava_scenes"] * 200)
+    lv_pix = retrieval.pixel_values(llava, [images[i] for i in perm[:lv_n]])
+    cut = int(0.9 * lv_n)
+    site = f"vision.resid_post.{layer}"
+    out["llava"] = (S.collect_image_acts(llava, lv_pix[:cut], site=site, tokens="all"),
+                    S.collect_image_acts(llava, lv_pix[cut:], site=site, tokens="all"))
+    out["sites"] = {"image": IMG_SITE, "text": TXT_SITE, "llava": site}
+    return out
+
+
+def train_saes(data: dict, recipe: dict, *, clip_name: str, llava_name: str, seed: int = 0,
+               progress: bool = False) -> tuple[dict, dict]:
+    """Train the image, text and LLaVA SAEs until they plateau, and the image SAE once more
+    with AuxK off (``image_noauxk``: the dead-latent comparison). Returns (saes, logs)."""
+    from fairvlm import sae as S
+
+    saes, logs = {}, {}
+    for name in ("image", "image_noauxk", "text", "llava"):
+        base = name.split("_")[0]
+        train_x, eval_x = data[base]
+        d = train_x.shape[1]
+        d_sae = recipe["expansion"][base] * d
+        cfg = S.SAEConfig(d_in=d, d_sae=d_sae, k=min(recipe["k"], d_sae), site=data["sites"][base],
+                          model=llava_name if base == "llava" else clip_name,
+                          auxk_alpha=0.0 if name.endswith("noauxk") else 0.03,
+                          dead_after=max(1, recipe["dead_after_epochs"] * len(train_x)),
+                          threshold_decay=recipe["threshold_decay"])
+        saes[name], logs[name] = S.train(train_x, cfg, steps=recipe["steps"], batch_size=recipe["batch"],
+                                         lr=recipe["lr"], seed=seed, eval_acts=eval_x, log_every=recipe["log_every"],
+                                         plateau_tol=recipe["plateau_tol"], patience=recipe["patience"],
+                                         progress=progress)
+    return saes, logs
+
+
+def _write_folder(folder: Path, saes: dict, logs: dict, key: str, inputs: dict) -> None:
+    import datetime
+    import json
+
+    from fairvlm import sae as S
+    from fairvlm.checksums import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, sae in saes.items():
+        if name.endswith("noauxk"):
+            continue  # only its log ships
+        S.save_sae(sae, folder / name)
+    for name, lg in logs.items():
+        lg.to_csv(folder / f"{name}_log.csv", index=False)
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            files[str(p.relative_to(folder))] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    manifest = {"build_key": key, "inputs": inputs, "files": files,
+                "plateaued": {n: bool(lg.attrs.get("plateaued")) for n, lg in logs.items()},
+                "steps_run": {n: int(lg.attrs.get("steps_run", 0)) for n, lg in logs.items()},
+                "built": datetime.date.today().isoformat(),
+                "rebuild": "python -m fairvlm.debiaslens build-artifacts"}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+
+
+def _check_folder(folder: Path, key: str) -> str:
+    """'' when ``folder`` holds this key's SAEs with intact files, else why not (one line)."""
+    import json
+
+    from fairvlm.checksums import sha256_file
+
+    mf = folder / "manifest.json"
+    if not mf.is_file():
+        return f"no SAEs in {folder}"
+    try:
+        man = json.loads(mf.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{mf} is unreadable ({exc})"
+    if man.get("build_key") != key:
+        return f"{folder} holds SAEs of build key {man.get('build_key')}, not {key} (code, recipe, world or testbed changed)"
+    for rel, f in man.get("files", {}).items():
+        p = folder / rel
+        if not p.is_file() or p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
+            return f"{p} is missing or damaged (sha256 mismatch)"
+    return ""
+
+
+def _read_folder(folder: Path) -> tuple[dict, dict, dict]:
+    import json
+
+    from fairvlm import sae as S
+
+    man = json.loads((folder / "manifest.json").read_text())
+    saes = {n: S.load_sae(folder / n) for n in SAE_NAMES}
+    logs = {}
+    for n in ("image", "image_noauxk", "text", "llava"):
+        logs[n] = pd.read_csv(folder / f"{n}_log.csv")
+        logs[n].attrs.update(plateaued=man["plateaued"][n], steps_run=man["steps_run"][n])
+    return saes, logs, man
+
+
+#: profile -> testbed size of the shipped SAEs (default world, seed 0)
+SHIPPED = {"embedded": "full", "smoke": "smoke"}
+
+
+def shipped_folder(world: str, profile: str = "embedded") -> Path | None:
+    from fairvlm.paths import repo_root
+
+    root = repo_root()
+    return None if root is None else Path(root) / ARTIFACT_DIR / f"{profile}-{world}"
+
+
+def load_or_train_saes(clip, llava, *, profile: str, seed: int = 0, size: str | None = None,
+                       data_fn=None, data_desc: str = "testbed", progress: bool = False) -> tuple[dict, dict, str]:
+    """The chapter's SAEs: the shipped artifact when its build key is the current one and its
+    files verify, else the cache's, else trained now (saying why in one line) and cached.
+    Returns (saes, logs, where they came from)."""
+    from fairvlm.paths import cache_dir
+    from fairvlm.testbed import current_world
+
+    V.choice("profile", profile, tuple(RECIPES))
+    world = current_world() if clip.name.startswith("testbed") else "none"
+    key, inputs = build_key(clip.name, llava.name, profile=profile, world=world, seed=seed, size=size)
+    if data_desc != "testbed":
+        import hashlib
+
+        inputs["data"] = data_desc
+        key = hashlib.sha256((key + data_desc).encode()).hexdigest()[:16]
+    shipped = shipped_folder(world, profile) if profile in SHIPPED else None
+    cached = cache_dir() / "sae" / "06_debiaslens" / key
+    reasons = []
+    for folder in ([shipped] if shipped is not None else []) + [cached]:
+        why = _check_folder(folder, key)
+        if not why:
+            saes, logs, _ = _read_folder(folder)
+            return saes, logs, f"loaded from {folder} (build key {key})"
+        reasons.append(why)
+    print(f"training the chapter's SAEs: {reasons[0]}")
+    data = data_fn() if data_fn is not None else sae_training_data(clip, llava, RECIPES[profile], seed=seed)
+    saes, logs = train_saes(data, RECIPES[profile], clip_name=clip.name, llava_name=llava.name, seed=seed,
+                            progress=progress)
+    import shutil
+
+    shutil.rmtree(cached, ignore_errors=True)
+    _write_folder(cached, saes, logs, key, inputs)
+    return {n: saes[n] for n in SAE_NAMES}, logs, f"trained now ({reasons[0]}); cached in {cached}"
+
+
+def build_artifacts(worlds: Sequence[str] = ("default",), profiles: Sequence[str] = tuple(SHIPPED), *,
+                    seed: int = 0) -> list[Path]:
+    """Train the SAEs of each profile in :data:`SHIPPED` on its testbed size for each world and
+    write them to ``data/artifacts/06_debiaslens/<profile>-<world>/`` with a manifest (sha256,
+    bytes, build key)."""
+    import os
+    import shutil
+
+    from fairvlm.models import load
+    from fairvlm.testbed import WORLD_ENV
+
+    out = []
+    for w in worlds:
+        for profile in profiles:
+            size = SHIPPED[V.choice("profile", profile, tuple(SHIPPED))]
+            old = os.environ.get(WORLD_ENV)
+            os.environ[WORLD_ENV] = w
+            try:
+                clip, llava = load("testbed-clip", size=size), load("testbed-llava", size=size)
+                key, inputs = build_key(clip.name, llava.name, profile=profile, world=w, seed=seed, size=size)
+                data = sae_training_data(clip, llava, RECIPES[profile], seed=seed)
+                saes, logs = train_saes(data, RECIPES[profile], clip_name=clip.name, llava_name=llava.name,
+                                        seed=seed, progress=True)
+                folder = shipped_folder(w, profile)
+                if folder is None:
+                    raise FairVLMError("build-artifacts runs in the book's checkout (data/artifacts)")
+                shutil.rmtree(folder, ignore_errors=True)
+                _write_folder(folder, saes, logs, key, inputs)
+                out.append(folder)
+                print(f"wrote {folder} (build key {key}; steps {[lg.attrs['steps_run'] for lg in logs.values()]})")
+            finally:
+                if old is None:
+                    os.environ.pop(WORLD_ENV, None)
+                else:
+                    os.environ[WORLD_ENV] = old
+    return out
+
+
+def _main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fairvlm.debiaslens",
+                                 description="Build the SAEs chapter 06 ships (data/artifacts/06_debiaslens).")
+    ap.add_argument("command", choices=["build-artifacts"])
+    ap.add_argument("--worlds", default="default", help="comma-separated testbed worlds (default: default)")
+    ap.add_argument("--profiles", default=",".join(SHIPPED), help="comma-separated profiles (default: embedded,smoke)")
+    a = ap.parse_args(argv)
+    build_artifacts([w.strip() for w in a.worlds.split(",") if w.strip()],
+                    [p.strip() for p in a.profiles.split(",") if p.strip()])
+    return 0
+
+
+if __name__ == "__main__":
+    from fairvlm.errors import cli_main
+
+    import sys
+
+    sys.exit(cli_main(_main))
+
+
+# =====================================================================================
+# Paper vs this book: the claims, each judged by fairvlm.verdicts.judge
+# =====================================================================================
+
+#: Smallest MaxSkew change (natural-log units; x100 on the poster) that counts as an effect.
+MIN_SKEW = 0.005
+
+
+def paper_claims(M: dict, *, seed: int = 0) -> list[dict]:
+    """Verdict rows (for :func:`fairvlm.verdicts.verdict_table`) from the chapter's measurements ``M``.
+
+    ``M`` keys: ``attribute``, ``other``; ``skew[cond][attr]`` per-query MaxSkew for ``base``,
+    ``I``, ``T``, ``I+T``, ``recon`` (SAE round trip, I+T, no latent changed); ``null[side][attr]``
+    (mean over the matched random-latent draws); ``shuffle`` (base skew with the gallery's
+    labels shuffled within quadruplets); ``zs`` (per-image correctness, ``base`` and ``I+T``);
+    ``alpha[side]`` with ``edit``, ``recon`` skews and ``zs1``, ``zs0`` at alpha 1 and 0;
+    ``firing`` = (per-image score, its label-permutation null); ``lvlm`` (None or oriented
+    per (question, quadruplet) gaps ``before``, ``shuffle``, ``after``, ``null`` and ``quads``);
+    ``planted`` (None or ``before``, ``shuffle``, ``after``, ``null`` oriented deviations on the
+    skewed scenarios and ``ctrl_before``, ``ctrl_after`` deviations on the controls, ``k``);
+    ``neurons`` (True when every side found social neurons).
+    """
+    from fairvlm import verdicts as VD
+
+    a, o, sk, rows = M["attribute"], M["other"], M["skew"], []
+
+    def add(claim, effect, control, paper, measure, **kw):
+        v = VD.judge(claim, effect, control, seed=seed, **kw)
+        rows.append({"claim": claim.text, "paper": paper, "measure": measure, "verdict": v})
+        return v
+
+    nn_why = "" if M["neurons"] else "no social neuron passed the probing threshold on some side"
+    bias = add(VD.Claim(f"CLIP's retrieval of neutral queries is skewed by {a}", "bias", "greater", MIN_SKEW,
+                        effect_ref=None), sk["base"][a], M["shuffle"], "CLIP rows of the VLM debiasing table (B/16: 21.9)",
+               f"MaxSkew per query; control: the gallery's {a} labels shuffled within each quadruplet")
+    gate = bias.verdict == "reproduced" and M["neurons"]
+    gate_why = nn_why or ("" if bias.verdict == "reproduced" else
+                          f"the model shows no {a} skew beyond the label-shuffle control: nothing to remove")
+    side_v = {}
+    for side, paper in [("I", "B/16: 21.9/33.5/19.8/32.5 -> 14.2/21.5/20.0/18.3"),
+                        ("T", "B/16: -> 7.1/16.2/14.2/8.1"), ("I+T", "B/16: -> 11.1/19.4/18.0/10.3")]:
+        side_v[side] = add(VD.Claim(f"DEBIASLENS ({side}) lowers MaxSkew, beyond random latents", "debias", "less",
+                                    MIN_SKEW), sk[side][a] - sk["base"][a], M["null"][side][a] - sk["base"][a], paper,
+                           f"MaxSkew change per query; control: {M['null_draws']} draws of firing-rate-matched "
+                           "random latents set the same way", testable=gate, why=gate_why)
+    add(VD.Claim("DEBIASLENS (I+T) lowers MaxSkew beyond the SAE round trip alone", "debias", "less", MIN_SKEW),
+        sk["I+T"][a] - sk["base"][a], sk["recon"][a] - sk["base"][a], "(implicit in the method)",
+        "MaxSkew change per query; control: reconstruction only (encode, decode, mix, no latent changed)",
+        testable=gate, why=gate_why)
+    add(VD.Claim(f"few {a} neurons leave {o} bias unchanged", "no-change", "within", tol=0.02),
+        sk["I+T"][o], sk["base"][o], "poster, social neurons",
+        f"{o} MaxSkew per query, I+T vs none; equivalence margin 0.02", after=side_v["I+T"])
+    add(VD.Claim("alpha = 0.6 keeps zero-shot accuracy", "no-change", "within", tol=0.03), M["zs"]["I+T"],
+        M["zs"]["base"], "ablation table: ImageNette 99.5 -> 97.5 (I), 99.1 -> 98.5 (T)",
+        "zero-shot correctness per image, I+T vs none; margin 0.03", after=side_v["I+T"], binary=True)
+    for side, paper in [("image", "FairFace 18.8 -> 10.6"), ("text", "FairFace 16.7 -> 13.2")]:
+        A = M["alpha"][side]
+        add(VD.Claim(f"alpha 1 vs 0 lowers MaxSkew ({side} side), beyond the SAE round trip", "debias", "less",
+                     MIN_SKEW), A["edit"] - sk["base"][a], A["recon"] - sk["base"][a], f"ablation table: {paper}",
+            "MaxSkew change per query at alpha 1; control: reconstruction only at alpha 1", testable=gate, why=gate_why)
+        add(VD.Claim(f"alpha 1 costs zero-shot accuracy ({side} side)", "other", "less", 0.01, effect_ref=None),
+            A["zs1"], A["zs0"], "ablation table: ImageNette 99.5 -> 59.1 (I), 99.1 -> 87.8 (T)",
+            "zero-shot correctness per image, alpha 1 vs 0")
+    eff, null = M["firing"]
+    add(VD.Claim(f"SAE neurons capture {a} (firing on held-out images)", "other", "greater", 0.05), eff, null,
+        "poster: neurons capture social attributes without labels",
+        "own-minus-other firing per gallery image; control: neurons selected on permuted probing labels",
+        why="on the testbed by construction: testbed-clip was trained with a supervised gender/race read-out, "
+            "so 'without labels' cannot be tested here")
+    L = M.get("lvlm")
+    if L is not None:
+        lb = add(VD.Claim("the LVLM's P(yes) differs by gender on ambiguous questions", "bias", "greater", MIN_SKEW,
+                          effect_ref=None), L["before"], L["shuffle"], "LLaVA-1.5-7B, VLA 0.62",
+                 f"oriented gender gap per question x quadruplet ({L['n_quads']} quadruplets); control: labels "
+                 "shuffled within quadruplets", clusters=L["quads"])
+        ok = lb.verdict == "reproduced" and L["neurons"]
+        add(VD.Claim("LVLM: DEBIASLENS shrinks the gender gap, beyond random latents", "debias", "less", MIN_SKEW),
+            L["after"] - L["before"], L["null"] - L["before"], "LLaVA-1.5-7B, VLA 0.62 -> 0.50",
+            f"change of the oriented gap; control: {L['null_draws']} random-latent draws", clusters=L["quads"],
+            testable=ok, why="" if ok else ("no social neuron at the LVLM's layer" if not L["neurons"] else
+                                            "the before-gap does not exceed the label-shuffle null: not testable here"))
+    P = M.get("planted")
+    if P is None or len(P["before"]) < 2:
+        return rows
+    pb = add(VD.Claim("(testbed) retrieval follows the planted skew", "bias", "greater", 0.02, effect_ref=None),
+             P["before"], P["shuffle"], "-", f"top-{P['k']} share of men minus 0.5, oriented by the planted skew, "
+             "per skewed scenario; control: labels shuffled within quadruplets")
+    ok = pb.verdict == "reproduced" and M["neurons"]
+    pf = add(VD.Claim("(testbed) DEBIASLENS (I+T) moves the planted-skewed scenarios toward parity", "debias", "less",
+                      0.02), P["after"] - P["before"], P["null"] - P["before"], "-",
+             "change of the oriented deviation per skewed scenario; control: random latents",
+             testable=ok, why="" if ok else "retrieval does not follow the planted skew: nothing to move")
+    tol = max(0.5 * float(np.mean(P["ctrl_before"])), 1.0 / P["k"])
+    add(VD.Claim("(testbed) ... and leaves the balanced controls alone", "no-change", "within", tol=tol),
+        P["ctrl_after"], P["ctrl_before"], "-", f"|share of men - 0.5| per control scenario; margin {tol:.3f} "
+        "(half the controls' own baseline, at least one image in k)", after=pf)
+    return rows
+
+
+def recall_captions(rows: pd.DataFrame, spec, idx: Sequence[int], rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """One testbed caption per gallery row in ``idx`` and its relevance mask over the gallery:
+    the same scenario, and the same gender / race where the caption names them (as in chapter 07)."""
+    from fairvlm.testbed import captions as tbc
+
+    caps, rel = [], []
+    for i in idx:
+        r = rows.iloc[int(i)]
+        c = tbc.caption(spec, r.scenario, {"male": "man", "female": "woman"}[r.gender], r.race, rng)
+        m = tbc.mentions(c)
+        ok = np.array(rows["scenario"] == r.scenario)
+        for a in ("gender", "race"):
+            if m[a]:
+                ok = ok & np.array(rows[a] == r[a])
+        caps.append(c)
+        rel.append(ok)
+    return caps, np.stack(rel)
