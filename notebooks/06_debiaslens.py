@@ -100,24 +100,17 @@ P = check_params(
     MAXSKEW_K=MAXSKEW_K, ATTRIBUTE=ATTRIBUTE, CLIPCLIP_KEEP=CLIPCLIP_KEEP, BIASED_PROMPTS_LAMBDA=BIASED_PROMPTS_LAMBDA,
     FAIRFACE_DIR=FAIRFACE_DIR, FAIRFACE_LIMIT=FAIRFACE_LIMIT, PAIRS_DIR=PAIRS_DIR, TESTBED=TESTBED,
 )
-check_choice("TESTBED", TESTBED, ("", "full", "smoke"))
-for _n, _v in [("PROBE_SCENES", PROBE_SCENES), ("GALLERY_SCENES", GALLERY_SCENES), ("LLAVA_SCENES", LLAVA_SCENES),
-               ("LV_NULL_DRAWS", LV_NULL_DRAWS)]:
-    check_range(_n, _v, 0, 100_000, kind=int)
-check_range("PROBE_THRESHOLD", PROBE_THRESHOLD, 0.01, 1.0)
-check_range("NEURONS_PER_GROUP", NEURONS_PER_GROUP, 1, 100, kind=int)
-check_range("OTHER_CAP", OTHER_CAP, 0.0, 1.0)
-check_choice("GAMMA_MODE", GAMMA_MODE, ("zero", "group_mean"))
-check_range("ALPHA", ALPHA, 0.0, 1.0)
-check_range("NULL_DRAWS", NULL_DRAWS, 1, 10_000, kind=int)
-check_range("MAXSKEW_K", MAXSKEW_K, 1, 100_000, kind=int)
-check_choice("ATTRIBUTE", ATTRIBUTE, ("gender", "race"))
-check_range("CLIPCLIP_KEEP", CLIPCLIP_KEEP, 0.01, 1.0)
-check_range("BIASED_PROMPTS_LAMBDA", BIASED_PROMPTS_LAMBDA, 0.0, 1e9)
-check_range("FAIRFACE_LIMIT", FAIRFACE_LIMIT, 0, 10**7, kind=int)
-for _n, _v in [("MODEL", MODEL), ("LVLM", LVLM), ("FAIRFACE_DIR", FAIRFACE_DIR), ("PAIRS_DIR", PAIRS_DIR)]:
-    if not isinstance(_v, str):
-        raise ParameterError(f"{_n}={_v!r} must be a string ('' for the default)")
+for _n, _c in [("TESTBED", ("", "full", "smoke")), ("GAMMA_MODE", ("zero", "group_mean")), ("ATTRIBUTE", ("gender", "race"))]:
+    check_choice(_n, getattr(P, _n), _c)
+for _n, _lo, _hi, _kind in [("PROBE_SCENES", 0, 10**5, int), ("GALLERY_SCENES", 0, 10**5, int), ("LLAVA_SCENES", 0, 10**5, int),
+                            ("LV_NULL_DRAWS", 0, 10**4, int), ("NULL_DRAWS", 1, 10**4, int), ("NEURONS_PER_GROUP", 1, 100, int),
+                            ("MAXSKEW_K", 1, 10**5, int), ("FAIRFACE_LIMIT", 0, 10**7, int), ("PROBE_THRESHOLD", 0.01, 1.0, float),
+                            ("OTHER_CAP", 0.0, 1.0, float), ("ALPHA", 0.0, 1.0, float), ("CLIPCLIP_KEEP", 0.01, 1.0, float),
+                            ("BIASED_PROMPTS_LAMBDA", 0.0, 1e9, float)]:
+    check_range(_n, getattr(P, _n), _lo, _hi, kind=_kind if _kind is int else (int, float))
+for _n in ("MODEL", "LVLM", "FAIRFACE_DIR", "PAIRS_DIR"):
+    if not isinstance(getattr(P, _n), str):
+        raise ParameterError(f"{_n}={getattr(P, _n)!r} must be a string ('' for the default)")
 
 ON_TESTBED = PROFILE != "paper"
 SMOKE = PROFILE == "smoke"
@@ -126,8 +119,8 @@ LVLM_NAME = LVLM or ("llava-hf/llava-1.5-7b-hf" if PROFILE == "paper" else "test
 TESTBED_SIZE = TESTBED or ("smoke" if SMOKE else "full")
 N_PROBE_SCENES = PROBE_SCENES or (1 if SMOKE else 4)      # x 50 scenarios x 4 variants
 N_GALLERY_SCENES = GALLERY_SCENES or (2 if SMOKE else 6)
-N_LLAVA_QUADS = LLAVA_SCENES or (5 if SMOKE else 24)      # quadruplets for the LVLM test
-N_LV_DRAWS = LV_NULL_DRAWS or (2 if SMOKE else 3)
+N_LLAVA_QUADS = LLAVA_SCENES or (4 if SMOKE else 16)      # quadruplets for the LVLM test (smoke: below 5, not testable)
+N_LV_DRAWS = LV_NULL_DRAWS or 2
 N_RECALL = 100 if SMOKE else 200
 ALPHAS = [0.0, 0.6, 1.0] if SMOKE else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 LLAVA_QUESTIONS = ["Is this person caring? Answer yes or no."]
@@ -173,93 +166,23 @@ clip = load(MODEL_NAME, **({"size": TESTBED_SIZE} if MODEL_NAME.startswith("test
 llava = load(LVLM_NAME, **({"size": TESTBED_SIZE} if LVLM_NAME.startswith("testbed") else {}))
 if clip.kind != "dual-encoder":
     raise ParameterError(f"MODEL={MODEL_NAME!r} is not a CLIP-style dual encoder")
-GENDER = {"man": "male", "woman": "female", "male": "male", "female": "female"}
-ATTR_GROUPS = {"gender": ["female", "male"], "race": ["black", "white"]}
-OTHER = "race" if ATTRIBUTE == "gender" else "gender"
+ATTR_GROUPS, OTHER = DL.ATTR_GROUPS, "race" if ATTRIBUTE == "gender" else "gender"
 queries = DL.load_queries()
-rng = np.random.default_rng(SEED)
 from fairvlm.testbed.captions import with_article
 from fairvlm.testbed.scenarios import SCENARIO_KEYS, SCENARIOS
 
-
-def norm_meta(m: pd.DataFrame) -> pd.DataFrame:
-    return m.assign(gender=[GENDER.get(str(g).lower(), str(g).lower()) for g in m["gender"]],
-                    race=[str(r).lower() for r in m["race"]])
-
-
-def group_texts(attr):
-    """Sentences naming one group of ``attr`` per scenario: (texts, labels)."""
-    texts, labels = [], []
-    for sc in SCENARIOS.values():
-        for grp in ATTR_GROUPS[attr]:
-            noun = {"male": "man", "female": "woman"}.get(grp, f"{grp.capitalize()} person")
-            adj = grp if attr == "gender" else grp.capitalize()
-            for t in (f"a photo of a {noun} {sc.activity}", with_article(f"{adj} {sc.role}"),
-                      f"a picture of a {noun} with {sc.props}"):
-                texts.append(t)
-                labels.append(grp)
-    return texts, labels
-
-
-sae_data_fn, rec_caps, rec_rel = None, [], None
 if ON_TESTBED:
-    from fairvlm.testbed import captions as tb_captions
-    from fairvlm.testbed import world, world_spec
+    from fairvlm.testbed import world
 
-    spec = world_spec()
-    raw = {"probe": world.gallery(N_PROBE_SCENES, split="heldout", start=1000),
-           "gallery": world.gallery(N_GALLERY_SCENES, split="heldout", start=0)}
-    probe_rows, gal_rows = norm_meta(raw["probe"]), norm_meta(raw["gallery"])
-    probe_pixels = retrieval.pixel_values(clip, world.render_rows(raw["probe"], world.DEFAULT_SIZE))
-    gal_images = world.render_rows(raw["gallery"], world.DEFAULT_SIZE)
-    gal_pixels = retrieval.pixel_values(clip, gal_images)
-    gallery_image = gal_images.__getitem__
-    gal_rows["quad"] = gal_rows.groupby(["scenario", "scene_seed"], sort=False).ngroup()
-    zs_classes = list(SCENARIO_KEYS)
-    zs_prompts = tb_captions.zero_shot_prompts(zs_classes)
-    zs_labels = [zs_classes.index(s) for s in gal_rows["scenario"]]
-    rec_caps, rec_rel = DL.recall_captions(gal_rows, spec, np.sort(rng.choice(len(gal_rows), min(len(gal_rows), N_RECALL),
-                                                                               replace=False)), rng)
-    data_desc = f"testbed world (synthetic, held-out scenes): probing {len(probe_rows)} images, gallery {len(gal_rows)}"
+    DATA = DL.testbed_data(clip, probe_scenes=N_PROBE_SCENES, gallery_scenes=N_GALLERY_SCENES, n_recall=N_RECALL, seed=SEED)
 else:
-    pairs = retrieval.pairs_gallery(PAIRS_DIR or None, mapped_only=True)
-    pairs_meta = norm_meta(pairs.meta)
-    if FAIRFACE_DIR:
-        ff_train = retrieval.load_fairface(FAIRFACE_DIR, "train", limit=FAIRFACE_LIMIT or 5000, seed=SEED)
-        ff_val = retrieval.load_fairface(FAIRFACE_DIR, "validation", limit=FAIRFACE_LIMIT or None, seed=SEED)
-        probe_pixels = retrieval.pixel_values(clip, ff_train.images())
-        probe_rows, gal_rows = norm_meta(ff_train.meta), norm_meta(ff_val.meta)
-        gal_pixels, gallery_image = retrieval.pixel_values(clip, ff_val.images()), ff_val.image
-        fit_images = ff_train.images()
-    else:   # no FairFace: fit on half of the PAIRS scenarios, evaluate on the other half
-        fit_idx, ev_idx = DL.split_by_scenario(pairs_meta)
-        all_pixels = retrieval.pixel_values(clip, pairs.images())
-        probe_rows, probe_pixels = pairs_meta.iloc[fit_idx].reset_index(drop=True), all_pixels[torch.from_numpy(fit_idx)]
-        gal_rows, gal_pixels = pairs_meta.iloc[ev_idx].reset_index(drop=True), all_pixels[torch.from_numpy(ev_idx)]
-        fit_images = [pairs.image(int(i)) for i in fit_idx]
-
-        def gallery_image(i, ev_idx=ev_idx):
-            return pairs.image(int(ev_idx[i]))
-    gal_rows["quad"] = gal_rows.groupby(["scenario"], sort=False).ngroup()
-    zs_meta = pairs_meta if FAIRFACE_DIR else gal_rows          # zero-shot on images the SAE never saw
-    zs_classes = list(dict.fromkeys(zs_meta["label"]))
-    zs_prompts = [f"a photo of a {x}" for x in zs_classes]
-    zs_labels = [zs_classes.index(x) for x in zs_meta["label"]]
-    data_desc = ("FairFace (SAE, probing, gallery) + PAIRS (zero-shot)" if FAIRFACE_DIR else
-                 f"PAIRS (mapped labels), scenarios split: SAE and probing on {probe_rows['scenario'].nunique()}, "
-                 f"gallery and zero-shot on the other {gal_rows['scenario'].nunique()}")
-
-    def sae_data_fn():
-        """Paper profile: class tokens of the fitting images, every token of the query and group texts,
-        every token of LLaVA's layer -2 on the fitting images (90/10 by row for the plateau rule)."""
-        cls = DL.last_layer_cls(clip, probe_pixels)
-        texts = queries["prompt"].tolist() + group_texts("gender")[0] + group_texts("race")[0]
-        tx = S.collect_text_acts(clip, texts, site=DL.TXT_SITE, tokens="all")
-        site = f"vision.resid_post.{int(getattr(llava.model.config, 'vision_feature_layer', -2))}"
-        lv = S.collect_image_acts(llava, retrieval.pixel_values(llava, fit_images), site=site, tokens="all")
-        cut = lambda x: (x[: int(0.9 * len(x))], x[int(0.9 * len(x)):])  # noqa: E731
-        return {"image": cut(cls), "text": cut(tx), "llava": cut(lv),
-                "sites": {"image": DL.IMG_SITE, "text": DL.TXT_SITE, "llava": site}}
+    DATA = DL.paper_data(clip, llava, queries, pairs_dir=PAIRS_DIR, fairface_dir=FAIRFACE_DIR,
+                         fairface_limit=FAIRFACE_LIMIT, seed=SEED)
+    pairs, pairs_meta = DATA["pairs"], DATA["pairs_meta"]
+spec, probe_rows, probe_pixels, gal_rows, gal_pixels, gallery_image, zs_prompts, zs_labels, rec_caps, rec_rel = (
+    DATA[k] for k in ("spec", "probe_rows", "probe_pixels", "gal_rows", "gal_pixels", "gallery_image", "zs_prompts",
+                      "zs_labels", "rec_caps", "rec_rel"))
+data_desc, group_texts = DATA["desc"], DL.group_texts
 text_probe, text_probe_labels = group_texts(ATTRIBUTE)
 K_SKEW = min(MAXSKEW_K, len(gal_rows))
 display(Markdown(f"**Model** `{MODEL_NAME}` (vision width {clip.d_vision}, text width {clip.d_model}); "
@@ -280,26 +203,13 @@ display(Markdown(f"**Model** `{MODEL_NAME}` (vision width {clip.d_vision}, text 
 # %% tags=["hide-input"]
 t0 = time.perf_counter()
 saes, logs, sae_source = DL.load_or_train_saes(clip, llava, profile=PROFILE, seed=SEED, size=TESTBED_SIZE,
-                                               data_fn=sae_data_fn, data_desc="testbed" if ON_TESTBED else data_desc)
+                                               data_fn=DATA.get("sae_data_fn"), data_desc="testbed" if ON_TESTBED else data_desc)
 t_sae = time.perf_counter() - t0
 probe_cls, gal_cls = DL.last_layer_cls(clip, probe_pixels), DL.last_layer_cls(clip, gal_pixels)
 ev_heldout = S.explained_variance(gal_cls, saes["image"](gal_cls))
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-for name, lg in logs.items():
-    last = f"ev_level_{sum(c.startswith('ev_level_') for c in lg.columns) - 1}"
-    axes[0].plot(lg["step"], lg[last], label=name)
-    axes[1].plot(lg["step"], lg["dead_frac"], label=name)
-    axes[2].plot(lg["step"], lg["l0"], label=name)
-for ax, t in zip(axes, ["explained variance (held-out rows)", "fraction of dead latents", "active latents per row (L0)"]):
-    ax.set(title=t, xlabel="step")
-axes[0].legend(fontsize=7, frameon=False)
+fig = DL.plot_sae_logs(logs)
 savefig(fig, "06_debiaslens_sae_training")
-sae_table = pd.DataFrame([{"SAE": n, "site": saes[n.split("_")[0]].cfg.site, "latents": saes[n.split("_")[0]].cfg.d_sae,
-                           "AuxK": "off" if n.endswith("noauxk") else "on", "steps": lg.attrs["steps_run"],
-                           "plateaued": lg.attrs["plateaued"],
-                           "EV held-out rows": lg.iloc[-1][[c for c in lg.columns if c.startswith("ev_level_")][-1]],
-                           "EV first 1/16": lg.iloc[-1]["ev_level_0"], "dead": lg.iloc[-1]["dead_frac"],
-                           "L0": lg.iloc[-1]["l0"]} for n, lg in logs.items()])
+sae_table = DL.sae_summary(saes, logs)
 display(sae_table.style.hide(axis="index").format(precision=3))
 dead_on, dead_off = (float(logs[n].iloc[-1]["dead_frac"]) for n in ("image", "image_noauxk"))
 l0_gal = float((saes["image"].encode(gal_cls) > 0).float().sum(-1).mean())
@@ -360,15 +270,7 @@ glue("n_ineligible", int((~tables["image"]["eligible"]).sum()), display=False)
 # %% tags=["hide-input"]
 lat_i, grp_i, gam_i = chosen["image"]
 if lat_i:
-    fig, axes = plt.subplots(len(lat_i), 8, figsize=(11, 1.55 * len(lat_i) + 0.4), squeeze=False)
-    for row, (j, g) in enumerate(zip(lat_i, grp_i)):
-        for col, idx in enumerate(torch.argsort(gal_codes[:, j], descending=True, stable=True)[:8].tolist()):
-            ax = axes[row, col]
-            ax.imshow(gallery_image(int(idx)))
-            ax.set(xticks=[], yticks=[])
-            ax.set_xlabel(gal_rows.iloc[idx][ATTRIBUTE] + ("" if gal_rows.iloc[idx][ATTRIBUTE] == g else " *"), fontsize=7)
-        axes[row, 0].set_ylabel(f"#{j}\n{g}", fontsize=8)
-    fig.suptitle(f"top-activating held-out images of the chosen {ATTRIBUTE} neurons (* = other group)", fontsize=9)
+    fig = DL.neuron_grid(gal_codes, gal_rows, ATTRIBUTE, lat_i, grp_i, gallery_image)
     savefig(fig, "06_debiaslens_neuron_grid")
 else:
     display(Markdown(f"No {ATTRIBUTE} neuron passed the threshold {PROBE_THRESHOLD}: lower `PROBE_THRESHOLD`."))
@@ -418,7 +320,7 @@ all_texts = list(dict.fromkeys(bench.texts + scen_prompts))
 scen_rows = [all_texts.index(t) for t in scen_prompts]
 SHORTCUT = DL.supports_text_shortcut(clip)
 tstates = DL.last_layer_text(clip, all_texts) if SHORTCUT else None
-zs_cls = DL.last_layer_cls(clip, retrieval.pixel_values(clip, pairs.images())) if not ON_TESTBED and FAIRFACE_DIR else None
+zs_cls = None if DATA["zs_pixels"] is None else DL.last_layer_cls(clip, DATA["zs_pixels"])
 
 
 def I_emb(edit=None, cls=None):
@@ -447,14 +349,7 @@ assert shortcut_err < 1e-4, shortcut_err
 glue("shortcut_err", f"{shortcut_err:.1e}", display=False)
 
 base_I, base_T, base = run()
-variants_rows = []
-for variant in S.VARIANTS:
-    for what, lat_gam in [("no latent changed", ([], 0.0)), (f"chosen neurons set to gamma ({GAMMA_MODE})",
-                                                               chosen["image"][::2])]:
-        emb = I_emb(sae_edit("image", *lat_gam, ALPHA, variant))
-        variants_rows.append({"variant": variant, "edit": what, "alpha": ALPHA,
-                              "mean 1 - cos to unedited": float((1 - (emb * base_I).sum(-1)).mean())})
-variants_tbl = pd.DataFrame(variants_rows)
+variants_tbl = DL.drift_table(I_emb, base_I, saes["image"], *chosen["image"][::2], ALPHA)
 display(variants_tbl.style.hide(axis="index").format(precision=4))
 drift_recon, drift_social = (float(variants_tbl.iloc[i]["mean 1 - cos to unedited"]) for i in (0, 1))
 glue("drift_recon", f"{drift_recon:.4f}", display=False)
@@ -489,43 +384,20 @@ for name, img, txt in [("DEBIASLENS (I)", social_edit("image"), None), ("DEBIASL
 draws = {s: DL.matched_random_latents(rates[s], chosen[s][0], social[s], n_draws=NULL_DRAWS, seed=SEED + i)
          for i, s in enumerate(("image", "text"))}
 gam_codes = {"image": (probe_codes, probe_rows[ATTRIBUTE]), "text": (txt_probe_codes, text_probe_labels)}
-null_skew = {s: {a: [] for a in ATTR_GROUPS} for s in ("I", "T", "I+T")}
-null_scen = []
-for d in range(NULL_DRAWS):
-    e = {s: sae_edit(s, draws[s][d], DL.gammas(GAMMA_MODE, *gam_codes[s], draws[s][d], chosen[s][1]), ALPHA)
-         for s in ("image", "text")}
-    Id, Td = I_emb(e["image"]), T_emb(e["text"])
-    for side, (I, T) in {"I": (Id, base_T), "T": (base_I, Td), "I+T": (Id, Td)}.items():
-        for a, v in bench.skew(I, T).items():
-            null_skew[side][a].append(v)
-    null_scen.append((Id, Td))
-null = {s: {a: np.mean(v, axis=0) for a, v in d_.items()} for s, d_ in null_skew.items()}
+null, null_scen = DL.random_latent_nulls(
+    I_emb, T_emb, bench, draws, lambda s, d: sae_edit(s, d, DL.gammas(GAMMA_MODE, *gam_codes[s], d, chosen[s][1]), ALPHA),
+    base_I=base_I, base_T=base_T)
 sim_base = (base_T[bench.qi] @ base_I.T).numpy()
 shuffles = DL.quadruplet_label_shuffle(gal_rows[ATTRIBUTE], gal_rows["quad"], n_perm=NULL_DRAWS, seed=SEED)
 shuffle_skew = np.mean([DL.maxskew_per_query(sim_base, lab, K_SKEW) for lab in shuffles], axis=0)
-# baselines
-probe_emb = DL.embed_from_last_layer(clip, probe_cls)
-keep = retrieval.clip_clip_dims(probe_emb, probe_rows[ATTRIBUTE], max(1, int(round(CLIPCLIP_KEEP * probe_emb.shape[1]))),
-                                seed=SEED)
-results["CLIP-clip"] = bench.evaluate(retrieval.keep_dims(base_I, keep), retrieval.keep_dims(base_T, keep))
-roles = [SCENARIOS[k].role for k in SCENARIO_KEYS]
-pair = {"gender": ("male", "female"), "race": ("Black", "White")}[ATTRIBUTE]
-spurious = [f"a photo of a {w}" for w in (("man", "woman", "male", "female") if ATTRIBUTE == "gender" else
-                                          ("Black person", "White person"))]
-bp = retrieval.biased_prompts_projection(*(retrieval.embed_texts(clip, t) for t in (
-    spurious, [f"a photo of a {pair[0]} {w}" for w in roles], [f"a photo of a {pair[1]} {w}" for w in roles])),
-    lam=BIASED_PROMPTS_LAMBDA)
-results["biased prompts"] = bench.evaluate(base_I, retrieval.project_texts(base_T, bp))
+for name, (I, T) in DL.baselines(clip, DL.embed_from_last_layer(clip, probe_cls), probe_rows[ATTRIBUTE], base_I, base_T,
+                                 ATTRIBUTE, keep_frac=CLIPCLIP_KEEP, lam=BIASED_PROMPTS_LAMBDA, seed=SEED).items():
+    results[name] = bench.evaluate(I, T)
 results[f"random latents (I+T), mean of {NULL_DRAWS}"] = {"skew": null["I+T"]}
 results["labels shuffled within quadruplets"] = {"skew": {ATTRIBUTE: shuffle_skew}}
 results["random ranking"] = {"skew": {a: DL.random_floor(lab, K_SKEW, n_queries=len(bench.qi), seed=SEED)
                                       for a, lab in bench.attr_labels.items()}}
-sets = queries["set"].to_numpy()
-debias_table = pd.DataFrame([{"method": n, **{s: 100 * r["skew"][ATTRIBUTE][sets == s].mean() for s in DL.QUERY_SETS},
-                              "all queries": 100 * r["skew"][ATTRIBUTE].mean(),
-                              f"{OTHER} (all)": 100 * r["skew"][OTHER].mean() if OTHER in r["skew"] else np.nan,
-                              "zero-shot acc": r.get("zero_shot", np.nan), "t2i R@5": r.get("t2i_R@5", np.nan)}
-                             for n, r in results.items()])
+debias_table = DL.skew_table(results, queries["set"], ATTRIBUTE, OTHER)
 display(Markdown(f"MaxSkew@{K_SKEW} x 100 for {ATTRIBUTE} (uniform prior), lower is fairer; {MODEL_NAME}, {data_desc}. "
                  "Not the paper's numbers."))
 display(debias_table.style.hide(axis="index").format(precision=2))
@@ -554,15 +426,9 @@ for key, name in [("before", "CLIP (no intervention)"), ("I", "DEBIASLENS (I)"),
 # drop of MaxSkew at alpha = 1 as the method's, but part of it is the SAE's blur.
 
 # %% tags=["hide-input"]
-abl, abl_r = [], {}
-for side, key in (("image", "I"), ("text", "T")):
-    for a in ALPHAS:
-        for what, ed in (("social neurons", social_edit(side, a)), ("reconstruction only", recon_edit(side, a))):
-            r = run(ed, None)[2] if side == "image" else run(None, ed)[2]
-            abl_r[(side, what, a)] = r
-            abl.append({"side": side, "edit": what, "alpha": a, f"MaxSkew x100 ({ATTRIBUTE})":
-                        100 * r["skew"][ATTRIBUTE].mean(), "zero-shot acc": r["zero_shot"], "t2i R@5": r.get("t2i_R@5")})
-ablation = pd.DataFrame(abl)
+ablation, abl_r = DL.alpha_ablation(lambda i, t: run(i, t)[2], {(s, k): (lambda a, s=s, f=f: f(s, a)) for s in ("image", "text")
+                                           for k, f in (("social neurons", social_edit), ("reconstruction only", recon_edit))},
+                                     ALPHAS, ATTRIBUTE)
 display(ablation.pivot_table(index="alpha", columns=["side", "edit"], values=[f"MaxSkew x100 ({ATTRIBUTE})",
                                                                               "zero-shot acc"]).round(3))
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.3), sharey=True)
@@ -608,69 +474,28 @@ if ON_TESTBED:
     lv_raw = world.gallery(int(np.ceil(N_LLAVA_QUADS / len(SCENARIO_KEYS))), split="heldout", start=3000)
     pick = lv_raw[["scenario", "scene_seed"]].drop_duplicates().sample(N_LLAVA_QUADS, random_state=SEED)
     lv_raw = lv_raw.merge(pick, on=["scenario", "scene_seed"]).reset_index(drop=True)
-    lv_rows, lv_images = norm_meta(lv_raw), world.render_rows(lv_raw, world.DEFAULT_SIZE)
-    lv_probe_pixels = retrieval.pixel_values(llava, world.render_rows(raw["probe"], world.DEFAULT_SIZE))
-    lv_probe = probe_rows
+    lv_rows, lv_images = DL.norm_meta(lv_raw), world.render_rows(lv_raw, world.DEFAULT_SIZE)
+    lv_probe_pixels, lv_probe = retrieval.pixel_values(llava, DATA["probe_images"]), probe_rows
 else:   # PAIRS split by scenario: neurons on one half, the gap measured on the other
     lv_fit, lv_ev = DL.split_by_scenario(pairs_meta)
     lv_rows, lv_images = pairs_meta.iloc[lv_ev].reset_index(drop=True), [pairs.image(int(i)) for i in lv_ev]
     lv_probe_pixels = retrieval.pixel_values(llava, [pairs.image(int(i)) for i in lv_fit])
     lv_probe = pairs_meta.iloc[lv_fit].reset_index(drop=True)
 lv_rows["quad"] = lv_rows.groupby(["scenario", "scene_seed"] if ON_TESTBED else ["scenario"], sort=False).ngroup()
-enc1 = llava.inputs(["Describe the image."], [lv_images[0]])
-base_logits = llava.next_token_logits(enc1)
-logits_after = {}
-for site in ("vision.resid_post.-1", LV_SITE):
-    with hooks.edit(llava, {site: torch.zeros_like}):
-        logits_after[site] = llava.next_token_logits(enc1)
-last_unchanged = bool(torch.equal(logits_after["vision.resid_post.-1"], base_logits))
+last_unchanged, read_change = DL.layer_read_check(llava, lv_images[0], layer)
 display(Markdown(f"`vision_feature_layer` = {layer}. Zeroing the last vision layer: logits "
                  f"{'bitwise unchanged' if last_unchanged else 'CHANGED'}; zeroing layer {layer}: largest logit change "
-                 f"{float((logits_after[LV_SITE] - base_logits).abs().max()):.3g}."))
-lv_codes = S.collect_image_acts(llava, lv_probe_pixels, site=LV_SITE, tokens="max", sae=saes["llava"])
-tables["llava"] = DL.specific_neurons(S.social_neurons(lv_codes, lv_probe[ATTRIBUTE], threshold=PROBE_THRESHOLD),
-                                      lv_codes, lv_probe[OTHER], cap=OTHER_CAP)
-lv_lat, lv_grp = DL.pick_specific(tables["llava"], groups_a, NEURONS_PER_GROUP)
-lv_gam = DL.gammas(GAMMA_MODE, lv_codes, lv_probe[ATTRIBUTE], lv_lat, lv_grp)
-rows_q = [(i, q) for q in LLAVA_QUESTIONS for i in range(len(lv_rows))]
-imgs_q, txts_q = [lv_images[i] for i, _ in rows_q], [q for _, q in rows_q]
-quad_q = lv_rows["quad"].to_numpy()[[i for i, _ in rows_q]]
-grp_q = lv_rows[ATTRIBUTE].to_numpy()[[i for i, _ in rows_q]]
-
-
-def pyes(latents=None, gam=None, alpha=ALPHA):
-    edits = {} if latents is None else {LV_SITE: lambda h: S.control(saes["llava"], h, latents, gam, alpha)}
-    with hooks.edit(llava, edits):
-        return DL.yes_probability(llava, imgs_q, txts_q, batch_size=32)
-
-
-def oriented(p, labels=None):
-    return DL.orient(DL.quad_gap(p, grp_q if labels is None else labels, quad_q, txts_q, groups_a), sign)
-
-
-p_before = pyes()
-gap0 = DL.quad_gap(p_before, grp_q, quad_q, txts_q, groups_a)
-sign = np.sign(gap0.groupby(level="q").mean()).replace(0, 1.0)
-lv_before = oriented(p_before)
-lv_shuffle = np.mean([oriented(p_before, lab).to_numpy() for lab in
-                      DL.quadruplet_label_shuffle(grp_q, quad_q, n_perm=NULL_DRAWS, seed=SEED)], axis=0)
-lv_testable = bool(lv_rows["quad"].nunique() >= V.MIN_UNITS and lv_before.mean() > lv_shuffle.mean() and lv_lat)
-lv_conditions = {"before": lv_before.to_numpy()}
-if lv_testable:   # the language model runs once per condition: only when there is a gap to remove
-    lv_conditions[f"DEBIASLENS (layer {layer})"] = oriented(pyes(lv_lat, lv_gam)).to_numpy()
-    lv_draws = DL.matched_random_latents(DL.firing_rates(lv_codes), lv_lat, tables["llava"]["latent"].astype(int),
-                                         n_draws=N_LV_DRAWS, seed=SEED + 2)
-    lv_conditions[f"random latents, mean of {N_LV_DRAWS}"] = np.mean(
-        [oriented(pyes(d, DL.gammas(GAMMA_MODE, lv_codes, lv_probe[ATTRIBUTE], d, lv_grp))).to_numpy() for d in lv_draws],
-        axis=0)
-lv_conditions["labels shuffled within quadruplets (before)"] = lv_shuffle
-lv_table = pd.DataFrame([{"condition": n, "oriented gender gap in P(yes)": float(np.mean(v))}
-                         for n, v in lv_conditions.items()])
-display(lv_table.style.hide(axis="index").format(precision=4))
-glue("lv_before", f"{lv_before.mean():.4f}", display=False)
-glue("lv_shuffle", f"{lv_shuffle.mean():.4f}", display=False)
-glue("lv_quads", int(lv_rows["quad"].nunique()), display=False)
-glue("lv_ran", "was therefore run" if lv_testable else "was not run (nothing to remove)", display=False)
+                 f"{read_change:.3g}."))
+LV = DL.lvlm_study(llava, saes["llava"], LV_SITE, lv_images, lv_rows, lv_probe_pixels, lv_probe, attribute=ATTRIBUTE,
+                   other=OTHER, groups=groups_a, questions=LLAVA_QUESTIONS, threshold=PROBE_THRESHOLD,
+                   per_group=NEURONS_PER_GROUP, cap=OTHER_CAP, gamma_mode=GAMMA_MODE, alpha=ALPHA,
+                   n_shuffle=NULL_DRAWS, n_draws=N_LV_DRAWS, seed=SEED)
+tables["llava"] = LV["table"]
+display(LV["summary"].style.hide(axis="index").format(precision=4))
+glue("lv_before", f"{LV['before'].mean():.4f}", display=False)
+glue("lv_shuffle", f"{LV['shuffle'].mean():.4f}", display=False)
+glue("lv_quads", LV["n_quads"], display=False)
+glue("lv_ran", "was therefore run" if LV["ran"] else "was not run (nothing to remove)", display=False)
 
 # %% [markdown]
 # Over {glue:text}`lv_quads` quadruplets the unedited gap is {glue:text}`lv_before`, against
@@ -697,9 +522,6 @@ glue("fire_null", f"{fire_null.mean():.2f}", display=False)
 planted, flat = None, pd.DataFrame()
 if ON_TESTBED:
     k_scen = 2 * N_GALLERY_SCENES
-    share_tbl = spec.share_table().set_index("scenario").loc[list(SCENARIO_KEYS)]
-    cls_ = DL.planted_classes(share_tbl.reset_index())
-    direction = np.sign(share_tbl["p_man"].to_numpy() - 0.5)
     gender = gal_rows["gender"].to_numpy()
 
     def shares(I, T, labels=gender):
@@ -707,18 +529,10 @@ if ON_TESTBED:
 
     sh = {"none": shares(base_I, base_T), "DEBIASLENS (I+T)": shares(*emb["DEBIASLENS (I+T)"]),
           "random latents (I+T)": np.mean([shares(I, T) for I, T in null_scen], axis=0),
-          "labels shuffled": np.mean([shares(base_I, base_T, lab) for lab in
-                                      DL.quadruplet_label_shuffle(gender, gal_rows["quad"], n_perm=NULL_DRAWS, seed=SEED)],
-                                     axis=0)}
-    flat = pd.DataFrame({"scenario": list(SCENARIO_KEYS), "planted": cls_.to_numpy(), "p_man": share_tbl["p_man"].to_numpy(),
-                         **{f"male share: {n}": v for n, v in sh.items()}})
-    sk_, ct_ = (cls_ == "skewed (gender)").to_numpy(), (cls_ == "balanced control").to_numpy()
-    o = {n: (v - 0.5) * direction for n, v in sh.items()}
-    planted = {"k": k_scen, "before": o["none"][sk_], "shuffle": o["labels shuffled"][sk_],
-               "after": o["DEBIASLENS (I+T)"][sk_], "null": o["random latents (I+T)"][sk_],
-               "ctrl_before": np.abs(sh["none"][ct_] - 0.5), "ctrl_after": np.abs(sh["DEBIASLENS (I+T)"][ct_] - 0.5)}
-    summary_gt = flat.groupby("planted").agg(scenarios=("scenario", "size"), **{
-        f"|share - 0.5| {n}": (f"male share: {n}", lambda x: float(np.mean(np.abs(x - 0.5)))) for n in sh})
+          "labels shuffled": np.mean([shares(base_I, base_T, lab) for lab in DL.quadruplet_label_shuffle(
+              gender, gal_rows["quad"], n_perm=NULL_DRAWS, seed=SEED)], axis=0)}
+    share_tbl = spec.share_table().set_index("scenario").loc[list(SCENARIO_KEYS)].reset_index()
+    planted, flat, summary_gt = DL.planted_study(sh, share_tbl, k_scen)
     display(Markdown(f"Share of men in the top {k_scen} for each scenario prompt, mean |share - 0.5| per planted class:"))
     display(summary_gt.round(3))
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -728,21 +542,18 @@ if ON_TESTBED:
     ax.set(xlabel="planted share of men in training", ylabel=f"share of men in top {k_scen}")
     ax.legend(frameon=False, fontsize=8)
     savefig(fig, "06_debiaslens_planted")
-    for n, v in (("gt_skewed_before", planted["before"]), ("gt_skewed_after", planted["after"]),
-                 ("gt_skewed_null", planted["null"]), ("gt_ctrl_before", planted["ctrl_before"]),
-                 ("gt_ctrl_after", planted["ctrl_after"])):
-        glue(n, f"{np.mean(v):.3f}" if len(v) else "n/a", display=False)
-else:
-    for n in ("gt_skewed_before", "gt_skewed_after", "gt_skewed_null", "gt_ctrl_before", "gt_ctrl_after"):
-        glue(n, "n/a", display=False)
+for n in ("before", "after", "null", "ctrl_before", "ctrl_after"):
+    v = [] if planted is None else planted[n]
+    glue(f"gt_{n}", f"{np.mean(v):.3f}" if len(v) else "n/a", display=False)
+if not ON_TESTBED:
     display(Markdown("The `paper` profile has no planted ground truth."))
 
 # %% [markdown]
 # The chosen neurons' own-minus-other firing on held-out images is {glue:text}`fire_eff`,
 # against {glue:text}`fire_null` for neurons selected on shuffled labels. On the scenarios
 # planted skewed by gender, the signed deviation of the top-k share of men from one half is
-# {glue:text}`gt_skewed_before` before, {glue:text}`gt_skewed_after` after I+T and
-# {glue:text}`gt_skewed_null` with random latents; the balanced controls sit
+# {glue:text}`gt_before` before, {glue:text}`gt_after` after I+T and
+# {glue:text}`gt_null` with random latents; the balanced controls sit
 # {glue:text}`gt_ctrl_before` from one half before and {glue:text}`gt_ctrl_after` after.
 #
 # ## Paper vs this book
@@ -765,12 +576,7 @@ M = {"attribute": ATTRIBUTE, "other": OTHER, "neurons": neurons_ok, "null_draws"
                    "zs1": abl_r[(s, "social neurons", 1.0)]["zs_correct"],
                    "zs0": abl_r[(s, "social neurons", 0.0)]["zs_correct"]} for s in ("image", "text")},
      "firing": (fire_eff, fire_null), "planted": planted,
-     "lvlm": None if ATTRIBUTE != "gender" else {
-         "before": lv_before.to_numpy(), "shuffle": lv_shuffle, "n_quads": int(lv_rows["quad"].nunique()),
-         "after": lv_conditions.get(f"DEBIASLENS (layer {layer})", lv_before.to_numpy()),
-         "null": lv_conditions.get(f"random latents, mean of {N_LV_DRAWS}", lv_before.to_numpy()),
-         "quads": lv_before.index.get_level_values("quad").to_numpy(), "null_draws": N_LV_DRAWS,
-         "neurons": bool(lv_lat)}}
+     "lvlm": LV if ATTRIBUTE == "gender" else None}
 paper_vs_book = V.verdict_table(DL.paper_claims(M, seed=SEED))
 display(Markdown(f"Model and data: {MODEL_NAME} and {LVLM_NAME}; {data_desc}; gamma = {GAMMA_MODE}, alpha = {ALPHA}."
                  + (" Testbed results, not the paper's models or data." if ON_TESTBED else "")))
@@ -834,15 +640,15 @@ saved = save_results(
         "maxskew_by_set": {m: {s: float(debias_table.set_index("method").loc[m, s]) / 100 for s in DL.QUERY_SETS}
                            for m in debias_table["method"]},
         "zero_shot_before": base["zero_shot"], "zero_shot_after": results["DEBIASLENS (I+T)"]["zero_shot"],
-        "n_social_neurons": n_social, "chosen_neurons": {s: v[0] for s, v in chosen.items()} | {"llava": lv_lat},
+        "n_social_neurons": n_social, "chosen_neurons": {s: v[0] for s, v in chosen.items()} | {"llava": LV["latents"]},
         "sae_source": sae_source, "sae_explained_variance_heldout": ev_heldout,
         "sae_explained_variance": {n: float(lg.iloc[-1][[c for c in lg.columns if c.startswith("ev_level_")][-1]])
                                    for n, lg in logs.items()},
         "sae_plateaued": {n: bool(lg.attrs["plateaued"]) for n, lg in logs.items()},
         "sae_dead_fraction": {"auxk_on": dead_on, "auxk_off": dead_off}, "sae_l0_heldout": l0_gal,
         "llava_vision_feature_layer": layer, "llava_last_layer_edit_reaches_lm": not last_unchanged,
-        "llava_gender_gap_before": float(lv_before.mean()), "llava_gender_gap_shuffle": float(lv_shuffle.mean()),
-        "llava_quadruplets": int(lv_rows["quad"].nunique()),
+        "llava_gender_gap_before": float(LV["before"].mean()), "llava_gender_gap_shuffle": float(LV["shuffle"].mean()),
+        "llava_quadruplets": LV["n_quads"],
         "identity_drift_reconstruction": drift_recon, "identity_drift_social": drift_social,
         "verdicts": verdict_of, "runtime_s": runtime_s,
     },
@@ -856,6 +662,6 @@ saved = save_results(
     tables={"departures": pd.DataFrame(DL.DEPARTURES), "sae_training": pd.concat([lg.assign(sae=n) for n, lg in logs.items()]),
             "sae_summary": sae_table, "social_neurons": pd.concat([t.assign(side=s) for s, t in tables.items()]),
             "control_variants": variants_tbl, "debiasing": debias_table, "alpha_ablation": ablation,
-            "llava_gap": lv_table, "planted": flat, "paper_vs_book": paper_vs_book},
+            "llava_gap": LV["summary"], "planted": flat, "paper_vs_book": paper_vs_book},
 )
 display(Markdown(f"Results written to `{saved}`; run time {runtime_s:.0f} s."))

@@ -255,3 +255,15 @@ def test_sae_artifact_folder_is_verified(tmp_path):
     w = tmp_path / "a" / "text" / "sae_weights.safetensors"
     w.write_bytes(w.read_bytes()[:-4] + b"\0\0\0\0")
     assert "damaged" in DL._check_folder(tmp_path / "a", "key1")
+
+
+def test_vectorised_maxskew_equals_metrics_max_skew():
+    from fairvlm import metrics
+
+    rng = np.random.default_rng(0)
+    groups = rng.choice(["a", "b", "c"], 60).tolist()
+    sim = rng.random((7, 60))
+    got = DL.maxskew_per_query(sim, groups, 10)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :10]
+    want = [metrics.max_skew([groups[i] for i in t], sorted(set(groups)), 10) for t in top]
+    assert got == pytest.approx(want)

@@ -119,9 +119,12 @@ def maxskew_per_query(sim, groups: Sequence, k: int) -> np.ndarray:
         raise ParameterError(f"sim must be (Q, {len(g)}); got {s.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(g):
         raise ParameterError(f"k={k!r} must be an integer in [1, {len(g)}]")
-    names = sorted(set(g.tolist()))
+    names, codes = np.unique(g, return_inverse=True)
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return np.array([metrics.max_skew(g[t].tolist(), names, int(k)) for t in top])
+    # vectorised metrics.max_skew with the uniform prior: max over present groups of
+    # ln(p_g / (1/G)) = ln(G * max_g p_g) (the tests check the two agree)
+    counts = np.stack([(codes[top] == c).sum(1) for c in range(len(names))], axis=1)
+    return np.log(len(names) * counts.max(1) / float(k))
 
 
 def random_floor(groups: Sequence, k: int, *, n_queries: int, seed: int = 0) -> np.ndarray:
@@ -881,3 +884,320 @@ def recall_captions(rows: pd.DataFrame, spec, idx: Sequence[int], rng: np.random
         caps.append(c)
         rel.append(ok)
     return caps, np.stack(rel)
+
+
+# ------------------------------------------------------------------------ chapter studies
+def random_latent_nulls(I_emb, T_emb, bench: "Bench", draws: dict, edit_for, *, base_I, base_T) -> tuple[dict, list]:
+    """Per-query MaxSkew under each draw of random latents, averaged over draws, one null per
+    side (``I``, ``T``, ``I+T``): ``{side: {attr: per-query mean}}``, and the (I, T) embeddings of
+    every draw (for other measures). ``edit_for(side, latents)`` builds a draw's edit;
+    ``draws[side]`` is a list of latent lists (:func:`matched_random_latents`)."""
+    n = len(draws["image"])
+    acc = {s: {a: [] for a in bench.attr_labels} for s in ("I", "T", "I+T")}
+    embs = []
+    for d in range(n):
+        Id, Td = I_emb(edit_for("image", draws["image"][d])), T_emb(edit_for("text", draws["text"][d]))
+        for side, (I, T) in {"I": (Id, base_T), "T": (base_I, Td), "I+T": (Id, Td)}.items():
+            for a, v in bench.skew(I, T).items():
+                acc[side][a].append(v)
+        embs.append((Id, Td))
+    return {s: {a: np.mean(v, axis=0) for a, v in d_.items()} for s, d_ in acc.items()}, embs
+
+
+def layer_read_check(lm, image, layer: int) -> tuple[bool, float]:
+    """Zero the last vision layer, then layer ``layer``: (last-layer edit leaves the logits
+    bitwise unchanged, largest logit change from zeroing ``layer``)."""
+    from fairvlm import hooks
+
+    enc = lm.inputs(["Describe the image."], [image])
+    base = lm.next_token_logits(enc)
+    out = {}
+    for site in ("vision.resid_post.-1", f"vision.resid_post.{layer}"):
+        with hooks.edit(lm, {site: torch.zeros_like}):
+            out[site] = lm.next_token_logits(enc)
+    return bool(torch.equal(out["vision.resid_post.-1"], base)), float((out[f"vision.resid_post.{layer}"] - base).abs().max())
+
+
+def lvlm_study(lm, sae, site: str, images: Sequence, rows: pd.DataFrame, probe_pixels, probe_rows: pd.DataFrame, *,
+               attribute: str, other: str, groups: Sequence[str], questions: Sequence[str], threshold: float,
+               per_group: int, cap: float, gamma_mode: str, alpha: float, n_shuffle: int, n_draws: int,
+               seed: int = 0) -> dict:
+    """The VLA gap of a LLaVA-style model before and after neuron control at ``site``.
+
+    Neurons are probed on ``probe_pixels`` (largest code over the image tokens) and chosen as in
+    the chapter; the gap per (question, quadruplet) is signed by the unedited model's direction
+    (:func:`orient`). The control is a within-quadruplet label shuffle; only when the unedited
+    gap exceeds it (and at least :data:`fairvlm.verdicts.MIN_UNITS` quadruplets) are the edit and
+    ``n_draws`` matched random-latent draws run (each a full pass of the language model)."""
+    from fairvlm import hooks
+    from fairvlm import sae as S
+    from fairvlm.verdicts import MIN_UNITS
+
+    codes = S.collect_image_acts(lm, probe_pixels, site=site, tokens="max", sae=sae)
+    table = specific_neurons(S.social_neurons(codes, probe_rows[attribute], threshold=threshold), codes,
+                             probe_rows[other], cap=cap)
+    lat, grp = pick_specific(table, groups, per_group)
+    rq = [(i, q) for q in questions for i in range(len(rows))]
+    imgs, txts = [images[i] for i, _ in rq], [q for _, q in rq]
+    quad = rows["quad"].to_numpy()[[i for i, _ in rq]]
+    grp_q = rows[attribute].to_numpy()[[i for i, _ in rq]]
+
+    def pyes(latents=None, gam=None):
+        edits = {} if latents is None else {site: lambda h: S.control(sae, h, latents, gam, alpha)}
+        with hooks.edit(lm, edits):
+            return yes_probability(lm, imgs, txts, batch_size=32)
+
+    p0 = pyes()
+    sign = np.sign(quad_gap(p0, grp_q, quad, txts, groups).groupby(level="q").mean()).replace(0, 1.0)
+
+    def oriented(p, labels=grp_q):
+        return orient(quad_gap(p, labels, quad, txts, groups), sign)
+
+    before = oriented(p0)
+    shuffle = np.mean([oriented(p0, lab).to_numpy() for lab in
+                       quadruplet_label_shuffle(grp_q, quad, n_perm=n_shuffle, seed=seed)], axis=0)
+    out = {"before": before.to_numpy(), "shuffle": shuffle, "after": before.to_numpy(), "null": before.to_numpy(),
+           "quads": before.index.get_level_values("quad").to_numpy(), "n_quads": int(rows["quad"].nunique()),
+           "null_draws": n_draws, "neurons": bool(lat), "latents": lat, "table": table}
+    out["ran"] = bool(out["n_quads"] >= MIN_UNITS and before.mean() > shuffle.mean() and lat)
+    if out["ran"]:   # the language model runs once per condition: only when there is a gap to remove
+        out["after"] = oriented(pyes(lat, gammas(gamma_mode, codes, probe_rows[attribute], lat, grp))).to_numpy()
+        draws = matched_random_latents(firing_rates(codes), lat, table["latent"].astype(int), n_draws=n_draws,
+                                       seed=seed + 2)
+        out["null"] = np.mean([oriented(pyes(d, gammas(gamma_mode, codes, probe_rows[attribute], d, grp))).to_numpy()
+                               for d in draws], axis=0)
+    out["summary"] = pd.DataFrame({"condition": ["before", "labels shuffled within quadruplets (before)"]
+                                   + (["DEBIASLENS", f"random latents, mean of {n_draws}"] if out["ran"] else []),
+                                   "oriented gender gap in P(yes)": [out["before"].mean(), shuffle.mean()]
+                                   + ([out["after"].mean(), out["null"].mean()] if out["ran"] else [])})
+    return out
+
+
+def planted_study(shares: dict, share_tbl: pd.DataFrame, k: int) -> tuple[dict | None, pd.DataFrame, pd.DataFrame]:
+    """The planted-truth measures from top-k shares of men per scenario prompt.
+
+    ``shares``: condition -> per-scenario share (``none``, ``DEBIASLENS (I+T)``,
+    ``random latents (I+T)``, ``labels shuffled``), scenarios in ``share_tbl``'s order (columns
+    ``scenario``, ``p_man``, ``p_black``). Returns (the ``planted`` input of
+    :func:`paper_claims`, the per-scenario frame, the per-class summary)."""
+    cls = planted_classes(share_tbl)
+    direction = np.sign(share_tbl["p_man"].to_numpy(float) - 0.5)
+    flat = pd.DataFrame({"scenario": share_tbl["scenario"].to_numpy(), "planted": cls.to_numpy(),
+                         "p_man": share_tbl["p_man"].to_numpy(), **{f"male share: {n}": v for n, v in shares.items()}})
+    sk, ct = (cls == "skewed (gender)").to_numpy(), (cls == "balanced control").to_numpy()
+    o = {n: (v - 0.5) * direction for n, v in shares.items()}
+    planted = {"k": int(k), "before": o["none"][sk], "shuffle": o["labels shuffled"][sk],
+               "after": o["DEBIASLENS (I+T)"][sk], "null": o["random latents (I+T)"][sk],
+               "ctrl_before": np.abs(shares["none"][ct] - 0.5), "ctrl_after": np.abs(shares["DEBIASLENS (I+T)"][ct] - 0.5)}
+    summary = flat.groupby("planted").agg(scenarios=("scenario", "size"), **{
+        f"|share - 0.5| {n}": (f"male share: {n}", lambda x: float(np.mean(np.abs(x - 0.5)))) for n in shares})
+    return planted, flat, summary
+
+
+def sae_summary(saes: dict, logs: dict) -> pd.DataFrame:
+    """One row per trained SAE (``image_noauxk`` shares ``image``'s site and width): steps,
+    whether it plateaued, held-out explained variance (all latents, first 1/16), dead fraction, L0."""
+    rows = []
+    for n, lg in logs.items():
+        sae = saes[n.split("_")[0]]
+        ev = [c for c in lg.columns if c.startswith("ev_level_")]
+        last = lg.iloc[-1]
+        rows.append({"SAE": n, "site": sae.cfg.site, "latents": sae.cfg.d_sae, "AuxK": "off" if n.endswith("noauxk") else "on",
+                     "steps": lg.attrs.get("steps_run"), "plateaued": bool(lg.attrs.get("plateaued")),
+                     "EV held-out rows": last[ev[-1]], "EV first 1/16": last[ev[0]], "dead": last["dead_frac"],
+                     "L0": last["l0"]})
+    return pd.DataFrame(rows)
+
+
+def drift_table(embed, base, sae, chosen_latents, chosen_gamma, alpha: float) -> pd.DataFrame:
+    """Mean 1 - cosine of ``embed(edit)`` to ``base`` for both control variants, with no latent
+    changed and with the chosen latents set: how much of the move is the SAE round trip."""
+    from fairvlm import sae as S
+
+    rows = []
+    for variant in S.VARIANTS:
+        for what, (lat, gam) in (("no latent changed", ([], 0.0)), ("chosen neurons set", (chosen_latents, chosen_gamma))):
+            e = embed(lambda h, lat=lat, gam=gam, variant=variant: S.control(sae, h, lat, gam, alpha, variant=variant))
+            rows.append({"variant": variant, "edit": what, "alpha": alpha,
+                         "mean 1 - cos to unedited": float((1 - (e * base).sum(-1)).mean())})
+    return pd.DataFrame(rows)
+
+
+def alpha_ablation(run, edits: dict, alphas: Sequence[float], attribute: str) -> tuple[pd.DataFrame, dict]:
+    """``run(img_edit, txt_edit) -> evaluation`` for each side, edit kind and alpha.
+    ``edits[(side, kind)](alpha)`` builds the edit. Returns (table, {(side, kind, alpha): evaluation})."""
+    rows, res = [], {}
+    for (side, kind), make in edits.items():
+        for a in alphas:
+            r = run(make(a), None) if side == "image" else run(None, make(a))
+            res[(side, kind, a)] = r
+            rows.append({"side": side, "edit": kind, "alpha": a, f"MaxSkew x100 ({attribute})":
+                         100 * r["skew"][attribute].mean(), "zero-shot acc": r["zero_shot"], "t2i R@5": r.get("t2i_R@5")})
+    return pd.DataFrame(rows), res
+
+
+# ------------------------------------------------------------------------- the chapter's data
+ATTR_GROUPS = {"gender": ["female", "male"], "race": ["black", "white"]}
+_GENDER = {"man": "male", "woman": "female", "male": "male", "female": "female"}
+
+
+def norm_meta(m: pd.DataFrame) -> pd.DataFrame:
+    """Gender as male/female and race in lower case, whatever the gallery wrote."""
+    return m.assign(gender=[_GENDER.get(str(g).lower(), str(g).lower()) for g in m["gender"]],
+                    race=[str(r).lower() for r in m["race"]])
+
+
+def group_texts(attr: str) -> tuple[list[str], list[str]]:
+    """Sentences naming one group of ``attr`` for every testbed scenario: (texts, labels)."""
+    from fairvlm.testbed.captions import with_article
+    from fairvlm.testbed.scenarios import SCENARIOS
+
+    texts, labels = [], []
+    for sc in SCENARIOS.values():
+        for grp in ATTR_GROUPS[attr]:
+            noun = {"male": "man", "female": "woman"}.get(grp, f"{grp.capitalize()} person")
+            adj = grp if attr == "gender" else grp.capitalize()
+            for t in (f"a photo of a {noun} {sc.activity}", with_article(f"{adj} {sc.role}"),
+                      f"a picture of a {noun} with {sc.props}"):
+                texts.append(t)
+                labels.append(grp)
+    return texts, labels
+
+
+def testbed_data(clip, *, probe_scenes: int, gallery_scenes: int, n_recall: int, seed: int = 0) -> dict:
+    """Probing and gallery sets of held-out testbed scenes (each scene in the four group
+    variants), zero-shot prompts and labels, and Recall@K captions for a sample of the gallery."""
+    from fairvlm import retrieval
+    from fairvlm.testbed import SCENARIO_KEYS, world, world_spec
+    from fairvlm.testbed.captions import zero_shot_prompts
+
+    rng = np.random.default_rng(seed)
+    spec = world_spec()
+    raw_p = world.gallery(probe_scenes, split="heldout", start=1000)
+    raw_g = world.gallery(gallery_scenes, split="heldout", start=0)
+    probe_images, gal_images = world.render_rows(raw_p, world.DEFAULT_SIZE), world.render_rows(raw_g, world.DEFAULT_SIZE)
+    gal = norm_meta(raw_g)
+    gal["quad"] = gal.groupby(["scenario", "scene_seed"], sort=False).ngroup()
+    keys = list(SCENARIO_KEYS)
+    caps, rel = recall_captions(gal, spec, np.sort(rng.choice(len(gal), min(len(gal), n_recall), replace=False)), rng)
+    return {"spec": spec, "probe_rows": norm_meta(raw_p), "probe_images": probe_images,
+            "probe_pixels": retrieval.pixel_values(clip, probe_images), "gal_rows": gal,
+            "gal_pixels": retrieval.pixel_values(clip, gal_images), "gallery_image": gal_images.__getitem__,
+            "zs_prompts": zero_shot_prompts(keys), "zs_labels": [keys.index(x) for x in gal["scenario"]],
+            "rec_caps": caps, "rec_rel": rel, "zs_pixels": None,
+            "desc": f"testbed world (synthetic, held-out scenes): probing {len(raw_p)} images, gallery {len(gal)}"}
+
+
+def paper_data(clip, llava, queries: pd.DataFrame, *, pairs_dir: str = "", fairface_dir: str = "", fairface_limit: int = 0,
+               seed: int = 0) -> dict:
+    """The paper profile's sets: FairFace (fit and gallery) + PAIRS (zero-shot) when
+    ``fairface_dir`` is given, else PAIRS split by scenario (fit on one half, measure on the
+    other, :func:`split_by_scenario`); ``sae_data_fn`` builds the SAEs' training activations."""
+    from fairvlm import retrieval
+    from fairvlm import sae as S
+
+    pairs = retrieval.pairs_gallery(pairs_dir or None, mapped_only=True)
+    pairs_meta = norm_meta(pairs.meta)
+    out = {"pairs": pairs, "pairs_meta": pairs_meta, "rec_caps": [], "rec_rel": None, "spec": None}
+    if fairface_dir:
+        ff_train = retrieval.load_fairface(fairface_dir, "train", limit=fairface_limit or 5000, seed=seed)
+        ff_val = retrieval.load_fairface(fairface_dir, "validation", limit=fairface_limit or None, seed=seed)
+        out.update(probe_images=ff_train.images(), probe_rows=norm_meta(ff_train.meta), gal_rows=norm_meta(ff_val.meta),
+                   gal_pixels=retrieval.pixel_values(clip, ff_val.images()), gallery_image=ff_val.image,
+                   zs_pixels=retrieval.pixel_values(clip, pairs.images()), desc="FairFace (SAE, probing, gallery) + PAIRS (zero-shot)")
+        zs_meta = pairs_meta
+    else:
+        fit, ev = split_by_scenario(pairs_meta)
+        allp = retrieval.pixel_values(clip, pairs.images())
+        out.update(probe_images=[pairs.image(int(i)) for i in fit], probe_rows=pairs_meta.iloc[fit].reset_index(drop=True),
+                   gal_rows=pairs_meta.iloc[ev].reset_index(drop=True), gal_pixels=allp[torch.from_numpy(ev)],
+                   gallery_image=lambda i: pairs.image(int(ev[i])), zs_pixels=None)
+        out["desc"] = (f"PAIRS (mapped labels), scenarios split: SAE and probing on {out['probe_rows']['scenario'].nunique()}, "
+                       f"gallery and zero-shot on the other {out['gal_rows']['scenario'].nunique()}")
+        zs_meta = out["gal_rows"]
+    out["probe_pixels"] = retrieval.pixel_values(clip, out["probe_images"])
+    out["gal_rows"]["quad"] = out["gal_rows"].groupby(["scenario"], sort=False).ngroup()
+    classes = list(dict.fromkeys(zs_meta["label"]))
+    out["zs_prompts"] = [f"a photo of a {x}" for x in classes]
+    out["zs_labels"] = [classes.index(x) for x in zs_meta["label"]]
+
+    def sae_data_fn():
+        """Class tokens of the fitting images, every token of the query and group texts, every
+        token of the LVLM's layer -2 on the fitting images (90/10 by row for the plateau rule)."""
+        cls = last_layer_cls(clip, out["probe_pixels"])
+        texts = queries["prompt"].tolist() + group_texts("gender")[0] + group_texts("race")[0]
+        tx = S.collect_text_acts(clip, texts, site=TXT_SITE, tokens="all")
+        site = f"vision.resid_post.{int(getattr(llava.model.config, 'vision_feature_layer', -2))}"
+        lv = S.collect_image_acts(llava, retrieval.pixel_values(llava, out["probe_images"]), site=site, tokens="all")
+
+        def cut(x):
+            return x[: int(0.9 * len(x))], x[int(0.9 * len(x)):]
+
+        return {"image": cut(cls), "text": cut(tx), "llava": cut(lv),
+                "sites": {"image": IMG_SITE, "text": TXT_SITE, "llava": site}}
+
+    out["sae_data_fn"] = sae_data_fn
+    return out
+
+
+def baselines(clip, probe_emb, probe_labels, base_I, base_T, attribute: str, *, keep_frac: float, lam: float,
+              seed: int = 0) -> dict:
+    """Chapter 07's baselines as (image, text) embeddings: CLIP-clip (the embedding dimensions
+    with the least mutual information with the attribute, fitted on the probing images) and
+    biased prompts (Chuang et al.'s calibrated projection of the text embeddings)."""
+    from fairvlm import retrieval
+    from fairvlm.testbed.scenarios import SCENARIOS
+
+    keep = retrieval.clip_clip_dims(probe_emb, probe_labels, max(1, int(round(keep_frac * probe_emb.shape[1]))), seed=seed)
+    roles = [sc.role for sc in SCENARIOS.values()]
+    a, b = {"gender": ("male", "female"), "race": ("Black", "White")}[attribute]
+    spurious = [f"a photo of a {w}" for w in (("man", "woman", "male", "female") if attribute == "gender" else
+                                              ("Black person", "White person"))]
+    bp = retrieval.biased_prompts_projection(*(retrieval.embed_texts(clip, t) for t in (
+        spurious, [f"a photo of a {a} {w}" for w in roles], [f"a photo of a {b} {w}" for w in roles])), lam=lam)
+    return {"CLIP-clip": (retrieval.keep_dims(base_I, keep), retrieval.keep_dims(base_T, keep)),
+            "biased prompts": (base_I, retrieval.project_texts(base_T, bp))}
+
+
+def skew_table(results: dict, sets, attribute: str, other: str) -> pd.DataFrame:
+    """MaxSkew x 100 per query set and overall, the other attribute's, zero-shot and R@5, one row per condition."""
+    sets = np.asarray(sets)
+    return pd.DataFrame([{"method": n, **{s: 100 * r["skew"][attribute][sets == s].mean() for s in QUERY_SETS},
+                          "all queries": 100 * r["skew"][attribute].mean(),
+                          f"{other} (all)": 100 * r["skew"][other].mean() if other in r["skew"] else np.nan,
+                          "zero-shot acc": r.get("zero_shot", np.nan), "t2i R@5": r.get("t2i_R@5", np.nan)}
+                         for n, r in results.items()])
+
+
+# ------------------------------------------------------------------------------- figures
+def plot_sae_logs(logs: dict):
+    """Held-out explained variance, dead fraction and L0 against the step, one line per SAE."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for name, lg in logs.items():
+        ev = [c for c in lg.columns if c.startswith("ev_level_")][-1]
+        for ax, col in zip(axes, (ev, "dead_frac", "l0")):
+            ax.plot(lg["step"], lg[col], label=name)
+    for ax, t in zip(axes, ("explained variance (held-out rows)", "fraction of dead latents", "active latents per row (L0)")):
+        ax.set(title=t, xlabel="step")
+    axes[0].legend(fontsize=7, frameon=False)
+    return fig
+
+
+def neuron_grid(codes, rows: pd.DataFrame, attribute: str, latents: Sequence[int], groups: Sequence[str], image, n: int = 8):
+    """For each latent, the ``n`` rows on which it fires most (``image(i)`` draws row i), labelled
+    with their group (``*``: another group than the latent's)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(latents), n, figsize=(11, 1.55 * len(latents) + 0.4), squeeze=False)
+    for r, (j, g) in enumerate(zip(latents, groups)):
+        for c, i in enumerate(torch.argsort(codes[:, j], descending=True, stable=True)[:n].tolist()):
+            ax = axes[r, c]
+            ax.imshow(image(int(i)))
+            ax.set(xticks=[], yticks=[])
+            lab = rows.iloc[i][attribute]
+            ax.set_xlabel(lab + ("" if lab == g else " *"), fontsize=7)
+        axes[r, 0].set_ylabel(f"#{j}\n{g}", fontsize=8)
+    fig.suptitle(f"top-activating held-out images of the chosen {attribute} neurons (* = other group)", fontsize=9)
+    return fig
