@@ -267,3 +267,21 @@ def test_vectorised_maxskew_equals_metrics_max_skew():
     top = np.argsort(-sim, axis=1, kind="stable")[:, :10]
     want = [metrics.max_skew([groups[i] for i in t], sorted(set(groups)), 10) for t in top]
     assert got == pytest.approx(want)
+
+
+def test_a_set_of_neurons_can_be_blind_to_the_other_attribute_when_none_is_alone():
+    import torch
+
+    from fairvlm import sae as S
+
+    g = ["f", "f", "m", "m"] * 10
+    r = ["b", "w", "b", "w"] * 10
+    z = torch.zeros(40, 4)
+    z[[i for i in range(40) if g[i] == "f" and r[i] == "b"], 0] = 2.0   # Black women
+    z[[i for i in range(40) if g[i] == "f" and r[i] == "w"], 1] = 1.5   # White women
+    t = DL.specific_neurons(S.social_neurons(z, g, threshold=0.4), z, r, cap=0.2)
+    assert not t["eligible"].any()
+    assert DL.pick_specific(t, ["f"], 2) == ([], [])
+    lat, grp = DL.pick_specific(t, ["f"], 2, codes=z, other_labels=r, cap=0.2)
+    assert sorted(lat) == [0, 1] and grp == ["f", "f"]
+    assert DL.union_gap(z, r, [0, 1]) == pytest.approx(0.0) and DL.union_gap(z, r, [0]) == pytest.approx(0.5)

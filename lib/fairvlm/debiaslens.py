@@ -315,14 +315,38 @@ def specific_neurons(table: pd.DataFrame, codes, other_labels: Sequence, *, cap:
     return out.reset_index(drop=True)
 
 
-def pick_specific(table: pd.DataFrame, groups: Sequence[str], per_group: int) -> tuple[list[int], list[str]]:
-    """The top ``per_group`` *eligible* latents of each group of :func:`specific_neurons`."""
+def union_gap(codes, other_labels: Sequence, latents: Sequence[int]) -> float:
+    """Spread, between the other attribute's groups, of the rate at which *any* of ``latents``
+    fires: 0 when the set as a whole is blind to the other attribute."""
+    z = V.tensor("codes", codes, ndim=2, dtype=torch.float32)
+    lab = np.asarray([str(x) for x in other_labels], dtype=object)
+    if not len(latents):
+        return float("nan")
+    fires = (z[:, list(latents)] > 0).any(1).numpy()
+    rates = [fires[lab == g].mean() for g in sorted(set(lab.tolist()))]
+    return float(max(rates) - min(rates))
+
+
+def pick_specific(table: pd.DataFrame, groups: Sequence[str], per_group: int, *, codes=None,
+                  other_labels: Sequence | None = None, cap: float | None = None) -> tuple[list[int], list[str]]:
+    """The top ``per_group`` latents of each group of :func:`specific_neurons` (eligible ones first).
+
+    Without ``codes``, only eligible latents are taken. With ``codes``, ``other_labels`` and
+    ``cap``, a group's set is accepted when the set *as a whole* fires at rates within ``cap``
+    across the other attribute's groups (:func:`union_gap`): two neurons, one for Black and
+    one for White women, make a gender-only set although neither is one alone; otherwise the
+    group's eligible latents alone, or none."""
     V.integer("per_group", per_group, low=1)
     lat, grp = [], []
     for g in groups:
-        sub = table[(table["group"] == g) & table["eligible"]].head(per_group)
-        lat += sub["latent"].astype(int).tolist()
-        grp += [g] * len(sub)
+        sub = table[table["group"] == g]
+        take = sub[sub["eligible"]].head(per_group)["latent"].astype(int).tolist()
+        if codes is not None:
+            cand = sub.head(per_group)["latent"].astype(int).tolist()
+            if cand and union_gap(codes, other_labels, cand) <= cap:
+                take = cand
+        lat += take
+        grp += [g] * len(take)
     return lat, grp
 
 
@@ -487,9 +511,9 @@ def permuted_selection_scores(probe_codes, probe_labels, eval_codes, eval_labels
         t = S.social_neurons(probe_codes, rng.permutation(lab).tolist(), threshold=threshold)
         if other_labels is not None:  # the same selection rule as the real neurons
             t = specific_neurons(t, probe_codes, other_labels, cap=cap)
+            lat, grp = pick_specific(t, groups, per_group, codes=probe_codes, other_labels=other_labels, cap=cap)
         else:
-            t = t.assign(eligible=True)
-        lat, grp = pick_specific(t, groups, per_group)
+            lat, grp = pick_specific(t.assign(eligible=True), groups, per_group)
         acc += firing_score(eval_codes, eval_labels, lat, grp)
     return acc / n_perm
 
@@ -776,6 +800,16 @@ if __name__ == "__main__":
 MIN_SKEW = 0.005
 
 
+def _lvlm_bias_claim():
+    from fairvlm.verdicts import Claim
+
+    return Claim("the LVLM's P(yes) differs by gender on ambiguous questions", "bias", "greater", MIN_SKEW,
+                 effect_ref=None)
+
+
+LVLM_BIAS_CLAIM = _lvlm_bias_claim()
+
+
 def paper_claims(M: dict, *, seed: int = 0) -> list[dict]:
     """Verdict rows (for :func:`fairvlm.verdicts.verdict_table`) from the chapter's measurements ``M``.
 
@@ -839,8 +873,7 @@ def paper_claims(M: dict, *, seed: int = 0) -> list[dict]:
             "so 'without labels' cannot be tested here")
     L = M.get("lvlm")
     if L is not None:
-        lb = add(VD.Claim("the LVLM's P(yes) differs by gender on ambiguous questions", "bias", "greater", MIN_SKEW,
-                          effect_ref=None), L["before"], L["shuffle"], "LLaVA-1.5-7B, VLA 0.62",
+        lb = add(LVLM_BIAS_CLAIM, L["before"], L["shuffle"], "LLaVA-1.5-7B, VLA 0.62",
                  f"oriented gender gap per question x quadruplet ({L['n_quads']} quadruplets); control: labels "
                  "shuffled within quadruplets", clusters=L["quads"])
         ok = lb.verdict == "reproduced" and L["neurons"]
@@ -936,7 +969,7 @@ def lvlm_study(lm, sae, site: str, images: Sequence, rows: pd.DataFrame, probe_p
     codes = S.collect_image_acts(lm, probe_pixels, site=site, tokens="max", sae=sae)
     table = specific_neurons(S.social_neurons(codes, probe_rows[attribute], threshold=threshold), codes,
                              probe_rows[other], cap=cap)
-    lat, grp = pick_specific(table, groups, per_group)
+    lat, grp = pick_specific(table, groups, per_group, codes=codes, other_labels=probe_rows[other], cap=cap)
     rq = [(i, q) for q in questions for i in range(len(rows))]
     imgs, txts = [images[i] for i, _ in rq], [q for _, q in rq]
     quad = rows["quad"].to_numpy()[[i for i, _ in rq]]
@@ -959,7 +992,10 @@ def lvlm_study(lm, sae, site: str, images: Sequence, rows: pd.DataFrame, probe_p
     out = {"before": before.to_numpy(), "shuffle": shuffle, "after": before.to_numpy(), "null": before.to_numpy(),
            "quads": before.index.get_level_values("quad").to_numpy(), "n_quads": int(rows["quad"].nunique()),
            "null_draws": n_draws, "neurons": bool(lat), "latents": lat, "table": table}
-    out["ran"] = bool(out["n_quads"] >= MIN_UNITS and before.mean() > shuffle.mean() and lat)
+    from fairvlm import verdicts as VD
+
+    gate = VD.judge(LVLM_BIAS_CLAIM, out["before"], shuffle, clusters=out["quads"], seed=seed)
+    out["ran"] = bool(gate.verdict == "reproduced" and lat)   # the same verdict paper_claims gives
     if out["ran"]:   # the language model runs once per condition: only when there is a gap to remove
         out["after"] = oriented(pyes(lat, gammas(gamma_mode, codes, probe_rows[attribute], lat, grp))).to_numpy()
         draws = matched_random_latents(firing_rates(codes), lat, table["latent"].astype(int), n_draws=n_draws,
@@ -1201,3 +1237,59 @@ def neuron_grid(codes, rows: pd.DataFrame, attribute: str, latents: Sequence[int
         axes[r, 0].set_ylabel(f"#{j}\n{g}", fontsize=8)
     fig.suptitle(f"top-activating held-out images of the chosen {attribute} neurons (* = other group)", fontsize=9)
     return fig
+
+
+class Editor:
+    """Neuron control on CLIP from states captured once: the gallery's last-layer class tokens
+    and (for a mean-pooled text tower) every text's last-layer tokens; hooked re-encoding
+    otherwise. ``chosen[side] = (latents, groups, gammas)`` for ``side`` in image / text."""
+
+    def __init__(self, clip, saes: dict, chosen: dict, gal_cls, bench: Bench, texts: Sequence[str], *, alpha: float,
+                 zs_cls=None):
+        self.clip, self.saes, self.chosen, self.gal_cls, self.bench = clip, saes, chosen, gal_cls, bench
+        self.texts, self.alpha, self.zs_cls = list(texts), alpha, zs_cls
+        self.shortcut = supports_text_shortcut(clip)
+        self.states = last_layer_text(clip, self.texts) if self.shortcut else None
+
+    def edit(self, side, latents, gam, alpha=None, variant="authors"):
+        from fairvlm import sae as S
+
+        a = self.alpha if alpha is None else alpha
+        return lambda h: S.control(self.saes[side], h, latents, gam, a, variant=variant)
+
+    def social(self, side, alpha=None, variant="authors"):
+        lat, _, gam = self.chosen[side]
+        return self.edit(side, lat, gam, alpha, variant)
+
+    def recon(self, side, alpha=None):
+        return self.edit(side, [], 0.0, alpha)
+
+    def I(self, edit=None, cls=None):
+        return embed_from_last_layer(self.clip, self.gal_cls if cls is None else cls, edit)
+
+    def T(self, edit=None):
+        from fairvlm import hooks, retrieval
+
+        if self.shortcut:
+            return embed_text_from_last_layer(self.clip, self.states, edit)
+        with hooks.edit(self.clip, {} if edit is None else {TXT_SITE: edit}):
+            return retrieval.embed_texts(self.clip, self.texts)
+
+    def run(self, img=None, txt=None):
+        """(image embeddings, text embeddings, :meth:`Bench.evaluate`) under the two edits."""
+        I, T = self.I(img), self.T(txt)
+        return I, T, self.bench.evaluate(I, T, None if self.zs_cls is None else self.I(img, self.zs_cls))
+
+    def shortcut_error(self, gal_pixels, n: int = 64) -> float:
+        """Largest difference between the cached-state embeddings and re-encoding with the
+        social edit hooked on every token (images, and texts when the shortcut is used)."""
+        from fairvlm import hooks, retrieval
+        from fairvlm import sae as S
+
+        lat, _, gam = self.chosen["image"]
+        with hooks.edit(self.clip, S.control_edits(self.clip, IMG_SITE, self.saes["image"], lat, gam, self.alpha)):
+            err = float((retrieval.embed_images(self.clip, gal_pixels[:n]) - self.I(self.social("image"))[:n]).abs().max())
+        lat, _, gam = self.chosen["text"]
+        with hooks.edit(self.clip, S.control_edits(self.clip, TXT_SITE, self.saes["text"], lat, gam, self.alpha)):
+            hooked = retrieval.embed_texts(self.clip, self.texts[:32])
+        return max(err, float((hooked - self.T(self.social("text"))[:32]).abs().max()))
