@@ -298,7 +298,7 @@ else:
 #   null per side (I, T, I+T);
 # - **labels shuffled within quadruplets**: the unedited model's MaxSkew with the gallery's
 #   group labels permuted inside each counterfactual set, the skew a model blind to the
-#   attribute would show.
+#   attribute would show; and **content-free prompts**, which name nothing a bias could attach to.
 #
 # The error-preserving variant `h + alpha (decode(z') - decode(z))` keeps the reconstruction
 # error and moves the stream only along the changed latents' decoder rows. An image embedding
@@ -310,7 +310,7 @@ else:
 scen_prompts = [f"a photo of {with_article(SCENARIOS[k].role)}" for k in SCENARIO_KEYS] if ON_TESTBED else []
 bench = DL.Bench(queries["prompt"].tolist(), zs_prompts, zs_labels, {a: gal_rows[a].to_numpy() for a in ATTR_GROUPS},
                  K_SKEW, rec_caps, rec_rel)
-all_texts = list(dict.fromkeys(bench.texts + scen_prompts))
+all_texts = list(dict.fromkeys(bench.texts + scen_prompts + list(DL.CONTENT_FREE)))
 scen_rows = [all_texts.index(t) for t in scen_prompts]
 ed = DL.Editor(clip, saes, chosen, gal_cls, bench, all_texts, alpha=ALPHA,
                zs_cls=None if DATA["zs_pixels"] is None else DL.last_layer_cls(clip, DATA["zs_pixels"]))
@@ -364,6 +364,9 @@ for name, (I, T) in DL.baselines(clip, DL.embed_from_last_layer(clip, probe_cls)
     results[name] = bench.evaluate(I, T)
 results[f"random latents (I+T), mean of {NULL_DRAWS}"] = {"skew": null["I+T"]}
 results["labels shuffled within quadruplets"] = {"skew": {ATTRIBUTE: shuffle_skew}}
+cf_skew = DL.maxskew_per_query((base_T[[all_texts.index(t) for t in DL.CONTENT_FREE]] @ base_I.T).numpy(),
+                               gal_rows[ATTRIBUTE], K_SKEW)
+results["content-free prompts"] = {"skew": {ATTRIBUTE: cf_skew}}
 results["random ranking"] = {"skew": {a: DL.random_floor(lab, K_SKEW, n_queries=len(bench.qi), seed=SEED)
                                       for a, lab in bench.attr_labels.items()}}
 debias_table = DL.skew_table(results, queries["set"], ATTRIBUTE, OTHER)
@@ -374,7 +377,8 @@ D = debias_table.set_index("method")["all queries"] / 100
 for key, name in [("before", "CLIP (no intervention)"), ("I", "DEBIASLENS (I)"), ("T", "DEBIASLENS (T)"),
                   ("IT", "DEBIASLENS (I+T)"), ("recon", "reconstruction only (I+T)"),
                   ("rand", f"random latents (I+T), mean of {NULL_DRAWS}"), ("shuffle", "labels shuffled within quadruplets"),
-                  ("floor", "random ranking"), ("clipclip", "CLIP-clip"), ("bp", "biased prompts")]:
+                  ("floor", "random ranking"), ("clipclip", "CLIP-clip"), ("bp", "biased prompts"),
+                  ("cf", "content-free prompts")]:
     glue(f"ms_{key}", f"{100 * D[name]:.1f}", display=False)
 
 # %% [markdown]
@@ -382,7 +386,9 @@ for key, name in [("before", "CLIP (no intervention)"), ("I", "DEBIASLENS (I)"),
 # {glue:text}`ms_IT` with I+T ({glue:text}`ms_I` image side, {glue:text}`ms_T` text side).
 # The SAE round trip alone gives {glue:text}`ms_recon`, random latents of matched firing rate
 # {glue:text}`ms_rand`, and the unedited model with the labels shuffled inside each
-# counterfactual quadruplet {glue:text}`ms_shuffle` (a random ranking: {glue:text}`ms_floor`;
+# counterfactual quadruplet {glue:text}`ms_shuffle`; prompts that name nothing ("a photo of a
+# person", ...) {glue:text}`ms_cf`, the control for "the queries are skewed": a model can rank
+# one group first for every text, and that is not a skew the query words carry (a random ranking: {glue:text}`ms_floor`;
 # CLIP-clip {glue:text}`ms_clipclip`, biased prompts {glue:text}`ms_bp`). A random ranking is
 # not the floor here: the gallery is made of counterfactual quadruplets, so a model that
 # retrieves whole scenes returns every group equally often and sits below it; the label
@@ -536,7 +542,7 @@ if not ON_TESTBED:
 # shown. `asserts` says what each row claims.
 
 # %% tags=["hide-input"]
-M = {"attribute": ATTRIBUTE, "other": OTHER, "neurons": neurons_ok, "null_draws": NULL_DRAWS, "shuffle": shuffle_skew,
+M = {"attribute": ATTRIBUTE, "other": OTHER, "neurons": neurons_ok, "null_draws": NULL_DRAWS, "content_free": cf_skew,
      "skew": {"base": base["skew"], "I": results["DEBIASLENS (I)"]["skew"], "T": results["DEBIASLENS (T)"]["skew"],
               "I+T": results["DEBIASLENS (I+T)"]["skew"], "recon": results["reconstruction only (I+T)"]["skew"]},
      "null": null, "zs": {"base": base["zs_correct"], "I+T": results["DEBIASLENS (I+T)"]["zs_correct"]},

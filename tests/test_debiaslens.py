@@ -214,7 +214,7 @@ def _claims_inputs(rng, *, bias: float, debias: float):
     null = {a: base[a] + rng.normal(0, 0.002, n) for a in base}
     shuffle = np.abs(rng.normal(0.05, 0.02, n))
     zs = (rng.random(300) < 0.9).astype(float)
-    return {"attribute": "gender", "other": "race", "neurons": True, "null_draws": 20, "shuffle": shuffle,
+    return {"attribute": "gender", "other": "race", "neurons": True, "null_draws": 20, "content_free": shuffle[:12],
             "skew": {"base": base, "I": after, "T": after, "I+T": after, "recon": null},
             "null": {s: null for s in ("I", "T", "I+T")}, "zs": {"base": zs, "I+T": zs},
             "alpha": {s: {"edit": after["gender"], "recon": null["gender"], "zs1": zs, "zs0": zs} for s in ("image", "text")},

@@ -798,6 +798,12 @@ if __name__ == "__main__":
 
 #: Smallest MaxSkew change (natural-log units; x100 on the poster) that counts as an effect.
 MIN_SKEW = 0.005
+#: Prompts that name no attribute, occupation or activity: the content-free control of "the
+#: queries are skewed" (a model may rank one group first for *every* text; on the testbed world
+#: with nothing planted they reach MaxSkew 0.08-0.59 while the queries average 0.19).
+CONTENT_FREE = ("a photo of a person", "a picture of someone", "an image of a person", "a photo", "a person", "someone",
+                "a photo of someone", "a picture of a person", "an image", "a photo of a human",
+                "a person in a picture", "a snapshot of a person")
 
 
 def _lvlm_bias_claim():
@@ -815,8 +821,8 @@ def paper_claims(M: dict, *, seed: int = 0) -> list[dict]:
 
     ``M`` keys: ``attribute``, ``other``; ``skew[cond][attr]`` per-query MaxSkew for ``base``,
     ``I``, ``T``, ``I+T``, ``recon`` (SAE round trip, I+T, no latent changed); ``null[side][attr]``
-    (mean over the matched random-latent draws); ``shuffle`` (base skew with the gallery's
-    labels shuffled within quadruplets); ``zs`` (per-image correctness, ``base`` and ``I+T``);
+    (mean over the matched random-latent draws); ``content_free`` (MaxSkew of the
+    :data:`CONTENT_FREE` prompts, the control of the bias row); ``zs`` (per-image correctness, ``base`` and ``I+T``);
     ``alpha[side]`` with ``edit``, ``recon`` skews and ``zs1``, ``zs0`` at alpha 1 and 0;
     ``firing`` = (per-image score, its label-permutation null); ``lvlm`` (None or oriented
     per (question, quadruplet) gaps ``before``, ``shuffle``, ``after``, ``null`` and ``quads``);
@@ -835,8 +841,9 @@ def paper_claims(M: dict, *, seed: int = 0) -> list[dict]:
 
     nn_why = "" if M["neurons"] else "no social neuron passed the probing threshold on some side"
     bias = add(VD.Claim(f"CLIP's retrieval of neutral queries is skewed by {a}", "bias", "greater", MIN_SKEW,
-                        effect_ref=None), sk["base"][a], M["shuffle"], "CLIP rows of the VLM debiasing table (B/16: 21.9)",
-               f"MaxSkew per query; control: the gallery's {a} labels shuffled within each quadruplet")
+                        effect_ref=None), sk["base"][a], M["content_free"], "CLIP rows of the VLM debiasing table (B/16: 21.9)",
+               f"MaxSkew per query; control: {len(M['content_free'])} content-free prompts ('a photo of a person', ...)",
+               paired=False)
     gate = bias.verdict == "reproduced" and M["neurons"]
     gate_why = nn_why or ("" if bias.verdict == "reproduced" else
                           f"the model shows no {a} skew beyond the label-shuffle control: nothing to remove")
