@@ -613,7 +613,8 @@ saved = save_results(
         "maxskew_label_shuffle": float(D["labels shuffled within quadruplets"]),
         "maxskew_random_ranking": float(D["random ranking"]),
         "maxskew_by_set": {m: {s: float(debias_table.set_index("method").loc[m, s]) / 100 for s in DL.QUERY_SETS}
-                           for m in debias_table["method"]},
+                           for m in debias_table["method"] if m != "content-free prompts"},
+        "maxskew_content_free": float(D["content-free prompts"]),
         "zero_shot_before": base["zero_shot"], "zero_shot_after": results["DEBIASLENS (I+T)"]["zero_shot"],
         "n_social_neurons": n_social, "chosen_neurons": {s: v[0] for s, v in chosen.items()} | {"llava": LV["latents"]},
         "sae_source": sae_source, "sae_explained_variance_heldout": ev_heldout,

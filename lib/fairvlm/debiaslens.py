@@ -1205,7 +1205,10 @@ def baselines(clip, probe_emb, probe_labels, base_I, base_T, attribute: str, *, 
 def skew_table(results: dict, sets, attribute: str, other: str) -> pd.DataFrame:
     """MaxSkew x 100 per query set and overall, the other attribute's, zero-shot and R@5, one row per condition."""
     sets = np.asarray(sets)
-    return pd.DataFrame([{"method": n, **{s: 100 * r["skew"][attribute][sets == s].mean() for s in QUERY_SETS},
+    def by_set(v):  # rows that are not the queries (content-free prompts) have no sets
+        return {s: 100 * v[sets == s].mean() if len(v) == len(sets) else np.nan for s in QUERY_SETS}
+
+    return pd.DataFrame([{"method": n, **by_set(r["skew"][attribute]),
                           "all queries": 100 * r["skew"][attribute].mean(),
                           f"{other} (all)": 100 * r["skew"][other].mean() if other in r["skew"] else np.nan,
                           "zero-shot acc": r.get("zero_shot", np.nan), "t2i R@5": r.get("t2i_R@5", np.nan)}
