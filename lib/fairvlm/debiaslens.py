@@ -844,9 +844,15 @@ def paper_claims(M: dict, *, seed: int = 0) -> list[dict]:
                         effect_ref=None), sk["base"][a], M["content_free"], "CLIP rows of the VLM debiasing table (B/16: 21.9)",
                f"MaxSkew per query; control: {len(M['content_free'])} content-free prompts ('a photo of a person', ...)",
                paired=False)
-    gate = bias.verdict == "reproduced" and M["neurons"]
-    gate_why = nn_why or ("" if bias.verdict == "reproduced" else
-                          f"the model shows no {a} skew beyond the label-shuffle control: nothing to remove")
+    P = M.get("planted")
+    planted_claim = VD.Claim("(testbed) retrieval follows the planted skew", "bias", "greater", 0.02, effect_ref=None)
+    planted_ok = P is not None and len(P["before"]) >= 2 and VD.judge(
+        planted_claim, P["before"], P["shuffle"], seed=seed).verdict == "reproduced"
+    # the model must show a bias to remove: a query skew beyond content-free prompts, or (on the
+    # testbed) retrieval that follows the planted skew; a world with nothing planted has neither
+    shown = bias.verdict == "reproduced" or planted_ok
+    gate = shown and M["neurons"]
+    gate_why = nn_why or ("" if shown else f"the model shows no {a} skew beyond its controls: nothing to remove")
     side_v = {}
     for side, paper in [("I", "B/16: 21.9/33.5/19.8/32.5 -> 14.2/21.5/20.0/18.3"),
                         ("T", "B/16: -> 7.1/16.2/14.2/8.1"), ("I+T", "B/16: -> 11.1/19.4/18.0/10.3")]:
@@ -889,11 +895,9 @@ def paper_claims(M: dict, *, seed: int = 0) -> list[dict]:
             f"change of the oriented gap; control: {L['null_draws']} random-latent draws", clusters=L["quads"],
             testable=ok, why="" if ok else ("no social neuron at the LVLM's layer" if not L["neurons"] else
                                             "the before-gap does not exceed the label-shuffle null: not testable here"))
-    P = M.get("planted")
     if P is None or len(P["before"]) < 2:
         return rows
-    pb = add(VD.Claim("(testbed) retrieval follows the planted skew", "bias", "greater", 0.02, effect_ref=None),
-             P["before"], P["shuffle"], "-", f"top-{P['k']} share of men minus 0.5, oriented by the planted skew, "
+    pb = add(planted_claim, P["before"], P["shuffle"], "-", f"top-{P['k']} share of men minus 0.5, oriented by the planted skew, "
              "per skewed scenario; control: labels shuffled within quadruplets")
     ok = pb.verdict == "reproduced" and M["neurons"]
     pf = add(VD.Claim("(testbed) DEBIASLENS (I+T) moves the planted-skewed scenarios toward parity", "debias", "less",
