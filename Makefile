@@ -62,6 +62,7 @@ book: setup data
 WORLDS ?= all
 models: setup
 	$(PYTHON) -m fairvlm.testbed models --worlds "$(WORLDS)"
+	$(PYTHON) -m fairvlm.debiaslens build-artifacts   # chapter 06's SAEs (data/artifacts/06_debiaslens)
 
 html: setup
 	$(PYTHON) -m fairvlm.bookbuild --chapters "$(CHAPTERS)" --html-only

@@ -105,3 +105,183 @@ def test_chapter_paper_profile_on_tiny_models_never_fits_on_the_gallery(shared, 
     text = json.dumps(json.loads(out.read_text())["cells"])
     assert "scenarios split: SAE and probing on 22, gallery and zero-shot on the other 22" in text
     assert (tmp_path / "results" / "06_debiaslens.json").exists()
+
+
+# ------------------------------------------------------------------ the chapter's analysis
+def test_matched_random_latents_follow_firing_rates_and_avoid_social():
+    rates = np.linspace(0, 1, 101)
+    draws = DL.matched_random_latents(rates, [50, 10], exclude=[49, 51], n_draws=30, pool=4, seed=0)
+    assert len(draws) == 30 and all(len(d) == 2 and len(set(d)) == 2 for d in draws)
+    flat0 = {d[0] for d in draws}
+    assert flat0 <= {47, 48, 52, 53} and len(flat0) > 1          # nearest rates, never the social ones
+    assert {d[1] for d in draws} <= {8, 9, 11, 12}
+    assert draws == DL.matched_random_latents(rates, [50, 10], exclude=[49, 51], n_draws=30, pool=4, seed=0)
+    with pytest.raises(DataError):
+        DL.matched_random_latents(rates[:5], [0, 1], exclude=[2, 3], pool=4)
+
+
+def test_gammas_zero_is_the_authors_and_group_mean_reads_own_group():
+    import torch
+
+    codes = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 5.0]])
+    labels = ["a", "a", "b"]
+    assert DL.gammas("zero", codes, labels, [0, 1], ["a", "b"]) == [0.0, 0.0]
+    assert DL.gammas("group_mean", codes, labels, [0, 1], ["a", "b"]) == [2.0, 5.0]
+    from fairvlm.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError):
+        DL.gammas("mean", codes, labels, [0], ["a"])
+
+
+def test_specific_neurons_cap_the_other_attribute():
+    import torch
+
+    from fairvlm import sae as S
+
+    g = ["f", "f", "m", "m"] * 10
+    r = ["b", "w", "b", "w"] * 10
+    z = torch.zeros(40, 4)
+    z[[i for i in range(40) if g[i] == "f"], 0] = 1.0                       # gender only
+    z[[i for i in range(40) if g[i] == "f" and r[i] == "b"], 1] = 2.0        # gender and race
+    z[[i for i in range(40) if g[i] == "m"], 2] = 1.0
+    t = DL.specific_neurons(S.social_neurons(z, g, threshold=0.4), z, r, cap=0.2)
+    assert set(t[t["group"] == "f"]["latent"]) == {0, 1}
+    assert t.set_index("latent").loc[1, "other_gap"] == pytest.approx(0.5)   # fires on half the Black rows, no White
+    lat, grp = DL.pick_specific(t, ["f", "m"], 1)
+    assert lat == [0, 2] and grp == ["f", "m"]
+
+
+def test_firing_score_and_permutation_null():
+    import torch
+
+    rng = np.random.default_rng(0)
+    g = np.array(["f", "m"] * 100)
+    z = torch.from_numpy(rng.random((200, 30)).astype("float32")) * (torch.rand(200, 30) > 0.5)
+    z[g == "f", 3] = 1.0
+    z[g == "m", 3] = 0.0
+    assert DL.firing_score(z, g, [3], ["f"]).mean() == pytest.approx(1.0)
+    assert np.all(DL.firing_score(z, g, [], []) == 0)
+    null = DL.permuted_selection_scores(z, g, z, g, ["f", "m"], threshold=0.5, per_group=1, n_perm=10)
+    assert abs(null.mean()) < 0.5 < DL.firing_score(z, g, [3], ["f"]).mean()
+
+
+def test_quadruplet_label_shuffle_permutes_within_quads():
+    labels = ["m", "f", "m", "f", "m", "f", "m", "f"]
+    quads = [0, 0, 0, 0, 1, 1, 1, 1]
+    perms = DL.quadruplet_label_shuffle(labels, quads, n_perm=5, seed=1)
+    for p in perms:
+        for q in (0, 1):
+            assert sorted(p[np.array(quads) == q]) == ["f", "f", "m", "m"]
+    assert any(list(p) != labels for p in perms)
+
+
+def test_quad_gap_and_orient():
+    import pandas as pd
+
+    p = [0.9, 0.1, 0.8, 0.2]
+    gap = DL.quad_gap(p, ["male", "female", "male", "female"], [0, 0, 1, 1], ["q"] * 4, ["female", "male"])
+    assert gap.to_numpy() == pytest.approx([0.8, 0.6])
+    o = DL.orient(-gap, pd.Series({"q": -1.0}))
+    assert o.to_numpy() == pytest.approx([0.8, 0.6])
+
+
+def test_top_share_and_planted_classes():
+    import pandas as pd
+    import torch
+
+    I = torch.eye(4)
+    T = torch.tensor([[1.0, 0.9, 0.0, 0.0]])
+    assert DL.top_share(T, I, ["male", "male", "female", "female"], "male", 2)[0] == 1.0
+    cls = DL.planted_classes(pd.DataFrame({"scenario": ["a", "b", "c"], "p_man": [0.5, 0.8, 0.55],
+                                           "p_black": [0.5, 0.5, 0.5]}))
+    assert list(cls) == ["balanced control", "skewed (gender)", "mild"]
+
+
+def test_text_shortcut_refuses_models_it_does_not_fit():
+    from fairvlm.errors import FairVLMError
+    from fairvlm.models import load
+
+    lm = load("tiny-clip")
+    assert not DL.supports_text_shortcut(lm)
+    with pytest.raises(FairVLMError, match="mean-pooled"):
+        DL.last_layer_text(lm, ["a photo"])
+
+
+def _claims_inputs(rng, *, bias: float, debias: float):
+    n = 80
+    base = {a: np.abs(rng.normal(0.05 + bias, 0.02, n)) for a in ("gender", "race")}
+    after = {a: base[a] - (debias if a == "gender" else 0.0) + rng.normal(0, 0.002, n) for a in base}
+    null = {a: base[a] + rng.normal(0, 0.002, n) for a in base}
+    shuffle = np.abs(rng.normal(0.05, 0.02, n))
+    zs = (rng.random(300) < 0.9).astype(float)
+    return {"attribute": "gender", "other": "race", "neurons": True, "null_draws": 20, "content_free": shuffle[:12],
+            "skew": {"base": base, "I": after, "T": after, "I+T": after, "recon": null},
+            "null": {s: null for s in ("I", "T", "I+T")}, "zs": {"base": zs, "I+T": zs},
+            "alpha": {s: {"edit": after["gender"], "recon": null["gender"], "zs1": zs, "zs0": zs} for s in ("image", "text")},
+            "firing": (rng.normal(0.5, 0.1, 200), rng.normal(0, 0.1, 200)), "planted": None, "lvlm": None}
+
+
+def test_paper_claims_need_a_bias_before_a_debias_and_set_asserts():
+    from fairvlm import verdicts as VD
+
+    rng = np.random.default_rng(0)
+    none = VD.verdict_table(DL.paper_claims(_claims_inputs(rng, bias=0.0, debias=0.02)))
+    assert set(none["asserts"]) <= set(VD.ASSERTS)
+    assert not ((none["verdict"] == "reproduced") & none["bias_claim"]).any()   # nothing planted: nothing claimed
+    real = VD.verdict_table(DL.paper_claims(_claims_inputs(rng, bias=0.2, debias=0.05)))
+    v = dict(zip(real["claim"], real["verdict"]))
+    assert v["CLIP's retrieval of neutral queries is skewed by gender"] == "reproduced"
+    assert v["DEBIASLENS (I+T) lowers MaxSkew, beyond random latents"] == "reproduced"
+    rising = _claims_inputs(rng, bias=0.2, debias=-0.05)                    # the edit raises the skew
+    w = dict(zip(*(lambda t: (t["claim"], t["verdict"]))(VD.verdict_table(DL.paper_claims(rising)))))
+    assert w["DEBIASLENS (I+T) lowers MaxSkew, beyond random latents"] == "not reproduced"
+
+
+def test_sae_artifact_folder_is_verified(tmp_path):
+    import torch
+
+    from fairvlm import sae as S
+
+    cfg = S.SAEConfig(d_in=8, d_sae=32, k=2)
+    x = torch.randn(300, 8)
+    saes, logs = {}, {}
+    for n in ("image", "image_noauxk", "text", "llava"):
+        saes[n], logs[n] = S.train(x, cfg, steps=20, batch_size=64, log_every=5, plateau_tol=1e-6, patience=2)
+    DL._write_folder(tmp_path / "a", saes, logs, "key1", {"x": 1})
+    assert DL._check_folder(tmp_path / "a", "key1") == ""
+    assert "not key2" in DL._check_folder(tmp_path / "a", "key2")
+    loaded, lg, _ = DL._read_folder(tmp_path / "a")
+    assert torch.equal(loaded["image"].W_dec, saes["image"].W_dec) and "image_noauxk" in lg
+    w = tmp_path / "a" / "text" / "sae_weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-4] + b"\0\0\0\0")
+    assert "damaged" in DL._check_folder(tmp_path / "a", "key1")
+
+
+def test_vectorised_maxskew_equals_metrics_max_skew():
+    from fairvlm import metrics
+
+    rng = np.random.default_rng(0)
+    groups = rng.choice(["a", "b", "c"], 60).tolist()
+    sim = rng.random((7, 60))
+    got = DL.maxskew_per_query(sim, groups, 10)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :10]
+    want = [metrics.max_skew([groups[i] for i in t], sorted(set(groups)), 10) for t in top]
+    assert got == pytest.approx(want)
+
+
+def test_a_set_of_neurons_can_be_blind_to_the_other_attribute_when_none_is_alone():
+    import torch
+
+    from fairvlm import sae as S
+
+    g = ["f", "f", "m", "m"] * 10
+    r = ["b", "w", "b", "w"] * 10
+    z = torch.zeros(40, 4)
+    z[[i for i in range(40) if g[i] == "f" and r[i] == "b"], 0] = 2.0   # Black women
+    z[[i for i in range(40) if g[i] == "f" and r[i] == "w"], 1] = 1.5   # White women
+    t = DL.specific_neurons(S.social_neurons(z, g, threshold=0.4), z, r, cap=0.2)
+    assert not t["eligible"].any()
+    assert DL.pick_specific(t, ["f"], 2) == ([], [])
+    lat, grp = DL.pick_specific(t, ["f"], 2, codes=z, other_labels=r, cap=0.2)
+    assert sorted(lat) == [0, 1] and grp == ["f", "f"]
+    assert DL.union_gap(z, r, [0, 1]) == pytest.approx(0.0) and DL.union_gap(z, r, [0]) == pytest.approx(0.5)

@@ -242,3 +242,20 @@ def test_testbed_llava_reads_vision_layer_minus_two():
     lm = load("testbed-llava", size="smoke")
     assert lm.model.config.vision_feature_layer == -2
     test_llava_reads_vision_layer_minus_two(lm)
+
+
+def test_prefix_losses_are_averaged_and_training_stops_at_a_plateau():
+    import torch
+
+    from fairvlm import sae as S
+
+    x = _sparse_data(n=600)
+    cfg = S.SAEConfig(d_in=x.shape[1], d_sae=64, k=4)
+    sae = S.MatryoshkaSAE(cfg)
+    terms, _ = S.sae_loss(sae, x, torch.zeros(64, dtype=torch.bool))
+    mse = [v for k, v in terms.items() if k.startswith("mse_level")]
+    assert float(terms["total"].detach()) == pytest.approx(float(sum(mse).detach() / len(mse)))
+    _, log = S.train(x, cfg, steps=5000, batch_size=64, log_every=20, plateau_tol=0.01, patience=3)
+    assert log.attrs["plateaued"] and log.attrs["steps_run"] < 5000
+    _, log2 = S.train(x, cfg, steps=30, batch_size=64, log_every=10)
+    assert not log2.attrs["plateaued"] and log2.attrs["steps_run"] == 30
