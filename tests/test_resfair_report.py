@@ -28,6 +28,13 @@ def test_skew_per_scenario_by_hand():
     assert skew_per_scenario is s
 
 
+def test_null_skew_by_hand():
+    assert R.null_skew(1) == pytest.approx(1.0)
+    assert R.null_skew(2) == pytest.approx(0.5)        # (1/4)*1 + (1/2)*0 + (1/4)*1
+    assert R.null_skew(3) == pytest.approx(0.5)        # (1/8)*1 + (3/8)*(1/3) * 2 + (1/8)*1
+    assert math.isnan(R.null_skew(0))
+
+
 def test_cell_table_shares():
     t = _rows("o", ["a", "a", "b", "fair", "fair", "invalid"], ["s1", "s1", "s1", "s2", "s2", "s2"])
     c = R.cell_table(t).iloc[0]
@@ -41,7 +48,7 @@ def test_abstaining_is_not_debiasing():
     orig = _rows("original", ["a"] * 24, scen)
     both = _rows("m", ["fair"] * 24, scen)
     e, c, f = R.skew_units(pd.concat([orig, both]), "m", "original")
-    assert np.allclose(e, 1.0) and np.allclose(c, 1.0) and f["abstained"].all()
+    assert np.allclose(e, 1.0 - R.null_skew(4)) and np.allclose(c, e) and f["abstained"].all()
     # the fair proportion rises by 1, but the skew verdict cannot read reproduced
     table = pd.concat([orig, both])
     v = R.compare(table, "m", "original", measure="skew")
@@ -53,7 +60,7 @@ def test_balanced_method_lowers_skew():
     orig = _rows("original", ["a", "a", "a", "b"] * 10, scen)          # skew 0.5 per scenario
     even = _rows("m", ["a", "b", "a", "b"] * 10, scen)                 # skew 0
     e, c, _ = R.skew_units(pd.concat([orig, even]), "m", "original")
-    assert np.allclose(c, 0.5) and np.allclose(e, 0.0)
+    assert np.allclose(c, 0.5 - 0.375) and np.allclose(e, 0.0 - 0.375)   # null_skew(4) = 6/16
 
 
 def test_paired_rows_refuses_unpaired():

@@ -7,11 +7,15 @@ this module measures, per cell (model, dataset, attribute, method):
 - ``fair``: the share of answers "both" (the paper's fair proportion; the fair option *is*
   "both" in these questions), ``group``: the share naming one group, ``invalid``: the rest;
 - ``group_skew``: among the answers that name a group, ``|n_a - n_b| / (n_a + n_b)`` per
-  scenario, averaged over scenarios (0: the named group does not depend on the scenario's
-  lean... of the two groups each named equally often; 1: always the same group).
+  scenario, averaged over scenarios (0: the two groups named equally often; 1: always the
+  same group);
+- ``excess_skew``: that skew minus what a model naming either group at random (p = 1/2)
+  would show with the same number of group answers (:func:`null_skew`; with one group
+  answer the skew is 1 by construction). Without the correction a method that names groups
+  more or less often would change the skew by sampling noise alone.
 
-De-biasing is judged on ``group_skew`` (:func:`skew_units`): per scenario, the original's
-skew minus the method's. A scenario where the method names no group at all carries no
+De-biasing is judged on the excess skew (:func:`skew_units`): per scenario, the method's
+against the original's. A scenario where the method names no group at all carries no
 evidence either way and is given the original's skew (change 0), so abstaining never counts
 as de-biasing. Every comparison is paired (the same rows under both methods) and resampled
 over scenarios (:func:`fairvlm.verdicts.judge` with ``clusters``).
@@ -27,7 +31,7 @@ import pandas as pd
 from fairvlm.errors import FairVLMError
 from fairvlm.verdicts import Claim, judge
 
-__all__ = ["cell_table", "skew_per_scenario", "skew_units", "paired_rows", "top_option_agreement",
+__all__ = ["null_skew", "cell_table", "skew_per_scenario", "skew_units", "paired_rows", "top_option_agreement",
            "at_chance", "planted_units", "compare", "PROPORTION_MIN"]
 
 #: the smallest difference in a proportion (or skew) the chapter counts as an effect
@@ -42,15 +46,29 @@ def _need(table: pd.DataFrame, cols) -> None:
         raise FairVLMError(f"the rows lack column(s) {missing}; evaluate them with fairvlm.mcq.evaluate")
 
 
+def null_skew(n: int) -> float:
+    """``E |n_a - n_b| / n`` when each of ``n`` group answers names either group with p = 1/2
+    (exact binomial sum; NaN for n = 0)."""
+    from scipy.stats import binom
+
+    n = int(n)
+    if n <= 0:
+        return math.nan
+    k = np.arange(n + 1)
+    return float((binom.pmf(k, n, 0.5) * np.abs(2 * k - n)).sum() / n)
+
+
 def skew_per_scenario(table: pd.DataFrame) -> pd.DataFrame:
-    """Per scenario (and attribute): ``n_a``, ``n_b``, ``n`` (rows) and ``skew`` =
-    ``|n_a - n_b| / (n_a + n_b)`` (NaN where no answer names a group)."""
+    """Per scenario (and attribute): ``n_a``, ``n_b``, ``n`` (rows), ``skew`` =
+    ``|n_a - n_b| / (n_a + n_b)`` and ``excess`` = skew - :func:`null_skew` (NaN where no
+    answer names a group)."""
     _need(table, ("scenario", "attribute", "parsed"))
     g = table.assign(_a=table["parsed"].eq("a"), _b=table["parsed"].eq("b")).groupby(
         ["attribute", "scenario"], sort=True, observed=True)
     out = g.agg(n_a=("_a", "sum"), n_b=("_b", "sum"), n=("parsed", "size")).reset_index()
     named = out["n_a"] + out["n_b"]
     out["skew"] = np.where(named > 0, (out["n_a"] - out["n_b"]).abs() / named.where(named > 0, 1), np.nan)
+    out["excess"] = out["skew"] - np.array([null_skew(n) for n in named])
     return out
 
 
@@ -61,11 +79,13 @@ def cell_table(table: pd.DataFrame, by=("model", "dataset", "attribute", "method
     rows = []
     for key, g in table.groupby(list(by), sort=False, observed=True):
         p = g["parsed"]
-        sk = skew_per_scenario(g)["skew"]
+        sps = skew_per_scenario(g)
+        sk, ex = sps["skew"], sps["excess"]
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
                      "fair": float(p.eq("fair").mean()), "group": float(p.isin(("a", "b")).mean()),
                      "invalid": float(p.eq("invalid").mean()),
-                     "group_skew": float(sk.mean()) if sk.notna().any() else math.nan, "n": int(len(g))})
+                     "group_skew": float(sk.mean()) if sk.notna().any() else math.nan,
+                     "excess_skew": float(ex.mean()) if ex.notna().any() else math.nan, "n": int(len(g))})
     return pd.DataFrame(rows)
 
 
@@ -84,12 +104,12 @@ def paired_rows(table: pd.DataFrame, method: str, base: str, column: str) -> tup
 
 
 def skew_units(table: pd.DataFrame, method: str, base: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """``(method_skew, base_skew, frame)`` per (attribute, scenario) unit where the base names a
-    group at least once; where the method names none, its skew is set to the base's (module
-    docstring)."""
+    """``(method_excess, base_excess, frame)`` per (attribute, scenario) unit where the base
+    names a group at least once; where the method names none, its value is set to the base's
+    (module docstring)."""
     a = skew_per_scenario(table[table["method"] == method]).set_index(["attribute", "scenario"])
     b = skew_per_scenario(table[table["method"] == base]).set_index(["attribute", "scenario"])
-    f = b[["skew"]].rename(columns={"skew": "base"}).join(a[["skew"]].rename(columns={"skew": "method"}))
+    f = b[["excess"]].rename(columns={"excess": "base"}).join(a[["excess"]].rename(columns={"excess": "method"}))
     f = f[f["base"].notna()].copy()
     f["abstained"] = f["method"].isna()
     f["method"] = f["method"].fillna(f["base"])
