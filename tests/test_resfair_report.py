@@ -114,3 +114,20 @@ def test_select_rows_disjoint_scenarios():
     assert len(tr) == 20 and len(va) == 10
     assert not {r.item.scenario for r in tr} & {r.item.scenario for r in va}
     assert [r.row_id for r in tr] == [r.row_id for r in select_rows(rows, 20, 10, seed=0)[0]]
+
+
+def test_adapter_artifact_checks(tmp_path):
+    import torch
+
+    from fairvlm import resfair_baselines as RB
+
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    RB._save_entry(tmp_path, "a", state, {"build_key": "k1", "converged": True})
+    got, rec, why = RB._load_entry(tmp_path, "a", "k1")
+    assert why == "" and rec["converged"] and torch.equal(got["w"].float(), state["w"])
+    assert RB._load_entry(tmp_path, "a", "k2")[0] is None                   # another build key
+    assert "no b" in RB._load_entry(tmp_path, "b", "k1")[2]
+    f = tmp_path / "a.safetensors"
+    f.write_bytes(f.read_bytes()[:-4] + b"\0\0\0\0")                        # damaged, same size
+    got, _, why = RB._load_entry(tmp_path, "a", "k1")
+    assert got is None and "damaged" in why
