@@ -42,11 +42,8 @@
 #
 # ## Prerequisites and time to run
 #
-# | chapter | why | |
-# |---|---|---|
-# | 01 The fairness paradox | the multiple-choice task and its cached runs | necessary |
-# | 03 Residual discrepancy | the rule that fits the directions | necessary |
-# | 00 The testbed | builds `testbed-llava` | necessary for `TESTBED=True` |
+# Chapter 01 (the multiple-choice task and its cached runs), chapter 03 (the rule that fits
+# the directions) and, for `TESTBED=True`, the testbed (chapter 00).
 #
 # The baselines are trained by `make models` (`python -m fairvlm.resfair_baselines
 # build-artifacts`) and shipped under `data/artifacts/04_resfair/`; the chapter verifies and
@@ -91,9 +88,6 @@ GRID = (0.0, 0.2, 0.4)
 N_SOCIAL = N_GENERAL = MAX_EVAL_ROWS = None
 if PROFILE == "smoke":   # CI: every step, a handful of rows
     EVAL_PROMPTS, ABLATION_ROWS, GRID, N_SOCIAL, N_GENERAL, MAX_EVAL_ROWS = 1, 2, (0.0, 0.2), 4, 4, 8
-
-# %% [markdown]
-# ## Imports
 
 # %% tags=["hide-input"]
 import time
@@ -346,7 +340,8 @@ for name, k in first_split.items():
                 vqa = utility.testbed_vqa(lm, sorted(set(sp["eval_col"].table["scenario"]))[:N_GENERAL])
                 scores, task, chance = vqa["correct"].to_numpy(), "testbed VQA: job or activity named", 0.05
             else:
-                scores = utility.score_general(utility.generate(lm, g_prompts, max_new_tokens=MAX_NEW_TOKENS), g_questions)
+                answers = utility.generate(lm, g_prompts, max_new_tokens=MAX_NEW_TOKENS)
+                scores = utility.score_general(answers, g_questions)
                 task, chance = f"general knowledge ({len(g_questions)} questions)", 1 / 3
             st = mcq.evaluate(lm, s_rows, max_new_tokens=MAX_NEW_TOKENS, batch_size=sp["batch"], progress=False)
         util.append({"model": name, "task": task, "method": method, "accuracy": float(scores.mean()),
@@ -426,7 +421,7 @@ for k, sp in enumerate(splits):
                                          f"{agree:.0%} of the original's rows")
         for reading in ("fair_target", "skew"):
             v = RR.compare(ksub, "w/ post-hoc", "TS (best t)", measure=f"kl_{reading}", testable=not why_t, why=why_t,
-                           seed=SEED, text=f"post-hoc {reading.replace('_', '-')} KL below temperature scaling's (Table 2)")
+                           seed=SEED, text=f"post-hoc {reading.replace('_', '-')} KL below TS's (Table 2)")
             claims.append({"cell": cell, "paper": "post-hoc below TS in 16 of 16 cells", "verdict": v})
 retention_n, retention_mde = {}, {}
 for name, k in first_split.items():
@@ -469,7 +464,8 @@ for k, sp in enumerate(splits):
         d = RR.planted_units(t_k, method, "original", share)
         pl, ct = d.loc[d.planted, "d_fair"].to_numpy(), d.loc[~d.planted, "d_fair"].to_numpy()
         ok = len(pl) >= 2 and len(ct) >= 2 and (method == "w/ post-hoc" or CONVERGED[(k, method)])
-        why = "" if ok else ("fewer than two planted or balanced units in the evaluation half" if min(len(pl), len(ct)) < 2
+        few = min(len(pl), len(ct)) < 2
+        why = "" if ok else ("fewer than two planted or balanced units in the evaluation half" if few
                              else f"{method} did not converge by its stated rule")
         v = judge(Claim(f"{method.replace('w/ ', '')} moves planted scenarios toward 'both' more than balanced ones",
                         "debias", "greater", min_effect=RR.PROPORTION_MIN), pl if len(pl) else [0.0],
@@ -502,11 +498,13 @@ headline = {
     "fair_original": _cells("original", "fair"), "fair_posthoc": _cells("w/ post-hoc", "fair"),
     "fair_dpo_kl": _cells("w/ DPO+KL", "fair"), "fair_lora": _cells("w/ LoRA", "fair"),
     "group_share_original": _cells("original", "group"), "group_share_posthoc": _cells("w/ post-hoc", "group"),
-    "excess_skew_original": _cells("original", "excess_skew"), "excess_skew_posthoc": _cells("w/ post-hoc", "excess_skew"),
+    "excess_skew_original": _cells("original", "excess_skew"),
+    "excess_skew_posthoc": _cells("w/ post-hoc", "excess_skew"),
     "kl_original": _kl("original", "kl_fair_target"), "kl_posthoc": _kl("w/ post-hoc", "kl_fair_target"),
     "kl_ts_best": _kl("TS (best t)", "kl_fair_target"), "skew_posthoc": _kl("w/ post-hoc", "kl_skew"),
     "skew_ts_best": _kl("TS (best t)", "kl_skew"),
-    "ts_best_t": {f"{m}|{d}": float(t) for m, d, t in zip(best_t.model, best_t.dataset, best_t["best t (fair-target)"])},
+    "ts_best_t": {f"{m}|{d}": float(t) for m, d, t in
+                  zip(best_t.model, best_t.dataset, best_t["best t (fair-target)"])},
     "kl_measure": "fair_target and skew",
     "utility_original": {r.model: r.accuracy for r in util[util.method == "original"].itertuples()},
     "utility_posthoc": {r.model: r.accuracy for r in util[util.method == "w/ post-hoc"].itertuples()},
@@ -539,8 +537,7 @@ glue("runtime", f"{time.time() - T0:.0f}", display=False)
 #
 # - Lan et al. (2025). RES-FAIR (RESidual Flow Adjustment for Inference Recalibration).
 #   arXiv:2505.23798 (abstract; appendix B.1-B.2, C.1, C.3 Tables 1-2, C.5 Figure 7, C.6 Tables 3-5).
-# - Rafailov et al. (2023). Direct preference optimization. NeurIPS. Hu et al. (2022). LoRA. ICLR.
-# - Guo et al. (2017). On calibration of modern neural networks. ICML (temperature scaling).
+# - Rafailov et al. (2023). DPO. NeurIPS. Hu et al. (2022). LoRA. ICLR. Guo et al. (2017). Temperature scaling. ICML.
 # - Lakens (2017). Equivalence tests. Social Psychological and Personality Science (TOST).
 # - Agarwal et al. (2021). Deep RL at the edge of the statistical precipice. NeurIPS (paired, clustered bootstrap).
 # - Sources of the social-difference questions: `data/social_differences.yaml`.

@@ -230,7 +230,7 @@ def build_key(sp: dict, method: str, settings: TrainSettings, seed: int) -> str:
 
 
 def artifact_name(sp: dict, method: str, profile: str) -> str:
-    return f"{profile}-{sp['model']}-fit-{sp['fit']}-{_SLUG[method]}"
+    return f"{profile}-{sp['model']}-fit-{sp['fit']}-{_SLUG[method]}" + _world_suffix(sp)
 
 
 def shipped_dir() -> Path:
@@ -384,6 +384,17 @@ def main(argv=None) -> int:
             print(f"{artifact_name(sp, method, a.profile)}: converged={rec['converged']} in {rec['train_s']} s, "
                   f"validation loss {[round(x, 4) for x in rec['val_loss']]}", flush=True)
     return 0
+
+
+def _world_suffix(sp: dict) -> str:
+    """``-<world>`` for a testbed adapter of a world other than the default (each world's
+    adapters are trained on that world's model), else nothing."""
+    if "testbed" not in sp["model"]:
+        return ""
+    from fairvlm.testbed.artifacts import current_world
+
+    w = current_world()
+    return "" if w == "default" else f"-{w}"
 
 
 if __name__ == "__main__":
