@@ -420,8 +420,9 @@ for k, sp in enumerate(splits):
         why_t = "" if agree >= 0.5 else (f"the top option at the first answer position is the parsed answer on only "
                                          f"{agree:.0%} of the original's rows")
         for reading in ("fair_target", "skew"):
+            text = f"post-hoc {reading.replace('_', '-')} KL below temperature scaling's (Table 2)"
             v = RR.compare(ksub, "w/ post-hoc", "TS (best t)", measure=f"kl_{reading}", testable=not why_t, why=why_t,
-                           seed=SEED, text=f"post-hoc {reading.replace('_', '-')} KL below TS's (Table 2)")
+                           seed=SEED, text=text)
             claims.append({"cell": cell, "paper": "post-hoc below TS in 16 of 16 cells", "verdict": v})
 retention_n, retention_mde = {}, {}
 for name, k in first_split.items():

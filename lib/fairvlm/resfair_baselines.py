@@ -346,6 +346,8 @@ def get(sp: dict, method: str, profile: str, settings: TrainSettings, *, seed: i
     """``(adapter_state, record, source)`` for one baseline: the shipped artifact when its
     key and checksums hold, else the cache's, else trained now (saying why in one line).
     ``write=True`` (``build-artifacts``) always trains and writes into ``folder``."""
+    import torch
+
     name, key = artifact_name(sp, method, profile), build_key(sp, method, settings, seed)
     if not write:
         reasons = []
@@ -358,7 +360,8 @@ def get(sp: dict, method: str, profile: str, settings: TrainSettings, *, seed: i
     state, rec = train_one(sp, method, settings, seed)
     rec["build_key"] = key
     _save_entry(folder if write else _cache_folder(), name, state, rec)
-    return state, rec, "trained now"
+    # the factors as saved (bfloat16), so that a run that trains and one that loads agree
+    return {k: v.to(torch.bfloat16) for k, v in state.items()}, rec, "trained now"
 
 
 def main(argv=None) -> int:
