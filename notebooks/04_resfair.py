@@ -28,27 +28,24 @@
 # general ability (Table 3) and answers to questions about documented group differences
 # (Tables 4-5) are kept.
 #
-# The chapter compares like with like:
-#
-# 1. **One set of fitting rows** per split: the directions are fitted on the rows the two
-#    baselines are trained on; evaluation uses other scenarios.
-# 2. **Baselines trained until a stated rule holds**, loaded from shipped adapters.
-# 3. **One evaluation pass**: the original model and the three methods answer the same rows
-#    under one answer limit (`MAX_NEW_TOKENS`).
-# 4. **Fair, or just "both"?** Beside the paper's fair proportion, the skew among the answers
-#    that name a group: a push toward "both" raises the first without lowering the second.
-# 5. **Confidence (Table 2)** under two readings of the paper's KL; **the lambdas**;
-#    **retention (Tables 3-5)**; **the planted truth**; **departures**; **verdicts**.
+# The chapter compares like with like: **one set of fitting rows** per split (the directions
+# are fitted on the rows the baselines train on); **baselines trained until a stated rule
+# holds**, loaded from shipped adapters; **one evaluation pass** in which every method,
+# the original included, answers the same rows under one answer limit; and, beside the
+# paper's fair proportion, the **skew among the answers that name a group**, since a push
+# toward "both" raises the first without lowering the second. Then confidence (Table 2)
+# under two readings of the KL, the lambdas, retention (Tables 3-5), the planted truth,
+# the departures from the paper and the verdicts.
 #
 # ## Prerequisites and time to run
 #
-# Chapter 01 (the multiple-choice task and its cached runs), chapter 03 (the rule that fits
-# the directions) and, for `TESTBED=True`, the testbed (chapter 00).
-#
-# The baselines are trained by `make models` (`python -m fairvlm.resfair_baselines
-# build-artifacts`) and shipped under `data/artifacts/04_resfair/`; the chapter verifies and
-# loads them, and trains only when their build key no longer matches (a changed world, code
-# or cache), saying why. This execution's time is printed in the summary.
+# Chapter 01 (the task and its cached runs), chapter 03 (the rule that fits the directions)
+# and, for `TESTBED=True`, the testbed (chapter 00). The baselines are built by `make models`
+# (`python -m fairvlm.resfair_baselines build-artifacts`) and shipped under
+# `data/artifacts/04_resfair/`; the chapter verifies and loads them and trains only when a
+# build key no longer matches (another world, code or cache), saying why. `smoke` took 50
+# minutes on 2026-12-07 on two CPU cores shared with six other jobs (load 13-18), training its
+# four adapters; this execution's time is printed in the summary.
 #
 # ## Parameters
 #
