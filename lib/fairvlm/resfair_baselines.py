@@ -75,7 +75,7 @@ class TrainSettings:
 
 
 SETTINGS = {"embedded": TrainSettings(),
-            "smoke": TrainSettings(n_train=8, n_val=4, batch=4, micro_batch=4, max_epochs=1, lora_r=1),
+            "smoke": TrainSettings(n_train=8, n_val=4, batch=4, micro_batch=4, lr=5e-4, max_epochs=1, lora_r=1),
             "paper": TrainSettings(n_train=100000, n_val=64, batch=16, micro_batch=16, lr=5e-5, lora_r=8)}
 
 
