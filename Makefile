@@ -62,6 +62,8 @@ book: setup data
 WORLDS ?= all
 models: setup
 	$(PYTHON) -m fairvlm.testbed models --worlds "$(WORLDS)"
+	$(PYTHON) -m fairvlm.resfair_baselines build-artifacts --profile smoke
+	$(PYTHON) -m fairvlm.resfair_baselines build-artifacts --profile embedded
 	$(PYTHON) -m fairvlm.debiaslens build-artifacts   # chapter 06's SAEs (data/artifacts/06_debiaslens)
 
 html: setup

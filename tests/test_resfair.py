@@ -627,3 +627,18 @@ def test_bf16_mixed_precision_keeps_float32_weights_and_the_update(tmp_path):
     assert 0.95 < cos < 1 - 1e-6, float(cos)   # close to the float32 step, and not the same run
     with pytest.raises(FairVLMError, match="mixed_precision"):
         finetune._common_args(tmp_path, 1, 4, 1e-1, 0, 1, None, "fp8")
+
+
+def test_validation_rows_feed_the_stopping_rule_and_the_adapter_comes_back(tmp_path):
+    """With validation rows the trainer scores them before the first step and after each
+    epoch (the callback sees every evaluation), and the LoRA factors are kept for shipping."""
+    from fairvlm import finetune
+    from fairvlm.resfair_baselines import TrainSettings, _callback
+
+    rows, src = _trainer_rows()
+    state = {"losses": [], "margins": [], "converged": False}
+    lm = models.load("tiny-llava")
+    out, hist = finetune.train_lora(lm, rows, src, output_dir=tmp_path, epochs=2, batch_size=4, seed=0,
+                                    eval_rows=rows[:2], callbacks=[_callback(TrainSettings(), False, state)])
+    assert len(state["losses"]) == 3 and [h for h in hist if "eval_loss" in h]
+    assert out.info["adapter_state"] and all("lora" in k for k in out.info["adapter_state"])

@@ -307,7 +307,7 @@ MIXED_PRECISION = (None, "bf16", "fp16")
 
 
 def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch=None,
-                 mixed_precision=None) -> dict:
+                 mixed_precision=None, evaluate: bool = False) -> dict:
     """TrainingArguments shared by both baselines. ``mixed_precision``: ``None`` (float32),
     ``"bf16"`` or ``"fp16"``: the weights and optimizer stay float32, the forward and backward
     run under autocast (the paper's DeepSpeed config trains in fp16; on a CPU with bfloat16
@@ -323,7 +323,10 @@ def _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batc
     if V.integer("max_steps", max_steps) == 0 or max_steps < -1:
         raise FairVLMError(f"max_steps={max_steps!r} must be -1 (train for the epochs) or a positive integer")
     per_device, accum = _micro(batch_size, micro_batch)
-    return dict(output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=per_device,
+    # with validation rows: evaluate before the first step and after every epoch (the
+    # convergence rules of fairvlm.resfair_baselines read these evaluations)
+    ev = dict(eval_strategy="epoch", eval_on_start=True, per_device_eval_batch_size=per_device) if evaluate else {}
+    return dict(**ev, output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=per_device,
                 gradient_accumulation_steps=accum,
                 learning_rate=lr, seed=seed, data_seed=seed, report_to="none", logging_steps=1,
                 save_strategy="no", remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
@@ -428,7 +431,12 @@ def _merged(loaded, trainer, cache_flags=()):
     from dataclasses import replace
 
     model = trainer.model
+    adapter = None
     if hasattr(model, "merge_and_unload"):
+        from peft import get_peft_model_state_dict
+
+        # the trained LoRA factors, before merging, so that they can be saved and re-applied
+        adapter = {k: v.detach().to("cpu").clone() for k, v in get_peft_model_state_dict(model).items()}
         model = model.merge_and_unload()
     model.eval()
     for config, flag in cache_flags:
@@ -446,31 +454,36 @@ def _merged(loaded, trainer, cache_flags=()):
         if hasattr(trainer, attr):
             setattr(trainer, attr, None)
     gc.collect()
-    return replace(loaded, model=model, name=loaded.name, info={**loaded.info, "_fingerprint": None}), history
+    info = {**loaded.info, "_fingerprint": None, "adapter_state": adapter}
+    return replace(loaded, model=model, name=loaded.name, info=info), history
 
 
 def train_dpo_kl(loaded, rows: Sequence, images: Callable | None = None, *, output_dir, epochs: float = 10,
                  batch_size: int = 16, lr: float = 5e-5, beta: float = 0.1, kl_coef: float = 0.5,
                  kl_measure: str = "fair_target", seed: int = 0, max_steps: int = -1, lora_r: int = 8,
                  micro_batch: int | None = None, mixed_precision: str | None = None,
-                 args: DPOKLConfig | None = None):
+                 args: DPOKLConfig | None = None, eval_rows: Sequence | None = None, callbacks: list | None = None):
     """Train DPO + KL with a LoRA adapter on ``rows``; returns ``(LoadedModel, log_history)``.
 
     The adapter is merged into a copy-free view of the model: ``loaded`` itself is changed
     (reload it for the original). Paper settings are the defaults (appendix Figure 3).
     ``args`` (a full :class:`DPOKLConfig`, e.g. with ``deepspeed=``) replaces the keyword
     settings. ``micro_batch`` splits each batch into accumulated micro-batches (same update,
-    less memory); ``mixed_precision`` as in :func:`_common_args`."""
+    less memory); ``mixed_precision`` as in :func:`_common_args`. ``eval_rows``: validation
+    rows (pairs built like the training ones), evaluated before training and after every
+    epoch; ``callbacks``: transformers ``TrainerCallback`` objects (e.g. a stopping rule)."""
     V.integer("lora_r", lora_r, low=1)
     if args is not None and not isinstance(args, DPOKLConfig):
         raise FairVLMError(f"args={V.show(args)} must be None or a fairvlm.finetune.DPOKLConfig")
     if args is None:
         args = DPOKLConfig(beta=beta, kl_coef=kl_coef, kl_measure=kl_measure, max_length=None,
                            **_common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch,
-                                          mixed_precision))
+                                          mixed_precision, evaluate=bool(eval_rows)))
     cache_flags = _cache_flags(loaded.model)
+    ev = _dataset(preference_records(loaded, eval_rows, images, seed=seed + 1)) if eval_rows else None
     trainer = DPOKLTrainer(model=loaded.model, args=args, train_dataset=_dataset(preference_records(
-        loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
+        loaded, rows, images, seed=seed)), eval_dataset=ev, processing_class=_processing(loaded),
+        peft_config=lora_config(lora_r), callbacks=callbacks)
     with cpu_training_kernels(_on_cpu(args)):
         trainer.train()
     return _merged(loaded, trainer, cache_flags)
@@ -478,7 +491,8 @@ def train_dpo_kl(loaded, rows: Sequence, images: Callable | None = None, *, outp
 
 def train_lora(loaded, rows: Sequence, images: Callable | None = None, *, output_dir, epochs: float = 10,
                batch_size: int = 16, lr: float = 5e-5, seed: int = 0, max_steps: int = -1, lora_r: int = 8,
-               micro_batch: int | None = None, mixed_precision: str | None = None, extra: dict | None = None):
+               micro_batch: int | None = None, mixed_precision: str | None = None, extra: dict | None = None,
+               eval_rows: Sequence | None = None, callbacks: list | None = None):
     """LoRA fine-tuning (trl ``SFTTrainer``, loss on the completion only) toward fair answers;
     returns ``(LoadedModel, log_history)``. ``loaded`` is changed in place, as for DPO;
     ``micro_batch`` and ``mixed_precision`` as for :func:`train_dpo_kl`."""
@@ -487,12 +501,15 @@ def train_lora(loaded, rows: Sequence, images: Callable | None = None, *, output
     V.integer("lora_r", lora_r, low=1)
     if extra is not None and not isinstance(extra, dict):
         raise FairVLMError(f"extra={V.show(extra)} must be None or a dict of SFTConfig settings")
-    kw = _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch, mixed_precision)
+    kw = _common_args(output_dir, epochs, batch_size, lr, seed, max_steps, micro_batch, mixed_precision,
+                      evaluate=bool(eval_rows))
     kw.update(extra or {})
     args = SFTConfig(max_length=None, completion_only_loss=True, **kw)
     cache_flags = _cache_flags(loaded.model)
+    ev = _dataset(sft_records(loaded, eval_rows, images, seed=seed + 1)) if eval_rows else None
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=_dataset(sft_records(
-        loaded, rows, images, seed=seed)), processing_class=_processing(loaded), peft_config=lora_config(lora_r))
+        loaded, rows, images, seed=seed)), eval_dataset=ev, processing_class=_processing(loaded),
+        peft_config=lora_config(lora_r), callbacks=callbacks)
     with cpu_training_kernels(_on_cpu(args)):
         trainer.train()
     return _merged(loaded, trainer, cache_flags)

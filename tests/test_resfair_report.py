@@ -1,0 +1,133 @@
+"""Hand-computed cases for fairvlm.resfair_report and the baselines' stopping rule."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fairvlm import resfair_report as R
+from fairvlm.errors import FairVLMError
+from fairvlm.resfair_baselines import plateau_decision, select_rows
+
+
+def _rows(method, parsed, scen, attr="gender", argmax=None):
+    n = len(parsed)
+    return pd.DataFrame({"method": method, "row_id": [f"r{i}" for i in range(n)], "scenario": scen,
+                         "attribute": attr, "parsed": parsed,
+                         "option_argmax": argmax if argmax is not None else parsed,
+                         "model": "m", "dataset": "d"})
+
+
+def test_skew_per_scenario_by_hand():
+    t = _rows("o", ["a", "a", "b", "fair", "fair", "invalid"], ["s1", "s1", "s1", "s2", "s2", "s2"])
+    s = skew_per_scenario = R.skew_per_scenario(t).set_index("scenario")
+    assert s.loc["s1", "n_a"] == 2 and s.loc["s1", "n_b"] == 1
+    assert s.loc["s1", "skew"] == pytest.approx(1 / 3)          # |2 - 1| / 3
+    assert math.isnan(s.loc["s2", "skew"])                      # no group named
+    assert skew_per_scenario is s
+
+
+def test_null_skew_by_hand():
+    assert R.null_skew(1) == pytest.approx(1.0)
+    assert R.null_skew(2) == pytest.approx(0.5)        # (1/4)*1 + (1/2)*0 + (1/4)*1
+    assert R.null_skew(3) == pytest.approx(0.5)        # (1/8)*1 + (3/8)*(1/3) * 2 + (1/8)*1
+    assert math.isnan(R.null_skew(0))
+
+
+def test_cell_table_shares():
+    t = _rows("o", ["a", "a", "b", "fair", "fair", "invalid"], ["s1", "s1", "s1", "s2", "s2", "s2"])
+    c = R.cell_table(t).iloc[0]
+    assert c["fair"] == pytest.approx(2 / 6) and c["group"] == pytest.approx(3 / 6)
+    assert c["invalid"] == pytest.approx(1 / 6) and c["group_skew"] == pytest.approx(1 / 3)
+
+
+def test_abstaining_is_not_debiasing():
+    # original: every scenario leans fully to group a; the method answers "both" everywhere
+    scen = [f"s{i // 4}" for i in range(24)]
+    orig = _rows("original", ["a"] * 24, scen)
+    both = _rows("m", ["fair"] * 24, scen)
+    e, c, f = R.skew_units(pd.concat([orig, both]), "m", "original")
+    assert np.allclose(e, 1.0 - R.null_skew(4)) and np.allclose(c, e) and f["abstained"].all()
+    # the fair proportion rises by 1, but the skew verdict cannot read reproduced
+    table = pd.concat([orig, both])
+    v = R.compare(table, "m", "original", measure="skew")
+    assert v.verdict != "reproduced" and v.asserts == "debias"
+
+
+def test_balanced_method_lowers_skew():
+    scen = [f"s{i // 4}" for i in range(40)]
+    orig = _rows("original", ["a", "a", "a", "b"] * 10, scen)          # skew 0.5 per scenario
+    even = _rows("m", ["a", "b", "a", "b"] * 10, scen)                 # skew 0
+    e, c, _ = R.skew_units(pd.concat([orig, even]), "m", "original")
+    assert np.allclose(c, 0.5 - 0.375) and np.allclose(e, 0.0 - 0.375)   # null_skew(4) = 6/16
+
+
+def test_paired_rows_refuses_unpaired():
+    a = _rows("x", ["a", "b"], ["s1", "s2"])
+    b = _rows("y", ["a"], ["s1"])
+    with pytest.raises(FairVLMError):
+        R.paired_rows(pd.concat([a, b]), "x", "y", "row_id")
+
+
+def test_top_option_agreement():
+    t = _rows("o", ["a", "fair", "b", "invalid"], ["s"] * 4, argmax=["fair", "fair", "b", "a"])
+    assert R.top_option_agreement(t) == pytest.approx(2 / 3)
+
+
+def test_at_chance():
+    assert R.at_chance([1] * 14 + [0] * 26, 1 / 3)                     # 0.35 on three options
+    assert not R.at_chance([1] * 30 + [0] * 10, 1 / 3)
+
+
+def test_planted_units():
+    scen = ["p"] * 4 + ["c"] * 4
+    o = _rows("original", ["a"] * 8, scen)
+    m = _rows("m", ["fair", "fair", "a", "a", "a", "a", "a", "fair"], scen)
+    share = pd.DataFrame({"scenario": ["p", "c"], "gender_skew": [0.4, 0.0], "race_skew": [0.0, 0.0]})
+    d = R.planted_units(pd.concat([o, m]), "m", "original", share).set_index("scenario")
+    assert d.loc["p", "d_fair"] == pytest.approx(0.5) and d.loc["p", "planted"]
+    assert d.loc["c", "d_fair"] == pytest.approx(0.25) and not d.loc["c", "planted"]
+
+
+def test_plateau_decision():
+    assert plateau_decision([1.0, 0.5]) == (False, False)             # too early
+    assert plateau_decision([1.0, 0.5, 0.3]) == (False, False)        # still falling by 40%
+    assert plateau_decision([1.0, 0.5, 0.495]) == (True, True)        # 1% < 2%: plateau
+    assert plateau_decision([0.69, 0.5, 0.499], [0.0, 0.05, 0.05]) == (True, False)   # margin not risen
+    assert plateau_decision([0.69, 0.5, 0.499], [0.0, 0.5, 0.6]) == (True, True)
+
+
+class _Item:
+    def __init__(self, s):
+        self.scenario = s
+
+
+class _Row:
+    def __init__(self, i, s):
+        self.row_id, self.item = f"r{i:03d}", _Item(s)
+
+
+def test_select_rows_disjoint_scenarios():
+    rows = [_Row(i, f"s{i % 10}") for i in range(100)]
+    tr, va = select_rows(rows, 20, 10, seed=0)
+    assert len(tr) == 20 and len(va) == 10
+    assert not {r.item.scenario for r in tr} & {r.item.scenario for r in va}
+    assert [r.row_id for r in tr] == [r.row_id for r in select_rows(rows, 20, 10, seed=0)[0]]
+
+
+def test_adapter_artifact_checks(tmp_path):
+    import torch
+
+    from fairvlm import resfair_baselines as RB
+
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    RB._save_entry(tmp_path, "a", state, {"build_key": "k1", "converged": True})
+    got, rec, why = RB._load_entry(tmp_path, "a", "k1")
+    assert why == "" and rec["converged"] and torch.equal(got["w"].float(), state["w"])
+    assert RB._load_entry(tmp_path, "a", "k2")[0] is None                   # another build key
+    assert "no b" in RB._load_entry(tmp_path, "b", "k1")[2]
+    f = tmp_path / "a.safetensors"
+    f.write_bytes(f.read_bytes()[:-4] + b"\0\0\0\0")                        # damaged, same size
+    got, _, why = RB._load_entry(tmp_path, "a", "k1")
+    assert got is None and "damaged" in why
