@@ -58,7 +58,8 @@ book: setup data
 	$(PYTHON) -m fairvlm.bookbuild --chapters "$(CHAPTERS)" --params "$(PARAMS)" $(if $(FORCE),--force)
 
 # The trained testbed ships in data/testbed (deltas + manifest); this retrains every world
-# from scratch (about 12 min a world on 2 CPU cores) and rewrites the manifest.
+# from scratch (about 12 min a world on 2 CPU cores) and rewrites the manifest; then the
+# chapters' shipped artifacts: chapter 04's baseline adapters and chapter 06's SAEs (data/artifacts).
 WORLDS ?= all
 models: setup
 	$(PYTHON) -m fairvlm.testbed models --worlds "$(WORLDS)"
