@@ -112,6 +112,7 @@ def test_command_line_collect_only(tmp_path, monkeypatch):
     assert f"commit `{rec['produced_by']['commit']}`" in page.read_text()
     assert set(rec["chapter_commits"]["default"]) == {"01_first", "07_last"}
     assert "01_first at `" in page.read_text()
+    assert "Chapters not in this calibration run" in page.read_text()   # the book's real chapters
     # a world where nothing comes out reproduced on the testbed: green
     clean = tmp_path / "clean"
     _write_world(clean / "default" / "results", planted=True)

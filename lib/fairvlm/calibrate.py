@@ -233,7 +233,8 @@ def _cell_text(x) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
-def paper_vs_book(worlds: Mapping[str, pd.DataFrame], *, calibration: Mapping | None = None) -> str:
+def paper_vs_book(worlds: Mapping[str, pd.DataFrame], *, calibration: Mapping | None = None,
+                  not_run: Sequence[str] = ()) -> str:
     """The *Paper vs this book* page (MyST markdown) from the default and the strength-0
     world's :func:`collect_verdicts`: one row per claim and cell, in chapter order, with the
     effect against its control and the verdict on each world ("not run" where a world did
@@ -259,6 +260,10 @@ def paper_vs_book(worlds: Mapping[str, pd.DataFrame], *, calibration: Mapping | 
     if calibration is not None and calibration.get("false_positives") is not None:
         lines.append(f"On the strength-0 world, **{calibration['false_positives']}** testbed rows that claim a bias "
                      "or its removal come out *reproduced* (the target is 0).\n")
+    if not_run:
+        lines.append("Chapters not in this calibration run (their verdicts are in their own pages, on the "
+                     "default world only, until `python -m fairvlm.calibrate` is run for them): "
+                     + ", ".join(not_run) + ".\n")
     lines += ["| chapter | claim | cell | effect vs control (difference [interval]) | default world | "
               "strength-0 world |", "|---|---|---|---|---|---|"]
     seen = set()
@@ -360,7 +365,9 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n")
     if a.page and DEFAULT_WORLD in collected:
-        Path(a.page).write_text(paper_vs_book(collected, calibration=rec))
+        everything = [src.stem for src in bookbuild.chapter_sources(root)]
+        Path(a.page).write_text(paper_vs_book(collected, calibration=rec,
+                                              not_run=[c for c in everything if c not in rec["chapters"]]))
     print(f"[calibrate] wrote {out}: false positives on {NULL_WORLD}: {rec['false_positives']}; "
           f"default counts: {rec.get('default_counts')}; failed: {failures}", flush=True)
     return 0 if rec["ok"] else 1
