@@ -36,10 +36,13 @@
 # only; its weights are the 4-bit GGUF release de-quantized) on the 44 PAIRS labels and
 # on 60 SocialCounterfactuals occupations (four paraphrases each), and `testbed-llava` (the
 # book's LLaVA-style model: SmolLM2 with a merged LoRA adapter, tuned with its projector on
-# the testbed's images; chapter 00_testbed builds it) on rendered held-out testbed scenes of all 50 scenarios in all four
-# input variants (four paraphrases). 2.8 minutes on 2 CPU cores in a whole `make book` from
-# an empty cache on 2026-12-07 (earlier runs: `benchmarks/TIMINGS.md`); chapters 02 and 03
-# then reuse the cached forward passes. `smoke` runs a
+# the testbed's images; chapter 00_testbed builds it) on rendered held-out testbed scenes of the
+# 44 testbed scenarios that map to PAIRS labels, in all four input variants (four of the six
+# paraphrases on this profile). Not re-timed on a quiet machine since the 20 content-free
+# control labels were added: on 2026-12-07, with a load average of about 12 on 2 CPU cores
+# and an empty forward-pass cache, it took about 55 minutes (2.8 minutes before the control
+# labels, in a whole `make book`; `benchmarks/TIMINGS.md`); chapters 02 and 03 then reuse the
+# cached forward passes. `smoke` runs a
 # handful of labels in well under a minute. `paper` runs LLaVA-1.5-7B, LLaVA-NeXT-7B
 # (Vicuna), Qwen2-VL-2B and Qwen2.5-VL-7B on PAIRS and SocialCounterfactuals (a GPU, the
 # Hugging Face hub or local copies, PAIRS images, and the SocialCounterfactuals images
