@@ -365,7 +365,7 @@ display(t45.assign(cell=[f"{c}/{n} ({b})" for c, n, b in zip(t45.correct, t45.n,
 # | "the last tenth" of the layers | unspecified count | `fairvlm.lens.last_tenth`: 3 of SmolLM2's 30 layers | a tenth, rounded |
 # | the update | $v_\text{new} = \lambda_2 P v'$ (Figure 2) | $v' + \lambda_2 P_\text{fair} v'$ | the printed form collapses the state onto one line; the abstract says "amplifying" |
 # | fitting rows | every row of the other dataset | the baselines' training rows; where they are too few for chapter 03's rule to split every group into thirds, every fitting row (the split table says which) | one set of rows for all three methods where the rule allows |
-# | baselines' schedule | lr 5e-5, batch 16, 10 epochs, LoRA rank unstated | 32 rows, lr 1e-3, batch 16, at most 2 epochs with a validation stopping rule, rank 2 (smoke: 8 rows, lr 5e-4, 1 epoch, rank 1) | two shared CPU cores; adapters small enough to ship |
+# | baselines' schedule | lr 5e-5, batch 16, 10 epochs, LoRA rank unstated | 32 rows, lr 1e-3, batch 16, at most 10 epochs with a validation stopping rule, rank 2 (smoke: 8 rows, lr 5e-4, 1 epoch, rank 1) | two shared CPU cores; adapters small enough to ship |
 # | DPO's KL term | "the same calculation" as the evaluation's KL | the fair-target KL, $-\ln p_\text{fair}$ | the book's reading of Table 2; it is supervised training toward "both" |
 # | answer limit | unstated | one `MAX_NEW_TOKENS` for every method | like with like |
 # | fairness measure | fair proportion | fair proportion *and* group skew beyond chance | a push toward "both" raises the first without lowering the second |
