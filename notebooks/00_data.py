@@ -371,7 +371,7 @@ paper_vs_book.style.hide(axis="index")
 
 # %% tags=["hide-input"]
 pairs_index = pairs.assign(
-    file=[str(Path(p).relative_to(pairs_dir)) for p in pairs["path"]] if pairs_present else []
+    file=[str(Path(p).resolve().relative_to(Path(pairs_dir).resolve())) for p in pairs["path"]] if pairs_present else []
 ).drop(columns="path")
 saved = save_results(
     "00_data",
