@@ -51,7 +51,9 @@
 #
 # `LAMBDA1`, `LAMBDA2`: RES-FAIR's weights (paper 0.2, 0.2). `MAX_NEW_TOKENS`: the answer
 # limit every method gets (chapter 01 used 32; generation stops earlier once an answer is
-# complete). `EVAL_PROMPTS`: paraphrases per item in the evaluation. `ABLATION_ROWS`: rows per
+# complete). `EVAL_PROMPTS`: paraphrases per item in the evaluation. `MAX_EVAL_ROWS`: evaluation rows per split, spread over its scenarios so
+# each keeps rows (`None`: all; every method answers the same rows, so comparisons stay
+# paired; the intervals below are clustered by scenario). `ABLATION_ROWS`: rows per
 # setting of the lambda grid. `BOTH_WAYS`: fit and evaluate every split both ways (`None`:
 # on the paper profile only). The baselines' schedule is `fairvlm.resfair_baselines.SETTINGS`.
 
@@ -66,6 +68,7 @@ EVAL_PROMPTS = 2
 ABLATION_ROWS = 8
 BOTH_WAYS = None
 MAX_NEW_TOKENS = 32
+MAX_EVAL_ROWS = 160
 
 # %%
 from fairvlm.params import check_choice, check_params, check_range
@@ -74,15 +77,17 @@ if BOTH_WAYS is None:
     BOTH_WAYS = PROFILE == "paper"
 P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, LAMBDA1=LAMBDA1, LAMBDA2=LAMBDA2,
                  EVAL_PROMPTS=EVAL_PROMPTS, ABLATION_ROWS=ABLATION_ROWS, BOTH_WAYS=BOTH_WAYS,
-                 MAX_NEW_TOKENS=MAX_NEW_TOKENS)
+                 MAX_NEW_TOKENS=MAX_NEW_TOKENS, MAX_EVAL_ROWS=MAX_EVAL_ROWS)
 _ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto")), check_choice("TESTBED", TESTBED, (True, False))
 _ = check_choice("BOTH_WAYS", BOTH_WAYS, (True, False)), check_range("LAMBDA1", LAMBDA1, 0.0, 1.0)
 _ = check_range("LAMBDA2", LAMBDA2, 0.0, 1.0), check_range("EVAL_PROMPTS", EVAL_PROMPTS, 1, 4, kind=int)
 _ = check_range("ABLATION_ROWS", ABLATION_ROWS, 1, 100000, kind=int)
 _ = check_range("MAX_NEW_TOKENS", MAX_NEW_TOKENS, 1, 64, kind=int)
+if MAX_EVAL_ROWS is not None:
+    _ = check_range("MAX_EVAL_ROWS", MAX_EVAL_ROWS, 1, 10**7, kind=int)
 
 GRID = (0.0, 0.2, 0.4)
-N_SOCIAL = N_GENERAL = MAX_EVAL_ROWS = None
+N_SOCIAL = N_GENERAL = None
 if PROFILE == "smoke":   # CI: every step, a handful of rows
     EVAL_PROMPTS, ABLATION_ROWS, GRID, N_SOCIAL, N_GENERAL, MAX_EVAL_ROWS = 1, 2, (0.0, 0.2), 4, 4, 8
 
@@ -147,7 +152,10 @@ display(split_table.style.hide(axis="index"))
 # (`fairvlm.resfair_baselines.plateau_decision`): stop when the validation loss improved by
 # less than 2% over the previous epoch; DPO + KL counts as converged only if its validation
 # reward margin has also risen by at least 0.1. A baseline that reaches its last epoch first
-# is *not converged*, and every comparison with it below is "not testable here".
+# is *not converged*, unless its curve is flat there in absolute terms (validation loss moved by
+# less than {glue:text}`ceiling_min_abs` nats in the last epoch, `RB.convergence`: near zero a
+# geometrically shrinking loss never improves by less than 2% of itself); every comparison
+# with a baseline that is not converged is "not testable here".
 
 # %%
 trained, records = {}, []
@@ -155,11 +163,12 @@ for k, sp in enumerate(splits):
     for method in RB.METHODS:
         state, rec, source = RB.get(sp, method, PROFILE, SETTINGS, seed=SEED)
         trained[(k, method)] = RB.apply_adapter(sp, state, SETTINGS, EVAL_DTYPE)
-        records.append({**rec, "split": k, "source": source})
+        conv, how = RB.convergence(rec, SETTINGS)
+        records.append({**rec, "converged": conv, "stopped": how, "split": k, "source": source})
 curves = pd.DataFrame([{"split": f"{r['model']}: fit {r['fit']}", "method": r["method"], **h}
                        for r in records for h in r["history"]])
 converged = pd.DataFrame([{"model": r["model"], "fit on": r["fit"], "method": r["method"],
-                           "converged": r["converged"], "epochs": max([h.get("epoch", 0) for h in r["history"]] or [0]),
+                           "converged": r["converged"], "how": r["stopped"], "epochs": max([h.get("epoch", 0) for h in r["history"]] or [0]),
                            "validation loss": " -> ".join(f"{x:.3f}" for x in r["val_loss"]),
                            "validation margin": " -> ".join(f"{x:.2f}" for x in (r["val_margin"] or [])),
                            "trained": r["source"], "train s": r["train_s"]} for r in records])
@@ -177,6 +186,7 @@ for ax, method in zip(axes, RB.METHODS):
     ax.legend(fontsize=6)
 savefig(fig, f"{SLUG}_loss_curves")
 CONVERGED = {(r["split"], r["method"]): r["converged"] for r in records}
+glue("ceiling_min_abs", RB.CEILING_MIN_ABS, display=False)
 
 # %% [markdown]
 # ## One evaluation pass
@@ -197,13 +207,20 @@ def _base(sp):
                        **({"dtype": EVAL_DTYPE} if EVAL_DTYPE is not None else {}))
 
 
-tables = []
-for k, sp in enumerate(splits):
+def each_method(k, sp):
+    """Per method of the chapter: its name, the model that answers, and the context it answers
+    in (the post-hoc update is a hook on the unedited model, live only inside the context)."""
     base = _base(sp)
     for method in METHODS:
         lm = trained[(k, method)] if method in RB.METHODS else base
         ctx = resfair.posthoc(base, sp["dirs"], lambda1=LAMBDA1, lambda2=LAMBDA2) if method == "w/ post-hoc" \
             else torch.no_grad()
+        yield method, lm, ctx
+
+
+tables = []
+for k, sp in enumerate(splits):
+    for method, lm, ctx in each_method(k, sp):
         with ctx:
             t = mcq.evaluate(lm, sp["eval_rows"], images=sp["images"], max_new_tokens=MAX_NEW_TOKENS,
                              batch_size=sp["batch"], progress=False)
@@ -327,11 +344,7 @@ g_prompts, _ = utility.general_rows(g_questions)
 util, social = [], []
 for name, k in first_split.items():
     sp = splits[k]
-    base = _base(sp)
-    for method in METHODS:
-        lm = trained[(k, method)] if method in RB.METHODS else base
-        ctx = resfair.posthoc(base, sp["dirs"], lambda1=LAMBDA1, lambda2=LAMBDA2) if method == "w/ post-hoc" \
-            else torch.no_grad()
+    for method, lm, ctx in each_method(k, sp):
         with ctx:
             if lm.kind == "vlm":
                 vqa = utility.testbed_vqa(lm, sorted(set(sp["eval_col"].table["scenario"]))[:N_GENERAL])

@@ -8,7 +8,7 @@ import pytest
 
 from fairvlm import resfair_report as R
 from fairvlm.errors import FairVLMError
-from fairvlm.resfair_baselines import plateau_decision, select_rows
+from fairvlm.resfair_baselines import TrainSettings, convergence, plateau_decision, select_rows, spread_rows
 
 
 def _rows(method, parsed, scen, attr="gender", argmax=None):
@@ -98,6 +98,21 @@ def test_plateau_decision():
     assert plateau_decision([0.69, 0.5, 0.499], [0.0, 0.5, 0.6]) == (True, True)
 
 
+def test_convergence_reading_at_the_ceiling():
+    st = TrainSettings(max_epochs=3)
+    assert convergence({"converged": True, "val_loss": [1, 0.5, 0.499]}, st) == (True, "plateau rule")
+    # a geometric tail near zero: 5% a step, but 0.0001 nats: flat
+    tail = {"converged": False, "val_loss": [1.4, 0.3, 0.0020, 0.0019], "val_margin": [0.0, 2.0, 6.8, 6.9]}
+    assert convergence(tail, st) == (True, "flat at the ceiling")
+    # the same tail whose margin never rose: the preference was not learnt
+    assert convergence({**tail, "val_margin": [0.0, 0.01, 0.02, 0.05]}, st) == (False, "margin did not rise")
+    # still falling by more than the floor at the ceiling
+    assert convergence({"converged": False, "val_loss": [3.0, 2.0, 1.0, 0.5], "val_margin": None}, st)[0] is False
+    # stopped before the ceiling without a plateau (cut off): not converged
+    assert convergence({"converged": False, "val_loss": [1.4, 0.3, 0.0020], "val_margin": None}, st)[0] is False
+    assert convergence({"converged": False, "val_loss": [1.0, float("nan"), float("nan"), float("nan")]}, st)[0] is False
+
+
 class _Item:
     def __init__(self, s):
         self.scenario = s
@@ -131,3 +146,16 @@ def test_adapter_artifact_checks(tmp_path):
     f.write_bytes(f.read_bytes()[:-4] + b"\0\0\0\0")                        # damaged, same size
     got, _, why = RB._load_entry(tmp_path, "a", "k1")
     assert got is None and "damaged" in why
+
+
+def test_spread_rows_keeps_every_scenario():
+    rows = [_Row(i, f"s{i // 10}") for i in range(40)]          # 4 scenarios of 10 rows, in order
+    kept = spread_rows(rows, 8)
+    assert len(kept) == 8
+    assert sorted({r.item.scenario for r in kept}) == ["s0", "s1", "s2", "s3"]
+    assert [sum(r.item.scenario == s for r in kept) for s in ("s0", "s1", "s2", "s3")] == [2, 2, 2, 2]
+    assert kept == sorted(kept, key=lambda r: r.row_id)            # original order kept
+    assert spread_rows(rows, None) == rows and spread_rows(rows, 100) == rows
+    assert len(spread_rows(rows, 3)) == 3                          # fewer than scenarios: the first of three
+    with pytest.raises(FairVLMError, match="max_eval_rows"):
+        spread_rows(rows, 0)

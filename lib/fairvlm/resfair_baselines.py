@@ -45,6 +45,7 @@ import numpy as np
 from fairvlm.errors import FairVLMError
 
 __all__ = ["TrainSettings", "SETTINGS", "METHODS", "select_rows", "chapter_splits", "PlateauStop", "build_key",
+           "convergence", "CEILING_MIN_ABS", "spread_rows",
            "get", "apply_adapter", "shipped_dir", "main"]
 
 METHODS = ("w/ LoRA", "w/ DPO+KL")
@@ -115,6 +116,22 @@ def select_rows(rows, n_train: int, n_val: int, seed: int = 0) -> tuple[list, li
     return rest, val[: max(n_val, 1)]
 
 
+def spread_rows(rows: list, n: int | None) -> list:
+    """At most ``n`` of ``rows``, spread over their scenarios (``row.item.scenario``): the
+    first row of every scenario, then the second of every scenario, ... so a cap keeps every
+    scenario (each a cluster of the chapter's bootstrap) while it can; the kept rows stay in
+    their original order. ``None``: all rows."""
+    if n is None or len(rows) <= n:
+        return list(rows)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise FairVLMError(f"max_eval_rows must be a positive integer or None, got {n!r}")
+    by: dict = {}
+    for i, r in enumerate(rows):
+        by.setdefault(r.item.scenario, []).append(i)
+    order = [q[j] for j in range(max(map(len, by.values()))) for _, q in sorted(by.items()) if j < len(q)]
+    return [rows[i] for i in sorted(order[:n])]
+
+
 def chapter_splits(profile: str, *, dtype: str = "bfloat16", testbed: bool = True, both_ways: bool = False,
                    settings: TrainSettings | None = None, seed: int = 0, eval_prompts: int = 4,
                    max_eval_rows: int | None = None) -> list[dict]:
@@ -149,7 +166,7 @@ def chapter_splits(profile: str, *, dtype: str = "bfloat16", testbed: bool = Tru
             sp["dirs"], sp["dirs_rows"] = lens.fit_directions(sp["fit_col"]), len(sp["fit_col"].table)
         rows_, sp["images"] = rows_of[(sp["model"], sp["dataset"])]
         ev = resfair.rows_for(rows_, set(sp["eval_col"].table["scenario"]))
-        sp["eval_rows"] = [r for r in ev if r.prompt_id < eval_prompts][:max_eval_rows]
+        sp["eval_rows"] = spread_rows([r for r in ev if r.prompt_id < eval_prompts], max_eval_rows)
         sp["batch"] = spec_of[(sp["model"], sp["dataset"])].batch_size
         sp["size"] = spec_of[(sp["model"], sp["dataset"])].size
     return splits
@@ -179,6 +196,34 @@ def plateau_decision(losses, margins=None, *, min_rel: float = 0.02, patience: i
         m = [float(x) for x in margins]
         return True, bool(len(m) >= 2 and m[-1] - m[0] >= min_margin)
     return True, True
+
+
+#: A baseline that reaches its epoch ceiling still counts as converged when its validation
+#: loss moved by less than this many nats over the last epoch (and, for DPO, its margin rose):
+#: near zero loss a geometric tail (0.0026 -> 0.0020 -> 0.0019) never improves by less than
+#: ``min_rel`` of itself, yet the curve is flat. Read from the recorded history, after
+#: training; it does not change when training stops, so it is not part of the build key.
+CEILING_MIN_ABS = 0.005
+
+
+def convergence(rec: dict, settings: TrainSettings) -> tuple[bool, str]:
+    """``(converged, how)`` for a trained baseline's record (its ``val_loss``, ``val_margin``
+    and ``converged`` as the plateau rule left it): ``"plateau rule"``, ``"flat at the
+    ceiling"`` (see :data:`CEILING_MIN_ABS`) or ``"not converged"`` / ``"margin did not
+    rise"``."""
+    if rec.get("converged"):
+        return True, "plateau rule"
+    losses = [float(x) for x in rec.get("val_loss") or []]
+    margins = [float(x) for x in rec.get("val_margin") or []]
+    ceiling = len(losses) >= settings.max_epochs + 1
+    if not ceiling or len(losses) < 3 or not all(math.isfinite(x) for x in losses[-2:]):
+        return False, "not converged"
+    if abs(losses[-2] - losses[-1]) >= CEILING_MIN_ABS:
+        return False, "not converged"
+    if rec.get("val_margin") is not None:      # DPO: the preference must also have been learnt
+        if len(margins) < 2 or not (margins[-1] - margins[0] >= settings.min_margin):
+            return False, "margin did not rise"
+    return True, "flat at the ceiling"
 
 
 def _callback(settings: TrainSettings, dpo: bool, state: dict):
