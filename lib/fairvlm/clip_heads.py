@@ -287,9 +287,9 @@ def head_outputs(
     device, dtype = _device_dtype(model)
     starts = range(0, pixel_values.shape[0], batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from fairvlm.progress import bar
 
-        starts = tqdm(starts, desc="head outputs", unit="batch")
+        starts = bar(starts, desc="head outputs", unit="batch")
     with _registered(handles):
         for s in starts:
             batch = pixel_values[s : s + batch_size].to(device=device, dtype=dtype)
@@ -597,9 +597,9 @@ def layer_inputs(
     device, dtype = _device_dtype(model)
     starts = range(0, pixel_values.shape[0], batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from fairvlm.progress import bar
 
-        starts = tqdm(starts, desc="layer inputs", unit="batch")
+        starts = bar(starts, desc="layer inputs", unit="batch")
     with _registered([tower.encoder.layers[li].register_forward_pre_hook(grab, with_kwargs=True)]):
         for s in starts:
             try:

@@ -1106,9 +1106,9 @@ def generate_answers(loaded, rows: Sequence[Row], *, images: Callable | None = N
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from fairvlm.progress import bar as progress_bar
 
-        bar = tqdm(total=len(rows), desc=f"{loaded.name}: {len(rows)} rows", unit="row")
+        bar = progress_bar(total=len(rows), desc=f"{loaded.name}: {len(rows)} rows", unit="row")
     try:
         for idx in batches:
             batch = [rows[i] for i in idx]

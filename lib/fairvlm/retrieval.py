@@ -387,9 +387,9 @@ def embed_images(model, pixels: torch.Tensor, *, edits: Sequence = (), batch_siz
     p = next(net.parameters())
     starts = range(0, pixels.shape[0], batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from fairvlm.progress import bar
 
-        starts = tqdm(starts, desc="encoding images", unit="batch")
+        starts = bar(starts, desc="encoding images", unit="batch")
     out = []
     with intervene(net, *edits):
         for s in starts:
