@@ -386,22 +386,28 @@ glue("neuron_ap", f"{neuron_threshold:.3f}", display=False)
 # the same edit on heads picked like the experts but without their knowledge. Replacing
 # heads that carry the scene damages the model, and a control that damages the model is no
 # control, so each control is *matched in size*: its prototype replacement is weakened
-# (`strength` < 1: each head moves only part of the way to the prototype) until it moves the
-# image embeddings of the probe set as far as the expert edit does (mean $1-\cos$ between
-# edited and unedited embeddings, a measure blind to gender;
-# `fairvlm.clip_heads.match_strength`). A head-level effect of the experts must beat it.
+# (`strength` < 1: each head moves only part of the way to the prototype) until it changes
+# the model's zero-shot reading of the *scene* on the probe images as much as the expert
+# edit does (the mean KL divergence between the unedited and the edited distribution over
+# the scenario prompts: a task blind to gender, since every scene appears with every
+# group; `fairvlm.clip_heads.match_strength`). A head-level effect of the experts must
+# beat it.
 
 # %% tags=["hide-input", "remove-stderr"]
 protos = {attr: ch.head_prototypes(contrib, probe_meta[attr], layer=LAST) for attr in ("gender", "race", "group")}
 variants = ch.standard_variants(protos, G, R, layer=LAST, damp_alpha=DAMP_ALPHA,
                                 neurons=neuron_mask if neuron_testable[0] else None)
-# match each control's size to the expert edit's on (a subset of) the probe images
+# match each control's size to the expert edit's on (a subset of) the probe images: how much the edit changes
+# the model's zero-shot reading of the scene (a task blind to gender)
 calib_hidden = ch.layer_inputs(model, probe_pixels[::max(1, len(probe_pixels) // 512)], layer=LAST)
 calib_base = ch.embed_from_layer(model, calib_hidden, layer=LAST)
+readout = retrieval.embed_texts(lm, data.zeroshot_suite["prompts"] if data.zeroshot_suite
+                                else data.scenario_suites[0]["queries"]["prompt"].tolist())
+logit_scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
 target_disp = ch.edit_displacement(model, calib_hidden, [ch.prototype_replacement(protos["gender"], "male", G)],
-                                   layer=LAST, base=calib_base)
+                                   layer=LAST, base=calib_base, readout=readout, scale=logit_scale)
 matches = [ch.match_strength(model, calib_hidden, protos["gender"], "male", hs, target_disp, layer=LAST,
-                             base=calib_base) for hs in random_sets]
+                             base=calib_base, readout=readout, scale=logit_scale) for hs in random_sets]
 random_variants = [f"male (matched random heads {ch.heads_1based(hs)})" for hs in random_sets]
 variants[1:1] = [{"variant": name, "family": "random control", "prototype": "male", "heads": ch.heads_1based(hs),
                   "edits": [ch.prototype_replacement(protos["gender"], "male", hs, strength=m["strength"])]}
@@ -458,8 +464,8 @@ display(retrieval.variant_table(summary, floor, main_suite).style.hide(axis="ind
 # %% [markdown]
 # ### The control, checked
 #
-# Each matched control's strength and the displacement it reaches (the expert edit's is the
-# target), and what it does to utility and to the gender skew of the whole gallery's top
+# Each matched control's strength and the change of the scene reading it reaches
+# (`displacement`; the expert edit's is the target), and what it does to utility and to the gender skew of the whole gallery's top
 # list (MaxSkew), beside the unedited model and the expert edit. Below the table, an
 # equivalence check (TOST, ±0.02) of the controls' text-to-image hit@5 per caption against
 # the unedited model's: a control must leave the model as intact as the edit it controls for.

@@ -1210,6 +1210,16 @@ def test_strength_moves_part_of_the_way_to_the_prototype(model, pixels):
     # matching: a weaker control found by bisection reaches the target displacement
     m = ch.match_strength(model, hidden, protos, "a", [2, 3], d_half, layer=-1, base=base)
     assert m["matched"] and 0 < m["strength"] <= 1 and abs(m["displacement"] - d_half) <= 0.05 * d_half
+    # matched on a readout instead (the KL of a zero-shot distribution over K texts)
+    readout = torch.nn.functional.normalize(torch.randn(5, base.shape[1], generator=torch.Generator().manual_seed(3)),
+                                            dim=-1)
+    k_half = ch.edit_displacement(model, hidden, [ch.prototype_replacement(protos, "a", [0, 1], strength=0.5)],
+                                  layer=-1, base=base, readout=readout)
+    assert k_half > 0
+    mk = ch.match_strength(model, hidden, protos, "a", [2, 3], k_half, layer=-1, base=base, readout=readout)
+    assert mk["matched"] and abs(mk["displacement"] - k_half) <= 0.05 * k_half
+    with pytest.raises(ParameterError, match="readout"):
+        ch.edit_displacement(model, hidden, [], layer=-1, readout=torch.ones(3, 7))
     big = ch.match_strength(model, hidden, protos, "a", [2], 10.0, layer=-1, base=base)
     assert big["strength"] == 1.0 and not big["matched"]
     for bad in (0.0, 1.5, True):

@@ -690,22 +690,38 @@ def embed_variants(model: nn.Module, galleries: Mapping[str, torch.Tensor], vari
 
 
 def edit_displacement(model: nn.Module, hidden: torch.Tensor, edits: Sequence[HeadIntervention], *, layer: int = -1,
-                      base: torch.Tensor | None = None) -> float:
-    """How far ``edits`` move the image embeddings, whatever the images show: the mean of
-    ``1 - cos(edited, unedited)`` over the images whose :func:`layer_inputs` are ``hidden``
-    (``base``: their unedited embeddings, when already computed). A content-free measure of
-    an edit's size, for matching a control edit to the edit it controls for."""
+                      base: torch.Tensor | None = None, readout: torch.Tensor | None = None,
+                      scale: float = 100.0) -> float:
+    """How much ``edits`` change the images whose :func:`layer_inputs` are ``hidden``,
+    whatever the images show (``base``: their unedited embeddings, when already computed).
+
+    Without ``readout``: the mean of ``1 - cos(edited, unedited)`` embedding. With
+    ``readout`` (``(K, d)`` normalized text embeddings, e.g. the zero-shot prompts of the
+    scenes): the mean KL divergence of the zero-shot distribution over those K texts
+    (softmax of ``scale`` times the cosine), unedited against edited: how much the edit
+    changes what the model reads off the image, on a task blind to the protected attribute.
+    A content-free measure of an edit's size, for matching a control edit to the edit it
+    controls for (:func:`match_strength`)."""
     if base is None:
         base = embed_from_layer(model, hidden, layer=layer)
     edited = embed_from_layer(model, hidden, layer=layer, edits=edits)
-    return float((1.0 - (edited * base).sum(-1)).mean())
+    if readout is None:
+        return float((1.0 - (edited * base).sum(-1)).mean())
+    r = readout.to(base.dtype)
+    if r.ndim != 2 or r.shape[1] != base.shape[1]:
+        raise ParameterError(f"readout must be (K, {base.shape[1]}) text embeddings, got {tuple(r.shape)}")
+    lp = torch.log_softmax(scale * base @ r.T, dim=-1)
+    lq = torch.log_softmax(scale * edited @ r.T, dim=-1)
+    return float((lp.exp() * (lp - lq)).sum(-1).mean())
 
 
 def match_strength(model: nn.Module, hidden: torch.Tensor, prototypes: HeadPrototypes, group: str,
                    heads: Sequence[int], target: float, *, layer: int = -1, base: torch.Tensor | None = None,
-                   rel_tol: float = 0.05, max_iter: int = 14) -> dict:
+                   rel_tol: float = 0.05, max_iter: int = 14, readout: torch.Tensor | None = None,
+                   scale: float = 100.0) -> dict:
     """The strength at which ``group``'s prototype on ``heads`` moves the embeddings as far
-    as ``target`` (:func:`edit_displacement`), found by bisection on (0, 1].
+    as ``target`` (:func:`edit_displacement`, with the same ``readout`` and ``scale``),
+    found by bisection on (0, 1].
 
     Returns ``{"strength", "displacement", "target", "matched"}``; ``matched`` is False
     when even the full replacement moves them less than ``target`` (within ``rel_tol``):
@@ -720,7 +736,7 @@ def match_strength(model: nn.Module, hidden: torch.Tensor, prototypes: HeadProto
 
     def disp(st):
         return edit_displacement(model, hidden, [prototype_replacement(prototypes, group, heads, strength=st)],
-                                 layer=layer, base=base)
+                                 layer=layer, base=base, readout=readout, scale=scale)
 
     full = disp(1.0)
     if full <= target * (1 + rel_tol):
