@@ -33,9 +33,11 @@
 #
 # ## Prerequisites and time to run
 #
-# The same cached runs as chapters 01 and 02 (same parameters); 71 seconds on 2 CPU cores
-# after chapter 01 in a whole `make book` on 2026-12-07 (earlier runs:
-# `benchmarks/TIMINGS.md`). `paper` needs what chapter 01 needs and loads each paper model
+# The same cached runs as chapters 01 and 02 (same parameters); about 2.5 minutes on 2 CPU
+# cores with the forward passes cached, measured on 2026-12-07 on a machine shared with
+# other jobs (load average about 4), since the transfer verdicts recompute every AUROC in
+# 1000 resamples and fit a content-free control (71 seconds before that, in a whole
+# `make book`; `benchmarks/TIMINGS.md`). `paper` needs what chapter 01 needs and loads each paper model
 # once more for the lens check of the directions.
 #
 # ## Parameters

@@ -481,13 +481,17 @@ _ct = control_table.set_index("variant")
 _c = _ct.loc[random_variants]
 _e = _ct.loc["male (experts)"]
 _unmatched = [v for v, m in zip(random_variants, matches) if not m["matched"]]
+_dcols = [c for c in _ct.columns if c.startswith("Δ ")]
+_worst = float(_c[_dcols].abs().to_numpy().max())
+_worst_e = float(np.abs(_e[_dcols].to_numpy(float)).max())
 glue("control_sentence",
      f"The matched controls run at strengths {_c['strength'].min():.2f}-{_c['strength'].max():.2f} and change "
      f"image-to-text R@1 by {_c['Δ i2t_R@1'].min():+.3f} to {_c['Δ i2t_R@1'].max():+.3f}, zero-shot accuracy by "
      f"{_c['Δ zero_shot_acc'].min():+.3f} to {_c['Δ zero_shot_acc'].max():+.3f} and MaxSkew by "
      f"{_c['Δ maxskew_gender'].min():+.3f} to {_c['Δ maxskew_gender'].max():+.3f}, against "
      f"{_e['Δ i2t_R@1']:+.3f}, {_e['Δ zero_shot_acc']:+.3f} and {_e['Δ maxskew_gender']:+.3f} for the expert "
-     f"edit; the equivalence check of their hit@5 reads *{control_verdict.verdict}*"
+     f"edit, so every control stays within {_worst:.3f} of the unedited model on these measures (the expert "
+     f"edit within {_worst_e:.3f}); the equivalence check of their hit@5 reads *{control_verdict.verdict}*"
      + (f" ({len(_unmatched)} control(s) stay below the target even at full strength: {', '.join(_unmatched)})"
         if _unmatched else "") + ".", display=False)
 
