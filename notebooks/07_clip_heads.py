@@ -43,10 +43,13 @@
 # ## Prerequisites and time to run
 #
 # The chapter *The counterfactual testbed* introduces the world and testbed-clip; the
-# metrics are defined in the `fairvlm.metrics` docstrings. Time on 2 CPU cores: 61 s on the
-# `embedded` default in a whole `make book` on 2026-12-07 (earlier runs:
-# `benchmarks/TIMINGS.md`), less with `PROFILE="smoke"` (plus the one-off testbed build if
-# it is not cached); this execution's run time is printed at the end. The `paper` profile loads
+# metrics are defined in the `fairvlm.metrics` docstrings. Time on 2 CPU cores: about 5.5
+# minutes on the `embedded` default, measured on 2026-12-07 on a machine shared with other
+# jobs (load average about 5; matching the size of the random-head controls adds a
+# bisection of last-layer reruns per control), 61 s before the matched controls in a whole
+# `make book` (earlier runs: `benchmarks/TIMINGS.md`); under two minutes with
+# `PROFILE="smoke"` (plus the one-off testbed build if it is not cached); this execution's
+# run time is printed at the end. The `paper` profile loads
 # openai/clip-vit-base-patch32 (or `MODEL="openai/clip-vit-base-patch16"`) from the hub and
 # wants a GPU; it probes on FairFace (`FAIRFACE_DIR`, 500 training images) or on PAIRS,
 # audits PAIRS (and SISPI with `SISPI_DIR`), measures So-B-IT entropy on FairFace
