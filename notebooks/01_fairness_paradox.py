@@ -390,6 +390,7 @@ if len(testbed_rows):
     from fairvlm.testbed import world_spec
 
     shares = world_spec().share_table().set_index("scenario")
+    flat_world = {a: shares[f"{a}_skew"].nunique() <= 1 for a in mcq.ATTRIBUTES}
     rows_t = []
     testbed_items = items[items["dataset"] == "testbed"]
     for (attribute, variant), g in testbed_items.groupby(["attribute", "variant"]):
@@ -405,7 +406,14 @@ if len(testbed_rows):
     display(planted_table.style.format(precision=3).hide(axis="index"))
     image_rows = planted_table[planted_table["variant"] != "text"]
     follows = image_rows[(image_rows["spearman(lean, planted)"] > 0) & (image_rows["p-value"] < 0.05)]
-    if len(follows):
+    if all(flat_world.values()):
+        verdict_text = ("In this world every scenario was planted with the same shares (nothing planted), so the "
+                        "planted skew has no ranking and the rank correlation is undefined (shown as NaN): there is "
+                        "no planted bias for the lean to follow, and this check has nothing to say.")
+    elif image_rows["spearman(lean, planted)"].isna().all():
+        verdict_text = ("The rank correlation is undefined in every image variant (NaN): the planted skew or the "
+                        "lean is the same in every scenario, so there is no ranking to compare.")
+    elif len(follows):
         rest = image_rows.drop(follows.index)
         verdict_text = ("The lean follows the planted skew (positive rank correlation, p < 0.05) in "
                         + ", ".join(f"{r.attribute}/{r.variant} (rho {r['spearman(lean, planted)']:.2f})"
@@ -416,9 +424,11 @@ if len(testbed_rows):
     else:
         verdict_text = (f"In none of the {len(image_rows)} image variants does the lean rank like the planted "
                         f"skew (largest rho {image_rows['spearman(lean, planted)'].max():.2f}; none positive "
-                        "with p < 0.05).")
+                        "with p < 0.05)" + (f"; {int(image_rows['spearman(lean, planted)'].isna().sum())} undefined "
+                                            "(a constant lean or planted skew)"
+                                            if image_rows["spearman(lean, planted)"].isna().any() else "") + ".")
     text_rows = planted_table[planted_table["variant"] == "text"]
-    if len(text_rows):
+    if len(text_rows) and not all(flat_world.values()) and text_rows["spearman(lean, planted)"].notna().any():
         text_follow = text_rows[(text_rows["spearman(lean, planted)"] > 0) & (text_rows["p-value"] < 0.05)]
         verdict_text += (" Without any image (the text rows: " + ", ".join(
             f"{r.attribute} rho {r['spearman(lean, planted)']:.2f}, p {r['p-value']:.1g}" for _, r in text_rows.iterrows())
@@ -463,7 +473,16 @@ else:
 # interval wholly below it rules the claim out. The raw fair proportion and skew (which
 # include the option-order and option-word preferences the paper may also have measured;
 # it does not say how its options were ordered) are printed beside. Numbers from SmolLM2
-# and the testbed are about those models, not the paper's.
+# and the testbed are about those models, not the paper's. The claim column says what is
+# tested: the paper's finding 1 speaks of fair answers over skewed probabilities, and the
+# test narrows it to a lean that is specific to the label (a stereotype about the label,
+# not a preference for an option word or position) and at least 2:1.
+#
+# **Positive control.** A test that cannot say "reproduced" says nothing when it does not.
+# Below the table the same procedure runs on a copy of the first run's rows with a known
+# label-specific lean written in (`fairvlm.mcq.plant_label_lean`: each label's group
+# log-odds moved by $\pm\ln 8$, an 8:1 lean, sign drawn per label; answers unchanged). It
+# must come out *reproduced*.
 
 # %%
 evidence = mcq.shuffled_label_null(rows, n_perm=200, seed=SEED)
@@ -483,6 +502,25 @@ display(Markdown(f"*Provenance: {chapter.caption()}; {len(verdicts)} cells; effe
                  f"fair-majority item, BCa bootstrap over labels (2000 resamples), seed {SEED}; "
                  f"rule: {verdicts['rule'].iloc[0]}.*"))
 display(verdicts.drop(columns=["rule", "asserts", "bias_claim"]).style.format(precision=4).hide(axis="index"))
+# positive control: an 8:1 label-specific lean planted into the first run's rows
+pc_model, pc_dataset = next(iter(runs))
+pc_rows = mcq.plant_label_lean(rows[(rows["model"] == pc_model) & (rows["dataset"] == pc_dataset)], np.log(8.0),
+                               seed=SEED)
+_, pc_verdicts = mcq.paradox_verdicts(pc_rows, n_perm=200, seed=SEED)
+positive_control = pd.DataFrame([{
+    "cell": r["cell"], "planted lean": "±ln 8 (8:1) per label", "fair-majority items": r["fair-majority items"],
+    "effect": r["verdict"].effect, "control": r["verdict"].control, "difference": r["verdict"].difference,
+    "difference interval": f"[{r['verdict'].difference_interval[0]:.3f}, {r['verdict'].difference_interval[1]:.3f}]",
+    "outcome": r["verdict"].verdict} for r in pc_verdicts])
+display(Markdown("*Positive control (a planted lean; not a paper's claim):*"))
+display(positive_control.style.format(precision=4).hide(axis="index"))
+pc_ok = (positive_control["outcome"] == "reproduced")
+glue("positive_control_sentence",
+     f"With an 8:1 label-specific lean planted into the {pc_model} / {pc_dataset} rows, the same procedure reads "
+     f"*reproduced* in {int(pc_ok.sum())} of {len(positive_control)} cells"
+     + (", so the test can detect a lean of the claimed kind when there is one." if pc_ok.all() else
+        f" (the others: {', '.join(positive_control.loc[~pc_ok, 'outcome'])}), so its negative verdicts are weaker "
+        "evidence than they look."), display=False)
 
 # %%
 def _cell(model, dataset, attribute, col):
@@ -555,6 +593,7 @@ glue("verdict_sentence",
 # `results/01_fairness_paradox/rows.csv`). On average the first-listed group gains
 # {glue:text}`main_position_lean` in log-odds, which the order-balanced lean removes.
 # {glue:text}`word_gender` {glue:text}`word_race` {glue:text}`verdict_sentence`
+# {glue:text}`positive_control_sentence`
 # Chapter 02 follows the same rows through the layers with the logit lens, chapter 03
 # through the two residual streams of each layer.
 #
@@ -600,6 +639,6 @@ save_results(
     tables={"rows": rows.drop(columns=["answer kind"]), "items": items, "summary": summary,
             "paradox": paradox, "position": position, "control_rows": control_rows,
             "verdicts": verdicts, "testbed_planted": planted_table, "label_specific_null": evidence,
-            "paradox_pairs": paradox_pairs,
+            "paradox_pairs": paradox_pairs, "positive_control": positive_control,
             "kl_readings": kl_readings},
 )

@@ -201,7 +201,8 @@ savefig(fig, f"{SLUG}_curves")
 # and `readable_from` the first relative depth the lens reads the options at. The fair
 # share is the primary measure because it is continuous; the lens fair proportion (which
 # option wins) saturates when one option dominates, and its peak and erosion are in the
-# `_won` columns.
+# `_won` columns. The `control_*` columns read the content-free questions at the same
+# depth: their fair share there, at the output, and the drop between (`control_erosion`).
 
 # %%
 pe = lens.peak_erosion(summary, metric="fair_share_mean", min_mass=MIN_OPTION_MASS)
@@ -209,6 +210,22 @@ pe_won = lens.peak_erosion(summary, metric="lens_fair_mean", min_mass=MIN_OPTION
 readable_from = (summary[summary["option_mass_mean"] >= MIN_OPTION_MASS]
                  .groupby(["model", "dataset", "attribute"])["rel_depth"].min().rename("readable_from"))
 pe = pe.merge(readable_from.reset_index(), on=["model", "dataset", "attribute"], how="left")
+
+
+def _control_at(model, attribute, depth):
+    """The content-free control's mean fair share at ``depth`` and at the output."""
+    c = control_summary[(control_summary.model == model) & (control_summary.attribute == attribute)]
+    if c.empty:
+        return float("nan"), float("nan")
+    c = c.sort_values("depth")
+    at = c.loc[c["depth"] == depth, "fair_share_mean"]
+    return (float(at.iloc[0]) if len(at) else float("nan")), float(c["fair_share_mean"].iloc[-1])
+
+
+_ctl = [_control_at(r.model, r.attribute, r.peak_depth) for r in pe.itertuples()]
+pe["control_at_peak"] = [c[0] for c in _ctl]
+pe["control_final"] = [c[1] for c in _ctl]
+pe["control_erosion"] = pe["control_at_peak"] - pe["control_final"]
 pe_both = pe.merge(pe_won[["model", "dataset", "attribute", "peak_rel", "peak", "final", "erosion"]],
                    on=["model", "dataset", "attribute"], suffixes=("", "_won"))
 display(pe_both.style.format(precision=3).hide(axis="index"))
@@ -288,6 +305,17 @@ glue("main_run", f"{main['model']} / {main['dataset']} / {main['attribute']}", d
 glue("main_peak", f"{main['peak']:.2f}", display=False)
 glue("main_peak_rel", f"{main['peak_rel']:.2f}", display=False)
 glue("main_final", f"{main['final']:.2f}", display=False)
+_same = pe[np.isfinite(pe["control_erosion"]) & (pe["control_erosion"] >= pe["erosion"] - 0.05)]
+glue("control_shape_sentence",
+     f"The content-free questions, whose right answer is always \"both\", trace the same rise and fall: at that "
+     f"depth their fair share is {main['control_at_peak']:.2f} and at the output {main['control_final']:.2f}, an "
+     f"erosion of {main['control_erosion']:.2f} against the social labels' {main['erosion']:.2f}. Over all "
+     f"{len(pe)} cells the control erodes at least as much (within 0.05) in {len(_same)}"
+     + (", so the peak-and-erosion shape itself is a property of the lens and the option words, not of social "
+        "knowledge; only a height beyond the control's could speak for the paper's finding, and that is what "
+        "the verdicts test." if len(_same) * 2 > len(pe) else
+        "; where it does not, the verdicts test whether the difference is beyond the claim's size."),
+     display=False)
 n_cells = len(peak_tests)
 glue("n_cells", n_cells, display=False)
 glue("fluctuation_tally", tally(verdicts), display=False)
@@ -302,7 +330,8 @@ glue("untestable_sentence",
 #
 # For {glue:text}`main_run` the fair share peaks at {glue:text}`main_peak` at relative
 # depth {glue:text}`main_peak_rel` (among depths where the options hold enough of the
-# lens mass) and ends at {glue:text}`main_final` at the output. Over the
+# lens mass) and ends at {glue:text}`main_final` at the output.
+# {glue:text}`control_shape_sentence` Over the
 # {glue:text}`n_cells` model/dataset/attribute cells, a peak whose height over the output
 # exceeds the content-free control's is {glue:text}`fluctuation_tally`.
 # {glue:text}`untestable_sentence` The

@@ -33,9 +33,11 @@
 #
 # ## Prerequisites and time to run
 #
-# The same cached runs as chapters 01 and 02 (same parameters); 71 seconds on 2 CPU cores
-# after chapter 01 in a whole `make book` on 2026-12-07 (earlier runs:
-# `benchmarks/TIMINGS.md`). `paper` needs what chapter 01 needs and loads each paper model
+# The same cached runs as chapters 01 and 02 (same parameters); about 2.5 minutes on 2 CPU
+# cores with the forward passes cached, measured on 2026-12-07 on a machine shared with
+# other jobs (load average about 4), since the transfer verdicts recompute every AUROC in
+# 1000 resamples and fit a content-free control (71 seconds before that, in a whole
+# `make book`; `benchmarks/TIMINGS.md`). `paper` needs what chapter 01 needs and loads each paper model
 # once more for the lens check of the directions.
 #
 # ## Parameters
@@ -76,6 +78,7 @@ from myst_nb import glue
 
 import fairvlm
 from fairvlm import lens, mcq, models
+from fairvlm.paths import display_path
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
 from fairvlm.verdicts import tally, verdict_table
@@ -210,7 +213,7 @@ for pr in pairs_:
     fitted[(pr["model"], pr["fit"])] = dirs
     dirs.meta.update({"fit": pr["fit"], "eval": pr["eval"], "profile": PROFILE, "dtype": DTYPE})
     path = dirs.save(lens.directions_path(pr["model"], pr["fit"]))
-    saved.append(str(path))
+    saved.append(display_path(path))
     ev = lens.evaluate_directions(dirs, pr["eval_col"]).assign(model=pr["model"], fit=pr["fit"], eval=pr["eval"])
     evals.append(ev)
     for l in dirs.layers:
@@ -293,7 +296,8 @@ glue("proxy_sentence", proxy_sentence, display=False)
 # and its 95% range), and the unembedding difference between the fair option and the two
 # group options (`fairvlm.lens.unembedding_directions`: the direction a stream would move
 # along to raise the fair option's logit, with no fitting at all). The fitted direction's
-# interval is a bootstrap over the evaluation rows (`fairvlm.lens.transfer_test`).
+# interval is a cluster bootstrap over the evaluation rows' labels, with the AUROC
+# recomputed on every resample (`fairvlm.lens.transfer_test`).
 
 # %%
 transfer_rows = []
@@ -339,14 +343,20 @@ savefig(fig, f"{SLUG}_transfer")
 #   Both sides are resampled over labels, so the prompts and input variants of one label
 #   stay together.
 # - **Transfer** (`fairvlm.lens.transfer_verdicts`), for both readings and both
-#   directions: the effect is the mean AUROC over the last tenth on the evaluation data,
-#   written per row as placement values. The control is the same AUROC for directions
-#   fitted by the same rule on the same fitting rows with their biased/fair labels
-#   shuffled (10 fits): whatever a fitted direction picks up besides bias (the question's
-#   wording, the input variant, the option word) the shuffled fits pick up too. Minimum
-#   size: 0.05 of AUROC, and the AUROC itself must exceed chance (0.5). Paired per
-#   evaluation row, resampled over its labels. The random-direction and unembedding
-#   controls of the table above are printed beside.
+#   directions: the effect is the mean AUROC over the last tenth on the evaluation data.
+#   Two controls are fitted by the same rule at the same layers, and the verdict is taken
+#   against the higher of the two: (a) the same fitting rows with their biased/fair labels
+#   shuffled (10 fits), which catches whatever a fitted direction picks up besides the
+#   labels; (b) the **content-free questions** of chapter 01 for the same model, split into
+#   thirds by their own output margin. Rows split by the output's fair margin differ in how
+#   the answer is written into the stream whether or not the question is about people, so
+#   a direction fitted that way finds the model's answer axis; the content-free fit finds
+#   that axis too, without any social content. A bias direction must beat it. Minimum
+#   size: 0.05 of AUROC, and the AUROC itself must exceed chance (0.5). The intervals
+#   resample the evaluation labels (every prompt and input variant of a label together),
+#   and in every resample each AUROC, the effect's and both controls', is computed again
+#   on the drawn rows; the fitted directions are held fixed. The random-direction and
+#   unembedding controls of the table above are printed beside.
 #
 # The transfer test is weaker than the paper's use of the vectors (chapter 04 measures the
 # debiasing itself).
@@ -366,7 +376,8 @@ transfer_verdict_rows = []
 for pr in pairs_:
     for reading in ("writes", "streams"):
         tv, vs = lens.transfer_verdicts(pr["fit_col"], pr["eval_col"], reading=reading, n_shuffles=10, seed=SEED,
-                                        dirs=fitted[(pr["model"], pr["fit"])])
+                                        dirs=fitted[(pr["model"], pr["fit"])],
+                                        control_col=chapter.controls.get(pr["model"]))
         for (_, t), v in zip(tv.iterrows(), vs):
             rnd = transfer[(transfer["model"] == pr["model"]) & (transfer["fit"] == pr["fit"])
                            & (transfer["reading"] == reading) & (transfer["kind"] == t["kind"])]
@@ -375,13 +386,17 @@ for pr in pairs_:
             verdict_rows.append({
                 "paper": "no separation number; only the downstream debiasing (chapter 04)", "reading": reading,
                 "cell": f"{pr['model']}, fit {pr['fit']} → eval {pr['eval']}",
-                "measure": ("mean AUROC over the last tenth; control: shuffled-label fits (random directions "
-                            f"{rnd['null'].iloc[0]:.2f}, unembedding {rnd['unembed_auroc'].iloc[0]:.2f})"),
+                "measure": ("mean AUROC over the last tenth; control: the higher of the shuffled-label fits "
+                            f"({t['shuffled_auroc']:.3f}) and the content-free fit ({t['content_free_auroc']:.3f}); "
+                            f"random directions {rnd['null'].iloc[0]:.2f}, unembedding "
+                            f"{rnd['unembed_auroc'].iloc[0]:.2f}"),
                 "verdict": v})
 transfer_shuffled = pd.DataFrame(transfer_verdict_rows)
 verdicts = verdict_table(verdict_rows)
 display(Markdown(f"*Provenance: {chapter.caption()}; last tenth of the layers; controls: the content-free "
-                 f"labels (conflict) and 10 shuffled-label fits (transfer); BCa bootstrap over labels, seed {SEED}.*"))
+                 f"labels (conflict) and, for transfer, the higher of 10 shuffled-label fits and a fit on the "
+                 f"content-free questions; bootstrap over labels (conflict: BCa; transfer: 1000 percentile "
+                 f"resamples with every AUROC recomputed), seed {SEED}.*"))
 display(verdicts.drop(columns=["asserts", "bias_claim"]).style.format(precision=3).hide(axis="index"))
 
 # %%
@@ -405,6 +420,16 @@ tw = transfer[transfer["reading"] == "writes"]
 beats_unembed = int((tw["effect"] > tw["unembed_auroc"]).sum())
 glue("unembed_sentence", f"The fitted write directions beat the unembedding control in {beats_unembed} of "
                          f"{len(tw)} (pair, direction) cases.", display=False)
+ts = transfer_shuffled.dropna(subset=["auroc"])
+cf_wins = int((ts["content_free_auroc"] >= ts["shuffled_auroc"]).sum())
+cf_close = int((ts["auroc"] - ts["content_free_auroc"] < 0.05).sum())
+glue("content_free_sentence",
+     f"The content-free fit is the stronger control in {cf_wins} of the {len(ts)} transfer rows, and the fitted "
+     f"directions beat it by less than the minimum size (0.05 of AUROC) in {cf_close} of them: "
+     + ("most of what the directions separate is the model's answer axis, which questions without social content "
+        "show as well." if cf_close * 2 > len(ts) else
+        "the directions separate more than the answer axis that questions without social content show."),
+     display=False)
 
 # %% [markdown]
 # ## Summary and what's next
@@ -415,8 +440,9 @@ glue("unembed_sentence", f"The fitted write directions beat the unembedding cont
 # sides for {glue:text}`main_stream_conflict`. Against the conflict rate of the
 # content-free questions, the conflict claim is {glue:text}`conflict_writes_tally` under the
 # writes reading and {glue:text}`conflict_streams_tally` under the streams reading. Transfer
-# beyond directions fitted on shuffled labels: {glue:text}`transfer_writes_tally` (writes),
-# {glue:text}`transfer_streams_tally` (streams). {glue:text}`unembed_sentence` {glue:text}`cosine_sentence`
+# beyond both controls (shuffled-label fits and the content-free fit):
+# {glue:text}`transfer_writes_tally` (writes), {glue:text}`transfer_streams_tally` (streams).
+# {glue:text}`content_free_sentence` {glue:text}`unembed_sentence` {glue:text}`cosine_sentence`
 # {glue:text}`proxy_sentence` The directions are saved as safetensors under
 # `results/directions/` (`fairvlm.lens.Directions.load`; chapter 04 refits them from the
 # cached runs with `fairvlm.lens.fit_directions`, which gives the same vectors, and applies

@@ -121,3 +121,29 @@ def test_deepspeed_cpu_probe_warning_is_dropped_and_its_other_messages_are_kept(
     assert "cpu" in out.stdout
     assert "Setting accelerator to CPU" not in out.stdout + out.stderr
     assert "another deepspeed warning" in out.stdout + out.stderr
+
+
+def test_progress_bars_are_off_in_batch_builds(monkeypatch):
+    from fairvlm import progress
+
+    monkeypatch.setenv("FAIRVLM_PROGRESS", "0")
+    assert not progress.interactive()
+    b = progress.bar(range(3))
+    assert b.disable and not b.leave
+    assert list(b) == [0, 1, 2]
+    monkeypatch.setenv("FAIRVLM_PROGRESS", "1")
+    assert progress.interactive() and not progress.bar(range(2)).disable
+
+
+def test_display_path_never_prints_an_absolute_path(tmp_path, monkeypatch):
+    from fairvlm.paths import display_path, repo_root
+
+    root = repo_root()
+    if root is not None:
+        assert display_path(root / "results" / "x.json") == "results/x.json"
+    monkeypatch.setenv("FAIRVLM_RESULTS", str(tmp_path / "res"))
+    monkeypatch.chdir(tmp_path.parent)
+    shown = display_path(tmp_path / "res" / "07.json")
+    assert not shown.startswith("/")
+    elsewhere = Path("/nonexistent-fairvlm-dir/deep/file.json")
+    assert display_path(elsewhere) == "file.json"

@@ -504,7 +504,57 @@ def test_transfer_verdicts_against_shuffled_label_fits():
     assert (table["control_auroc"] < 0.7).all()
     assert all(v.bias_claim and "bias" in vs[0].claim for v in vs)
     # no signal in the writes: the fitted directions do no better than shuffled-label fits
-    fit0, ev0 = lens.split_by_label(_transfer_collection(600, 0.0, 1))
+    fit0, ev0 = lens.split_by_label(_transfer_collection(1200, 0.0, 1))   # the AUROC is recomputed per resample
     _, vs0 = lens.transfer_verdicts(fit0, ev0, n_shuffles=5, seed=0)
     assert [v.verdict for v in vs0] == ["not reproduced", "not reproduced"]
     assert all(v.difference_interval[1] < 0.05 for v in vs0)
+
+
+def test_weighted_auroc_matches_sklearn_with_repeated_rows():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    s = np.round(rng.normal(size=40), 1)            # ties included
+    y = rng.random(40) < 0.4
+    assert lens.weighted_auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    w = rng.integers(0, 3, size=40).astype(float)
+    rep = np.repeat(np.arange(40), w.astype(int))
+    assert lens.weighted_auroc(s, y, w) == pytest.approx(roc_auc_score(y[rep], s[rep]))
+    many = lens.weighted_auroc(s, y, np.stack([np.ones(40), w]))
+    assert many.shape == (2,) and many[1] == pytest.approx(roc_auc_score(y[rep], s[rep]))
+    assert np.isnan(lens.weighted_auroc(s, y, np.where(y, 0.0, 1.0)))   # no positive row drawn
+    with pytest.raises(FairVLMError, match="weights"):
+        lens.weighted_auroc(s, y, np.ones(3))
+
+
+def test_cluster_resample_weights_draw_whole_clusters():
+    clusters = np.array(["a", "a", "b", "c", "c", "c"])
+    W = lens.cluster_resample_weights(clusters, 200, seed=0)
+    assert W.shape == (200, 6)
+    assert (W[:, 0] == W[:, 1]).all() and (W[:, 3] == W[:, 5]).all()     # rows of a cluster move together
+    assert np.allclose(W[:, [0, 2, 3]].sum(axis=1), 3)                     # as many clusters drawn as there are
+
+
+def _margin_collection(n, seed, *, scenario_prefix="s"):
+    """Rows whose writes carry the output's fair margin along one axis whatever the rows are
+    about: the 'answer axis' a direction fitted on any rows picks up."""
+    col = _transfer_collection(n, 2.0, seed)
+    col.table["scenario"] = [f"{scenario_prefix}{i // 4}" for i in range(n)]   # 4 rows (prompts) per label
+    return col
+
+
+def test_transfer_verdicts_content_free_fit_is_the_control():
+    col = _margin_collection(240, 0)
+    fit, ev = lens.split_by_label(col)
+    # against shuffled labels alone the answer axis looks like a transferable bias direction...
+    table, vs = lens.transfer_verdicts(fit, ev, n_shuffles=5, seed=0, n_boot=300)
+    assert [v.verdict for v in vs] == ["reproduced", "reproduced"]
+    # ...but content-free rows carry the same axis: fitted there, it separates as well
+    control = _margin_collection(160, 7, scenario_prefix="c")
+    table, vs = lens.transfer_verdicts(fit, ev, n_shuffles=5, seed=0, n_boot=300, control_col=control)
+    assert vs[0].verdict == "not reproduced" and "reproduced" not in [v.verdict for v in vs]
+    assert all(abs(v.difference) < 0.05 for v in vs)
+    assert (table["content_free_auroc"] > 0.9).all() and (table["control_auroc"] >= table["shuffled_auroc"]).all()
+    assert (table["n_clusters"] == 30).all() and all(v.n_units == 30 for v in vs)
+    with pytest.raises(FairVLMError, match="n_boot"):
+        lens.transfer_verdicts(fit, ev, n_boot=10)

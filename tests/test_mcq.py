@@ -448,3 +448,20 @@ def test_paradox_verdicts_cover_every_branch():
     # no fair-majority item: not testable
     _, rows = mcq.paradox_verdicts(_lean_rows({"a": 1.0, "b": -1.0}, parsed="a"), n_perm=20)
     assert rows[0]["verdict"].verdict == "not testable here" and rows[0]["fair-majority items"] == 0
+
+
+def test_plant_label_lean_is_a_positive_control():
+    rng = np.random.default_rng(2)
+    # prompt noise only: not reproduced; the same rows with an 8:1 lean planted per label: reproduced
+    noise = _lean_rows({f"l{i}": np.full(4, 0.0) + rng.normal(0, 0.05, 4) for i in range(20)})
+    _, rows = mcq.paradox_verdicts(noise, n_perm=30, seed=0)
+    assert rows[0]["verdict"].verdict == "not reproduced"
+    planted = mcq.plant_label_lean(noise, np.log(8.0), seed=0)
+    assert (planted["parsed"] == noise["parsed"]).all()
+    moved = (planted["lp_a"] - planted["lp_b"]) - (noise["lp_a"] - noise["lp_b"])
+    assert np.allclose(np.abs(moved), np.log(8.0))
+    assert planted.groupby("scenario").apply(lambda g: np.sign(moved[g.index]).nunique(), include_groups=False).eq(1).all()
+    _, rows = mcq.paradox_verdicts(planted, n_perm=30, seed=0)
+    assert rows[0]["verdict"].verdict == "reproduced"
+    with pytest.raises(FairVLMError, match="log_odds"):
+        mcq.plant_label_lean(noise, 0.0)

@@ -235,7 +235,9 @@ def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
     out_dir = out_dir or (root / EXECUTED)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = {"FAIRVLM_RESULTS": str(Path(results_dir).resolve()) if results_dir else None,
-           "FAIRVLM_FIGURES": str(Path(figures_dir).resolve()) if figures_dir else None}
+           "FAIRVLM_FIGURES": str(Path(figures_dir).resolve()) if figures_dir else None,
+           # no progress bars in executed notebooks: they would be stored half-drawn (fairvlm.progress)
+           "FAIRVLM_PROGRESS": "0"}
     _prefer_own_kernel()
     nb = jupytext.read(source)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",

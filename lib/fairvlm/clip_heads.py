@@ -287,9 +287,9 @@ def head_outputs(
     device, dtype = _device_dtype(model)
     starts = range(0, pixel_values.shape[0], batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from fairvlm.progress import bar
 
-        starts = tqdm(starts, desc="head outputs", unit="batch")
+        starts = bar(starts, desc="head outputs", unit="batch")
     with _registered(handles):
         for s in starts:
             batch = pixel_values[s : s + batch_size].to(device=device, dtype=dtype)
@@ -430,7 +430,10 @@ class HeadIntervention:
     ``"zero"`` (zero ablation) or ``"damp"`` (multiply by ``alpha`` in [0, 1]).
     ``neurons``: optional boolean mask (len(heads), D); only those coordinates of each
     head's contribution are edited (neuron-level interventions), the rest are kept.
-    ``name`` labels tables.
+    ``name`` labels tables. ``strength`` (replace only, in (0, 1]): move the contribution
+    that far toward the replacement, ``c + strength * (value - c)``; 1 is the full
+    replacement (a control edit can be weakened until it changes the embeddings as much as
+    the edit it controls for, :func:`match_strength`).
     """
 
     heads: tuple[int, ...]
@@ -441,6 +444,7 @@ class HeadIntervention:
     neurons: torch.Tensor | None = None
     token: int = 0
     name: str = field(default="")
+    strength: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "heads", _head_indices(self.heads))
@@ -450,6 +454,11 @@ class HeadIntervention:
             raise unknown("intervention mode", self.mode, MODES)
         if self.mode == "replace" and self.values is None:
             raise ParameterError("a 'replace' intervention needs values (one row per head)")
+        st = self.strength
+        if isinstance(st, bool) or not isinstance(st, (int, float)) or not 0.0 < float(st) <= 1.0:
+            raise ParameterError(f"strength={st!r} must be a number in (0, 1]")
+        if self.mode != "replace" and float(st) != 1.0:
+            raise ParameterError("strength applies to 'replace' interventions only")
         if self.mode == "damp":
             a = self.alpha
             if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
@@ -464,8 +473,10 @@ class HeadIntervention:
             raise ParameterError("neurons must be a boolean (len(heads), D) mask")
 
 
-def prototype_replacement(prototypes: HeadPrototypes, group: str, heads: Sequence[int], *, neurons=None, name: str | None = None) -> HeadIntervention:
-    """Replace ``heads``' CLS contributions with ``group``'s prototype (``"all"``: the mean)."""
+def prototype_replacement(prototypes: HeadPrototypes, group: str, heads: Sequence[int], *, neurons=None, name: str | None = None,
+                          strength: float = 1.0) -> HeadIntervention:
+    """Replace ``heads``' CLS contributions with ``group``'s prototype (``"all"``: the mean);
+    ``strength`` < 1 moves them only that far toward it (:class:`HeadIntervention`)."""
     means = prototypes[group]
     heads = _head_indices(heads)
     for h in heads:
@@ -473,7 +484,7 @@ def prototype_replacement(prototypes: HeadPrototypes, group: str, heads: Sequenc
             raise ParameterError(f"head {h} is out of range; the prototypes have {means.shape[0]} heads (0-based)")
     return HeadIntervention(
         heads=heads, mode="replace", layer=prototypes.layer, values=means[list(heads)].clone(),
-        neurons=neurons, name=name or f"{group} h{','.join(map(str, heads))}",
+        neurons=neurons, name=name or f"{group} h{','.join(map(str, heads))}", strength=strength,
     )
 
 
@@ -509,13 +520,14 @@ def _make_hook(edit: HeadIntervention, out_proj: nn.Linear, n_heads: int):
     wh = w_s.reshape(d_out, len(heads), head_dim)                        # (D, S, d_h)
     total = values.sum(dim=0) if values is not None else None            # (D,)
     alpha = float(edit.alpha) if edit.alpha is not None else None
+    strength = float(edit.strength)
 
     def hook(_m, args, output):
         zs = args[0][:, tok].index_select(-1, cols)                      # (B, S*d_h)
         if mask is None:  # whole heads: one matmul gives the sum of their contributions
             c_sum = zs @ w_s.T                                           # (B, D)
             if edit.mode == "replace":
-                delta = total - c_sum
+                delta = strength * (total - c_sum)
             elif edit.mode == "zero":
                 delta = -c_sum
             else:
@@ -523,7 +535,7 @@ def _make_hook(edit: HeadIntervention, out_proj: nn.Linear, n_heads: int):
         else:  # chosen coordinates of each head's contribution
             c = torch.einsum("bsk,dsk->bsd", zs.reshape(zs.shape[0], len(heads), head_dim), wh)
             if edit.mode == "replace":
-                target = values.unsqueeze(0).expand_as(c)
+                target = c + strength * (values.unsqueeze(0).expand_as(c) - c)
             elif edit.mode == "zero":
                 target = torch.zeros_like(c)
             else:
@@ -597,9 +609,9 @@ def layer_inputs(
     device, dtype = _device_dtype(model)
     starts = range(0, pixel_values.shape[0], batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from fairvlm.progress import bar
 
-        starts = tqdm(starts, desc="layer inputs", unit="batch")
+        starts = bar(starts, desc="layer inputs", unit="batch")
     with _registered([tower.encoder.layers[li].register_forward_pre_hook(grab, with_kwargs=True)]):
         for s in starts:
             try:
@@ -675,6 +687,72 @@ def embed_variants(model: nn.Module, galleries: Mapping[str, torch.Tensor], vari
     cached = {name: layer_inputs(model, px, layer=layer) for name, px in galleries.items()}
     return {v["variant"]: {name: embed_from_layer(model, h, layer=layer, edits=v["edits"]) for name, h in cached.items()}
             for v in variants if v["family"] not in skip}
+
+
+def edit_displacement(model: nn.Module, hidden: torch.Tensor, edits: Sequence[HeadIntervention], *, layer: int = -1,
+                      base: torch.Tensor | None = None, readout: torch.Tensor | None = None,
+                      scale: float = 100.0) -> float:
+    """How much ``edits`` change the images whose :func:`layer_inputs` are ``hidden``,
+    whatever the images show (``base``: their unedited embeddings, when already computed).
+
+    Without ``readout``: the mean of ``1 - cos(edited, unedited)`` embedding. With
+    ``readout`` (``(K, d)`` normalized text embeddings, e.g. the zero-shot prompts of the
+    scenes): the mean KL divergence of the zero-shot distribution over those K texts
+    (softmax of ``scale`` times the cosine), unedited against edited: how much the edit
+    changes what the model reads off the image, on a task blind to the protected attribute.
+    A content-free measure of an edit's size, for matching a control edit to the edit it
+    controls for (:func:`match_strength`)."""
+    if base is None:
+        base = embed_from_layer(model, hidden, layer=layer)
+    edited = embed_from_layer(model, hidden, layer=layer, edits=edits)
+    if readout is None:
+        return float((1.0 - (edited * base).sum(-1)).mean())
+    r = readout.to(base.dtype)
+    if r.ndim != 2 or r.shape[1] != base.shape[1]:
+        raise ParameterError(f"readout must be (K, {base.shape[1]}) text embeddings, got {tuple(r.shape)}")
+    lp = torch.log_softmax(scale * base @ r.T, dim=-1)
+    lq = torch.log_softmax(scale * edited @ r.T, dim=-1)
+    return float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+
+def match_strength(model: nn.Module, hidden: torch.Tensor, prototypes: HeadPrototypes, group: str,
+                   heads: Sequence[int], target: float, *, layer: int = -1, base: torch.Tensor | None = None,
+                   rel_tol: float = 0.05, max_iter: int = 14, readout: torch.Tensor | None = None,
+                   scale: float = 100.0) -> dict:
+    """The strength at which ``group``'s prototype on ``heads`` moves the embeddings as far
+    as ``target`` (:func:`edit_displacement`, with the same ``readout`` and ``scale``),
+    found by bisection on (0, 1].
+
+    Returns ``{"strength", "displacement", "target", "matched"}``; ``matched`` is False
+    when even the full replacement moves them less than ``target`` (within ``rel_tol``):
+    then strength 1 is returned and the control is weaker than the edit, which the caller
+    must say. Used to build a random-head control that changes the model as much as the
+    expert edit does, so that a difference between them is about *which* heads, not how
+    hard the model was hit."""
+    if not np.isfinite(target) or target < 0:
+        raise ParameterError(f"target={target!r} must be a finite displacement >= 0")
+    if base is None:
+        base = embed_from_layer(model, hidden, layer=layer)
+
+    def disp(st):
+        return edit_displacement(model, hidden, [prototype_replacement(prototypes, group, heads, strength=st)],
+                                 layer=layer, base=base, readout=readout, scale=scale)
+
+    full = disp(1.0)
+    if full <= target * (1 + rel_tol):
+        return {"strength": 1.0, "displacement": full, "target": float(target),
+                "matched": bool(full >= target * (1 - rel_tol))}
+    lo, hi, best = 0.0, 1.0, (1.0, full)
+    for _ in range(max_iter):
+        mid = (lo + hi) / 2
+        d = disp(mid)
+        if abs(d - target) < abs(best[1] - target):
+            best = (mid, d)
+        if abs(d - target) <= rel_tol * target:
+            break
+        lo, hi = (mid, hi) if d < target else (lo, mid)
+    return {"strength": float(best[0]), "displacement": float(best[1]), "target": float(target),
+            "matched": bool(abs(best[1] - target) <= rel_tol * max(target, 1e-12))}
 
 
 # ------------------------------------------------------------------------------ the variants of chapter 07

@@ -99,7 +99,7 @@ __all__ = [
     "CODE_VERSION", "Collection", "collect", "model_fingerprint", "depth_labels", "last_tenth",
     "layer_frame", "layer_summary", "peak_erosion", "residual_frame", "residual_summary",
     "Directions", "fit_directions", "evaluate_directions", "lens_proxy",
-    "split_rows", "directions_path", "split_by_label", "cross_pairs", "item_curves", "peak_test", "streams_view", "unembedding_directions", "transfer_test", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
+    "split_rows", "directions_path", "split_by_label", "cross_pairs", "item_curves", "peak_test", "streams_view", "unembedding_directions", "transfer_test", "weighted_auroc", "cluster_resample_weights", "RunSpec", "PROFILE_RUNS", "PAPER_RUN_MODELS", "run_rows", "profile_runs",
     "CONTROL", "ChapterRuns", "chapter_runs", "check_chapter_params",
 ]
 
@@ -1121,6 +1121,55 @@ def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(roc_auc_score(positive.astype(int), scores))
 
 
+def weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None):
+    """AUROC of ``scores`` ranking the ``positive`` rows above the others, with row weights.
+
+    ``weights``: ``None`` (every row once), ``(n,)`` or ``(B, n)`` (one weighting per
+    bootstrap resample: how often each row was drawn). Ties count one half. Returns a float
+    for 1-D weights, ``(B,)`` otherwise; NaN where a weighting leaves no positive or no
+    negative row. One sort serves every weighting, so a cluster bootstrap recomputes the
+    AUROC of each resample exactly (:func:`cluster_resample_weights`) instead of averaging
+    placement values that were fixed on the whole sample.
+    """
+    s = np.asarray(scores, float)
+    y = np.asarray(positive, bool)
+    if s.ndim != 1 or s.shape != y.shape:
+        raise FairVLMError(f"weighted_auroc needs 1-D scores and labels of one length, got {s.shape} and {y.shape}")
+    w = np.ones_like(s) if weights is None else np.asarray(weights, float)
+    single = w.ndim == 1
+    W = np.atleast_2d(w)
+    if W.ndim != 2 or W.shape[1] != s.size:
+        raise FairVLMError(f"weights must have shape (n,) or (B, n) with n = {s.size}, got {w.shape}")
+    if s.size == 0:
+        return float("nan") if single else np.full(W.shape[0], np.nan)
+    order = np.argsort(s, kind="stable")
+    ss, ys, Ws = s[order], y[order], W[:, order]
+    starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
+    P = np.add.reduceat(Ws * ys, starts, axis=1)
+    N = np.add.reduceat(Ws * ~ys, starts, axis=1)
+    below = np.cumsum(N, axis=1) - N
+    num = (P * (below + 0.5 * N)).sum(axis=1)
+    den = P.sum(axis=1) * N.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return float(out[0]) if single else out
+
+
+def cluster_resample_weights(clusters, n_boot: int, seed: int = 0) -> np.ndarray:
+    """``(n_boot, n)`` row weights of a cluster bootstrap: each resample draws as many
+    clusters as there are, with replacement, and a row weighs as often as its cluster was
+    drawn. ``clusters``: one id per row (items, scenarios, images)."""
+    codes = pd.factorize(pd.Series(np.asarray(clusters)), sort=False)[0]
+    k = int(codes.max()) + 1 if codes.size else 0
+    if k < 1 or n_boot < 1:
+        raise FairVLMError(f"a cluster bootstrap needs at least one cluster and one resample (got {k}, {n_boot})")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, k, size=(int(n_boot), k))
+    counts = np.zeros((int(n_boot), k))
+    np.add.at(counts, (np.repeat(np.arange(int(n_boot)), k), draws.ravel()), 1.0)
+    return counts[:, codes]
+
+
 def _project_edit(v: np.ndarray, ub: np.ndarray, uf: np.ndarray, lam1: float, lam2: float) -> np.ndarray:
     v1 = v - lam1 * (v @ ub)[:, None] * ub[None]
     return v1 + lam2 * (v1 @ uf)[:, None] * uf[None]
@@ -1188,8 +1237,8 @@ def transfer_test(dirs: Directions, col: Collection, *, n_random: int = 200, n_b
     """Transfer AUROC of ``dirs`` on ``col`` with controls measured in the same run.
 
     For ``kind`` in bias / fair: ``effect`` = the AUROC of :func:`evaluate_directions`
-    averaged over the directions' layers, with a seeded bootstrap interval over the
-    evaluation rows (``lo``, ``hi``); ``null`` / ``null_lo`` / ``null_hi`` = the median and
+    averaged over the directions' layers, with a seeded cluster-bootstrap interval over the
+    evaluation rows' labels (``lo``, ``hi``; every AUROC recomputed per resample); ``null`` / ``null_lo`` / ``null_hi`` = the median and
     2.5 / 97.5 percentiles of the same mean AUROC for ``n_random`` random unit directions
     at the same sites; ``unembed_auroc`` = the mean AUROC of the unembedding control
     (:func:`unembedding_directions`, per row's attribute) when ``unembed`` is given.
@@ -1217,12 +1266,10 @@ def transfer_test(dirs: Directions, col: Collection, *, n_random: int = 200, n_b
         scores = np.stack([X[l] @ vecs[l] for l in dirs.layers])               # (n_layers, n)
         y = positive.astype(int)
         effect = float(np.mean([roc_auc_score(y, sc) for sc in scores]))
-        boots = []
-        for _ in range(n_boot):
-            i = rng.integers(0, len(y), len(y))
-            if y[i].min() == y[i].max():
-                continue
-            boots.append(np.mean([roc_auc_score(y[i], sc[i]) for sc in scores]))
+        # cluster bootstrap over labels, every AUROC recomputed on the drawn rows
+        W = cluster_resample_weights(col.table["scenario"].to_numpy()[keep], n_boot, seed=seed)
+        boots = np.mean([weighted_auroc(sc, positive, W) for sc in scores], axis=0)
+        boots = boots[np.isfinite(boots)]
         d = next(iter(X.values())).shape[1]
         nulls = []
         for _ in range(n_random):
@@ -1283,51 +1330,89 @@ def conflict_verdict(rows: pd.DataFrame, control_rows: pd.DataFrame, *, reading:
 
 
 def transfer_verdicts(fit_col: Collection, eval_col: Collection, *, reading: str = "writes", n_shuffles: int = 10,
-                      min_effect: float = 0.05, seed: int = 0, dirs: Directions | None = None):
-    """The transfer claim for one fit / evaluation pair, by :func:`fairvlm.verdicts.judge`.
-    Returns ``(table, verdicts)``: one line and one verdict per kind (bias, fair).
+                      min_effect: float = 0.05, seed: int = 0, dirs: Directions | None = None,
+                      control_col: Collection | None = None, n_boot: int = 1000):
+    """The transfer claim for one fit / evaluation pair, by the protocol of
+    :mod:`fairvlm.verdicts`. Returns ``(table, verdicts)``: one line and one verdict per
+    kind (bias, fair).
 
     Effect: the AUROC with which the directions fitted on ``fit_col`` rank ``eval_col``'s
     own biased rows above its fair rows (``u_bias``, on the biased write) or the reverse
-    (``u_fair``), averaged over the directions' layers, written per row as
-    :func:`placements`. Control: the same for directions fitted by the same procedure on
-    ``fit_col`` with its biased / fair labels shuffled (``n_shuffles`` fits, averaged per
-    row): a direction that separates rows for any other reason (the question's wording, the
-    option word) separates them just as well. Paired per evaluation row, bootstrapped over
-    its labels. ``dirs``: the fitted (writes) directions when already at hand.
+    (``u_fair``), averaged over the directions' layers. Controls, both fitted by the same
+    procedure (:func:`fit_directions`) at the same layers:
+
+    - **shuffled-label fits** on ``fit_col`` (``n_shuffles`` fits, their AUROCs averaged):
+      the fit's rows with their biased / fair labels permuted;
+    - a **content-free fit** on ``control_col`` (when given: the content-free questions of
+      the same model, :data:`CONTROL`), split into thirds by their own output margin like
+      the social rows. It learns whatever separates rows with a low fair margin from rows
+      with a high one when the question carries no social content (the lens, the option
+      words, how the output margin is written into the stream). A direction that "transfers"
+      only that far has found the model's answer axis, not a bias.
+
+    The control is the higher of the two null AUROCs. The intervals are a cluster
+    bootstrap over the evaluation rows' labels (``scenario``: every prompt and input
+    variant of a label is one cluster; ``n_boot`` percentile resamples), and in every
+    resample **every AUROC is recomputed** on the drawn rows (:func:`weighted_auroc`), the
+    effect's and the controls' alike, so the difference carries the ranking's own
+    variance. The directions themselves are held fixed (the claim is about these fitted
+    vectors). ``dirs``: the fitted (writes) directions when already at hand.
     """
-    from fairvlm.verdicts import Claim, judge
+    from fairvlm.verdicts import Claim, judge, judge_estimates
 
     if reading not in ("writes", "streams"):
         raise FairVLMError(f"reading={reading!r}: choose 'writes' or 'streams'")
+    if not isinstance(n_boot, (int, np.integer)) or isinstance(n_boot, bool) or n_boot < 100:
+        raise FairVLMError(f"n_boot={n_boot!r} must be an integer >= 100")
     view = (lambda d: d) if reading == "writes" else streams_view
     real = view(dirs if dirs is not None else fit_directions(fit_col))
     controls = [view(fit_directions(fit_col, real.layers, shuffle_seed=seed + 1 + k)) for k in range(n_shuffles)]
+    content_free, cf_note = None, ""
+    if control_col is not None:
+        try:
+            content_free = view(fit_directions(control_col, real.layers))
+        except (FairVLMError, DataError) as exc:
+            cf_note = f"content-free fit impossible: {exc}"
     biased, fair = split_rows(eval_col)
     keep = biased | fair
     scen = eval_col.table["scenario"].to_numpy()[keep]
+    n_clusters = int(pd.Series(scen).nunique())
+    W = cluster_resample_weights(scen, int(n_boot), seed=seed) if keep.any() else None
     table, verdicts = [], []
     for kind, positive in (("bias", biased[keep]), ("fair", fair[keep])):
         claim = Claim(TRANSFER_CLAIM.format(kind=kind), "bias", "greater", min_effect=min_effect, effect_ref=0.5)
+        nan = float("nan")
         if positive.all() or not positive.any():
             v = judge(claim, [], [], testable=False, why="the evaluation data have no biased or no fair rows")
-            table.append({"kind": kind, "auroc": float("nan"), "control_auroc": float("nan"), "n_rows": int(keep.sum())})
+            table.append({"kind": kind, "auroc": nan, "control_auroc": nan, "shuffled_auroc": nan,
+                          "content_free_auroc": nan, "n_rows": int(keep.sum()), "n_clusters": n_clusters})
             verdicts.append(v)
             continue
 
-        def row_placements(d: Directions) -> np.ndarray:
+        def aurocs(d: Directions, weights=None):
             sites, vecs = (d.bias_site, d.bias) if kind == "bias" else (d.fair_site, d.fair)
             per_layer = []
             for l in d.layers:
                 site, layer = sites[l].split(".")
-                per_layer.append(placements(eval_col.stream(site, int(layer))[keep] @ vecs[l], positive))
+                per_layer.append(weighted_auroc(eval_col.stream(site, int(layer))[keep] @ vecs[l], positive, weights))
             return np.mean(per_layer, axis=0)
 
-        eff = row_placements(real)
-        ctl = np.mean([row_placements(c) for c in controls], axis=0)
-        v = judge(claim, eff, ctl, clusters=scen, seed=seed)
-        table.append({"kind": kind, "auroc": float(eff.mean()), "control_auroc": float(ctl.mean()),
-                      "n_rows": int(keep.sum())})
+        eff, eff_b = aurocs(real), aurocs(real, W)
+        shuf = float(np.mean([aurocs(c) for c in controls])) if controls else nan
+        shuf_b = np.mean([aurocs(c, W) for c in controls], axis=0) if controls else np.full(len(W), -np.inf)
+        cf = aurocs(content_free) if content_free is not None else nan
+        cf_b = aurocs(content_free, W) if content_free is not None else np.full(len(W), -np.inf)
+        ctl = float(np.nanmax([shuf, cf])) if controls or content_free is not None else nan
+        ctl_b = np.maximum(shuf_b, cf_b)
+        ok = np.isfinite(eff_b) & np.isfinite(ctl_b)
+        pct = (lambda a: (float(np.percentile(a[ok], 2.5)), float(np.percentile(a[ok], 97.5)))
+               if ok.sum() >= 20 else (nan, nan))
+        why = "" if np.isfinite(ctl) else "no control could be fitted"
+        v = judge_estimates(claim, float(eff), pct(eff_b), ctl, float(eff - ctl), pct(eff_b - ctl_b),
+                            n_units=n_clusters, control_interval=pct(ctl_b), testable=bool(np.isfinite(ctl)),
+                            why=why if not cf_note or why else cf_note)
+        table.append({"kind": kind, "auroc": float(eff), "control_auroc": ctl, "shuffled_auroc": shuf,
+                      "content_free_auroc": cf, "n_rows": int(keep.sum()), "n_clusters": n_clusters})
         verdicts.append(v)
     return pd.DataFrame(table), verdicts
 

@@ -101,7 +101,7 @@ __all__ = [
     "option_logprobs", "confidence_skew", "skew_from_logprobs", "fair_proportion",
     "answer_shares", "summarize", "paradox_table", "order_balanced", "pairs_image_source", "testbed_image_source",
     "scf_image_source", "evaluate", "generate_answers", "AnswerStop", "CONTROL_LABELS", "control_labels",
-    "label_specific", "shuffled_label_null", "label_shuffle_pairs", "paradox_verdicts", "PARADOX_CLAIM", "MAX_NEW_TOKENS",
+    "label_specific", "shuffled_label_null", "label_shuffle_pairs", "paradox_verdicts", "PARADOX_CLAIM", "plant_label_lean", "MAX_NEW_TOKENS",
 ]
 
 ATTRIBUTES = ("gender", "race")
@@ -891,8 +891,32 @@ def shuffled_label_null(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
     return pd.DataFrame(out)
 
 
-#: Finding 1 of RES-FAIR as the verdict table prints it.
-PARADOX_CLAIM = "fair answers over skewed group probabilities (finding 1)"
+#: Finding 1 of RES-FAIR as the verdict table prints it: what is tested, with the paper's words after it.
+PARADOX_CLAIM = ("items answered fair keep a label-specific 2:1 lean toward one group (finding 1: fair answers "
+                 "over skewed group probabilities)")
+
+
+def plant_label_lean(df: pd.DataFrame, log_odds: float, *, seed: int = 0) -> pd.DataFrame:
+    """A positive control for :func:`paradox_verdicts`: a copy of the rows with a known
+    label-specific lean written in. Every label (``scenario``) gets a random sign ``s``
+    (one per label, shared by its variants and prompts), and each of its rows gets
+    ``lp_a + s * log_odds / 2`` and ``lp_b - s * log_odds / 2``, so the group log-odds move
+    by ``s * log_odds`` while the answers (``parsed``), the fair option and the option
+    order stay. Signs are drawn at random so the lean is specific to labels and does not
+    fold into the common lean of a variant. ``log_odds = ln 8`` plants an 8:1 lean."""
+    if not np.isfinite(log_odds) or log_odds <= 0:
+        raise FairVLMError(f"log_odds={log_odds!r} must be a finite number > 0")
+    need = {"lp_a", "lp_b", "scenario"} - set(df.columns)
+    if need:
+        raise FairVLMError(f"plant_label_lean needs the columns {sorted(need)}")
+    rng = np.random.default_rng(seed)
+    labels = sorted(set(df["scenario"].astype(str)))
+    sign = dict(zip(labels, rng.choice([-1.0, 1.0], size=len(labels))))
+    s_row = df["scenario"].astype(str).map(sign).to_numpy(float)
+    out = df.copy()
+    out["lp_a"] = df["lp_a"].to_numpy(float) + s_row * log_odds / 2
+    out["lp_b"] = df["lp_b"].to_numpy(float) - s_row * log_odds / 2
+    return out
 
 
 def paradox_verdicts(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
@@ -1106,9 +1130,9 @@ def generate_answers(loaded, rows: Sequence[Row], *, images: Callable | None = N
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from fairvlm.progress import bar as progress_bar
 
-        bar = tqdm(total=len(rows), desc=f"{loaded.name}: {len(rows)} rows", unit="row")
+        bar = progress_bar(total=len(rows), desc=f"{loaded.name}: {len(rows)} rows", unit="row")
     try:
         for idx in batches:
             batch = [rows[i] for i in idx]

@@ -36,3 +36,24 @@ def repo_root() -> Path | None:
         if (parent / "_config.yml").is_file() and (parent / "notebooks").is_dir():
             return parent
     return None
+
+
+def display_path(path) -> str:
+    """``path`` as an executed chapter prints it, never as an absolute path of the machine
+    that ran it: relative to the repository root (or the working folder) when inside it,
+    else relative to ``$FAIRVLM_RESULTS`` / ``$FAIRVLM_FIGURES`` / ``$FAIRVLM_CACHE`` (named
+    so), else just the file name."""
+    p = Path(path).resolve()
+    for base in (repo_root(), Path.cwd()):
+        if base is not None:
+            try:
+                return p.relative_to(Path(base).resolve()).as_posix()
+            except ValueError:
+                pass
+    for var, base in (("FAIRVLM_RESULTS", results_dir()), ("FAIRVLM_FIGURES", figures_dir()),
+                      ("FAIRVLM_CACHE", Path(os.environ.get("FAIRVLM_CACHE", Path.home() / ".cache" / "fairvlm")))):
+        try:
+            return f"${var}/" + p.relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            pass
+    return p.name

@@ -490,6 +490,13 @@ def expert_gap_test(result: ProbeResult, contributions: torch.Tensor, labels: Se
 EXPERT_CLAIM = "Table 1: a few last-layer heads carry gender (ViT-B/32 heads 3, 11, 12)"
 
 
+def expert_claim(model: str, k: int, n_heads: int) -> str:
+    """Table 1's claim as tested on ``model``: ``k`` of its ``n_heads`` last-layer heads,
+    with the paper's ViT-B/32 finding named as the paper's, not as this model's."""
+    return (f"Table 1: a few last-layer heads carry gender (here the best {k} of {model}'s {n_heads}; "
+            "paper: heads 3, 11, 12 of ViT-B/32's 12)")
+
+
 def _head_aps(result: ProbeResult, idx: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array([average_precision_score(y[idx], result.scores[h][idx, result.positive])
                      for h in range(result.scores.shape[0])])
@@ -497,7 +504,8 @@ def _head_aps(result: ProbeResult, idx: np.ndarray, y: np.ndarray) -> np.ndarray
 
 def expert_gap_verdict(result: ProbeResult, contributions: torch.Tensor, labels: Sequence, *, k: int,
                        groups: Sequence | None = None, config: ProbeConfig = ProbeConfig(), positive=None,
-                       n_shuffles: int = 10, n_boot: int = 500, min_effect: float = 0.05, seed: int = 0):
+                       n_shuffles: int = 10, n_boot: int = 500, min_effect: float = 0.05, seed: int = 0,
+                       model: str | None = None):
     """Table 1 decided by the protocol (:mod:`fairvlm.verdicts`), with the experts chosen on
     images apart from those that score them. Returns ``(experts, details, verdict)``.
 
@@ -511,6 +519,8 @@ def expert_gap_verdict(result: ProbeResult, contributions: torch.Tensor, labels:
     resamples, every AP recomputed from the stored scores), paired: the same images score
     the real and the shuffled probes. Precondition: the real probes read the attribute at
     all (their best head's AP on the scoring half is above the positive share, AP's chance).
+    ``model``: the probed model's name; the claim then names what it has (``k`` of its
+    heads) beside the paper's ViT-B/32 experts (:func:`expert_claim`).
     """
     from fairvlm.verdicts import Claim, judge_estimates
 
@@ -519,7 +529,8 @@ def expert_gap_verdict(result: ProbeResult, contributions: torch.Tensor, labels:
     n_heads = result.scores.shape[0]
     if not 1 <= int(k) < n_heads:
         raise ParameterError(f"k={k!r} must lie in [1, {n_heads - 1}] so that other heads remain")
-    claim = Claim(EXPERT_CLAIM, "other", "greater", min_effect=min_effect, effect_ref=0.0)
+    claim = Claim(EXPERT_CLAIM if model is None else expert_claim(model, int(k), n_heads), "other", "greater",
+                  min_effect=min_effect, effect_ref=0.0)
     test_groups = (np.asarray(result.test_idx) if groups is None else np.asarray(groups)[result.test_idx])
     sets = np.array(sorted(set(test_groups.tolist())))
     sel = np.isin(test_groups, sets[0::2])
