@@ -6,8 +6,9 @@ plants a bias of known size, so one set of measures can be read for every method
 **planted bias removed** (:func:`removed`)
     Let ``u_k`` be the planted signed skew of scenario ``k`` as the spec file writes it
     (``p_man - 1/2`` at strength 1; a world of strength ``s`` plants ``s u_k``), ``b_k`` the
-    unedited model's behaviour on it (the share of men among a scenario query's top-k
-    images, minus 1/2) and ``a_k`` the edited model's. Both are read against the mean of the
+    unedited model's behaviour on it (on testbed-clip: among the scenario's own gallery
+    images, the share of (man, woman) pairs its query ranks man first, :func:`pair_shares`)
+    and ``a_k`` the edited model's. Both are read against the mean of the
     *balanced controls* (scenarios planted at 1/4 per group), so a shift that moves every
     scenario alike removes nothing. The skew the model *expresses* along the planted pattern
     is ``E(x) = sum_k u_k (x_k - xbar_bal) / sum_k u_k^2`` (1: the model shows the written
@@ -236,7 +237,9 @@ def removed(u, before, after, *, balanced, subset, n_boot: int = 1000, seed: int
     out["expressed_after_lo"], out["expressed_after_hi"] = iv(ea_s)
     out["removed_abs_lo"], out["removed_abs_hi"] = iv(eb_s - ea_s)
     if si.size and out["expressed_before_lo"] > 0 and eb > 0:
-        share = (eb_s - ea_s) / eb_s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = (eb_s - ea_s) / eb_s
+        share = share[np.isfinite(share)]
         out["removed"] = (eb - ea) / eb
         out["removed_lo"], out["removed_hi"] = iv(share)
     else:
@@ -327,11 +330,25 @@ CLIP_METHODS = {
 }
 
 
-def _topk_shares(q_emb, img_emb, meta: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+def pair_shares(q_emb, img_emb, meta: pd.DataFrame, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per scenario query (``keys[i]`` is query ``i``'s scenario): among the gallery images of
+    that scenario, the share of (man, woman) pairs in which the query ranks the man higher,
+    and of (Black, White) pairs in which it ranks the Black person higher (ties count half).
+    0.5 is no preference; on a balanced gallery it is the Mann-Whitney AUC of the ranking."""
     sim = (q_emb @ img_emb.T).numpy()
-    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    return ((meta["gender"].to_numpy()[top] == "male").mean(axis=1),
-            (meta["race"].to_numpy()[top] == "black").mean(axis=1))
+    scen = meta["scenario"].to_numpy()
+    out = {"gender": [], "race": []}
+    for i, key in enumerate(keys):
+        idx = np.flatnonzero(scen == key)
+        s = sim[i, idx]
+        for attr, pos in (("gender", "male"), ("race", "black")):
+            is_a = meta[attr].to_numpy()[idx] == pos
+            a, b = s[is_a], s[~is_a]
+            if a.size == 0 or b.size == 0:
+                raise FairVLMError(f"scenario {key!r} has no {pos} or no other image in the gallery")
+            d = a[:, None] - b[None, :]
+            out[attr].append(float((d > 0).mean() + 0.5 * (d == 0).mean()))
+    return np.asarray(out["gender"]), np.asarray(out["race"])
 
 
 def _hits(cap_emb, img_emb, relevant: np.ndarray, k: int = 5) -> np.ndarray:
@@ -353,9 +370,11 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
 
     Experts: a fresh linear probe per head of the last layer on the probe set
     (:func:`fairvlm.probes.probe_heads`), the top quarter by AP
-    (:func:`fairvlm.probes.default_k`). ``n_captions`` (0: all) evenly spaced held-out
+    (:func:`fairvlm.probes.default_k`). Behaviour per scenario query: :func:`pair_shares`
+    (``male``: the share of the scenario's (man, woman) image pairs ranked man first;
+    ``black``: the same for race). ``n_captions`` (0: all) evenly spaced held-out
     captions score Recall@5 (one per gallery image otherwise). Returns ``{"world", "per_scenario"`` (one row per
-    condition and scenario query: ``male``, ``black`` top-k shares, ``k``), ``"hits"``
+    condition and scenario query: ``male``, ``black``, ``pairs``), ``"hits"``
     (condition -> per-caption t2i hit@5), ``"zs"`` (condition -> per-image zero-shot
     correctness), ``"experts"`` (1-based), ``"random_sets"``, ``"timing"`` (method -> 
     :func:`time_per_1000`, when ``timing_images`` > 0), ``"n_gallery"``, ``"n_probe"``,
@@ -426,16 +445,15 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
             proj = retrieval.biased_prompts_projection(spur, pa, pb, lam=lam)
             img[f"biased prompts|control{i}"] = img["none"]
             texts[f"biased prompts|control{i}"] = tuple(retrieval.project_texts(t, proj) for t in (q_emb, cap_emb, zs_emb))
-        k = 4 * gallery_scenes
         rows, hits, zsc = [], {}, {}
         for name, e in img.items():
             qe, ce, ze = texts[name]
-            male, black = _topk_shares(qe, e, meta, k)
+            male, black = pair_shares(qe, e, meta, keys)
             method, _, ctl = name.partition("|")
             rows.append(pd.DataFrame({"world": w, "condition": name, "method": method,
                                       "role": "control" if ctl else ("unedited" if method == "none" else "method"),
                                       "draw": int(ctl[7:]) if ctl else -1, "scenario": keys, "male": male,
-                                      "black": black, "k": k}))
+                                      "black": black, "pairs": 4 * gallery_scenes ** 2}))
             hits[name], zsc[name] = _hits(ce, e, relevant), _zs_correct(e, ze, labels)
         timing = {}
         if timing_images:
