@@ -330,6 +330,37 @@ CLIP_METHODS = {
 }
 
 
+#: DEBIASLENS (chapter 06) on the image side, with chapter 06's defaults; only where its SAEs exist
+SAE_METHOD = "DEBIASLENS-I"
+SAE_CONTROL = "as many random latents of matched firing rate switched off"
+SAE_SETTINGS = {"probe_threshold": 0.5, "neurons_per_group": 2, "other_cap": 0.25, "gamma": "zero", "alpha": 0.6}
+
+
+def debiaslens_saes(world: str, *, size: str = "full", seed: int = 0) -> tuple[dict | None, str]:
+    """Chapter 06's SAEs (embedded recipe) for ``world``'s testbed when they exist with the
+    current build key, shipped (``data/artifacts/06_debiaslens``) or cached: ``(saes, where)``;
+    otherwise ``(None, why)``. Never trains: training them takes minutes, more than this
+    chapter's budget, so a world without them goes without DEBIASLENS."""
+    from fairvlm import debiaslens as DL
+    from fairvlm.paths import cache_dir
+
+    world = resolve_world(world)
+    key, _ = DL.build_key("testbed-clip", "testbed-llava", profile="embedded", world=world, seed=seed, size=size)
+    folders = [f for f in (DL.shipped_folder(world, "embedded"), cache_dir() / "sae" / "06_debiaslens" / key)
+               if f is not None]
+    reasons = []
+    for folder in folders:
+        why = DL._check_folder(folder, key)
+        if not why:
+            saes, _, _ = DL._read_folder(folder)
+            return saes, f"chapter 06's SAEs (build key {key})"
+        reasons.append(why)
+    if world != "default":
+        return None, "chapter 06 ships its SAEs for the default world only; training them here would take minutes"
+    return None, (f"no SAEs of chapter 06 with the current build key ({reasons[0] if reasons else 'no folder'}); "
+                  "`python -m fairvlm.debiaslens build-artifacts` rebuilds them; training them here would take minutes")
+
+
 def pair_shares(q_emb, img_emb, meta: pd.DataFrame, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per scenario query (``keys[i]`` is query ``i``'s scenario): among the gallery images of
     that scenario, the share of (man, woman) pairs in which the query ranks the man higher,
@@ -363,10 +394,12 @@ def _zs_correct(img_emb, prompt_emb, labels: np.ndarray) -> np.ndarray:
 
 def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery_scenes: int, n_random: int = 3,
                    n_captions: int = 0, keep: float = 0.78, lam: float = 1000.0, seed: int = 0, timing_images: int = 0,
-                   timing_repeats: int = 5) -> dict:
+                   timing_repeats: int = 5, with_debiaslens: bool = True) -> dict:
     """The chapter-07 methods (male prototype and zero ablation on the gender expert heads,
     CLIP-clip, biased prompts) with the settings chapter 07 uses, each beside its matched
-    control (:data:`CLIP_METHODS`), on ``world``'s testbed-clip.
+    control (:data:`CLIP_METHODS`), on ``world``'s testbed-clip; and DEBIASLENS on the image
+    side (chapter 06's defaults, :data:`SAE_SETTINGS`, against matched random latents) where
+    chapter 06's SAEs exist for the world (:func:`debiaslens_saes`; ``with_debiaslens``).
 
     Experts: a fresh linear probe per head of the last layer on the probe set
     (:func:`fairvlm.probes.probe_heads`), the top quarter by AP
@@ -376,7 +409,8 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
     captions score Recall@5 (one per gallery image otherwise). Returns ``{"world", "per_scenario"`` (one row per
     condition and scenario query: ``male``, ``black``, ``pairs``), ``"hits"``
     (condition -> per-caption t2i hit@5), ``"zs"`` (condition -> per-image zero-shot
-    correctness), ``"experts"`` (1-based), ``"random_sets"``, ``"timing"`` (method -> 
+    correctness), ``"methods"`` (those run), ``"debiaslens"`` (where its SAEs came from, or why it was left out),
+    ``"experts"`` (1-based), ``"random_sets"``, ``"timing"`` (method -> 
     :func:`time_per_1000`, when ``timing_images`` > 0), ``"n_gallery"``, ``"n_probe"``,
     ``"description"``, ``"seconds"``}``."""
     import torch
@@ -445,6 +479,38 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
             proj = retrieval.biased_prompts_projection(spur, pa, pb, lam=lam)
             img[f"biased prompts|control{i}"] = img["none"]
             texts[f"biased prompts|control{i}"] = tuple(retrieval.project_texts(t, proj) for t in (q_emb, cap_emb, zs_emb))
+        # DEBIASLENS-I (chapter 06's settings) where the world has its SAEs; never trained here
+        methods = list(CLIP_METHODS)
+        saes, sae_note = debiaslens_saes(w, size=size, seed=seed) if with_debiaslens else (None, "not asked")
+        sae_edit = None
+        if saes is not None:
+            from fairvlm import debiaslens as DL
+            from fairvlm import sae as S
+
+            st = SAE_SETTINGS
+            probe_cls, gal_cls = DL.last_layer_cls(lm, data.probe_pixels), DL.last_layer_cls(lm, pixels)
+            codes = saes["image"].encode(probe_cls)
+            g_lab, r_lab = data.probe_meta["gender"], data.probe_meta["race"]
+            table = DL.specific_neurons(S.social_neurons(codes, g_lab, threshold=st["probe_threshold"]), codes, r_lab,
+                                        cap=st["other_cap"])
+            lat, grp = DL.pick_specific(table, DL.ATTR_GROUPS["gender"], st["neurons_per_group"], codes=codes,
+                                        other_labels=r_lab, cap=st["other_cap"])
+            if lat:
+                def sae_edit(h, L=tuple(lat)):
+                    return S.control(saes["image"], h, list(L), 0.0, st["alpha"])
+
+                img[SAE_METHOD] = DL.embed_from_last_layer(lm, gal_cls, sae_edit)
+                texts[SAE_METHOD] = (q_emb, cap_emb, zs_emb)
+                draws = DL.matched_random_latents(DL.firing_rates(codes), lat, table["latent"].astype(int).tolist(),
+                                                  n_draws=n_random, seed=seed)
+                for i, d in enumerate(draws):
+                    img[f"{SAE_METHOD}|control{i}"] = DL.embed_from_last_layer(
+                        lm, gal_cls, lambda h, L=tuple(d): S.control(saes["image"], h, list(L), 0.0, st["alpha"]))
+                    texts[f"{SAE_METHOD}|control{i}"] = (q_emb, cap_emb, zs_emb)
+                methods.append(SAE_METHOD)
+                sae_note += f"; {len(lat)} gender neurons (latents {', '.join(map(str, lat))})"
+            else:
+                sae_note += f"; no gender neuron passed the threshold {st['probe_threshold']}"
         rows, hits, zsc = [], {}, {}
         for name, e in img.items():
             qe, ce, ze = texts[name]
@@ -467,12 +533,20 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
             timing["CLIP-clip"] = time_per_1000(
                 plain, lambda: retrieval.keep_dims(retrieval.embed_images(lm, px), fitted["clip_dims"]), n,
                 repeats=timing_repeats, seed=seed)
+            if sae_edit is not None:
+                from fairvlm import debiaslens as DL
+
+                timing[SAE_METHOD] = time_per_1000(
+                    lambda: DL.embed_from_last_layer(lm, DL.last_layer_cls(lm, px)),
+                    lambda: DL.embed_from_last_layer(lm, DL.last_layer_cls(lm, px), sae_edit), n,
+                    repeats=timing_repeats, seed=seed)
             qs = list(queries["prompt"])
             timing["biased prompts"] = time_per_1000(
                 lambda: retrieval.embed_texts(lm, qs),
                 lambda: retrieval.project_texts(retrieval.embed_texts(lm, qs), fitted["projection"]), len(qs),
                 repeats=timing_repeats, seed=seed)
-    return {"world": w, "per_scenario": pd.concat(rows, ignore_index=True), "hits": hits, "zs": zsc,
+    return {"world": w, "methods": methods, "debiaslens": sae_note,
+            "per_scenario": pd.concat(rows, ignore_index=True), "hits": hits, "zs": zsc,
             "experts": ch.heads_1based(G), "random_sets": [ch.heads_1based(h) for h in rand], "timing": timing,
             "n_gallery": int(len(meta)), "n_probe": int(len(data.probe_meta)), "n_captions": int(ci.size),
             "description": data.description, "seconds": time.perf_counter() - t0}
@@ -496,7 +570,7 @@ def method_measures(run: Mapping, method: str, *, n_boot: int = 1000, seed: int 
     ctl = (ps["method"] == method) & (ps["role"] == "control")
     if not meth.any() or not ctl.any():
         raise FairVLMError(f"no rows for method {method!r} (or its control) in the {run['world']} run; "
-                           f"methods: {', '.join(CLIP_METHODS)}")
+                           f"methods there: {', '.join(run.get('methods', CLIP_METHODS))}")
     b, a, c = (series(m, "male") for m in (base, meth, ctl))
     ob, oa = series(base, "black"), series(meth, "black")
     u, bal = cls["u"].to_numpy(), (cls["cls"] == "balanced").to_numpy()
