@@ -116,7 +116,7 @@ N_DRAWS = N_RANDOM or (2 if SMOKE else 3)
 N_CAPS = N_CAPTIONS or (100 if SMOKE else 200)
 # the cost is timed on one world only (it does not depend on what was planted), and not at
 # smoke, whose reference outputs must not hold wall-clock numbers
-REPEATS = (0 if SMOKE else 5) if TIMING_REPEATS < 0 else TIMING_REPEATS
+REPEATS = (0 if SMOKE else 3) if TIMING_REPEATS < 0 else TIMING_REPEATS
 if REPEATS and REPEATS < 3:
     from fairvlm.params import ParameterError
 
@@ -195,7 +195,7 @@ for w in SWEEP:
     timed = REPEATS and w == SWEEP[-1]
     runs[w] = H.clip_world_run(w, size="full", probe_scenes=N_PROBE, gallery_scenes=N_GALLERY, n_random=N_DRAWS,
                                n_captions=N_CAPS, keep=CLIPCLIP_KEEP, lam=BIASED_PROMPTS_LAMBDA, seed=SEED,
-                               timing_images=(256 if timed else 0), timing_repeats=max(REPEATS, 3))
+                               timing_images=(128 if timed else 0), timing_repeats=max(REPEATS, 3))
 r0 = runs[SWEEP[0]]
 display(Markdown(f"*Provenance: testbed-clip (full size, shipped weights) of each world; {r0['description']}; "
                  f"{r0['n_captions']} held-out captions for Recall@5; {N_DRAWS} control draws per method; seed {SEED}.*"))

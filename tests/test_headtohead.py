@@ -115,3 +115,26 @@ def test_scenario_classes():
     assert (c.loc[c["cls"] == "balanced", "u"] == 0).all()
     with pytest.raises(FairVLMError):
         H.scenario_classes("age")
+
+
+def test_pair_shares_on_a_constructed_gallery():
+    import pandas as pd
+    import torch
+
+    # one scenario, two men and two women; the query is closest to the men
+    meta = pd.DataFrame({"scenario": ["a"] * 4 + ["b"] * 4, "gender": ["male", "male", "female", "female"] * 2,
+                         "race": ["black", "white"] * 4})
+    img = torch.eye(8)
+    q = torch.zeros(2, 8)
+    q[0, [0, 1]] = 1.0          # scenario a: both men first
+    q[1, [4, 6]] = 1.0          # scenario b: one man, one woman: no preference on gender; Black first on race
+    male, black = H.pair_shares(q, img, meta, ["a", "b"])
+    assert male.tolist() == [1.0, 0.5]
+    assert black[1] == 1.0 and black[0] == 0.5
+    with pytest.raises(FairVLMError, match="no male"):
+        H.pair_shares(q[:1], img, meta.assign(gender="female"), ["a"])
+
+
+def test_debiaslens_is_never_trained_for_a_world_without_its_saes():
+    saes, why = H.debiaslens_saes("strength-0")
+    assert saes is None and "default world only" in why
