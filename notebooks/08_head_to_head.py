@@ -60,9 +60,11 @@
 # Chapter 07 (*Expert attention heads in CLIP*) defines the methods and their controls; the
 # chapter *The counterfactual testbed* defines the world and its spec. The three worlds load
 # from the shipped weights (`data/testbed`), with no training. Time on 2 CPU cores shared with
-# other work (load average about 4.5) on 2026-12-07: 124 s on the `embedded` default (three
-# worlds, the cost timing included) and 65 s on `smoke`, against a design budget of three
-# minutes and one; this execution's run time is printed at the end. The `paper` profile has no planted truth to measure against, so it
+# two other chapter runs (load average about 5) on 2026-12-07: 169 s on the `embedded` default
+# (three worlds, DEBIASLENS and the cost timing included) and 52 s on `smoke`, against a design
+# budget of three minutes and one; on an idle machine both should be shorter (the embedded run
+# without DEBIASLENS took 124 s at a load of about 4.5). This execution's run time is printed
+# at the end. The `paper` profile has no planted truth to measure against, so it
 # runs the same testbed sweep as `embedded` and says so.
 #
 # ## Parameters
