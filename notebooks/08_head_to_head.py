@@ -426,6 +426,11 @@ glue("n_removing", f"{n_rem} of {len(vt)}", display=False)
 not_rem = ranking.loc[ranking["verdict"] == "not reproduced", "method"].tolist()
 glue("not_removing", ("The methods that do not remove it beyond their control there: " + ", ".join(not_rem) + "."
                       if not_rem else "No method is ruled out there."), display=False)
+coll = top.set_index("method")["collateral balanced"]
+glue("collateral_sentence", f"The ranking reads removal first; collateral differs too: {coll.idxmax()} moves the "
+     f"balanced controls most ({coll.max():.3f} in pair share, race by "
+     f"{top.set_index('method').loc[coll.idxmax(), 'collateral race']:.3f}), {coll.idxmin()} least "
+     f"({coll.min():.3f}).", display=False)
 zero = verdicts[(verdicts["world"] == "strength-0") & (verdicts["asserts"] == "debias")]
 glue("zero_sentence", ("On the strength-0 world, where nothing was planted, the removal rows read: "
                        + tally(zero) + "." if len(zero) else "The strength-0 world was not swept in this run."),
@@ -436,7 +441,8 @@ glue("zero_sentence", ("On the strength-0 world, where nothing was planted, the 
 #
 # At {glue:text}`top_world`, {glue:text}`n_removing` methods remove the planted gender skew
 # from testbed-clip's retrieval beyond their matched control; first in the ranking is
-# {glue:text}`best_method`. {glue:text}`not_removing` {glue:text}`zero_sentence` Over all worlds the verdicts come out
+# {glue:text}`best_method`. {glue:text}`not_removing` {glue:text}`collateral_sentence`
+# {glue:text}`zero_sentence` Over all worlds the verdicts come out
 # {glue:text}`verdict_tally`.
 #
 # ## What this comparison cannot say
