@@ -42,8 +42,9 @@
 # **What is compared in this revision.** Every method that edits testbed-clip's retrieval:
 # the four of chapter 07, which need no training (the male prototype on the gender expert heads
 # and zero ablation of those heads, Gomez-Grabowska et al.; CLIP-clip, Wang et al.; biased
-# prompts, Chuang et al.), on every world; and DEBIASLENS on the image side (An et al., chapter
-# 06: gender neurons of a sparse autoencoder switched off), **on the `default` world only**,
+# prompts, Chuang et al.), on every world; and DEBIASLENS on the image side, the text side and
+# both (I, T, I+T; An et al., chapter 06: gender neurons of a sparse autoencoder switched off),
+# **on the `default` world only**,
 # because its SAEs are trained artifacts that chapter 06 ships for that world alone and
 # training them for the other two would take minutes, beyond this chapter's budget. Each runs
 # with the settings its own chapter chose, beside the matched control that chapter uses for it,
@@ -197,11 +198,12 @@ for w in SWEEP:
     timed = REPEATS and w == SWEEP[-1]
     runs[w] = H.clip_world_run(w, size="full", probe_scenes=N_PROBE, gallery_scenes=N_GALLERY, n_random=N_DRAWS,
                                n_captions=N_CAPS, keep=CLIPCLIP_KEEP, lam=BIASED_PROMPTS_LAMBDA, seed=SEED,
-                               timing_images=(128 if timed else 0), timing_repeats=max(REPEATS, 3))
+                               timing_images=(128 if timed else 0), timing_repeats=max(REPEATS, 3),
+                               text_stride=3 if SMOKE else 1)
 r0 = runs[SWEEP[0]]
 display(Markdown(f"*Provenance: testbed-clip (full size, shipped weights) of each world; {r0['description']}; "
                  f"{r0['n_captions']} held-out captions for Recall@5; {N_DRAWS} control draws per method; seed {SEED}.*"))
-display(Markdown("DEBIASLENS-I: " + "; ".join(f"`{w}`: {r['debiaslens']}" for w, r in runs.items()) + "."))
+display(Markdown("DEBIASLENS: " + "; ".join(f"`{w}`: {r['debiaslens']}" for w, r in runs.items()) + "."))
 display(pd.DataFrame([{"world": w, "strength": STRENGTH[w], "gender expert heads": r["experts"],
                        "random head sets (control)": "; ".join(r["random_sets"])} for w, r in runs.items()])
         .style.hide(axis="index").format(precision=2))
@@ -210,8 +212,8 @@ display(pd.DataFrame([{"world": w, "strength": STRENGTH[w], "gender expert heads
 # ## The measures, per method and world
 
 # %% tags=["hide-input"]
-CONTROLS = {**H.CLIP_METHODS, H.SAE_METHOD: H.SAE_CONTROL}
-CHAPTER = {**{m: "07_clip_heads" for m in H.CLIP_METHODS}, H.SAE_METHOD: "06_debiaslens"}
+CONTROLS = {**H.CLIP_METHODS, **H.SAE_METHODS}
+CHAPTER = {**{m: "07_clip_heads" for m in H.CLIP_METHODS}, **{m: "06_debiaslens" for m in H.SAE_METHODS}}
 METHODS = [m for m in CONTROLS if any(m in r["methods"] for r in runs.values())]
 PAIRS_RUN = [(w, m) for w in SWEEP for m in METHODS if m in runs[w]["methods"]]
 M = {(w, m): H.method_measures(runs[w], m, seed=SEED) for w, m in PAIRS_RUN}
@@ -361,11 +363,13 @@ else:
 # ## Cost
 #
 # Extra seconds per 1,000 inputs against the unedited model, timed interleaved in this process
-# on one world (the cost does not depend on what was planted): images for the three image-side
-# methods, queries for biased prompts, which edits only the text side. The A/A column is the
+# on one world (the cost does not depend on what was planted): images for the image-side
+# methods, queries for biased prompts and DEBIASLENS-T, which edit only the text side
+# (DEBIASLENS-I+T costs about the sum of its two halves and is not timed on its own). The A/A column is the
 # unedited model timed twice: differences inside it are noise. Every method here can also be
 # exported without hooks in principle (a last-layer CLS edit folds into the output projection's
-# weights and bias; CLIP-clip and biased prompts are linear maps on the embeddings), but this
+# weights and bias; CLIP-clip and biased prompts are linear maps on the embeddings), except
+# DEBIASLENS, whose encode-edit-decode step is not linear and stays a hook; but this
 # chapter does not build those exports.
 
 # %% tags=["hide-input"]
@@ -454,9 +458,9 @@ glue("zero_sentence", ("On the strength-0 world, where nothing was planted, the 
 #   either: real data has no planted truth, so there the book can only repeat each paper's own
 #   metric (chapters 04-07).
 # - **Only the methods that edit testbed-clip are here.** The head edits, the two embedding
-#   baselines and DEBIASLENS-I all edit retrieval; the testbed-llava methods of chapters 04-06
+#   baselines and DEBIASLENS all edit retrieval; the testbed-llava methods of chapters 04-06
 #   are not compared in this revision, so nothing here ranks RES-FAIR or steering.
-#   DEBIASLENS-I runs on the `default` world only (its SAEs exist there alone): it has no
+#   DEBIASLENS runs on the `default` world only (its SAEs exist there alone): it has no
 #   strength sweep and no strength-0 check of its own beyond its matched-latent control.
 # - **The expert heads are picked per world by probes**, as chapter 07 picks them; a method
 #   whose selection step fails on a world (picks heads that carry no gender) fails there, which

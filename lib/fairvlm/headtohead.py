@@ -330,9 +330,11 @@ CLIP_METHODS = {
 }
 
 
-#: DEBIASLENS (chapter 06) on the image side, with chapter 06's defaults; only where its SAEs exist
+#: DEBIASLENS (chapter 06) on the image side, the text side and both, with chapter 06's defaults;
+#: only where its SAEs exist; each against as many random latents of matched firing rate
 SAE_METHOD = "DEBIASLENS-I"
 SAE_CONTROL = "as many random latents of matched firing rate switched off"
+SAE_METHODS = {"DEBIASLENS-I": SAE_CONTROL, "DEBIASLENS-T": SAE_CONTROL, "DEBIASLENS-I+T": SAE_CONTROL}
 SAE_SETTINGS = {"probe_threshold": 0.5, "neurons_per_group": 2, "other_cap": 0.25, "gamma": "zero", "alpha": 0.6}
 
 
@@ -394,12 +396,14 @@ def _zs_correct(img_emb, prompt_emb, labels: np.ndarray) -> np.ndarray:
 
 def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery_scenes: int, n_random: int = 3,
                    n_captions: int = 0, keep: float = 0.78, lam: float = 1000.0, seed: int = 0, timing_images: int = 0,
-                   timing_repeats: int = 5, with_debiaslens: bool = True) -> dict:
+                   timing_repeats: int = 5, with_debiaslens: bool = True, text_stride: int = 1) -> dict:
     """The chapter-07 methods (male prototype and zero ablation on the gender expert heads,
     CLIP-clip, biased prompts) with the settings chapter 07 uses, each beside its matched
     control (:data:`CLIP_METHODS`), on ``world``'s testbed-clip; and DEBIASLENS on the image
-    side (chapter 06's defaults, :data:`SAE_SETTINGS`, against matched random latents) where
-    chapter 06's SAEs exist for the world (:func:`debiaslens_saes`; ``with_debiaslens``).
+    side, the text side and both (:data:`SAE_METHODS`; chapter 06's defaults,
+    :data:`SAE_SETTINGS`, against matched random latents) where
+    chapter 06's SAEs exist for the world (:func:`debiaslens_saes`; ``with_debiaslens``;
+    ``text_stride`` > 1 probes the text neurons on every n-th of chapter 06's group sentences).
 
     Experts: a fresh linear probe per head of the last layer on the probe set
     (:func:`fairvlm.probes.probe_heads`), the top quarter by AP
@@ -482,7 +486,7 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
         # DEBIASLENS-I (chapter 06's settings) where the world has its SAEs; never trained here
         methods = list(CLIP_METHODS)
         saes, sae_note = debiaslens_saes(w, size=size, seed=seed) if with_debiaslens else (None, "not asked")
-        sae_edit = None
+        sae_edit, sae_text_lat = None, None
         if saes is not None:
             from fairvlm import debiaslens as DL
             from fairvlm import sae as S
@@ -508,9 +512,50 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
                         lm, gal_cls, lambda h, L=tuple(d): S.control(saes["image"], h, list(L), 0.0, st["alpha"]))
                     texts[f"{SAE_METHOD}|control{i}"] = (q_emb, cap_emb, zs_emb)
                 methods.append(SAE_METHOD)
-                sae_note += f"; {len(lat)} gender neurons (latents {', '.join(map(str, lat))})"
+                sae_note += f"; {len(lat)} image gender neurons (latents {', '.join(map(str, lat))})"
             else:
-                sae_note += f"; no gender neuron passed the threshold {st['probe_threshold']}"
+                sae_note += f"; no image gender neuron passed the threshold {st['probe_threshold']}"
+            # the text side (DEBIASLENS-T) and both (I+T), from the text tower's cached last-layer states
+            if "text" in saes and DL.supports_text_shortcut(lm):
+                (tp, tl), (op, ol) = ([x[::text_stride] for x in DL.group_texts(a)] for a in ("gender", "race"))
+                tcodes = S.collect_text_acts(lm, tp, site=DL.TXT_SITE, tokens="max", sae=saes["text"])
+                ocodes = S.collect_text_acts(lm, op, site=DL.TXT_SITE, tokens="max", sae=saes["text"])
+                ttable = DL.specific_neurons(S.social_neurons(tcodes, tl, threshold=st["probe_threshold"]), ocodes, ol,
+                                             cap=st["other_cap"])
+                tlat, _ = DL.pick_specific(ttable, DL.ATTR_GROUPS["gender"], st["neurons_per_group"], codes=ocodes,
+                                           other_labels=ol, cap=st["other_cap"])
+                if tlat:
+                    all_t = list(queries["prompt"]) + [rs["captions"][i] for i in ci] + list(zs["prompts"])
+                    uniq = list(dict.fromkeys(all_t))
+                    pos = {t: i for i, t in enumerate(uniq)}
+                    ix = np.asarray([pos[t] for t in all_t])
+                    nq, nc = len(queries), len(ci)
+                    states = DL.last_layer_text(lm, uniq)
+
+                    def text_embs(lat_t):
+                        e = DL.embed_text_from_last_layer(
+                            lm, states, lambda h, L=tuple(lat_t): S.control(saes["text"], h, list(L), 0.0, st["alpha"]))
+                        e = e[ix]
+                        return e[:nq], e[nq:nq + nc], e[nq + nc:]
+
+                    t_edit, sae_text_lat = text_embs(tlat), list(tlat)
+                    img["DEBIASLENS-T"], texts["DEBIASLENS-T"] = img["none"], t_edit
+                    tdraws = DL.matched_random_latents(DL.firing_rates(tcodes), tlat,
+                                                       ttable["latent"].astype(int).tolist(), n_draws=n_random,
+                                                       seed=seed)
+                    t_ctl = [text_embs(d) for d in tdraws]
+                    for i, te in enumerate(t_ctl):
+                        img[f"DEBIASLENS-T|control{i}"], texts[f"DEBIASLENS-T|control{i}"] = img["none"], te
+                    methods.append("DEBIASLENS-T")
+                    if SAE_METHOD in img:
+                        img["DEBIASLENS-I+T"], texts["DEBIASLENS-I+T"] = img[SAE_METHOD], t_edit
+                        for i, te in enumerate(t_ctl):
+                            img[f"DEBIASLENS-I+T|control{i}"] = img[f"{SAE_METHOD}|control{i}"]
+                            texts[f"DEBIASLENS-I+T|control{i}"] = te
+                        methods.append("DEBIASLENS-I+T")
+                    sae_note += f"; {len(tlat)} text gender neurons (latents {', '.join(map(str, tlat))})"
+                else:
+                    sae_note += f"; no text gender neuron passed the threshold {st['probe_threshold']}"
         rows, hits, zsc = [], {}, {}
         for name, e in img.items():
             qe, ce, ze = texts[name]
@@ -541,6 +586,17 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
                     lambda: DL.embed_from_last_layer(lm, DL.last_layer_cls(lm, px), sae_edit), n,
                     repeats=timing_repeats, seed=seed)
             qs = list(queries["prompt"])
+            if sae_text_lat:
+                from fairvlm import debiaslens as DL
+                from fairvlm import sae as S
+
+                def t_edit_fn(h, L=tuple(sae_text_lat)):
+                    return S.control(saes["text"], h, list(L), 0.0, SAE_SETTINGS["alpha"])
+
+                timing["DEBIASLENS-T"] = time_per_1000(
+                    lambda: DL.embed_text_from_last_layer(lm, DL.last_layer_text(lm, qs)),
+                    lambda: DL.embed_text_from_last_layer(lm, DL.last_layer_text(lm, qs), t_edit_fn), len(qs),
+                    repeats=timing_repeats, seed=seed)
             timing["biased prompts"] = time_per_1000(
                 lambda: retrieval.embed_texts(lm, qs),
                 lambda: retrieval.project_texts(retrieval.embed_texts(lm, qs), fitted["projection"]), len(qs),
