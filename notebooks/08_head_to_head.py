@@ -61,11 +61,10 @@
 # Chapter 07 (*Expert attention heads in CLIP*) defines the methods and their controls; the
 # chapter *The counterfactual testbed* defines the world and its spec. The three worlds load
 # from the shipped weights (`data/testbed`), with no training. Time on 2 CPU cores shared with
-# two other chapter runs (load average about 5) on 2026-12-07: 169 s on the `embedded` default
-# (three worlds, DEBIASLENS and the cost timing included) and 52 s on `smoke`, against a design
-# budget of three minutes and one; on an idle machine both should be shorter (the embedded run
-# without DEBIASLENS took 124 s at a load of about 4.5). This execution's run time is printed
-# at the end. The `paper` profile has no planted truth to measure against, so it
+# two other chapter runs (load average about 5) on 2026-12-07: 154 s on the `embedded` default
+# (three worlds, DEBIASLENS I / T / I+T and the cost timing included) and 57 s on `smoke`,
+# against a design budget of three minutes and one; an idle machine should take less. This
+# execution's run time is printed at the end. The `paper` profile has no planted truth to measure against, so it
 # runs the same testbed sweep as `embedded` and says so.
 #
 # ## Parameters
@@ -113,7 +112,7 @@ from fairvlm import headtohead as H
 
 SWEEP = H.sweep_worlds(WORLDS)
 SMOKE = PROFILE == "smoke"
-N_PROBE = PROBE_SCENES or (1 if SMOKE else 3)       # x 50 scenarios x 4 variants
+N_PROBE = PROBE_SCENES or (1 if SMOKE else 2)       # x 50 scenarios x 4 variants
 N_GALLERY = GALLERY_SCENES or (1 if SMOKE else 4)   # x 50 scenarios x 4 variants
 N_DRAWS = N_RANDOM or (2 if SMOKE else 3)
 N_CAPS = N_CAPTIONS or (100 if SMOKE else 200)
@@ -198,8 +197,8 @@ for w in SWEEP:
     timed = REPEATS and w == SWEEP[-1]
     runs[w] = H.clip_world_run(w, size="full", probe_scenes=N_PROBE, gallery_scenes=N_GALLERY, n_random=N_DRAWS,
                                n_captions=N_CAPS, keep=CLIPCLIP_KEEP, lam=BIASED_PROMPTS_LAMBDA, seed=SEED,
-                               timing_images=(128 if timed else 0), timing_repeats=max(REPEATS, 3),
-                               text_stride=3 if SMOKE else 1)
+                               timing_images=(64 if timed else 0), timing_repeats=max(REPEATS, 3),
+                               text_stride=3 if SMOKE else 2)
 r0 = runs[SWEEP[0]]
 display(Markdown(f"*Provenance: testbed-clip (full size, shipped weights) of each world; {r0['description']}; "
                  f"{r0['n_captions']} held-out captions for Recall@5; {N_DRAWS} control draws per method; seed {SEED}.*"))
@@ -380,7 +379,7 @@ if timing:
                           "interval": f"[{t['extra_lo']:.3f}, {t['extra_hi']:.3f}]",
                           "A/A noise s / 1,000": t["noise_s_per_1000"],
                           "cost ratio": (t["plain_s_per_1000"] + t["extra_s_per_1000"]) / t["plain_s_per_1000"],
-                          "inputs": "queries" if m == "biased prompts" else "images", "repeats": t["repeats"]}
+                          "inputs": "queries" if m in ("biased prompts", "DEBIASLENS-T") else "images", "repeats": t["repeats"]}
                          for m, t in timing.items()])
     display(Markdown(f"*Timed on world {SWEEP[-1]}, {timing[next(iter(timing))]['n_inputs']} images or "
                      f"{timing['biased prompts']['n_inputs']} queries per call, on a shared 2-core machine.*"))
