@@ -34,7 +34,10 @@ Worlds: :func:`resolve_world` turns a world name or a strength into one of
 :data:`fairvlm.testbed.WORLDS` (one clear error otherwise); :func:`sweep_worlds` reads the
 chapter's ``WORLDS`` parameter (empty: ``$FAIRVLM_WORLD`` alone when set, as the
 calibration run sets it, else every shipped world); :func:`in_world` runs a block on one
-world. :func:`clip_world_run` runs the chapter-07 methods on one world's testbed-clip.
+world. :func:`clip_world_run` runs the chapter-07 methods on one world's testbed-clip, and
+DEBIASLENS (chapter 06; I, T, I+T) where that world has chapter 06's SAEs
+(:func:`debiaslens_saes`, which never trains); :func:`method_measures` reads every measure of
+one method on one world.
 """
 
 from __future__ import annotations
