@@ -226,6 +226,12 @@ The last column repeats every verdict on the testbed built with **nothing plante
 (strength 0): a claim that a bias exists or that a method removes one must not come out
 *reproduced* there. Models and data are named in each chapter's caption; on the embedded
 profile, numbers describe the testbed and SmolLM2, not the papers' models.
+
+The chapter <a href="executed/08_head_to_head.html"><em>Head to head</em></a> adds what no paper can: it runs
+the methods on one testbed model against the skew the testbed planted, at three planted
+strengths, and reads them with one set of measures (share of the planted skew removed,
+collateral, utility kept, cost). Its rows below are verdicts about removing that known skew,
+not checks of a paper's claim.
 """
 
 
