@@ -43,9 +43,12 @@
 # and, for `TESTBED=True`, the testbed (chapter 00). The baselines are built by `make models`
 # (`python -m fairvlm.resfair_baselines build-artifacts`) and shipped under
 # `data/artifacts/04_resfair/`; the chapter verifies and loads them and trains only when a
-# build key no longer matches (another world, code or cache), saying why. `smoke` took 50
-# minutes on 2026-12-07 on two CPU cores shared with six other jobs (load 13-18), training its
-# four adapters; this execution's time is printed in the summary.
+# build key no longer matches (another world, code or cache), saying why. Time: the
+# embedded default took 45 minutes of wall time (32 CPU-minutes) on 2026-12-07 on two CPU
+# cores shared with three other jobs (load 5-9), far over its 3-minute share: most of it is
+# generation, every method answering 160 rows of each of three splits at up to 32 new
+# tokens, then the lambda grid and the retention checks (`benchmarks/TIMINGS.md`). `smoke`
+# is designed for about a minute. This execution's time is printed in the summary.
 #
 # ## Parameters
 #
