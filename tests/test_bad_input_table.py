@@ -30,7 +30,8 @@ import pytest
 import torch
 
 from fairvlm import (checksums, confidence, debiaslens, embedded, errors, finetune, hooks, metrics, models, params, paths,
-                     plotting, progress, resfair, results, shardgen, steering, steering_eval, textmetrics)
+                     plotting, progress, resfair, resfair_report, results, shardgen, steering, steering_eval, textmetrics,
+                     utility)
 from fairvlm import sae as S
 from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
@@ -749,6 +750,42 @@ TABLE: list[Row] = [
     Row("paths.display_path", _kw(paths.display_path), {"path": [_NONE, ("number-for-path", 3)]}),
     Row("errors.cli_main", _kw(errors.cli_main, main=lambda argv: 0), {"main": [_NONE, ("str-for-function", "main")]}),
     Row("embedded.minilm_hf", _kw(embedded.minilm_hf), {"pooler": "flag"}),
+    # ----------------------------------------------------------------------------- resfair_report
+    Row("resfair_report.null_skew", _kw(resfair_report.null_skew), {"n": BAD["count"][:7]}),
+    *[Row(f"resfair_report.{fn}", _kw(getattr(resfair_report, fn)),
+          {"table": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]})
+      for fn in ("cell_table", "skew_per_scenario", "top_option_agreement")],
+    Row("resfair_report.skew_units", _kw(resfair_report.skew_units, method="m", base="b"),
+        {"table": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]}),
+    Row("resfair_report.paired_rows", _kw(resfair_report.paired_rows, method="m", base="b", column="c"),
+        {"table": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]}),
+    Row("resfair_report.planted_units", _kw(resfair_report.planted_units, method="m", base="b",
+                                            share=pd.DataFrame({"scenario": []})),
+        {"table": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]}),
+    Row("resfair_report.compare", _kw(resfair_report.compare, method="m", base="b", measure="fair"),
+        {"table": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]}),
+    Row("resfair_report.at_chance", _kw(resfair_report.at_chance, scores=[1, 0, 1], chance=0.5),
+        {"scores": [_NONE, ("str-for-list", "101"), ("NaN", [NAN, 1.0]), ("out of range", [2.0, 0.0])],
+         "chance": "fraction", "alpha": "fraction"}),
+    # ----------------------------------------------------------------------------- utility
+    Row("utility.load_social_differences", _kw(utility.load_social_differences),
+        {"path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.csv"), ("folder-for-file", lambda d: d),
+                  ("corrupt file (not a table)", lambda d: _yaml(d, "x: [1"))]},
+        needles={"path": ["path", "missing.csv", "file.yaml", "social-difference"]}),
+    Row("utility.social_rows", _kw(utility.social_rows), {"qs": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]}),
+    Row("utility.score_social", _kw(utility.score_social, table=pd.DataFrame({"scenario": ["q"], "parsed": ["a"]}), qs=pd.DataFrame({"id": ["q"], "attribute": ["gender"],
+                                                                          "answer": ["man"]})),
+        {"table": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))],
+         "qs": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]}),
+    Row("utility.general_rows", _kw(utility.general_rows),
+        {"questions": [_NONE, ("str-for-list", "q"), ("zero size", []), ("not triples", [("q", "a")])]}),
+    Row("utility.score_general", _kw(utility.score_general, answers=["Paris"], questions=[("q?", "Paris", "Rome", "x")]),
+        {"answers": [_NONE, ("str-for-list", "Paris"), ("wrong length", ["a", "b"]), ("numbers-in-list", [1])],
+         "questions": [_NONE, ("str-for-list", "q")]}),
+    Row("utility.testbed_vqa", lambda **kw: utility.testbed_vqa(**{"loaded": tiny_llava(), "scenarios": ["cooking"], **kw}),
+        {"loaded": [*BAD["model"], ("encoder for a VLM", tiny_clip())], "scenarios": [*BAD["strings"], ("unknown name", ["x"])],
+         "scene_index": BAD["index"][1:], "max_new_tokens": "count", "batch_size": "count", "size": BAD["count"][1:]},
+        needles={"scenarios": ["scenario"], "loaded": ["loaded", "takes no images"]}),
     # ----------------------------------------------------------------------------- base layer
     Row("params.check_params", _kw(params.check_params, PROFILE="smoke", SEED=0),
         {"PROFILE": "name", "SEED": "seed"}),
@@ -912,15 +949,15 @@ def test_commands_exit_2_with_one_line(target, argv, needle, tmp_path, capsys, m
 #: :func:`_modules`) is here or in :data:`UNCOVERED` with the reason it is not yet.
 COVERED = ("sae", "shardgen", "textmetrics", "steering", "steering_eval", "debiaslens", "resfair", "finetune",
            "validate", "params", "checksums", "errors", "metrics", "confidence", "hooks", "models", "paths",
-           "progress", "plotting", "embedded", "results")
+           "progress", "plotting", "embedded", "results", "resfair_report", "utility")
 
 #: Modules no row lists yet (their bad input is tested by hand in tests/test_bad_input.py and
 #: their own test files, not by this table).
 UNCOVERED = {m: "not yet in the table (issue 38 continues)" for m in (
     "bookbuild", "calibrate", "clip_heads", "data", "data.__main__", "data.fetch", "data.pairs", "data.sobit",
-    "data.socialcf", "lens", "mcq", "nbcheck", "probes", "resfair_baselines", "resfair_report", "retrieval",
+    "data.socialcf", "lens", "mcq", "nbcheck", "probes", "resfair_baselines", "retrieval",
     "testbed", "testbed.__main__", "testbed.artifacts", "testbed.captions", "testbed.dual", "testbed.measure",
-    "testbed.scenarios", "testbed.spec", "testbed.store", "testbed.train", "testbed.world", "utility", "verdicts")}
+    "testbed.scenarios", "testbed.spec", "testbed.store", "testbed.train", "testbed.world", "verdicts")}
 
 #: Public names with no row, and why.
 EXEMPT = {
