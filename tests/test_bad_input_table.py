@@ -988,6 +988,15 @@ UNCOVERED = {m: "not yet in the table (issue 38 continues)" for m in (
     "data.socialcf", "lens", "mcq", "nbcheck", "probes", "resfair_baselines", "retrieval",
     "testbed", "testbed.__main__", "testbed.artifacts", "testbed.captions", "testbed.dual", "testbed.measure",
     "testbed.store", "testbed.train", "testbed.world", "verdicts")}
+UNCOVERED.update({
+    "resfair_baselines": "owned by the chapter 04 work (not edited under issue 38); rows only once it can be fixed",
+    "testbed.train": "the testbed's training is part of its build key: a check there forces a retrain",
+    "testbed.world": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
+    "testbed.captions": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
+    "testbed.dual": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
+    "verdicts": "shared (chapters 01-07); drafted rows found unchecked level, n_resamples, seed, Estimate fields "
+                "and table/rows types: not yet in the table",
+})
 
 #: Public names with no row, and why.
 EXEMPT = {
