@@ -41,7 +41,7 @@ def test_ndkl_order_matters_and_alternation_is_fairer():
 
 
 def test_ndkl_single_item_and_three_groups():
-    assert metrics.ndkl(["x"], metrics.uniform("xy")) == pytest.approx(LN(2))
+    assert metrics.ndkl(["x"], metrics.uniform(["x", "y"])) == pytest.approx(LN(2))
     t = {"a": 0.5, "b": 0.3, "c": 0.2}
     # [c, a]: prefix 1 -> (0,0,1); prefix 2 -> (1/2, 0, 1/2)
     k1 = LN(1 / 0.2)
@@ -66,27 +66,27 @@ def test_ndkl_bad_input():
     with pytest.raises(ParameterError):
         metrics.ndkl(["a"], {"a": 0.7, "b": 0.7})
     with pytest.raises(DataError, match="rank 1"):
-        metrics.ndkl(["a", "z"], metrics.uniform("ab"))
+        metrics.ndkl(["a", "z"], metrics.uniform(["a", "b"]))
 
 
 # ---------------------------------------------------------------- MaxSkew and entropy
 def test_max_skew_hand_computed():
     ranking = ["a", "a", "b", "c", "c", "c"]
-    assert metrics.max_skew(ranking, "abc", 4) == pytest.approx(LN(0.5 / (1 / 3)))
-    assert metrics.max_skew(ranking, "abc", 1) == pytest.approx(LN(3))
-    assert metrics.max_skew(["a", "b"], "ab", 2) == pytest.approx(0.0)
+    assert metrics.max_skew(ranking, list("abc"), 4) == pytest.approx(LN(0.5 / (1 / 3)))
+    assert metrics.max_skew(ranking, list("abc"), 1) == pytest.approx(LN(3))
+    assert metrics.max_skew(["a", "b"], list("ab"), 2) == pytest.approx(0.0)
     # non-uniform target
-    assert metrics.max_skew(["a", "b", "b", "b"], "ab", 4, {"a": 0.5, "b": 0.5}) == pytest.approx(LN(1.5))
-    assert metrics.max_skew(["a", "b", "b", "b"], "ab", 4, {"a": 0.25, "b": 0.75}) == pytest.approx(0.0)
+    assert metrics.max_skew(["a", "b", "b", "b"], list("ab"), 4, {"a": 0.5, "b": 0.5}) == pytest.approx(LN(1.5))
+    assert metrics.max_skew(["a", "b", "b", "b"], list("ab"), 4, {"a": 0.25, "b": 0.75}) == pytest.approx(0.0)
 
 
 def test_max_skew_bad_input():
     with pytest.raises(ParameterError, match="k="):
-        metrics.max_skew(["a", "b"], "ab", 3)
+        metrics.max_skew(["a", "b"], list("ab"), 3)
     with pytest.raises(ParameterError):
-        metrics.max_skew(["a", "b"], "ab", 0)
+        metrics.max_skew(["a", "b"], list("ab"), 0)
     with pytest.raises(DataError):
-        metrics.max_skew(["a", "q"], "ab", 2)
+        metrics.max_skew(["a", "q"], list("ab"), 2)
 
 
 def test_normalized_entropy_hand_computed():
@@ -143,8 +143,8 @@ def test_query_fairness_and_candidates():
     groups = ["m", "m", "f", "f"]
     sim = np.array([[4.0, 3.0, 2.0, 1.0], [1.0, 4.0, 3.0, 2.0]])
     t = retrieval.query_fairness(sim, groups, k=2, queries=["q0", "q1"])
-    assert t["ndkl"].iloc[0] == pytest.approx(metrics.ndkl(["m", "m", "f", "f"], metrics.uniform("fm")))
-    assert t["ndkl"].iloc[1] == pytest.approx(metrics.ndkl(["m", "f", "f", "m"], metrics.uniform("fm")))
+    assert t["ndkl"].iloc[0] == pytest.approx(metrics.ndkl(["m", "m", "f", "f"], metrics.uniform(["f", "m"])))
+    assert t["ndkl"].iloc[1] == pytest.approx(metrics.ndkl(["m", "f", "f", "m"], metrics.uniform(["f", "m"])))
     assert t["max_skew"].tolist() == pytest.approx([LN(2), 0.0])
     cand = np.array([[True, False, True, False], [True, True, True, True]])
     t2 = retrieval.query_fairness(sim, groups, k=2, candidates=cand)

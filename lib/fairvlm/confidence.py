@@ -55,6 +55,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from fairvlm import validate as V
 from fairvlm.errors import DataError, FairVLMError, unknown
 
 __all__ = [
@@ -80,12 +81,17 @@ def check_temperature(t) -> float:
     return t
 
 
-def _lp(lp) -> np.ndarray:
-    a = np.asarray(lp, dtype=float)
+def _lp(lp, name: str = "lp") -> np.ndarray:
+    if lp is None or isinstance(lp, (str, bytes, dict)):
+        raise FairVLMError(f"{name}={V.show(lp)}: option log-probabilities must be an array of shape (..., 3)")
+    try:
+        a = np.asarray(lp, dtype=float)
+    except (TypeError, ValueError):
+        raise FairVLMError(f"{name}={V.show(lp)}: option log-probabilities must be an array of numbers") from None
     if a.ndim == 0 or a.shape[-1] != 3:
-        raise FairVLMError(f"option log-probabilities must have shape (..., 3) (a, b, fair), got {a.shape}")
+        raise FairVLMError(f"{name}: option log-probabilities must have shape (..., 3) (a, b, fair), got {a.shape}")
     if np.isnan(a).any() or np.isposinf(a).any():
-        raise DataError("option log-probabilities hold NaN or +inf")
+        raise DataError(f"{name}: option log-probabilities hold NaN or +inf")
     return a
 
 
@@ -111,7 +117,7 @@ def fair_target_kl(lp, t: float = 1.0, eps: float = 0.0) -> np.ndarray:
     ``eps = 0`` gives ``-ln p3_fair``. Example: ``lp = ln(0.2, 0.2, 0.6)``, ``t = 1``:
     ``-ln 0.6 = 0.5108``.
     """
-    if not 0.0 <= float(eps) < 1.0:
+    if not 0.0 <= V.number("eps", eps) < 1.0:
         raise FairVLMError(f"eps={eps!r} must lie in [0, 1)")
     a = _lp(lp) / check_temperature(t)
     logp = a - np.logaddexp.reduce(a, axis=-1, keepdims=True)
@@ -128,9 +134,9 @@ def counterfactual_kl(lp_a_rows, lp_b_rows, t: float = 1.0) -> np.ndarray:
     Example: ``P = (0.5, 0.25, 0.25)``, ``Q = (0.25, 0.5, 0.25)``:
     ``KL(P||Q) = 0.5 ln 2 + 0.25 ln 0.5 = 0.1733`` and the same back, so 0.1733.
     """
-    pa, pb = _lp(lp_a_rows), _lp(lp_b_rows)
+    pa, pb = _lp(lp_a_rows, "lp_a_rows"), _lp(lp_b_rows, "lp_b_rows")
     if pa.shape != pb.shape:
-        raise FairVLMError(f"the two row sets must have the same shape, got {pa.shape} and {pb.shape}")
+        raise FairVLMError(f"lp_a_rows and lp_b_rows must have the same shape, got {pa.shape} and {pb.shape}")
     t = check_temperature(t)
     la = pa / t
     lb = pb / t
@@ -147,9 +153,7 @@ def counterfactual_pairs(table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray,
     """Match each ``image_a`` row of ``table`` with its ``image_b`` row (same model, dataset,
     scenario, attribute and prompt). Returns ``(keys, lp_A, lp_B)``: one line of ``keys`` per
     pair and the two ``(n_pairs, 3)`` log-probability arrays. Empty when there are no image rows."""
-    need = {"variant", "lp_a", "lp_b", "lp_fair", *_PAIR_KEYS} - set(table.columns)
-    if need:
-        raise FairVLMError(f"counterfactual pairs need the columns {sorted(need)}")
+    V.frame("table", table, columns=["variant", "lp_a", "lp_b", "lp_fair", *_PAIR_KEYS])
     cols = ["lp_a", "lp_b", "lp_fair"]
     a = table[table["variant"] == "image_a"].set_index(list(_PAIR_KEYS))
     b = table[table["variant"] == "image_b"].set_index(list(_PAIR_KEYS))
@@ -162,9 +166,10 @@ def counterfactual_pairs(table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray,
 
 def row_measures(table: pd.DataFrame, t: float = 1.0, measures: Sequence[str] = MEASURES) -> dict:
     """``{measure: per-row (or per-pair, for counterfactual) values}`` of ``table`` at ``t``."""
-    for m in measures:
+    for i, m in enumerate(V.strings("measures", measures)):
         if m not in MEASURES:
-            raise unknown("confidence measure", m, MEASURES)
+            raise unknown(f"confidence measure (measures[{i}])", m, MEASURES)
+    V.frame("table", table, columns=["lp_a", "lp_b", "lp_fair"])
     lp = table[["lp_a", "lp_b", "lp_fair"]].to_numpy(float)
     out = {}
     if "skew" in measures:
@@ -181,7 +186,7 @@ def temperature_sweep(table: pd.DataFrame, temperatures: Sequence[float] = TEMPE
                       measures: Sequence[str] = MEASURES) -> pd.DataFrame:
     """Mean of each measure over the rows of ``table`` at each temperature: columns
     ``t, measure, value, n`` (``value`` NaN where a measure has no rows)."""
-    temps = [check_temperature(t) for t in temperatures]
+    temps = [check_temperature(t) for t in V.sequence("temperatures", temperatures, empty=True)]
     if not temps:
         raise FairVLMError("temperature_sweep needs at least one temperature")
     rows = []
@@ -197,6 +202,7 @@ def best_temperature(sweep: pd.DataFrame, measure: str = PAPER_MEASURE) -> tuple
     (the smallest ``t`` on ties). Raises when the measure has no finite value."""
     if measure not in MEASURES:
         raise unknown("confidence measure", measure, MEASURES)
+    V.frame("sweep", sweep, columns=["t", "measure", "value"])
     s = sweep[(sweep["measure"] == measure) & np.isfinite(sweep["value"])].sort_values("t")
     if s.empty:
         raise DataError(f"the sweep has no finite value of {measure!r}")

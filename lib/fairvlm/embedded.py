@@ -183,6 +183,8 @@ def minilm_hf(*, pooler: bool = False):
     BERT's tanh pooler layer (a ``VisionTextDualEncoderModel`` expects one)."""
     from transformers import AutoTokenizer, BertModel
 
+    if not isinstance(pooler, bool):
+        raise FairVLMError(f"pooler={pooler!r} is not valid: it must be True or False")
     path = minilm_dir()
     with _quiet():
         model = BertModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=pooler)

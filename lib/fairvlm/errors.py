@@ -71,6 +71,8 @@ def cli_main(main, argv=None) -> int:
     """
     import sys
 
+    if not callable(main) or isinstance(main, str):
+        raise ParameterError(f"main={main!r} is not valid: it must be the command's main(argv) function")
     try:
         status = main(argv)
     except FairVLMError as exc:

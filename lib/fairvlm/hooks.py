@@ -158,8 +158,10 @@ _SITE_RE = re.compile(r"^(vision\.)?(resid_pre|attn_out|resid_mid|mlp_out|resid_
 
 def site_names(lm, kind: str = "resid_post", *, vision: bool = False) -> list[str]:
     """All sites of one kind, layer by layer, e.g. ``site_names(lm, "resid_post")``."""
-    if kind not in LAYER_SITES:
+    if not isinstance(kind, str) or kind not in LAYER_SITES:
         raise UnknownNameError(f"unknown site kind {kind!r}; choose one of: {', '.join(LAYER_SITES)}")
+    _check_lm(lm)
+    vision = _flag("vision", vision)
     n = lm.n_vision_layers if vision else lm.n_layers
     prefix = "vision." if vision else ""
     return [f"{prefix}{kind}.{i}" for i in range(n)]
@@ -574,7 +576,19 @@ def _activate(lm, ctx: _Context, what: str = "capture"):
 
 def _check_lm(lm):
     if not hasattr(lm, "decoder_layers") or not hasattr(lm, "model"):
-        raise FairVLMError("fairvlm.hooks needs a LoadedModel from fairvlm.models.load(...)")
+        raise FairVLMError(f"lm={_show(lm)}: fairvlm.hooks needs a LoadedModel from fairvlm.models.load(...)")
+
+
+def _show(value) -> str:
+    from fairvlm.validate import show
+
+    return show(value)
+
+
+def _flag(name: str, value) -> bool:
+    from fairvlm.validate import flag
+
+    return flag(name, value)
 
 
 def capture(lm, sites: Iterable[str] | str, *, steps: bool = False, grad: bool = False):
@@ -588,7 +602,10 @@ def capture(lm, sites: Iterable[str] | str, *, steps: bool = False, grad: bool =
     _check_lm(lm)
     if isinstance(sites, str):
         sites = [sites]
-    ctx = _Context(steps=steps, grad=grad)
+    from fairvlm.validate import sequence
+
+    sites = sequence("sites", sites)
+    ctx = _Context(steps=_flag("steps", steps), grad=_flag("grad", grad))
     for site in sites:
         for name, key in _parse(lm, site):
             ctx.captures.setdefault(key, []).append(name)
@@ -607,11 +624,11 @@ def edit(lm, edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], *, che
     """
     _check_lm(lm)
     if not isinstance(edits, Mapping):
-        raise FairVLMError("edit() takes a dict {site: fn}")
-    ctx = _Context(check_finite=bool(check_finite))
+        raise FairVLMError(f"edits={_show(edits)}: edit() takes a dict {{site: fn}}")
+    ctx = _Context(check_finite=_flag("check_finite", check_finite))
     for site, fn in edits.items():
-        if not callable(fn):
-            raise FairVLMError(f"the edit for {site!r} must be a function tensor -> tensor")
+        if not callable(fn) or isinstance(fn, str):
+            raise FairVLMError(f"edits[{site!r}]={_show(fn)}: the edit for {site!r} must be a function tensor -> tensor")
         for _, key in _parse(lm, site):
             ctx.edits.setdefault(key, []).append(fn)
     return _activate(lm, ctx, "edit")
@@ -629,11 +646,13 @@ def logit_lens(lm, resid: torch.Tensor, *, apply_norm: bool = True) -> torch.Ten
     skips the final norm (for a residual that is already normed, e.g. ``hidden_states[-1]``).
     Runs without gradient unless gradients are enabled and ``resid`` requires them.
     """
+    _check_lm(lm)
+    apply_norm = _flag("apply_norm", apply_norm)
     head = lm.unembed()
     if head is None:
         raise FairVLMError(f"{lm.name} has no unembedding (it is an encoder), so no logit lens")
     if not isinstance(resid, torch.Tensor) or resid.shape[-1] != lm.d_model:
-        raise FairVLMError(f"logit_lens needs a tensor (..., {lm.d_model}), got "
+        raise FairVLMError(f"resid: logit_lens needs a tensor (..., {lm.d_model}), got "
                            f"{tuple(resid.shape) if isinstance(resid, torch.Tensor) else type(resid).__name__}")
     x = resid.to(device=head.weight.device, dtype=head.weight.dtype)
     norm = lm.final_norm()
@@ -645,8 +664,12 @@ def logit_lens(lm, resid: torch.Tensor, *, apply_norm: bool = True) -> torch.Ten
 @torch.no_grad()
 def logit_lens_top(lm, resid: torch.Tensor, k: int = 5) -> list:
     """Top-``k`` next tokens (string, probability) for each vector in ``resid`` ``(n, d)`` or ``(d,)``."""
-    if k < 1:
-        raise FairVLMError(f"k={k} must be at least 1")
+    from fairvlm.validate import integer
+
+    k = integer("k", k, low=1)
+    _check_lm(lm)
+    if not isinstance(resid, torch.Tensor):
+        raise FairVLMError(f"resid={_show(resid)}: logit_lens_top needs a tensor (n, {lm.d_model}) or ({lm.d_model},)")
     x = resid.reshape(-1, resid.shape[-1])
     probs = logit_lens(lm, x).float().softmax(-1)
     top = probs.topk(k, dim=-1)

@@ -47,6 +47,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from fairvlm import validate as V
 from fairvlm.errors import DataError
 from fairvlm.params import ParameterError
 
@@ -56,9 +57,7 @@ NDKL_EPSILON = 1e-12
 
 def uniform(groups: Iterable[Hashable]) -> dict:
     """The uniform target ``{g: 1/len(groups)}`` over the distinct ``groups`` (in order)."""
-    distinct = list(dict.fromkeys(groups))
-    if not distinct:
-        raise ParameterError("uniform() needs at least one group")
+    distinct = list(dict.fromkeys(V.labels("groups", groups)))
     return {g: 1.0 / len(distinct) for g in distinct}
 
 
@@ -85,7 +84,7 @@ def _encode(ranked_groups: Sequence, keys: list, what: str) -> np.ndarray:
             codes[pos] = index[g]
         except (KeyError, TypeError):
             raise DataError(
-                f"{what}: item at rank {pos} has group {g!r}, which is not one of "
+                f"{what}: ranked_groups[{pos}] (the item at rank {pos}) has group {g!r}, which is not one of "
                 f"{keys!r}; relabel it or add the group to the target/groups"
             ) from None
     return codes
@@ -106,9 +105,8 @@ def ndkl(ranked_groups: Sequence, target: Mapping) -> float:
     docstring for the exact formula and the ``1e-12`` smoothing shared with
     ``reranking.ndkl``.
     """
+    V.sequence("ranked_groups", ranked_groups)
     ranked = _as_list(ranked_groups)
-    if not ranked:
-        raise ParameterError("ndkl needs a non-empty ranking")
     keys, q = _check_target(target)
     codes = _encode(ranked, keys, "ndkl")
     n = len(codes)
@@ -131,8 +129,9 @@ def max_skew(
     is None). Groups absent from the top ``k`` have skew ``-inf`` and never win the max.
     Returns a float in ``[0, ln(1/min q)]`` for a uniform target (>= 0 always holds there).
     """
+    V.sequence("ranked_groups", ranked_groups, empty=True)
     ranked = _as_list(ranked_groups)
-    groups = list(dict.fromkeys(groups))
+    groups = list(dict.fromkeys(V.sequence("groups", groups, empty=True)))
     if not groups:
         raise ParameterError("max_skew needs the list of groups")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(ranked):
@@ -156,9 +155,8 @@ def normalized_entropy(groups_topk: Sequence, n_groups: int) -> float:
     ``n_groups``: how many groups exist in the gallery (>= 2); groups that never appear
     count as zero probability. Returns a float in [0, 1].
     """
+    V.sequence("groups_topk", groups_topk)
     items = _as_list(groups_topk)
-    if not items:
-        raise ParameterError("normalized_entropy needs at least one retrieved item")
     if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 2:
         raise ParameterError(f"n_groups={n_groups!r} must be an integer >= 2")
     counts = np.asarray(list(Counter(items).values()), dtype=float)
@@ -207,6 +205,9 @@ def _relevance_matrix(relevant, n_queries: int, n_items: int) -> np.ndarray:
     indices per query?) and is refused: pass ``relevant.astype(bool)`` or index lists."""
     if hasattr(relevant, "detach"):
         relevant = relevant.detach().cpu().numpy()
+    if relevant is None or isinstance(relevant, (str, bytes, dict)) or np.ndim(relevant) == 0:
+        raise ParameterError(f"relevant={V.show(relevant)} is not valid: give a boolean (n_queries, n_items) "
+                             "matrix, or one item index (or list of them) per query")
     arr = None
     try:
         arr = np.asarray(relevant)
@@ -246,6 +247,14 @@ def _relevance_matrix(relevant, n_queries: int, n_items: int) -> np.ndarray:
     return rel
 
 
+def _ks(ks) -> list:
+    out = V.sequence("ks", ks)
+    for k in out:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ParameterError(f"ks holds k={k!r}; each k must be a positive integer")
+    return out
+
+
 def recall_at_k(scores, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
     """Recall@k of a retrieval: the fraction of queries with a relevant item in the top k.
 
@@ -256,6 +265,7 @@ def recall_at_k(scores, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[int, f
     :class:`~fairvlm.errors.DataError`.
     """
     s = _matrix(scores, "scores")
+    ks = _ks(ks)
     rel = _relevance_matrix(relevant, *s.shape)
     if not rel.any(axis=1).all():
         missing = int(np.flatnonzero(~rel.any(axis=1))[0])
@@ -265,8 +275,6 @@ def recall_at_k(scores, relevant, ks: Iterable[int] = (1, 5, 10)) -> dict[int, f
     first_hit = np.argmax(rel_sorted, axis=1)  # 0-based rank of the best relevant item
     out = {}
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ParameterError(f"k={k!r} must be a positive integer")
         out[int(k)] = float(np.mean(first_hit < k))
     return out
 
@@ -284,9 +292,10 @@ def text_image_recall(
     """
     t = _matrix(text_emb, "text_emb")
     v = _matrix(image_emb, "image_emb")
+    ks = _ks(ks)
     cap = _indices(caption_image, "caption_image")
     if t.ndim != 2 or v.ndim != 2 or t.shape[1] != v.shape[1]:
-        raise ParameterError(f"embeddings must be (n, d) with the same d; got {t.shape}, {v.shape}")
+        raise ParameterError(f"text_emb and image_emb must be (n, d) with the same d; got {t.shape}, {v.shape}")
     if cap.shape != (t.shape[0],):
         raise ParameterError(f"caption_image needs one image index per caption ({t.shape[0]})")
     if cap.min(initial=0) < 0 or cap.max(initial=0) >= v.shape[0]:
@@ -310,23 +319,24 @@ def zero_shot_accuracy(image_emb, class_emb, labels: Sequence[int]) -> float:
     y = _indices(labels, "labels")
     if v.ndim != 2 or c.ndim != 2 or v.shape[1] != c.shape[1] or y.shape != (v.shape[0],):
         raise ParameterError(
-            f"shapes do not fit: images {v.shape}, classes {c.shape}, labels {y.shape}"
+            f"shapes do not fit: image_emb {v.shape}, class_emb {c.shape}, labels {y.shape} (images, classes, labels)"
         )
     if y.min(initial=0) < 0 or y.max(initial=0) >= c.shape[0]:
         raise ParameterError(f"labels must lie in [0, {c.shape[0]})")
     return float(np.mean(np.argmax(v @ c.T, axis=1) == y))
 
 
-def _ranked_relevance(scores, relevance) -> np.ndarray:
+def _ranked_relevance(scores, relevance, name: str = "relevance") -> np.ndarray:
     """Relevance ``(n_queries, n_items)`` reordered by descending score (ties by item index)."""
-    s = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=float)
-    if s.ndim != 2 or s.size == 0:
-        raise ParameterError(f"scores must be a non-empty 2-D matrix; got shape {s.shape}")
-    rel = np.asarray(relevance, dtype=float)
+    s = _matrix(scores, "scores")
+    try:
+        rel = np.asarray(relevance, dtype=float)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name}={V.show(relevance)} is not valid: it must be a numeric matrix") from None
     if rel.shape != s.shape:
-        raise ParameterError(f"relevance has shape {rel.shape}; expected {s.shape} (one value per query and item)")
+        raise ParameterError(f"{name} has shape {rel.shape}; expected {s.shape} (one value per query and item)")
     if not np.isfinite(rel).all() or (rel < 0).any():
-        raise ParameterError("relevance values must be finite and >= 0")
+        raise ParameterError(f"{name} values must be finite and >= 0")
     order = np.argsort(-s, axis=1, kind="stable")
     return np.take_along_axis(rel, order, axis=1)
 
@@ -366,7 +376,7 @@ def mean_average_precision(scores, relevant, k: int | None = None) -> float:
     rel = np.asarray(relevant)
     if rel.dtype != bool:
         raise ParameterError("relevant must be a boolean (n_queries, n_items) matrix")
-    ranked = _ranked_relevance(scores, rel).astype(bool)
+    ranked = _ranked_relevance(scores, rel, "relevant").astype(bool)
     n = ranked.shape[1]
     if k is None:
         k = n

@@ -43,6 +43,10 @@ def display_path(path) -> str:
     that ran it: relative to the repository root (or the working folder) when inside it,
     else relative to ``$FAIRVLM_RESULTS`` / ``$FAIRVLM_FIGURES`` / ``$FAIRVLM_CACHE`` (named
     so), else just the file name."""
+    if not isinstance(path, (str, os.PathLike)):
+        from fairvlm.errors import ParameterError
+
+        raise ParameterError(f"path={path!r} is not valid: it must be a path (a string or pathlib.Path)")
     p = Path(path).resolve()
     for base in (repo_root(), Path.cwd()):
         if base is not None:

@@ -28,6 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
 from fairvlm.verdicts import Claim, judge
 
@@ -40,10 +41,10 @@ PROPORTION_MIN = 0.02
 
 def _need(table: pd.DataFrame, cols) -> None:
     if not isinstance(table, pd.DataFrame):
-        raise FairVLMError(f"expected a DataFrame of evaluated rows, got {type(table).__name__}")
+        raise FairVLMError(f"table: expected a DataFrame of evaluated rows, got {type(table).__name__}")
     missing = [c for c in cols if c not in table.columns]
     if missing:
-        raise FairVLMError(f"the rows lack column(s) {missing}; evaluate them with fairvlm.mcq.evaluate")
+        raise FairVLMError(f"table: the rows lack column(s) {missing}; evaluate them with fairvlm.mcq.evaluate")
 
 
 def null_skew(n: int) -> float:
@@ -51,7 +52,7 @@ def null_skew(n: int) -> float:
     (exact binomial sum; NaN for n = 0)."""
     from scipy.stats import binom
 
-    n = int(n)
+    n = V.integer("n", n, low=0)
     if n <= 0:
         return math.nan
     k = np.arange(n + 1)
@@ -107,6 +108,7 @@ def skew_units(table: pd.DataFrame, method: str, base: str) -> tuple[np.ndarray,
     """``(method_excess, base_excess, frame)`` per (attribute, scenario) unit where the base
     names a group at least once; where the method names none, its value is set to the base's
     (module docstring)."""
+    _need(table, ("method", "scenario", "attribute", "parsed"))
     a = skew_per_scenario(table[table["method"] == method]).set_index(["attribute", "scenario"])
     b = skew_per_scenario(table[table["method"] == base]).set_index(["attribute", "scenario"])
     f = b[["excess"]].rename(columns={"excess": "base"}).join(a[["excess"]].rename(columns={"excess": "method"}))
@@ -129,7 +131,11 @@ def at_chance(scores, chance: float, alpha: float = 0.05) -> bool:
     test at ``alpha``): a retention check on such a model is uninformative."""
     from scipy.stats import binomtest
 
-    s = np.asarray(scores, dtype=float)
+    s = V.array("scores", scores, nonempty=False).ravel()
+    if ((s != 0) & (s != 1)).any():
+        raise FairVLMError(f"scores={V.show(scores)} must hold 0/1 outcomes (1 = correct)")
+    chance = V.number("chance", chance, low=0.0, high=1.0)
+    alpha = V.number("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
     if s.size == 0:
         return True
     return bool(binomtest(int(s.sum()), int(s.size), chance, alternative="greater").pvalue >= alpha)
@@ -155,6 +161,7 @@ def compare(table: pd.DataFrame, method: str, base: str, *, measure: str, testab
     ``measure``: ``"fair"`` (the paper's fair proportion, higher; asserts ``other``: it
     counts abstaining), ``"skew"`` (the group skew, lower; asserts ``debias``), or a KL
     column name (``kl_fair_target``, ``kl_skew``: lower; asserts ``other``)."""
+    _need(table, ("method",))
     if measure == "fair":
         t = table.assign(_fair=table["parsed"].eq("fair").astype(float))
         e, c, cl = paired_rows(t, method, base, "_fair")

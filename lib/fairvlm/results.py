@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fairvlm import validate as V
 from fairvlm.errors import FairVLMError
 from fairvlm.paths import repo_root, results_dir
 
@@ -48,7 +49,7 @@ class SavedResults(type(Path())):
 
 def package_versions(names=TRACKED_PACKAGES) -> dict:
     out = {"python": platform.python_version()}
-    for name in names:
+    for name in V.strings("names", names, empty=True):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -105,18 +106,28 @@ def save_results(
     (keys ``models`` and ``data``), so no testbed number is mistaken for a paper's.
     Returns the path of the JSON file.
     """
+    if not isinstance(slug, str) or not slug.strip() or "/" in slug or "\\" in slug or slug.startswith("."):
+        raise FairVLMError(f"slug={slug!r} must be a chapter name such as '07_clip_heads' "
+                           "(no path separators, not hidden)")
+    V.mapping("provenance", provenance)
     missing = {"models", "data"} - set(provenance)
     if missing:
         raise FairVLMError(f"provenance for {slug!r} must name {sorted(missing)}")
-    if not isinstance(slug, str) or not slug or "/" in slug or "\\" in slug or slug.startswith("."):
-        raise FairVLMError(f"slug={slug!r} must be a chapter name such as '07_clip_heads' "
-                           "(no path separators, not hidden)")
+    if not hasattr(params, "as_dict"):
+        V.mapping("params", params, empty=True)
+    V.mapping("headline", headline, empty=True)
+    if out_dir is not None:
+        out_dir = V.path("out_dir", out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise FairVLMError(f"out_dir={str(out_dir)!r} is a file; give a folder")
+    if tables is not None:
+        V.mapping("tables", tables, empty=True)
     if tables:
         for name, df in tables.items():
             if not isinstance(df, pd.DataFrame):
-                raise FairVLMError(f"table {name!r} must be a pandas DataFrame, not {type(df).__name__}")
+                raise FairVLMError(f"tables: table {name!r} must be a pandas DataFrame, not {type(df).__name__}")
             if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-                raise FairVLMError(f"table name {name!r} must be a plain file name")
+                raise FairVLMError(f"tables: the table name {name!r} must be a plain file name")
     provenance = dict(provenance)
     # the testbed builds this process loaded (shipped artifact or trained here, sha256, date);
     # looked up, not imported: this module sits below the testbed

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fairvlm import mcq
+from fairvlm import validate as V
 from fairvlm.errors import DataError, FairVLMError
 
 __all__ = [
@@ -44,9 +45,9 @@ def load_social_differences(path=None) -> pd.DataFrame:
     non-empty source, unique ids."""
     import yaml
 
-    path = Path(path) if path is not None else SOCIAL_PATH
+    path = V.path("path", path) if path is not None else SOCIAL_PATH
     if not path.is_file():
-        raise DataError(f"no social-difference questions at {path}")
+        raise DataError(f"path: no social-difference questions at {path}")
     try:
         data = yaml.safe_load(path.read_text())
         qs = pd.DataFrame(data["questions"])
@@ -81,12 +82,15 @@ def _row(dataset, key, label, attribute, text, k) -> mcq.Row:
 def social_rows(qs: pd.DataFrame) -> list:
     """One :class:`fairvlm.mcq.Row` per question (options group A, group B, "both"; the option
     order rotates with the question's position, as in the fairness task)."""
+    V.frame("qs", qs, columns=("id", "attribute", "question", "answer"))
     return [_row("social", r.id, r.answer, r.attribute, r.question, k) for k, r in enumerate(qs.itertuples())]
 
 
 def score_social(table: pd.DataFrame, qs: pd.DataFrame) -> pd.DataFrame:
     """Per question: ``id, attribute, answer, parsed, said`` (group value named, or
     ``"both"`` / ``"invalid"``) and ``correct``; ``table`` is :func:`fairvlm.mcq.evaluate`'s."""
+    V.frame("table", table, columns=("scenario", "parsed"))
+    V.frame("qs", qs, columns=("id", "attribute", "answer"))
     t = table.set_index("scenario")
     out = qs[["id", "attribute", "answer"]].copy()
     parsed = [t.loc[i, "parsed"] for i in qs["id"]]
@@ -151,6 +155,11 @@ GENERAL_QUESTIONS = (
 def general_rows(questions: Sequence = GENERAL_QUESTIONS) -> tuple[list, list]:
     """``(prompts, options)``: the question with its three options listed in a rotating order
     (correct first, second, third in turn), and the options in listed order."""
+    questions = V.sequence("questions", questions)
+    for i, item in enumerate(questions):
+        if isinstance(item, (str, bytes)) or len(item) != 4 or not all(isinstance(x, str) for x in item):
+            raise FairVLMError(f"questions[{i}]={V.show(item)} must be (question, right answer, wrong, wrong), "
+                               "four strings")
     prompts, options = [], []
     for k, (q, right, w1, w2) in enumerate(questions):
         opts = [right, w1, w2]
@@ -172,9 +181,11 @@ def _first_option(answer: str, options: Sequence[str]) -> str | None:
 
 def score_general(answers: Sequence[str], questions: Sequence = GENERAL_QUESTIONS) -> np.ndarray:
     """1.0 where the first option an answer names is the correct one, else 0.0."""
+    answers = V.strings("answers", answers, empty=True, blank=True)
+    questions = V.sequence("questions", questions)
     _, options = general_rows(questions)
     if len(answers) != len(questions):
-        raise FairVLMError(f"{len(answers)} answers for {len(questions)} questions")
+        raise FairVLMError(f"answers: {len(answers)} answers for {len(questions)} questions")
     return np.array([float(_first_option(a, o) == q[1]) for a, o, q in zip(answers, options, questions)])
 
 
@@ -211,8 +222,19 @@ def testbed_vqa(loaded, scenarios: Sequence[str], *, scene_index: int = 1, max_n
     from fairvlm.testbed.captions import names_scenario
     from fairvlm.testbed.measure import describe
 
+    from fairvlm.testbed.scenarios import SCENARIOS
+
+    V.loaded("loaded", loaded)
+    scenarios = V.strings("scenarios", scenarios)
+    for i, sc in enumerate(scenarios):
+        V.choice(f"scenarios[{i}]", sc, SCENARIOS)
+    scene_index = V.integer("scene_index", scene_index, low=0)
+    V.integer("max_new_tokens", max_new_tokens, low=1)
+    V.integer("batch_size", batch_size, low=1)
+    if size is not None:
+        V.integer("size", size, low=8)
     if loaded.kind != "vlm":
-        raise FairVLMError(f"{loaded.name} takes no images; testbed_vqa needs testbed-llava or another VLM")
+        raise FairVLMError(f"loaded={loaded.name!r} takes no images; testbed_vqa needs testbed-llava or another VLM")
     seed = world.scene_seeds("heldout", scene_index + 1)[scene_index]
     px = world.DEFAULT_SIZE if size is None else int(size)
     rows, images = [], []

@@ -37,7 +37,7 @@ from fairvlm.errors import DataError, ParameterError, UnknownNameError
 __all__ = [
     "show", "integer", "number", "learning_rate", "flag", "text", "strings", "sequence", "integers",
     "numbers_list", "choice", "labels", "tensor", "array", "loaded", "path", "existing_file", "existing_dir",
-    "staged_folder", "replaceable", "verified",
+    "staged_folder", "replaceable", "verified", "frame", "mapping", "function",
 ]
 
 
@@ -254,6 +254,38 @@ def array(name: str, value: Any, *, ndim: int | None = None, finite: bool = True
     if finite and not np.isfinite(arr).all():
         raise ParameterError(f"{name} holds NaN or inf ({show(value)}); only finite values are accepted")
     return arr
+
+
+def frame(name: str, value: Any, *, columns: Iterable[str] = (), empty: bool = True):
+    """A ``pandas.DataFrame`` holding ``columns`` (rows required unless ``empty``)."""
+    import pandas as pd
+
+    if not isinstance(value, pd.DataFrame):
+        raise _fail(name, value, "it must be a pandas DataFrame")
+    need = [c for c in columns if c not in value.columns]
+    if need:
+        raise ParameterError(f"{name} lacks the columns {need} (it has {list(map(str, value.columns))[:12]})")
+    if not empty and value.empty:
+        raise _fail(name, value, "it must hold at least one row")
+    return value
+
+
+def mapping(name: str, value: Any, *, empty: bool = False) -> dict:
+    """A ``dict`` or other mapping (not a string, not a list of keys), non-empty unless ``empty``."""
+    from collections.abc import Mapping
+
+    if not isinstance(value, Mapping):
+        raise _fail(name, value, "it must be a dict")
+    if not empty and not value:
+        raise _fail(name, value, "it must be a non-empty dict")
+    return value
+
+
+def function(name: str, value: Any) -> Any:
+    """A callable (a function, not its name as a string)."""
+    if not callable(value) or isinstance(value, (str, bytes, type)):
+        raise _fail(name, value, "it must be a function (a callable), not its name")
+    return value
 
 
 def loaded(name: str, value: Any, *, kinds: Iterable[str] | None = None):
