@@ -62,7 +62,11 @@
 # from the shipped weights (`data/testbed`), with no training. Time on 2 CPU cores shared with
 # two other chapter runs (load average about 5) on 2026-12-07: 154 s on the `embedded` default
 # (three worlds, DEBIASLENS I / T / I+T and the cost timing included) and 57 s on `smoke`,
-# against a design budget of three minutes and one; an idle machine should take less. This
+# against a design budget of three minutes and one; an idle machine should take less. The
+# testbed-llava section (`LLAVA`, on by default except at `smoke`) adds about 270 s more on the
+# same kind of machine (load average 7-9, 2026-12-07: 577 s for the whole `embedded` run, of
+# which 274 s for testbed-llava: nine conditions of 12 two-image prompts and four model loads),
+# well over the three-minute budget; `-p LLAVA False` leaves it out. This
 # execution's run time is printed at the end. The `paper` profile has no planted truth to measure against, so it
 # runs the same testbed sweep as `embedded` and says so.
 #
