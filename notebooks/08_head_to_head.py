@@ -49,12 +49,11 @@
 # training them for the other two would take minutes, beyond this chapter's budget. Each runs
 # with the settings its own chapter chose, beside the matched control that chapter uses for it,
 # or the nearest one. The testbed-llava methods (RES-FAIR's projection and its LoRA / DPO+KL
-# baselines, chapter 04; the steering ablations, chapter 05; DEBIASLENS on testbed-llava) are
-# **not** in this revision: they act on testbed-llava's answers and descriptions, whose common
-# per-scenario measure (the order-balanced "who is more likely" lean,
-# `fairvlm.testbed.measure.who_lean`) costs more than the three-minute budget allows across
-# three worlds, and chapter 04's adapters also exist for the `default` world only. Their own
-# chapters give their verdicts on the default world.
+# baselines, chapter 04; steering by ablating chapter 05's dataset direction; temperature
+# scaling) act on testbed-llava's answers; they are compared in a section of their own, on the
+# `default` world only (chapter 04's adapters and directions exist for it alone) and on a small
+# fixed set of scenarios, because every testbed-llava forward pass reads two images and costs
+# about a second on two CPU cores. DEBIASLENS on testbed-llava is not compared.
 #
 # ## Prerequisites and time to run
 #
@@ -63,7 +62,11 @@
 # from the shipped weights (`data/testbed`), with no training. Time on 2 CPU cores shared with
 # two other chapter runs (load average about 5) on 2026-12-07: 154 s on the `embedded` default
 # (three worlds, DEBIASLENS I / T / I+T and the cost timing included) and 57 s on `smoke`,
-# against a design budget of three minutes and one; an idle machine should take less. This
+# against a design budget of three minutes and one; an idle machine should take less. The
+# testbed-llava section (`LLAVA`, on by default except at `smoke`) adds about 270 s more on the
+# same kind of machine (load average 7-9, 2026-12-07: 577 s for the whole `embedded` run, of
+# which 274 s for testbed-llava: nine conditions of 12 two-image prompts and four model loads),
+# well over the three-minute budget; `-p LLAVA False` leaves it out. This
 # execution's run time is printed at the end. The `paper` profile has no planted truth to measure against, so it
 # runs the same testbed sweep as `embedded` and says so.
 #
@@ -78,7 +81,10 @@
 # `BIASED_PROMPTS_LAMBDA` chapter 07's settings, `TIMING_REPEATS` the interleaved repeats of
 # the cost timing (0: not timed), `MIN_REMOVED` the smallest removal, in units of the written
 # skew, that counts as removing the planted bias, and `BALANCED_TOL` the tolerance on the
-# pair share of men within which the balanced controls count as unmoved.
+# pair share of men within which the balanced controls count as unmoved. `LLAVA` runs the
+# testbed-llava methods (default: on every profile but `smoke`) on `LLAVA_PLANTED`
+# planted-skewed and `LLAVA_BALANCED` balanced scenarios, with temperature scaling at
+# `LLAVA_TEMPERATURE`.
 
 # %% tags=["parameters"]
 PROFILE = "embedded"
@@ -93,19 +99,29 @@ BIASED_PROMPTS_LAMBDA = 1000.0
 TIMING_REPEATS = -1
 MIN_REMOVED = 0.1
 BALANCED_TOL = 0.05
+LLAVA = None
+LLAVA_PLANTED = 4
+LLAVA_BALANCED = 2
+LLAVA_TEMPERATURE = 2.0
 
 # %%
-from fairvlm.params import check_params, check_range
+from fairvlm.params import check_choice, check_params, check_range
 
+if LLAVA is None:   # the testbed-llava part costs minutes on two CPU cores: not at smoke
+    LLAVA = PROFILE != "smoke"
+check_choice("LLAVA", LLAVA, (True, False))
 P = check_params(PROFILE=PROFILE, SEED=SEED, WORLDS=WORLDS, PROBE_SCENES=PROBE_SCENES,
                  GALLERY_SCENES=GALLERY_SCENES, N_RANDOM=N_RANDOM, N_CAPTIONS=N_CAPTIONS,
                  CLIPCLIP_KEEP=CLIPCLIP_KEEP, BIASED_PROMPTS_LAMBDA=BIASED_PROMPTS_LAMBDA,
-                 TIMING_REPEATS=TIMING_REPEATS, MIN_REMOVED=MIN_REMOVED, BALANCED_TOL=BALANCED_TOL)
+                 TIMING_REPEATS=TIMING_REPEATS, MIN_REMOVED=MIN_REMOVED, BALANCED_TOL=BALANCED_TOL,
+                 LLAVA=LLAVA, LLAVA_PLANTED=LLAVA_PLANTED, LLAVA_BALANCED=LLAVA_BALANCED,
+                 LLAVA_TEMPERATURE=LLAVA_TEMPERATURE)
 for _name, _lo, _hi in [("PROBE_SCENES", 0, 100), ("GALLERY_SCENES", 0, 100), ("N_RANDOM", 0, 20),
-                        ("N_CAPTIONS", 0, 100_000), ("TIMING_REPEATS", -1, 50)]:
+                        ("N_CAPTIONS", 0, 100_000), ("TIMING_REPEATS", -1, 50), ("LLAVA_PLANTED", 1, 20),
+                        ("LLAVA_BALANCED", 1, 9)]:
     check_range(_name, getattr(P, _name), _lo, _hi, kind=int)
 for _name, _lo, _hi in [("CLIPCLIP_KEEP", 0.01, 1.0), ("BIASED_PROMPTS_LAMBDA", 0.0, 1e9),
-                        ("MIN_REMOVED", 1e-6, 1.0), ("BALANCED_TOL", 1e-6, 0.5)]:
+                        ("MIN_REMOVED", 1e-6, 1.0), ("BALANCED_TOL", 1e-6, 0.5), ("LLAVA_TEMPERATURE", 1.01, 100.0)]:
     check_range(_name, getattr(P, _name), _lo, _hi)
 
 from fairvlm import headtohead as H
@@ -268,6 +284,80 @@ display(Markdown("*Testbed-clip on the synthetic world; behaviour: share of a sc
 display(shown.style.hide(axis="index"))
 
 # %% [markdown]
+# ## The testbed-llava methods
+#
+# RES-FAIR's post-hoc projection (chapter 04, $\lambda_1 = \lambda_2 = 0.2$, with the
+# directions chapter 04 fits for the testbed split), its two trained baselines (LoRA and
+# DPO+KL, chapter 04's shipped adapters, loaded only when their build key holds: they are
+# never trained here), test-time steering that ablates chapter 05's dataset direction for
+# gender at every layer, and temperature scaling act on testbed-llava's answers. Generating
+# descriptions for every method would cost minutes, so they are read on the model's
+# **option logits**: a scenario's two held-out images that differ only in gender are shown
+# in both orders with the question "between men and women, who is more likely to ...?", and
+# the *lean* is the mean of $\log p(\text{men}) - \log p(\text{women})$ over the two orders
+# (the measure of `fairvlm.testbed.measure.who_lean`, gender only, one template and one
+# option order). The lean takes the place of the pair share in $E(x)$ above. The set is small
+# and fixed: the {glue:text}`llava_planted` planted-skewed scenarios of largest written skew
+# and {glue:text}`llava_balanced` balanced ones, all from chapter 04's evaluation half (the
+# directions and adapters were fitted on the other half), on the `default` world only
+# (chapter 04's adapters exist for it alone).
+#
+# Controls: RES-FAIR's update with random unit directions at the same layers; ablation of a
+# random unit direction; each adapter with its factors replaced by random ones of the same
+# norm per tensor. Temperature scaling divides the logits by $t$ and is the negative example:
+# it shrinks every log-odds, so on the lean it looks like it removes $1 - 1/t$ of any skew,
+# but it cannot change which option has the higher logit. Its row is therefore read on the
+# **argmax answer** (the share of prompts whose top option of the two is the man's), where it
+# removes exactly nothing; its control is $t = 1$. Chapter 05 selects the direction's layer
+# on held-out inputs; that step is skipped here for time (the layer is fixed at the middle of
+# the depth), so this is chapter 05's direction, not its selected one.
+
+# %% tags=["hide-input", "remove-stderr"]
+LLAVA_WORLD = "default"
+if LLAVA and LLAVA_WORLD in SWEEP:
+    lrun = H.llava_run(seed=SEED, n_planted=LLAVA_PLANTED, n_balanced=LLAVA_BALANCED, temperature=LLAVA_TEMPERATURE)
+    LM = {m: H.llava_measures(lrun, m, column="answer" if m == "temperature scaling" else "male", seed=SEED)
+          for m in lrun["methods"]}
+    LM_ANSWER = {m: H.llava_measures(lrun, m, column="answer", seed=SEED) for m in lrun["methods"]}
+    display(Markdown(f"*Provenance: testbed-llava (full size, shipped weights) of world `{LLAVA_WORLD}`; "
+                     f"{len(lrun['scenarios'])} scenarios ({', '.join(lrun['scenarios'])}), one held-out scene each, "
+                     f"{lrun['n_prompts']} prompts per condition; one control draw per method; seed {SEED}; "
+                     f"{lrun['seconds']:.0f} s on a shared 2-core machine.*"))
+    display(pd.DataFrame([{"method": m, "control": H.LLAVA_METHODS[m], "source": lrun["notes"][m]}
+                          for m in lrun["methods"]] +
+                         [{"method": m, "control": H.LLAVA_METHODS[m], "source": lrun["notes"][m]}
+                          for m in H.LLAVA_METHODS if m not in lrun["methods"]]).style.hide(axis="index"))
+
+    def lrow(m):
+        x, xa = LM[m], LM_ANSWER[m]
+        p, pa, col = x["planted"], xa["planted"], x["collateral"]
+        return {"method": m, "read on": "argmax answer" if m == "temperature scaling" else "lean",
+                "skew shown (unedited)": iv(p["expressed_before"], p["expressed_before_lo"], p["expressed_before_hi"]),
+                "removed, abs": iv(p["removed_abs"], p["removed_abs_lo"], p["removed_abs_hi"]),
+                "control, abs": f"{x['planted_control']['removed_abs']:.2f}",
+                "removed on answers, abs": iv(pa["removed_abs"], pa["removed_abs_lo"], pa["removed_abs_hi"]),
+                "balanced controls move": iv(col["balanced"], col["balanced_lo"], col["balanced_hi"], fmt="{:.3f}")}
+
+    llava_shown = pd.DataFrame([lrow(m) for m in lrun["methods"]])
+    display(Markdown("*testbed-llava on the synthetic world; \"abs\" is the slope removed (lean units, log-odds, per "
+                     "unit of written skew; for temperature scaling, answer-share units); intervals are 95% "
+                     "percentile intervals over scenarios, crude with this few.*"))
+    display(llava_shown.style.hide(axis="index"))
+    t_lean = H.llava_measures(lrun, "temperature scaling", column="male", seed=SEED)["planted"]
+    glue("ts_lean_removed", f"{t_lean['removed_abs']:.2f}", display=False)
+    glue("ts_answer_removed", f"{LM['temperature scaling']['planted']['removed_abs']:.2f}", display=False)
+    display(Markdown(f"Temperature scaling at $t = {LLAVA_TEMPERATURE:g}$ moves the lean along the planted "
+                     f"pattern by {t_lean['removed_abs']:.2f} (it shrinks every log-odds) and the argmax answers "
+                     f"by {LM['temperature scaling']['planted']['removed_abs']:.2f}: it changes no answer."))
+else:
+    lrun, LM, llava_shown = None, {}, pd.DataFrame()
+    display(Markdown("*The testbed-llava methods were not run: " + ("`LLAVA` is off on this profile."
+                     if not LLAVA else f"the `{LLAVA_WORLD}` world is not swept in this run (chapter 04's adapters "
+                     "and directions exist for it alone).") + "*"))
+glue("llava_planted", f"{LLAVA_PLANTED}", display=False)
+glue("llava_balanced", f"{LLAVA_BALANCED}", display=False)
+
+# %% [markdown]
 # ## Verdicts
 #
 # Each method gets one verdict per world through the book's protocol (`fairvlm.verdicts.judge`):
@@ -299,6 +389,16 @@ for w, m in PAIRS_RUN:
                      tol=BALANCED_TOL), x["balanced_after"], x["balanced_before"], after=v1, seed=SEED)
     rows.append({"world": w, "cell": f"testbed-clip | {m}", "measure": "pair share of men on the balanced "
                  "scenarios, edited vs unedited", "verdict": v2})
+for m, x in LM.items():
+    p = x["planted"]
+    shows = p["expressed_before_lo"] > 0
+    why = "" if shows else (f"the unedited model shows no planted skew here (expressed {p['expressed_before']:.2f} "
+                            f"[{p['expressed_before_lo']:.2f}, {p['expressed_before_hi']:.2f}])")
+    what = "argmax answers" if m == "temperature scaling" else "option lean"
+    v1 = judge(Claim(f"{m} removes the planted gender skew from testbed-llava's {what} beyond its control", "debias",
+                     min_effect=MIN_REMOVED), x["units"], x["control_units"], why=why, seed=SEED)
+    rows.append({"world": LLAVA_WORLD, "cell": f"testbed-llava | {m}", "measure": f"planted skew removed per "
+                 f"planted-skewed scenario ({what}, slope units); control: {H.LLAVA_METHODS[m]}", "verdict": v1})
 verdicts = verdict_table(rows)
 display(Markdown(f"*Provenance: testbed-clip of each world (synthetic); {r0['description']}.*"))
 display(verdicts.drop(columns=["rule", "asserts", "bias_claim"]).style.hide(axis="index").format(precision=3))
@@ -399,7 +499,7 @@ else:
 
 # %% tags=["hide-input"]
 ORDER = {"reproduced": 0, "inconclusive": 1, "not reproduced": 2, "not testable here": 3}
-vt = verdicts[(verdicts["world"] == TOP) & (verdicts["asserts"] == "debias")]
+vt = verdicts[(verdicts["world"] == TOP) & (verdicts["asserts"] == "debias") & verdicts["cell"].str.startswith("testbed-clip")]
 rank_rows = []
 for m in [m for m in METHODS if (TOP, m) in M]:
     v = vt[vt["cell"] == f"testbed-clip | {m}"].iloc[0]
@@ -420,6 +520,32 @@ ranking = pd.DataFrame(rank_rows).sort_values("_order").drop(columns="_order").r
 ranking.insert(0, "rank", range(1, len(ranking) + 1))
 display(Markdown(f"*testbed-clip, world {TOP} (strength {STRENGTH[TOP]:g}); the testbed's numbers, not the papers'.*"))
 display(ranking.style.hide(axis="index"))
+llava_ranking = pd.DataFrame()
+READING = "protocol's reading"
+if LM:
+    lv = verdicts[verdicts["cell"].str.startswith("testbed-llava")]
+    lr = []
+    for m, x in LM.items():
+        v = lv[lv["cell"] == f"testbed-llava | {m}"].iloc[0]
+        p = x["planted"]
+        lr.append({"method": m, "verdict": v["verdict"], "protocol's reading": H.RANK_WORDS[v["verdict"]],
+                   "read on": "argmax answer" if m == "temperature scaling" else "lean",
+                   "removed (share)": iv(p["removed"], p["removed_lo"], p["removed_hi"]),
+                   "removed vs control (abs)": f"{v['effect']:.2f} vs {v['control']:.2f}, difference "
+                                               f"{v['difference interval']}",
+                   "balanced controls move": f"{x['collateral']['balanced']:.3f}",
+                   "_order": (ORDER[v["verdict"]], abs(1 - p["removed"]) if np.isfinite(p["removed"]) else np.inf)})
+    llava_ranking = pd.DataFrame(lr).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    llava_ranking.insert(0, "rank", range(1, len(llava_ranking) + 1))
+    display(Markdown(f"*testbed-llava, world {LLAVA_WORLD}, {len(lrun['scenarios'])} scenarios; ranked apart from "
+                     "the retrieval methods: another model, another behaviour, another unit.*"))
+    display(llava_ranking.style.hide(axis="index"))
+    top_l = llava_ranking.iloc[0]
+    glue("llava_sentence", "On testbed-llava (`default` world, a small fixed set of scenarios), the removal rows read: "
+         + tally(lv) + f"; first is {top_l['method']} ({top_l[READING]}). Temperature scaling changes no argmax "
+         "answer, as it cannot.", display=False)
+else:
+    glue("llava_sentence", "The testbed-llava methods were not run in this execution.", display=False)
 best = ranking.iloc[0]
 glue("top_world", f"{TOP} (strength {STRENGTH[TOP]:g})", display=False)
 reading = best["protocol's reading"]
@@ -445,8 +571,8 @@ glue("zero_sentence", ("On the strength-0 world, where nothing was planted, the 
 # At {glue:text}`top_world`, {glue:text}`n_removing` methods remove the planted gender skew
 # from testbed-clip's retrieval beyond their matched control; first in the ranking is
 # {glue:text}`best_method`. {glue:text}`not_removing` {glue:text}`collateral_sentence`
-# {glue:text}`zero_sentence` Over all worlds the verdicts come out
-# {glue:text}`verdict_tally`.
+# {glue:text}`zero_sentence` {glue:text}`llava_sentence` Over all worlds and both models the
+# verdicts come out {glue:text}`verdict_tally`.
 #
 # ## What this comparison cannot say
 #
@@ -456,10 +582,13 @@ glue("zero_sentence", ("On the strength-0 world, where nothing was planted, the 
 #   not which one works on CLIP ViT-B on photographs. The `paper` profile cannot settle that
 #   either: real data has no planted truth, so there the book can only repeat each paper's own
 #   metric (chapters 04-07).
-# - **Only the methods that edit testbed-clip are here.** The head edits, the two embedding
-#   baselines and DEBIASLENS all edit retrieval; the testbed-llava methods of chapters 04-06
-#   are not compared in this revision, so nothing here ranks RES-FAIR or steering.
-#   DEBIASLENS runs on the `default` world only (its SAEs exist there alone): it has no
+# - **The testbed-llava methods are read thinly.** RES-FAIR, its LoRA and DPO+KL baselines,
+#   steering and temperature scaling run on the `default` world only, on a handful of
+#   scenarios, one scene each, one control draw, read on option logits rather than on
+#   generated answers, with no utility or cost measure: their verdicts can tell a large
+#   removal from none, little more, and they are ranked apart from the retrieval methods.
+#   The steering direction's layer is fixed rather than selected as chapter 05 selects it;
+#   DEBIASLENS on testbed-llava is not run here. DEBIASLENS runs on the `default` world only (its SAEs exist there alone): it has no
 #   strength sweep and no strength-0 check of its own beyond its matched-latent control.
 # - **The expert heads are picked per world by probes**, as chapter 07 picks them; a method
 #   whose selection step fails on a world (picks heads that carry no gender) fails there, which
@@ -517,17 +646,37 @@ headline = {
     "cost_ratio": ({m: {**t, "ratio": (t["plain_s_per_1000"] + t["extra_s_per_1000"]) / t["plain_s_per_1000"],
                         "world": SWEEP[-1]} for m, t in timing.items()} if timing else
                    {"not_timed": "smoke profile or TIMING_REPEATS=0"}),
-    "not_compared": "the testbed-llava methods of chapters 04-06 (see the chapter's overview)",
+    "not_compared": "DEBIASLENS on testbed-llava; the testbed-llava methods on worlds other than default",
     "debiaslens": {w: r["debiaslens"] for w, r in runs.items()},
     "verdict_counts": verdicts["verdict"].value_counts().to_dict(),
     "runtime_s": runtime_s,
 }
+for m, x in LM.items():
+    pm, lv_ = x["planted"], verdicts[verdicts["cell"] == f"testbed-llava | {m}"]["verdict"].iloc[0]
+    headline["methods"][m] = {"model": "testbed-llava", "task": ("argmax answer between the two gender options"
+                              if m == "temperature scaling" else "option lean log p(men) - log p(women)")
+                              + " in the 'who is more likely' question", "control": H.LLAVA_METHODS[m],
+                              "chapter": "05_steering" if m.startswith("steering") else "04_resfair",
+                              "worlds": [LLAVA_WORLD], "source": lrun["notes"][m]}
+    headline["removed"][m] = {LLAVA_WORLD: {k: pm[k] for k in ("removed", "removed_lo", "removed_hi", "removed_abs",
+                                                              "removed_abs_lo", "removed_abs_hi", "expressed_before")}
+                              | {"control_abs": x["planted_control"]["removed_abs"], "verdict": lv_,
+                                 "answer_removed_abs": LM_ANSWER[m]["planted"]["removed_abs"]}}
+    headline["collateral"][m] = {LLAVA_WORLD: x["collateral"]}
+    headline["utility_kept"][m] = {LLAVA_WORLD: "not measured (testbed-llava forward passes cost about a second each)"}
+if lrun is not None:
+    headline["llava"] = {"scenarios": lrun["scenarios"], "n_prompts": lrun["n_prompts"], "seconds": lrun["seconds"],
+                         "not_compared": [m for m in H.LLAVA_METHODS if m not in lrun["methods"]]}
 tables = {"measures": measures, "verdicts": verdicts, "ranking": ranking}
+if LM:
+    tables.update({"llava_measures": llava_shown, "llava_ranking": llava_ranking,
+                   "method_llava": lrun["per_scenario"].merge(classes.rename(columns={"u": "written_skew", "cls": "class"})
+                                                              [["scenario", "written_skew", "class"]], on="scenario")})
 if timing:
     tables["cost"] = cost
 tables.update({f"method_{slug(m)}": per_method(m) for m in METHODS})
 saved = save_results("08_head_to_head", params=P, headline=headline,
-                     provenance={"models": ["testbed-clip"], "data": ["testbed (synthetic), worlds " + ", ".join(SWEEP)]},
+                     provenance={"models": ["testbed-clip"] + (["testbed-llava"] if LM else []), "data": ["testbed (synthetic), worlds " + ", ".join(SWEEP)]},
                      tables=tables)
 glue("runtime", f"{runtime_s:.0f}", display=False)
 display(Markdown(f"Results written to `{saved}`; run time {runtime_s:.0f} s."))

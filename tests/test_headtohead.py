@@ -1,10 +1,12 @@
 """The head-to-head measures (chapter 08) on constructed cases, and its world loader."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fairvlm import headtohead as H
 from fairvlm.errors import FairVLMError
+from fairvlm.params import ParameterError
 
 
 def _case(seed=0):
@@ -138,3 +140,22 @@ def test_pair_shares_on_a_constructed_gallery():
 def test_debiaslens_is_never_trained_for_a_world_without_its_saes():
     saes, why = H.debiaslens_saes("strength-0")
     assert saes is None and "default world only" in why
+
+
+def test_llava_temperature_changes_no_answer_but_shrinks_the_lean():
+    logits = pd.DataFrame({"scenario": ["a", "a", "b", "b"], "order": [0, 1, 0, 1],
+                           "za": [[2.0, 1.0], [0.5, 0.1], [1.0, 1.0], [-1.0, -2.0]],
+                           "zb": [[1.0, 0.0], [1.5, 0.2], [1.0, 0.5], [0.0, -3.0]]})
+    b1, b2 = H.llava_behaviour(logits), H.llava_behaviour(logits, temperature=2.0)
+    assert np.array_equal(b1["answer"], b2["answer"])
+    assert b1["answer"].tolist() == [0.5, 0.25]
+    assert not np.allclose(b1["lean"], b2["lean"])
+    with pytest.raises(ParameterError):
+        H.llava_behaviour(logits, temperature=0)
+
+
+def test_llava_scenarios_fixed_set_with_balanced_controls():
+    keys = H.llava_scenarios(n_planted=4, n_balanced=2)
+    cls = H.scenario_classes().set_index("scenario").loc[keys, "cls"]
+    assert (cls == "planted").sum() == 4 and (cls == "balanced").sum() == 2
+    assert keys == H.llava_scenarios(n_planted=4, n_balanced=2)

@@ -647,3 +647,283 @@ def method_measures(run: Mapping, method: str, *, n_boot: int = 1000, seed: int 
     out["recall"] = utility_kept(run["hits"]["none"], run["hits"][method], n_boot=n_boot, seed=seed)
     out["zero_shot"] = utility_kept(run["zs"]["none"], run["zs"][method], n_boot=n_boot, seed=seed)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# The testbed-llava methods (chapters 04 and 05) on the default world
+# ---------------------------------------------------------------------------------------
+
+#: the testbed-llava methods compared here, and the matched control of each
+LLAVA_METHODS = {
+    "RES-FAIR post-hoc": "the same update with random unit directions at the same layers",
+    "steering (dataset direction)": "ablation of a random unit direction",
+    "w/ LoRA": "the adapter's factors replaced by random ones of the same norm per tensor",
+    "w/ DPO+KL": "the adapter's factors replaced by random ones of the same norm per tensor",
+    "temperature scaling": "no scaling (t = 1)",
+}
+
+
+def llava_scenarios(eval_scenarios=None, *, n_planted: int = 6, n_balanced: int = 4) -> list[str]:
+    """A small fixed evaluation set of scenarios for the testbed-llava methods: the
+    ``n_planted`` planted-skewed scenarios of largest written gender skew (alternating the
+    sign), every counter-stereotypical one and ``n_balanced`` balanced controls, all from
+    ``eval_scenarios`` (chapter 04's evaluation half) when given."""
+    cls = scenario_classes("gender")
+    if eval_scenarios is not None:
+        cls = cls[cls["scenario"].isin(set(eval_scenarios))]
+    pl = cls[cls["cls"] == "planted"].assign(a=lambda d: d["u"].abs()).sort_values(["a", "scenario"], ascending=[False, True])
+    pos, neg = list(pl.loc[pl["u"] > 0, "scenario"]), list(pl.loc[pl["u"] < 0, "scenario"])
+    picked = []
+    while len(picked) < n_planted and (pos or neg):
+        for side in (pos, neg):
+            if side and len(picked) < n_planted:
+                picked.append(side.pop(0))
+    bal = sorted(cls.loc[cls["cls"] == "balanced", "scenario"])[:n_balanced]
+    out = picked + list(cls.loc[cls["cls"] == "counter", "scenario"]) + bal
+    if not bal or not picked:
+        raise FairVLMError("the evaluation half holds no planted-skewed or no balanced scenario")
+    return out
+
+
+def _option_ids(tok):
+    from fairvlm.testbed import captions as C
+
+    def first(word):
+        forms = {word, word.lower(), word.capitalize(), " " + word, " " + word.lower(), " " + word.capitalize()}
+        return sorted({tok(f, add_special_tokens=False)["input_ids"][0] for f in forms})
+
+    (_, _, oa), (_, _, ob) = C.MCQ_GROUPS["gender"]
+    return first(oa), first(ob)
+
+
+def llava_prompts(keys: Sequence[str], *, scene_seed: int = 0, template: int = 0) -> list[tuple]:
+    """The gender "who is more likely" prompts of :func:`fairvlm.testbed.measure.who_lean`,
+    one scene per scenario, both image orders, the options in their first order:
+    ``(scenario, image_order, prompt, [image, image])``."""
+    from fairvlm.testbed import captions as C
+    from fairvlm.testbed.train import llava_prompt
+    from fairvlm.testbed.world import render
+
+    (_, na, oa), (_, nb, ob) = C.MCQ_GROUPS["gender"]
+    out = []
+    for k in keys:
+        pred = C.scenario_predicates(k)[-1]
+        ims = [render(k, "man", "white", scene_seed), render(k, "woman", "white", scene_seed)]
+        q = C.MCQ_TEMPLATES[template].format(a=na, b=nb, pred=pred)
+        text = llava_prompt(f"{C.MCQ_LEADS[2]}{q} Options: {oa}, {ob}, {C.MCQ_FAIR}. Answer with one option only.",
+                            system=C.MCQ_SYSTEM, n_images=2)
+        for order, pair in ((0, ims), (1, ims[::-1])):
+            out.append((k, order, text, pair))
+    return out
+
+
+def llava_option_logits(lm, prompts: Sequence[tuple], *, batch_size: int = 4) -> pd.DataFrame:
+    """Next-token logits of the two gender options after each prompt of :func:`llava_prompts`
+    (no generation): per prompt ``scenario``, ``order``, ``za`` / ``zb`` (the logits of the
+    first tokens of the man / woman option's surface forms, as lists)."""
+    import torch
+
+    tok = lm.processor.tokenizer
+    ia, ib = _option_ids(tok)
+    rows = []
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i:i + batch_size]
+            enc = lm.processor(images=[im for *_, pair in chunk for im in pair], text=[c[2] for c in chunk],
+                               return_tensors="pt", padding=True).to(lm.model.device)
+            logits = lm.model(**enc).logits.float()
+            if getattr(tok, "padding_side", "right") == "left":
+                last = torch.full((len(chunk),), logits.shape[1] - 1)
+            else:
+                last = enc["attention_mask"].sum(1) - 1
+            z = logits[torch.arange(len(chunk)), last]
+            for c, zz in zip(chunk, z):
+                rows.append({"scenario": c[0], "order": c[1], "za": zz[ia].tolist(), "zb": zz[ib].tolist()})
+    return pd.DataFrame(rows)
+
+
+def llava_behaviour(logits: pd.DataFrame, *, temperature: float = 1.0) -> pd.DataFrame:
+    """Per scenario, from :func:`llava_option_logits` at ``temperature``: ``lean`` (the mean
+    over prompts of ``log p(man) - log p(woman)``, each the log of the summed probability of
+    its surface forms, as :func:`fairvlm.testbed.measure.who_lean` reads it) and ``answer``
+    (the share of prompts whose top option of the two is the man's, ties half: the argmax
+    answer, which no temperature changes)."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ParameterError(f"temperature={temperature!r} must be a positive number")
+
+    def lse(z):
+        z = np.asarray(z, float) / temperature
+        return float(z.max() + np.log(np.exp(z - z.max()).sum()))
+
+    d = logits.assign(lean=[lse(a) - lse(b) for a, b in zip(logits["za"], logits["zb"])],
+                      answer=[1.0 if max(a) > max(b) else (0.5 if max(a) == max(b) else 0.0)
+                              for a, b in zip(logits["za"], logits["zb"])])
+    return d.groupby("scenario", sort=False)[["lean", "answer"]].mean().reset_index()
+
+
+def _random_adapter(state: Mapping, seed: int) -> dict:
+    """LoRA factors of the same shapes and the same Frobenius norm per tensor, drawn at random."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in state.items():
+        r = torch.randn(v.shape, generator=g)
+        out[k] = (r * (v.float().norm() / r.norm().clamp_min(1e-12))).to(v.dtype)
+    return out
+
+
+def adapter_state(sp: dict, method: str, *, profile: str = "embedded", seed: int = 0) -> tuple[dict | None, str]:
+    """Chapter 04's shipped (or cached) adapter of ``method`` for split ``sp`` when its build key
+    and checksums hold: ``(state, where)``; otherwise ``(None, why)``. Never trains."""
+    from fairvlm import resfair_baselines as RB
+
+    settings = RB.SETTINGS.get(profile, RB.TrainSettings())
+    name, key = RB.artifact_name(sp, method, profile), RB.build_key(sp, method, settings, seed)
+    reasons = []
+    for where, folder in (("shipped", RB.shipped_dir()), ("cache", RB._cache_folder())):
+        state, _, why = RB._load_entry(folder, name, key)
+        if state is not None:
+            return state, f"{where} ({name}, build key {key[:12]})"
+        reasons.append(why)
+    return None, f"not compared: {reasons[0]} (training it here would take minutes)"
+
+
+def llava_run(*, seed: int = 0, n_planted: int = 6, n_balanced: int = 4, steer_layer: float = 0.5, n_fit: int = 8,
+              temperature: float = 2.0, with_adapters: bool = True, batch_size: int = 4) -> dict:
+    """The testbed-llava methods on the ``default`` world, each beside its matched control
+    (:data:`LLAVA_METHODS`), read on a small fixed scenario set (:func:`llava_scenarios`, from
+    chapter 04's evaluation half) by the option logits of the gender "who is more likely"
+    question (:func:`llava_behaviour`):
+
+    - RES-FAIR post-hoc (:func:`fairvlm.resfair.posthoc`, lambda 0.2 / 0.2) with chapter 04's
+      directions for the testbed split (:func:`fairvlm.resfair_baselines.chapter_splits`,
+      embedded); control: random unit directions at the same layers;
+    - steering: ablation (:func:`fairvlm.steering.ablate`) of chapter 05's dataset direction
+      for gender (bias question minus the mean of the two benign questions on ``n_fit``
+      training-split images), at layer ``steer_layer`` of the depth and the last position
+      (chapter 05 selects the layer on held-out inputs; that step is skipped here for time);
+      control: a random unit direction;
+    - LoRA and DPO+KL: chapter 04's adapters where their build key holds
+      (:func:`adapter_state`, never trained here); control: random factors of matched norm;
+    - temperature scaling at ``temperature``, applied to the stored option logits; control:
+      ``t = 1``.
+
+    Returns ``{"world", "methods", "notes", "per_scenario"`` (rows as
+    :func:`clip_world_run`'s, with ``male`` = the lean and ``answer``), ``"scenarios"``,
+    ``"seconds"``, ``"timing"}`` (seconds per condition)."""
+    import dataclasses
+
+    import torch
+
+    from fairvlm import models, resfair, steering
+    from fairvlm import resfair_baselines as RB
+    from fairvlm import steering_eval as SE
+    from fairvlm.testbed import SCENARIO_KEYS, world as W
+
+    t0 = time.perf_counter()
+    notes, per, timing = {}, {}, {}
+    with in_world("default"):
+        sp = next(s for s in RB.chapter_splits("embedded", seed=seed, eval_prompts=2, max_eval_rows=8)
+                  if s["model"] == "testbed-llava")
+        keys = llava_scenarios(set(sp["eval_col"].table["scenario"]), n_planted=n_planted, n_balanced=n_balanced)
+        prompts = llava_prompts(keys, scene_seed=seed)
+        lm = models.load("testbed-llava", size=sp["size"], world="default")
+
+        def score(name, model=None):
+            t = time.perf_counter()
+            per[name] = llava_option_logits(model or lm, prompts, batch_size=batch_size)
+            timing[name] = time.perf_counter() - t
+
+        score("none")
+        # RES-FAIR post-hoc and its control
+        dirs = sp["dirs"]
+        with resfair.posthoc(lm, dirs, lambda1=resfair.DEFAULT_LAMBDA, lambda2=resfair.DEFAULT_LAMBDA):
+            score("RES-FAIR post-hoc")
+        g = np.random.default_rng(seed)
+
+        def rand_unit(d):
+            v = g.standard_normal(d).astype(np.float32)
+            return v / np.linalg.norm(v)
+
+        d = int(np.asarray(dirs.bias[dirs.layers[0]]).shape[0])
+        rdirs = dataclasses.replace(dirs, bias={l: rand_unit(d) for l in dirs.layers},
+                                    fair={l: rand_unit(d) for l in dirs.layers}, streams={})
+        with resfair.posthoc(lm, rdirs, lambda1=resfair.DEFAULT_LAMBDA, lambda2=resfair.DEFAULT_LAMBDA):
+            score("RES-FAIR post-hoc|control0")
+        notes["RES-FAIR post-hoc"] = (f"chapter 04's directions for the testbed split (fit on {sp['fit']}, "
+                                      f"{sp['dirs_rows']} rows, layers {dirs.layers[0]}..{dirs.layers[-1]})")
+        # steering: chapter 05's dataset direction for gender at a fixed layer
+        rng = np.random.default_rng(seed)
+        fit_keys = [k for k in SCENARIO_KEYS if k in set(sp["fit_col"].table["scenario"])]
+        fit_keys = rng.choice(fit_keys, size=n_fit, replace=True).tolist()
+        fit_imgs = [W.render(k, *W.parse_variant(W.VARIANTS[i % 4]), int(s))
+                    for i, (k, s) in enumerate(zip(fit_keys, rng.integers(0, 1_000_000, n_fit)))]
+        layer = int(round(steer_layer * (lm.n_layers - 1)))
+        mb = steering.mean_activations(lm, [SE.BIAS_PROMPTS["gender"]] * n_fit, fit_imgs, layers=[layer],
+                                       positions=[-1], batch_size=batch_size)
+        mn = sum(steering.mean_activations(lm, [p] * n_fit, fit_imgs, layers=[layer], positions=[-1],
+                                           batch_size=batch_size) for p in SE.BENIGN_PROMPTS) / 2
+        a = steering.unit(mb[0, 0] - mn[0, 0])
+        with steering.ablate(lm, a):
+            score("steering (dataset direction)")
+        with steering.ablate(lm, steering.random_direction(lm.d_model, seed=seed)):
+            score("steering (dataset direction)|control0")
+        notes["steering (dataset direction)"] = (f"dataset direction at layer {layer} of {lm.n_layers}, last position, "
+                                                 f"fitted on {n_fit} training-split images; no layer selection")
+        # chapter 04's adapters, where their build key holds
+        for method in RB.METHODS:
+            state, where = adapter_state(sp, method, seed=seed) if with_adapters else (None, "not asked")
+            notes[method] = where
+            if state is None:
+                continue
+            settings = RB.SETTINGS.get("embedded", RB.TrainSettings())
+            score(method, RB.apply_adapter(sp, state, settings, torch.float32))
+            score(f"{method}|control0", RB.apply_adapter(sp, _random_adapter(state, seed), settings, torch.float32))
+    notes["temperature scaling"] = f"t = {temperature:g} on the option logits; control t = 1"
+    rows = []
+    names = list(per) + ["temperature scaling", "temperature scaling|control0"]
+    for name in names:
+        if name.startswith("temperature scaling"):
+            beh = llava_behaviour(per["none"], temperature=1.0 if "|" in name else temperature)
+        else:
+            beh = llava_behaviour(per[name])
+        method, _, ctl = name.partition("|")
+        rows.append(pd.DataFrame({"world": "default", "condition": name, "method": method,
+                                  "role": "control" if ctl else ("unedited" if method == "none" else "method"),
+                                  "draw": int(ctl[7:]) if ctl else -1, "scenario": beh["scenario"],
+                                  "male": beh["lean"].to_numpy(), "answer": beh["answer"].to_numpy(),
+                                  "prompts": 2}))
+    methods = [m for m in LLAVA_METHODS if m in {n.partition("|")[0] for n in names}]
+    return {"world": "default", "methods": methods, "notes": notes, "per_scenario": pd.concat(rows, ignore_index=True),
+            "scenarios": keys, "timing": timing, "n_prompts": len(prompts), "seconds": time.perf_counter() - t0}
+
+
+def llava_measures(run: Mapping, method: str, *, column: str = "male", n_boot: int = 1000, seed: int = 0) -> dict:
+    """The removed measure (planted-skewed and counter-stereotypical scenarios of the run's set)
+    and the balanced collateral of one testbed-llava method of :func:`llava_run`, read on
+    ``column`` (``male``: the option lean; ``answer``: the argmax answer share), with the
+    per-scenario removed units of the method and of its control (for the verdict)."""
+    cls = scenario_classes("gender").set_index("scenario").loc[run["scenarios"]].reset_index()
+    ps = run["per_scenario"]
+
+    def series(m):
+        return ps[m].groupby("scenario")[column].mean().reindex(cls["scenario"]).to_numpy(float)
+
+    meth, ctl = ps["condition"] == method, (ps["method"] == method) & (ps["role"] == "control")
+    if not meth.any() or not ctl.any():
+        raise FairVLMError(f"no rows for method {method!r} (or its control) in the testbed-llava run; "
+                           f"methods there: {', '.join(run['methods'])}")
+    b, a, c = series(ps["condition"] == "none"), series(meth), series(ctl)
+    u, bal = cls["u"].to_numpy(), (cls["cls"] == "balanced").to_numpy()
+    planted, counter = (cls["cls"] == "planted").to_numpy(), (cls["cls"] == "counter").to_numpy()
+    out = {"world": run["world"], "method": method, "column": column}
+    for name, sub in (("planted", planted), ("counter", counter)):
+        if sub.any():
+            out[name] = removed(u, b, a, balanced=bal, subset=sub, n_boot=n_boot, seed=seed)
+            out[f"{name}_control"] = removed(u, b, c, balanced=bal, subset=sub, n_boot=n_boot, seed=seed)
+    out["units"] = removed_units(u, b, a, balanced=bal, subset=planted)
+    out["control_units"] = removed_units(u, b, c, balanced=bal, subset=planted)
+    out["collateral"] = collateral(b, a, balanced=bal, n_boot=n_boot, seed=seed)
+    out["balanced_before"], out["balanced_after"] = b[bal], a[bal]
+    return out
