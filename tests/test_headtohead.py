@@ -1,5 +1,7 @@
 """The head-to-head measures (chapter 08) on constructed cases, and its world loader."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,7 +139,26 @@ def test_pair_shares_on_a_constructed_gallery():
         H.pair_shares(q[:1], img, meta.assign(gender="female"), ["a"])
 
 
-def test_debiaslens_is_never_trained_for_a_world_without_its_saes():
+def test_debiaslens_is_never_trained_for_a_world_without_its_saes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRVLM_CACHE", str(tmp_path))
+    saes, why = H.debiaslens_saes("strength-0")
+    assert saes is None and "default world only" in why
+    assert not any(tmp_path.rglob("*.safetensors"))          # nothing trained into the cache
+
+
+def test_debiaslens_ignores_saes_trained_into_the_cache(tmp_path, monkeypatch):
+    """A cached SAE folder (chapter 06 run on another world) must not change chapter 08's
+    tables: only the shipped SAEs count, even where a cached folder would pass its checks."""
+    from fairvlm import debiaslens as DL
+
+    monkeypatch.setenv("FAIRVLM_CACHE", str(tmp_path))
+    key, _ = DL.build_key("testbed-clip", "testbed-llava", profile="embedded", world="strength-0", seed=0,
+                          size="full")
+    (tmp_path / "sae" / "06_debiaslens" / key).mkdir(parents=True)
+    # every folder that exists passes its checks (the cached one would be served)
+    monkeypatch.setattr(DL, "_check_folder", lambda folder, key: "" if Path(folder).is_dir() else "absent")
+    monkeypatch.setattr(DL, "_read_folder", lambda folder: ({"image": folder}, None, None))
+    assert not Path(DL.shipped_folder("strength-0", "embedded")).is_dir()      # not shipped for that world
     saes, why = H.debiaslens_saes("strength-0")
     assert saes is None and "default world only" in why
 

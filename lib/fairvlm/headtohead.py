@@ -342,17 +342,17 @@ SAE_SETTINGS = {"probe_threshold": 0.5, "neurons_per_group": 2, "other_cap": 0.2
 
 
 def debiaslens_saes(world: str, *, size: str = "full", seed: int = 0) -> tuple[dict | None, str]:
-    """Chapter 06's SAEs (embedded recipe) for ``world``'s testbed when they exist with the
-    current build key, shipped (``data/artifacts/06_debiaslens``) or cached: ``(saes, where)``;
+    """Chapter 06's SAEs (embedded recipe) for ``world``'s testbed when the book ships them
+    with the current build key (``data/artifacts/06_debiaslens``): ``(saes, where)``;
     otherwise ``(None, why)``. Never trains: training them takes minutes, more than this
-    chapter's budget, so a world without them goes without DEBIASLENS."""
+    chapter's budget, so a world without them goes without DEBIASLENS. SAEs a reader trained
+    into the cache (chapter 06 run on another world) are not used, so the chapter's tables
+    do not depend on what else this machine has run."""
     from fairvlm import debiaslens as DL
-    from fairvlm.paths import cache_dir
 
     world = resolve_world(world)
     key, _ = DL.build_key("testbed-clip", "testbed-llava", profile="embedded", world=world, seed=seed, size=size)
-    folders = [f for f in (DL.shipped_folder(world, "embedded"), cache_dir() / "sae" / "06_debiaslens" / key)
-               if f is not None]
+    folders = [f for f in (DL.shipped_folder(world, "embedded"),) if f is not None]
     reasons = []
     for folder in folders:
         why = DL._check_folder(folder, key)
