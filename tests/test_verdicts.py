@@ -178,7 +178,9 @@ def test_judge_end_to_end_branches():
     assert judge(BIAS, ctrl + 0.5 + rng.normal(0, 0.05, 80), ctrl).verdict == "reproduced"
     assert judge(BIAS, ctrl + rng.normal(0, 0.02, 80), ctrl).verdict == "not reproduced"
     assert judge(BIAS, ctrl + 0.1 + rng.normal(0, 0.3, 80), ctrl).verdict == "inconclusive"
-    assert judge(BIAS, np.full(80, 0.733), ctrl).verdict == "not testable here"          # constant effect
+    # a constant effect over 80 units: its order-statistic interval is [0.733, 0.733] (sign test), so it is read
+    v = judge(BIAS, np.full(80, 0.733), ctrl)
+    assert v.verdict == "reproduced" and v.interval == (0.733, 0.733) and "same effect" in v.why
     assert judge(BIAS, [0.3], [0.1]).verdict == "not testable here"                      # one unit
 
 
@@ -468,3 +470,47 @@ def test_subset_mean_pvalue_hand_computed():
         subset_mean_pvalue([1, float("nan")], [1, 0])
     with pytest.raises(FairVLMError, match="alternative"):
         subset_mean_pvalue([1, 2], [1, 0], alternative="two-sided")
+
+
+# ================================================================== constant units (sign test)
+def test_constant_refuting_difference_reads_not_reproduced():
+    # chapter 04's case: post-hoc answers 'fair' 0.0 and LoRA 1.0 in each of 22 scenarios; the claim is that
+    # post-hoc is above LoRA by 0.05: every unit refutes it, so the sign test rules the size out
+    above = Claim("post-hoc answers fair more often than LoRA", "debias", direction="greater", min_effect=0.05)
+    v = judge(above, np.zeros(44), np.ones(44), clusters=np.repeat(np.arange(22), 2))
+    assert v.verdict == "not reproduced" and v.difference == -1.0 and v.difference_interval == (-1.0, -1.0)
+    assert "22 units" in v.why and "p = 4.8e-07" in v.why               # 2 * 0.5**22
+    # the same in the 'less' direction
+    assert judge(DEBIAS, np.ones(10), np.zeros(10)).verdict == "not reproduced"
+
+
+def test_constant_zero_difference_is_not_beyond_the_size():
+    # an edit that changes nothing in any of 8 units: the claimed lowering is absent in every unit
+    x = np.linspace(0.2, 0.9, 8)
+    v = judge(DEBIAS, x, x)
+    assert v.verdict == "not reproduced" and v.difference == 0.0
+    # a difference sitting exactly at the claimed size in every unit is not beyond it
+    assert judge(BIAS, x + 0.1, x).verdict == "not reproduced"
+
+
+def test_constant_supporting_difference_uses_the_usual_rule():
+    rng = np.random.default_rng(3)
+    ctrl = rng.uniform(0.0, 0.3, 12)
+    v = judge(BIAS, ctrl + 0.4, ctrl)                                  # +0.4 in every unit, effect above 0
+    assert v.verdict == "reproduced" and v.difference_interval == pytest.approx((0.4, 0.4))
+    # the effect must still clear its own reference: a constant +0.4 over a control at -0.5 leaves it below 0
+    assert judge(BIAS, np.full(12, -0.1), np.full(12, -0.5)).verdict == "not reproduced"
+
+
+def test_constant_units_need_six_units_and_pairing():
+    # 5 units: 1 - 2 * 0.5**5 = 0.9375 < 0.95, so the constant sample stays refused
+    assert judge(BIAS, np.zeros(5), np.ones(5)).verdict == "not testable here"
+    assert judge(BIAS, np.zeros(6), np.ones(6)).verdict == "not reproduced"
+    # rows that vary inside clusters whose means are equal count as constant units
+    rows = np.array([0.0, 2.0] * 6)
+    v = judge(BIAS, np.zeros(12), rows, clusters=np.repeat(np.arange(6), 2))
+    assert v.verdict == "not reproduced" and v.difference == -1.0
+    # unpaired constant samples are not covered by the sign test
+    assert judge(BIAS, np.zeros(10), np.ones(10), paired=False).verdict == "not testable here"
+    # equivalence claims keep their own zero-variance rule
+    assert judge(SAME, np.zeros(10), np.zeros(10)).verdict == "not testable here"

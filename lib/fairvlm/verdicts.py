@@ -35,8 +35,19 @@ into one of four words. For a claim that the effect is *greater* than the contro
     a precondition fails: the caller says so (``testable=False`` and a reason: the model
     does not show the bias a method should remove, a baseline at chance, an invalid
     timing); fewer than :data:`MIN_UNITS` independent units (clusters); zero variance (a constant sample gives a zero-width
-    interval, which is refused, not read as certainty); a no-change claim asked
-    ``after=`` an intervention whose own effect was not shown.
+    bootstrap interval, which is refused, not read as certainty; but see *constant units* below); a no-change claim
+    asked ``after=`` an intervention whose own effect was not shown.
+
+*Constant units.* When every independent unit of a paired directional claim shows the same
+value (of the difference, of the effect, or both), :func:`judge` reads that value with the
+distribution-free order-statistic interval of the median, ``[min, max]`` over the units,
+which here has zero width and covers the median with probability ``1 - 2 * 0.5**n``: at
+least 95% from :data:`SIGN_MIN_UNITS` = 6 units (the sign test). So a method that leaves the
+bias exactly where it was, or moves it the wrong way by the same amount, in each of 22
+scenarios reads "not reproduced" (a difference that sits exactly at the claimed size in
+every unit counts as not beyond it), and one that moves it the claimed way in each reads by
+the usual rule; with fewer units, or unpaired rows, a constant sample stays "not testable
+here".
 
 Claims that *nothing else changes* (``direction="within"``) are equivalence tests (TOST,
 Lakens 2017): reproduced when the **90%** interval of the difference lies inside
@@ -87,6 +98,9 @@ MDE_POWER = 0.80
 #: Fewest independent units (items, labels, clusters) a bootstrap interval is trusted on:
 #: with 4 clusters a resample can take only 35 distinct forms.
 MIN_UNITS = 5
+#: Units a constant paired sample needs before its [min, max] order-statistic interval
+#: covers the median at 95% (``1 - 2 * 0.5**n >= 0.95``: the two-sided sign test).
+SIGN_MIN_UNITS = 6
 
 
 class VerdictError(FairVLMError, ValueError):
@@ -398,13 +412,16 @@ def min_detectable_effect(interval: Sequence[float], level: float = LEVEL, power
 
 
 def apply_rule(claim: Claim, effect: Estimate, control: Estimate, difference: Estimate, *,
-               testable: bool = True, why: str = "", level: float = LEVEL, resolution: float | None = None) -> Verdict:
+               testable: bool = True, why: str = "", level: float = LEVEL, resolution: float | None = None,
+               constant_units: bool = False) -> Verdict:
     """The book's rule (module docstring) on estimates already computed.
 
     ``effect``, ``control``, ``difference``: :class:`Estimate` (the difference's interval at
     ``level``; for a ``within`` claim at :data:`TOST_LEVEL`). ``testable=False`` with
     ``why`` gives "not testable here". ``resolution``: for ``within`` claims, the weight of
-    one unit in the mean (the tolerance must exceed it).
+    one unit in the mean (the tolerance must exceed it). ``constant_units``: the difference's
+    (and, where it has zero width, the effect's) interval is the order-statistic interval of
+    constant units (module docstring, *constant units*), so a zero width is read, not refused.
     """
     if not isinstance(claim, Claim):
         raise VerdictError(f"claim must be a fairvlm.verdicts.Claim, got {type(claim).__name__}")
@@ -412,6 +429,7 @@ def apply_rule(claim: Claim, effect: Estimate, control: Estimate, difference: Es
         if not isinstance(est, Estimate):
             raise VerdictError(f"{name} must be a fairvlm.verdicts.Estimate, got {type(est).__name__}")
     testable = _check_bool("testable", testable)
+    constant_units = _check_bool("constant_units", constant_units)
     if not isinstance(why, str):
         raise VerdictError(f"why={why!r} must be a string")
     for name, est in (("effect", effect), ("difference", difference)):
@@ -450,7 +468,12 @@ def apply_rule(claim: Claim, effect: Estimate, control: Estimate, difference: Es
         if lo > claim.tol or hi < -claim.tol:
             return out("not reproduced", why)
         return out("inconclusive", why)
-    if not effect.spread or not difference.spread or difference.low == difference.high:
+    if constant_units:
+        why = (why + "; " if why else "") + (
+            f"every one of the {difference.n_units} units gave the same "
+            f"{'difference' if difference.low == difference.high else 'effect'}; its order-statistic interval stands in "
+            f"for the zero-width bootstrap one (two-sided sign test p = {2 * 0.5 ** difference.n_units:.2g})")
+    elif not effect.spread or not difference.spread or difference.low == difference.high:
         return out("not testable here", why or "zero variance: a constant sample gives a zero-width interval, "
                    "which says nothing about the claim")
     s = 1.0 if claim.direction == "greater" else -1.0
@@ -461,7 +484,7 @@ def apply_rule(claim: Claim, effect: Estimate, control: Estimate, difference: Es
                    (claim.effect_ref - effect.high, claim.effect_ref - effect.low)
     else:
         elo, ehi = math.inf, math.inf
-    if hi < m:
+    if hi < m or (constant_units and lo == hi and hi <= m):
         return out("not reproduced", (why + "; " if why else "") + "the difference's interval lies below the claimed size")
     if ehi < 0:
         return out("not reproduced", (why + "; " if why else "") + "the effect itself lies on the wrong side of "
@@ -512,11 +535,30 @@ def judge(claim: Claim, effect, control, *, paired: bool = True, clusters=None, 
             b = 1.0 - ((1.0 - TOST_LEVEL) / 2) ** (1.0 / d.n_units)  # rule of three, one-sided at alpha/2
             d = Estimate(0.0, -b, b, d.n_units, True)
             resolution = 1.0 / d.n_units
+    constant_units = False
+    if paired and claim.direction != "within" and d.n_units >= SIGN_MIN_UNITS:
+        codes = _as_clusters("clusters", clusters, diffs.size)
+        counts = np.bincount(codes, minlength=d.n_units).astype(float)
+
+        def unit_means(rows):
+            return _unit_sums(rows, codes, d.n_units) / counts
+
+        def exact(estimate, rows):
+            means = unit_means(rows)
+            if np.ptp(means) > 1e-12 * max(1.0, float(np.abs(means).max())):
+                return estimate, False
+            v = float(np.median(means))
+            return Estimate(v, v, v, estimate.n_units, True), True
+
+        d, const_d = exact(d, diffs)
+        e, const_e = exact(e, _as_values("effect", effect))
+        constant_units = const_d or const_e
     if after is not None and after.verdict != "reproduced":
         testable, why = False, (why + "; " if why else "") + (
             f"the intervention's own effect ({after.claim or 'its claim'}) is '{after.verdict}', not shown: "
             "an edit that changes nothing trivially leaves everything else unchanged")
-    return apply_rule(claim, e, c, d, testable=testable, why=why, level=LEVEL, resolution=resolution)
+    return apply_rule(claim, e, c, d, testable=testable, why=why, level=LEVEL, resolution=resolution,
+                      constant_units=constant_units)
 
 
 def judge_estimates(claim: Claim, effect: float, effect_interval: Sequence[float], control: float,
