@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fairvlm import debiaslens as DL
-from fairvlm.errors import DataError
+from fairvlm.errors import DataError, FairVLMError
 from fairvlm.params import ParameterError
 
 
@@ -255,6 +255,38 @@ def test_sae_artifact_folder_is_verified(tmp_path):
     w = tmp_path / "a" / "text" / "sae_weights.safetensors"
     w.write_bytes(w.read_bytes()[:-4] + b"\0\0\0\0")
     assert "damaged" in DL._check_folder(tmp_path / "a", "key1")
+
+
+def test_load_valid_saes_checks_shipped_then_cache_and_never_trains(tmp_path, monkeypatch):
+    import torch
+
+    from fairvlm import sae as S
+
+    monkeypatch.setenv("FAIRVLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(DL, "shipped_folder", lambda world, profile="embedded": tmp_path / "shipped")
+    kw = dict(profile="smoke", world="default", seed=0, size="smoke")
+    key, _ = DL.build_key("testbed-clip", "testbed-llava", **kw)
+    saes, logs, why = DL.load_valid_saes("testbed-clip", "testbed-llava", **kw)
+    assert saes is None and logs is None and "no SAEs" in why and str(tmp_path / "shipped") in why
+    cfg = S.SAEConfig(d_in=8, d_sae=32, k=2)
+    x = torch.randn(300, 8)
+    trained, tlogs = {}, {}
+    for n in ("image", "image_noauxk", "text", "llava"):
+        trained[n], tlogs[n] = S.train(x, cfg, steps=10, batch_size=64, log_every=5, plateau_tol=1e-6, patience=2)
+    cached = tmp_path / "cache" / "sae" / "06_debiaslens" / key
+    DL._write_folder(cached, trained, tlogs, key, {"x": 1})
+    saes, logs, where = DL.load_valid_saes("testbed-clip", "testbed-llava", **kw)
+    assert torch.equal(saes["text"].W_dec, trained["text"].W_dec) and str(cached) in where
+    assert DL.load_valid_saes("testbed-clip", "testbed-llava", cache=False, **kw)[0] is None   # shipped only
+    DL._write_folder(tmp_path / "shipped", trained, tlogs, "another-key", {"x": 1})           # stale shipped
+    saes, _, where = DL.load_valid_saes("testbed-clip", "testbed-llava", **kw)
+    assert saes is not None and str(cached) in where                                        # falls to the cache
+    w = cached / "image" / "sae_weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-4] + b"\0\0\0\0")
+    saes, _, why = DL.load_valid_saes("testbed-clip", "testbed-llava", **kw)
+    assert saes is None and "not " + key in why                                             # first folder's reason
+    with pytest.raises(FairVLMError, match="profile"):
+        DL.load_valid_saes("testbed-clip", "testbed-llava", profile="huge", world="default")
 
 
 def test_vectorised_maxskew_equals_metrics_max_skew():

@@ -696,6 +696,30 @@ def shipped_folder(world: str, profile: str = "embedded") -> Path | None:
     return None if root is None else Path(root) / ARTIFACT_DIR / f"{profile}-{world}"
 
 
+def load_valid_saes(clip_name: str, llava_name: str, *, profile: str, world: str, seed: int = 0,
+                    size: str | None = None, cache: bool = True, key: str | None = None) -> tuple[dict | None, dict | None, str]:
+    """The chapter's SAEs when a folder holds them with the current build key and intact
+    files: the shipped artifact first, then (``cache=True``) the user's cache. Never trains.
+    Returns ``(saes, logs, where)``, or ``(None, None, why)`` naming the first folder's
+    reason. ``key``: a build key already computed (a data-specific one), else the
+    testbed key of these arguments."""
+    from fairvlm.paths import cache_dir
+
+    V.choice("profile", profile, tuple(RECIPES))
+    if key is None:
+        key, _ = build_key(clip_name, llava_name, profile=profile, world=world, seed=seed, size=size)
+    shipped = shipped_folder(world, profile) if profile in SHIPPED else None
+    folders = ([shipped] if shipped is not None else []) + ([cache_dir() / "sae" / "06_debiaslens" / key] if cache else [])
+    reasons = []
+    for folder in folders:
+        why = _check_folder(folder, key)
+        if not why:
+            saes, logs, _ = _read_folder(folder)
+            return saes, logs, f"loaded from {folder} (build key {key})"
+        reasons.append(why)
+    return None, None, reasons[0] if reasons else f"no folder to look in for SAEs of build key {key}"
+
+
 def load_or_train_saes(clip, llava, *, profile: str, seed: int = 0, size: str | None = None,
                        data_fn=None, data_desc: str = "testbed", progress: bool = False) -> tuple[dict, dict, str]:
     """The chapter's SAEs: the shipped artifact when its build key is the current one and its
@@ -712,16 +736,12 @@ def load_or_train_saes(clip, llava, *, profile: str, seed: int = 0, size: str | 
 
         inputs["data"] = data_desc
         key = hashlib.sha256((key + data_desc).encode()).hexdigest()[:16]
-    shipped = shipped_folder(world, profile) if profile in SHIPPED else None
     cached = cache_dir() / "sae" / "06_debiaslens" / key
-    reasons = []
-    for folder in ([shipped] if shipped is not None else []) + [cached]:
-        why = _check_folder(folder, key)
-        if not why:
-            saes, logs, _ = _read_folder(folder)
-            return saes, logs, f"loaded from {folder} (build key {key})"
-        reasons.append(why)
-    print(f"training the chapter's SAEs: {reasons[0]}")
+    saes, logs, where = load_valid_saes(clip.name, llava.name, profile=profile, world=world, seed=seed, size=size,
+                                        key=key)
+    if saes is not None:
+        return saes, logs, where
+    print(f"training the chapter's SAEs: {where}")
     data = data_fn() if data_fn is not None else sae_training_data(clip, llava, RECIPES[profile], seed=seed)
     saes, logs = train_saes(data, RECIPES[profile], clip_name=clip.name, llava_name=llava.name, seed=seed,
                             progress=progress)
@@ -729,7 +749,7 @@ def load_or_train_saes(clip, llava, *, profile: str, seed: int = 0, size: str | 
 
     shutil.rmtree(cached, ignore_errors=True)
     _write_folder(cached, saes, logs, key, inputs)
-    return {n: saes[n] for n in SAE_NAMES}, logs, f"trained now ({reasons[0]}); cached in {cached}"
+    return {n: saes[n] for n in SAE_NAMES}, logs, f"trained now ({where}); cached in {cached}"
 
 
 def build_artifacts(worlds: Sequence[str] = ("default",), profiles: Sequence[str] = tuple(SHIPPED), *,
