@@ -33,7 +33,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 FORCE      ?=
 
-.PHONY: setup book html test unit calibrate clean distclean pairs data models nbval-refs
+.PHONY: setup book html test unit calibrate clean distclean pairs data models nbval-refs bench-saelens
 
 setup: $(SETUP_STAMP)
 
@@ -66,6 +66,15 @@ models: setup
 	$(PYTHON) -m fairvlm.resfair_baselines build-artifacts --profile smoke
 	$(PYTHON) -m fairvlm.resfair_baselines build-artifacts --profile embedded
 	$(PYTHON) -m fairvlm.debiaslens build-artifacts   # chapter 06's SAEs (data/artifacts/06_debiaslens)
+
+# Chapter 06's SAE against SAELens's Matryoshka BatchTopK on the same activations. SAELens
+# needs TransformerLens, so it lives in its own environment (.venv-saelens), never in .venv.
+SAELENS_SPEC ?= sae-lens==6.54.12
+bench-saelens: setup
+	@test -x .venv-saelens/bin/python || { $(BOOTSTRAP_PYTHON) -m venv .venv-saelens && \
+	  .venv-saelens/bin/pip install --progress-bar off "$(TORCH_SPEC)" "$(SAELENS_SPEC)"; } || \
+	  { echo "error: could not create .venv-saelens with $(SAELENS_SPEC)"; rm -rf .venv-saelens; exit 2; }
+	$(PYTHON) benchmarks/bench_sae_vs_saelens.py
 
 html: setup
 	$(PYTHON) -m fairvlm.bookbuild --chapters "$(CHAPTERS)" --html-only

@@ -128,7 +128,6 @@ LLAVA_QUESTIONS = ["Is this person caring? Answer yes or no."]
 # %% tags=["hide-input"]
 import time
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -137,7 +136,6 @@ from myst_nb import glue
 
 import fairvlm
 from fairvlm import debiaslens as DL
-from fairvlm import hooks, retrieval
 from fairvlm import sae as S
 from fairvlm import verdicts as V
 from fairvlm.models import load
@@ -172,8 +170,6 @@ from fairvlm.testbed.captions import with_article
 from fairvlm.testbed.scenarios import SCENARIO_KEYS, SCENARIOS
 
 if ON_TESTBED:
-    from fairvlm.testbed import world
-
     DATA = DL.testbed_data(clip, probe_scenes=N_PROBE_SCENES, gallery_scenes=N_GALLERY_SCENES, n_recall=N_RECALL, seed=SEED)
 else:
     DATA = DL.paper_data(clip, llava, queries, pairs_dir=PAIRS_DIR, fairface_dir=FAIRFACE_DIR,
@@ -239,32 +235,20 @@ probe_codes = saes["image"].encode(probe_cls)
 gal_codes = saes["image"].encode(gal_cls)
 txt_probe_codes = S.collect_text_acts(clip, text_probe, site=DL.TXT_SITE, tokens="max", sae=saes["text"])
 groups_a = ATTR_GROUPS[ATTRIBUTE]
-tables = {"image": DL.specific_neurons(S.social_neurons(probe_codes, probe_rows[ATTRIBUTE], threshold=PROBE_THRESHOLD),
-                                       probe_codes, probe_rows[OTHER], cap=OTHER_CAP)}
 txt_other, txt_other_labels = group_texts(OTHER)   # the other attribute's spread, from sentences naming it
-other_codes = {"image": probe_codes, "text": S.collect_text_acts(clip, txt_other, site=DL.TXT_SITE, tokens="max",
-                                                                 sae=saes["text"])}
-other_labels = {"image": probe_rows[OTHER], "text": txt_other_labels}
-tables["text"] = DL.specific_neurons(S.social_neurons(txt_probe_codes, text_probe_labels, threshold=PROBE_THRESHOLD),
-                                     other_codes["text"], other_labels["text"], cap=OTHER_CAP)
-chosen, rates, social = {}, {}, {}
-for side, codes, labels in [("image", probe_codes, probe_rows[ATTRIBUTE]), ("text", txt_probe_codes, text_probe_labels)]:
-    lat, grp = DL.pick_specific(tables[side], groups_a, NEURONS_PER_GROUP, codes=other_codes[side],
-                                other_labels=other_labels[side], cap=OTHER_CAP)
-    chosen[side] = (lat, grp, DL.gammas(GAMMA_MODE, codes, labels, lat, grp))
-    rates[side] = DL.firing_rates(codes)
-    social[side] = tables[side]["latent"].astype(int).tolist()
+txt_other_codes = S.collect_text_acts(clip, txt_other, site=DL.TXT_SITE, tokens="max", sae=saes["text"])
+NS = DL.select_neurons({"image": (probe_codes, probe_rows[ATTRIBUTE], probe_codes, probe_rows[OTHER]),
+                        "text": (txt_probe_codes, text_probe_labels, txt_other_codes, txt_other_labels)},
+                       groups_a, threshold=PROBE_THRESHOLD, per_group=NEURONS_PER_GROUP, cap=OTHER_CAP,
+                       gamma_mode=GAMMA_MODE)
+tables, chosen, rates, social = NS["tables"], NS["chosen"], NS["rates"], NS["social"]
 shown = pd.concat([t[t["rank"] < 4].assign(side=s) for s, t in tables.items()])
 display(shown[["side", "group", "rank", "latent", "frac_active", "frac_active_other", "specificity", "other_gap",
                "eligible"]].style.hide(axis="index").format(precision=3))
-n_social = {f"{s}/{g}": int((t["group"] == g).sum()) for s, t in tables.items() for g in groups_a}
-n_chosen = {s: len(v[0]) for s, v in chosen.items()}
-neurons_ok = all(set(v[1]) == set(groups_a) for v in chosen.values())   # every group has a neuron on each side
-set_gap = {s: DL.union_gap(other_codes[s], other_labels[s], v[0]) for s, v in chosen.items()}
-glue("n_img_neurons", n_chosen["image"], display=False)
-glue("n_txt_neurons", n_chosen["text"], display=False)
-glue("n_ineligible", int((~tables["image"]["eligible"]).sum()), display=False)
-glue("set_gap_img", f"{set_gap['image']:.2f}", display=False)
+for name, value in (("n_img_neurons", NS["n_chosen"]["image"]), ("n_txt_neurons", NS["n_chosen"]["text"]),
+                    ("n_ineligible", int((~tables["image"]["eligible"]).sum())),
+                    ("set_gap_img", f"{NS['set_gap']['image']:.2f}")):
+    glue(name, value, display=False)
 
 # %% [markdown]
 # The chapter controls {glue:text}`n_img_neurons` image and {glue:text}`n_txt_neurons` text
@@ -341,34 +325,18 @@ glue("recon_share", f"{drift_recon / max(drift_social, 1e-12):.0%}", display=Fal
 # chapter 07: CLIP-clip and biased prompts.
 
 # %% tags=["hide-input"]
-results = {"CLIP (no intervention)": base}
-emb = {}
-for name, img, txt in [("DEBIASLENS (I)", ed.social("image"), None), ("DEBIASLENS (T)", None, ed.social("text")),
-                       ("DEBIASLENS (I+T)", ed.social("image"), ed.social("text")),
-                       ("reconstruction only (I+T)", ed.recon("image"), ed.recon("text")),
-                       ("DEBIASLENS (I+T), error-preserving", ed.social("image", variant="error_preserving"),
-                        ed.social("text", variant="error_preserving"))]:
-    *emb[name], results[name] = ed.run(img, txt)
-# random latents of matched firing rate, set like the social ones: one null per side
-draws = {s: DL.matched_random_latents(rates[s], chosen[s][0], social[s], n_draws=NULL_DRAWS, seed=SEED + i)
-         for i, s in enumerate(("image", "text"))}
-gam_codes = {"image": (probe_codes, probe_rows[ATTRIBUTE]), "text": (txt_probe_codes, text_probe_labels)}
-null, null_scen = DL.random_latent_nulls(
-    ed.I, ed.T, bench, draws, lambda s, d: ed.edit(s, d, DL.gammas(GAMMA_MODE, *gam_codes[s], d, chosen[s][1])),
-    base_I=base_I, base_T=base_T)
-sim_base = (base_T[bench.qi] @ base_I.T).numpy()
-shuffles = DL.quadruplet_label_shuffle(gal_rows[ATTRIBUTE], gal_rows["quad"], n_perm=NULL_DRAWS, seed=SEED)
-shuffle_skew = np.mean([DL.maxskew_per_query(sim_base, lab, K_SKEW) for lab in shuffles], axis=0)
-for name, (I, T) in DL.baselines(clip, DL.embed_from_last_layer(clip, probe_cls), probe_rows[ATTRIBUTE], base_I, base_T,
-                                 ATTRIBUTE, keep_frac=CLIPCLIP_KEEP, lam=BIASED_PROMPTS_LAMBDA, seed=SEED).items():
-    results[name] = bench.evaluate(I, T)
+# the edited conditions, and random latents of matched firing rate set like the social ones (one null per side)
+results, emb, null, null_scen = ed.conditions(
+    (base_I, base_T, base), rates, social, {"image": (probe_codes, probe_rows[ATTRIBUTE]),
+                                            "text": (txt_probe_codes, text_probe_labels)},
+    gamma_mode=GAMMA_MODE, n_draws=NULL_DRAWS, seed=SEED)
+controls = DL.skew_controls(clip, bench, (base_I, base_T), probe_cls, probe_rows[ATTRIBUTE], gal_rows[ATTRIBUTE],
+                            gal_rows["quad"], all_texts, attribute=ATTRIBUTE, k=K_SKEW, n_perm=NULL_DRAWS,
+                            keep_frac=CLIPCLIP_KEEP, lam=BIASED_PROMPTS_LAMBDA, seed=SEED)
+results.update({n: controls[n] for n in ("CLIP-clip", "biased prompts")})
 results[f"random latents (I+T), mean of {NULL_DRAWS}"] = {"skew": null["I+T"]}
-results["labels shuffled within quadruplets"] = {"skew": {ATTRIBUTE: shuffle_skew}}
-cf_skew = DL.maxskew_per_query((base_T[[all_texts.index(t) for t in DL.CONTENT_FREE]] @ base_I.T).numpy(),
-                               gal_rows[ATTRIBUTE], K_SKEW)
-results["content-free prompts"] = {"skew": {ATTRIBUTE: cf_skew}}
-results["random ranking"] = {"skew": {a: DL.random_floor(lab, K_SKEW, n_queries=len(bench.qi), seed=SEED)
-                                      for a, lab in bench.attr_labels.items()}}
+results.update({n: v for n, v in controls.items() if n not in results})
+cf_skew = controls["content-free prompts"]["skew"][ATTRIBUTE]
 debias_table = DL.skew_table(results, queries["set"], ATTRIBUTE, OTHER)
 display(Markdown(f"MaxSkew@{K_SKEW} x 100 for {ATTRIBUTE} (uniform prior), lower is fairer; {MODEL_NAME}, {data_desc}. "
                  "Not the paper's numbers."))
@@ -406,15 +374,7 @@ ablation, abl_r = DL.alpha_ablation(lambda i, t: ed.run(i, t)[2], {(s, k): (lamb
                                      ALPHAS, ATTRIBUTE)
 display(ablation.pivot_table(index="alpha", columns=["side", "edit"], values=[f"MaxSkew x100 ({ATTRIBUTE})",
                                                                               "zero-shot acc"]).round(3))
-fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.3), sharey=True)
-for ax, side in zip(axes, ("image", "text")):
-    for what, m in (("social neurons", "o"), ("reconstruction only", "s")):
-        d_ = ablation[(ablation["side"] == side) & (ablation["edit"] == what)]
-        ax.plot(d_["alpha"], d_[f"MaxSkew x100 ({ATTRIBUTE})"], marker=m, label=what)
-    ax.set(title=f"{side} side", xlabel="alpha")
-axes[0].set_ylabel(f"MaxSkew x100 ({ATTRIBUTE})")
-axes[0].legend(fontsize=7, frameon=False)
-savefig(fig, "06_debiaslens_alpha_ablation")
+savefig(DL.plot_alpha_ablation(ablation, ATTRIBUTE), "06_debiaslens_alpha_ablation")
 for side in ("image", "text"):
     for what, tag in (("social neurons", "edit"), ("reconstruction only", "recon")):
         glue(f"abl1_{side}_{tag}", f"{100 * abl_r[(side, what, 1.0)]['skew'][ATTRIBUTE].mean():.1f}", display=False)
@@ -445,18 +405,7 @@ glue("zs_before", f"{base['zero_shot']:.3f}", display=False)
 # %% tags=["hide-input"]
 layer = int(getattr(llava.model.config, "vision_feature_layer", -1))
 LV_SITE = f"vision.resid_post.{layer}"
-if ON_TESTBED:
-    lv_raw = world.gallery(int(np.ceil(N_LLAVA_QUADS / len(SCENARIO_KEYS))), split="heldout", start=3000)
-    pick = lv_raw[["scenario", "scene_seed"]].drop_duplicates().sample(N_LLAVA_QUADS, random_state=SEED)
-    lv_raw = lv_raw.merge(pick, on=["scenario", "scene_seed"]).reset_index(drop=True)
-    lv_rows, lv_images = DL.norm_meta(lv_raw), world.render_rows(lv_raw, world.DEFAULT_SIZE)
-    lv_probe_pixels, lv_probe = retrieval.pixel_values(llava, DATA["probe_images"]), probe_rows
-else:   # PAIRS split by scenario: neurons on one half, the gap measured on the other
-    lv_fit, lv_ev = DL.split_by_scenario(pairs_meta)
-    lv_rows, lv_images = pairs_meta.iloc[lv_ev].reset_index(drop=True), [pairs.image(int(i)) for i in lv_ev]
-    lv_probe_pixels = retrieval.pixel_values(llava, [pairs.image(int(i)) for i in lv_fit])
-    lv_probe = pairs_meta.iloc[lv_fit].reset_index(drop=True)
-lv_rows["quad"] = lv_rows.groupby(["scenario", "scene_seed"] if ON_TESTBED else ["scenario"], sort=False).ngroup()
+lv_rows, lv_images, lv_probe_pixels, lv_probe = DL.lvlm_data(llava, DATA, n_quads=N_LLAVA_QUADS, seed=SEED)
 last_unchanged, read_change = DL.layer_read_check(llava, lv_images[0], layer)
 display(Markdown(f"`vision_feature_layer` = {layer}. Zeroing the last vision layer: logits "
                  f"{'bitwise unchanged' if last_unchanged else 'CHANGED'}; zeroing layer {layer}: largest logit change "
@@ -497,26 +446,13 @@ glue("fire_null", f"{fire_null.mean():.2f}", display=False)
 planted, flat = None, pd.DataFrame()
 if ON_TESTBED:
     k_scen = 2 * N_GALLERY_SCENES
-    gender = gal_rows["gender"].to_numpy()
-
-    def shares(I, T, labels=gender):
-        return DL.top_share(T[scen_rows], I, labels, "male", k_scen)
-
-    sh = {"none": shares(base_I, base_T), "DEBIASLENS (I+T)": shares(*emb["DEBIASLENS (I+T)"]),
-          "random latents (I+T)": np.mean([shares(I, T) for I, T in null_scen], axis=0),
-          "labels shuffled": np.mean([shares(base_I, base_T, lab) for lab in DL.quadruplet_label_shuffle(
-              gender, gal_rows["quad"], n_perm=NULL_DRAWS, seed=SEED)], axis=0)}
+    sh = DL.planted_shares((base_I, base_T), emb["DEBIASLENS (I+T)"], null_scen, scen_rows, gal_rows["gender"],
+                           gal_rows["quad"], k_scen, n_perm=NULL_DRAWS, seed=SEED)
     share_tbl = spec.share_table().set_index("scenario").loc[list(SCENARIO_KEYS)].reset_index()
     planted, flat, summary_gt = DL.planted_study(sh, share_tbl, k_scen)
     display(Markdown(f"Share of men in the top {k_scen} for each scenario prompt, mean |share - 0.5| per planted class:"))
     display(summary_gt.round(3))
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for n, m in (("none", "o"), ("DEBIASLENS (I+T)", "x")):
-        ax.scatter(flat["p_man"], flat[f"male share: {n}"], s=16, marker=m, label=n)
-    ax.axhline(0.5, color="k", lw=0.6, ls=":")
-    ax.set(xlabel="planted share of men in training", ylabel=f"share of men in top {k_scen}")
-    ax.legend(frameon=False, fontsize=8)
-    savefig(fig, "06_debiaslens_planted")
+    savefig(DL.plot_planted(flat, k_scen), "06_debiaslens_planted")
 for n in ("before", "after", "null", "ctrl_before", "ctrl_after"):
     v = [] if planted is None else planted[n]
     glue(f"gt_{n}", f"{np.mean(v):.3f}" if len(v) else "n/a", display=False)
@@ -542,7 +478,7 @@ if not ON_TESTBED:
 # shown. `asserts` says what each row claims.
 
 # %% tags=["hide-input"]
-M = {"attribute": ATTRIBUTE, "other": OTHER, "neurons": neurons_ok, "null_draws": NULL_DRAWS, "content_free": cf_skew,
+M = {"attribute": ATTRIBUTE, "other": OTHER, "neurons": NS["neurons_ok"], "null_draws": NULL_DRAWS, "content_free": cf_skew,
      "skew": {"base": base["skew"], "I": results["DEBIASLENS (I)"]["skew"], "T": results["DEBIASLENS (T)"]["skew"],
               "I+T": results["DEBIASLENS (I+T)"]["skew"], "recon": results["reconstruction only (I+T)"]["skew"]},
      "null": null, "zs": {"base": base["zs_correct"], "I+T": results["DEBIASLENS (I+T)"]["zs_correct"]},
@@ -606,17 +542,16 @@ saved = save_results(
     headline={
         "model": MODEL_NAME, "lvlm": LVLM_NAME, "attribute": ATTRIBUTE, "gamma_mode": GAMMA_MODE, "alpha": ALPHA,
         "null_draws": NULL_DRAWS, "maxskew_k": K_SKEW, "maxskew_prior": "uniform",
-        "maxskew_before": float(D["CLIP (no intervention)"]), "maxskew_after_I": float(D["DEBIASLENS (I)"]),
-        "maxskew_after_T": float(D["DEBIASLENS (T)"]), "maxskew_after_IT": float(D["DEBIASLENS (I+T)"]),
-        "maxskew_reconstruction_only": float(D["reconstruction only (I+T)"]),
-        "maxskew_random_latents_IT": float(D[f"random latents (I+T), mean of {NULL_DRAWS}"]),
-        "maxskew_label_shuffle": float(D["labels shuffled within quadruplets"]),
-        "maxskew_random_ranking": float(D["random ranking"]),
+        **{f"maxskew_{k}": float(D[n]) for k, n in [
+            ("before", "CLIP (no intervention)"), ("after_I", "DEBIASLENS (I)"), ("after_T", "DEBIASLENS (T)"),
+            ("after_IT", "DEBIASLENS (I+T)"), ("reconstruction_only", "reconstruction only (I+T)"),
+            ("random_latents_IT", f"random latents (I+T), mean of {NULL_DRAWS}"),
+            ("label_shuffle", "labels shuffled within quadruplets"), ("random_ranking", "random ranking"),
+            ("content_free", "content-free prompts")]},
         "maxskew_by_set": {m: {s: float(debias_table.set_index("method").loc[m, s]) / 100 for s in DL.QUERY_SETS}
                            for m in debias_table["method"] if m != "content-free prompts"},
-        "maxskew_content_free": float(D["content-free prompts"]),
         "zero_shot_before": base["zero_shot"], "zero_shot_after": results["DEBIASLENS (I+T)"]["zero_shot"],
-        "n_social_neurons": n_social, "chosen_neurons": {s: v[0] for s, v in chosen.items()} | {"llava": LV["latents"]},
+        "n_social_neurons": NS["n_social"], "chosen_neurons": {s: v[0] for s, v in chosen.items()} | {"llava": LV["latents"]},
         "sae_source": sae_source, "sae_explained_variance_heldout": ev_heldout,
         "sae_explained_variance": {n: float(lg.iloc[-1][[c for c in lg.columns if c.startswith("ev_level_")][-1]])
                                    for n, lg in logs.items()},

@@ -317,3 +317,51 @@ def test_a_set_of_neurons_can_be_blind_to_the_other_attribute_when_none_is_alone
     lat, grp = DL.pick_specific(t, ["f"], 2, codes=z, other_labels=r, cap=0.2)
     assert sorted(lat) == [0, 1] and grp == ["f", "f"]
     assert DL.union_gap(z, r, [0, 1]) == pytest.approx(0.0) and DL.union_gap(z, r, [0]) == pytest.approx(0.5)
+
+
+def test_select_neurons_on_constructed_codes():
+    """8 rows: gender F/M x race b/w, two of each. Latent 0 fires on every woman, latent 1 on
+    every man, latent 2 on Black women only (a gender neuron that is also a race neuron),
+    latent 3 on everyone. With the cap 0.25 the set-level race gap decides."""
+    import torch
+
+    gender = ["female", "female", "female", "female", "male", "male", "male", "male"]
+    race = ["black", "black", "white", "white"] * 2
+    z = torch.zeros(8, 5)
+    z[:4, 0] = 2.0
+    z[4:, 1] = 3.0
+    z[:2, 2] = 5.0
+    z[:, 3] = 1.0
+    ns = DL.select_neurons({"image": (z, gender, z, race)}, ["female", "male"], threshold=0.5, per_group=1, cap=0.25,
+                           gamma_mode="group_mean")
+    t = ns["tables"]["image"]
+    # latent 2 fires on half of the women (>= 0.5) and no man: a social neuron, but race gap 1.0 > cap
+    assert set(t["latent"]) == {0, 1, 2} and not t.set_index("latent").loc[2, "eligible"]
+    lat, grp, gam = ns["chosen"]["image"]
+    assert lat == [0, 1] and grp == ["female", "male"] and gam == [2.0, 3.0]        # group means
+    assert ns["n_social"] == {"image/female": 2, "image/male": 1} and ns["n_chosen"] == {"image": 2}
+    assert ns["neurons_ok"] and ns["set_gap"]["image"] == 0.0
+    assert ns["rates"]["image"].tolist() == [0.5, 0.5, 0.25, 1.0, 0.0]
+    assert ns["social"]["image"] == t["latent"].astype(int).tolist()
+    zero = DL.select_neurons({"image": (z, gender, z, race)}, ["female", "male"], threshold=0.5, per_group=1,
+                             cap=0.25, gamma_mode="zero")
+    assert zero["chosen"]["image"][2] == [0.0, 0.0]
+    with pytest.raises(ParameterError, match="sides"):
+        DL.select_neurons({"image": (z, gender)}, ["female", "male"], threshold=0.5, per_group=1, cap=0.25,
+                          gamma_mode="zero")
+
+
+def test_planted_shares_on_constructed_embeddings():
+    """Two gallery images (a man, a woman) in one quadruplet; the text row sits on the man."""
+    import torch
+
+    I = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    T = torch.tensor([[0.9, 0.1], [0.0, 0.0]])
+    T_edit = torch.tensor([[0.1, 0.9], [0.0, 0.0]])
+    sh = DL.planted_shares((I, T), (I, T_edit), [(I, T), (I, T_edit)], [0], ["male", "female"], [0, 0], 1,
+                           n_perm=4, seed=0)
+    assert sh["none"].tolist() == [1.0] and sh["DEBIASLENS (I+T)"].tolist() == [0.0]
+    assert sh["random latents (I+T)"].tolist() == [0.5]                  # mean over the two draws
+    assert 0.0 <= float(sh["labels shuffled"][0]) <= 1.0
+    with pytest.raises(ParameterError, match="null_embs"):
+        DL.planted_shares((I, T), (I, T_edit), [], [0], ["male", "female"], [0, 0], 1, n_perm=4)

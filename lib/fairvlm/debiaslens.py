@@ -350,6 +350,42 @@ def pick_specific(table: pd.DataFrame, groups: Sequence[str], per_group: int, *,
     return lat, grp
 
 
+def select_neurons(sides: dict, groups: Sequence[str], *, threshold: float, per_group: int, cap: float,
+                   gamma_mode: str) -> dict:
+    """Chapter 06's choice of social neurons on each side.
+
+    ``sides[side] = (codes, labels, other_codes, other_labels)``: the SAE codes of the
+    probing rows with their labels of the attribute, and the codes and labels on which the
+    other attribute's spread is read (the same rows for images; sentences naming the other
+    attribute for text). Per side: :func:`specific_neurons` of
+    :func:`fairvlm.sae.social_neurons`, :func:`pick_specific` with the set-level cap,
+    :func:`gammas`, the firing rates the random-latent null matches, and the set's
+    :func:`union_gap`. Returns a dict with ``tables``, ``chosen`` (side -> (latents, groups,
+    gammas)), ``rates``, ``social`` (every social latent of a side), ``set_gap``,
+    ``n_social`` ("side/group" -> count), ``n_chosen`` and ``neurons_ok`` (every group has a
+    neuron on every side)."""
+    from fairvlm import sae as S
+
+    if not isinstance(sides, dict) or not sides:
+        raise ParameterError(f"sides={V.show(sides)} must map a side name to (codes, labels, other_codes, other_labels)")
+    out = {"tables": {}, "chosen": {}, "rates": {}, "social": {}, "set_gap": {}}
+    for side, parts in sides.items():
+        if not isinstance(parts, (tuple, list)) or len(parts) != 4:
+            raise ParameterError(f"sides[{side!r}] must be (codes, labels, other_codes, other_labels)")
+        codes, labels, other_codes, other_labels = parts
+        table = specific_neurons(S.social_neurons(codes, labels, threshold=threshold), other_codes, other_labels, cap=cap)
+        lat, grp = pick_specific(table, groups, per_group, codes=other_codes, other_labels=other_labels, cap=cap)
+        out["tables"][side] = table
+        out["chosen"][side] = (lat, grp, gammas(gamma_mode, codes, labels, lat, grp))
+        out["rates"][side] = firing_rates(codes)
+        out["social"][side] = table["latent"].astype(int).tolist()
+        out["set_gap"][side] = union_gap(other_codes, other_labels, lat)
+    out["n_social"] = {f"{s}/{g}": int((t["group"] == g).sum()) for s, t in out["tables"].items() for g in groups}
+    out["n_chosen"] = {s: len(v[0]) for s, v in out["chosen"].items()}
+    out["neurons_ok"] = all(set(v[1]) == set(groups) for v in out["chosen"].values())
+    return out
+
+
 # ----------------------------------------------------------------------------- text shortcut
 class TextStates:
     """Last-layer hidden states of a set of texts (padded) and their attention masks."""
@@ -1061,6 +1097,76 @@ def planted_study(shares: dict, share_tbl: pd.DataFrame, k: int) -> tuple[dict |
     return planted, flat, summary
 
 
+def skew_controls(clip, bench: "Bench", base: tuple, probe_cls, probe_labels, gal_labels, quads, all_texts: Sequence[str],
+                  *, attribute: str, k: int, n_perm: int, keep_frac: float, lam: float, seed: int = 0) -> dict:
+    """The MaxSkew rows that are not SAE edits, by name: chapter 07's baselines (CLIP-clip,
+    biased prompts; :func:`baselines`) evaluated on ``bench``; the unedited model with the
+    gallery's labels shuffled inside each quadruplet (mean of ``n_perm`` shuffles); content-free
+    prompts (:data:`CONTENT_FREE`, rows of ``all_texts``); and a random ranking."""
+    base_I, base_T = base[0], base[1]
+    out = {name: bench.evaluate(I, T) for name, (I, T) in baselines(
+        clip, embed_from_last_layer(clip, probe_cls), probe_labels, base_I, base_T, attribute,
+        keep_frac=keep_frac, lam=lam, seed=seed).items()}
+    sim = (base_T[bench.qi] @ base_I.T).numpy()
+    shuffled = [maxskew_per_query(sim, lab, k) for lab in quadruplet_label_shuffle(gal_labels, quads, n_perm=n_perm,
+                                                                                    seed=seed)]
+    out["labels shuffled within quadruplets"] = {"skew": {attribute: np.mean(shuffled, axis=0)}}
+    cf = (base_T[[list(all_texts).index(t) for t in CONTENT_FREE]] @ base_I.T).numpy()
+    out["content-free prompts"] = {"skew": {attribute: maxskew_per_query(cf, gal_labels, k)}}
+    out["random ranking"] = {"skew": {a: random_floor(lab, k, n_queries=len(bench.qi), seed=seed)
+                                      for a, lab in bench.attr_labels.items()}}
+    return out
+
+
+def planted_shares(base: tuple, edited: tuple, null_embs: Sequence[tuple], scen_rows: Sequence[int], gender,
+                   quads, k: int, *, n_perm: int, seed: int = 0) -> dict:
+    """Per scenario prompt (rows ``scen_rows`` of the text embeddings), the share of men among
+    the top ``k`` gallery images under each condition of :func:`planted_study`: the unedited
+    model ``base = (I, T)``, the edit ``edited = (I, T)``, the mean over the random-latent
+    draws ``null_embs``, and the unedited model with the gallery's gender labels shuffled
+    inside each counterfactual quadruplet (``n_perm`` shuffles)."""
+    gender = np.asarray(gender, dtype=object)
+
+    def shares(I, T, labels=gender):
+        return top_share(T[list(scen_rows)], I, labels, "male", k)
+
+    if not len(null_embs):
+        raise ParameterError("null_embs is empty: the random-latent null needs at least one draw")
+    return {"none": shares(*base), "DEBIASLENS (I+T)": shares(*edited),
+            "random latents (I+T)": np.mean([shares(I, T) for I, T in null_embs], axis=0),
+            "labels shuffled": np.mean([shares(*base, lab) for lab in quadruplet_label_shuffle(
+                gender, quads, n_perm=n_perm, seed=seed)], axis=0)}
+
+
+def plot_planted(flat: pd.DataFrame, k: int):
+    """Top-k share of men per scenario against its planted share, before and after I+T."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for n, m in (("none", "o"), ("DEBIASLENS (I+T)", "x")):
+        ax.scatter(flat["p_man"], flat[f"male share: {n}"], s=16, marker=m, label=n)
+    ax.axhline(0.5, color="k", lw=0.6, ls=":")
+    ax.set(xlabel="planted share of men in training", ylabel=f"share of men in top {k}")
+    ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def plot_alpha_ablation(ablation: pd.DataFrame, attribute: str):
+    """MaxSkew x 100 against alpha per side, the social neurons beside the round trip alone."""
+    import matplotlib.pyplot as plt
+
+    col = f"MaxSkew x100 ({attribute})"
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.3), sharey=True)
+    for ax, side in zip(axes, ("image", "text")):
+        for what, m in (("social neurons", "o"), ("reconstruction only", "s")):
+            d = ablation[(ablation["side"] == side) & (ablation["edit"] == what)]
+            ax.plot(d["alpha"], d[col], marker=m, label=what)
+        ax.set(title=f"{side} side", xlabel="alpha")
+    axes[0].set_ylabel(col)
+    axes[0].legend(fontsize=7, frameon=False)
+    return fig
+
+
 def sae_summary(saes: dict, logs: dict) -> pd.DataFrame:
     """One row per trained SAE (``image_noauxk`` shares ``image``'s site and width): steps,
     whether it plateaued, held-out explained variance (all latents, first 1/16), dead fraction, L0."""
@@ -1153,6 +1259,37 @@ def testbed_data(clip, *, probe_scenes: int, gallery_scenes: int, n_recall: int,
             "zs_prompts": zero_shot_prompts(keys), "zs_labels": [keys.index(x) for x in gal["scenario"]],
             "rec_caps": caps, "rec_rel": rel, "zs_pixels": None,
             "desc": f"testbed world (synthetic, held-out scenes): probing {len(raw_p)} images, gallery {len(gal)}"}
+
+
+def lvlm_data(llava, data: dict, *, n_quads: int, seed: int = 0) -> tuple[pd.DataFrame, list, torch.Tensor, pd.DataFrame]:
+    """The LVLM test's images and probing rows: ``(rows, images, probe_pixels, probe_rows)``.
+
+    Testbed (``data`` from :func:`testbed_data`): ``n_quads`` counterfactual quadruplets of
+    held-out scenes from 3000 on (never in the SAE, probing or gallery sets), probed on the
+    chapter's probing images. Paper (:func:`paper_data`): PAIRS split by scenario, neurons
+    probed on one half and the gap measured on the other. ``rows["quad"]`` numbers the
+    quadruplets."""
+    from fairvlm import retrieval
+
+    V.integer("n_quads", n_quads, low=1)
+    if "pairs_meta" not in data:
+        from fairvlm.testbed import world
+        from fairvlm.testbed.scenarios import SCENARIO_KEYS
+
+        raw = world.gallery(int(np.ceil(n_quads / len(SCENARIO_KEYS))), split="heldout", start=3000)
+        pick = raw[["scenario", "scene_seed"]].drop_duplicates().sample(n_quads, random_state=seed)
+        raw = raw.merge(pick, on=["scenario", "scene_seed"]).reset_index(drop=True)
+        rows, images = norm_meta(raw), world.render_rows(raw, world.DEFAULT_SIZE)
+        probe_pixels, probe = retrieval.pixel_values(llava, data["probe_images"]), data["probe_rows"]
+        by = ["scenario", "scene_seed"]
+    else:
+        pairs, meta = data["pairs"], data["pairs_meta"]
+        fit, ev = split_by_scenario(meta)
+        rows, images = meta.iloc[ev].reset_index(drop=True), [pairs.image(int(i)) for i in ev]
+        probe_pixels = retrieval.pixel_values(llava, [pairs.image(int(i)) for i in fit])
+        probe, by = meta.iloc[fit].reset_index(drop=True), ["scenario"]
+    rows = rows.assign(quad=rows.groupby(by, sort=False).ngroup())
+    return rows, images, probe_pixels, probe
 
 
 def paper_data(clip, llava, queries: pd.DataFrame, *, pairs_dir: str = "", fairface_dir: str = "", fairface_limit: int = 0,
@@ -1313,6 +1450,34 @@ class Editor:
         """(image embeddings, text embeddings, :meth:`Bench.evaluate`) under the two edits."""
         I, T = self.I(img), self.T(txt)
         return I, T, self.bench.evaluate(I, T, None if self.zs_cls is None else self.I(img, self.zs_cls))
+
+    #: the edited conditions of the chapter's MaxSkew table: (name, image edit, text edit)
+    CONDITIONS = (("DEBIASLENS (I)", "social", None), ("DEBIASLENS (T)", None, "social"),
+                  ("DEBIASLENS (I+T)", "social", "social"), ("reconstruction only (I+T)", "recon", "recon"),
+                  ("DEBIASLENS (I+T), error-preserving", "social_ep", "social_ep"))
+
+    def conditions(self, base: tuple, rates: dict, social: dict, probe: dict, *, gamma_mode: str, n_draws: int,
+                   seed: int = 0) -> tuple[dict, dict, dict, list]:
+        """Every edited condition of :data:`CONDITIONS` and the random-latent null.
+
+        ``base``: :meth:`run` of the unedited model. ``rates`` / ``social``: per side, the
+        firing rates and the social latents (:func:`select_neurons`), from which
+        :func:`matched_random_latents` draws ``n_draws`` sets like the chosen ones; each draw
+        is set by ``gamma_mode`` on ``probe[side] = (codes, labels)``. Returns (evaluations by
+        condition name, the unedited one included; (I, T) by condition; the null of
+        :func:`random_latent_nulls`; the (I, T) of every draw)."""
+        make = {"social": lambda s: self.social(s), "recon": lambda s: self.recon(s),
+                "social_ep": lambda s: self.social(s, variant="error_preserving"), None: lambda s: None}
+        base_I, base_T, base_eval = base
+        results, emb = {"CLIP (no intervention)": base_eval}, {}
+        for name, img, txt in self.CONDITIONS:
+            *emb[name], results[name] = self.run(make[img]("image"), make[txt]("text"))
+        draws = {s: matched_random_latents(rates[s], self.chosen[s][0], social[s], n_draws=n_draws, seed=seed + i)
+                 for i, s in enumerate(("image", "text"))}
+        null, null_embs = random_latent_nulls(
+            self.I, self.T, self.bench, draws,
+            lambda s, d: self.edit(s, d, gammas(gamma_mode, *probe[s], d, self.chosen[s][1])), base_I=base_I, base_T=base_T)
+        return results, emb, null, null_embs
 
     def shortcut_error(self, gal_pixels, n: int = 64) -> float:
         """Largest difference between the cached-state embeddings and re-encoding with the
