@@ -83,7 +83,7 @@ def saelens_worker(path: str) -> None:
         dtype="float32", device="cpu")
     sae = MatryoshkaBatchTopKTrainingSAE(cfg)
     steps, batch = spec["steps"], spec["batch"]
-    tcfg = SAETrainerConfig(total_training_samples=steps * batch, train_batch_size_samples=batch, lr=spec["lr"],
+    tcfg = SAETrainerConfig(total_training_samples=steps * batch, train_batch_size_samples=batch, lr=spec["lr"], lr_end=0.0,
                             lr_scheduler_name="constant", lr_decay_steps=max(1, steps // 5),
                             dead_feature_window=spec["dead_after_steps"], feature_sampling_window=10**9,
                             n_batches_for_norm_estimate=max(1, min(100, len(x_tr) // batch)),
@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--saelens-python", default=str(ROOT / ".venv-saelens" / "bin" / "python"),
                     help="the Python of an environment with sae-lens==%s installed" % SAELENS_VERSION)
+    ap.add_argument("--keep", metavar="DIR", help="write the activations and the run's spec into DIR and keep them")
     ap.add_argument("--saelens-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.saelens_worker:
@@ -174,7 +175,9 @@ def main(argv=None) -> int:
             "steps": steps, "batch": recipe["batch"], "lr": recipe["lr"],
             "dead_after_steps": max(1, -(-cfg.dead_after // recipe["batch"]))}
     with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / "acts.safetensors"
+        where = Path(args.keep) if args.keep else Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        f = where / "acts.safetensors"
         save_file({"train": x_tr, "heldout": x_ev}, str(f))
         f.with_suffix(".json").write_text(json.dumps(spec))
         proc = subprocess.run([args.saelens_python, __file__, "--saelens-worker", str(f)], capture_output=True,

@@ -221,6 +221,10 @@ for k_, v_ in {"ev_heldout": f"{ev_heldout:.3f}", "dead_on": f"{dead_on:.1%}", "
 # image SAE explains {glue:text}`ev_heldout` of the variance and keeps {glue:text}`l0_gal`
 # latents per image (k = 20 during training; inference uses the learned threshold). With AuxK
 # the image SAE ends with {glue:text}`dead_on` dead latents, without it {glue:text}`dead_off`.
+# A peer check outside the book's environment: `make bench-saelens` trains SAELens's Matryoshka
+# BatchTopK SAE, an independent implementation of the same recipe, on these class tokens and
+# prints both SAEs' held-out explained variance, L0 and dead fraction side by side (last
+# recorded output: `benchmarks/sae_vs_saelens.txt`).
 #
 # ## Social neurons
 #
