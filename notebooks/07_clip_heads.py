@@ -155,6 +155,11 @@ from fairvlm.verdicts import tally, verdict_table
 fairvlm.seed_everything(SEED)
 set_theme()
 torch.set_grad_enabled(False)
+if ON_TESTBED:
+    # testbed-clip is tiny (4 layers of width 128): a second OpenMP thread gains little on its small
+    # matrices and, on a shared 2-core machine, costs several times the CPU in spin-waits (measured
+    # 2026-12-07 at load 7: a 512-image forward pass 0.3 CPU-s on one thread, 1.7-2.9 on two)
+    torch.set_num_threads(1)
 T_START = time.perf_counter()
 
 # %% [markdown]
@@ -522,7 +527,8 @@ display(retrieval.variant_table(summary, floor, main_suite).style.hide(axis="ind
 control_table, control_rows = retrieval.control_check(scores, random_variants, matches=matches, seed=SEED,
                                                       main_suite=main_suite, others=other_controls,
                                                       other_matches=other_matches)
-display(control_table.style.hide(axis="index").format(precision=4))
+display(control_table[[c for c in control_table.columns if c in ("variant", "strength", "matched measure", "matched")
+                       or c.startswith("Δ ")]].style.hide(axis="index").format(precision=4))
 control_checks = verdict_table(control_rows)
 display(control_checks.drop(columns=["rule", "asserts", "bias_claim"], errors="ignore").style.hide(axis="index")
         .format(precision=4))

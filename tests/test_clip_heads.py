@@ -1239,14 +1239,19 @@ def test_control_check_flags_a_damaging_control():
     base = (rng.random(400) < 0.9).astype(float)
     intact = {"none": base, "male (experts)": base, "c1": base.copy(), "c2": base.copy()}
     intact["c1"][:4] = 1 - intact["c1"][:4]
-    table, v = retrieval.control_check({"summary": summ, "hits": intact}, ["c1", "c2"],
-                                       matches=[{"strength": 0.4, "displacement": 0.01, "matched": True, "target": 0.01},
-                                                {"strength": 0.5, "displacement": 0.01, "matched": True, "target": 0.01}])
+    table, rows = retrieval.control_check({"summary": summ, "hits": intact}, ["c1", "c2"],
+                                          matches=[{"strength": 0.4, "displacement": 0.01, "matched": True,
+                                                    "target": 0.01},
+                                                   {"strength": 0.5, "displacement": 0.01, "matched": True,
+                                                    "target": 0.01}])
+    assert len(rows) == 1
+    v = rows[0]["verdict"]
     assert v.verdict == "reproduced" and v.asserts == "no-change"
-    assert table.set_index("variant").loc["c1", "Δ zero_shot_acc"] == pytest.approx(-0.01)
+    t = table.set_index("variant")
+    assert t.loc["c1", "Δ zero_shot_acc"] == pytest.approx(-0.01) and t.loc["c2", "strength"] == 0.5
     damaged = dict(intact, c1=np.where(rng.random(400) < 0.3, 0.0, base), c2=np.where(rng.random(400) < 0.3, 0.0, base))
-    _, v = retrieval.control_check({"summary": summ, "hits": damaged}, ["c1", "c2"])
-    assert v.verdict == "not reproduced"
+    _, rows = retrieval.control_check({"summary": summ, "hits": damaged}, ["c1", "c2"])
+    assert rows[0]["verdict"].verdict == "not reproduced"
     with pytest.raises(FairVLMError, match="not scored"):
         retrieval.control_check({"summary": summ, "hits": intact}, ["c3"])
 
@@ -1382,3 +1387,55 @@ def test_first_hit_rank_equals_a_stable_sort():
         assert np.mean(f < 1) == pytest.approx(r[1]) and np.mean(f < 5) == pytest.approx(r[5])
     with pytest.raises(DataError, match="no relevant"):
         retrieval.first_hit_rank(np.zeros((2, 3)), np.array([[True, False, False], [False] * 3]))
+
+
+def test_control_check_compares_the_controls_with_the_edit_per_query():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    n = 200
+    ap_edit = rng.uniform(0.8, 1.0, n)
+    sk_edit = rng.uniform(0.1, 0.2, n)
+    rows = []
+    for v, dap, dsk in (("none", 0.0, 0.0), ("male (experts)", 0.0, 0.0), ("c1", -0.001, 0.001),
+                        ("c2", 0.0005, -0.0005), ("bad", -0.05, 0.05)):
+        jitter = rng.normal(0, 0.002, n) if v in ("c1", "c2", "bad") else 0.0
+        rows.append(pd.DataFrame({"suite": "s", "query": np.arange(n), "variant": v, "ap": ap_edit + dap + jitter,
+                                  "maxskew_gender": sk_edit + dsk + jitter}))
+    q = pd.concat(rows, ignore_index=True)
+    summ = pd.DataFrame({"variant": ["none", "male (experts)", "c1", "c2", "bad"], "heads": [""] * 5,
+                         "mAP": [0.9, 0.9, 0.899, 0.901, 0.85]})
+    hits = {v: np.ones(50) for v in summ["variant"]}
+    table, out = retrieval.control_check({"summary": summ, "hits": hits, "queries": q}, ["c1", "c2"],
+                                         main_suite="s", others=["bad"],
+                                         other_matches=[{"strength": 1.0, "displacement": 0.1, "matched": False}])
+    assert [r["verdict"].verdict for r in out[1:]] == ["reproduced", "reproduced"]
+    assert table.set_index("variant").loc["bad", "Δ mAP"] == pytest.approx(-0.05)
+    _, out = retrieval.control_check({"summary": summ, "hits": hits, "queries": q}, ["bad"], main_suite="s")
+    assert [r["verdict"].verdict for r in out[1:]] == ["not reproduced", "not reproduced"]
+    with pytest.raises(FairVLMError, match="no column"):
+        retrieval.control_check({"summary": summ, "hits": hits, "queries": q}, ["c1"], main_suite="s",
+                                margins={"ndcg": 0.01})
+
+
+def test_match_utility_finds_the_strongest_edit_within_the_edits_cost(model, pixels):
+    cache = ch.cls_cache(model, pixels)
+    protos = ch.head_prototypes(cache.heads, ["a", "b"] * 3 + ["a"])
+    emb = ch.embed_from_cache(model, cache)
+    queries = emb[[0, 1, 2]] + 0.05 * torch.randn(3, emb.shape[1], generator=torch.Generator().manual_seed(0))
+    queries = torch.nn.functional.normalize(queries, dim=-1)
+    relevant = np.zeros((3, 7), dtype=bool)
+    relevant[0, [0, 3]] = relevant[1, [1, 4]] = relevant[2, [2, 5, 6]] = True
+    m0 = ch.retrieval_map(emb, queries, relevant)
+    assert 0 < m0 <= 1
+    full = m0 - ch.retrieval_map(ch.embed_from_cache(model, cache, [ch.prototype_replacement(protos, "a", [0, 1, 2])]),
+                                 queries, relevant)
+    m = ch.match_utility(model, cache, protos, "a", [0, 1, 2], 10.0, queries=queries, relevant=relevant)
+    assert m["strength"] == 1.0 and m["matched"] and m["displacement"] == pytest.approx(full)
+    if full > 1e-3:   # a target below the full edit's cost gives a weaker edit that stays within it
+        m = ch.match_utility(model, cache, protos, "a", [0, 1, 2], full / 2, queries=queries, relevant=relevant)
+        assert m["strength"] < 1.0 and m["displacement"] <= full / 2 + 1e-4
+    with pytest.raises(ParameterError, match="CLSCache"):
+        ch.match_utility(model, torch.zeros(7, 48), protos, "a", [0], 0.0, queries=queries, relevant=relevant)
+    with pytest.raises(ParameterError, match="relevant"):
+        ch.retrieval_map(emb, queries, relevant[:, :3])

@@ -768,6 +768,23 @@ def audit_texts(data: AuditData, words: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def topk_max_skew(top: np.ndarray, groups: Sequence) -> np.ndarray:
+    """MaxSkew@k of every query from its top-``k`` image indices ``top`` (Q, k), against the
+    uniform target over the groups of the whole gallery (``groups``: one label per image):
+    what :func:`query_fairness` reports as ``max_skew`` without candidates, in one
+    vectorised pass (:func:`fairvlm.metrics.max_skew`)."""
+    g = np.asarray([str(x) for x in groups], dtype=object)
+    keys = sorted(set(g.tolist()))
+    codes = np.searchsorted(np.asarray(keys, dtype=object), g)
+    top = np.asarray(top)
+    k = top.shape[1]
+    counts = np.stack([(codes[top] == j).sum(axis=1) for j in range(len(keys))], axis=1)
+    p = counts / float(k)
+    with np.errstate(divide="ignore"):
+        sk = np.where(p > 0, np.log(p * len(keys)), -np.inf)
+    return sk.max(axis=1)
+
+
 def first_hit_rank(sim, relevant) -> np.ndarray:
     """0-based rank of each query's best relevant item, ties broken by item index (a
     stable sort's order), without sorting: the items scored above it plus the equal ones
@@ -786,7 +803,7 @@ def first_hit_rank(sim, relevant) -> np.ndarray:
 
 
 def score_variant(data: AuditData, words: pd.DataFrame, image_emb: Mapping, text_emb, text_index: Mapping,
-                  *, k_entropy: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                  *, k_entropy: int, text_rows: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Fairness and utility of one variant (its image embeddings per gallery and its text
     embeddings). Returns ``(per_query, per_word, utility)``:
 
@@ -796,9 +813,19 @@ def score_variant(data: AuditData, words: pd.DataFrame, image_emb: Mapping, text
     - per So-B-IT word and prompt style: normalized entropy of gender and race in the top
       ``k_entropy`` and the top-k shares;
     - utility: Recall@1/5/10 both ways and zero-shot accuracy (when the suites exist).
+
+    ``text_rows``: a dict shared across calls (:func:`score_variants` passes one) in which
+    the rows gathered from ``text_emb`` are kept for the next variant with the same texts.
     """
+    memo = {} if text_rows is None else text_rows   # variants that share one text side gather its rows once
+
     def texts(items):
-        return text_emb[[text_index[t] for t in items]]
+        items = tuple(items)
+        hit = memo.get((id(text_emb), items))
+        if hit is None or hit[0] is not text_emb:
+            hit = (text_emb, text_emb[[text_index[t] for t in items]])
+            memo[(id(text_emb), items)] = hit
+        return hit[1]
 
     scen_rows, word_rows, util = [], [], {}
     for suite in data.scenario_suites:
@@ -808,11 +835,10 @@ def score_variant(data: AuditData, words: pd.DataFrame, image_emb: Mapping, text
         cand = np.stack([keys_arr == k for k in suite["queries"]["key"]])
         k_skew = int(cand.sum(axis=1).min())
         per_attr = {}
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :k_skew]
         for attr in ("gender", "race"):
             t_nd = query_fairness(sim, meta[attr], k=min(k_skew, 4), candidates=cand, queries=suite["queries"]["key"])
-            t_sk = query_fairness(sim, meta[attr], k=k_skew, queries=suite["queries"]["key"])
-            per_attr[attr] = (t_nd["ndkl"].to_numpy(), t_sk["max_skew"].to_numpy())
-        top = np.argsort(-sim, axis=1, kind="stable")[:, :k_skew]
+            per_attr[attr] = (t_nd["ndkl"].to_numpy(), topk_max_skew(top, meta[attr]))
         ndcg = [metrics.ndcg_at_k(sim[i:i + 1], cand[i:i + 1], k_skew) for i in range(len(sim))]
         ap = [metrics.mean_average_precision(sim[i:i + 1], cand[i:i + 1]) for i in range(len(sim))]
         scen_rows.append(pd.DataFrame({
@@ -909,10 +935,11 @@ def score_variants(data: AuditData, words: pd.DataFrame, variants: Sequence[Mapp
     style and word), ``"summary"`` (one line per variant: utility, mean NDKL / MaxSkew /
     NDCG / mAP of the first suite, mean entropies, ``ndkl_gender_change`` relative to
     ``none``), ``"hits"`` (per variant, the per-caption text-to-image hit@5 array)}."""
-    scen_parts, word_parts, util_rows, hits = [], [], [], {}
+    scen_parts, word_parts, util_rows, hits, rows = [], [], [], {}, {}
     for v in variants:
         name = v["variant"]
-        q, w, u = score_variant(data, words, image_emb[name], text_emb[name], text_index, k_entropy=k_entropy)
+        q, w, u = score_variant(data, words, image_emb[name], text_emb[name], text_index, k_entropy=k_entropy,
+                                text_rows=rows)
         if "_t2i_hit@5" in u:
             hits[name] = u.pop("_t2i_hit@5")
         scen_parts.append(q.assign(variant=name))
