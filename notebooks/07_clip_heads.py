@@ -43,13 +43,13 @@
 # ## Prerequisites and time to run
 #
 # The chapter *The counterfactual testbed* introduces the world and testbed-clip; the
-# metrics are defined in the `fairvlm.metrics` docstrings. Time on 2 CPU cores: about 5.5
-# minutes on the `embedded` default, measured on 2026-12-07 on a machine shared with other
-# jobs (load average about 5; matching the size of the random-head controls adds a
-# bisection of last-layer reruns per control), 61 s before the matched controls in a whole
-# `make book` (earlier runs: `benchmarks/TIMINGS.md`); under two minutes with
-# `PROFILE="smoke"` (plus the one-off testbed build if it is not cached); this execution's
-# run time is printed at the end. The `paper` profile loads
+# metrics are defined in the `fairvlm.metrics` docstrings. Time on 2 CPU cores: about 90
+# CPU-seconds on the `embedded` default (about 1.5 minutes on a quiet machine; 4 minutes
+# of wall time on 2026-12-07 at load average 9-10, shared with three other engineers'
+# runs), about 40 CPU-seconds with `PROFILE="smoke"` (plus the one-off testbed build if it
+# is not cached): every edit is scored from one cached pass of the encoder (below), and
+# the chapter runs torch on one thread. Earlier runs: `benchmarks/TIMINGS.md`; this
+# execution's run time is printed at the end. The `paper` profile loads
 # openai/clip-vit-base-patch32 (or `MODEL="openai/clip-vit-base-patch16"`) from the hub and
 # wants a GPU; it probes on FairFace (`FAIRFACE_DIR`, 500 training images) or on PAIRS,
 # audits PAIRS (and SISPI with `SISPI_DIR`), measures So-B-IT entropy on FairFace
@@ -623,7 +623,8 @@ savefig(fig, "07_clip_heads_top8")
 # (with the minimum detectable effect). The controls: Table 1, the same expert selection
 # on shuffled labels, scored on images apart from those that picked the experts; Figure 1,
 # the neurons of random non-expert heads; the head edits, the same prototype on random
-# non-expert heads of the same layer, matched in size (above); a comparison between two
+# non-expert heads of the same layer, each weakened until it costs no more retrieval
+# utility than the expert edit (above); a comparison between two
 # edits, the other edit, fixed before any NDKL is read: all experts against the male
 # prototype on the single expert with the highest probe AP (head {glue:text}`single_head`),
 # and the male prototype against zero ablation, the paper's runner-up. The NDKL minimum
