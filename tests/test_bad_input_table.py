@@ -996,6 +996,8 @@ UNCOVERED.update({
     "testbed.dual": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
     "headtohead": "chapter 08's measures, new beside issue 38: its world loader's bad input is tested in "
                   "tests/test_headtohead.py; not yet in the table",
+    "timing": "the A/A timer of chapters 07 and 08 (issue 31): its bad input is tested in tests/test_timing.py; "
+              "not yet in the table",
     "verdicts": "shared (chapters 01-07); drafted rows found unchecked level, n_resamples, seed, Estimate fields "
                 "and table/rows types: not yet in the table",
 })

@@ -1239,14 +1239,19 @@ def test_control_check_flags_a_damaging_control():
     base = (rng.random(400) < 0.9).astype(float)
     intact = {"none": base, "male (experts)": base, "c1": base.copy(), "c2": base.copy()}
     intact["c1"][:4] = 1 - intact["c1"][:4]
-    table, v = retrieval.control_check({"summary": summ, "hits": intact}, ["c1", "c2"],
-                                       matches=[{"strength": 0.4, "displacement": 0.01, "matched": True, "target": 0.01},
-                                                {"strength": 0.5, "displacement": 0.01, "matched": True, "target": 0.01}])
+    table, rows = retrieval.control_check({"summary": summ, "hits": intact}, ["c1", "c2"],
+                                          matches=[{"strength": 0.4, "displacement": 0.01, "matched": True,
+                                                    "target": 0.01},
+                                                   {"strength": 0.5, "displacement": 0.01, "matched": True,
+                                                    "target": 0.01}])
+    assert len(rows) == 1
+    v = rows[0]["verdict"]
     assert v.verdict == "reproduced" and v.asserts == "no-change"
-    assert table.set_index("variant").loc["c1", "Δ zero_shot_acc"] == pytest.approx(-0.01)
+    t = table.set_index("variant")
+    assert t.loc["c1", "Δ zero_shot_acc"] == pytest.approx(-0.01) and t.loc["c2", "strength"] == 0.5
     damaged = dict(intact, c1=np.where(rng.random(400) < 0.3, 0.0, base), c2=np.where(rng.random(400) < 0.3, 0.0, base))
-    _, v = retrieval.control_check({"summary": summ, "hits": damaged}, ["c1", "c2"])
-    assert v.verdict == "not reproduced"
+    _, rows = retrieval.control_check({"summary": summ, "hits": damaged}, ["c1", "c2"])
+    assert rows[0]["verdict"].verdict == "not reproduced"
     with pytest.raises(FairVLMError, match="not scored"):
         retrieval.control_check({"summary": summ, "hits": intact}, ["c3"])
 
@@ -1254,3 +1259,183 @@ def test_control_check_flags_a_damaging_control():
 def test_expert_claim_names_the_tested_model():
     text = probes.expert_claim("testbed-clip", 2, 8)
     assert "testbed-clip" in text and "2" in text and "8" in text and "ViT-B/32" in text
+
+
+# ------------------------------------------------------------------ the CLS cache of the last layer
+def _cache_edits(protos, d):
+    mask = torch.zeros(2, d, dtype=torch.bool)
+    mask[:, ::3] = True
+    return [[], [ch.prototype_replacement(protos, "b", [1, 5])],
+            [ch.prototype_replacement(protos, "a", [0, 2], strength=0.37)],
+            [ch.zero_ablation([3]), ch.damping([4], 0.2)],
+            [ch.prototype_replacement(protos, "a", [1, 4], neurons=mask, strength=0.6)]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_cls_cache_equals_the_hooked_forward_pass(attn, pixels):
+    # per-head contributions add up at the CLS token and nothing mixes tokens after the last
+    # layer's attention, so an edit scored from the cache equals the hooked forward pass
+    m = _clip(attn)
+    cache = ch.cls_cache(m, pixels, batch_size=3)
+    assert len(cache) == 7 and cache.heads.shape == (7, 6, 48) and cache.resid_mid.shape == (7, 48)
+    protos = ch.head_prototypes(cache.heads, ["a", "b"] * 3 + ["a"])
+    for edits in _cache_edits(protos, 48):
+        fast = ch.embed_from_cache(m, cache, edits)
+        full = retrieval.embed_images(m, pixels, edits=edits)
+        torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    sub = cache.subset([0, 3])
+    torch.testing.assert_close(ch.embed_from_cache(m, sub), retrieval.embed_images(m, pixels[[0, 3]]),
+                               atol=1e-5, rtol=1e-5)
+    assert _no_hooks(m)
+
+
+def test_cls_cache_refuses_edits_it_cannot_score(model, pixels):
+    cache = ch.cls_cache(model, pixels)
+    with pytest.raises(ParameterError, match="hooked forward"):
+        ch.embed_from_cache(model, cache, [ch.zero_ablation([0], layer=1)])
+    with pytest.raises(ParameterError, match="hooked forward"):
+        ch.edit_delta(cache, [ch.HeadIntervention(heads=(0,), mode="zero", layer=-1, token=3)])
+    with pytest.raises(ParameterError, match="two interventions"):
+        ch.edit_delta(cache, [ch.zero_ablation([0]), ch.damping([0, 1], 0.5)])
+    with pytest.raises(ParameterError, match="CLSCache"):
+        ch.embed_from_cache(model, torch.zeros(3, 48))
+    assert ch.cache_applies(model, [{"edits": [ch.zero_ablation([1])]}])
+    assert not ch.cache_applies(model, [{"edits": [ch.zero_ablation([1], layer=0)]}])
+
+
+def test_embed_variants_uses_the_cache_only_where_it_applies(model, pixels, monkeypatch):
+    protos = ch.head_prototypes(ch.head_contributions(model, pixels), ["a", "b"] * 3 + ["a"])
+    last = [{"variant": "none", "family": "baseline", "edits": []},
+            {"variant": "p", "family": "prototype", "edits": [ch.prototype_replacement(protos, "a", [1, 2])]}]
+    calls = []
+    monkeypatch.setattr(ch, "layer_inputs", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    out = ch.embed_variants(model, {"g": pixels}, last)
+    assert not calls
+    torch.testing.assert_close(out["p"]["g"], retrieval.embed_images(model, pixels, edits=last[1]["edits"]),
+                               atol=1e-5, rtol=1e-5)
+    monkeypatch.undo()
+    early = last + [{"variant": "z0", "family": "zero", "edits": [ch.zero_ablation([0], layer=0)]}]
+    out = ch.embed_variants(model, {"g": pixels}, early, layer=0)
+    torch.testing.assert_close(out["z0"]["g"], retrieval.embed_images(model, pixels, edits=early[2]["edits"]),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_cls_cache_on_testbed_clip():
+    from fairvlm.models import load
+
+    lm = load("testbed-clip", size="smoke")
+    g = torch.Generator().manual_seed(0)
+    size = lm.model.config.vision_config.image_size
+    pv = torch.randn(6, 3, size, size, generator=g)
+    cache = ch.cls_cache(lm.model, pv)
+    protos = ch.head_prototypes(cache.heads, ["a", "b"] * 3)
+    for edits in _cache_edits(protos, cache.heads.shape[2]):
+        torch.testing.assert_close(ch.embed_from_cache(lm.model, cache, edits),
+                                   retrieval.embed_images(lm, pv, edits=edits), atol=1e-5, rtol=1e-5)
+
+
+def test_binary_ap_and_auroc_equal_scikit_learn():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        n = int(rng.integers(3, 50))
+        y = rng.integers(0, 2, n)
+        if y.sum() in (0, n):
+            continue
+        s = rng.integers(0, 4, (n, 3)).astype(float) if t % 2 else rng.normal(size=(n, 3))
+        ap, auc = probes.binary_ap(y, s), probes.binary_auroc(y, s)
+        for j in range(3):
+            assert ap[j] == pytest.approx(average_precision_score(y, s[:, j]), abs=1e-12)
+            assert auc[j] == pytest.approx(roc_auc_score(y, s[:, j]), abs=1e-12)
+    assert probes.binary_ap([0, 1, 1], [0.1, 0.9, 0.4]) == pytest.approx(1.0)
+    with pytest.raises(ParameterError, match="positive"):
+        probes.binary_ap([0, 0], [0.1, 0.2])
+    with pytest.raises(ParameterError, match="both classes"):
+        probes.binary_auroc([1, 1], [0.1, 0.2])
+
+
+def test_logreg_newton_reaches_scikit_learns_optimum():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 300, 6))
+    y = (x[0] @ rng.normal(size=6) + rng.normal(size=300) > 0).astype(int)
+    w, b = probes.logreg_newton(x, y)
+    for h in range(2):
+        clf = LogisticRegression(tol=1e-10, max_iter=10_000).fit(x[h], y)
+        np.testing.assert_allclose(w[h], clf.coef_[0], atol=1e-5)
+        assert b[h] == pytest.approx(clf.intercept_[0], abs=1e-5)
+    with pytest.raises(ParameterError):
+        probes.logreg_newton(x, y + 1)
+
+
+def test_first_hit_rank_equals_a_stable_sort():
+    from fairvlm import metrics
+
+    rng = np.random.default_rng(2)
+    for t in range(40):
+        q, n = int(rng.integers(1, 12)), int(rng.integers(2, 30))
+        s = rng.integers(0, 3, (q, n)).astype(float) if t % 2 else rng.normal(size=(q, n))
+        rel = rng.random((q, n)) < 0.2
+        rel[np.arange(q), rng.integers(0, n, q)] = True
+        f = retrieval.first_hit_rank(s, rel)
+        order = np.argsort(-s, axis=1, kind="stable")
+        assert (np.argmax(np.take_along_axis(rel, order, axis=1), axis=1) == f).all()
+        r = metrics.recall_at_k(s, rel, (1, 5))
+        assert np.mean(f < 1) == pytest.approx(r[1]) and np.mean(f < 5) == pytest.approx(r[5])
+    with pytest.raises(DataError, match="no relevant"):
+        retrieval.first_hit_rank(np.zeros((2, 3)), np.array([[True, False, False], [False] * 3]))
+
+
+def test_control_check_compares_the_controls_with_the_edit_per_query():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    n = 200
+    ap_edit = rng.uniform(0.8, 1.0, n)
+    sk_edit = rng.uniform(0.1, 0.2, n)
+    rows = []
+    for v, dap, dsk in (("none", 0.0, 0.0), ("male (experts)", 0.0, 0.0), ("c1", -0.001, 0.001),
+                        ("c2", 0.0005, -0.0005), ("bad", -0.05, 0.05)):
+        jitter = rng.normal(0, 0.002, n) if v in ("c1", "c2", "bad") else 0.0
+        rows.append(pd.DataFrame({"suite": "s", "query": np.arange(n), "variant": v, "ap": ap_edit + dap + jitter,
+                                  "maxskew_gender": sk_edit + dsk + jitter}))
+    q = pd.concat(rows, ignore_index=True)
+    summ = pd.DataFrame({"variant": ["none", "male (experts)", "c1", "c2", "bad"], "heads": [""] * 5,
+                         "mAP": [0.9, 0.9, 0.899, 0.901, 0.85]})
+    hits = {v: np.ones(50) for v in summ["variant"]}
+    table, out = retrieval.control_check({"summary": summ, "hits": hits, "queries": q}, ["c1", "c2"],
+                                         main_suite="s", others=["bad"],
+                                         other_matches=[{"strength": 1.0, "displacement": 0.1, "matched": False}])
+    assert [r["verdict"].verdict for r in out[1:]] == ["reproduced", "reproduced"]
+    assert table.set_index("variant").loc["bad", "Δ mAP"] == pytest.approx(-0.05)
+    _, out = retrieval.control_check({"summary": summ, "hits": hits, "queries": q}, ["bad"], main_suite="s")
+    assert [r["verdict"].verdict for r in out[1:]] == ["not reproduced", "not reproduced"]
+    with pytest.raises(FairVLMError, match="no column"):
+        retrieval.control_check({"summary": summ, "hits": hits, "queries": q}, ["c1"], main_suite="s",
+                                margins={"ndcg": 0.01})
+
+
+def test_match_utility_finds_the_strongest_edit_within_the_edits_cost(model, pixels):
+    cache = ch.cls_cache(model, pixels)
+    protos = ch.head_prototypes(cache.heads, ["a", "b"] * 3 + ["a"])
+    emb = ch.embed_from_cache(model, cache)
+    queries = emb[[0, 1, 2]] + 0.05 * torch.randn(3, emb.shape[1], generator=torch.Generator().manual_seed(0))
+    queries = torch.nn.functional.normalize(queries, dim=-1)
+    relevant = np.zeros((3, 7), dtype=bool)
+    relevant[0, [0, 3]] = relevant[1, [1, 4]] = relevant[2, [2, 5, 6]] = True
+    m0 = ch.retrieval_map(emb, queries, relevant)
+    assert 0 < m0 <= 1
+    full = m0 - ch.retrieval_map(ch.embed_from_cache(model, cache, [ch.prototype_replacement(protos, "a", [0, 1, 2])]),
+                                 queries, relevant)
+    m = ch.match_utility(model, cache, protos, "a", [0, 1, 2], 10.0, queries=queries, relevant=relevant)
+    assert m["strength"] == 1.0 and m["matched"] and m["displacement"] == pytest.approx(full)
+    if full > 1e-3:   # a target below the full edit's cost gives a weaker edit that stays within it
+        m = ch.match_utility(model, cache, protos, "a", [0, 1, 2], full / 2, queries=queries, relevant=relevant)
+        assert m["strength"] < 1.0 and m["displacement"] <= full / 2 + 1e-4
+    with pytest.raises(ParameterError, match="CLSCache"):
+        ch.match_utility(model, torch.zeros(7, 48), protos, "a", [0], 0.0, queries=queries, relevant=relevant)
+    with pytest.raises(ParameterError, match="relevant"):
+        ch.retrieval_map(emb, queries, relevant[:, :3])

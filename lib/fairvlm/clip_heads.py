@@ -684,16 +684,146 @@ def embed_variants(model: nn.Module, galleries: Mapping[str, torch.Tensor], vari
         if not isinstance(v, Mapping) or not {"variant", "family", "edits"} <= set(v):
             raise ParameterError("each variant must be a dict with the keys variant, family and edits "
                                  "(as standard_variants() returns)")
+    todo = [v for v in variants if v["family"] not in skip]
+    if resolve_layer(model, layer) == resolve_layer(model, -1) and cache_applies(model, todo):
+        caches = {name: cls_cache(model, px) for name, px in galleries.items()}
+        return {v["variant"]: {name: embed_from_cache(model, c, v["edits"]) for name, c in caches.items()}
+                for v in todo}
     cached = {name: layer_inputs(model, px, layer=layer) for name, px in galleries.items()}
     return {v["variant"]: {name: embed_from_layer(model, h, layer=layer, edits=v["edits"]) for name, h in cached.items()}
-            for v in variants if v["family"] not in skip}
+            for v in todo}
+
+
+# ------------------------------------------------------------------ the CLS cache of the last layer
+@dataclass(frozen=True)
+class CLSCache:
+    """What an edit of the *last* encoder layer's heads at the CLS token needs, computed once.
+
+    The head contributions enter the CLS row additively (``resid_mid = resid_pre + b_out +
+    sum_h c_h``), and after the last layer's attention nothing mixes tokens any more: the
+    MLP acts on each token alone and the embedding reads only the CLS row. So an edit of
+    some heads' CLS contributions changes the embedding only through ``resid_mid`` at the
+    CLS token, ``resid_mid + sum_{h edited} (c_h' - c_h)``, and every edit can be scored
+    from this cache without rerunning the encoder (:func:`embed_from_cache`; equal to the
+    hooked forward pass within float32 rounding, tested).
+
+    ``heads``: (N, H, D) per-head contributions; ``resid_mid``: (N, D) unedited hidden
+    state after the attention residual add; ``layer``: the (last) layer's index.
+    """
+
+    layer: int
+    heads: torch.Tensor
+    resid_mid: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.heads.shape[0])
+
+    def subset(self, idx) -> "CLSCache":
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return CLSCache(layer=self.layer, heads=self.heads[idx], resid_mid=self.resid_mid[idx])
+
+
+@torch.no_grad()
+def cls_cache(model: nn.Module, pixel_values: torch.Tensor, *, batch_size: int = 64,
+              progress: bool = False) -> CLSCache:
+    """One encoder pass over ``pixel_values`` that records the last layer's CLS head
+    contributions and ``resid_mid`` (:class:`CLSCache`), float32 on CPU."""
+    pixel_values = _check_pixels(pixel_values)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(f"batch_size={batch_size!r} must be a positive integer")
+    li = resolve_layer(model, -1)
+    starts = range(0, pixel_values.shape[0], batch_size)
+    if progress:
+        from fairvlm.progress import bar
+
+        starts = bar(starts, desc="CLS cache", unit="batch")
+    heads, mids = [], []
+    for s in starts:
+        dec = cls_decomposition(model, pixel_values[s : s + batch_size], layer=li)
+        heads.append(dec.heads.float().cpu())
+        mids.append(dec.resid_mid.float().cpu())
+    return CLSCache(layer=li, heads=torch.cat(heads), resid_mid=torch.cat(mids))
+
+
+def edit_delta(cache: CLSCache, edits: Sequence[HeadIntervention]) -> torch.Tensor:
+    """The change ``edits`` make to the CLS row of ``resid_mid``: (N, D). The same algebra
+    as the forward hook of :func:`intervene` (replacement with ``strength``, zero
+    ablation, damping; whole heads or the coordinates in ``neurons``)."""
+    n, n_heads, d = cache.heads.shape
+    delta = torch.zeros(n, d, dtype=cache.heads.dtype)
+    used: set = set()
+    for e in edits:
+        if not isinstance(e, HeadIntervention):
+            raise ParameterError(f"expected HeadIntervention objects, got {type(e).__name__}")
+        li = e.layer if e.layer >= 0 else e.layer + cache.layer + 1
+        if li != cache.layer or e.token != 0:
+            raise ParameterError(f"the CLS cache holds layer {cache.layer}, token 0; an edit of layer {e.layer}, "
+                                 f"token {e.token} needs the hooked forward pass (embed_from_layer)")
+        _check_heads(e.heads, n_heads)
+        if used & set(e.heads):
+            raise ParameterError(f"heads {sorted(used & set(e.heads))} are edited by two interventions; merge them")
+        used |= set(e.heads)
+        c = cache.heads[:, list(e.heads)]                                   # (N, S, D)
+        if e.mode == "replace":
+            v = e.values.to(c.dtype)
+            if v.shape[1] != d:
+                raise ParameterError(f"replacement values have width {v.shape[1]}; the layer writes {d}")
+            target = c + float(e.strength) * (v.unsqueeze(0) - c)
+        elif e.mode == "zero":
+            target = torch.zeros_like(c)
+        else:
+            target = c * float(e.alpha)
+        change = target - c
+        if e.neurons is not None:
+            if e.neurons.shape[1] != d:
+                raise ParameterError(f"neuron mask has width {e.neurons.shape[1]}; the layer writes {d}")
+            change = torch.where(e.neurons.unsqueeze(0), change, torch.zeros_like(change))
+        delta += change.sum(dim=1)
+    return delta
+
+
+@torch.no_grad()
+def embed_cls(model: nn.Module, resid_mid: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+    """Image embeddings from the last layer's CLS ``resid_mid`` (N, D): the layer's MLP
+    with its residual add, the post-layernorm and the visual projection (when the model
+    has one), L2-normalized with ``normalize``; float32 on CPU."""
+    tower = vision_tower(model)
+    blk = tower.encoder.layers[-1]
+    device, dtype = _device_dtype(model)
+    h = resid_mid.to(device=device, dtype=dtype)
+    h = h + blk.mlp(blk.layer_norm2(h))
+    pooled = tower.post_layernorm(h)
+    proj = _projection(model)
+    emb = (proj(pooled) if proj is not None else pooled).float()
+    return (torch.nn.functional.normalize(emb, dim=-1) if normalize else emb).cpu()
+
+
+def embed_from_cache(model: nn.Module, cache: CLSCache, edits: Sequence[HeadIntervention] = (), *,
+                     normalize: bool = True) -> torch.Tensor:
+    """Image embeddings under ``edits`` of the last layer's CLS head contributions, from a
+    :class:`CLSCache` (no encoder pass): ``embed_cls(resid_mid + edit_delta)``."""
+    if not isinstance(cache, CLSCache):
+        raise ParameterError(f"cache must be a CLSCache (cls_cache()), got {type(cache).__name__}")
+    if cache.layer != resolve_layer(model, -1):
+        raise ParameterError(f"the cache holds layer {cache.layer}, not the model's last layer")
+    mid = cache.resid_mid + edit_delta(cache, edits) if edits else cache.resid_mid
+    return embed_cls(model, mid, normalize=normalize)
+
+
+def cache_applies(model: nn.Module, variants: Sequence[Mapping]) -> bool:
+    """Whether every edit of ``variants`` acts on the last layer's CLS token (then
+    :func:`embed_from_cache` scores them without an encoder pass)."""
+    last = resolve_layer(model, -1)
+    return all(resolve_layer(model, e.layer) == last and e.token == 0
+               for v in variants for e in v.get("edits", ()))
 
 
 def edit_displacement(model: nn.Module, hidden: torch.Tensor, edits: Sequence[HeadIntervention], *, layer: int = -1,
                       base: torch.Tensor | None = None, readout: torch.Tensor | None = None,
                       scale: float = 100.0) -> float:
-    """How much ``edits`` change the images whose :func:`layer_inputs` are ``hidden``,
-    whatever the images show (``base``: their unedited embeddings, when already computed).
+    """How much ``edits`` change the images whose :func:`layer_inputs` (or :class:`CLSCache`,
+    for last-layer edits: no encoder pass) are ``hidden``, whatever the images show
+    (``base``: their unedited embeddings, when already computed).
 
     Without ``readout``: the mean of ``1 - cos(edited, unedited)`` embedding. With
     ``readout`` (``(K, d)`` normalized text embeddings, e.g. the zero-shot prompts of the
@@ -702,9 +832,14 @@ def edit_displacement(model: nn.Module, hidden: torch.Tensor, edits: Sequence[He
     changes what the model reads off the image, on a task blind to the protected attribute.
     A content-free measure of an edit's size, for matching a control edit to the edit it
     controls for (:func:`match_strength`)."""
-    if base is None:
-        base = embed_from_layer(model, hidden, layer=layer)
-    edited = embed_from_layer(model, hidden, layer=layer, edits=edits)
+    if isinstance(hidden, CLSCache):
+        if base is None:
+            base = embed_from_cache(model, hidden)
+        edited = embed_from_cache(model, hidden, edits)
+    else:
+        if base is None:
+            base = embed_from_layer(model, hidden, layer=layer)
+        edited = embed_from_layer(model, hidden, layer=layer, edits=edits)
     if readout is None:
         return float((1.0 - (edited * base).sum(-1)).mean())
     r = readout.to(base.dtype)
@@ -732,7 +867,8 @@ def match_strength(model: nn.Module, hidden: torch.Tensor, prototypes: HeadProto
     if not np.isfinite(target) or target < 0:
         raise ParameterError(f"target={target!r} must be a finite displacement >= 0")
     if base is None:
-        base = embed_from_layer(model, hidden, layer=layer)
+        base = embed_from_cache(model, hidden) if isinstance(hidden, CLSCache) else \
+            embed_from_layer(model, hidden, layer=layer)
 
     def disp(st):
         return edit_displacement(model, hidden, [prototype_replacement(prototypes, group, heads, strength=st)],
@@ -753,6 +889,61 @@ def match_strength(model: nn.Module, hidden: torch.Tensor, prototypes: HeadProto
         lo, hi = (mid, hi) if d < target else (lo, mid)
     return {"strength": float(best[0]), "displacement": float(best[1]), "target": float(target),
             "matched": bool(abs(best[1] - target) <= rel_tol * max(target, 1e-12))}
+
+
+def retrieval_map(emb: torch.Tensor, queries: torch.Tensor, relevant: np.ndarray) -> float:
+    """Mean average precision of text queries ranking images: ``emb`` (N, d) and
+    ``queries`` (Q, d) normalized embeddings, ``relevant`` boolean (Q, N) (e.g. the
+    images of the query's scenario). The utility measure of Table 2 (mAP)."""
+    from fairvlm.probes import binary_ap
+
+    rel = np.asarray(relevant, dtype=bool)
+    sim = (queries.to(emb.dtype) @ emb.T).numpy()
+    if rel.shape != sim.shape:
+        raise ParameterError(f"relevant must be (Q, N) = {sim.shape}; got {rel.shape}")
+    return float(np.mean([binary_ap(rel[i], sim[i]) for i in range(sim.shape[0])]))
+
+
+def match_utility(model: nn.Module, cache: CLSCache, prototypes: HeadPrototypes, group: str, heads: Sequence[int],
+                  target: float, *, queries: torch.Tensor, relevant: np.ndarray, tol: float = 1e-4,
+                  max_iter: int = 12) -> dict:
+    """The strongest replacement of ``heads`` by ``group``'s prototype that costs no more
+    utility than ``target``: the drop of retrieval mAP (:func:`retrieval_map` of
+    ``queries`` over the cached images, against the unedited model) at most ``target +
+    tol``, found by bisection on (0, 1] from the :class:`CLSCache` (no encoder pass).
+
+    A random-head control matched this way leaves the model as intact as the edit it
+    controls for (a control that damages the model is no control); where every
+    non-expert head carries content the task needs, the matched strength is small, and the
+    caller must say so. Returns ``{"strength", "displacement"`` (the mAP drop reached),
+    ``"target", "matched"}``; ``matched`` is False only when no strength in (0, 1] reaches
+    the target band (then the smallest strength tried is returned)."""
+    if not np.isfinite(target):
+        raise ParameterError(f"target={target!r} must be a finite mAP drop")
+    if not isinstance(cache, CLSCache):
+        raise ParameterError("match_utility scores edits from a CLSCache (cls_cache())")
+    m0 = retrieval_map(embed_from_cache(model, cache), queries, relevant)
+
+    def drop(st):
+        return m0 - retrieval_map(embed_from_cache(model, cache, [prototype_replacement(prototypes, group, heads,
+                                                                                          strength=st)]),
+                                  queries, relevant)
+
+    limit = float(target) + tol
+    full = drop(1.0)
+    if full <= limit:
+        return {"strength": 1.0, "displacement": full, "target": float(target), "matched": True}
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(max_iter):
+        mid = (lo + hi) / 2
+        d = drop(mid)
+        if d <= limit:
+            lo, best = mid, (mid, d)
+        else:
+            hi = mid
+    if best is None:
+        return {"strength": hi, "displacement": drop(hi), "target": float(target), "matched": False}
+    return {"strength": float(best[0]), "displacement": float(best[1]), "target": float(target), "matched": True}
 
 
 # ------------------------------------------------------------------------------ the variants of chapter 07

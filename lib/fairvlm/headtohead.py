@@ -293,31 +293,22 @@ def utility_kept(before, after, *, n_boot: int = 1000, seed: int = 0, level: flo
 def time_per_1000(plain: Callable[[], object], method: Callable[[], object], n_inputs: int, *,
                   repeats: int = 5, seed: int = 0) -> dict:
     """Extra seconds per 1,000 inputs of ``method`` over ``plain`` (each processes
-    ``n_inputs`` inputs), run interleaved ``repeats`` times in this process, with an A/A run
-    of ``plain`` again as the noise check: ``extra_s_per_1000`` (median difference) with a
-    bootstrap interval over repeats, ``noise_s_per_1000`` (plain again minus plain),
-    ``plain_s_per_1000``."""
-    if not isinstance(n_inputs, (int, np.integer)) or n_inputs < 1:
+    ``n_inputs`` inputs), from :func:`fairvlm.timing.time_ab` (the one timer the book uses:
+    plain, method and plain again, interleaved ``repeats`` times in this process):
+    ``extra_s_per_1000`` (median difference) with a bootstrap interval over repeats
+    (``extra_lo``, ``extra_hi``), ``noise_s_per_1000`` (plain again minus plain, the A/A
+    column, with ``noise_lo``, ``noise_hi``), ``plain_s_per_1000``, and the ratio readings
+    of the same measurement (``ratio``, ``interval``, ``noise``, ``noise_interval``,
+    ``valid``)."""
+    from fairvlm.timing import time_ab
+
+    if isinstance(n_inputs, bool) or not isinstance(n_inputs, (int, np.integer)) or n_inputs < 1:
         raise ParameterError(f"n_inputs={n_inputs!r} must be a positive count")
-    if not isinstance(repeats, (int, np.integer)) or repeats < 3:
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 3:
         raise ParameterError(f"repeats={repeats!r} must be at least 3")
-    t = {"plain": [], "method": [], "again": []}
-    plain()  # warm-up
-    for _ in range(repeats):
-        for key, fn in (("plain", plain), ("method", method), ("again", plain)):
-            t0 = time.perf_counter()
-            fn()
-            t[key].append(time.perf_counter() - t0)
-    k = 1000.0 / n_inputs
-    p, m, g = (np.asarray(t[x]) * k for x in ("plain", "method", "again"))
-    rng = np.random.default_rng(seed)
-    boots = [np.median(m[rng.integers(0, repeats, repeats)]) - np.median(p[rng.integers(0, repeats, repeats)])
-             for _ in range(1000)]
-    extra = float(np.median(m) - np.median(p))
-    lo, hi = np.percentile(boots, (2.5, 97.5))
-    return {"plain_s_per_1000": float(np.median(p)), "extra_s_per_1000": extra,
-            "extra_lo": float(min(lo, extra)), "extra_hi": float(max(hi, extra)),
-            "noise_s_per_1000": float(np.median(g) - np.median(p)), "repeats": int(repeats), "n_inputs": int(n_inputs)}
+    t = time_ab(plain, method, repeats=int(repeats), n_inputs=int(n_inputs), seed=seed)
+    t.pop("times")
+    return t
 
 
 # ---------------------------------------------------------------------------------------

@@ -768,8 +768,42 @@ def audit_texts(data: AuditData, words: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def topk_max_skew(top: np.ndarray, groups: Sequence) -> np.ndarray:
+    """MaxSkew@k of every query from its top-``k`` image indices ``top`` (Q, k), against the
+    uniform target over the groups of the whole gallery (``groups``: one label per image):
+    what :func:`query_fairness` reports as ``max_skew`` without candidates, in one
+    vectorised pass (:func:`fairvlm.metrics.max_skew`)."""
+    g = np.asarray([str(x) for x in groups], dtype=object)
+    keys = sorted(set(g.tolist()))
+    codes = np.searchsorted(np.asarray(keys, dtype=object), g)
+    top = np.asarray(top)
+    k = top.shape[1]
+    counts = np.stack([(codes[top] == j).sum(axis=1) for j in range(len(keys))], axis=1)
+    p = counts / float(k)
+    with np.errstate(divide="ignore"):
+        sk = np.where(p > 0, np.log(p * len(keys)), -np.inf)
+    return sk.max(axis=1)
+
+
+def first_hit_rank(sim, relevant) -> np.ndarray:
+    """0-based rank of each query's best relevant item, ties broken by item index (a
+    stable sort's order), without sorting: the items scored above it plus the equal ones
+    before it. ``sim``: (Q, N); ``relevant``: boolean (Q, N), at least one per row.
+    ``rank < k`` is hit@k, its mean Recall@k (:func:`fairvlm.metrics.recall_at_k`)."""
+    s = _np(sim).astype(np.float64)
+    rel = np.asarray(relevant, dtype=bool)
+    if s.shape != rel.shape or s.ndim != 2:
+        raise ParameterError(f"sim {s.shape} and relevant {rel.shape} must be the same (Q, N) shape")
+    if not rel.any(axis=1).all():
+        raise DataError(f"query {int(np.flatnonzero(~rel.any(axis=1))[0])} has no relevant item")
+    best = np.where(rel, s, -np.inf).max(axis=1, keepdims=True)
+    first = np.argmax(rel & (s == best), axis=1)[:, None]       # the lowest-index relevant item at that score
+    before = np.arange(s.shape[1])[None, :] < first
+    return (s > best).sum(axis=1) + ((s == best) & before).sum(axis=1)
+
+
 def score_variant(data: AuditData, words: pd.DataFrame, image_emb: Mapping, text_emb, text_index: Mapping,
-                  *, k_entropy: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                  *, k_entropy: int, text_rows: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Fairness and utility of one variant (its image embeddings per gallery and its text
     embeddings). Returns ``(per_query, per_word, utility)``:
 
@@ -779,9 +813,19 @@ def score_variant(data: AuditData, words: pd.DataFrame, image_emb: Mapping, text
     - per So-B-IT word and prompt style: normalized entropy of gender and race in the top
       ``k_entropy`` and the top-k shares;
     - utility: Recall@1/5/10 both ways and zero-shot accuracy (when the suites exist).
+
+    ``text_rows``: a dict shared across calls (:func:`score_variants` passes one) in which
+    the rows gathered from ``text_emb`` are kept for the next variant with the same texts.
     """
+    memo = {} if text_rows is None else text_rows   # variants that share one text side gather its rows once
+
     def texts(items):
-        return text_emb[[text_index[t] for t in items]]
+        items = tuple(items)
+        hit = memo.get((id(text_emb), items))
+        if hit is None or hit[0] is not text_emb:
+            hit = (text_emb, text_emb[[text_index[t] for t in items]])
+            memo[(id(text_emb), items)] = hit
+        return hit[1]
 
     scen_rows, word_rows, util = [], [], {}
     for suite in data.scenario_suites:
@@ -791,11 +835,10 @@ def score_variant(data: AuditData, words: pd.DataFrame, image_emb: Mapping, text
         cand = np.stack([keys_arr == k for k in suite["queries"]["key"]])
         k_skew = int(cand.sum(axis=1).min())
         per_attr = {}
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :k_skew]
         for attr in ("gender", "race"):
             t_nd = query_fairness(sim, meta[attr], k=min(k_skew, 4), candidates=cand, queries=suite["queries"]["key"])
-            t_sk = query_fairness(sim, meta[attr], k=k_skew, queries=suite["queries"]["key"])
-            per_attr[attr] = (t_nd["ndkl"].to_numpy(), t_sk["max_skew"].to_numpy())
-        top = np.argsort(-sim, axis=1, kind="stable")[:, :k_skew]
+            per_attr[attr] = (t_nd["ndkl"].to_numpy(), topk_max_skew(top, meta[attr]))
         ndcg = [metrics.ndcg_at_k(sim[i:i + 1], cand[i:i + 1], k_skew) for i in range(len(sim))]
         ap = [metrics.mean_average_precision(sim[i:i + 1], cand[i:i + 1]) for i in range(len(sim))]
         scen_rows.append(pd.DataFrame({
@@ -820,13 +863,12 @@ def score_variant(data: AuditData, words: pd.DataFrame, image_emb: Mapping, text
     if data.recall_suite:
         rs = data.recall_suite
         sim = (texts(rs["captions"]) @ image_emb[rs["gallery"]].T).numpy()
-        r_t2i = metrics.recall_at_k(sim, rs["relevant"], (1, 5, 10))
-        r_i2t = metrics.recall_at_k(sim.T, rs["relevant"].T, (1, 5, 10))
-        util.update({f"t2i_R@{k}": r_t2i[k] for k in (1, 5, 10)})
-        util.update({f"i2t_R@{k}": r_i2t[k] for k in (1, 5, 10)})
+        rel = np.asarray(rs["relevant"], dtype=bool)
+        f_t2i, f_i2t = first_hit_rank(sim, rel), first_hit_rank(sim.T, rel.T)
+        util.update({f"t2i_R@{k}": float(np.mean(f_t2i < k)) for k in (1, 5, 10)})
+        util.update({f"i2t_R@{k}": float(np.mean(f_i2t < k)) for k in (1, 5, 10)})
         # per caption: 1 when a relevant image is in the top 5 (the unit of utility intervals)
-        order = np.argsort(-sim, axis=1, kind="stable")[:, :5]
-        util["_t2i_hit@5"] = np.take_along_axis(rs["relevant"], order, axis=1).any(axis=1).astype(float)
+        util["_t2i_hit@5"] = (f_t2i < 5).astype(float)
     if data.zeroshot_suite:
         zs = data.zeroshot_suite
         zmeta = data.galleries[zs["gallery"]]["meta"]
@@ -864,40 +906,26 @@ def random_ranking_floor(data: AuditData, *, n: int = 200, seed: int = 0) -> pd.
 
 def time_edits(model, pixel_values: torch.Tensor, edits: Sequence, *,
                repeats: int = 7, batch_size: int = 64) -> dict:
-    """Wall-clock cost of encoding with ``edits``, with an A/A noise check.
-
-    Three conditions run interleaved ``repeats`` times on the same images: plain, edited,
-    and plain again. Returns the median wall times, ``ratio`` = median(edited) /
-    median(plain) with a bootstrap interval over repeats, ``noise`` = median(plain again) /
-    median(plain) with its interval (what two identical runs differ by), and ``valid``:
-    False when the edited run is *faster* than plain beyond the noise band (a hook cannot
-    speed a forward pass up, so such a timing measures the machine, not the edit).
+    """Wall-clock cost of encoding with ``edits``, with an A/A noise check
+    (:func:`fairvlm.timing.time_ab`: plain, edited and plain again, interleaved ``repeats``
+    times). Returns its dict with ``median_edited_s`` beside ``median_plain_s``: ``ratio`` =
+    median(edited) / median(plain) with a bootstrap interval over repeats, ``noise`` =
+    median(plain again) / median(plain) with its interval (what two identical runs differ
+    by), the per-1,000-image columns, and ``valid``: False when the edited run is *faster*
+    than plain beyond the noise band (a hook cannot speed a forward pass up, so such a
+    timing measures the machine, not the edit). A caller may add ``why_not`` (a reason the
+    timing cannot be judged here, e.g. a CI profile); :func:`head_audit_claims` honours it.
     """
-    import time
+    from fairvlm.timing import time_ab
 
-    if repeats < 3:
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 3:
         raise ParameterError(f"repeats={repeats} must be at least 3")
-    times = {"plain": [], "edited": [], "plain again": []}
-    for _ in range(repeats):
-        for key, ed in (("plain", ()), ("edited", edits), ("plain again", ())):
-            t0 = time.perf_counter()
-            embed_images(model, pixel_values, edits=ed, batch_size=batch_size)
-            times[key].append(time.perf_counter() - t0)
-    t = {k: np.asarray(v) for k, v in times.items()}
-    rng = np.random.default_rng(0)
-
-    def ratio_ci(a, b):
-        r = [np.median(a[rng.integers(0, len(a), len(a))]) / np.median(b[rng.integers(0, len(b), len(b))])
-             for _ in range(1000)]
-        return float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))
-
-    ratio = float(np.median(t["edited"]) / np.median(t["plain"]))
-    noise = float(np.median(t["plain again"]) / np.median(t["plain"]))
-    r_ci, n_ci = ratio_ci(t["edited"], t["plain"]), ratio_ci(t["plain again"], t["plain"])
-    return {"median_plain_s": float(np.median(t["plain"])), "median_edited_s": float(np.median(t["edited"])),
-            "ratio": ratio, "interval": (min(r_ci[0], ratio), max(r_ci[1], ratio)),
-            "noise": noise, "noise_interval": (min(n_ci[0], noise), max(n_ci[1], noise)),
-            "valid": bool(ratio >= min(n_ci[0], noise)), "repeats": repeats}
+    t = time_ab(lambda: embed_images(model, pixel_values, batch_size=batch_size),
+                lambda: embed_images(model, pixel_values, edits=edits, batch_size=batch_size),
+                repeats=int(repeats), n_inputs=int(pixel_values.shape[0]))
+    t.pop("times")
+    t["median_edited_s"] = t["median_method_s"]
+    return t
 
 
 def score_variants(data: AuditData, words: pd.DataFrame, variants: Sequence[Mapping], image_emb: Mapping,
@@ -907,10 +935,11 @@ def score_variants(data: AuditData, words: pd.DataFrame, variants: Sequence[Mapp
     style and word), ``"summary"`` (one line per variant: utility, mean NDKL / MaxSkew /
     NDCG / mAP of the first suite, mean entropies, ``ndkl_gender_change`` relative to
     ``none``), ``"hits"`` (per variant, the per-caption text-to-image hit@5 array)}."""
-    scen_parts, word_parts, util_rows, hits = [], [], [], {}
+    scen_parts, word_parts, util_rows, hits, rows = [], [], [], {}, {}
     for v in variants:
         name = v["variant"]
-        q, w, u = score_variant(data, words, image_emb[name], text_emb[name], text_index, k_entropy=k_entropy)
+        q, w, u = score_variant(data, words, image_emb[name], text_emb[name], text_index, k_entropy=k_entropy,
+                                text_rows=rows)
         if "_t2i_hit@5" in u:
             hits[name] = u.pop("_t2i_hit@5")
         scen_parts.append(q.assign(variant=name))
@@ -949,9 +978,9 @@ def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, 
     (``head, ap, kind`` with kind ``expert`` / ``other``); ``neuron_testable``: whether the
     expert-neuron mask selects some but not all coordinates above chance, and why not;
     ``random_variants``: the variants that put the male prototype on random non-expert
-    heads (:func:`fairvlm.probes.random_heads`; in the book weakened until they move the
-    embeddings as far as the expert edit, :func:`fairvlm.clip_heads.match_strength`), the
-    control of every head-level edit; ``timing``: :func:`time_edits`. Rows pair variants
+    heads (:func:`fairvlm.probes.random_heads`; in the book weakened to the strongest edit
+    that costs no more retrieval mAP on the probe images than the expert edit,
+    :func:`fairvlm.clip_heads.match_utility`), the control of every head-level edit; ``timing``: :func:`time_edits`. Rows pair variants
     per scenario query, word or caption. NDKL claims are *not testable here* when the
     baseline NDKL lies inside the random-ranking floor (no bias to remove), and every claim
     that builds on the head edit (all experts against one, the male prototype against the
@@ -1006,7 +1035,7 @@ def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, 
                male, rand, testable=has_bias, why=why, seed=seed)
     rows.append({"measure": f"NDKL reduction per query ({-S.loc['male (experts)', 'ndkl_gender_change']:+.1%} "
                             f"relative); control: the male prototype on {len(random_variants)} random sets of "
-                            "non-expert heads, each weakened to move the embeddings as far as the expert edit",
+                            "non-expert heads, each weakened until it costs no more retrieval utility than the expert edit",
                  "verdict": t2})
     one = int(experts[0]) if single_head is None else int(single_head)
     c_one = Claim("Table 2: editing all experts beats editing one (comparator fixed in advance: the male "
@@ -1097,36 +1126,56 @@ def head_audit_claims(scores: Mapping, floor: pd.DataFrame, *, main_suite: str, 
 #: The utility and side-effect columns a control edit must leave where they were.
 CONTROL_CHECK_COLUMNS = ("t2i_R@1", "t2i_R@5", "i2t_R@1", "zero_shot_acc", "mAP", "maxskew_gender")
 
+#: Equivalence margins of the control check, per scenario query: the controls' mAP and
+#: MaxSkew (gender) against the expert edit's. Half a point of each: a tenth of the width of
+#: the random-ranking floor's MaxSkew range on the testbed, and below the damage a
+#: size-matched random-head edit does (0.005-0.008 of mAP, 2026-12-07).
+CONTROL_MARGINS = {"ap": 0.005, "maxskew_gender": 0.005}
+
 
 def control_check(scores: Mapping, random_variants: Sequence[str], *, matches: Sequence[Mapping] | None = None,
-                  edit: str = "male (experts)", tol: float = 0.02, seed: int = 0) -> tuple[pd.DataFrame, object]:
+                  edit: str = "male (experts)", tol: float = 0.02, main_suite: str | None = None,
+                  margins: Mapping[str, float] | None = None, others: Sequence[str] = (),
+                  other_matches: Sequence[Mapping] | None = None, seed: int = 0) -> tuple[pd.DataFrame, list]:
     """Does the random-head control leave the model intact? A control that damages the
     model (retrieval, zero-shot accuracy, skew of an unrelated list) is no control for a
     claim that an edit removes bias.
 
-    Returns ``(table, verdict)``: one line per variant (unedited, ``edit``, each control)
-    with :data:`CONTROL_CHECK_COLUMNS` and their change from the unedited model (and, from
-    ``matches`` of :func:`fairvlm.clip_heads.match_strength`, each control's strength and
-    embedding displacement against the edit's); and an equivalence check (TOST, ``+-tol``)
-    of the per-caption text-to-image hit@5, the controls' mean against the unedited
-    model, by :func:`fairvlm.verdicts.judge` (``asserts="no-change"``; not a paper's claim).
+    Returns ``(table, rows)``. ``table``: one line per variant (unedited, ``edit``, each
+    control in ``random_variants``, then ``others``: e.g. controls matched another way,
+    shown for comparison) with :data:`CONTROL_CHECK_COLUMNS` and their change from the
+    unedited model (and, from ``matches`` / ``other_matches``, each control's strength and
+    matched measure). ``rows`` (for :func:`fairvlm.verdicts.verdict_table`, all
+    ``asserts="no-change"``, not a paper's claim): an equivalence check (TOST, ``+-tol``)
+    of the per-caption text-to-image hit@5, the controls' mean against the unedited model;
+    and, with ``main_suite``, per scenario query of that suite, the controls' mean against
+    the *edit* for each column of ``margins`` (default :data:`CONTROL_MARGINS`: mAP and
+    MaxSkew), so the control is as harmless as the edit it controls for, not only as the
+    unedited model.
     """
     from fairvlm.verdicts import Claim, judge
 
     S = scores["summary"].set_index("variant")
-    missing = [v for v in ["none", edit, *random_variants] if v not in S.index]
+    listed = ["none", edit, *random_variants, *others]
+    missing = [v for v in listed if v not in S.index]
     if missing:
         raise FairVLMError(f"control_check: variants {missing} were not scored")
     cols = [c for c in CONTROL_CHECK_COLUMNS if c in S.columns]
+    info = {}
+    if matches is not None:
+        info.update(zip(random_variants, matches))
+        info[edit] = {"strength": 1.0, "displacement": matches[0]["target"] if matches else float("nan"),
+                      "matched": True}
+    if other_matches is not None:
+        info.update(zip(others, other_matches))
     rows = []
-    for i, v in enumerate(["none", edit, *random_variants]):
+    for v in listed:
         r = {"variant": v, "heads": S.loc[v, "heads"]}
-        if matches is not None and i >= 2:
-            m = matches[i - 2]
-            r.update({"strength": m["strength"], "displacement": m["displacement"], "matched": m["matched"]})
-        elif matches is not None and i == 1:
-            r.update({"strength": 1.0, "displacement": matches[0]["target"] if matches else float("nan"),
-                      "matched": True})
+        if info:
+            m = info.get(v, {})
+            r.update({"strength": m.get("strength", float("nan")), "matched measure": m.get("displacement",
+                                                                                          float("nan")),
+                      "matched": m.get("matched", None)})
         for c in cols:
             r[c] = float(S.loc[v, c])
             r[f"Δ {c}"] = float(S.loc[v, c] - S.loc["none", c])
@@ -1139,7 +1188,24 @@ def control_check(scores: Mapping, random_variants: Sequence[str], *, matches: S
         verdict = judge(claim, ctl, np.asarray(hits["none"], float), seed=seed)
     else:
         verdict = judge(claim, [], [], testable=False, why="no per-caption hits were scored")
-    return pd.DataFrame(rows), verdict
+    out = [{"measure": f"t2i hit@5 per caption, controls' mean vs unedited; margin ±{tol:g}", "verdict": verdict}]
+    if main_suite is not None:
+        q = scores["queries"]
+        q = q[q["suite"] == main_suite]
+        names = {"ap": "mAP", "maxskew_gender": "MaxSkew (gender)"}
+        for col, margin in (CONTROL_MARGINS if margins is None else margins).items():
+            if col not in q.columns:
+                raise FairVLMError(f"control_check: the scenario queries have no column {col!r}")
+
+            def per_query(v, col=col):
+                return q[q["variant"] == v].set_index("query")[col].sort_index().to_numpy(float)
+
+            ctl = np.mean([per_query(v) for v in random_variants], axis=0)
+            c = Claim(f"the random-head control is as harmless as the edit ({names.get(col, col)} per query)",
+                      "no-change", "within", tol=float(margin))
+            out.append({"measure": f"{names.get(col, col)} per scenario query, controls' mean vs {edit}; margin "
+                                   f"±{margin:g}", "verdict": judge(c, ctl, per_query(edit), seed=seed)})
+    return pd.DataFrame(rows), out
 
 
 # ------------------------------------------------------------------------------ embeddings and tables of chapter 07
@@ -1155,7 +1221,7 @@ def embed_audit_texts(loaded, data: AuditData, words: pd.DataFrame) -> tuple[tor
 
 
 def fit_baselines(loaded, probe_pixels: torch.Tensor, probe_labels: Sequence, roles: Sequence[str], *,
-                  keep: float, lam: float = 1000.0, seed: int = 0) -> dict:
+                  keep: float, lam: float = 1000.0, seed: int = 0, probe_emb: torch.Tensor | None = None) -> dict:
     """Fit the two embedding-level baselines on the probe set and on text alone.
 
     CLIP-clip keeps ``clip_m = max(1, round(keep * d))`` of the ``d`` image-embedding
@@ -1163,15 +1229,19 @@ def fit_baselines(loaded, probe_pixels: torch.Tensor, probe_labels: Sequence, ro
     (:func:`clip_clip_dims` on the probe images). Biased prompts
     (:func:`biased_prompts_projection`, weight ``lam``) removes the direction of
     :data:`SPURIOUS_PROMPTS`, calibrated on the pairs "a photo of a male <role>" / "a photo
-    of a female <role>". Returns ``{"clip_dims", "clip_m", "dim", "projection"}`` for
-    :func:`add_baselines`.
+    of a female <role>". ``probe_emb``: the probe images' unedited embeddings, when already
+    computed (e.g. from :func:`fairvlm.clip_heads.cls_cache`). Returns ``{"clip_dims",
+    "clip_m", "dim", "projection"}`` for :func:`add_baselines`.
     """
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
         raise ParameterError(f"keep={keep!r} must be a fraction in (0, 1] of the embedding dimensions")
     roles = list(roles)
     if not roles:
         raise ParameterError("roles is empty; biased prompts needs at least one role for its prompt pairs")
-    probe_emb = embed_images(loaded, probe_pixels)
+    if probe_emb is None:
+        probe_emb = embed_images(loaded, probe_pixels)
+    elif probe_emb.ndim != 2 or probe_emb.shape[0] != probe_pixels.shape[0]:
+        raise ParameterError(f"probe_emb must be ({probe_pixels.shape[0]}, d); got {tuple(probe_emb.shape)}")
     dim = int(probe_emb.shape[1])
     clip_m = max(1, round(keep * dim))
     projection = biased_prompts_projection(
@@ -1405,7 +1475,7 @@ def head_audit_results(*, model: str, size: str, on_testbed: bool, data: AuditDa
     five are the probe tables (:func:`fairvlm.probes.head_table`, the logistic-regression
     table, :func:`fairvlm.probes.probe_layers`, :func:`fairvlm.probes.trap_table` and the
     :func:`fairvlm.probes.split_neurons` table); ``control_table`` / ``control_verdict``
-    (optional): :func:`control_check`."""
+    (optional): :func:`control_check` (its rows, or a single verdict)."""
     for name, obj, need in (("check", check, ("identity_err", "batch_err")),
                             ("gap", gap, ("effect", "interval", "null", "null_interval")),
                             ("audit", audit, ("base_ndkl",)), ("scores", scores, ("queries", "words", "summary"))):
@@ -1437,8 +1507,11 @@ def head_audit_results(*, model: str, size: str, on_testbed: bool, data: AuditDa
         "runtime_s": runtime_s,
     }
     if control_verdict is not None:
-        headline["control_check"] = {"verdict": control_verdict.verdict, "difference": control_verdict.difference,
-                                     "interval": list(control_verdict.difference_interval)}
+        checks = control_verdict if isinstance(control_verdict, (list, tuple)) else \
+            [{"measure": "control check", "verdict": control_verdict}]
+        headline["control_check"] = [{"measure": r["measure"], "verdict": r["verdict"].verdict,
+                                      "difference": r["verdict"].difference,
+                                      "interval": list(r["verdict"].difference_interval)} for r in checks]
     provenance = {
         "models": [model + (f" (size={size})" if model.startswith("testbed") else "")],
         "data": [data.description, "So-B-IT taxonomy (ameliagmz/Debiasing_CLIP_Neural_Interventions)"],
