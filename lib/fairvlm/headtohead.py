@@ -342,18 +342,13 @@ def debiaslens_saes(world: str, *, size: str = "full", seed: int = 0) -> tuple[d
     from fairvlm import debiaslens as DL
 
     world = resolve_world(world)
-    key, _ = DL.build_key("testbed-clip", "testbed-llava", profile="embedded", world=world, seed=seed, size=size)
-    folders = [f for f in (DL.shipped_folder(world, "embedded"),) if f is not None]
-    reasons = []
-    for folder in folders:
-        why = DL._check_folder(folder, key)
-        if not why:
-            saes, _, _ = DL._read_folder(folder)
-            return saes, f"chapter 06's SAEs (build key {key})"
-        reasons.append(why)
+    saes, _, why = DL.load_valid_saes("testbed-clip", "testbed-llava", profile="embedded", world=world, seed=seed,
+                                      size=size, cache=False)
+    if saes is not None:
+        return saes, f"chapter 06's SAEs ({why.split(' (')[-1].rstrip(')')})"
     if world != "default":
         return None, "chapter 06 ships its SAEs for the default world only; training them here would take minutes"
-    return None, (f"no SAEs of chapter 06 with the current build key ({reasons[0] if reasons else 'no folder'}); "
+    return None, (f"no SAEs of chapter 06 with the current build key ({why}); "
                   "`python -m fairvlm.debiaslens build-artifacts` rebuilds them; training them here would take minutes")
 
 
