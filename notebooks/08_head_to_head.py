@@ -204,7 +204,11 @@ display(Markdown("Worlds swept: " + ", ".join(f"`{w}` (strength {STRENGTH[w]:g})
 # every world, so the worlds differ only in the model), pick the gender expert heads with
 # chapter 07's probes, and encode the gallery under every method and every control draw
 # (`fairvlm.headtohead.clip_world_run`). The controls: the same prototype edit and the same
-# zero ablation on as many random non-expert heads (chapter 07's control); CLIP-clip keeping
+# zero ablation (as damping toward zero) on as many random non-expert heads, each at the
+# strongest setting whose drop of the probe images' retrieval mAP does not exceed its expert
+# edit's (chapter 07's control: a control that damages the model is no control; where the
+# expert edit costs nothing, the matched control is a small edit, and the table shows its
+# strength); CLIP-clip keeping
 # as many *random* embedding dimensions; biased prompts with a projection of the same form
 # built from random directions instead of the gender prompts; DEBIASLENS with as many random
 # latents of matched firing rate switched off (chapter 06's null), so the SAE round trip's own
@@ -223,8 +227,10 @@ display(Markdown(f"*Provenance: testbed-clip (full size, shipped weights) of eac
                  f"{r0['n_captions']} held-out captions for Recall@5; {N_DRAWS} control draws per method; seed {SEED}.*"))
 display(Markdown("DEBIASLENS: " + "; ".join(f"`{w}`: {r['debiaslens']}" for w, r in runs.items()) + "."))
 display(pd.DataFrame([{"world": w, "strength": STRENGTH[w], "gender expert heads": r["experts"],
-                       "random head sets (control)": "; ".join(r["random_sets"])} for w, r in runs.items()])
-        .style.hide(axis="index").format(precision=2))
+                       "random head sets (control)": "; ".join(r["random_sets"]),
+                       **{f"matched strength, {m.split(' (')[0]}": ", ".join(f"{x:.3f}" for x in g["strength"])
+                          for m, g in r["control_strengths"].groupby("method", sort=False)}}
+                      for w, r in runs.items()]).style.hide(axis="index").format(precision=2))
 
 # %% [markdown]
 # ## The measures, per method and world

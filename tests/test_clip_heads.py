@@ -1439,3 +1439,19 @@ def test_match_utility_finds_the_strongest_edit_within_the_edits_cost(model, pix
         ch.match_utility(model, torch.zeros(7, 48), protos, "a", [0], 0.0, queries=queries, relevant=relevant)
     with pytest.raises(ParameterError, match="relevant"):
         ch.retrieval_map(emb, queries, relevant[:, :3])
+    # another edit family through make=: zero ablation as damping toward zero (strength 1 = zero ablation)
+    zero_full = m0 - ch.retrieval_map(ch.embed_from_cache(model, cache, [ch.zero_ablation([0, 1, 2])]), queries, relevant)
+    calls = []
+
+    def make(st):
+        calls.append(st)
+        return ch.damping([0, 1, 2], 1.0 - st)
+
+    z = ch.match_utility(model, cache, None, None, [0, 1, 2], 10.0, queries=queries, relevant=relevant, make=make)
+    assert z["strength"] == 1.0 and z["displacement"] == pytest.approx(zero_full) and calls == [1.0]
+    if zero_full > 1e-3:
+        z = ch.match_utility(model, cache, None, None, [0, 1, 2], zero_full / 2, queries=queries, relevant=relevant,
+                             make=make)
+        assert z["strength"] < 1.0 and z["displacement"] <= zero_full / 2 + 1e-4
+    with pytest.raises(ParameterError, match="make"):
+        ch.match_utility(model, cache, None, None, [0], 0.0, queries=queries, relevant=relevant, make="zero")

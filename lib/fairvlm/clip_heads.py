@@ -904,9 +904,9 @@ def retrieval_map(emb: torch.Tensor, queries: torch.Tensor, relevant: np.ndarray
     return float(np.mean([binary_ap(rel[i], sim[i]) for i in range(sim.shape[0])]))
 
 
-def match_utility(model: nn.Module, cache: CLSCache, prototypes: HeadPrototypes, group: str, heads: Sequence[int],
-                  target: float, *, queries: torch.Tensor, relevant: np.ndarray, tol: float = 1e-4,
-                  max_iter: int = 12) -> dict:
+def match_utility(model: nn.Module, cache: CLSCache, prototypes: HeadPrototypes | None, group: str | None,
+                  heads: Sequence[int], target: float, *, queries: torch.Tensor, relevant: np.ndarray, tol: float = 1e-4,
+                  max_iter: int = 12, make=None) -> dict:
     """The strongest replacement of ``heads`` by ``group``'s prototype that costs no more
     utility than ``target``: the drop of retrieval mAP (:func:`retrieval_map` of
     ``queries`` over the cached images, against the unedited model) at most ``target +
@@ -917,7 +917,16 @@ def match_utility(model: nn.Module, cache: CLSCache, prototypes: HeadPrototypes,
     non-expert head carries content the task needs, the matched strength is small, and the
     caller must say so. Returns ``{"strength", "displacement"`` (the mAP drop reached),
     ``"target", "matched"}``; ``matched`` is False only when no strength in (0, 1] reaches
-    the target band (then the smallest strength tried is returned)."""
+    the target band (then the smallest strength tried is returned).
+
+    ``make(strength) -> HeadIntervention`` replaces the prototype replacement by another
+    edit of ``heads`` that is the full edit at strength 1 and none at 0 (e.g. zero ablation
+    as ``damping(heads, 1 - strength)``); ``prototypes`` and ``group`` are then unused."""
+    if make is None:
+        def make(st):
+            return prototype_replacement(prototypes, group, heads, strength=st)
+    elif not callable(make):
+        raise ParameterError(f"make={make!r} must be a function strength -> HeadIntervention")
     if not np.isfinite(target):
         raise ParameterError(f"target={target!r} must be a finite mAP drop")
     if not isinstance(cache, CLSCache):
@@ -925,9 +934,7 @@ def match_utility(model: nn.Module, cache: CLSCache, prototypes: HeadPrototypes,
     m0 = retrieval_map(embed_from_cache(model, cache), queries, relevant)
 
     def drop(st):
-        return m0 - retrieval_map(embed_from_cache(model, cache, [prototype_replacement(prototypes, group, heads,
-                                                                                          strength=st)]),
-                                  queries, relevant)
+        return m0 - retrieval_map(embed_from_cache(model, cache, [make(st)]), queries, relevant)
 
     limit = float(target) + tol
     full = drop(1.0)

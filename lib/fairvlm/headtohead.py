@@ -317,8 +317,10 @@ def time_per_1000(plain: Callable[[], object], method: Callable[[], object], n_i
 
 #: the CLIP methods of chapter 07 compared here, and the matched control of each
 CLIP_METHODS = {
-    "prototype replacement (experts)": "male prototype on random non-expert heads",
-    "zero ablation (experts)": "zero ablation of random non-expert heads",
+    "prototype replacement (experts)": "male prototype on random non-expert heads, at the strength whose probe-set "
+                                       "mAP drop matches the expert edit's",
+    "zero ablation (experts)": "random non-expert heads damped toward zero, at the strength whose probe-set mAP "
+                               "drop matches the expert edit's",
     "CLIP-clip": "as many random embedding dimensions dropped",
     "biased prompts": "projection built from random directions",
 }
@@ -430,11 +432,26 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
                     {"variant": "prototype replacement (experts)", "family": "head", "edits":
                      [ch.prototype_replacement(proto, "male", G)]},
                     {"variant": "zero ablation (experts)", "family": "head", "edits": [ch.zero_ablation(G, layer=last)]}]
-        for i, hs in enumerate(rand):
-            variants.append({"variant": f"prototype replacement (experts)|control{i}", "family": "head",
-                             "edits": [ch.prototype_replacement(proto, "male", hs)]})
-            variants.append({"variant": f"zero ablation (experts)|control{i}", "family": "head",
-                             "edits": [ch.zero_ablation(hs, layer=last)]})
+        # each random-head control as harmless as its expert edit (chapter 07's control): the strongest
+        # edit of the random heads whose drop of probe-set retrieval mAP does not exceed the expert edit's
+        suite = data.scenario_suites[0]
+        probe_q = retrieval.embed_texts(lm, list(suite["queries"]["prompt"]))
+        probe_rel = np.stack([data.probe_meta[suite["key_col"]].astype(str).to_numpy() == str(k)
+                              for k in suite["queries"]["key"]])
+        cache = ch.cls_cache(model, data.probe_pixels)
+        map0 = ch.retrieval_map(ch.embed_from_cache(model, cache), probe_q, probe_rel)
+        matched = []
+        for method, full, make in (
+                ("prototype replacement (experts)", ch.prototype_replacement(proto, "male", G),
+                 lambda hs: (lambda st: ch.prototype_replacement(proto, "male", hs, strength=st))),
+                ("zero ablation (experts)", ch.zero_ablation(G, layer=last),
+                 lambda hs: (lambda st: ch.damping(hs, 1.0 - st, layer=last)))):
+            target = max(0.0, map0 - ch.retrieval_map(ch.embed_from_cache(model, cache, [full]), probe_q, probe_rel))
+            for i, hs in enumerate(rand):
+                m = ch.match_utility(model, cache, None, None, hs, target, queries=probe_q, relevant=probe_rel,
+                                     make=make(hs))
+                matched.append({"method": method, "control": i, "heads": ch.heads_1based(hs), **m})
+                variants.append({"variant": f"{method}|control{i}", "family": "head", "edits": [make(hs)(m["strength"])]})
         gal = data.galleries["testbed"]
         meta, pixels = gal["meta"], gal["pixels"]
         img = {name: e["testbed"] for name, e in
@@ -592,7 +609,8 @@ def clip_world_run(world: str, *, size: str = "full", probe_scenes: int, gallery
                 repeats=timing_repeats, seed=seed)
     return {"world": w, "methods": methods, "debiaslens": sae_note,
             "per_scenario": pd.concat(rows, ignore_index=True), "hits": hits, "zs": zsc,
-            "experts": ch.heads_1based(G), "random_sets": [ch.heads_1based(h) for h in rand], "timing": timing,
+            "experts": ch.heads_1based(G), "random_sets": [ch.heads_1based(h) for h in rand],
+            "control_strengths": pd.DataFrame(matched), "timing": timing,
             "n_gallery": int(len(meta)), "n_probe": int(len(data.probe_meta)), "n_captions": int(ci.size),
             "description": data.description, "seconds": time.perf_counter() - t0}
 
