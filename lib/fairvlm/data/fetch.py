@@ -227,8 +227,10 @@ def fetch_tree(
     if dest is None:
         dest = (repo_root() or Path.cwd()) / "data" / remote.folder
     dest = Path(dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise ParameterError(f"dest={str(dest)!r} is a file; give a folder path for {remote.title}")
     if dest.exists() and not overwrite:
-        problems = check_tree(dest, entries) if dest.is_dir() else [f"{dest} is not a folder"]
+        problems = check_tree(dest, entries)
         if not problems:
             return dest
         raise DataError(
