@@ -1668,18 +1668,29 @@ COVERED = ("sae", "shardgen", "textmetrics", "steering", "steering_eval", "debia
 
 #: Modules no row lists yet (their bad input is tested by hand in tests/test_bad_input.py and
 #: their own test files, not by this table).
-UNCOVERED = {m: "not yet in the table (issue 38 continues)" for m in (
-    "clip_heads", "probes", "resfair_baselines", "retrieval",
-    "testbed", "testbed.captions", "testbed.dual", "testbed.train", "testbed.world")}
-UNCOVERED.update({
+_KEY = ("part of the testbed's build key (train._source_digest hashes scenarios, world, captions, spec, dual and "
+        "train): a check there changes the key and forces every world's 60-minute retrain, so it waits for the next "
+        "retrain. ")
+UNCOVERED = {
+    "clip_heads": "owned by the chapter 07 work this session (not edited under issue 38); rows once it can be fixed",
+    "probes": "owned by the chapter 07 work this session (not edited under issue 38); rows once it can be fixed",
+    "retrieval": "owned by the chapter 07 work this session (not edited under issue 38); rows once it can be fixed",
+    "headtohead": "owned by the chapter 07/08 work this session; its world loader's bad input is tested in "
+                  "tests/test_headtohead.py; rows once it can be fixed",
     "resfair_baselines": "owned by the chapter 04 work (not edited under issue 38); rows only once it can be fixed",
-    "testbed.train": "the testbed's training is part of its build key: a check there forces a retrain",
-    "testbed.world": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
-    "testbed.captions": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
-    "testbed.dual": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
-    "headtohead": "chapter 08's measures, new beside issue 38: its world loader's bad input is tested in "
-                  "tests/test_headtohead.py; not yet in the table",
-})
+    "testbed.train": _KEY + "Known raw: training_items(n='2') TypeError, training_items(n=-1) silent empty frame, "
+                     "cache_key(seed='x') ValueError, pixel_values('x') AttributeError, llava_prompt(3) silent.",
+    "testbed.world": _KEY + "Most entries already answer clearly (render, split_of, gallery, parse_variant, person_box); "
+                     "known raw: scene_seeds(n='2') TypeError, render_rows(None) TypeError, render_array('abc') "
+                     "ValueError.",
+    "testbed.captions": _KEY + "Known raw: caption(spec=None) / caption(rng=0) / mentions(3) / article(None) "
+                        "AttributeError, zero_shot_prompts('cooking') and mcq_question(n_images=-1) KeyError.",
+    "testbed.dual": _KEY + "Known raw: mean_pool(None, None) AttributeError.",
+    "testbed": "the package re-exports the key modules' functions (world, captions, train, spec): it is covered once "
+               "those are; its own non-key parts are covered as testbed.artifacts, testbed.store, testbed.measure "
+               "and testbed.__main__ (spec.load_spec(path=3) stays a raw TypeError: spec.py is in the key; "
+               "world_spec(spec_path=3), the entry chapters use, now checks it).",
+}
 
 #: Public names with no row, and why.
 EXEMPT = {
