@@ -34,6 +34,13 @@ from fairvlm import (checksums, confidence, debiaslens, embedded, errors, finetu
                      utility)
 from fairvlm import sae as S
 from fairvlm import validate as V
+from fairvlm import bookbuild, calibrate, mcq, nbcheck
+from fairvlm import lens as L
+from fairvlm import verdicts as VD
+from fairvlm.data import fetch as data_fetch
+from fairvlm.data import pairs as data_pairs
+from fairvlm.data import sobit as data_sobit
+from fairvlm.data import socialcf as data_socialcf
 from fairvlm.errors import FairVLMError
 
 NAN, INF = float("nan"), float("inf")
@@ -830,6 +837,659 @@ TABLE: list[Row] = [
                                                                    ("missing folder", lambda d: d / "nope")]}),
 ]
 
+# ----------------------------------------------------------------------------- verdicts
+_LEVEL = [_NONE, ("str-for-number", "0.5"), _BOOL, _NAN, _INF, ("negative", -0.1), ("above one", 1.5), ("zero", 0.0)]
+_VALUES = [_NONE, ("str-for-list", "abc"), ("NaN", [1.0, NAN, 2.0, 3.0, 4.0, 5.0]),
+           ("wrong shape", [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]), ("dict-for-list", {"a": 1})]
+_PAIR = [_NONE, ("str-for-pair", "ab"), ("one number", (1.0,)), ("strings in pair", ("a", "b")), ("number-for-pair", 3)]
+_REAL = [_NONE, ("str-for-number", "0.5"), _BOOL]
+_CLAIM = VD.Claim("a bias", "bias", min_effect=0.1)
+_EST = VD.Estimate(0.3, 0.2, 0.4, 20)
+_EFF = np.linspace(0.0, 1.0, 8)
+TABLE += [
+    Row("verdicts.Claim", _kw(VD.Claim, text="a bias", asserts="bias", min_effect=0.1),
+        {"text": "text", "asserts": "name", "direction": "name", "min_effect": BAD["positive"],
+         "effect_ref": [("str-for-number", "0"), _BOOL, ("list-for-number", [0.0])]}),
+    Row("verdicts.Claim(within)", _kw(VD.Claim, text="no change", asserts="no-change", direction="within", tol=0.1),
+        {"tol": BAD["positive"]}),
+    Row("verdicts.Estimate", _kw(VD.Estimate, value=0.3, low=0.2, high=0.4, n_units=20),
+        {"value": _REAL, "low": _REAL, "high": _REAL, "n_units": BAD["count"][:7], "spread": "flag"}),
+    Row("verdicts.paired_estimates", _kw(VD.paired_estimates, effect=_EFF, control=_EFF[::-1], n_resamples=50),
+        {"effect": _VALUES, "control": [*_VALUES, ("wrong length", [0.0, 1.0])], "level": _LEVEL,
+         "n_resamples": "count", "seed": "seed",
+         "clusters": [("wrong length", [0, 1]), ("None label", [None] * 8), ("str-for-list", "abcdefgh")]},
+        needles={"control": ["control", "length"]}),
+    Row("verdicts.unpaired_estimates", _kw(VD.unpaired_estimates, effect=_EFF, control=_EFF + 1, n_resamples=50),
+        {"effect": _VALUES, "control": [_NONE, ("str-for-number", "0.5"), _NAN, _INF, _BOOL, ("dict-for-list", {"a": 1})],
+         "level": _LEVEL, "n_resamples": "count", "seed": "seed",
+         "control_clusters": [("wrong length", [0, 1]), ("NaN label", [NAN] * 8)]}),
+    Row("verdicts.Verdict", _kw(VD.Verdict, effect=0.1, interval=(0.0, 0.2), null=0.0, null_interval=(0.0, 0.0),
+                               direction="greater", rule="r"),
+        {"verdict": "name"}),
+    Row("verdicts.format_interval", _kw(VD.format_interval, iv=(0.1, 0.2)),
+        {"iv": _PAIR, "digits": [_NONE, ("str-for-number", "3"), _BOOL, ("negative", -1), ("float-for-int", 2.5)]}),
+    Row("verdicts.min_detectable_effect", _kw(VD.min_detectable_effect, interval=(0.1, 0.2)),
+        {"interval": _PAIR, "level": _LEVEL, "power": _LEVEL}),
+    Row("verdicts.apply_rule", _kw(VD.apply_rule, claim=_CLAIM, effect=_EST, control=VD.Estimate(0.0, -0.1, 0.1, 20),
+                                   difference=_EST),
+        {"claim": [_NONE, ("str-for-claim", "a bias"), ("dict-for-claim", {"text": "a bias"})],
+         "effect": [_NONE, ("tuple-for-estimate", (0.3, 0.2, 0.4))], "control": [_NONE, ("number-for-estimate", 0.0)],
+         "difference": [_NONE, ("reversed interval", VD.Estimate(0.3, 0.4, 0.2, 20))],
+         "testable": "flag", "why": [_NONE, ("number-for-str", 3)], "level": _LEVEL,
+         "resolution": [("str-for-number", "0.1"), _NAN, ("negative", -0.5)]}),
+    Row("verdicts.judge", _kw(VD.judge, claim=_CLAIM, effect=_EFF, control=_EFF[::-1], n_resamples=50),
+        {"claim": [_NONE, ("str-for-claim", "a bias")], "effect": _VALUES, "control": _VALUES,
+         "paired": "flag", "testable": "flag", "binary": "flag", "n_resamples": "count", "seed": "seed",
+         "why": [_NONE, ("number-for-str", 3)], "after": [("str-for-verdict", "reproduced")],
+         "clusters": [("wrong length", [0, 1]), ("None label", [None] * 8)]}),
+    Row("verdicts.judge_estimates", _kw(VD.judge_estimates, claim=_CLAIM, effect=0.3, effect_interval=(0.2, 0.4),
+                                        control=0.0, difference=0.3, difference_interval=(0.2, 0.4), n_units=20),
+        {"claim": [_NONE, ("str-for-claim", "a bias")], "effect": _REAL, "control": _REAL, "difference": _REAL,
+         "effect_interval": _PAIR, "difference_interval": _PAIR, "control_interval": _PAIR[1:],
+         "n_units": BAD["count"][:7], "testable": "flag", "why": [("number-for-str", 3)]}),
+    Row("verdicts.verdict_table", _kw(VD.verdict_table),
+        {"rows": [_NONE, ("str-for-list", "rows"), ("number-for-list", 3), ("dict-for-list", {"verdict": 1}),
+                  ("row without verdict", [{"claim": "x"}]), ("str verdict", [{"claim": "x", "verdict": "reproduced"}])]},
+        needles={"rows": ["row"]}),
+    Row("verdicts.tally", _kw(VD.tally, table=pd.DataFrame({"verdict": ["reproduced", "inconclusive"]})),
+        {"table": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))],
+         "mask": [("str-for-list", "ab"), ("wrong length", [True]), ("number-for-list", 3)]}),
+    Row("verdicts.bootstrap_ci", lambda **kw: VD.bootstrap_ci(*kw.pop("samples", [_EFF]), **{"n_resamples": 50, **kw}),
+        {"samples": [("None sample", [None]), ("str sample", ["abc"]), ("NaN", [[1.0, NAN, 2.0]]), ("zero size", [])],
+         "statistic": [_NONE, ("str-for-function", "mean")], "paired": "flag", "n_resamples": "count",
+         "level": _LEVEL, "seed": "seed"},
+        needles={"samples": ["sample"]}),
+    Row("verdicts.change_interval", _kw(VD.change_interval, change=[0, 1, -1, 0, 1]),
+        {"change": [_NONE, ("str-for-list", "0110"), ("NaN", [0.0, NAN]), ("out of range", [2.0, 0.0])],
+         "seed": "seed", "level": _LEVEL},
+        needles={"change": ["change"]}),
+    Row("verdicts.subset_mean_pvalue", _kw(VD.subset_mean_pvalue, values=[1.0, 2.0, 3.0, 4.0],
+                                           mask=[True, False, True, False]),
+        {"values": _VALUES[:3], "mask": [_NONE, ("str-for-list", "tftf"), ("wrong length", [True]),
+                                         ("floats-for-mask", [0.5, 0.0, 1.0, 0.0])],
+         "alternative": "name", "max_exact": [_NONE, ("str-for-number", "3"), _BOOL, ("negative", -1)],
+         "n_perm": "count", "seed": "seed"},
+        needles={"mask": ["mask"], "values": ["values"]}),
+    Row("verdicts.decide", _kw(VD.decide, effect=0.3, interval=(0.2, 0.4), null=0.0),
+        {"effect": _REAL, "null": _REAL, "interval": _PAIR, "null_interval": _PAIR[1:], "direction": "name",
+         "min_effect": BAD["nonneg"], "testable": [*BAD["flag"], ("str-for-bool", "no")],
+         "why": [_NONE, ("number-for-str", 3)]}),
+    Row("verdicts.decide(within)", _kw(VD.decide, effect=0.0, interval=(-0.1, 0.1), null=0.0, direction="within"),
+        {"tol": [_NONE, ("str-for-number", "0.1"), _BOOL, _NAN, ("negative", -0.1)]}),
+]
+
+# ----------------------------------------------------------------------------- data (no dataset needed: every
+# bad value is refused before anything is read, downloaded or written)
+def _manifest(d: Path) -> Path:
+    p = d / "test.sha256"
+    p.write_text("0" * 64 + "  a.txt\n")
+    return p
+
+
+def _taxonomy(d: Path) -> Path:
+    p = d / "taxonomy.json"
+    p.write_text('{"a": ["b"]}')
+    return p
+
+
+_NOWHERE = "file:///nonexistent-fairvlm-test/"  # never the network, even if a check were missing
+_FETCH = {"dest": [("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x"))], "source": [("number-for-path", 3), ("missing folder", lambda d: d / "nope")],
+          "base_url": [("number-for-str", 3), ("empty", " ")],
+          "manifest": [("number-for-path", 3), ("missing file", lambda d: d / "missing.file"),
+                       ("corrupt file (not a manifest)", lambda d: _yaml(d, "hello"))],
+          "overwrite": "flag", "timeout": "positive", "progress": "flag"}
+_FETCH_NEEDLES = {"source": ["source", "nope"], "manifest": ["manifest", "missing.file", "file.yaml"]}
+_ROOT = [("number-for-path", 3), ("missing folder", lambda d: d / "nope"), ("file-for-folder", lambda d: _yaml(d, "x"))]
+_SCF = lambda: pd.DataFrame({"set_id": ["s"], "segment": ["race_gender"], "occupation": ["chef"], "template": [""],
+                             "filename": ["f"], "rank": [0], "seed": [0], "caption": ["a black man chef"],
+                             "image": [None]})
+TABLE += [
+    Row("data.fetch.manifest_path", _kw(data_fetch.manifest_path, name="pairs.sha256"),
+        {"name": "text", "what": [_NONE, ("number-for-str", 3)]}),
+    Row("data.fetch.read_manifest", lambda d, **kw: data_fetch.read_manifest(**{"path": _manifest(d), **kw}),
+        {"path": [*BAD["path"], ("corrupt file (not a manifest)", lambda d: _yaml(d, "hello")),
+                  ("corrupt file (empty)", lambda d: _yaml(d, ""))],
+         "what": [("number-for-str", 3)]},
+        needles={"path": ["path", "manifest", "missing.file", "file.yaml"]}),
+    Row("data.fetch.check_tree", lambda d, **kw: data_fetch.check_tree(**{"tree": d, "manifest": {"a.txt": "0" * 64}, **kw}),
+        {"tree": [_NONE, ("number-for-path", 3)],
+         "manifest": [_NONE, ("str-for-dict", "a.txt"), ("list-for-dict", ["a.txt"]), ("number in dict", {"a.txt": 1})]}),
+    Row("data.fetch.summary", _kw(data_fetch.summary, problems=["a: missing"]),
+        {"problems": "strings0", "limit": "count"}),
+    Row("data.fetch.fetch_tree", lambda d, **kw: data_fetch.fetch_tree(**{
+        "remote": data_pairs.PAIRS_REMOTE, "dest": d / "out", "manifest": _manifest(d), "base_url": _NOWHERE,
+        "progress": False, **kw}),
+        {**_FETCH, "remote": [_NONE, ("str-for-remote", "pairs")], "urlopen": [("str-for-function", "urlopen")]},
+        needles=_FETCH_NEEDLES),
+    *[Row(f"data.{mod}.fetch_{name}", functools.partial(
+        lambda fn, d, **kw: fn(**{"dest": d / "out", "manifest": _manifest(d), "base_url": _NOWHERE,
+                                  "progress": False, **kw}), getattr(importlib.import_module(f"fairvlm.data.{mod}"),
+                                                                     f"fetch_{name}")),
+          _FETCH, needles=_FETCH_NEEDLES)
+      for mod, name in (("pairs", "pairs"), ("sobit", "sobit"), ("socialcf", "socialcf"))],
+    Row("data.pairs.pairs_label", _kw(data_pairs.pairs_label, section="occupations", scenario="airplane"),
+        {"section": [*BAD["name"], ("list-for-name", ["status"])], "scenario": [*BAD["name"], ("list-for-name", ["x"])]}),
+    Row("data.pairs.pairs_root", _kw(data_pairs.pairs_root), {"root": _ROOT, "required": "flag"},
+        needles={"root": ["root"]}),
+    Row("data.pairs.load_pairs", lambda d, **kw: data_pairs.load_pairs(**{"root": d, **kw}),
+        {"root": _ROOT, "mapped_only": "flag", "verify": "flag"}),
+    Row("data.pairs.read_manifest", _kw(data_pairs.read_manifest),
+        {"path": [*BAD["path"][1:], ("corrupt file (not a manifest)", lambda d: _yaml(d, "hello"))]},
+        needles={"path": ["path", "manifest", "missing.file", "file.yaml"]}),
+    Row("data.pairs.verify_pairs", lambda d, **kw: data_pairs.verify_pairs(**{"root": d, **kw}),
+        {"root": _ROOT, "manifest": [("number-for-path", 3), ("missing file", lambda d: d / "missing.file"),
+                                     ("corrupt file (not a manifest)", lambda d: _yaml(d, "hello"))]},
+        needles={"manifest": ["manifest", "missing.file", "file.yaml"]}),
+    Row("data.sobit.normalize_category", _kw(data_sobit.normalize_category), {"name": "text"}),
+    Row("data.sobit.sobit_path", _kw(data_sobit.sobit_path),
+        {"path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.file")], "required": "flag"},
+        needles={"path": ["path", "missing.file"]}),
+    Row("data.sobit.load_sobit", lambda d, **kw: data_sobit.load_sobit(**{"path": _taxonomy(d),
+                                                                           "verify": False, **kw}),
+        {"path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.file"),
+                  ("corrupt file (truncated JSON)", lambda d: _yaml(d, '{"occupation": ["nur')),
+                  ("JSON list", lambda d: _yaml(d, '["nurse"]')),
+                  ("str-for-list in file", lambda d: _yaml(d, '{"occupation": "nurse"}'))],
+         "verify": "flag"},
+        needles={"path": ["path", "missing.file", "file.yaml"]}),
+    Row("data.sobit.sobit_categories", lambda d, **kw: data_sobit.sobit_categories(
+        **{"path": _taxonomy(d), "verify": False, **kw}),
+        {"path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.file")], "verify": "flag"},
+        needles={"path": ["path", "missing.file"]}),
+    Row("data.sobit.sobit_words", lambda d, **kw: data_sobit.sobit_words(
+        **{"category": "a", "path": _taxonomy(d), "verify": False, **kw}),
+        {"category": [*BAD["text"], ("unknown name", "no-such-category")], "path": [("number-for-path", 3)],
+         "verify": "flag"},
+        needles={"category": ["category"]}),
+    Row("data.socialcf.socialcf_root", _kw(data_socialcf.socialcf_root), {"root": _ROOT, "required": "flag"}),
+    Row("data.socialcf.load_socialcounterfactuals", lambda d, **kw: data_socialcf.load_socialcounterfactuals(
+        **{"root": d, **kw}),
+        {"segment": [*BAD["name"], ("list-for-name", ["race_gender"])], "root": _ROOT,
+         "images": [("number-for-path", 3), ("missing folder", lambda d: d / "nope")],
+         "require_images": "flag", "verify": "flag"},
+        needles={"segment": ["segment"], "images": ["images"]}),
+    Row("data.socialcf.counterfactual_sets", _kw(data_socialcf.counterfactual_sets),
+        {"df": [*BAD["frame"], ("missing columns", pd.DataFrame({"set_id": ["s"]}))]}),
+    Row("data.socialcf.set_statistics", _kw(data_socialcf.set_statistics),
+        {"df": [*BAD["frame"], ("missing columns", pd.DataFrame({"set_id": ["s"]})),
+                ("unknown segment", _SCF().assign(segment="age"))]}),
+]
+
+# ----------------------------------------------------------------------------- calibrate
+_VCOLS = ["chapter", "table", "claim", "cell", "key", "verdict", "raw", "asserts", "bias_claim", "testbed",
+          "effect_vs_control"]
+_VFRAME = lambda: pd.DataFrame(columns=_VCOLS)  # noqa: E731
+_WORLDS = [_NONE, ("str-for-dict", "default"), ("list-for-dict", [1, 2]),
+           ("str-for-frame", {"default": "table"}), ("missing columns", {"default": pd.DataFrame({"x": [1]})}),
+           ("number-for-name", {3: pd.DataFrame(columns=_VCOLS)})]
+_FOLDER = [_NONE, ("number-for-path", 3), ("missing folder", lambda d: d / "nope"),
+           ("file-for-folder", lambda d: _yaml(d, "x"))]
+TABLE += [
+    Row("calibrate.normalise_verdict", _kw(calibrate.normalise_verdict),
+        {"text": [("number-for-str", 3), ("list-for-str", ["reproduced"])]}),
+    Row("calibrate.chapter_commits", _kw(calibrate.chapter_commits), {"results": _FOLDER}),
+    Row("calibrate.collect_verdicts", _kw(calibrate.collect_verdicts), {"results": _FOLDER}),
+    Row("calibrate.effect_vs_control", _kw(calibrate.effect_vs_control),
+        {"r": [_NONE, ("str-for-row", "effect"), ("list-for-row", [1, 2])]}),
+    Row("calibrate.false_positives", _kw(calibrate.false_positives),
+        {"verdicts": [*BAD["frame"], ("missing columns", pd.DataFrame({"verdict": ["reproduced"]}))]}),
+    Row("calibrate.summarise", lambda **kw: calibrate.summarise(**{"worlds": {"default": _VFRAME()}, **kw}),
+        {"worlds": _WORLDS, "failures": [("str-for-dict", "05_x"), ("str-for-list", {"default": "05_x"})],
+         "profile": [_NONE, ("number-for-str", 3)], "chapters": "strings0"}),
+    Row("calibrate.paper_vs_book", lambda **kw: calibrate.paper_vs_book(**{"worlds": {"default": _VFRAME()}, **kw}),
+        {"worlds": [*_WORLDS, ("no default world", {"strength-0": _VFRAME()})],
+         "calibration": [("str-for-dict", "calibration.json")], "not_run": "strings0"},
+        needles={"worlds": ["worlds", "default"]}),
+    Row("calibrate.run_world", lambda d, **kw: calibrate.run_world(**{
+        "root": d, "world": "strength-0", "sources": [d / "01_a.py"], "params": {"PROFILE": "smoke"},
+        "work_dir": d / "work", **kw}),
+        {"root": _FOLDER, "world": "name", "sources": [_NONE, ("str-for-list", "01_a.py"), ("numbers-in-list", [1])],
+         "params": [_NONE, ("str-for-dict", "smoke")], "work_dir": [_NONE, ("number-for-path", 3)]}),
+]
+
+# ----------------------------------------------------------------------------- nbcheck
+def _nb(d: Path, name: str = "01_x.ipynb") -> Path:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    p = d / name
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), p)
+    return p
+
+
+def _outs(d: Path) -> Path:
+    p = d / "outs.json"
+    p.write_text("[[]]")
+    return p
+
+
+_NB_FILE = [*BAD["path"], ("corrupt file (truncated notebook)", lambda d: _yaml(d, '{"cells": [')),
+            ("corrupt file (not a notebook)", lambda d: _yaml(d, "x: 1"))]
+_NB_NEEDLES = ["missing.file", "file.yaml"]
+TABLE += [
+    Row("nbcheck.smoke_paths", _kw(nbcheck.smoke_paths), {"root": [_NONE, ("number-for-path", 3)]}),
+    Row("nbcheck.execute_smoke", lambda d, **kw: nbcheck.execute_smoke(**{"root": d, "source": _yaml(d, "x = 1"), **kw}),
+        {"root": _FOLDER, "source": BAD["path"]}),
+    Row("nbcheck.checked_outputs", _kw(nbcheck.checked_outputs),
+        {"cell": [_NONE, ("str-for-cell", "x = 1"), ("list-for-cell", [1]),
+                  ("str-for-list in cell", {"source": "x", "outputs": "abc"})]}),
+    Row("nbcheck.reference", _kw(nbcheck.reference), {"executed": _NB_FILE},
+        needles={"executed": ["executed", *_NB_NEEDLES]}),
+    Row("nbcheck.write_reference", lambda d, **kw: nbcheck.write_reference(**{"root": d, "executed": _nb(d), **kw}),
+        {"root": _FOLDER, "executed": _NB_FILE}, needles={"executed": ["executed", *_NB_NEEDLES]}),
+    Row("nbcheck.replay", lambda d, **kw: nbcheck.replay(**{"outputs_json": _outs(d), "index": 0, **kw}),
+        {"outputs_json": [*BAD["path"], ("corrupt file (truncated JSON)", lambda d: _yaml(d, "[[{"))],
+         "index": [*BAD["index"], ("negative", -1), ("out of range", 5)]},
+        needles={"outputs_json": ["outputs_json", *_NB_NEEDLES]}),
+    Row("nbcheck.replay_notebook", lambda d, **kw: nbcheck.replay_notebook(**{
+        "ref_path": _nb(d, "ref.ipynb"), "executed": _nb(d), "workdir": d / "w", **kw}),
+        {"ref_path": _NB_FILE, "executed": _NB_FILE,
+         "workdir": [_NONE, ("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x"))]},
+        needles={"ref_path": ["ref_path", *_NB_NEEDLES], "executed": ["executed", *_NB_NEEDLES]}),
+    Row("nbcheck.run_nbval", lambda d, **kw: nbcheck.run_nbval(**{"root": d, "executed": _nb(d), **kw}),
+        {"root": _FOLDER, "executed": _NB_FILE[:5],
+         "ref_path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.file")],
+         "workdir": [("number-for-path", 3)]},
+        needles={"executed": ["executed", *_NB_NEEDLES], "ref_path": ["ref_path", "missing.file"]}),
+]
+
+# ----------------------------------------------------------------------------- bookbuild (nothing is executed:
+# every bad value is refused before a kernel starts or a file is written)
+def _mini_book(d: Path) -> Path:
+    root = d / "repo"
+    (root / "book").mkdir(parents=True, exist_ok=True)
+    (root / "notebooks").mkdir(exist_ok=True)
+    (root / "_config.yml").write_text("title: t\n")
+    (root / "book" / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
+    (root / "book" / "intro.md").write_text("# intro\n")
+    return root
+
+
+def _other_files(d: Path) -> Path:
+    p = d / "other"
+    p.mkdir(exist_ok=True)
+    (p / "notes.md").write_text("three weeks of work")
+    return p
+
+
+def _chapter(d: Path) -> Path:
+    p = d / "01_a.py"
+    p.write_text("# %% tags=['parameters']\nPROFILE = 'smoke'\n")
+    return p
+
+
+_SRC_LIST = [_NONE, ("str-for-list", "01_a.py"), ("numbers-in-list", [1])]
+TABLE += [
+    Row("bookbuild.find_root", _kw(bookbuild.find_root),
+        {"start": [("number-for-path", 3), ("folder outside the book", lambda d: d)]},
+        needles={"start": ["start", "_config.yml"]}),
+    Row("bookbuild.chapter_sources", _kw(bookbuild.chapter_sources),
+        {"root": [*_FOLDER, ("folder without notebooks/", lambda d: d)]}),
+    Row("bookbuild.select", lambda d, **kw: bookbuild.select(**{"sources": [d / "01_a.py"], "chapters": "all", **kw}),
+        {"sources": _SRC_LIST, "chapters": [_NONE, ("number-for-str", 3), ("unknown name", "99")]},
+        needles={"chapters": ["chapters", "99"]}),
+    Row("bookbuild.parse_params", _kw(bookbuild.parse_params),
+        {"params": [("number-for-str", 3), ("list-for-str", ["-p"]), ("no value", "-p PROFILE"),
+                    ("unclosed quote", "-p X 'a"), ("twice", "-p X 1 -p X 2"), ("not a name", "-p 1x 2")]},
+        needles={"params": ["params", "PARAMS"]}),
+    Row("bookbuild.chapter_parameters", _kw(bookbuild.chapter_parameters), {"source": BAD["path"]}),
+    Row("bookbuild.check_known_params", lambda d, **kw: bookbuild.check_known_params(
+        **{"sources": [_chapter(d)], "params": {}, **kw}),
+        {"sources": [*_SRC_LIST, ("missing file", lambda d: [d / "missing.file"])],
+         "params": [_NONE, ("str-for-dict", "PROFILE"), ("unknown name", {"PROFIL": "smoke"})]},
+        needles={"sources": ["sources"], "params": ["params", "PROFIL"]}),
+    Row("bookbuild.collapse_validation", _kw(bookbuild.collapse_validation),
+        {"nb": [_NONE, ("str-for-notebook", "nb"), ("dict-for-notebook", {"cells": []})]}),
+    Row("bookbuild.kernel_config", _kw(bookbuild.kernel_config), {"socket_dir": [_NONE, ("number-for-path", 3)]}),
+    Row("bookbuild.execute", lambda d, **kw: bookbuild.execute(**{"root": d, "source": _chapter(d),
+                                                                  "params": {"PROFILE": "smoke"}, **kw}),
+        {"root": _FOLDER, "source": BAD["path"], "params": [_NONE, ("str-for-dict", "smoke")],
+         "out_dir": [("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x"))],
+         "heartbeat": BAD["positive"][1:], "results_dir": [("number-for-path", 3)],
+         "figures_dir": [("file-for-folder", lambda d: _yaml(d, "x"))]}),
+    Row("bookbuild.library_closure", _kw(bookbuild.library_closure, source_text="import fairvlm"),
+        {"source_text": [_NONE, ("number-for-str", 3), ("list-for-str", ["import fairvlm"])],
+         "lib": [("number-for-path", 3), ("missing folder", lambda d: d / "nope")]}),
+    Row("bookbuild.chapter_inputs", lambda d, **kw: bookbuild.chapter_inputs(**{
+        "root": d, "source": _chapter(d), "params": {}, **kw}),
+        {"root": _FOLDER, "source": BAD["path"], "params": [_NONE, ("str-for-dict", "smoke")],
+         "lib": [("number-for-path", 3), ("missing folder", lambda d: d / "nope")]}),
+    Row("bookbuild.chapter_key", _kw(bookbuild.chapter_key),
+        {"inputs": [_NONE, ("str-for-dict", "inputs"), ("not JSON", {"a": {1, 2}})]}),
+    Row("bookbuild.chapter_outputs", lambda d, **kw: bookbuild.chapter_outputs(**{"root": d, "stem": "01_a", **kw}),
+        {"root": [_NONE, ("number-for-path", 3)], "stem": "text"}),
+    Row("bookbuild.record_key", lambda d, **kw: bookbuild.record_key(**{"root": d, "executed": _nb(d), "inputs": {"format": 1},
+                                                                        **kw}),
+        {"root": _FOLDER, "executed": BAD["path"], "inputs": [_NONE, ("str-for-dict", "inputs")]}),
+    Row("bookbuild.cached_run", lambda d, **kw: bookbuild.cached_run(**{"root": d, "source": d / "01_a.py",
+                                                                        "inputs": {"format": 1}, **kw}),
+        {"root": _FOLDER, "source": [_NONE, ("number-for-path", 3)], "inputs": [_NONE, ("str-for-dict", "x")],
+         "out_dir": [("number-for-path", 3)]}),
+    Row("bookbuild.output_problems", _kw(bookbuild.output_problems), {"executed": _NB_FILE},
+        needles={"executed": ["executed", *_NB_NEEDLES]}),
+    Row("bookbuild.write_toc", lambda d, **kw: bookbuild.write_toc(**{"root": _mini_book(d), "executed": [],
+                                                                      "out": d / "toc.yml", **kw}),
+        {"root": [*_FOLDER, ("no book/_toc.yml", lambda d: d)], "executed": _SRC_LIST,
+         "out": [("number-for-path", 3), ("folder-for-file", lambda d: d)]},
+        needles={"root": ["root", "_toc.yml"]}),
+    Row("bookbuild.book_sources", lambda d, **kw: bookbuild.book_sources(**{"root": _mini_book(d), "executed": [],
+                                                                            "dest": d / "out", **kw}),
+        {"root": [*_FOLDER, ("not a book", lambda d: d)], "executed": [*_SRC_LIST, ("missing file", lambda d: [
+            d / "missing.file"])],
+         "dest": [_NONE, ("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x")),
+                  ("folder with files it did not write", _other_files)]},
+        needles={"root": ["root"], "executed": ["executed"], "dest": ["dest"]}),
+    Row("bookbuild.build_html", lambda d, **kw: bookbuild.build_html(**{"root": _mini_book(d), "executed": [],
+                                                                        "build_dir": d / "b", **kw}),
+        {"root": _FOLDER, "executed": _SRC_LIST,
+         "build_dir": [("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x"))]}),
+]
+
+# ----------------------------------------------------------------------------- mcq
+_MCQ_FRAME = [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]
+_ATTRS = [_NONE, ("str-for-list", "gender"), ("unknown name", ["age"]), ("numbers-in-list", [1])]
+_RUN = {"loaded": "model", "rows": [_NONE, ("str-for-list", "rows"), ("numbers-in-list", [1]), ("zero size", [])],
+        "images": [("str-for-function", "pairs")], "batch_size": "count", "max_new_tokens": "count", "progress": "flag"}
+_NULL = {"df": BAD["frame"], "n_perm": [*BAD["count"], ("too small", 5)], "seed": "seed",
+         "min_fair_rate": "fraction"}
+_PROBS = [_NONE, ("str-for-array", "x"), ("NaN", [NAN]), ("negative", [-0.1]), ("wrong shape", [0.1, 0.2])]
+TABLE += [
+    Row("mcq.predicate", _kw(mcq.predicate, label="pilot"),
+        {"label": [_NONE, ("number-for-str", 3), ("empty", " "), ("list-for-str", ["pilot"])],
+         "kind": [_NONE, ("unknown name", "crime"), ("number-for-name", 3)]}),
+    Row("mcq.build_items", _kw(mcq.build_items, labels=[{"scenario": "airplane", "label": "pilot"}], dataset="pairs"),
+        {"labels": [_NONE, ("str-for-list", "pilot"), ("numbers-in-list", [1]),
+                    ("missing columns", pd.DataFrame({"x": [1]})),
+                    ("zero size", pd.DataFrame(columns=["scenario", "label"]))],
+         "dataset": "text", "attributes": _ATTRS, "variants": [*_ATTRS[:2], ("unknown name", ["video"])]},
+        needles={"attributes": ["attribute"], "variants": ["variant"]}),
+    Row("mcq.pairs_labels", _kw(mcq.pairs_labels), {"pairs": _MCQ_FRAME[1:]}),
+    Row("mcq.scf_labels", _kw(mcq.scf_labels, scf=pd.DataFrame({"occupation": ["chef", "nurse"]})),
+        {"scf": _MCQ_FRAME[1:], "exclude_pairs": "flag", "limit": BAD["count"][1:]}),
+    Row("mcq.control_labels", _kw(mcq.control_labels),
+        {"scenarios": [("str-for-list", "abcdefghijklmnop"), ("numbers-in-list", [1, 2]), ("too few", ["a"])]},
+        needles={"scenarios": ["scenario"]}),
+    Row("mcq.make_rows", lambda **kw: mcq.make_rows(**{"items": mcq.build_items(
+        [{"scenario": "airplane", "label": "pilot"}], "pairs", variants=("text",)), **kw}),
+        {"items": [_NONE, ("str-for-list", "items"), ("numbers-in-list", [1])],
+         "n_prompts": [*BAD["count"], ("too many", 99)]}),
+    Row("mcq.question_text", lambda **kw: mcq.question_text(**{"item": mcq_rows()[0].item, "prompt_id": 0, **kw}),
+        {"item": [_NONE, ("str-for-item", "item")], "prompt_id": [*BAD["index"], ("negative", -1), ("too large", 99)]}),
+    Row("mcq.parse_answer", _kw(mcq.parse_answer, text="Men.", attribute="gender"),
+        {"attribute": [*BAD["name"], ("list-for-name", ["gender"])],
+         "order": [("str-for-list", "abc"), ("wrong length", ["a", "b"]), ("unknown name", ["a", "b", "c"])]}),
+    Row("mcq.option_token_ids", lambda **kw: mcq.option_token_ids(**{"tokenizer": tiny_llava().tokenizer,
+                                                                    "attribute": "gender", **kw}),
+        {"tokenizer": [_NONE, ("str-for-tokenizer", "tiny-llava")], "attribute": "name"}),
+    Row("mcq.first_token_table", lambda **kw: mcq.first_token_table(**{"tokenizer": tiny_llava().tokenizer, **kw}),
+        {"tokenizer": [_NONE, ("str-for-tokenizer", "tiny-llava")], "attributes": _ATTRS},
+        needles={"attributes": ["attribute"]}),
+    Row("mcq.option_logprobs", _kw(mcq.option_logprobs, logits=torch.randn(2, 10),
+                                   token_ids={"a": [1], "b": [2], "fair": [3]}),
+        {"logits": [_NONE, ("str-for-tensor", "x"), ("list-for-tensor", [[1.0] * 5]),
+                    ("NaN", torch.tensor([[NAN, 0.0, 0.0, 0.0]])), ("zero size", torch.zeros(0, 10))],
+         "token_ids": [_NONE, ("str-for-dict", "a"), ("missing option", {"a": [1], "b": [2]}),
+                       ("out of range", {"a": [99], "b": [1], "fair": [2]}),
+                       ("str-for-list", {"a": "1", "b": [1], "fair": [2]})]}),
+    Row("mcq.confidence_skew", _kw(mcq.confidence_skew, p_a=[0.3], p_b=[0.1]),
+        {"p_a": _PROBS, "p_b": _PROBS}, needles={"p_a": ["p_a", "confidence_skew"], "p_b": ["p_b", "confidence_skew"]}),
+    Row("mcq.skew_from_logprobs", _kw(mcq.skew_from_logprobs, lp_a=[-1.0], lp_b=[-2.0]),
+        {"lp_a": [_NONE, ("str-for-array", "x"), ("NaN", [NAN]), ("inf", [INF])],
+         "lp_b": [_NONE, ("NaN", [NAN]), ("wrong shape", [-1.0, -2.0])]},
+        needles={"lp_b": ["lp_b"]}),
+    *[Row(f"mcq.{fn}", _kw(getattr(mcq, fn), parsed=["fair", "a"]),
+          {"parsed": [_NONE, ("str-for-list", "fair"), ("unknown name", ["maybe"]), ("zero size", [])]},
+          needles={"parsed": ["parsed", "answers"]}) for fn in ("answer_shares", "fair_proportion")],
+    Row("mcq.summarize", _kw(mcq.summarize, df=pd.DataFrame({"model": ["m"], "prompt_id": [0], "parsed": ["fair"],
+                                                             "skew": [0.1]})),
+        {"df": _MCQ_FRAME, "by": [_NONE, ("str-for-list", "model"), ("numbers-in-list", [1])],
+         "parsed": [_NONE, ("number-for-str", 3)], "skew": [_NONE, ("number-for-str", 3)]},
+        needles={"df": ["df", "columns"]}),
+    Row("mcq.paradox_table", _kw(mcq.paradox_table, df=pd.DataFrame({"parsed": ["fair"], "skew": [0.1], "p_a": [0.3],
+                                                                     "p_b": [0.1], "attribute": ["gender"]})),
+        {"df": _MCQ_FRAME, "threshold": "nonneg"}, needles={"df": ["df", "columns"]}),
+    Row("mcq.order_balanced", _kw(mcq.order_balanced), {"df": _MCQ_FRAME}, needles={"df": ["df", "columns"]}),
+    Row("mcq.label_specific", _kw(mcq.label_specific), {"items": _MCQ_FRAME}, needles={"items": ["items", "columns"]}),
+    *[Row(f"mcq.{fn}", _kw(getattr(mcq, fn), df=pd.DataFrame({"x": [1]})), _NULL)
+      for fn in ("shuffled_label_null", "label_shuffle_pairs", "paradox_verdicts")],
+    Row("mcq.plant_label_lean", _kw(mcq.plant_label_lean, df=pd.DataFrame({"lp_a": [-1.0], "lp_b": [-2.0],
+                                                                           "scenario": ["x"]}), log_odds=1.0),
+        {"df": _MCQ_FRAME, "log_odds": "positive", "seed": "seed"}, needles={"df": ["df", "columns"]}),
+    Row("mcq.pairs_image_source", _kw(mcq.pairs_image_source), {"pairs": _MCQ_FRAME}),
+    Row("mcq.scf_image_source", _kw(mcq.scf_image_source), {"scf": _MCQ_FRAME}),
+    Row("mcq.testbed_image_source", _kw(mcq.testbed_image_source),
+        {"scene_seed": BAD["seed"][1:], "size": [*BAD["count"][1:], ("too small", 2)]}),
+    Row("mcq.evaluate", lambda **kw: mcq.evaluate(**{"loaded": tiny_llava(), "rows": mcq_rows(), **kw}), _RUN),
+    Row("mcq.generate_answers", lambda **kw: mcq.generate_answers(**{"loaded": tiny_llava(), "rows": mcq_rows(), **kw}),
+        {**_RUN, "context": [("str-for-function", "edit")]}),
+]
+
+# ----------------------------------------------------------------------------- lens (no model runs: the
+# collections are built from option log-probabilities, as in tests/test_lens.py)
+@functools.cache
+def lens_col():
+    from fairvlm import lens
+
+    lp = np.log(np.array([[0.1, 0.1, f] for f in (0.5, 0.1, 0.3, 0.05, 0.2, 0.4)]))[:, None, :]
+    lp = np.repeat(lp, 3, axis=1)
+    n = len(lp)
+    t = pd.DataFrame({"row_id": [f"r{i}|p0" for i in range(n)], "model": "m", "dataset": "d",
+                      "scenario": [f"s{i}" for i in range(n)], "label": "x", "attribute": "gender",
+                      "variant": "text", "prompt_id": [i % 2 for i in range(n)], "parsed": "fair",
+                      "lp_a": lp[:, -1, 0], "lp_b": lp[:, -1, 1], "lp_fair": lp[:, -1, 2]})
+    return lens.Collection(t, lp.astype(np.float32), None, "m", 1)
+
+
+_COL = [_NONE, ("str-for-collection", "col"), ("frame-for-collection", pd.DataFrame({"x": [1]}))]
+_DIRS = [_NONE, ("str-for-directions", "dirs.safetensors")]
+_LF = lambda: L.layer_frame(lens_col())  # noqa: E731
+_PROFILE = [*BAD["name"], ("list-for-name", ["smoke"])]
+TABLE += [
+    Row("lens.collect", lambda **kw: L.collect(**{"loaded": tiny_llava(), "rows": mcq_rows(), "cache": False, **kw}),
+        {**_RUN, "layers": "flag", "cache": "flag"}),
+    Row("lens.model_fingerprint", _kw(L.model_fingerprint), {"loaded": "model"}),
+    Row("lens.depth_labels", _kw(L.depth_labels), {"n_layers": "count"}),
+    Row("lens.last_tenth", _kw(L.last_tenth), {"n_layers": "count"}),
+    Row("lens.layer_frame", _kw(L.layer_frame), {"col": _COL}),
+    Row("lens.residual_frame", _kw(L.residual_frame), {"col": _COL}),
+    Row("lens.layer_summary", lambda **kw: L.layer_summary(**{"lf": _LF(), **kw}),
+        {"lf": _MCQ_FRAME, "by": [_NONE, ("str-for-list", "model"), ("unknown column", ["nope"])]},
+        needles={"lf": ["lf"], "by": ["by", "nope"]}),
+    Row("lens.residual_summary", lambda **kw: L.residual_summary(**{"rf": L.residual_frame(lens_col()), **kw}),
+        {"rf": _MCQ_FRAME, "by": [_NONE, ("str-for-list", "model"), ("unknown column", ["nope"])]},
+        needles={"rf": ["rf"], "by": ["by", "nope"]}),
+    Row("lens.peak_erosion", lambda **kw: L.peak_erosion(**{"summary": L.layer_summary(_LF()), **kw}),
+        {"summary": BAD["frame"], "by": [_NONE, ("str-for-list", "model")],
+         "metric": [_NONE, ("number-for-str", 3), ("unknown column", "nope")], "min_mass": "fraction"},
+        needles={"metric": ["metric", "nope"]}),
+    Row("lens.fit_directions", _kw(L.fit_directions, col=lens_col()),
+        {"col": _COL, "layers": [*BAD["ints"], ("out of range", [99]), ("repeated", [0, 0])],
+         "shuffle_seed": BAD["seed"][1:]},
+        needles={"layers": ["layer"]}),
+    Row("lens.evaluate_directions", lambda **kw: L.evaluate_directions(**{"dirs": directions(), "col": lens_col(), **kw}),
+        {"dirs": _DIRS, "col": _COL}),
+    Row("lens.lens_proxy", lambda **kw: L.lens_proxy(**{"loaded": tiny_llava(), "dirs": directions(), "col": lens_col(),
+                                                        **kw}),
+        {"loaded": "model", "dirs": _DIRS, "col": _COL, "lambda1": "fraction", "lambda2": "fraction"}),
+    Row("lens.split_rows", _kw(L.split_rows, col=lens_col()),
+        {"col": _COL, "within": [_NONE, ("str-for-list", "attribute"), ("numbers-in-list", [1]),
+                                 ("unknown column", ["nope"])]}),
+    Row("lens.directions_path", _kw(L.directions_path, model="tiny-llava", fit="pairs"),
+        {"model": "text", "fit": [*BAD["text"], ("path-like name", "../x"), ("path-like name /", "a/b")]}),
+    Row("lens.split_by_label", _kw(L.split_by_label), {"col": _COL}),
+    Row("lens.cross_pairs", _kw(L.cross_pairs),
+        {"runs": [_NONE, ("str-for-dict", "runs"), ("list-for-dict", [1]), ("str key", {"m": 1}),
+                  ("str-for-collection", {("m", "d"): "col"})]}),
+    Row("lens.item_curves", lambda **kw: L.item_curves(**{"lf": _LF(), **kw}),
+        {"lf": _MCQ_FRAME, "metric": [_NONE, ("number-for-str", 3), ("unknown column", "nope")]},
+        needles={"metric": ["metric", "nope"]}),
+    Row("lens.peak_test", lambda **kw: L.peak_test(**{"lf": _LF(), "control": None, "min_mass": 0.0, **kw}),
+        {"lf": _MCQ_FRAME, "control": [("str-for-frame", "x"), ("missing columns", pd.DataFrame({"x": [1]}))],
+         "min_mass": "fraction", "n_boot": "count", "seed": "seed",
+         "band": [_NONE, ("str-for-pair", "ab"), ("reversed", (0.9, 0.1)), ("one number", (0.1,)), ("NaN", (NAN, 0.5))]}),
+    Row("lens.streams_view", _kw(L.streams_view), {"dirs": _DIRS}),
+    Row("lens.unembedding_directions", _kw(L.unembedding_directions), {"loaded": "model"}),
+    Row("lens.transfer_test", lambda **kw: L.transfer_test(**{"dirs": directions(), "col": lens_col(), **kw}),
+        {"dirs": _DIRS, "col": _COL, "n_random": [*BAD["count"], ("too small", 5)], "n_boot": "count", "seed": "seed",
+         "unembed": [("str-for-dict", "unembed"), ("empty", {})]}),
+    Row("lens.weighted_auroc", _kw(L.weighted_auroc, scores=[0.1, 0.9], positive=[False, True]),
+        {"scores": [_NONE, ("str-for-array", "x"), ("NaN", [NAN, 1.0]), ("wrong shape", [[0.1, 0.9]])],
+         "positive": [_NONE, ("str-for-list", "ab"), ("floats-for-bool", [0.5, 1.0]), ("wrong length", [True])],
+         "weights": [("NaN", [NAN, 1.0]), ("negative", [-1.0, 1.0]), ("wrong width", [1.0, 1.0, 1.0])]},
+        needles={"scores": ["scores"], "positive": ["positive", "labels"], "weights": ["weights"]}),
+    Row("lens.cluster_resample_weights", _kw(L.cluster_resample_weights, clusters=["a", "b"], n_boot=3),
+        {"clusters": _labels_bad(2)[:4], "n_boot": "count", "seed": "seed"}),
+    Row("lens.run_rows", _kw(L.run_rows),
+        {"spec": [_NONE, ("str-for-spec", "pairs"), ("unknown dataset", L.RunSpec("m", "imagenet", ("text",), 1)),
+                  ("str-for-list variants", L.RunSpec("m", "pairs", "text", 1)),
+                  ("zero prompts", L.RunSpec("m", "pairs", ("text",), 0))]},
+        needles={"spec": ["spec", "dataset"]}),
+    Row("lens.profile_runs", _kw(L.profile_runs, profile="smoke"),
+        {"profile": _PROFILE, "dtype": "name", "progress": "flag",
+         "runs": [("str-for-list", "runs"), ("numbers-in-list", [1]), ("zero size", [])]},
+        needles={"dtype": ["DTYPE"]}),
+    Row("lens.chapter_runs", _kw(L.chapter_runs, profile="smoke"),
+        {"profile": _PROFILE, "dtype": "name", "testbed": "flag", "progress": "flag"}, needles={"dtype": ["DTYPE"]}),
+    Row("lens.check_chapter_params", _kw(L.check_chapter_params, PROFILE="smoke", SEED=0),
+        {"PROFILE": "name", "SEED": "seed", "DTYPE": "name", "TESTBED": "flag"}),
+]
+
+# ----------------------------------------------------------------------------- testbed: artifacts and store
+# (outside the build key: checked here; nothing is built, trained or read by these cases)
+_TBA, _TBS = _tb("artifacts"), _tb("store")
+_SIZE = [_NONE, ("unknown name", "huge"), ("number-for-name", 3), ("list-for-name", ["smoke"])]
+_BUILD = {"size": _SIZE, "seed": "seed", "world": [("unknown name", "flat-earth"), ("number-for-name", 3)],
+          "spec_path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.yaml")]}
+_BUILD_NEEDLES = {"size": ["size"], "world": ["world"], "spec_path": ["spec_path", "missing.yaml"]}
+TABLE += [
+    Row("testbed.artifacts.check_world", _kw(_TBA.check_world), {"world": [*BAD["name"], ("list-for-name", ["default"])]}),
+    Row("testbed.artifacts.resolve_world", _kw(_TBA.resolve_world), {"world": [("unknown name", "x"), ("number-for-name", 3)]}),
+    Row("testbed.artifacts.world_spec", lambda d, **kw: _TBA.world_spec(**kw),
+        {"world": [("unknown name", "x"), ("number-for-name", 3)],
+         "spec_path": [("number-for-path", 3), ("missing file", lambda d: d / "missing.yaml"),
+                       ("folder-for-file", lambda d: d),
+                       ("corrupt file (truncated YAML)", lambda d: _yaml(d, "strength: 0.5\nshares: {a: [1"))]},
+        needles={"world": ["world"], "spec_path": ["spec_path", "missing.yaml", "file.yaml"]}),
+    Row("testbed.artifacts.artifact_name", _kw(_TBA.artifact_name, world="default", size="full", seed=0),
+        {"world": "name", "size": "text", "seed": "seed"}, needles={"world": ["world"]}),
+    Row("testbed.artifacts.read_manifest", _kw(_TBA.read_manifest),
+        {"folder": [("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x")),
+                    ("corrupt file (truncated manifest)",
+                     lambda d: (d / "manifest.json").write_text('{"artifacts": [') and d)]},
+        needles={"folder": ["folder", "manifest.json"]}),
+    Row("testbed.artifacts.find", lambda d, **kw: _TBA.find(**{"world": "default", "size": "full", "seed": 0,
+                                                               "folder": d, **kw}),
+        {"world": "name", "size": "text", "seed": "seed", "folder": [("number-for-path", 3)]}),
+    Row("testbed.artifacts.export", lambda d, **kw: _TBA.export(**{
+        "build_root": d, "world": "default", "size": "full", "seed": 0, "strength": 1.0, "spec_digest": "ab",
+        "build_key": "cd", "dest": d / "out", **kw}),
+        {"build_root": [_NONE, ("number-for-path", 3), ("missing folder", lambda d: d / "nope"),
+                        ("incomplete build", lambda d: d)],
+         "world": "name", "size": "text", "seed": "seed", "strength": "fraction", "spec_digest": "text",
+         "build_key": "text", "dest": [("number-for-path", 3), ("file-for-folder", lambda d: _yaml(d, "x"))]},
+        needles={"build_root": ["build_root", "complete build"]}),
+    Row("testbed.store.testbed_dir", _kw(_TBS.testbed_dir),
+        {**{k: v for k, v in _BUILD.items() if k != "spec_path"},
+         "spec": [("str-for-spec", "spec.yaml"), ("dict-for-spec", {"strength": 1})]},
+        needles=_BUILD_NEEDLES),
+    Row("testbed.store.is_built", _kw(_TBS.is_built),
+        {"size": _SIZE, "seed": "seed", "spec": [("str-for-spec", "spec.yaml")]}, needles=_BUILD_NEEDLES),
+    Row("testbed.store.build", _kw(_TBS.build), {**_BUILD, "force": "flag", "progress": "flag"},
+        needles=_BUILD_NEEDLES),
+    Row("testbed.store.training_log", _kw(_TBS.training_log), _BUILD, needles=_BUILD_NEEDLES),
+    Row("testbed.store.load_hf", _kw(_TBS.load_hf, name="testbed-clip"),
+        {"name": [*BAD["name"], ("list-for-name", ["testbed-clip"])], **_BUILD},
+        needles={**_BUILD_NEEDLES, "name": ["testbed model"]}),
+    Row("testbed.store.describe_build", _kw(_TBS.describe_build),
+        {"root": [_NONE, ("number-for-path", 3), ("missing folder", lambda d: d / "nope")]}),
+]
+
+# ----------------------------------------------------------------------------- testbed.measure (outside the
+# build key; no model runs: every bad value is refused before the model is called)
+_TBM = _tb("measure")
+
+
+class _FakeDual:
+    """Stands in for a dual encoder: the cases never get as far as calling it."""
+
+    def get_image_features(self, **kw):
+        raise AssertionError("not reached")
+
+    get_text_features = generate = get_image_features
+
+
+def _gal():
+    return pd.DataFrame({"gender": ["man", "woman"], "race": ["black", "white"], "scenario": ["a", "a"],
+                         "scene_seed": [0, 0], "variant": ["black_man", "white_woman"]})
+
+
+def _pil():
+    from PIL import Image
+
+    return Image.new("RGB", (8, 8))
+
+
+_X = np.zeros((4, 3))
+_MODEL_FAKE = [_NONE, ("str-for-model", "testbed-clip"), ("number-for-model", 3)]
+_XY = {"train_x": [_NONE, ("str-for-array", "x"), ("NaN", np.full((4, 3), NAN)), ("wrong shape", np.zeros(4))],
+       "train_y": [_NONE, ("str-for-list", "abab"), ("None label", [None, "a", "b", "a"]), ("wrong length", ["a"])],
+       "test_y": [("wrong length", ["a", "b", "a"])], "seed": "seed"}
+_RANKS = [_NONE, ("str-for-array", "123"), ("wrong shape", [[1.0, 2.0, 3.0]])]
+TABLE += [
+    Row("testbed.measure.image_embeddings", _kw(_TBM.image_embeddings, model=_FakeDual(), processor=None,
+                                                images=[_pil()]),
+        {"model": _MODEL_FAKE, "images": [_NONE, ("str-for-list", "img.png"), ("arrays-for-images", [_X])],
+         "batch_size": "count"}),
+    Row("testbed.measure.text_embeddings", _kw(_TBM.text_embeddings, model=_FakeDual(), processor=None, texts=["a"]),
+        {"model": _MODEL_FAKE, "texts": "strings", "batch_size": "count"}),
+    Row("testbed.measure.zero_shot", _kw(_TBM.zero_shot, image_emb=np.eye(2), prompt_emb=np.eye(2), labels=["a", "b"],
+                                         classes=["a", "b"]),
+        {"image_emb": [_NONE, ("str-for-array", "x"), ("NaN", np.full((2, 2), NAN)), ("wrong width", np.eye(3)[:2])],
+         "prompt_emb": [_NONE, ("wrong shape", np.ones(2))], "labels": [("wrong length", ["a"]), ("None label", [None, "a"])],
+         "classes": [_NONE, ("wrong length", ["a"])]},
+        needles={"image_emb": ["image_emb"], "prompt_emb": ["prompt_emb"], "classes": ["classes"]}),
+    Row("testbed.measure.linear_probe", _kw(_TBM.linear_probe, train_x=_X, train_y=["a", "b"] * 2, test_x=_X,
+                                            test_y=["a", "b"] * 2), _XY),
+    Row("testbed.measure.probe_correct", _kw(_TBM.probe_correct, train_x=_X, train_y=["a", "b"] * 2, test_x=_X,
+                                             test_y=["a", "b"] * 2), _XY),
+    Row("testbed.measure.group_skew", lambda **kw: _TBM.group_skew(**{"sims": np.zeros((1, 2)), "gallery": _gal(),
+                                                                      "queries": ["q"], "k": 1, **kw}),
+        {"sims": [_NONE, ("str-for-array", "x"), ("NaN", np.full((1, 2), NAN)), ("wrong shape", np.zeros(2))],
+         "gallery": [*BAD["frame"], ("missing columns", pd.DataFrame({"gender": ["man"]}))],
+         "queries": "strings", "k": "count"}),
+    Row("testbed.measure.rank_agreement", _kw(_TBM.rank_agreement, measured=[1.0, 2.0, 3.0], planted=[1.0, 3.0, 2.0]),
+        {"measured": _RANKS, "planted": [*_RANKS, ("wrong length", [1.0, 2.0])]},
+        needles={"planted": ["planted", "same length"]}),
+    Row("testbed.measure.spearman_ci", _kw(_TBM.spearman_ci, measured=[1.0, 2.0, 3.0], planted=[1.0, 3.0, 2.0]),
+        {"measured": _RANKS, "planted": [*_RANKS, ("wrong length", [1.0, 2.0])], "seed": "seed",
+         "n_resamples": "count"},
+        needles={"planted": ["planted", "same length"]}),
+    Row("testbed.measure.describe", _kw(_TBM.describe, model=_FakeDual(), processor=None, images=[_pil()],
+                                        prompt="Describe the image."),
+        {"images": [_NONE, ("str-for-list", "img.png")], "prompt": "text", "system": [("number-for-str", 3)],
+         "max_new_tokens": "count", "batch_size": "count", "progress": "flag",
+         "model": [("str-for-model", "testbed-llava")]},
+        needles={"model": ["model"]}),
+    Row("testbed.measure.mention_table", _kw(_TBM.mention_table, texts=["a man"], gallery=pd.DataFrame({"scenario": ["a"]})),
+        {"texts": "strings0", "gallery": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))]}),
+    Row("testbed.measure.aligned_crops", _kw(_TBM.aligned_crops, rows=_gal()),
+        {"rows": [*BAD["frame"], ("missing columns", pd.DataFrame({"x": [1]}))], "side": "count",
+         "render_size": [*BAD["count"], ("too small", 2)]}),
+    Row("testbed.measure.named_gender", _kw(_TBM.named_gender), {"text": [_NONE, ("number-for-str", 3),
+                                                                          ("list-for-str", ["a man"])]}),
+    Row("testbed.measure.who_lean", lambda **kw: _TBM.who_lean(**{"model": _FakeDual(), "processor": None,
+                                                                  "spec": _tb("artifacts").world_spec(),
+                                                                  "keys": ["cooking"], "scene_seeds": [1], **kw}),
+        {"spec": [_NONE, ("str-for-spec", "spec.yaml")], "keys": "strings",
+         "scene_seeds": [*BAD["ints"], ("negative", [-1])], "n_templates": BAD["count"][1:], "batch_size": "count",
+         "progress": "flag"}),
+    Row("testbed.measure.target_row", _kw(_TBM.target_row, key="k", what="w", effect=0.5, interval=(0.4, 0.6),
+                                          target=0.3),
+        {"key": "text", "what": [_NONE, ("number-for-str", 3)], "effect": [_NONE, ("str-for-number", "0.5"), _BOOL],
+         "interval": [_NONE, ("str-for-pair", "ab"), ("one number", (0.4,))], "target": "number",
+         "direction": [*BAD["name"], ("within", "within")], "p_value": [*BAD["fraction"][1:]]}),
+]
+
 for _fn, _kind in [("integer", "index"), ("number", "number"), ("learning_rate", "lr"), ("flag", "flag"),
                    ("text", "text"), ("strings", "strings"), ("sequence", [_NONE, ("str-for-list", "ab")]),
                    ("integers", "ints"), ("numbers_list", [_NONE, ("str-for-list", "12"), ("NaN", [NAN])]),
@@ -879,12 +1539,32 @@ def _cli_cases():
         ("finetune.main", lambda d: ["--n_prompts", "-2", "--output_dir", str(d / "o")], "n_prompts"),
         ("data.main", lambda d: ["fetch", "imagenet", str(d / "x")], "dataset"),
         ("data.main", lambda d: ["verify-pairs", str(d / "missing")], "missing"),
+        ("data.main", lambda d: ["fetch"], "NAME"),
+        ("data.main", lambda d: ["no-such-command"], "no-such-command"),
+        ("data.main", lambda d: ["fetch", "pairs", str(_yaml(d, "x"))], "dest"),
         ("testbed.main", lambda d: ["render", "no_such_scenario", "white_man", "1", str(d / "x.png")], "scenario"),
         ("testbed.main", lambda d: ["render", "cooking", "white_man", "1", str(d / "x.jpg")], "png"),
         ("testbed.main", lambda d: ["render", "cooking", "white_man", "1", str(d)], "folder"),
         ("testbed.main", lambda d: ["render", "cooking", "white_man", "-3", str(d / "x.png")], "scene_seed"),
         ("testbed.main", lambda d: ["render", "cooking", "white_man", "1", str(d / "x.png"), "--size", "0"], "size"),
         ("testbed.main", lambda d: ["where", "--spec", str(d / "missing.yaml"), "--size", "smoke"], "missing.yaml"),
+        ("calibrate.main", lambda d: ["--collect-only", "--worlds", "flat-earth"], "flat-earth"),
+        ("calibrate.main", lambda d: ["--collect-only", "--profile", "huge"], "profile"),
+        ("calibrate.main", lambda d: ["--collect-only", "--work-dir", str(d), "--out", str(d)], "--out"),
+        ("calibrate.main", lambda d: ["--collect-only", "--work-dir", str(d), "--page", str(d)], "--page"),
+        ("calibrate.main", lambda d: ["--collect-only", "--chapters", "99"], "99"),
+        ("calibrate.main", lambda d: ["--collect-only", "--work-dir", str(d / "none")], "none"),
+        ("calibrate.main", lambda d: ["--no-such-option"], "no-such-option"),
+        ("nbcheck.main", lambda d: ["check", "--chapters", "99"], "99"),
+        ("nbcheck.main", lambda d: ["no-such-command"], "no-such-command"),
+        ("nbcheck.main", lambda d: ["refs", "--from-smoke", "--bogus"], "--bogus"),
+        ("nbcheck.main", lambda d: [], "command"),
+        ("bookbuild.main", lambda d: ["--chapters", "99", "--no-html"], "99"),
+        ("bookbuild.main", lambda d: ["--chapters", "00_data", "--no-html", "--params", "-p PROFIL smoke"], "PROFIL"),
+        ("bookbuild.main", lambda d: ["--chapters", "00_data", "--no-html", "--params", "-p PROFILE huge"], "PROFILE"),
+        ("bookbuild.main", lambda d: ["--params=-p"], "PARAMS"),
+        ("bookbuild.main", lambda d: ["--force", "--html-only"], "--force"),
+        ("bookbuild.main", lambda d: ["--bogus"], "--bogus"),
     ]
 
 
@@ -894,7 +1574,9 @@ def _cli(target: str):
     elif target == "testbed.main":
         from fairvlm.testbed.__main__ import main
     else:
-        main = {"shardgen.main": shardgen.main, "finetune.main": finetune.main}[target]
+        main = {"shardgen.main": shardgen.main, "finetune.main": finetune.main,
+                "calibrate.main": functools.partial(errors.cli_main, calibrate.main), "nbcheck.main": nbcheck.main,
+                "bookbuild.main": bookbuild.main}[target]
     return main
 
 
@@ -979,28 +1661,38 @@ def test_commands_exit_2_with_one_line(target, argv, needle, tmp_path, capsys, m
 COVERED = ("sae", "shardgen", "textmetrics", "steering", "steering_eval", "debiaslens", "resfair", "finetune",
            "validate", "params", "checksums", "errors", "metrics", "confidence", "hooks", "models", "paths",
            "progress", "plotting", "embedded", "results", "resfair_report", "utility",
-           "testbed.scenarios", "testbed.spec", "data.__main__", "testbed.__main__")
+           "testbed.scenarios", "testbed.spec", "data.__main__", "testbed.__main__", "verdicts",
+           "data", "data.fetch", "data.pairs", "data.sobit", "data.socialcf", "calibrate",
+           "nbcheck", "bookbuild", "mcq", "lens", "testbed.artifacts", "testbed.store",
+           "testbed.measure")
 
 #: Modules no row lists yet (their bad input is tested by hand in tests/test_bad_input.py and
 #: their own test files, not by this table).
-UNCOVERED = {m: "not yet in the table (issue 38 continues)" for m in (
-    "bookbuild", "calibrate", "clip_heads", "data", "data.fetch", "data.pairs", "data.sobit",
-    "data.socialcf", "lens", "mcq", "nbcheck", "probes", "resfair_baselines", "retrieval",
-    "testbed", "testbed.artifacts", "testbed.captions", "testbed.dual", "testbed.measure",
-    "testbed.store", "testbed.train", "testbed.world", "verdicts")}
-UNCOVERED.update({
+_KEY = ("part of the testbed's build key (train._source_digest hashes scenarios, world, captions, spec, dual and "
+        "train): a check there changes the key and forces every world's 60-minute retrain, so it waits for the next "
+        "retrain. ")
+UNCOVERED = {
+    "clip_heads": "owned by the chapter 07 work this session (not edited under issue 38); rows once it can be fixed",
+    "probes": "owned by the chapter 07 work this session (not edited under issue 38); rows once it can be fixed",
+    "retrieval": "owned by the chapter 07 work this session (not edited under issue 38); rows once it can be fixed",
+    "headtohead": "owned by the chapter 07/08 work this session; its world loader's bad input is tested in "
+                  "tests/test_headtohead.py; rows once it can be fixed",
     "resfair_baselines": "owned by the chapter 04 work (not edited under issue 38); rows only once it can be fixed",
-    "testbed.train": "the testbed's training is part of its build key: a check there forces a retrain",
-    "testbed.world": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
-    "testbed.captions": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
-    "testbed.dual": "part of the testbed's build key: rows can be added, fixes cannot (not yet in the table)",
-    "headtohead": "chapter 08's measures, new beside issue 38: its world loader's bad input is tested in "
-                  "tests/test_headtohead.py; not yet in the table",
-    "timing": "the A/A timer of chapters 07 and 08 (issue 31): its bad input is tested in tests/test_timing.py; "
-              "not yet in the table",
-    "verdicts": "shared (chapters 01-07); drafted rows found unchecked level, n_resamples, seed, Estimate fields "
-                "and table/rows types: not yet in the table",
-})
+    "testbed.train": _KEY + "Known raw: training_items(n='2') TypeError, training_items(n=-1) silent empty frame, "
+                     "cache_key(seed='x') ValueError, pixel_values('x') AttributeError, llava_prompt(3) silent.",
+    "testbed.world": _KEY + "Most entries already answer clearly (render, split_of, gallery, parse_variant, person_box); "
+                     "known raw: scene_seeds(n='2') TypeError, render_rows(None) TypeError, render_array('abc') "
+                     "ValueError.",
+    "testbed.captions": _KEY + "Known raw: caption(spec=None) / caption(rng=0) / mentions(3) / article(None) "
+                        "AttributeError, zero_shot_prompts('cooking') and mcq_question(n_images=-1) KeyError.",
+    "testbed.dual": _KEY + "Known raw: mean_pool(None, None) AttributeError.",
+    "timing": "the A/A timer of chapters 07 and 08 (issue 31, new beside issue 38): its bad input is tested in "
+              "tests/test_timing.py; not yet in the table",
+    "testbed": "the package re-exports the key modules' functions (world, captions, train, spec): it is covered once "
+               "those are; its own non-key parts are covered as testbed.artifacts, testbed.store, testbed.measure "
+               "and testbed.__main__ (spec.load_spec(path=3) stays a raw TypeError: spec.py is in the key; "
+               "world_spec(spec_path=3), the entry chapters use, now checks it).",
+}
 
 #: Public names with no row, and why.
 EXEMPT = {
@@ -1037,10 +1729,33 @@ EXEMPT = {
     "data.__main__.Dataset": "a record of the fetch command's table of datasets (not called by users)",
     "testbed.__main__.main": "a command: test_commands_exit_2_with_one_line",
     "errors.FairVLMError": "an exception class: takes any message",
+    "verdicts.VerdictError": "an exception class: takes any message",
+    "data.fetch.Remote": "a record of one download (each dataset module builds its own; users do not)",
+    "data.pairs.label_table": "no parameters",
+    "calibrate.main": "a command: test_commands_exit_2_with_one_line",
+    "nbcheck.main": "a command: test_commands_exit_2_with_one_line",
+    "nbcheck.NbCheckError": "an exception class: takes any message",
+    "bookbuild.main": "a command: test_commands_exit_2_with_one_line",
+    "bookbuild.BuildError": "an exception class: takes any message",
+    "mcq.Item": "a record build_items makes (checked where it is used: question_text, make_rows)",
+    "mcq.Row": "a record make_rows makes (checked where it is used: evaluate, generate_answers)",
+    "lens.Collection": "a record collect builds (checked where it is used: every function taking col)",
+    "lens.Directions": "a record fit_directions builds; its load refuses missing, altered or unsigned files "
+                       "(test_directions_with_flipped_bytes_are_refused and the next test)",
+    "lens.RunSpec": "a record of one run; its fields are checked by run_rows (rows above)",
+    "lens.ChapterRuns": "a record chapter_runs returns",
+    "testbed.artifacts.Artifact": "a record read_manifest builds from the manifest (it checks each entry)",
+    "testbed.artifacts.current_world": "no parameters (an unknown $FAIRVLM_WORLD is a FairVLMError)",
+    "testbed.artifacts.base_versions": "no parameters",
+    "testbed.artifacts.shipped_dir": "no parameters",
+    "testbed.store.loaded_builds": "no parameters",
+    "mcq.AnswerStop": "a transformers stopping criterion generate_answers builds from rows it has checked",
+    "data.pairs.manifest_path": "no parameters (a missing manifest is a DataError)",
     "errors.UnknownNameError": "an exception class: takes any message",
     "errors.DataError": "an exception class: takes any message",
     "errors.ParameterError": "an exception class: takes any message",
     "errors.install_short_tracebacks": "no parameters",
+    "errors.argument_parser": "builds an argparse parser; its keyword arguments are argparse's own",
     "paths.results_dir": "no parameters (reads $FAIRVLM_RESULTS)",
     "paths.figures_dir": "no parameters (reads $FAIRVLM_FIGURES)",
     "paths.cache_dir": "no parameters (reads $FAIRVLM_CACHE)",
@@ -1106,6 +1821,8 @@ def public_api(modules=None) -> dict[str, object]:
 def test_every_module_is_covered():
     missing = [m for m in _modules() if m not in COVERED and m not in UNCOVERED]
     assert not missing, f"modules of fairvlm whose public API no test lists: {missing}"
+    both = sorted(set(COVERED) & set(UNCOVERED))
+    assert not both, f"modules listed as covered and as uncovered: {both}"
 
 
 def test_every_public_function_has_a_row():

@@ -28,7 +28,6 @@ The tests call :func:`execute` and :func:`build_html` with folders of their own
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
@@ -44,7 +43,8 @@ from pathlib import Path
 
 import yaml
 
-from fairvlm.errors import FairVLMError, cli_main
+from fairvlm import validate
+from fairvlm.errors import DataError, FairVLMError, ParameterError, argument_parser, cli_main
 
 #: Seconds between two progress lines while one chapter executes (the reader sees the
 #: build is alive; the issue asks for at least one line every 30 s).
@@ -61,7 +61,30 @@ class BuildError(FairVLMError):
     pass
 
 
+def _paths(name: str, value, *, exist: bool = False) -> list[Path]:
+    """A list of paths (not one path given as a string), each an existing file if ``exist``."""
+    out = []
+    for i, p in enumerate(validate.sequence(name, value, empty=True)):
+        out.append(validate.existing_file(f"{name}[{i}]", p) if exist else validate.path(f"{name}[{i}]", p))
+    return out
+
+
+def _read_nb(name: str, path):
+    """The notebook at ``path``, or a :class:`DataError` naming it (missing, truncated, not JSON)."""
+    import nbformat
+
+    path = validate.existing_file(name, path)
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as exc:  # NotJSONError, a validation error, a truncated file
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise DataError(f"{name}={str(path)!r} is not a readable notebook ({type(exc).__name__}: {first}); "
+                        "execute the chapter again") from None
+
+
 def find_root(start: Path | None = None) -> Path:
+    if start is not None:
+        start = validate.path("start", start)
     start = (start or Path.cwd()).resolve()
     for d in (start, *start.parents):
         if (d / "_config.yml").is_file() and (d / "notebooks").is_dir():
@@ -70,11 +93,16 @@ def find_root(start: Path | None = None) -> Path:
 
 
 def chapter_sources(root: Path) -> list[Path]:
+    root = validate.existing_dir("root", root)
+    if not (root / "notebooks").is_dir():
+        raise BuildError(f"root={str(root)!r} has no notebooks/ folder: give the book's repository")
     return sorted(p for p in (root / "notebooks").glob("[0-9][0-9]_*.py"))
 
 
 def select(sources: list[Path], chapters: str) -> list[Path]:
     """``chapters``: "all", or NN prefixes / slugs separated by commas or spaces."""
+    sources = _paths("sources", sources)
+    chapters = validate.text("chapters", chapters, empty=True)
     if chapters.strip() in ("", "all"):
         return sources
     wanted = [c for c in chapters.replace(",", " ").split() if c]
@@ -91,6 +119,8 @@ def select(sources: list[Path], chapters: str) -> list[Path]:
 def parse_params(params: str) -> dict:
     """Parse papermill-style ``-p NAME VALUE`` pairs (values as YAML literals)."""
     how = 'write them as -p NAME VALUE, e.g. PARAMS="-p PROFILE paper -p SEED 1"'
+    if params is not None:
+        validate.text("params", params, empty=True)
     try:
         tokens = shlex.split(params or "")
     except ValueError as exc:  # "No closing quotation"
@@ -121,7 +151,11 @@ def chapter_parameters(source: Path) -> list[str]:
     """The names a chapter's ``parameters`` cell assigns (the parameters it accepts)."""
     import jupytext
 
-    nb = jupytext.read(source)
+    source = validate.existing_file("source", source)
+    try:
+        nb = jupytext.read(source)
+    except Exception as exc:  # not text, not a notebook jupytext can read
+        raise DataError(f"source={str(source)!r} cannot be read as a chapter ({type(exc).__name__}: {exc})") from None
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
             try:
@@ -140,6 +174,8 @@ def chapter_parameters(source: Path) -> list[str]:
 def check_known_params(sources: list[Path], params: dict) -> dict[Path, dict]:
     """The parameters each chapter gets; a name that no selected chapter's parameters cell
     lists (a typo such as ``PROFIL``) raises :class:`BuildError` naming the known ones."""
+    sources = _paths("sources", sources, exist=True)
+    params = validate.mapping("params", params, empty=True)
     known = {src: chapter_parameters(src) for src in sources}
     every = sorted({n for names in known.values() for n in names})
     for name in params:
@@ -173,6 +209,8 @@ def collapse_validation(nb) -> int:
     """Tag every code cell that validates the parameters (it calls ``check_params``)
     ``hide-input``: the rendered book shows it collapsed, one click away and copyable,
     instead of a screen of checks before the first result. Returns how many were tagged."""
+    if not isinstance(getattr(nb, "cells", None), list):
+        raise ParameterError(f"nb={validate.show(nb)} is not valid: it must be a notebook (nbformat or jupytext)")
     n = 0
     for cell in nb.cells:
         if cell.cell_type != "code" or "check_params(" not in cell.source:
@@ -191,6 +229,7 @@ def kernel_config(socket_dir: Path):
     out of the build log. Windows has no IPC transport and keeps TCP."""
     from traitlets.config import Config
 
+    socket_dir = validate.path("socket_dir", socket_dir)
     config = Config()
     if os.name == "posix":
         config.KernelManager.transport = "ipc"
@@ -232,6 +271,14 @@ def execute(root: Path, source: Path, params: dict, out_dir: Path | None = None,
     import jupytext
     import papermill as pm
 
+    root, source = validate.existing_dir("root", root), validate.existing_file("source", source)
+    params = validate.mapping("params", params, empty=True)
+    for name, value in (("out_dir", out_dir), ("results_dir", results_dir), ("figures_dir", figures_dir)):
+        if value is not None and validate.path(name, value).is_file():
+            raise ParameterError(f"{name}={str(value)!r} is a file; give a folder")
+    if heartbeat is not None:
+        heartbeat = validate.number("heartbeat", heartbeat, low=0.0, low_open=True)
+    out_dir = Path(out_dir) if out_dir is not None else None
     out_dir = out_dir or (root / EXECUTED)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = {"FAIRVLM_RESULTS": str(Path(results_dir).resolve()) if results_dir else None,
@@ -368,10 +415,12 @@ def library_closure(source_text: str, lib: Path | None = None) -> dict[str, Path
     """The ``fairvlm`` modules a chapter's code can run (module name -> file): its own
     imports, followed through the library's imports, with every parent package's
     ``__init__``. Conservative: a module imported anywhere in a file counts."""
+    source_text = validate.text("source_text", source_text, empty=True)
     if lib is None:
         import fairvlm
 
         lib = Path(fairvlm.__file__).resolve().parent
+    lib = validate.existing_dir("lib", lib)
     try:
         tree = ast.parse(source_text)
     except SyntaxError:
@@ -425,6 +474,10 @@ def chapter_inputs(root: Path, source: Path, params: dict, lib: Path | None = No
     docstring); :func:`chapter_key` hashes it."""
     from fairvlm.results import package_versions
 
+    root, source = validate.existing_dir("root", root), validate.existing_file("source", source)
+    params = validate.mapping("params", params, empty=True)
+    if lib is not None:
+        validate.existing_dir("lib", lib)
     text = source.read_text()
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("FAIRVLM_") and k not in _ENV_NOT_INPUTS}
     return {
@@ -442,7 +495,13 @@ def chapter_inputs(root: Path, source: Path, params: dict, lib: Path | None = No
 
 
 def chapter_key(inputs: dict) -> str:
-    return _sha256_bytes(json.dumps(inputs, sort_keys=True).encode())[:20]
+    validate.mapping("inputs", inputs)
+    try:
+        text = json.dumps(inputs, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"inputs={validate.show(inputs)} is not valid: it must be what chapter_inputs "
+                             f"returns (JSON-serialisable; {exc})") from None
+    return _sha256_bytes(text.encode())[:20]
 
 
 def _out_dirs(root: Path) -> tuple[Path, Path]:
@@ -456,6 +515,8 @@ def chapter_outputs(root: Path, stem: str) -> list[Path]:
     """The files a chapter wrote: ``results/<stem>.json``, ``results/<stem>/**`` and
     ``figures/<stem>_*`` (the names :func:`fairvlm.results.save_results` and
     :func:`fairvlm.plotting.savefig` give)."""
+    root = validate.path("root", root)
+    stem = validate.text("stem", stem)
     res, fig = _out_dirs(root)
     out = [res / f"{stem}.json"] if (res / f"{stem}.json").is_file() else []
     if (res / stem).is_dir():
@@ -472,6 +533,8 @@ def _key_file(out_dir: Path, stem: str) -> Path:
 def record_key(root: Path, executed: Path, inputs: dict) -> Path:
     """Store ``inputs``' key beside ``executed`` with the sha256 of the notebook and of every
     output file (written atomically)."""
+    root, executed = validate.existing_dir("root", root), validate.existing_file("executed", executed)
+    validate.mapping("inputs", inputs)
     stem = executed.stem
     outputs = {}
     for p in chapter_outputs(root, stem):
@@ -494,7 +557,9 @@ def cached_run(root: Path, source: Path, inputs: dict, out_dir: Path | None = No
     """``(executed notebook, why)`` if the chapter's last run can be reused, else ``(None,
     why not)``: the key must match and the notebook and every output it recorded must be
     there with the recorded sha256."""
-    out_dir = out_dir or (root / EXECUTED)
+    root, source = validate.existing_dir("root", root), validate.path("source", source)
+    validate.mapping("inputs", inputs)
+    out_dir = validate.path("out_dir", out_dir) if out_dir is not None else (root / EXECUTED)
     nb, kf = out_dir / f"{source.stem}.ipynb", _key_file(out_dir, source.stem)
     if not nb.is_file() or not kf.is_file():
         return None, "never executed here"
@@ -523,9 +588,7 @@ def cached_run(root: Path, source: Path, inputs: dict, out_dir: Path | None = No
 def output_problems(executed: Path) -> list[str]:
     """What a reader should not see in an executed chapter: stderr output (warnings,
     progress bars) and object reprs such as ``PosixPath('figures/...')``."""
-    import nbformat
-
-    nb = nbformat.read(executed, as_version=4)
+    nb = _read_nb("executed", executed)
     problems = []
     n = 0
     for cell in nb.cells:
@@ -543,7 +606,17 @@ def output_problems(executed: Path) -> list[str]:
 def write_toc(root: Path, executed: list[Path], out: Path | None = None) -> Path:
     """The book's table of contents restricted to the chapters that were executed, written
     to ``out`` (default ``_build/_toc.yml``)."""
-    toc = yaml.safe_load((root / "book" / "_toc.yml").read_text())
+    root = validate.existing_dir("root", root)
+    executed = _paths("executed", executed)
+    if out is not None and validate.path("out", out).is_dir():
+        raise ParameterError(f"out={str(out)!r} is a folder; give a file path for the table of contents")
+    src_toc = root / "book" / "_toc.yml"
+    try:
+        toc = yaml.safe_load(src_toc.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"cannot read the table of contents {src_toc}: {exc}") from None
+    if not isinstance(toc, dict):
+        raise DataError(f"{src_toc} is not a Jupyter Book table of contents (a mapping with 'parts')")
     have = {p.stem for p in executed}
 
     def keep(entry) -> bool:
@@ -553,9 +626,16 @@ def write_toc(root: Path, executed: list[Path], out: Path | None = None) -> Path
     for part in toc.get("parts", []):
         part["chapters"] = [c for c in part.get("chapters", []) if keep(c)]
     toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
-    out = out or root / "_build" / "_toc.yml"
+    out = Path(out) if out is not None else root / "_build" / "_toc.yml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(toc, sort_keys=False))
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(yaml.safe_dump(toc, sort_keys=False))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
 
 
@@ -566,20 +646,42 @@ def book_sources(root: Path, executed: list[Path], dest: Path) -> Path:
     ``_build`` folder, where the tests keep theirs). Returns ``dest``."""
     import shutil
 
+    root = validate.existing_dir("root", root)
+    executed = _paths("executed", executed, exist=True)
+    dest = validate.path("dest", dest)
     top, dest = root.resolve(), dest.resolve()
     inside = dest == top or top in dest.parents
     if dest in top.parents or (inside and top / "_build" not in dest.parents):
         raise BuildError(f"{dest} would overwrite the book's own sources; give a folder outside "
                          f"the repository or under {top / '_build'}")
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(root / "book", dest / "book",
-                    ignore=shutil.ignore_patterns(EXECUTED.name, ".*"))
-    shutil.copy2(root / "_config.yml", dest / "_config.yml")
-    (dest / EXECUTED).mkdir(parents=True, exist_ok=True)
-    for nb in executed:
-        shutil.copy2(nb, dest / EXECUTED / nb.name)
+    if dest.exists() and not dest.is_dir():
+        raise ParameterError(f"dest={str(dest)!r} is a file; give a folder")
+    foreign = sorted(p.name for p in dest.iterdir() if p.name not in _SOURCE_NAMES) if dest.is_dir() else []
+    if foreign:
+        raise BuildError(f"dest={str(dest)!r} holds {foreign[0]!r}, which book_sources did not write; it is not "
+                         "replaced: give a new or empty folder")
+    for name in ("book", "_config.yml"):
+        if not (root / name).exists():
+            raise DataError(f"root={str(root)!r} has no {name}: give the book's repository")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        shutil.copytree(root / "book", staging / "book",
+                        ignore=shutil.ignore_patterns(EXECUTED.name, ".*"))
+        shutil.copy2(root / "_config.yml", staging / "_config.yml")
+        (staging / EXECUTED).mkdir(parents=True, exist_ok=True)
+        for nb in executed:
+            shutil.copy2(nb, staging / EXECUTED / nb.name)
+        if dest.exists():  # a previous book_sources copy (checked above): replaced whole
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+#: What :func:`book_sources` (and :func:`build_html`'s table of contents) put in its folder.
+_SOURCE_NAMES = ("book", "_config.yml", "_toc.yml")
 
 
 def build_html(root: Path, executed: list[Path], build_dir: Path | None = None) -> Path:
@@ -590,6 +692,10 @@ def build_html(root: Path, executed: list[Path], build_dir: Path | None = None) 
     ``build_dir``, a separate book: its sources are copied to ``build_dir/src`` (see
     :func:`book_sources`) and its HTML goes to ``build_dir/_build/html``; nothing of the
     book's own build is touched."""
+    root = validate.existing_dir("root", root)
+    executed = _paths("executed", executed, exist=True)
+    if build_dir is not None and validate.path("build_dir", build_dir).is_file():
+        raise ParameterError(f"build_dir={str(build_dir)!r} is a file; give a folder")
     if build_dir is None:
         src, toc, out = root, write_toc(root, executed), root
     else:
@@ -612,8 +718,7 @@ def main(argv=None) -> int:
 
 
 def _run(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fairvlm.bookbuild",
-                                 description=__doc__.splitlines()[0])
+    ap = argument_parser(prog="python -m fairvlm.bookbuild", description=__doc__.splitlines()[0])
     ap.add_argument("--chapters", default="all")
     ap.add_argument("--params", default="")
     ap.add_argument("--no-html", action="store_true", help="execute only")
@@ -633,6 +738,10 @@ def _run(argv=None) -> int:
                          "renders the notebooks already executed; drop one of them")
     root = find_root()
     params = parse_params(args.params)
+    if "PROFILE" in params:  # refused here, not after a chapter has started
+        from fairvlm.params import PROFILES
+
+        validate.choice("PROFILE (in --params)", params["PROFILE"], PROFILES)
     chosen = select(chapter_sources(root), args.chapters)
     executed = []
     if args.html_only:

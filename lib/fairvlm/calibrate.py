@@ -29,14 +29,17 @@ on each world.
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from fairvlm.errors import FairVLMError, cli_main
+from fairvlm import validate
+from fairvlm.errors import FairVLMError, ParameterError, argument_parser, cli_main
 from fairvlm.verdicts import ALL_VERDICTS, BIAS_KINDS
 
 #: The environment variable every testbed load reads (see ``fairvlm.testbed``).
@@ -55,8 +58,10 @@ def _known_worlds() -> tuple[str, ...]:
 
 def normalise_verdict(text) -> str:
     """The protocol word a verdict cell starts with (``"partly (images absent)"`` ->
-    ``"partly"``), or ``"unknown"``."""
-    t = str(text).strip().lower()
+    ``"partly"``), or ``"unknown"`` (also for an empty cell: None or NaN)."""
+    if text is None or isinstance(text, float) and math.isnan(text):
+        return "unknown"
+    t = validate.text("text", text, empty=True).strip().lower()
     for w in _PREFIXES:
         if t.startswith(w):
             return w
@@ -79,6 +84,7 @@ def _chapter_models(results: Path, slug: str) -> list[str]:
 def chapter_commits(results: Path) -> dict[str, str]:
     """``{chapter slug: short git commit}`` of the run that wrote each ``<slug>.json`` under
     ``results`` ("unknown" where the record has none)."""
+    results = validate.existing_dir("results", results)
     out = {}
     for rec_path in sorted(Path(results).glob("*.json")):
         try:
@@ -100,7 +106,7 @@ def collect_verdicts(results: Path) -> pd.DataFrame:
     the chapter's provenance is one). ``bias_claim``: True / False from the protocol's row,
     None for rows of the older rule (``asserts`` "unclassified" or absent).
     """
-    results = Path(results)
+    results = validate.existing_dir("results", results)
     out = []
     for table in sorted(results.glob("*/*.csv")):
         slug = table.parent.name
@@ -123,7 +129,8 @@ def collect_verdicts(results: Path) -> pd.DataFrame:
             text = " ".join(str(v) for v in r.values if isinstance(v, str))
             asserts = str(r["asserts"]) if "asserts" in df.columns and pd.notna(r.get("asserts")) else "unclassified"
             out.append({"chapter": slug, "table": table.stem, "claim": str(r["claim"]), "cell": cell, "key": key,
-                        "verdict": normalise_verdict(r["verdict"]), "raw": str(r["verdict"]), "asserts": asserts,
+                        "verdict": normalise_verdict(r["verdict"] if isinstance(r["verdict"], str) or pd.isna(
+                            r["verdict"]) else str(r["verdict"])), "raw": str(r["verdict"]), "asserts": asserts,
                         "bias_claim": (asserts in BIAS_KINDS) if asserts != "unclassified" else None,
                         "testbed": all_testbed or "testbed" in text.lower(),
                         "effect_vs_control": effect_vs_control(r)})
@@ -142,6 +149,8 @@ def _num(x) -> str:
 def effect_vs_control(r: Mapping) -> str:
     """``effect vs control: difference [interval]`` from a verdict row (protocol or older
     layout); empty when the row has neither."""
+    if not isinstance(r, (Mapping, pd.Series)):
+        raise ParameterError(f"r={validate.show(r)} is not valid: it must be one verdict row (a dict or a pandas row)")
     def has(c):
         return c in r and pd.notna(r[c]) and str(r[c]) != ""
 
@@ -163,6 +172,7 @@ def false_positives(verdicts: pd.DataFrame) -> pd.DataFrame:
     """The rows of a world with nothing planted that count as false positives: testbed rows
     judged "reproduced" whose claim asserts a bias or its removal, or whose claim does not
     say what it asserts (older rule: counted, to be safe)."""
+    _check_verdicts("verdicts", verdicts, ("verdict", "testbed", "bias_claim"))
     if verdicts.empty:
         return verdicts
     bias_or_unknown = verdicts["bias_claim"].map(lambda b: b is None or bool(b))
@@ -172,6 +182,12 @@ def false_positives(verdicts: pd.DataFrame) -> pd.DataFrame:
 def summarise(worlds: Mapping[str, pd.DataFrame], failures: Mapping[str, Sequence[str]] | None = None,
               *, profile: str = "", chapters: Sequence[str] = ()) -> dict:
     """The record written to ``calibration.json`` from each world's :func:`collect_verdicts`."""
+    _check_worlds(worlds)
+    profile = validate.text("profile", profile, empty=True)
+    chapters = validate.strings("chapters", chapters, empty=True)
+    if failures is not None:
+        for w, f in validate.mapping("failures", failures, empty=True).items():
+            validate.strings(f"failures[{w!r}]", f, empty=True)
     failures = failures or {}
     rec: dict = {"world_env": WORLD_ENV, "null_world": NULL_WORLD, "profile": profile, "chapters": list(chapters),
                  "worlds": {}}
@@ -196,6 +212,34 @@ def summarise(worlds: Mapping[str, pd.DataFrame], failures: Mapping[str, Sequenc
         rec["default_counts"] = rec["worlds"][DEFAULT_WORLD]["counts"]
     rec["ok"] = bool(rec["false_positives"] in (0, None) and not any(failures.get(w) for w in worlds))
     return rec
+
+
+_COLUMNS = ("chapter", "claim", "cell", "key", "verdict", "asserts", "bias_claim", "testbed", "effect_vs_control")
+
+
+def _check_verdicts(name: str, v, columns=_COLUMNS) -> None:
+    validate.frame(name, v, columns=() if isinstance(v, pd.DataFrame) and v.empty and not len(v.columns) else columns)
+
+
+def _check_worlds(worlds) -> None:
+    """``{world name: collect_verdicts() frame}``."""
+    for w, v in validate.mapping("worlds", worlds).items():
+        if not isinstance(w, str):
+            raise ParameterError(f"worlds has the key {w!r}: keys must be world names ({', '.join(_known_worlds())})")
+        _check_verdicts(f"worlds[{w!r}]", v)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,6 +289,10 @@ def paper_vs_book(worlds: Mapping[str, pd.DataFrame], *, calibration: Mapping | 
     world's :func:`collect_verdicts`: one row per claim and cell, in chapter order, with the
     effect against its control and the verdict on each world ("not run" where a world did
     not produce the row)."""
+    _check_worlds(worlds)
+    if calibration is not None:
+        validate.mapping("calibration", calibration, empty=True)
+    not_run = validate.strings("not_run", not_run, empty=True)
     if DEFAULT_WORLD not in worlds:
         raise FairVLMError(f"paper_vs_book needs the {DEFAULT_WORLD!r} world's verdicts")
     d = worlds[DEFAULT_WORLD]
@@ -296,6 +344,13 @@ def run_world(root: Path, world: str, sources: Sequence[Path], params: Mapping, 
     ``work_dir / world``. Returns ``(results folder, failed chapter names)``."""
     from fairvlm import bookbuild
 
+    validate.existing_dir("root", root)
+    validate.choice("world", world, _known_worlds())
+    for i, s in enumerate(validate.sequence("sources", sources)):
+        validate.path(f"sources[{i}]", s)
+    validate.mapping("params", params, empty=True)
+    validate.path("work_dir", work_dir)
+
     base = Path(work_dir) / world
     results, figures, executed = base / "results", base / "figures", base / "executed"
     failed = []
@@ -330,7 +385,7 @@ def _produced_by(root: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fairvlm.calibrate", description=__doc__.split("\n\n")[0])
+    ap = argument_parser(prog="python -m fairvlm.calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--chapters", default="all", help="NN prefixes or slugs, comma-separated (default: all)")
     ap.add_argument("--profile", default="embedded", help="the chapters' PROFILE (default: embedded)")
     ap.add_argument("--worlds", default=f"{NULL_WORLD},{DEFAULT_WORLD}",
@@ -343,6 +398,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from fairvlm import bookbuild
+    from fairvlm.params import PROFILES
+
+    validate.choice("--profile", a.profile, PROFILES)
+    for opt, value in (("--out", a.out), ("--page", a.page)):
+        if value and Path(value).is_dir():
+            raise ParameterError(f"{opt}={value!r} is a folder; give a file path")
 
     root = bookbuild.find_root()
     worlds = [w.strip() for w in a.worlds.split(",") if w.strip()]
@@ -360,6 +421,7 @@ def main(argv=None) -> int:
                 raise FairVLMError(f"no results for world {w!r} under {results}; run without --collect-only first")
         else:
             results, failed = run_world(root, w, sources, {"PROFILE": a.profile}, work)
+            results.mkdir(parents=True, exist_ok=True)  # every chapter may have failed before writing
         collected[w], failures[w], results_of[w] = collect_verdicts(results), failed, results
     ran = [s.stem for s in sources] if not a.collect_only else \
         sorted(set().union(*(set(v["chapter"]) for v in collected.values())))
@@ -368,12 +430,11 @@ def main(argv=None) -> int:
     # a chapter's rows may come from an earlier run (--collect-only): each names its own commit
     rec["chapter_commits"] = {w: chapter_commits(results_of[w]) for w in worlds}
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n")
+    _write_atomic(out, json.dumps(rec, indent=2, sort_keys=True, default=str) + "\n")
     if a.page and DEFAULT_WORLD in collected:
         everything = [src.stem for src in bookbuild.chapter_sources(root)]
-        Path(a.page).write_text(paper_vs_book(collected, calibration=rec,
-                                              not_run=[c for c in everything if c not in rec["chapters"]]))
+        _write_atomic(Path(a.page), paper_vs_book(collected, calibration=rec,
+                                                  not_run=[c for c in everything if c not in rec["chapters"]]))
     print(f"[calibrate] wrote {out}: false positives on {NULL_WORLD}: {rec['false_positives']}; "
           f"default counts: {rec.get('default_counts')}; failed: {failures}", flush=True)
     return 0 if rec["ok"] else 1

@@ -61,6 +61,20 @@ def install_short_tracebacks() -> None:
 EXIT_BAD_INPUT = 2
 
 
+def argument_parser(**kwargs):
+    """An :class:`argparse.ArgumentParser` whose refusals (an unknown option, a missing or
+    malformed argument) raise :class:`ParameterError` instead of printing the usage and
+    exiting: under :func:`cli_main` they end as one ``error:`` line and exit status 2, like
+    every other bad input. ``--help`` still prints the usage."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ParameterError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    return _Parser(**kwargs)
+
+
 def cli_main(main, argv=None) -> int:
     """Run a command line's ``main(argv)`` and turn a :class:`FairVLMError` into one line.
 

@@ -91,8 +91,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fairvlm import checksums, mcq
-from fairvlm.errors import DataError, FairVLMError
+from fairvlm import checksums, mcq, validate
+from fairvlm.errors import DataError, FairVLMError, ParameterError
 from fairvlm.paths import cache_dir
 
 __all__ = [
@@ -162,11 +162,26 @@ class Collection:
         raise FairVLMError(f"unknown stream {kind!r}; choose resid_pre, attn_out, resid_mid, mlp_out, resid_post")
 
 
+def _collection(name: str, col) -> "Collection":
+    if not isinstance(col, Collection):
+        raise ParameterError(f"{name}={validate.show(col)} is not valid: it must be a fairvlm.lens.Collection "
+                             "(from collect or profile_runs)")
+    return col
+
+
+def _directions(name: str, dirs) -> "Directions":
+    if not isinstance(dirs, Directions):
+        raise ParameterError(f"{name}={validate.show(dirs)} is not valid: it must be fairvlm.lens.Directions "
+                             "(from fit_directions or Directions.load)")
+    return dirs
+
+
 def model_fingerprint(loaded) -> str:
     """A short hash of a model's parameters: names, shapes, and the sum and absolute sum of
     every 61st element of each (float64). Changes when the weights do (a retrained testbed,
     another dtype); computed once per :class:`~fairvlm.models.LoadedModel` and kept in its
     ``info``."""
+    validate.loaded("loaded", loaded)
     cached = loaded.info.get("_fingerprint") if isinstance(loaded.info, dict) else None
     if cached:
         return cached
@@ -337,7 +352,9 @@ def collect(loaded, rows: Sequence, *, images: Callable | None = None, batch_siz
     most ``max_new_tokens`` tokens); the returned table keeps the input order. With
     ``cache=True`` the result is read from / written to ``cache_dir()/mcq/<model>-<key>``.
     """
-    rows = list(rows)
+    rows = mcq._check_run(loaded, rows, images, batch_size, max_new_tokens, progress)
+    validate.flag("layers", layers)
+    validate.flag("cache", cache)
     if not rows:
         raise FairVLMError("collect() got no rows")
     if batch_size < 1 or max_new_tokens < 1:
@@ -449,6 +466,14 @@ def _subset(labels: pd.DataFrame, n: int | None) -> pd.DataFrame:
 
 def run_rows(spec: RunSpec):
     """``(rows, image_source, note)`` for one run (``note`` says what had to be left out)."""
+    if not isinstance(spec, RunSpec):
+        raise ParameterError(f"spec={validate.show(spec)} is not valid: it must be a fairvlm.lens.RunSpec")
+    validate.text("spec.model", spec.model)
+    validate.strings("spec.variants", spec.variants)
+    validate.integer("spec.n_prompts", spec.n_prompts, low=1)
+    if spec.n_labels is not None:
+        validate.integer("spec.n_labels", spec.n_labels, low=1)
+    validate.integer("spec.batch_size", spec.batch_size, low=1)
     note = ""
     variants = tuple(spec.variants)
     images = None
@@ -500,8 +525,14 @@ def profile_runs(profile: str, *, dtype: str = "auto", progress: bool = True,
     from fairvlm.params import check_choice
 
     check_choice("DTYPE", dtype, ("auto", "float32", "bfloat16"))
+    validate.flag("progress", progress)
+    if runs is not None:
+        for i, spec in enumerate(validate.sequence("runs", runs)):
+            if not isinstance(spec, RunSpec):
+                raise ParameterError(f"runs[{i}]={validate.show(spec)} is not valid: runs must be a list of "
+                                     "fairvlm.lens.RunSpec")
     if runs is None:
-        if profile not in PROFILE_RUNS:
+        if not isinstance(profile, str) or profile not in PROFILE_RUNS:
             from fairvlm.errors import unknown
 
             raise unknown("profile", profile, PROFILE_RUNS)
@@ -549,7 +580,7 @@ def check_chapter_params(**params) -> dict:
     if "DTYPE" in params:
         check_choice("DTYPE", params["DTYPE"], ("bfloat16", "float32", "auto"))
     if "TESTBED" in params:
-        check_choice("TESTBED", params["TESTBED"], (True, False))
+        validate.flag("TESTBED", params["TESTBED"])
     return P
 
 
@@ -588,7 +619,9 @@ def chapter_runs(profile: str, *, dtype: str = "auto", testbed: bool = True,
     """The setup of chapters 01-03 in one call: the profile's runs (without the testbed
     model when ``testbed`` is False), collected or read from the cache, split into social
     runs and content-free controls, with a table describing each run."""
-    if profile not in PROFILE_RUNS:
+    validate.flag("testbed", testbed)
+    validate.flag("progress", progress)
+    if not isinstance(profile, str) or profile not in PROFILE_RUNS:
         from fairvlm.errors import unknown
 
         raise unknown("profile", profile, PROFILE_RUNS)
@@ -611,6 +644,7 @@ def chapter_runs(profile: str, *, dtype: str = "auto", testbed: bool = True,
 
 def depth_labels(n_layers: int) -> pd.DataFrame:
     """``depth, layer, site`` for the ``2L+1`` lens depths (see the module docstring)."""
+    validate.integer("n_layers", n_layers, low=1)
     rows = []
     for l in range(n_layers):
         rows.append((2 * l, l, "resid_pre"))
@@ -621,6 +655,7 @@ def depth_labels(n_layers: int) -> pd.DataFrame:
 
 def last_tenth(n_layers: int) -> list[int]:
     """Layers of the last tenth of the network: ``floor(0.9 L) .. L-1`` (at least one)."""
+    validate.integer("n_layers", n_layers, low=1)
     start = min(int(math.floor(0.9 * n_layers)), n_layers - 1)
     return list(range(start, n_layers))
 
@@ -644,6 +679,7 @@ def layer_frame(col: Collection) -> pd.DataFrame:
     """One line per (row, depth): descriptive columns, ``depth, layer, site, lp_a, lp_b,
     lp_fair`` and the readings ``fair_margin, fair_share, skew, lean, lens_fair,
     option_mass``. Every per-layer aggregate of the book is a mean of these columns."""
+    _collection("col", col)
     if col.lens is None:
         raise FairVLMError("this collection has no lens readings (collect with layers=True)")
     n, D, _ = col.lens.shape
@@ -664,6 +700,8 @@ def layer_summary(lf: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "at
     """Per depth: mean over rows of each reading, computed per prompt, then mean and sample
     std (ddof=1) over prompts. Columns ``<by>, depth, layer, site, <reading>_mean,
     <reading>_std`` for lens_fair, fair_share, skew, option_mass."""
+    validate.frame("lf", lf, columns=(*validate.strings("by", by, empty=True), "depth", "layer", "site",
+                                      "prompt_id", "lens_fair", "fair_share", "skew", "option_mass"))
     by = list(by)
     metrics = ["lens_fair", "fair_share", "skew", "option_mass"]
     per = lf.groupby([*by, "depth", "layer", "site", "prompt_id"], sort=False)[metrics].mean().reset_index()
@@ -682,6 +720,10 @@ def peak_erosion(summary: pd.DataFrame, by: Sequence[str] = ("model", "dataset",
     depth), ``peak``, ``final`` (the value at the output), ``erosion = peak - final`` and
     ``n_depths`` (depths considered).
     """
+    validate.frame("summary", summary)
+    validate.strings("by", by, empty=True)
+    validate.text("metric", metric)
+    validate.number("min_mass", min_mass, low=0.0, high=1.0)
     if metric not in summary:
         raise FairVLMError(f"summary has no column {metric!r}")
     rows = []
@@ -704,6 +746,8 @@ def peak_erosion(summary: pd.DataFrame, by: Sequence[str] = ("model", "dataset",
 def item_curves(lf: pd.DataFrame, metric: str = "fair_share") -> tuple[np.ndarray, np.ndarray]:
     """``(curves, depths)``: the mean of ``metric`` over each item's prompts at every depth,
     as an ``(n_items, n_depths)`` array, for one :func:`layer_frame` (or a slice of it)."""
+    validate.frame("lf", lf, columns=("row_id", "depth"))
+    validate.text("metric", metric)
     if metric not in lf:
         raise FairVLMError(f"the layer frame has no column {metric!r}")
     item = lf["row_id"].str.rsplit("|", n=1).str[0]
@@ -728,6 +772,16 @@ def peak_test(lf: pd.DataFrame, control: pd.DataFrame | None, *, min_mass: float
     """
     from fairvlm.verdicts import bootstrap_ci
 
+    validate.frame("lf", lf, columns=("row_id", "depth", "fair_share", "option_mass"))
+    if control is not None:
+        validate.frame("control", control, columns=("row_id", "depth", "fair_share", "option_mass"))
+    validate.number("min_mass", min_mass, low=0.0, high=1.0)
+    validate.integer("n_boot", n_boot, low=1)
+    validate.integer("seed", seed, low=0)
+    b = validate.numbers_list("band", band, low=0.0, high=1.0)
+    if len(b) != 2 or b[0] > b[1]:
+        raise ParameterError(f"band={validate.show(band)} is not valid: it must be (low, high) relative depths, "
+                             "low <= high")
     curves, depths = item_curves(lf, "fair_share")
     mass, _ = item_curves(lf, "option_mass")
     last = int(depths.max())
@@ -865,6 +919,7 @@ def residual_frame(col: Collection) -> pd.DataFrame:
     ``mlp_out.l`` causes) and ``skew_push_attn`` / ``skew_push_mlp`` (change of the skew).
     Positive pushes move toward the fair option; positive skew pushes toward a group.
     """
+    _collection("col", col)
     if col.lens is None:
         raise FairVLMError("this collection has no lens readings (collect with layers=True)")
     n, L = len(col.table), col.n_layers
@@ -885,6 +940,8 @@ def residual_frame(col: Collection) -> pd.DataFrame:
 def residual_summary(rf: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "attribute")) -> pd.DataFrame:
     """Mean over rows of every :func:`residual_frame` reading per ``by`` and layer, plus
     ``attn_vs_mlp`` = +1 where attention pushes more toward fair than the MLP, else -1."""
+    validate.frame("rf", rf, columns=(*validate.strings("by", by, empty=True), "layer", "d1_margin", "d2_margin",
+                                      "push_attn", "push_mlp", "d1_skew", "d2_skew", "skew_push_attn", "skew_push_mlp"))
     cols = ["d1_margin", "d2_margin", "push_attn", "push_mlp", "d1_skew", "d2_skew",
             "skew_push_attn", "skew_push_mlp"]
     out = rf.groupby([*by, "layer"], sort=False)[cols].mean().reset_index()
@@ -903,6 +960,11 @@ def split_rows(col: Collection, within: Sequence[str] = ("attribute", "variant",
     *label*: otherwise a direction could learn "race question vs gender question", "image
     vs no image" or "option order" instead of bias.
     """
+    _collection("col", col)
+    within = validate.strings("within", within, empty=True)
+    missing = [c for c in within if c not in col.table.columns]
+    if missing:
+        raise ParameterError(f"within names columns the collection's table lacks: {missing}")
     t = col.table
     margin = t["lp_fair"].to_numpy(float) - np.logaddexp(t["lp_a"].to_numpy(float), t["lp_b"].to_numpy(float))
     n = len(margin)
@@ -1040,6 +1102,11 @@ def fit_directions(col: Collection, layers: Sequence[int] | None = None, *,
     :func:`split_rows` are permuted among the rows of each (attribute, variant, prompt)
     group, so the fit runs the same procedure on labels that carry no information.
     """
+    _collection("col", col)
+    if layers is not None:
+        validate.integers("layers", layers, unique=True)
+    if shuffle_seed is not None:
+        validate.integer("shuffle_seed", shuffle_seed, low=0)
     if col.vectors is None or col.lens is None:
         raise FairVLMError("fit_directions needs a collection made with layers=True")
     layers = last_tenth(col.n_layers) if layers is None else [int(l) for l in layers]
@@ -1131,8 +1198,17 @@ def weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
     AUROC of each resample exactly (:func:`cluster_resample_weights`) instead of averaging
     placement values that were fixed on the whole sample.
     """
-    s = np.asarray(scores, float)
-    y = np.asarray(positive, bool)
+    s = validate.array("scores", scores, nonempty=False)
+    if positive is None or isinstance(positive, (str, bytes, dict)):
+        raise ParameterError(f"positive={validate.show(positive)} is not valid: it must be one True/False per score")
+    y = np.asarray(positive)
+    if not (y.dtype == bool or (y.dtype.kind in "iu" and np.isin(y, (0, 1)).all())):
+        raise ParameterError(f"positive={validate.show(positive)} is not valid: it must be one True/False per score")
+    y = y.astype(bool)
+    if weights is not None:
+        validate.array("weights", weights, nonempty=False)
+        if (np.asarray(weights, float) < 0).any():
+            raise ParameterError("weights holds negative values; row weights count draws (>= 0)")
     if s.ndim != 1 or s.shape != y.shape:
         raise FairVLMError(f"weighted_auroc needs 1-D scores and labels of one length, got {s.shape} and {y.shape}")
     w = np.ones_like(s) if weights is None else np.asarray(weights, float)
@@ -1159,6 +1235,9 @@ def cluster_resample_weights(clusters, n_boot: int, seed: int = 0) -> np.ndarray
     """``(n_boot, n)`` row weights of a cluster bootstrap: each resample draws as many
     clusters as there are, with replacement, and a row weighs as often as its cluster was
     drawn. ``clusters``: one id per row (items, scenarios, images)."""
+    validate.labels("clusters", clusters)
+    n_boot = validate.integer("n_boot", n_boot, low=1)
+    seed = validate.integer("seed", seed, low=0)
     codes = pd.factorize(pd.Series(np.asarray(clusters)), sort=False)[0]
     k = int(codes.max()) + 1 if codes.size else 0
     if k < 1 or n_boot < 1:
@@ -1184,6 +1263,8 @@ def evaluate_directions(dirs: Directions, col: Collection) -> pd.DataFrame:
     ``u_fair``, fair rows above biased rows) and ``cos_bias_fair``. The lens effect of the
     edit itself is :func:`lens_proxy`; chapter 04 runs the real edit.
     """
+    _directions("dirs", dirs)
+    _collection("col", col)
     if col.vectors is None:
         raise FairVLMError("evaluate_directions needs a collection made with layers=True")
     if col.vectors.shape[-1] != dirs.bias[dirs.layers[0]].shape[0]:
@@ -1207,6 +1288,7 @@ def evaluate_directions(dirs: Directions, col: Collection) -> pd.DataFrame:
 def streams_view(dirs: Directions) -> Directions:
     """The streams reading of ``dirs`` (directions from ``resid_pre`` / ``resid_mid``) as
     the primary directions, so :func:`evaluate_directions` and :func:`transfer_test` score it."""
+    _directions("dirs", dirs)
     if not dirs.streams:
         raise FairVLMError("these directions carry no streams reading")
     st = dirs.streams
@@ -1219,6 +1301,7 @@ def unembedding_directions(loaded) -> dict:
     "fair": {attr: u}}`` with ``u_fair = unit(w_fair - (w_a + w_b) / 2)`` and ``u_bias =
     -u_fair``, where ``w_k`` is the mean unembedding row of option ``k``'s first tokens. A
     stream that moves along ``u_fair`` raises the fair option's logit against the groups'."""
+    validate.loaded("loaded", loaded)
     head = loaded.unembed()
     if head is None:
         raise FairVLMError(f"{loaded.name} has no unembedding")
@@ -1243,6 +1326,13 @@ def transfer_test(dirs: Directions, col: Collection, *, n_random: int = 200, n_b
     at the same sites; ``unembed_auroc`` = the mean AUROC of the unembedding control
     (:func:`unembedding_directions`, per row's attribute) when ``unembed`` is given.
     """
+    _directions("dirs", dirs)
+    _collection("col", col)
+    validate.integer("n_random", n_random, low=20)
+    validate.integer("n_boot", n_boot, low=1)
+    validate.integer("seed", seed, low=0)
+    if unembed is not None:
+        validate.mapping("unembed", unembed)
     if col.vectors is None:
         raise FairVLMError("transfer_test needs a collection made with layers=True")
     if n_random < 20:
@@ -1424,6 +1514,11 @@ def lens_proxy(loaded, dirs: Directions, col: Collection, *, lambda1: float = 0.
     ``resid_post.l`` before and after the edit at that layer alone."""
     from fairvlm.hooks import logit_lens
 
+    validate.loaded("loaded", loaded, kinds=("vlm", "causal-lm"))
+    _directions("dirs", dirs)
+    _collection("col", col)
+    validate.number("lambda1", lambda1, low=0.0, high=1.0)
+    validate.number("lambda2", lambda2, low=0.0, high=1.0)
     ids = {a: mcq.option_token_ids(loaded.tokenizer, a) for a in mcq.ATTRIBUTES}
     attrs = col.table["attribute"].tolist()
     out = []
@@ -1446,12 +1541,17 @@ def directions_path(model: str, fit: str) -> Path:
     ``<results>/directions/<model>__fit-<fit>.safetensors`` (``/`` in hub ids -> ``__``)."""
     from fairvlm.paths import results_dir
 
+    for name, v in (("model", model), ("fit", fit)):
+        validate.text(name, v)
+    if "/" in fit or "\\" in fit or fit.strip(".") == "" or ".." in model:
+        raise ParameterError(f"fit={fit!r} / model={model!r} is not valid: a dataset name and a model id, not a path")
     return results_dir() / "directions" / f"{model.replace('/', '__')}__fit-{fit}.safetensors"
 
 
 def split_by_label(col: Collection) -> tuple[Collection, Collection]:
     """Two collections over disjoint halves of the labels (even / odd position in sorted
     scenario order): the held-out evaluation for a model that has a single dataset."""
+    _collection("col", col)
     scen = sorted(set(col.table["scenario"]))
     if len(scen) < 2:
         raise FairVLMError("splitting by label needs at least two labels")
@@ -1468,6 +1568,10 @@ def cross_pairs(runs: Mapping) -> list[dict]:
     of its labels and evaluated on the other half (``split_by_label``), and the reverse.
     Each entry: ``model, fit, eval, fit_col, eval_col``.
     """
+    for k, c in validate.mapping("runs", runs).items():
+        if not (isinstance(k, tuple) and len(k) == 2):
+            raise ParameterError(f"runs has the key {k!r}: keys must be (model, dataset) pairs")
+        _collection(f"runs[{k!r}]", c)
     by_model: dict = {}
     for (model, dataset), col in runs.items():
         by_model.setdefault(model, {})[dataset] = col

@@ -92,7 +92,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fairvlm.errors import DataError, FairVLMError, unknown
+from fairvlm import validate
+from fairvlm.errors import DataError, FairVLMError, ParameterError, unknown
 
 __all__ = [
     "ATTRIBUTES", "VARIANTS", "GROUPS", "OPTION_ORDERS", "PARAPHRASES", "SYSTEM_PROMPT",
@@ -252,6 +253,7 @@ def predicate(label: str, kind: str = "occupation") -> str:
     """
     if not isinstance(label, str) or not label.strip():
         raise FairVLMError(f"a label must be a non-empty string, got {label!r}")
+    validate.choice("kind", kind, KINDS)
     key = label.strip().lower()
     if key in _PREDICATES:
         return _PREDICATES[key]
@@ -304,11 +306,40 @@ class Row:
         return f"{self.item.item_id}|p{self.prompt_id}"
 
 
+#: The kinds of label :func:`predicate` knows (``occupation``; the PAIRS sections).
+KINDS = ("occupation", "occupations", "status", "potential_crime")
+
+
+def _attribute(name: str, value) -> str:
+    if not isinstance(value, str) or value not in GROUPS:
+        raise unknown(f"attribute ({name})", value, ATTRIBUTES)
+    return value
+
+
+def _row_list(name: str, rows, kind=None, *, empty: bool = False) -> list:
+    """A list of :class:`Row` (or of ``kind``), not one row, not a string."""
+    kind = kind or Row
+    out = validate.sequence(name, rows, empty=empty)
+    for i, r in enumerate(out):
+        if not isinstance(r, kind):
+            raise ParameterError(f"{name}[{i}]={validate.show(r)} is not valid: {name} must be a list of "
+                                 f"fairvlm.mcq.{kind.__name__} (from {'make_rows' if kind is Row else 'build_items'})")
+    return out
+
+
+def _checked_frame(name: str, df, need) -> pd.DataFrame:
+    return validate.frame(name, df, columns=sorted(need))
+
+
 def _labels_frame(labels) -> pd.DataFrame:
     if isinstance(labels, pd.DataFrame):
         df = labels.copy()
     else:
-        df = pd.DataFrame(list(labels))
+        records = validate.sequence("labels", labels, empty=True)
+        if not all(isinstance(r, Mapping) for r in records):
+            raise ParameterError(f"labels={validate.show(labels)} is not valid: it must be a frame or a list of "
+                                 "dicts with 'scenario' and 'label'")
+        df = pd.DataFrame(records)
     if "label" not in df or "scenario" not in df:
         raise FairVLMError("labels need the columns 'scenario' and 'label' (and optionally 'kind')")
     if "kind" not in df:
@@ -323,6 +354,8 @@ def pairs_labels(pairs: pd.DataFrame | None = None) -> pd.DataFrame:
     ``pairs`` is a :func:`fairvlm.data.load_pairs` frame; without it the label mapping is
     read from :data:`fairvlm.data.PAIRS_LABELS` (no images needed).
     """
+    if pairs is not None:
+        _checked_frame("pairs", pairs, {"scenario", "label", "section"})
     if pairs is None:
         from fairvlm.data import label_table
 
@@ -345,6 +378,11 @@ def scf_labels(scf: pd.DataFrame | None = None, *, exclude_pairs: bool = True,
     the 141 occupations in the public metadata. ``limit`` keeps an evenly spaced subset
     (alphabetical order) of that many occupations, for short runs.
     """
+    exclude_pairs = validate.flag("exclude_pairs", exclude_pairs)
+    if limit is not None:
+        limit = validate.integer("limit", limit, low=1)
+    if scf is not None:
+        _checked_frame("scf", scf, {"occupation"})
     if scf is None:
         from fairvlm.data import load_socialcounterfactuals
 
@@ -369,6 +407,8 @@ def control_labels(scenarios: Sequence[str] | None = None) -> pd.DataFrame:
     image source renders that scenario); by default ``control-0``, ``control-1``, ...
     """
     n = len(CONTROL_LABELS)
+    if scenarios is not None:
+        scenarios = validate.strings("scenarios", scenarios)
     scen = [f"control-{i}" for i in range(n)] if scenarios is None else [str(x) for x in scenarios]
     if len(scen) < n or len(set(scen[:n])) < n:
         raise FairVLMError(f"control_labels needs {n} distinct scenario keys, got {list(scen)}")
@@ -384,10 +424,11 @@ def build_items(labels, dataset: str, *, attributes: Sequence[str] = ATTRIBUTES,
     Order: label (sorted by scenario), then attribute, then variant. Image rule: see the
     module docstring.
     """
-    for a in attributes:
+    dataset = validate.text("dataset", dataset)
+    for a in validate.strings("attributes", attributes):
         if a not in GROUPS:
             raise unknown("attribute", a, ATTRIBUTES)
-    for v in variants:
+    for v in validate.strings("variants", variants):
         if v not in VARIANTS:
             raise unknown("input variant", v, VARIANTS)
     df = _labels_frame(labels)
@@ -414,6 +455,9 @@ def build_items(labels, dataset: str, *, attributes: Sequence[str] = ATTRIBUTES,
 
 def question_text(item: Item, prompt_id: int) -> tuple[str, tuple]:
     """The user turn for ``item`` with paraphrase ``prompt_id`` and its option order."""
+    if not isinstance(item, Item):
+        raise ParameterError(f"item={validate.show(item)} is not valid: it must be a fairvlm.mcq.Item (from build_items)")
+    prompt_id = validate.integer("prompt_id", prompt_id)
     if not 0 <= prompt_id < len(PARAPHRASES):
         raise FairVLMError(f"prompt_id={prompt_id} is out of range; there are {len(PARAPHRASES)} "
                            "paraphrases (0..{})".format(len(PARAPHRASES) - 1))
@@ -428,6 +472,8 @@ def question_text(item: Item, prompt_id: int) -> tuple[str, tuple]:
 
 def make_rows(items: Iterable[Item], n_prompts: int = 3) -> list[Row]:
     """Every item asked with paraphrases ``0 .. n_prompts-1`` (item-major order)."""
+    items = _row_list("items", items, Item, empty=True)
+    n_prompts = validate.integer("n_prompts", n_prompts)
     if not 1 <= n_prompts <= len(PARAPHRASES):
         raise FairVLMError(f"n_prompts={n_prompts} must lie in [1, {len(PARAPHRASES)}]")
     rows = []
@@ -501,8 +547,11 @@ def parse_answer(text, attribute: str, order: Sequence[str] | None = None) -> st
     Declining to name a group ("I cannot tell", "I'm not sure") counts as fair: the answer
     attributes the label to neither group. Word boundaries are respected ("women" never matches "men").
     """
-    if attribute not in GROUPS:
-        raise unknown("attribute", attribute, ATTRIBUTES)
+    _attribute("attribute", attribute)
+    if order is not None:
+        order = validate.strings("order", order, length=len(OPTIONS))
+        if sorted(order) != sorted(OPTIONS):
+            raise ParameterError(f"order={order!r} is not valid: it must list the option keys {OPTIONS} once each")
     if not isinstance(text, str):
         return "invalid"
     s = _normalise(text)
@@ -560,8 +609,8 @@ def option_token_ids(tokenizer, attribute: str) -> dict[str, list[int]]:
     surface forms (option word as written, lower case, capitalised; with and without a
     leading space). Raises :class:`FairVLMError` when two options share a first token.
     """
-    if attribute not in GROUPS:
-        raise unknown("attribute", attribute, ATTRIBUTES)
+    _check_tokenizer(tokenizer)
+    _attribute("attribute", attribute)
     ga, gb = GROUPS[attribute]
     words = {"a": ga.option, "b": gb.option, "fair": FAIR_OPTION}
     out: dict[str, list[int]] = {}
@@ -588,6 +637,9 @@ def first_token_table(tokenizer, attributes: Sequence[str] = ATTRIBUTES) -> pd.D
     Columns ``attribute, option, form, tokens, n_tokens, first_token_id``. A form with
     ``n_tokens > 1`` has its first-token mass only as an upper bound of its probability.
     """
+    _check_tokenizer(tokenizer)
+    for a in validate.strings("attributes", attributes):
+        _attribute("attributes", a)
     rows = []
     for attribute in attributes:
         ga, gb = GROUPS[attribute]
@@ -600,6 +652,12 @@ def first_token_table(tokenizer, attributes: Sequence[str] = ATTRIBUTES) -> pd.D
     return pd.DataFrame(rows)
 
 
+def _check_tokenizer(tokenizer) -> None:
+    if isinstance(tokenizer, str) or not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
+        raise ParameterError(f"tokenizer={validate.show(tokenizer)} is not valid: it must be a tokenizer "
+                             "(loaded.tokenizer of a fairvlm.models.load() model), not its name")
+
+
 def option_logprobs(logits, token_ids: Mapping[str, Sequence[int]]):
     """Log-probabilities of the options from next-token logits.
 
@@ -609,6 +667,17 @@ def option_logprobs(logits, token_ids: Mapping[str, Sequence[int]]):
     """
     import torch
 
+    if not isinstance(logits, torch.Tensor):
+        raise ParameterError(f"logits={validate.show(logits)} is not valid: it must be a tensor (..., vocab)")
+    validate.tensor("logits", logits, finite=False)
+    if torch.isnan(logits).any():
+        raise ParameterError(f"logits holds NaN ({validate.show(logits)}); only numbers (or -inf) are accepted")
+    validate.mapping("token_ids", token_ids)
+    for key in OPTIONS:
+        if key not in token_ids:
+            raise ParameterError(f"token_ids lacks the option {key!r}: give {{'a': [...], 'b': [...], 'fair': [...]}} "
+                                 "(option_token_ids)")
+        validate.integers(f"token_ids[{key!r}]", token_ids[key], low=0, high=logits.shape[-1] - 1)
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     lse = torch.logsumexp(x, dim=-1, keepdim=True)
     cols = []
@@ -631,8 +700,8 @@ def confidence_skew(p_a, p_b) -> np.ndarray:
     group mass on one group gives ``ln 2``. Example: ``p = (0.3, 0.1)`` -> ``q = (0.75,
     0.25)`` -> ``0.75 ln 1.5 + 0.25 ln 0.5 = 0.1308``.
     """
-    pa = np.asarray(p_a, dtype=float)
-    pb = np.asarray(p_b, dtype=float)
+    pa = validate.array("p_a", p_a, nonempty=False)
+    pb = validate.array("p_b", p_b, nonempty=False)
     if pa.shape != pb.shape:
         raise FairVLMError(f"p_a and p_b must have the same shape, got {pa.shape} and {pb.shape}")
     if np.any(~np.isfinite(pa)) or np.any(~np.isfinite(pb)) or np.any(pa < 0) or np.any(pb < 0):
@@ -648,15 +717,20 @@ def confidence_skew(p_a, p_b) -> np.ndarray:
 
 def skew_from_logprobs(lp_a, lp_b) -> np.ndarray:
     """:func:`confidence_skew` from log-probabilities (stable when both are tiny)."""
-    la = np.asarray(lp_a, dtype=float)
-    lb = np.asarray(lp_b, dtype=float)
+    la = validate.array("lp_a", lp_a, nonempty=False, finite=False)
+    lb = validate.array("lp_b", lp_b, nonempty=False, finite=False)
+    for name, a in (("lp_a", la), ("lp_b", lb)):
+        if np.isnan(a).any() or np.isposinf(a).any():
+            raise ParameterError(f"{name} holds NaN or +inf; log-probabilities are numbers or -inf")
+    if la.shape != lb.shape:
+        raise ParameterError(f"lp_a and lp_b must have the same shape, got {la.shape} and {lb.shape}")
     m = np.maximum(la, lb)
     return confidence_skew(np.exp(la - m), np.exp(lb - m))
 
 
 def answer_shares(parsed: Iterable[str]) -> dict[str, float]:
     """Shares of ``fair``, ``a``, ``b`` and ``invalid`` among parsed answers."""
-    arr = pd.Series(list(parsed), dtype="object")
+    arr = pd.Series(validate.sequence("parsed", parsed, empty=True), dtype="object")
     if arr.empty:
         raise DataError("no answers to summarise")
     bad = set(arr) - {"fair", "a", "b", "invalid"}
@@ -680,6 +754,9 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "attrib
     are computed over items; the result reports their mean and sample std (ddof=1; 0 with
     one prompt) over prompts, plus ``n_items`` (items per prompt) and ``n_prompts``.
     """
+    validate.frame("df", df)
+    by = validate.strings("by", by, empty=True)
+    parsed, skew = validate.text("parsed", parsed), validate.text("skew", skew)
     by = [c for c in by if c in df.columns]
     need = {"prompt_id", parsed, skew} - set(df.columns)
     if need:
@@ -702,6 +779,8 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "attrib
 def paradox_table(df: pd.DataFrame, *, threshold: float = PARADOX_SKEW) -> pd.DataFrame:
     """``df`` with ``paradox`` (fair answer and ``skew >= threshold``) and ``lean`` (the group
     value the renormalised distribution favours), sorted by skew among paradox rows first."""
+    validate.frame("df", df)
+    threshold = validate.number("threshold", threshold, low=0.0)
     need = {"parsed", "skew", "p_a", "p_b", "attribute"} - set(df.columns)
     if need:
         raise FairVLMError(f"paradox_table() needs the columns {sorted(need)}")
@@ -731,6 +810,7 @@ def order_balanced(df: pd.DataFrame) -> pd.DataFrame:
     One line per (model, dataset, item): the columns ``model, dataset, item_id, scenario,
     label, attribute, variant`` plus the above.
     """
+    validate.frame("df", df)
     need = {"lp_a", "lp_b", "order", "parsed", "item_id"} - set(df.columns)
     if need:
         raise FairVLMError(f"order_balanced() needs the columns {sorted(need)}")
@@ -757,6 +837,7 @@ def label_specific(items: pd.DataFrame) -> pd.DataFrame:
     proper. ``label_specific_skew`` is the confidence skew of that part alone (as
     ``balanced_skew`` is of the whole lean). ``items``: an :func:`order_balanced` frame.
     """
+    validate.frame("items", items)
     need = {"social_lean", "attribute"} - set(items.columns)
     if need:
         raise FairVLMError(f"label_specific() needs the columns {sorted(need)} (an order_balanced() frame)")
@@ -825,6 +906,7 @@ def label_shuffle_pairs(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
     item_id, scenario, variant, fair_rate, skew, null_skew``; cells whose set has fewer than
     two items of some variant keep those items with NaN (nothing to shuffle against).
     """
+    _null_args(df, n_perm, seed, min_fair_rate)
     if n_perm < 20:
         raise FairVLMError(f"n_perm={n_perm} is too small for a stable shuffled control; use at least 20")
     rng = np.random.default_rng(seed)
@@ -854,6 +936,14 @@ def label_shuffle_pairs(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
     return res[cols]
 
 
+def _null_args(df, n_perm, seed, min_fair_rate) -> None:
+    """The shared arguments of the label-shuffle functions."""
+    validate.frame("df", df)
+    validate.integer("n_perm", n_perm, low=20)
+    validate.integer("seed", seed, low=0)
+    validate.number("min_fair_rate", min_fair_rate, low=0.0, high=1.0)
+
+
 def shuffled_label_null(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
                         min_fair_rate: float = 0.5) -> pd.DataFrame:
     """The label-specific paradox effect with its label-shuffled null, per (model, dataset,
@@ -865,6 +955,7 @@ def shuffled_label_null(df: pd.DataFrame, *, n_perm: int = 200, seed: int = 0,
     """
     from fairvlm.verdicts import bootstrap_ci
 
+    _null_args(df, n_perm, seed, min_fair_rate)
     if n_perm < 20:
         raise FairVLMError(f"n_perm={n_perm} is too small for a 95% null interval; use at least 20")
     rng = np.random.default_rng(seed)
@@ -904,6 +995,9 @@ def plant_label_lean(df: pd.DataFrame, log_odds: float, *, seed: int = 0) -> pd.
     by ``s * log_odds`` while the answers (``parsed``), the fair option and the option
     order stay. Signs are drawn at random so the lean is specific to labels and does not
     fold into the common lean of a variant. ``log_odds = ln 8`` plants an 8:1 lean."""
+    validate.frame("df", df)
+    log_odds = validate.number("log_odds", log_odds, low=0.0, low_open=True)
+    seed = validate.integer("seed", seed, low=0)
     if not np.isfinite(log_odds) or log_odds <= 0:
         raise FairVLMError(f"log_odds={log_odds!r} must be a finite number > 0")
     need = {"lp_a", "lp_b", "scenario"} - set(df.columns)
@@ -958,6 +1052,8 @@ def pairs_image_source(pairs: pd.DataFrame) -> Callable:
     """``source(scenario, gender, race) -> PIL.Image`` over a :func:`fairvlm.data.load_pairs` frame."""
     from PIL import Image
 
+    _checked_frame("pairs", pairs, {"scenario", "gender", "race", "path"})
+
     index = {(str(r.scenario), str(r.gender), str(r.race)): str(r.path) for r in pairs.itertuples()}
 
     def source(scenario: str, gender: str, race: str):
@@ -985,6 +1081,10 @@ def testbed_image_source(scene_seed: int | None = None, size: int | None = None)
 
     from fairvlm.testbed import world
 
+    if scene_seed is not None:
+        validate.integer("scene_seed", scene_seed, low=0)
+    if size is not None:
+        validate.integer("size", size, low=16, high=1024)
     seed = world.scene_seeds("heldout", 1)[0] if scene_seed is None else int(scene_seed)
     px = world.DEFAULT_SIZE if size is None else int(size)
     to_testbed = {"male": "man", "female": "woman"}
@@ -1005,6 +1105,8 @@ def scf_image_source(scf: pd.DataFrame) -> Callable:
     the first counterfactual set of the occupation whose images are all present, so the
     images of one item differ only in the studied attribute."""
     from PIL import Image
+
+    _checked_frame("scf", scf, {"set_id", "occupation", "gender", "race", "image"})
 
     have = scf.dropna(subset=["image"])
     index: dict = {}
@@ -1102,8 +1204,31 @@ class AnswerStop:
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
+def _check_run(loaded, rows, images, batch_size, max_new_tokens, progress) -> list:
+    """The arguments :func:`evaluate` and :func:`generate_answers` share, checked before any work."""
+    validate.loaded("loaded", loaded, kinds=("vlm", "causal-lm"))
+    rows = _row_list("rows", rows)
+    if images is not None:
+        validate.function("images", images)
+    validate.integer("batch_size", batch_size, low=1)
+    validate.integer("max_new_tokens", max_new_tokens, low=1)
+    validate.flag("progress", progress)
+    return rows
+
+
 def generate_answers(loaded, rows: Sequence[Row], *, images: Callable | None = None, batch_size: int = 8,
                      max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True, context: Callable | None = None):
+    """Greedy answers of ``loaded`` to ``rows``, batch by batch (see :func:`_generate_answers`); the
+    arguments are checked here, at the call, not at the first batch."""
+    rows = _check_run(loaded, rows, images, batch_size, max_new_tokens, progress)
+    if context is not None:
+        validate.function("context", context)
+    return _generate_answers(loaded, rows, images=images, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             progress=progress, context=context)
+
+
+def _generate_answers(loaded, rows: Sequence[Row], *, images: Callable | None = None, batch_size: int = 8,
+                      max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True, context: Callable | None = None):
     """Greedy answers of ``loaded`` to ``rows``, batch by batch.
 
     Rows are batched by number of images and prompt length. Yields ``(idx, texts,
@@ -1171,7 +1296,7 @@ def evaluate(loaded, rows: Sequence[Row], *, images: Callable | None = None, bat
     forward pass of the generation). For per-layer captures of the same rows use
     :func:`fairvlm.lens.collect`, which builds on this module (not the reverse).
     """
-    rows = list(rows)
+    rows = _check_run(loaded, rows, images, batch_size, max_new_tokens, progress)
     ids = {a: option_token_ids(loaded.tokenizer, a) for a in ATTRIBUTES}
     answers = [""] * len(rows)
     final = np.zeros((len(rows), 3))

@@ -32,15 +32,16 @@ A change that moves a checked number fails until the reference is regenerated on
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from fairvlm.errors import FairVLMError, cli_main
+from fairvlm import validate
+from fairvlm.errors import DataError, FairVLMError, ParameterError, argument_parser, cli_main
 
 #: Where the tests' smoke run writes everything (never the book's own folders).
 SMOKE = Path("_build/smoke")
@@ -57,10 +58,35 @@ class NbCheckError(FairVLMError):
     pass
 
 
+def _read_nb(name: str, path):
+    """The notebook at ``path`` (an existing ``.ipynb``), or a :class:`DataError` naming it."""
+    import nbformat
+
+    path = validate.existing_file(name, path)
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as exc:  # NotJSONError, a validation error, a truncated file
+        raise DataError(f"{name}={str(path)!r} is not a readable notebook ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); execute the chapter again") from None
+
+
+def _write_atomic(dest: Path, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``dest``, then rename it to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def smoke_paths(root: Path) -> dict[str, Path]:
     """The smoke run's folders: executed notebooks, results, figures, the rendered book
     (``book/src`` its sources, ``book/_build/html`` its pages), the replay notebooks."""
-    base = root / SMOKE
+    base = validate.path("root", root) / SMOKE
     return {"executed": base / "executed", "results": base / "results",
             "figures": base / "figures", "book": base / "book", "nbval": base / "nbval"}
 
@@ -70,6 +96,8 @@ def execute_smoke(root: Path, source: Path) -> Path:
     executed notebook."""
     from fairvlm import bookbuild
 
+    validate.existing_dir("root", root)
+    validate.existing_file("source", source)
     p = smoke_paths(root)
     return bookbuild.execute(root, source, {"PROFILE": "smoke"}, out_dir=p["executed"],
                              results_dir=p["results"], figures_dir=p["figures"])
@@ -99,6 +127,10 @@ def _without_images(out) -> dict:
 def checked_outputs(cell) -> list[dict] | None:
     """The outputs of one executed code cell that the regression check compares, or
     ``None`` where the cell is not checked (see the module's docstring for the rule)."""
+    validate.mapping("cell", cell, empty=True)
+    if not isinstance(cell.get("outputs", []), list) or not isinstance(cell.get("source", ""), str):
+        raise ParameterError(f"cell={validate.show(cell)} is not valid: it must be a notebook code cell "
+                             "(a dict with 'source' text and a list of 'outputs')")
     tags = set(cell.get("metadata", {}).get("tags", []))
     if IGNORE_TAG in tags:
         return None
@@ -123,7 +155,8 @@ def reference(executed: Path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    nb = nbformat.read(executed, as_version=4)
+    nb = _read_nb("executed", executed)
+    executed = Path(executed)
     cells = []
     for i, cell in enumerate(_code_cells(nb), 1):
         outs = checked_outputs(cell)
@@ -140,9 +173,10 @@ def reference(executed: Path):
 def write_reference(root: Path, executed: Path) -> Path:
     import nbformat
 
-    dest = root / REFS / executed.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(reference(executed), dest)
+    root = validate.existing_dir("root", root)
+    ref = reference(executed)
+    dest = root / REFS / Path(executed).name
+    _write_atomic(dest, lambda tmp: nbformat.write(ref, tmp))
     return dest
 
 
@@ -151,7 +185,16 @@ def replay(outputs_json: str | Path, index: int) -> None:
     (streams to their stream, everything else as display data), for nbval to compare."""
     from IPython.display import publish_display_data
 
-    for out in json.loads(Path(outputs_json).read_text())[index]:
+    path = validate.existing_file("outputs_json", outputs_json)
+    index = validate.integer("index", index, low=0)
+    try:
+        cells = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"outputs_json={str(path)!r} cannot be read ({exc}); run the check again") from None
+    if not isinstance(cells, list) or index >= len(cells):
+        raise ParameterError(f"index={index} is not valid: {path.name} holds outputs of "
+                             f"{len(cells) if isinstance(cells, list) else 0} cells")
+    for out in cells[index]:
         if out["output_type"] == "stream":
             print(out["text"], end="", file=sys.stderr if out["name"] == "stderr" else sys.stdout,
                   flush=True)
@@ -164,8 +207,11 @@ def replay_notebook(ref_path: Path, executed: Path, workdir: Path) -> Path:
     :func:`replay` call) and the smoke outputs it replays; return the notebook's path."""
     import nbformat
 
-    ref = nbformat.read(ref_path, as_version=4)
-    ran = _code_cells(nbformat.read(executed, as_version=4))
+    ref = _read_nb("ref_path", ref_path)
+    ran = _code_cells(_read_nb("executed", executed))
+    executed, ref_path, workdir = Path(executed), Path(ref_path), validate.path("workdir", workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ParameterError(f"workdir={str(workdir)!r} is a file; give a folder")
     ref_cells = _code_cells(ref)
     if len(ran) != len(ref_cells):
         raise NbCheckError(
@@ -176,7 +222,7 @@ def replay_notebook(ref_path: Path, executed: Path, workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / f"{executed.stem}.smoke-outputs.json"
     smoke = [checked_outputs(c) for c in ran]
-    data.write_text(json.dumps([s or [] for s in smoke]))
+    _write_atomic(data, lambda tmp: tmp.write_text(json.dumps([s or [] for s in smoke])))
     for i, (cell, new) in enumerate(zip(ref_cells, smoke)):
         checked = CHECK_TAG in cell.metadata.get("tags", []) or new is not None
         # a cell checked now but not in the reference compares with no outputs: it fails
@@ -185,7 +231,7 @@ def replay_notebook(ref_path: Path, executed: Path, workdir: Path) -> Path:
         cell.source = (f"from fairvlm.nbcheck import replay\n"
                        f"replay({data.name!r}, {i})  # {executed.stem}, nbval's Cell {i}")
     out = workdir / executed.name
-    nbformat.write(ref, out)
+    _write_atomic(out, lambda tmp: nbformat.write(ref, tmp))
     return out
 
 
@@ -193,6 +239,12 @@ def run_nbval(root: Path, executed: Path, ref_path: Path | None = None,
               workdir: Path | None = None) -> subprocess.CompletedProcess:
     """Run nbval (``--nbval-lax``, the sanitize file) on the replay of ``executed`` against
     its reference; the completed pytest process, output captured."""
+    root = validate.existing_dir("root", root)
+    executed = validate.existing_file("executed", executed)
+    if ref_path is not None:
+        ref_path = validate.path("ref_path", ref_path)
+    if workdir is not None:
+        workdir = validate.path("workdir", workdir)
     ref_path = ref_path or root / REFS / executed.name
     if not ref_path.is_file():
         raise NbCheckError(f"no nbval reference for {executed.stem} at {ref_path}; write one with "
@@ -213,7 +265,7 @@ def main(argv=None) -> int:
 def _run(argv=None) -> int:
     from fairvlm import bookbuild
 
-    ap = argparse.ArgumentParser(prog="python -m fairvlm.nbcheck", description=__doc__.splitlines()[0])
+    ap = argument_parser(prog="python -m fairvlm.nbcheck", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     refs = sub.add_parser("refs", help="write tests/nbval_ref/NN_slug.ipynb from a smoke run")
     refs.add_argument("--chapters", default="all")

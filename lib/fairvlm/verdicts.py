@@ -79,7 +79,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fairvlm.errors import FairVLMError
+from fairvlm import validate as _v
+from fairvlm.errors import FairVLMError, ParameterError
 
 #: The four words of :func:`apply_rule`.
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not testable here")
@@ -120,6 +121,53 @@ def _check_bool(name: str, value) -> bool:
     raise VerdictError(f"{name}={value!r} must be True or False")
 
 
+def _checked(check, name: str, value, **kw):
+    """A :mod:`fairvlm.validate` check whose refusal is a :class:`VerdictError` (a FairVLMError)."""
+    try:
+        return check(name, value, **kw)
+    except ParameterError as exc:
+        raise VerdictError(str(exc)) from None
+
+
+def _real(name: str, value, *, nan: bool = True) -> float:
+    """A real number (not bool, not a string); NaN allowed when ``nan`` (a missing estimate)."""
+    if hasattr(value, "ndim") and getattr(value, "ndim") == 0 and hasattr(value, "item"):
+        value = value.item()
+    if nan and isinstance(value, float) and math.isnan(value):
+        return value
+    return _checked(_v.number, name, value) if not nan else _real_any(name, value)
+
+
+def _real_any(name: str, value) -> float:
+    import numbers
+
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise VerdictError(f"{name}={_v.show(value)} is not valid: it must be a number (NaN for a missing value)")
+    return float(value)
+
+
+def _pair(name: str, value) -> tuple[float, float]:
+    """``(low, high)``: two real numbers (NaN allowed), not a string, not None."""
+    if isinstance(value, (str, bytes)) or value is None or not hasattr(value, "__iter__"):
+        raise VerdictError(f"{name}={_v.show(value)} is not valid: it must be a pair (low, high) of numbers")
+    vals = list(value)
+    if len(vals) != 2:
+        raise VerdictError(f"{name}={_v.show(value)} is not valid: it must be a pair (low, high) of numbers")
+    return _real(f"{name}[0]", vals[0]), _real(f"{name}[1]", vals[1])
+
+
+def _level(value, name: str = "level") -> float:
+    return _checked(_v.number, name, value, low=0.0, high=1.0, low_open=True, high_open=True)
+
+
+def _resamples(value, name: str = "n_resamples") -> int:
+    return _checked(_v.integer, name, value, low=1)
+
+
+def _seed(value) -> int:
+    return _checked(_v.integer, "seed", value, low=0)
+
+
 # ---------------------------------------------------------------------------------------
 # Claims
 # ---------------------------------------------------------------------------------------
@@ -147,11 +195,15 @@ class Claim:
     tol: float | None = None
 
     def __post_init__(self):
+        for name in ("min_effect", "effect_ref", "tol"):
+            v = getattr(self, name)
+            if not (v is None and name != "min_effect"):
+                _real(f"Claim {name}", v)
         if not isinstance(self.text, str) or not self.text.strip():
             raise VerdictError(f"Claim text={self.text!r} must be a non-empty string")
-        if self.asserts not in ASSERTS:
+        if not isinstance(self.asserts, str) or self.asserts not in ASSERTS:
             raise VerdictError(f"Claim asserts={self.asserts!r} is not one of {', '.join(ASSERTS)}")
-        if self.direction not in DIRECTIONS:
+        if not isinstance(self.direction, str) or self.direction not in DIRECTIONS:
             raise VerdictError(f"Claim direction={self.direction!r} is not one of {', '.join(DIRECTIONS)}")
         if self.direction == "within":
             if self.tol is None or not _finite(self.tol) or self.tol <= 0:
@@ -196,6 +248,12 @@ class Estimate:
     n_units: int
     spread: bool = True
 
+    def __post_init__(self):
+        for name in ("value", "low", "high"):
+            _real(f"Estimate {name}", getattr(self, name))
+        _checked(_v.integer, "Estimate n_units", self.n_units, low=0)
+        _check_bool("Estimate spread", self.spread)
+
     @property
     def interval(self) -> tuple[float, float]:
         return (self.low, self.high)
@@ -205,8 +263,15 @@ class Estimate:
         return all(_finite(v) for v in (self.value, self.low, self.high))
 
 
-def _as_values(name: str, x) -> np.ndarray:
-    a = np.asarray(x, dtype=float)
+def _as_values(name: str, x, *, ravel: bool = False) -> np.ndarray:
+    if x is None or isinstance(x, (str, bytes, dict)):
+        raise VerdictError(f"{name}={_v.show(x)} is not valid: it must be a 1-D array of per-row values")
+    try:
+        a = np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        raise VerdictError(f"{name}={_v.show(x)} is not valid: it must be a 1-D array of numbers") from None
+    if ravel:
+        a = a.ravel()
     if a.ndim != 1:
         raise VerdictError(f"{name} must be a 1-D array of per-row values, got shape {a.shape}")
     if not np.isfinite(a).all():
@@ -257,6 +322,7 @@ def paired_estimates(effect, control, *, clusters=None, level: float = LEVEL, n_
     (one id per row, optional) groups rows that are not independent: clusters are
     resampled, and each statistic is the mean over the rows of the drawn clusters.
     """
+    level, n_resamples, seed = _level(level), _resamples(n_resamples), _seed(seed)
     e = _as_values("effect", effect)
     c = _as_values("control", control)
     if e.shape != c.shape:
@@ -284,13 +350,16 @@ def unpaired_estimates(effect, control, *, clusters=None, control_clusters=None,
     """Effect, control and difference estimates for two independent sets of rows, each
     resampled on its own (over its clusters when given). ``control`` may be a number: a
     known constant such as a chance level, with no interval of its own."""
+    level, n_resamples, seed = _level(level), _resamples(n_resamples), _seed(seed)
     e = _as_values("effect", effect)
     ce = _as_clusters("clusters", clusters, e.size)
     ke = int(ce.max()) + 1 if e.size else 0
     se_, ne_ = _unit_sums(e, ce, ke), np.bincount(ce, minlength=ke).astype(float)
     e_spread = bool(e.size and np.ptp(e) > 0)
+    if control is None or isinstance(control, (str, bytes, dict)):
+        raise VerdictError(f"control={_v.show(control)} is not valid: it must be a number or an array of per-row values")
     if np.ndim(control) == 0:
-        if not _finite(control):
+        if isinstance(control, (bool, np.bool_)) or not _finite(control):
             raise VerdictError(f"control={control!r} must be a finite number or an array of per-row values")
         c0 = float(control)
         if ke < 2:
@@ -358,7 +427,7 @@ class Verdict:
     n_units: int = 0
 
     def __post_init__(self):
-        if self.verdict not in ALL_VERDICTS:
+        if not isinstance(self.verdict, str) or self.verdict not in ALL_VERDICTS:
             raise VerdictError(f"verdict={self.verdict!r} is not one of {', '.join(ALL_VERDICTS)}")
 
     @property
@@ -393,7 +462,8 @@ class Verdict:
 
 
 def format_interval(iv: Sequence[float], digits: int = 3) -> str:
-    lo, hi = iv
+    lo, hi = _pair("iv", iv)
+    digits = _checked(_v.integer, "digits", digits, low=0, high=12)
     if not (_finite(lo) and _finite(hi)):
         return "n/a"
     return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
@@ -404,7 +474,8 @@ def min_detectable_effect(interval: Sequence[float], level: float = LEVEL, power
     ``power``: ``(z_{1-alpha/2} + z_power) * se``, ``se = width / (2 z_{1-alpha/2})``."""
     from scipy.stats import norm
 
-    lo, hi = (float(v) for v in interval)
+    lo, hi = _pair("interval", interval)
+    level, power = _level(level), _level(power, "power")
     if not (_finite(lo) and _finite(hi)) or hi < lo:
         return float("nan")
     z = norm.ppf(0.5 + level / 2)
@@ -432,6 +503,9 @@ def apply_rule(claim: Claim, effect: Estimate, control: Estimate, difference: Es
     constant_units = _check_bool("constant_units", constant_units)
     if not isinstance(why, str):
         raise VerdictError(f"why={why!r} must be a string")
+    level = _level(level)
+    if resolution is not None:
+        resolution = _checked(_v.number, "resolution", resolution, low=0.0)
     for name, est in (("effect", effect), ("difference", difference)):
         if est.finite and est.low > est.high:
             raise VerdictError(f"{name} interval {est.interval} is reversed; pass (low, high)")
@@ -518,6 +592,9 @@ def judge(claim: Claim, effect, control, *, paired: bool = True, clusters=None, 
     binary = _check_bool("binary", binary)
     if after is not None and not isinstance(after, Verdict):
         raise VerdictError(f"after must be a Verdict (the intervention's own), got {type(after).__name__}")
+    n_resamples, seed = _resamples(n_resamples), _seed(seed)
+    if not isinstance(why, str):
+        raise VerdictError(f"why={why!r} must be a string")
     level = TOST_LEVEL if claim.direction == "within" else LEVEL
     if paired:
         est = paired_estimates(effect, control, clusters=clusters, level=level, n_resamples=n_resamples, seed=seed)
@@ -567,16 +644,15 @@ def judge_estimates(claim: Claim, effect: float, effect_interval: Sequence[float
     """:func:`apply_rule` for intervals computed elsewhere (a permutation null, a nested
     bootstrap). The intervals must come from the run's own units; zero-width ones are refused."""
     def est(name, v, iv, n, allow_point=False):
-        try:
-            lo, hi = (float(x) for x in iv)
-        except (TypeError, ValueError) as exc:
-            raise VerdictError(f"{name}={iv!r} must be a pair (low, high) of numbers") from exc
-        if not (_finite(v) or math.isnan(float(v))):
-            raise VerdictError(f"{name}: the value {v!r} is not a number")
+        lo, hi = _pair(name, iv)
         return Estimate(float(v), lo, hi, n, bool(allow_point or hi > lo))
 
-    if not isinstance(n_units, (int, np.integer)) or n_units < 0:
+    if not isinstance(claim, Claim):
+        raise VerdictError(f"claim must be a fairvlm.verdicts.Claim, got {type(claim).__name__}")
+    if isinstance(n_units, (bool, np.bool_)) or not isinstance(n_units, (int, np.integer)) or n_units < 0:
         raise VerdictError(f"n_units={n_units!r} must be a count >= 0")
+    effect, control, difference = (_real(n, v) for n, v in (("effect", effect), ("control", control),
+                                                              ("difference", difference)))
     e = est("effect_interval", effect, effect_interval, int(n_units))
     civ = control_interval if control_interval is not None else (control, control)
     c = est("control_interval", control, civ, int(n_units), allow_point=True)
@@ -597,6 +673,8 @@ def verdict_table(rows: Sequence[dict]) -> pd.DataFrame:
     its claim, ``claim``; plus any other columns the chapter wants (``cell``, ``paper``).
     Provenance belongs in the table's caption, once, not in every row.
     """
+    if rows is None or isinstance(rows, (str, bytes, dict, pd.DataFrame)) or not hasattr(rows, "__iter__"):
+        raise VerdictError(f"rows={_v.show(rows)} is not valid: it must be a list of dicts, one per claim")
     out = []
     for r in rows:
         if not isinstance(r, dict) or not isinstance(r.get("verdict"), Verdict):
@@ -611,6 +689,10 @@ def verdict_table(rows: Sequence[dict]) -> pd.DataFrame:
 
 def tally(table: pd.DataFrame, mask=None) -> str:
     """``"2 reproduced, 1 not reproduced, 3 inconclusive, 0 not testable"`` for prose."""
+    _checked(_v.frame, "table", table, columns=("verdict",))
+    if mask is not None and (isinstance(mask, (str, bytes, dict)) or np.ndim(mask) != 1 or len(mask) != len(table)):
+        raise VerdictError(f"mask={_v.show(mask)} is not valid: it must be one True/False per row of table "
+                           f"({len(table)})")
     v = table["verdict"] if mask is None else table.loc[mask, "verdict"]
     c = v.value_counts()
     parts = [f"{int(c.get(w, 0))} {w if w != 'not testable here' else 'not testable'}" for w in VERDICTS]
@@ -646,11 +728,12 @@ def bootstrap_ci(
 
     if not samples:
         raise VerdictError("bootstrap_ci needs at least one sample (an array of per-item values)")
+    level, n_resamples, seed = _level(level), _resamples(n_resamples), _seed(seed)
+    paired = _check_bool("paired", paired)
+    _checked(_v.function, "statistic", statistic)
     arrays = []
     for i, s in enumerate(samples):
-        a = np.asarray(s, dtype=float).ravel()
-        if a.size and not np.isfinite(a).all():
-            raise VerdictError(f"bootstrap_ci: sample {i} holds NaN or inf; drop or fix those items first")
+        a = _as_values(f"samples[{i}]", s, ravel=True)
         arrays.append(a)
     if not 0 < level < 1:
         raise VerdictError(f"bootstrap_ci: level={level!r} must lie in (0, 1)")
@@ -674,7 +757,13 @@ def change_interval(change, *, seed: int = 0, level: float = 0.95) -> tuple[floa
     (``(-3/n, 3/n)``), otherwise the seeded percentile bootstrap. ``(nan, nan)`` below two
     items. (:func:`judge` with ``binary=True`` does the same inside the protocol.)
     """
-    d = np.asarray(change, dtype=float).ravel()
+    seed, level = _seed(seed), _level(level)
+    if change is None or isinstance(change, (str, bytes, dict)):
+        raise VerdictError(f"change={_v.show(change)} is not valid: it must be an array of per-item changes")
+    try:
+        d = np.asarray(change, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise VerdictError(f"change={_v.show(change)} is not valid: it must be an array of numbers") from None
     if d.size and not np.isfinite(d).all():
         raise VerdictError("change_interval: the changes hold NaN or inf")
     if d.size and (np.abs(d) > 1).any():
@@ -700,8 +789,15 @@ def subset_mean_pvalue(values, mask, *, alternative: str = "less", max_exact: in
     """
     import itertools
 
-    v = np.asarray(values, dtype=float).ravel()
-    m = np.asarray(mask, dtype=bool).ravel()
+    max_exact, n_perm, seed = (_checked(_v.integer, "max_exact", max_exact, low=0), _resamples(n_perm, "n_perm"),
+                               _seed(seed))
+    v = _as_values("values", values, ravel=True)
+    if mask is None or isinstance(mask, (str, bytes, dict)):
+        raise VerdictError(f"mask={_v.show(mask)} is not valid: it must be one True/False per value")
+    m = np.asarray(mask).ravel()
+    if m.dtype != bool and not (m.dtype.kind in "iu" and np.isin(m, (0, 1)).all()):
+        raise VerdictError(f"mask={_v.show(mask)} is not valid: it must be one True/False per value")
+    m = m.astype(bool)
     if v.shape != m.shape:
         raise VerdictError(f"subset_mean_pvalue: {v.size} values but a mask of {m.size}")
     if not np.isfinite(v).all():
@@ -741,23 +837,22 @@ def decide(
     otherwise; ``within`` claims against ``null +- tol``. Its rows say
     ``asserts="unclassified"``. Do not use it in new code.
     """
-    if direction not in DIRECTIONS:
+    effect, null = _real("effect", effect), _real("null", null)
+    if not isinstance(why, str):
+        raise VerdictError(f"why={why!r} must be a string")
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
         raise VerdictError(f"direction={direction!r} is not valid; choose one of: {', '.join(DIRECTIONS)}")
-    if not _finite(min_effect) or min_effect < 0:
+    if not _finite(min_effect) or isinstance(min_effect, (str, bool)) or min_effect < 0:
         raise VerdictError(f"min_effect={min_effect!r} must be a finite number >= 0")
+    if tol is not None:
+        _real("tol", tol)
     if direction == "within" and (tol is None or not _finite(tol) or tol < 0):
         raise VerdictError("direction='within' needs tol, a finite number >= 0 (the equivalence band)")
     testable = _check_bool("testable", testable)
-    try:
-        lo, hi = (float(v) for v in interval)
-    except (TypeError, ValueError) as exc:
-        raise VerdictError(f"interval={interval!r} must be a pair (low, high) of numbers") from exc
+    lo, hi = _pair("interval", interval)
     if null_interval is None:
         null_interval = (null, null)
-    try:
-        nlo, nhi = (float(v) for v in null_interval)
-    except (TypeError, ValueError) as exc:
-        raise VerdictError(f"null_interval={null_interval!r} must be a pair (low, high) of numbers") from exc
+    nlo, nhi = _pair("null_interval", null_interval)
     effect_f = float(effect) if _finite(effect) else float("nan")
     null_f = float(null) if _finite(null) else float("nan")
     if direction == "within":

@@ -14,7 +14,6 @@ and ``--source`` are parent folders (``DEST/pairs``, ``DEST/socialcounterfactual
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Callable
 from fairvlm.data.pairs import PAIRS_COMMIT, PAIRS_URL, fetch_pairs, pairs_root, verify_pairs
 from fairvlm.data.sobit import fetch_sobit, sobit_path
 from fairvlm.data.socialcf import fetch_socialcf, socialcf_root
-from fairvlm.errors import EXIT_BAD_INPUT, FairVLMError, cli_main, unknown
+from fairvlm.errors import EXIT_BAD_INPUT, FairVLMError, argument_parser, cli_main, unknown
 
 
 @dataclass(frozen=True)
@@ -99,8 +98,8 @@ def main(argv=None) -> int:
 
 
 def _run(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fairvlm.data",
-                                 description="Fetch and verify the datasets of the book.")
+    ap = argument_parser(prog="python -m fairvlm.data",
+                         description="Fetch and verify the datasets of the book.")
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("fetch", help="download one dataset, or all, pinned and sha256-checked",
                        description="Download a dataset (or copy it from a local folder), "

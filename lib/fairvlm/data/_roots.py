@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fairvlm import validate
 from fairvlm.errors import DataError
 from fairvlm.paths import repo_root
 
@@ -47,18 +48,21 @@ def resolve(
     how_to_get: str,
     required: bool = True,
     is_file: bool = False,
+    arg: str = "root",
 ) -> Path | None:
     """Resolve the folder (or file, with ``is_file``) of dataset ``name``.
 
     Returns the path, or ``None`` when nothing is found and ``required`` is false.
     Raises :class:`DataError` naming every place looked at and ``how_to_get`` otherwise.
+    ``arg`` names the loader's parameter that gave ``root``, for messages.
     """
     exists = Path.is_file if is_file else Path.is_dir
+    required = validate.flag("required", required)
     if root is not None:
-        path = Path(root).expanduser()
+        path = validate.path(arg, root)
         if exists(path):
             return path
-        raise DataError(f"{what} not found at {path} (the path given). {how_to_get}")
+        raise DataError(f"{what} not found at {arg}={str(path)!r} (the path given). {how_to_get}")
     if os.environ.get(env):
         path = Path(os.environ[env]).expanduser()
         if exists(path):

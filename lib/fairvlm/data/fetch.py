@@ -30,8 +30,9 @@ from typing import Callable
 from urllib.error import URLError
 from urllib.request import urlopen as _urlopen
 
+from fairvlm import validate
 from fairvlm.checksums import sha256_file
-from fairvlm.errors import DataError
+from fairvlm.errors import DataError, ParameterError
 from fairvlm.paths import repo_root
 
 
@@ -52,6 +53,7 @@ class Remote:
 
 def manifest_path(name: str, what: str = "") -> Path:
     """``data/<name>`` in the current directory, else in the book's checkout."""
+    name, what = validate.text("name", name), validate.text("what", what, empty=True)
     bases = [Path.cwd()] + ([repo_root()] if repo_root() is not None else [])
     for b in bases:
         p = b / "data" / name
@@ -70,7 +72,8 @@ def read_manifest(path: str | os.PathLike, what: str = "") -> dict[str, str]:
     Each line is ``<64 hex digits><two spaces><relative path>``. Paths must be relative
     and stay inside the tree (no ``..``); anything else raises :class:`DataError`.
     """
-    path = Path(path)
+    path = validate.existing_file("manifest" if what else "path", path)
+    what = validate.text("what", what, empty=True)
     label = f"the {what + ' ' if what else ''}manifest {path}"
     try:
         text = path.read_text()
@@ -98,6 +101,12 @@ def _mismatch(rel: str, got: str, want: str, f: Path) -> str:
 def check_tree(tree: Path, manifest: dict[str, str]) -> list[str]:
     """Problems of ``tree`` against ``manifest``: one line per missing or altered file.
     Files not in the manifest are ignored."""
+    tree = validate.path("tree", tree)
+    manifest = validate.mapping("manifest", manifest, empty=True)
+    for rel, want in manifest.items():
+        if not isinstance(rel, str) or not isinstance(want, str):
+            raise ParameterError(f"manifest={validate.show(manifest)} is not valid: it must map relative paths "
+                                 "(str) to sha256 hex digests (str), as read_manifest returns")
     problems = []
     for rel, want in manifest.items():
         f = tree / rel
@@ -112,6 +121,8 @@ def check_tree(tree: Path, manifest: dict[str, str]) -> list[str]:
 
 def summary(problems: list[str], limit: int = 8) -> str:
     """The first ``limit`` problems, one per indented line."""
+    problems = validate.strings("problems", problems, empty=True, blank=True)
+    limit = validate.integer("limit", limit, low=1)
     more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
     return "\n  " + "\n  ".join(problems[:limit]) + more
 
@@ -191,6 +202,20 @@ def fetch_tree(
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(remote, Remote):
+        raise ParameterError(f"remote={validate.show(remote)} is not valid: it must be a fairvlm.data.fetch.Remote")
+    if dest is not None:
+        dest = validate.path("dest", dest)
+    if source is not None:
+        validate.path("source", source)
+    if base_url is not None:
+        base_url = validate.text("base_url", base_url)
+    if manifest is not None:
+        validate.path("manifest", manifest)
+    overwrite, progress = validate.flag("overwrite", overwrite), validate.flag("progress", progress)
+    timeout = validate.number("timeout", timeout, low=0.0, low_open=True)
+    if urlopen is not None:
+        validate.function("urlopen", urlopen)
     entries = read_manifest(manifest if manifest is not None
                             else manifest_path(remote.manifest_name, remote.title),
                             remote.title)
@@ -202,8 +227,10 @@ def fetch_tree(
     if dest is None:
         dest = (repo_root() or Path.cwd()) / "data" / remote.folder
     dest = Path(dest).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise ParameterError(f"dest={str(dest)!r} is a file; give a folder path for {remote.title}")
     if dest.exists() and not overwrite:
-        problems = check_tree(dest, entries) if dest.is_dir() else [f"{dest} is not a folder"]
+        problems = check_tree(dest, entries)
         if not problems:
             return dest
         raise DataError(

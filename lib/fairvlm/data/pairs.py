@@ -37,6 +37,7 @@ from fairvlm.data.fetch import Remote, check_tree, fetch_tree, summary
 from fairvlm.data.fetch import sha256_file  # noqa: F401  (re-exported, as before)
 from fairvlm.data.fetch import manifest_path as _manifest_path
 from fairvlm.data.fetch import read_manifest as _read_manifest
+from fairvlm import validate
 from fairvlm.errors import DataError, unknown
 
 PAIRS_REPO = "katiefraser/PAIRS"
@@ -164,9 +165,9 @@ def pairs_label(section: str, scenario: str) -> str | None:
     Raises :class:`~fairvlm.errors.UnknownNameError` for a section or scenario PAIRS
     does not have.
     """
-    if section not in PAIRS_LABELS:
+    if not isinstance(section, str) or section not in PAIRS_LABELS:
         raise unknown("PAIRS section", section, SECTIONS)
-    if scenario not in PAIRS_LABELS[section]:
+    if not isinstance(scenario, str) or scenario not in PAIRS_LABELS[section]:
         raise unknown(f"PAIRS scenario in {section!r}", scenario, PAIRS_LABELS[section])
     return PAIRS_LABELS[section][scenario]
 
@@ -200,6 +201,7 @@ def load_pairs(
     :class:`~fairvlm.errors.DataError` when the tree is missing, incomplete or holds
     files PAIRS does not have.
     """
+    mapped_only, verify = validate.flag("mapped_only", mapped_only), validate.flag("verify", verify)
     base = pairs_root(root)
     if verify:
         try:
@@ -270,6 +272,8 @@ def read_manifest(path: str | os.PathLike | None = None) -> dict[str, str]:
     Each line is ``<64 hex digits><two spaces><relative path>``. Paths must be relative
     and stay inside the tree (no ``..``); anything else raises :class:`DataError`.
     """
+    if path is not None:
+        validate.path("path", path)
     return _read_manifest(path if path is not None else manifest_path(), "PAIRS")
 
 
@@ -279,6 +283,8 @@ def verify_pairs(root: str | os.PathLike | None = None, manifest: str | os.PathL
     Returns the number of files verified; raises :class:`DataError` naming each missing,
     truncated or altered file. Files not in the manifest are ignored.
     """
+    if manifest is not None:
+        validate.path("manifest", manifest)
     base = pairs_root(root)
     entries = read_manifest(manifest)
     problems = check_tree(base, entries)

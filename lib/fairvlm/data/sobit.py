@@ -20,6 +20,7 @@ import pandas as pd
 
 from fairvlm.data import _roots
 from fairvlm.data.fetch import Remote, fetch_tree
+from fairvlm import validate
 from fairvlm.errors import DataError, unknown
 
 SOBIT_ENV = "FAIRVLM_SOBIT"
@@ -53,13 +54,16 @@ _HOW_TO_GET = (
 
 def normalize_category(name: str) -> str:
     """Lower-case, strip and map an alias (``"behavorial"`` -> ``"behavioral"``)."""
-    key = " ".join(str(name).strip().lower().split())
+    key = " ".join(validate.text("name", name).strip().lower().split())
     return CATEGORY_ALIASES.get(key, key)
 
 
 def sobit_path(path: str | os.PathLike | None = None, *, required: bool = True) -> Path | None:
     """The taxonomy file: ``path`` (the file or its folder), ``$FAIRVLM_SOBIT``,
     ``data/sobit/``, ``../shared/data/sobit/``."""
+    required = validate.flag("required", required)
+    if path is not None:
+        validate.path("path", path)
     for source in (path, os.environ.get(SOBIT_ENV)):
         if source:
             p = Path(source).expanduser()
@@ -117,6 +121,7 @@ def load_sobit(path: str | os.PathLike | None = None, *, verify: bool = True) ->
     :data:`PINNED_COUNTS`), so a file with a word removed is not read as the taxonomy;
     ``verify=False`` loads a taxonomy of your own, checking only its format.
     """
+    verify = validate.flag("verify", verify)
     p = sobit_path(path)
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
@@ -182,6 +187,7 @@ def sobit_words(category: str, path: str | os.PathLike | None = None, *, verify:
 
     Raises :class:`~fairvlm.errors.UnknownNameError` listing the categories otherwise.
     """
+    validate.text("category", category)  # a bad name is refused before the file is read
     df = load_sobit(path, verify=verify)
     name = normalize_category(category)
     known = list(dict.fromkeys(df["category"]))

@@ -38,7 +38,8 @@ import pandas as pd
 
 from fairvlm.data import _roots
 from fairvlm.data.fetch import Remote, fetch_tree
-from fairvlm.errors import DataError, unknown
+from fairvlm import validate
+from fairvlm.errors import DataError, ParameterError, unknown
 
 SCF_ENV = "FAIRVLM_SOCIALCF"
 SCF_IMAGES_ENV = "FAIRVLM_SOCIALCF_IMAGES"
@@ -289,9 +290,9 @@ def _images_folder(images, require: bool) -> Path | None:
                 f"images=DIR or set ${SCF_IMAGES_ENV} (images: hub dataset {SCF_IMAGES_HUB}, "
                 "saved as {filename}_{rank}_{i}_{seed}.jpg)")
         return None
-    folder = Path(images).expanduser()
+    folder = validate.path("images", images)
     if not folder.is_dir():
-        raise DataError(f"SocialCounterfactuals image folder {folder} does not exist")
+        raise DataError(f"SocialCounterfactuals image folder images={str(folder)!r} does not exist")
     return folder
 
 
@@ -325,7 +326,10 @@ def load_socialcounterfactuals(
     rank that is not a non-negative integer), or when ``require_images`` is set and an
     image is missing.
     """
-    if segment != "all" and segment not in SEGMENTS:
+    require_images, verify = validate.flag("require_images", require_images), validate.flag("verify", verify)
+    if images is not None:
+        validate.path("images", images)
+    if not isinstance(segment, str) or segment != "all" and segment not in SEGMENTS:
         raise unknown("SocialCounterfactuals segment", segment, [*SEGMENTS, "all"])
     folder = socialcf_root(root)
     image_dir = _images_folder(images, require_images)
@@ -345,6 +349,8 @@ def counterfactual_sets(df: pd.DataFrame) -> pd.DataFrame:
     Columns ``set_id, segment, occupation, template, filename, rank, seed, n_images,
     n_images_found`` (images with a path on disk), in the frame's set order.
     """
+    validate.frame("df", df, columns=("set_id", "segment", "occupation", "template", "filename", "rank", "seed",
+                                      "caption", "image"))
     g = df.groupby("set_id", sort=False)
     out = g.agg(segment=("segment", "first"), occupation=("occupation", "first"),
                 template=("template", "first"), filename=("filename", "first"),
@@ -360,6 +366,12 @@ def set_statistics(df: pd.DataFrame) -> pd.DataFrame:
     ``images_per_set`` (every set of a segment has the same size), ``n_images``,
     ``n_occupations``, ``sets_per_occupation_min/median/max`` and ``n_templates``.
     """
+    validate.frame("df", df, columns=("set_id", "segment", "occupation", "template", "filename", "rank", "seed",
+                                      "caption", "image"))
+    if df["segment"].isna().any() or not set(df["segment"].dropna()) <= set(SEGMENTS):
+        bad = sorted(map(str, set(df["segment"]) - set(SEGMENTS)))[:3]
+        raise ParameterError(f"df['segment'] holds values that are not SocialCounterfactuals segments ({bad}); "
+                             "pass a frame from load_socialcounterfactuals")
     sets = counterfactual_sets(df)
     rows = []
     for segment, s in sets.groupby("segment", sort=False):

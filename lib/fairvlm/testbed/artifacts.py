@@ -39,8 +39,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fairvlm import validate
 from fairvlm.checksums import sha256_file
-from fairvlm.errors import FairVLMError, unknown
+from fairvlm.errors import FairVLMError, ParameterError, unknown
 from fairvlm.testbed.spec import BiasSpec, load_spec
 
 #: world name -> strength applied to the spec file (``None``: the file's own strength).
@@ -81,6 +82,8 @@ def world_spec(world=None, spec_path=None) -> BiasSpec:
     (``spec_path`` or the book's) at the world's strength. This is the ground truth the
     chapters measure against, so read it through here, not through ``load_spec()``, in code
     that may run on another world."""
+    if spec_path is not None:  # checked here: spec.py is part of the testbed's build key
+        spec_path = validate.existing_file("spec_path", spec_path)
     return load_spec(spec_path, strength=WORLDS[resolve_world(world)])
 
 
@@ -98,6 +101,8 @@ def base_versions() -> dict[str, str | None]:
 
 
 def artifact_name(world: str, size: str, seed: int) -> str:
+    validate.text("size", size)
+    seed = validate.integer("seed", seed, low=0)
     return f"{size}-seed{int(seed)}-{check_world(world)}"
 
 
@@ -154,7 +159,9 @@ def read_manifest(folder: Path | None = None) -> list[Artifact]:
     """The shipped artifacts listed in ``folder/manifest.json`` (default :func:`shipped_dir`);
     ``[]`` when there is none. A malformed manifest or one naming an unknown world is one
     clear error."""
-    folder = shipped_dir() if folder is None else Path(folder)
+    folder = shipped_dir() if folder is None else validate.path("folder", folder)
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise ParameterError(f"folder={str(folder)!r} is a file; give the folder holding {MANIFEST}")
     if folder is None or not (folder / MANIFEST).is_file():
         return []
     path = folder / MANIFEST
@@ -185,6 +192,9 @@ def read_manifest(folder: Path | None = None) -> list[Artifact]:
 
 def find(world: str, size: str, seed: int, folder: Path | None = None) -> Artifact | None:
     """The shipped artifact of ``(world, size, seed)``, or ``None``."""
+    check_world(world)
+    validate.text("size", size)
+    validate.integer("seed", seed, low=0)
     for a in read_manifest(folder):
         if (a.world, a.size, a.seed) == (world, size, int(seed)):
             return a
@@ -196,6 +206,15 @@ def export(build_root: Path, *, world: str, size: str, seed: int, strength: floa
     """Copy a build's deltas and record (``build_root/deltas/*``, ``build_root/build.json``)
     into ``dest/<name>/`` and write its entry into ``dest/manifest.json`` (other entries kept).
     Both are written to temporary files and renamed into place."""
+    build_root = validate.existing_dir("build_root", build_root)
+    check_world(world)
+    validate.text("size", size)
+    validate.integer("seed", seed, low=0)
+    validate.number("strength", strength, low=0.0, high=1.0)
+    validate.text("spec_digest", spec_digest)
+    validate.text("build_key", build_key)
+    if dest is not None and validate.path("dest", dest).is_file():
+        raise ParameterError(f"dest={str(dest)!r} is a file; give a folder")
     dest = shipped_dir() if dest is None else Path(dest)
     if dest is None:
         raise FairVLMError("no book checkout found to ship the testbed into; pass dest=")

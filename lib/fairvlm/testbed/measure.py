@@ -28,13 +28,38 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fairvlm.errors import FairVLMError
+from fairvlm import validate
+from fairvlm.errors import FairVLMError, ParameterError
 from fairvlm.testbed.captions import mentions, names_scenario
+
+
+def _model(name: str, model, method: str):
+    if isinstance(model, str) or not callable(getattr(model, method, None)):
+        raise ParameterError(f"{name}={validate.show(model)} is not valid: it must be a loaded testbed model "
+                             f"(with {method}; fairvlm.testbed.load_hf), not its name")
+    return model
+
+
+def _images(name: str, images) -> list:
+    out = validate.sequence(name, images)
+    for i, im in enumerate(out):
+        if not callable(getattr(im, "convert", None)):
+            raise ParameterError(f"{name}[{i}]={validate.show(im)} is not valid: {name} must be a list of PIL images")
+    return out
+
+
+def _xy(prefix: str, x, y):
+    x = validate.array(f"{prefix}_x", x, ndim=2)
+    y = validate.labels(f"{prefix}_y", y, length=len(x))
+    return x, y
 
 
 @torch.no_grad()
 def image_embeddings(model, processor, images, *, batch_size: int = 128) -> torch.Tensor:
     """``(n, d)`` L2-normalised image embeddings of a dual encoder (``get_image_features``)."""
+    _model("model", model, "get_image_features")
+    images = _images("images", images)
+    validate.integer("batch_size", batch_size, low=1)
     ip = getattr(processor, "image_processor", processor)
     outs = []
     for i in range(0, len(images), batch_size):
@@ -48,6 +73,9 @@ def image_embeddings(model, processor, images, *, batch_size: int = 128) -> torc
 @torch.no_grad()
 def text_embeddings(model, processor, texts, *, batch_size: int = 256) -> torch.Tensor:
     """``(m, d)`` L2-normalised text embeddings of a dual encoder (``get_text_features``)."""
+    _model("model", model, "get_text_features")
+    texts = validate.strings("texts", texts)
+    validate.integer("batch_size", batch_size, low=1)
     tok = getattr(processor, "tokenizer", processor)
     outs = []
     for i in range(0, len(texts), batch_size):
@@ -61,6 +89,12 @@ def text_embeddings(model, processor, texts, *, batch_size: int = 256) -> torch.
 def zero_shot(image_emb, prompt_emb, labels, classes) -> pd.DataFrame:
     """One row per image: ``label``, ``predicted`` (the class of the most similar prompt) and
     ``correct``. ``prompt_emb[j]`` is the prompt of ``classes[j]``."""
+    ie = validate.array("image_emb", image_emb, ndim=2)
+    pe = validate.array("prompt_emb", prompt_emb, ndim=2)
+    if ie.shape[1] != pe.shape[1]:
+        raise ParameterError(f"image_emb and prompt_emb must have one width, got {ie.shape[1]} and {pe.shape[1]}")
+    validate.labels("labels", labels, length=len(ie))
+    validate.sequence("classes", classes)
     if len(prompt_emb) != len(classes):
         raise FairVLMError(f"{len(prompt_emb)} prompt embeddings for {len(classes)} classes")
     sims = np.asarray(image_emb @ prompt_emb.T)
@@ -71,6 +105,9 @@ def zero_shot(image_emb, prompt_emb, labels, classes) -> pd.DataFrame:
 
 def linear_probe(train_x, train_y, test_x, test_y, *, seed: int = 0) -> float:
     """Held-out accuracy of a standardised logistic-regression probe (scikit-learn)."""
+    _xy("train", train_x, train_y)
+    _xy("test", test_x, test_y)
+    validate.integer("seed", seed, low=0)
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -91,6 +128,10 @@ def group_skew(sims, gallery: pd.DataFrame, queries, *, k: int) -> pd.DataFrame:
     it is free of the scenario's own retrieval errors. The gallery must consist of complete
     quadruplets (every scene in all four variants).
     """
+    validate.array("sims", sims, ndim=2)
+    validate.frame("gallery", gallery, columns=("gender", "race", "scenario", "scene_seed", "variant"))
+    validate.strings("queries", queries)
+    validate.integer("k", k, low=1)
     sims = np.asarray(sims, dtype=np.float64)
     queries = list(queries)
     if sims.shape != (len(queries), len(gallery)):
@@ -125,6 +166,8 @@ def group_skew(sims, gallery: pd.DataFrame, queries, *, k: int) -> pd.DataFrame:
 
 def rank_agreement(measured, planted) -> float:
     """Spearman rank correlation between measured and planted skews (NaN if one is constant)."""
+    validate.array("measured", measured, ndim=1, finite=False)  # NaN: rho is NaN, as before
+    validate.array("planted", planted, ndim=1, finite=False)
     from scipy.stats import spearmanr
 
     measured, planted = np.asarray(measured, float), np.asarray(planted, float)
@@ -139,6 +182,15 @@ def rank_agreement(measured, planted) -> float:
 def describe(model, processor, images, prompt: str, *, system: str | None = None, max_new_tokens: int = 24,
              batch_size: int = 16, progress: bool = False) -> list[str]:
     """Greedy testbed-llava answers to ``prompt`` for each image (one image per prompt)."""
+    images = _images("images", images)
+    validate.text("prompt", prompt)
+    if system is not None:
+        validate.text("system", system, empty=True)
+    validate.integer("max_new_tokens", max_new_tokens, low=1)
+    validate.integer("batch_size", batch_size, low=1)
+    validate.flag("progress", progress)
+    if not callable(getattr(model, "generate", None)) or getattr(processor, "tokenizer", None) is None:
+        raise ParameterError("model and processor must be testbed-llava's (fairvlm.testbed.load_hf('testbed-llava'))")
     from tqdm.auto import tqdm
 
     from fairvlm.testbed.train import llava_prompt
@@ -158,6 +210,8 @@ def describe(model, processor, images, prompt: str, *, system: str | None = None
 def mention_table(texts, gallery: pd.DataFrame) -> pd.DataFrame:
     """Per generated text: its row of the gallery plus ``names_scenario``, ``mentions_gender``,
     ``mentions_race`` (see :func:`fairvlm.testbed.captions.mentions`)."""
+    validate.strings("texts", texts, empty=True, blank=True)
+    validate.frame("gallery", gallery, columns=("scenario",))
     if len(texts) != len(gallery):
         raise FairVLMError(f"{len(texts)} texts for {len(gallery)} gallery rows")
     g = gallery.reset_index(drop=True).copy()
@@ -177,6 +231,9 @@ def aligned_crops(rows: pd.DataFrame, *, side: int = 24, render_size: int = 128)
     (:func:`fairvlm.testbed.world.person_box`), rendered at ``render_size`` and resized to
     ``side`` x ``side``: the people aligned, so a linear probe on them measures how visible the
     group cues are, not how far the scene moved the person."""
+    validate.frame("rows", rows, columns=("scenario", "gender", "race", "scene_seed"))
+    validate.integer("side", side, low=1, high=1024)
+    validate.integer("render_size", render_size, low=16, high=2048)
     from PIL import Image
 
     from fairvlm.testbed.world import person_box, render
@@ -195,6 +252,9 @@ def aligned_crops(rows: pd.DataFrame, *, side: int = 24, render_size: int = 128)
 def probe_correct(train_x, train_y, test_x, test_y, *, seed: int = 0) -> np.ndarray:
     """Per test item, whether a standardised logistic-regression probe fitted on the training
     items classifies it correctly (its mean is :func:`linear_probe`'s accuracy)."""
+    _xy("train", train_x, train_y)
+    _xy("test", test_x, test_y)
+    validate.integer("seed", seed, low=0)
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -222,6 +282,10 @@ def _spearman_axis(a, b, axis=-1):
 def spearman_ci(measured, planted, *, seed: int = 0, n_resamples: int = 2000) -> dict:
     """Spearman rho of ``measured`` against ``planted`` with its p-value and a seeded paired
     bootstrap 95% interval over the items (``fairvlm.verdicts.bootstrap_ci``)."""
+    validate.array("measured", measured, ndim=1, finite=False)  # NaN: rho is NaN, as before
+    validate.array("planted", planted, ndim=1, finite=False)
+    validate.integer("seed", seed, low=0)
+    validate.integer("n_resamples", n_resamples, low=1)
     from scipy.stats import spearmanr
 
     from fairvlm.verdicts import bootstrap_ci
@@ -243,6 +307,7 @@ _FEMALE = ("woman", "women", "female", "she", "her", "girl", "lady")
 def named_gender(text: str) -> str | None:
     """``"man"``, ``"woman"`` or ``None``: the gender a text names (``None`` if it names none or
     both)."""
+    validate.text("text", text, empty=True)
     import re
 
     low = text.lower()
@@ -279,6 +344,16 @@ def who_lean(model, processor, spec, keys, *, scene_seeds, n_templates: int | No
     agree with scoring each whole prompt on its own to float32 noise (a test checks it; 5e-6
     on the full build), in 0.68 of the time.
     """
+    from fairvlm.testbed.spec import BiasSpec
+
+    if not isinstance(spec, BiasSpec):
+        raise ParameterError(f"spec={validate.show(spec)} is not valid: it must be a BiasSpec (fairvlm.testbed.world_spec())")
+    validate.strings("keys", keys)
+    validate.integers("scene_seeds", scene_seeds, low=0)
+    if n_templates is not None:
+        validate.integer("n_templates", n_templates, low=1)
+    validate.integer("batch_size", batch_size, low=1)
+    validate.flag("progress", progress)
     from tqdm.auto import tqdm
 
     from fairvlm.testbed import captions as C
@@ -359,6 +434,16 @@ def target_row(key: str, what: str, effect: float, interval, target: float, *, d
     verdict of :func:`fairvlm.verdicts.decide` with the target as the null (``met``: the whole
     interval clears the target; ``met at the point estimate``: only the estimate does; ``not
     met``). ``p_value`` (for rank correlations) must also be below 0.01 for a target to count."""
+    validate.text("key", key)
+    validate.text("what", what, empty=True)
+    validate.number("target", target)
+    validate.choice("direction", direction, ("greater", "less"))
+    if p_value is not None:
+        validate.number("p_value", p_value, low=0.0, high=1.0)
+    if isinstance(effect, (str, bytes, bool)) or effect is None:
+        raise ParameterError(f"effect={validate.show(effect)} is not valid: it must be a number")
+    if isinstance(interval, (str, bytes)) or interval is None or len(list(interval)) != 2:
+        raise ParameterError(f"interval={validate.show(interval)} is not valid: it must be a pair (low, high)")
     from fairvlm.verdicts import decide, format_interval
 
     lo, hi = (float(v) for v in interval)

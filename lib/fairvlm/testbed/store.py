@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from fairvlm import checksums
+from fairvlm import checksums, validate
 from fairvlm.embedded import _quiet
-from fairvlm.errors import FairVLMError, unknown
+from fairvlm.errors import FairVLMError, ParameterError, unknown
 from fairvlm.testbed import artifacts, train
 from fairvlm.testbed.spec import BiasSpec
 from fairvlm.testbed.train import (
@@ -50,11 +50,27 @@ from fairvlm.testbed.train import (
 )
 
 
+def _check_build_args(size, seed, world=None, spec=None, spec_path=None) -> None:
+    """The arguments every build entry point shares, checked before anything is read or trained
+    (here, not in train.py or spec.py, which are part of the build key)."""
+    if not isinstance(size, str) or size not in SIZES:
+        raise unknown("testbed size", size, SIZES)
+    validate.integer("seed", seed, low=0)
+    if world is not None:
+        artifacts.check_world(world)
+    if spec is not None and not isinstance(spec, BiasSpec):
+        raise ParameterError(f"spec={validate.show(spec)} is not valid: it must be a BiasSpec "
+                             "(fairvlm.testbed.world_spec() or load_spec())")
+    if spec_path is not None:
+        validate.existing_file("spec_path", spec_path)
+
+
 def testbed_dir(size: str = "full", *, seed: int = 0, spec: BiasSpec | None = None,
                 world: str | None = None) -> Path:
     """The cache folder of a build (it may not exist yet); ``spec`` defaults to ``world``'s."""
     from fairvlm.paths import cache_dir
 
+    _check_build_args(size, seed, world, spec)
     spec = spec if spec is not None else artifacts.world_spec(world)
     return cache_dir() / "testbed" / f"{size}-{cache_key(spec, size, seed)}"
 
@@ -115,6 +131,9 @@ def build(size: str = "full", *, seed: int = 0, spec_path=None, world: str | Non
     with the current build key (checksums verified first); otherwise, or with ``force=True``,
     both models are trained here (about 12 minutes for ``full`` on two CPU cores).
     """
+    _check_build_args(size, seed, world, None, spec_path)
+    validate.flag("force", force)
+    validate.flag("progress", progress)
     _check_size(size)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise FairVLMError(f"seed={seed!r} must be a non-negative integer")
@@ -224,6 +243,7 @@ def loaded_builds() -> list[dict]:
 
 def describe_build(root: Path) -> str:
     """One line naming what produced the build in ``root``."""
+    root = validate.existing_dir("root", root)
     info = _source_info(root)
     if info.get("source") == "shipped":
         sha = info.get("sha256", {})
@@ -244,6 +264,7 @@ def training_log(size: str = "full", *, seed: int = 0, spec_path=None, world: st
     """The ``build.json`` record of a build (making it first if missing): training curves,
     timings and settings of the run that trained it (here or, for shipped weights, when
     ``make models`` ran)."""
+    _check_build_args(size, seed, world, None, spec_path)
     root = build(size, seed=seed, spec_path=spec_path, world=world, progress=True)
     try:
         return json.loads((root / "build.json").read_text())
@@ -261,8 +282,9 @@ def load_hf(name: str, size: str = "full", *, seed: int = 0, spec_path=None, wor
     """
     from transformers import AutoTokenizer, LlavaForConditionalGeneration, VisionTextDualEncoderProcessor
 
-    if name not in NAMES:
+    if not isinstance(name, str) or name not in NAMES:
         raise unknown("testbed model", name, NAMES)
+    _check_build_args(size, seed, world, None, spec_path)
     _check_size(size)
     root = build(size, seed=seed, spec_path=spec_path, world=world)
     info = _source_info(root)
