@@ -365,3 +365,13 @@ def test_planted_shares_on_constructed_embeddings():
     assert 0.0 <= float(sh["labels shuffled"][0]) <= 1.0
     with pytest.raises(ParameterError, match="null_embs"):
         DL.planted_shares((I, T), (I, T_edit), [], [0], ["male", "female"], [0, 0], 1, n_perm=4)
+
+
+@pytest.mark.parametrize("profile", sorted(DL.SHIPPED))
+def test_the_book_ships_chapter_06s_saes_with_the_current_build_key(profile):
+    """Stale SAEs cannot ship silently: a change to the SAE code, the recipe or the testbed
+    changes the key, and this fails until `python -m fairvlm.debiaslens build-artifacts`
+    rebuilds them (the chapter itself would retrain them in the run, saying why)."""
+    key, _ = DL.build_key("testbed-clip", "testbed-llava", profile=profile, world="default", seed=0,
+                          size=DL.SHIPPED[profile])
+    assert DL._check_folder(DL.shipped_folder("default", profile), key) == ""
