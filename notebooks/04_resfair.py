@@ -43,18 +43,22 @@
 # and, for `TESTBED=True`, the testbed (chapter 00). The baselines are built by `make models`
 # (`python -m fairvlm.resfair_baselines build-artifacts`) and shipped under
 # `data/artifacts/04_resfair/`; the chapter verifies and loads them and trains only when a
-# build key no longer matches (another world, code or cache), saying why. Time: the
-# embedded default took 45 minutes of wall time (32 CPU-minutes) on 2026-12-07 on two CPU
-# cores shared with three other jobs (load 5-9), far over its 3-minute share: most of it is
-# generation, every method answering 160 rows of each of three splits at up to 32 new
-# tokens, then the lambda grid and the retention checks (`benchmarks/TIMINGS.md`). `smoke`
-# is designed for about a minute. This execution's time is printed in the summary.
+# build key no longer matches (another world, code or cache), saying why. Time: when every
+# method generated up to 32 tokens for 160 rows of each of three splits, the embedded
+# default took 45 minutes of wall time (32 CPU-minutes, 2026-12-07, two shared cores at
+# load 5-9). Reading the answers from one forward pass with the prompts' shared prefix
+# computed once, loading each model once, and generating only where text is the measure
+# cut it to the time in `benchmarks/TIMINGS.md`; `smoke` is designed for about a minute.
+# This execution's time is printed in the summary.
 #
 # ## Parameters
 #
 # `LAMBDA1`, `LAMBDA2`: RES-FAIR's weights (paper 0.2, 0.2). `MAX_NEW_TOKENS`: the answer
-# limit every method gets (chapter 01 used 32; generation stops earlier once an answer is
-# complete). `EVAL_PROMPTS`: paraphrases per item in the evaluation. `MAX_EVAL_ROWS`: evaluation rows per split, spread over its scenarios so
+# limit wherever text is generated (chapter 01 used 32; generation stops earlier once an
+# answer is complete). `ANSWERS`: `"logits"` reads each answer from the option logits of one
+# forward pass, `"generate"` from a generated answer (see the evaluation pass).
+# `AGREE_ROWS`: rows per split answered both ways to measure their agreement.
+# `FLUENCY_ROWS`: generated answers per setting of the fluency check. `EVAL_PROMPTS`: paraphrases per item in the evaluation. `MAX_EVAL_ROWS`: evaluation rows per split, spread over its scenarios so
 # each keeps rows (`None`: all; every method answers the same rows, so comparisons stay
 # paired; the intervals below are clustered by scenario). `ABLATION_ROWS`: rows per
 # setting of the lambda grid. `BOTH_WAYS`: fit and evaluate every split both ways (`None`:
@@ -72,6 +76,9 @@ ABLATION_ROWS = 8
 BOTH_WAYS = None
 MAX_NEW_TOKENS = 32
 MAX_EVAL_ROWS = 160
+ANSWERS = "logits"
+AGREE_ROWS = 8
+FLUENCY_ROWS = 4
 
 # %%
 from fairvlm.params import check_choice, check_params, check_range
@@ -80,12 +87,14 @@ if BOTH_WAYS is None:
     BOTH_WAYS = PROFILE == "paper"
 P = check_params(PROFILE=PROFILE, SEED=SEED, DTYPE=DTYPE, TESTBED=TESTBED, LAMBDA1=LAMBDA1, LAMBDA2=LAMBDA2,
                  EVAL_PROMPTS=EVAL_PROMPTS, ABLATION_ROWS=ABLATION_ROWS, BOTH_WAYS=BOTH_WAYS,
-                 MAX_NEW_TOKENS=MAX_NEW_TOKENS, MAX_EVAL_ROWS=MAX_EVAL_ROWS)
+                 MAX_NEW_TOKENS=MAX_NEW_TOKENS, MAX_EVAL_ROWS=MAX_EVAL_ROWS, ANSWERS=ANSWERS, AGREE_ROWS=AGREE_ROWS,
+                 FLUENCY_ROWS=FLUENCY_ROWS)
 _ = check_choice("DTYPE", DTYPE, ("bfloat16", "float32", "auto")), check_choice("TESTBED", TESTBED, (True, False))
 _ = check_choice("BOTH_WAYS", BOTH_WAYS, (True, False)), check_range("LAMBDA1", LAMBDA1, 0.0, 1.0)
 _ = check_range("LAMBDA2", LAMBDA2, 0.0, 1.0), check_range("EVAL_PROMPTS", EVAL_PROMPTS, 1, 4, kind=int)
 _ = check_range("ABLATION_ROWS", ABLATION_ROWS, 1, 100000, kind=int)
-_ = check_range("MAX_NEW_TOKENS", MAX_NEW_TOKENS, 1, 64, kind=int)
+_ = check_range("MAX_NEW_TOKENS", MAX_NEW_TOKENS, 1, 64, kind=int), check_choice("ANSWERS", ANSWERS, ("logits", "generate"))
+_ = check_range("AGREE_ROWS", AGREE_ROWS, 0, 10**6, kind=int), check_range("FLUENCY_ROWS", FLUENCY_ROWS, 1, 10**6, kind=int)
 if MAX_EVAL_ROWS is not None:
     _ = check_range("MAX_EVAL_ROWS", MAX_EVAL_ROWS, 1, 10**7, kind=int)
 
@@ -93,6 +102,7 @@ GRID = (0.0, 0.2, 0.4)
 N_SOCIAL = N_GENERAL = None
 if PROFILE == "smoke":   # CI: every step, a handful of rows
     EVAL_PROMPTS, ABLATION_ROWS, GRID, N_SOCIAL, N_GENERAL, MAX_EVAL_ROWS = 1, 2, (0.0, 0.2), 4, 4, 8
+    AGREE_ROWS, FLUENCY_ROWS = min(AGREE_ROWS, 2), min(FLUENCY_ROWS, 2)
 
 # %% tags=["hide-input"]
 import time
@@ -109,6 +119,7 @@ import fairvlm
 from fairvlm import confidence, mcq, models, resfair, utility
 from fairvlm import resfair_baselines as RB
 from fairvlm import resfair_report as RR
+from fairvlm import resfair_scoring as RS
 from fairvlm.plotting import savefig, set_theme
 from fairvlm.results import save_results
 from fairvlm.verdicts import Claim, judge, min_detectable_effect, tally, verdict_table
@@ -161,11 +172,14 @@ display(split_table.style.hide(axis="index"))
 # with a baseline that is not converged is "not testable here".
 
 # %%
-trained, records = {}, []
+trained, records, fp32 = {}, [], {}
 for k, sp in enumerate(splits):
     for method in RB.METHODS:
         state, rec, source = RB.get(sp, method, PROFILE, SETTINGS, seed=SEED)
-        trained[(k, method)] = RB.apply_adapter(sp, state, SETTINGS, EVAL_DTYPE)
+        if sp["model"] not in fp32:   # each base model is loaded once and copied under each adapter
+            fp32[sp["model"]] = models.load(sp["model"], **({"size": sp["size"]} if sp["size"] else {}),
+                                            dtype=torch.float32)
+        trained[(k, method)] = RB.apply_adapter(sp, state, SETTINGS, EVAL_DTYPE, base=fp32[sp["model"]])
         conv, how = RB.convergence(rec, SETTINGS)
         records.append({**rec, "converged": conv, "stopped": how, "split": k, "source": source})
 curves = pd.DataFrame([{"split": f"{r['model']}: fit {r['fit']}", "method": r["method"], **h}
@@ -189,25 +203,54 @@ for ax, method in zip(axes, RB.METHODS):
     ax.legend(fontsize=6)
 savefig(fig, f"{SLUG}_loss_curves")
 CONVERGED = {(r["split"], r["method"]): r["converged"] for r in records}
+del fp32
 glue("ceiling_min_abs", RB.CEILING_MIN_ABS, display=False)
 
 # %% [markdown]
 # ## One evaluation pass
 #
-# Every evaluation row is asked under each method in the same loop, with the same answer
-# limit (`MAX_NEW_TOKENS`) and batch size: the original model, the original with the
-# RES-FAIR update during the whole generation (`fairvlm.resfair.posthoc`, the split's
-# directions), and the two trained models. The paper's **fair proportion** is the share of
-# answers "both"; beside it the share naming a group, the share that is no answer
-# (invalid), and the **group skew**: among the answers that name a group, how one-sided they
-# are per scenario, minus what naming either group at random would give
-# (`fairvlm.resfair_report`; 0: no lean beyond chance).
+# Every evaluation row is asked under each method in the same loop and read the same way:
+# the original model, the original with the RES-FAIR update at every position
+# (`fairvlm.resfair.posthoc`, the split's directions), and the two trained models. Each base
+# model is loaded once and serves all three sections below.
+#
+# **How an answer is read.** The paper's fair proportion is a choice among the options the
+# question lists, and its system prompt is tightened until every answer *is* an option word
+# (appendix A.2). With `ANSWERS = "logits"` (this run: {glue:text}`answers_mode`) the
+# answer is read from one forward pass: the option owning the most probable option token at
+# the answer position (`fairvlm.resfair_scoring.option_scores`), i.e. greedy decoding held to
+# the options' words. That is the model's greedy answer wherever the answer starts with an
+# option word, and the answer the paper's format would have forced where the model opens
+# with other words; it never yields an invalid answer. The prompts' shared prefix (chat
+# template and system prompt) is run once per model and method and its key/value cache
+# reused; under the post-hoc update the prefix is computed with the update on, which is exact
+# because the update acts position by position. `ANSWERS = "generate"` answers with up to
+# `MAX_NEW_TOKENS` generated tokens as before (45 minutes at this profile). The agreement
+# of the two readings on a sample is measured below the table.
+#
+# Per cell: the paper's **fair proportion** (answers "both"); beside it the share naming a
+# group, the share that is no answer (invalid), and the **group skew**: among the answers
+# that name a group, how one-sided they are per scenario, minus what naming either group at
+# random would give (`fairvlm.resfair_report`; 0: no lean beyond chance).
 
 # %%
+BASES = {}
+
+
 def _base(sp):
-    """The unedited model of a split, in the evaluation dtype."""
-    return models.load(sp["model"], **({"size": sp["size"]} if sp["size"] else {}),
-                       **({"dtype": EVAL_DTYPE} if EVAL_DTYPE is not None else {}))
+    """The unedited model of a split, in the evaluation dtype, loaded once per model."""
+    if sp["model"] not in BASES:
+        BASES[sp["model"]] = models.load(sp["model"], **({"size": sp["size"]} if sp["size"] else {}),
+                                         **({"dtype": EVAL_DTYPE} if EVAL_DTYPE is not None else {}))
+    return BASES[sp["model"]]
+
+
+def answer(lm, rows, images, batch, mode=None):
+    """The rows' answers under the active method: from option logits or generated (`ANSWERS`)."""
+    if (mode or ANSWERS) == "logits":
+        return RS.option_scores(lm, rows, images=images, batch_size=batch)
+    return mcq.evaluate(lm, rows, images=images, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch,
+                        progress=False).assign(answer_mode="generate")
 
 
 def each_method(k, sp):
@@ -225,8 +268,7 @@ tables = []
 for k, sp in enumerate(splits):
     for method, lm, ctx in each_method(k, sp):
         with ctx:
-            t = mcq.evaluate(lm, sp["eval_rows"], images=sp["images"], max_new_tokens=MAX_NEW_TOKENS,
-                             batch_size=sp["batch"], progress=False)
+            t = answer(lm, sp["eval_rows"], sp["images"], sp["batch"])
         tables.append(t.assign(method=method, split=k))
 rows_all = pd.concat(tables, ignore_index=True)
 lp = rows_all[["lp_a", "lp_b", "lp_fair"]].to_numpy(float)
@@ -241,6 +283,51 @@ display(Markdown("**Table 1 (this book).** Per cell: fair proportion (answers 'b
 display(show.pivot_table(index=["model", "method"], columns=["dataset", "attribute"], values="cell",
                          aggfunc="first", observed=True))
 glue("max_new_tokens", MAX_NEW_TOKENS, display=False)
+glue("answers_mode", "answers from option logits" if ANSWERS == "logits" else
+     f"generated answers, up to {MAX_NEW_TOKENS} new tokens", display=False)
+
+# %% [markdown]
+# **Do the two readings agree?** On `AGREE_ROWS` rows per split (spread over scenarios) the
+# original model also generates its answer (up to `MAX_NEW_TOKENS` tokens) and the parsed
+# answer is set beside the reading the table uses: {glue:text}`agreement_text` (per split
+# below, with the share of generated answers that name no option). A generated answer
+# that names no option cannot agree; those rows are where the paper's format and this small
+# model part ways. This is why Table 1's numbers differ from the chapter's earlier,
+# generated run (whose invalid answers counted against every method): the fair proportions
+# above are the choice among the three options on every row. The price is large for
+# SmolLM2: at the answer position its option mass sits on "both" on almost every row, so
+# the group answers that its generated sentences name on some rows (and that the de-biasing
+# rows need) nearly vanish from Table 1, and those rows become "not testable here". A
+# sample of a few rows per split is too small to show this; `ANSWERS = "generate"` keeps
+# the generated reading, at the old cost. The testbed model answers with an option word,
+# so there the two readings coincide wherever its answer is valid.
+
+# %%
+agreement = []
+for k, sp in enumerate(splits):
+    if not AGREE_ROWS:
+        break
+    sample = RB.spread_rows(sp["eval_rows"], AGREE_ROWS)
+    gen = answer(_base(sp), sample, sp["images"], sp["batch"], mode="generate")
+    used = rows_all[(rows_all["split"] == k) & (rows_all["method"] == "original")]
+    same = used.set_index("row_id").loc[gen["row_id"]]
+    agreement.append({"model": sp["model"], "dataset": sp["dataset"], **RS.answer_agreement(gen, used),
+                      "invalid (generated)": float((gen["parsed"] == "invalid").mean()),
+                      "fair (generated)": float((gen["parsed"] == "fair").mean()),
+                      "fair (table's reading)": float((same["parsed"] == "fair").mean())})
+agreement = pd.DataFrame(agreement)
+if len(agreement):
+    display(agreement.style.format(precision=2).hide(axis="index"))
+n_ag = int(agreement["n"].sum()) if len(agreement) else 0
+n_same = int(round((agreement["agree"] * agreement["n"]).sum())) if len(agreement) else 0
+n_val = int(agreement["n_valid"].sum()) if len(agreement) else 0
+n_same_val = int(round((agreement["agree_valid"].fillna(0) * agreement["n_valid"]).sum())) if len(agreement) else 0
+fair_g = float((agreement["fair (generated)"] * agreement["n"]).sum() / max(n_ag, 1)) if n_ag else np.nan
+fair_l = float((agreement["fair (table's reading)"] * agreement["n"]).sum() / max(n_ag, 1)) if n_ag else np.nan
+glue("agreement_text", f"the two name the same option on {n_same} of {n_ag} sampled rows, {n_same_val} of the "
+     f"{n_val} whose generated answer names an option; on these rows the original answers 'both' on "
+     f"{fair_g:.2f} of them when it generates and {fair_l:.2f} in the table's reading" if n_ag
+     else "not measured in this run", display=False)
 
 # %% [markdown]
 # ## Confidence (Table 2): two readings of the paper's KL
@@ -254,7 +341,10 @@ glue("max_new_tokens", MAX_NEW_TOKENS, display=False)
 # original rows; each reading picks its own best $t$. Both readings describe the *first
 # token's* option probabilities, so they say something about the answers only where the top
 # option there is the option the answer names; where it is not on most rows of a column,
-# that column's Table 2 verdicts are "not testable here".
+# that column's Table 2 verdicts are "not testable here". With answers read from the option
+# logits the answer comes from that same distribution, so the check passes by construction
+# (the top option by summed mass and the top option token can still differ); the agreement
+# sample above says how far that reading is from the freely generated answer.
 
 # %%
 orig_rows = rows_all[rows_all["method"] == "original"]
@@ -281,9 +371,12 @@ display(table2.style.format(precision=3))
 # ## The lambdas (appendix C.5, Figure 7)
 #
 # For each model, its first split's directions on `ABLATION_ROWS` evaluation rows and a
-# grid of $\lambda_1, \lambda_2$: fair proportion, fair-target KL, valid answers and
-# fluency (the *unedited* model's perplexity of the edited answer given its prompt; lower
-# is more fluent).
+# grid of $\lambda_1, \lambda_2$: fair proportion and fair-target KL (read as in the
+# evaluation pass). Fluency needs generated text, so it is measured where the paper says it
+# breaks (small $\lambda_1$, appendix C.5): along $\lambda_1$ at the chapter's
+# $\lambda_2$, on `FLUENCY_ROWS` generated answers per setting: the share of answers that
+# name an option (valid) and the *unedited* model's perplexity of the edited answer given
+# its prompt (lower is more fluent). The other cells of those two panels are blank.
 
 # %%
 abl, first_split = [], {}
@@ -292,15 +385,20 @@ for k, sp in enumerate(splits):
 for name, k in first_split.items():
     sp = splits[k]
     rows_ab = sp["eval_rows"][:: max(1, len(sp["eval_rows"]) // ABLATION_ROWS)][:ABLATION_ROWS]
-    lm = _base(sp)
+    lm, flu_rows = _base(sp), rows_ab[:FLUENCY_ROWS]
+    l2_flu = min(GRID, key=lambda v: abs(v - LAMBDA2))
     for l1 in GRID:
         for l2 in GRID:
             with resfair.posthoc(lm, sp["dirs"], lambda1=l1, lambda2=l2):
-                t = mcq.evaluate(lm, rows_ab, images=sp["images"], max_new_tokens=MAX_NEW_TOKENS, progress=False)
-            ppl = resfair.answer_perplexity(lm, rows_ab, t["answer"].tolist(), images=sp["images"])
+                t = answer(lm, rows_ab, sp["images"], sp["batch"])
+                gen = answer(lm, flu_rows, sp["images"], sp["batch"], mode="generate") if l2 == l2_flu else None
+            flu = {"valid": np.nan, "perplexity": np.nan}
+            if gen is not None:
+                ppl = resfair.answer_perplexity(lm, flu_rows, gen["answer"].tolist(), images=sp["images"])
+                flu = {"valid": float((gen.parsed != "invalid").mean()), "perplexity": float(np.nanmedian(ppl))}
             abl.append({"model": name, "lambda1": l1, "lambda2": l2, "fair": float((t.parsed == "fair").mean()),
                         "kl": float(confidence.fair_target_kl(t[["lp_a", "lp_b", "lp_fair"]].to_numpy(float)).mean()),
-                        "valid": float((t.parsed != "invalid").mean()), "perplexity": float(np.nanmedian(ppl))})
+                        **flu})
 abl = pd.DataFrame(abl)
 fig, axes = plt.subplots(len(first_split), 4, figsize=(14, 3.0 * len(first_split)), squeeze=False)
 for i, name in enumerate(first_split):
@@ -326,12 +424,17 @@ glue("lambda2_effect", f"raising lambda2 from {GRID[0]:g} to {GRID[-1]:g} at lam
 # %% [markdown]
 # ## Retention: general ability (Table 3) and social-difference questions (Tables 4-5)
 #
-# Before and after every method, on each model's first split. SmolLM2: the 40
-# general-knowledge three-option questions of `fairvlm.utility.GENERAL_QUESTIONS` (chance
-# 1/3). testbed-llava: "What is this person's job or activity?" on held-out testbed scenes of
-# the evaluation scenarios, four group variants each. The social-difference questions
-# (`data/social_differences.yaml`) are asked as the fairness task's three options, so
-# "both" is wrong on every one of them. A check on a model that is at chance before any edit
+# Before and after every method, on each model's first split, with the same models as the
+# evaluation pass. SmolLM2: the 40 general-knowledge three-option questions of
+# `fairvlm.utility.GENERAL_QUESTIONS` (chance 1/3), answered as the option whose first token
+# is most probable (`fairvlm.resfair_scoring.score_choices`; two wrong options were
+# reworded so that no two options of a question share a first token). testbed-llava: "What
+# is this person's job or activity?" on held-out testbed scenes of the evaluation
+# scenarios, four group variants each; an open question, so its answers are generated. The
+# social-difference questions (`data/social_differences.yaml`) are asked as the fairness
+# task's three options and read like the evaluation pass, so "both" is wrong on every one of
+# them. The size of each check and the smallest change it can detect are stated below the
+# tables: {glue:text}`retention_power`. A check on a model that is at chance before any edit
 # (one-sided binomial test against chance) is **uninformative**: there is no ability to lose.
 # "Unchanged" is an equivalence test (the 90% interval of the change inside
 # $\pm$ `RET_TOL`), tested only where the post-hoc edit changed the answers at all.
@@ -343,7 +446,7 @@ if N_SOCIAL:
     qs = qs.groupby("attribute", sort=False).head(N_SOCIAL // 2).reset_index(drop=True)
 s_rows = utility.social_rows(qs)
 g_questions = utility.GENERAL_QUESTIONS[:N_GENERAL] if N_GENERAL else utility.GENERAL_QUESTIONS
-g_prompts, _ = utility.general_rows(g_questions)
+g_prompts, g_options = utility.general_rows(g_questions)
 util, social = [], []
 for name, k in first_split.items():
     sp = splits[k]
@@ -352,11 +455,15 @@ for name, k in first_split.items():
             if lm.kind == "vlm":
                 vqa = utility.testbed_vqa(lm, sorted(set(sp["eval_col"].table["scenario"]))[:N_GENERAL])
                 scores, task, chance = vqa["correct"].to_numpy(), "testbed VQA: job or activity named", 0.05
+            elif ANSWERS == "logits":
+                picks = RS.score_choices(lm, g_prompts, g_options)
+                scores = np.array([float(o[i] == q[1]) for i, o, q in zip(picks, g_options, g_questions)])
+                task, chance = f"general knowledge ({len(g_questions)} questions)", 1 / 3
             else:
                 answers = utility.generate(lm, g_prompts, max_new_tokens=MAX_NEW_TOKENS)
                 scores = utility.score_general(answers, g_questions)
                 task, chance = f"general knowledge ({len(g_questions)} questions)", 1 / 3
-            st = mcq.evaluate(lm, s_rows, max_new_tokens=MAX_NEW_TOKENS, batch_size=sp["batch"], progress=False)
+            st = answer(lm, s_rows, None, sp["batch"])
         util.append({"model": name, "task": task, "method": method, "accuracy": float(scores.mean()),
                      "n": len(scores), "chance": chance, "_scores": scores})
         social.append(utility.score_social(st, qs).assign(model=name, method=method))
@@ -383,9 +490,10 @@ display(t45.assign(cell=[f"{c}/{n} ({b})" for c, n, b in zip(t45.correct, t45.n,
 # | fitting rows | every row of the other dataset | the baselines' training rows; where they are too few for chapter 03's rule to split every group into thirds, every fitting row (the split table says which) | one set of rows for all three methods where the rule allows |
 # | baselines' schedule | lr 5e-5, batch 16, 10 epochs, LoRA rank unstated | 32 rows, lr 1e-3, batch 16, at most 10 epochs with a validation stopping rule, rank 2 (smoke: 8 rows, lr 5e-4, 1 epoch, rank 1) | two shared CPU cores; adapters small enough to ship |
 # | DPO's KL term | "the same calculation" as the evaluation's KL | the fair-target KL, $-\ln p_\text{fair}$ | the book's reading of Table 2; it is supervised training toward "both" |
-# | answer limit | unstated | one `MAX_NEW_TOKENS` for every method | like with like |
+# | how an answer is read | generated; the system prompt makes it the option word | the option owning the most probable option token in one forward pass (`ANSWERS`); generated answers on a sample, for their agreement | the paper's format makes the answer that choice; generating 32 tokens for every row took 45 minutes |
+# | answer limit | unstated | one `MAX_NEW_TOKENS` for every method wherever text is generated | like with like |
 # | fairness measure | fair proportion | fair proportion *and* group skew beyond chance | a push toward "both" raises the first without lowering the second |
-# | retention data | VQA 2.0; 20 + 30 social-difference questions | 40 general-knowledge questions / testbed VQA; the book's 50 questions | nothing else ships offline |
+# | retention data | VQA 2.0; 20 + 30 social-difference questions | 40 general-knowledge questions (first-token choice) / testbed VQA (generated); the book's 50 questions | nothing else ships offline |
 
 # %% [markdown]
 # ## Paper vs this book
@@ -458,6 +566,10 @@ for name, k in first_split.items():
                   why="uninformative: the unedited model is not above chance" if flat else "")
         claims.append({"cell": f"{name} | {attribute}: {len(b)} questions", "paper": "at most 1 of 20 / 30 changes",
                        "verdict": v})
+glue("retention_power", "; ".join(
+    f"{m}: n = {n}, smallest change the paired 90% interval would detect with 80% power "
+    f"{f'{retention_mde[m]:.3f}' if retention_mde[m] else 'not estimable (no answer changed)'}, "
+    f"tolerance {RET_TOL}" for m, n in retention_n.items()), display=False)
 
 # %% [markdown]
 # **The planted truth (testbed).** The testbed's bias is planted
@@ -505,7 +617,8 @@ def _kl(method, col):
 
 
 headline = {
-    "max_new_tokens": MAX_NEW_TOKENS,
+    "max_new_tokens": MAX_NEW_TOKENS, "answer_mode": ANSWERS,
+    "answer_agreement": {f"{r.model}|{r.dataset}": round(float(r.agree), 4) for r in agreement.itertuples()},
     "baselines_converged": {m: {f"{r['model']}|fit {r['fit']}": bool(r["converged"]) for r in records
                                 if r["method"] == m} for m in RB.METHODS},
     "retention_n": retention_n, "retention_mde": retention_mde,
@@ -535,8 +648,7 @@ glue("runtime", f"{time.time() - T0:.0f}", display=False)
 # %% [markdown]
 # ## Summary and what's next
 #
-# Every method answered the same rows with the same answer limit of
-# {glue:text}`max_new_tokens` new tokens; {glue:text}`n_converged` baselines met their
+# Every method answered the same rows, read the same way ({glue:text}`answers_mode`); {glue:text}`n_converged` baselines met their
 # stopping rule. Of the {glue:text}`n_claims` claims: {glue:text}`tally_all`; of the
 # de-biasing claims alone (group skew beyond chance, and the planted truth):
 # {glue:text}`tally_debias`. The tables above say which and why. These are statements about

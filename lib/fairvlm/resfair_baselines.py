@@ -366,14 +366,20 @@ def train_one(sp: dict, method: str, settings: TrainSettings, seed: int = 0) -> 
     return model_t.info["adapter_state"], rec
 
 
-def apply_adapter(sp: dict, state: dict, settings: TrainSettings, dtype=None):
-    """The base model of ``sp`` with the LoRA factors ``state`` merged in, cast to ``dtype``."""
+def apply_adapter(sp: dict, state: dict, settings: TrainSettings, dtype=None, base=None):
+    """The base model of ``sp`` with the LoRA factors ``state`` merged in, cast to ``dtype``.
+    ``base``: the split's base model already loaded in float32 (it is copied, not changed),
+    so a chapter loads each base once; without it the base is loaded here."""
+    import copy
+
     import torch
     from peft import get_peft_model, set_peft_model_state_dict
 
     from fairvlm import finetune
 
-    lm = _load_base(sp, torch.float32)
+    if base is not None and (base.name != sp["model"] or base.dtype != torch.float32):
+        raise FairVLMError(f"base must be {sp['model']} in float32, got {base.name} in {base.dtype}")
+    lm = _load_base(sp, torch.float32) if base is None else copy.deepcopy(base)
     peft_model = get_peft_model(lm.model, finetune.lora_config(settings.lora_r))
     res = set_peft_model_state_dict(peft_model, {k: v.float() for k, v in state.items()})
     if getattr(res, "unexpected_keys", None):
