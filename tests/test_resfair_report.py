@@ -148,6 +148,31 @@ def test_adapter_artifact_checks(tmp_path):
     assert got is None and "damaged" in why
 
 
+def test_load_valid_reads_shipped_then_cache_and_never_trains(tmp_path, monkeypatch):
+    import torch
+
+    from fairvlm import resfair_baselines as RB
+
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    monkeypatch.setattr(RB, "shipped_dir", lambda: shipped)
+    monkeypatch.setattr(RB, "_cache_folder", lambda: cache)
+    monkeypatch.setattr(RB, "artifact_name", lambda sp, method, profile: "a")
+    monkeypatch.setattr(RB, "build_key", lambda sp, method, settings, seed: "k1")
+    monkeypatch.setattr(RB, "train_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    args = ({}, "w/ LoRA", "smoke", RB.TrainSettings())
+    state, rec, why = RB.load_valid(*args)
+    assert state is None and rec is None and "no a in" in why and str(shipped) in why
+    w = {"w": torch.ones(2, 2)}
+    RB._save_entry(cache, "a", w, {"build_key": "k1"})
+    state, rec, where = RB.load_valid(*args)
+    assert where == "cache" and torch.equal(state["w"].float(), w["w"])
+    assert RB.load_valid(*args, cache=False)[0] is None                    # shipped only
+    RB._save_entry(shipped, "a", {"w": torch.zeros(2, 2)}, {"build_key": "k1"})
+    state, _, where = RB.load_valid(*args)
+    assert where == "shipped" and not state["w"].any()
+    assert RB.get(*args, log=lambda m: None)[2] == "shipped"              # get serves it, never trains
+
+
 def test_spread_rows_keeps_every_scenario():
     rows = [_Row(i, f"s{i // 10}") for i in range(40)]          # 4 scenarios of 10 rows, in order
     kept = spread_rows(rows, 8)

@@ -784,13 +784,10 @@ def adapter_state(sp: dict, method: str, *, profile: str = "embedded", seed: int
 
     settings = RB.SETTINGS.get(profile, RB.TrainSettings())
     name, key = RB.artifact_name(sp, method, profile), RB.build_key(sp, method, settings, seed)
-    reasons = []
-    for where, folder in (("shipped", RB.shipped_dir()), ("cache", RB._cache_folder())):
-        state, _, why = RB._load_entry(folder, name, key)
-        if state is not None:
-            return state, f"{where} ({name}, build key {key[:12]})"
-        reasons.append(why)
-    return None, f"not compared: {reasons[0]} (training it here would take minutes)"
+    state, _, where = RB.load_valid(sp, method, profile, settings, seed=seed)
+    if state is not None:
+        return state, f"{where} ({name}, build key {key[:12]})"
+    return None, f"not compared: {where} (training it here would take minutes)"
 
 
 def llava_run(*, seed: int = 0, n_planted: int = 6, n_balanced: int = 4, steer_layer: float = 0.5, n_fit: int = 8,

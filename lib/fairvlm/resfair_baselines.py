@@ -394,6 +394,23 @@ def apply_adapter(sp: dict, state: dict, settings: TrainSettings, dtype=None, ba
     return replace(lm, model=model, info={**lm.info, "_fingerprint": None})
 
 
+def load_valid(sp: dict, method: str, profile: str, settings: TrainSettings, *, seed: int = 0,
+               folder: Path | None = None, cache: bool = True) -> tuple[dict | None, dict | None, str]:
+    """One baseline's adapter when a folder holds it with the current build key and intact
+    files: the shipped folder (or ``folder``) first, then (``cache=True``) the user's cache.
+    Never trains. Returns ``(state, record, "shipped" | "cache")`` or ``(None, None, why)``
+    with the first folder's reason."""
+    name, key = artifact_name(sp, method, profile), build_key(sp, method, settings, seed)
+    first = folder or shipped_dir()
+    reasons = []
+    for where in (first, _cache_folder()) if cache else (first,):
+        state, rec, why = _load_entry(where, name, key)
+        if state is not None:
+            return state, rec, "shipped" if where == first else "cache"
+        reasons.append(why)
+    return None, None, reasons[0]
+
+
 def get(sp: dict, method: str, profile: str, settings: TrainSettings, *, seed: int = 0, log=print,
         folder: Path | None = None, write: bool = False) -> tuple[dict, dict, str]:
     """``(adapter_state, record, source)`` for one baseline: the shipped artifact when its
@@ -403,13 +420,10 @@ def get(sp: dict, method: str, profile: str, settings: TrainSettings, *, seed: i
 
     name, key = artifact_name(sp, method, profile), build_key(sp, method, settings, seed)
     if not write:
-        reasons = []
-        for where in (folder or shipped_dir(), _cache_folder()):
-            state, rec, why = _load_entry(where, name, key)
-            if state is not None:
-                return state, rec, "shipped" if where == (folder or shipped_dir()) else "cache"
-            reasons.append(why)
-        log(f"training {name}: {reasons[0]}")
+        state, rec, where = load_valid(sp, method, profile, settings, seed=seed, folder=folder)
+        if state is not None:
+            return state, rec, where
+        log(f"training {name}: {where}")
     state, rec = train_one(sp, method, settings, seed)
     rec["build_key"] = key
     _save_entry(folder if write else _cache_folder(), name, state, rec)
