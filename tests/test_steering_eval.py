@@ -100,12 +100,16 @@ def test_role_retention_table():
 def test_gate_why_tells_an_underpowered_gate_from_damage():
     """Hand-computed: a change of -0.083 whose 90% interval starts at -0.222 reaches 0.139 below
     it, more than tol = 0.1: underpowered; 12 clusters x (0.139 / 0.05)^2 = 92.7 -> 93 clusters."""
-    keep = pd.DataFrame({"role named": [0.86, 0.78, 0.14], "90% interval": ["", "[-0.222, 0.028]", "[-0.861, -0.500]"],
-                         "reach below": [np.nan, 0.139, 0.05]}, index=["unsteered", "dataset:gender", "gradient:race"])
+    keep = pd.DataFrame({"role named": [0.86, 0.78, 0.14, 0.70],
+                         "90% interval": ["", "[-0.222, 0.028]", "[-0.861, -0.500]", "[-0.200, -0.120]"],
+                         "reach below": [np.nan, 0.139, 0.139, 0.04]},
+                        index=["unsteered", "dataset:gender", "gradient:race", "damage"])
     why = se._gate_why(keep, "dataset:gender", 0.1, 12)
     assert "underpowered at 12 item clusters" in why and "about 93 clusters" in why
-    why = se._gate_why(keep, "gradient:race", 0.1, 12)
-    assert why.endswith("a drop could be generation damage") and "underpowered" not in why
+    # a change of -0.72 is a lost role however wide the interval; a narrow interval at -0.16 too
+    for m in ("gradient:race", "damage"):
+        why = se._gate_why(keep, m, 0.1, 12)
+        assert why.endswith("a drop could be generation damage") and "underpowered" not in why
 
 
 def test_negatives_needed_hand_computed():

@@ -632,14 +632,16 @@ def verdict_rows(run: dict, *, planted: pd.DataFrame | None = None, role_table: 
 
 
 def _gate_why(keep: pd.DataFrame, m: str, tol: float, n_clusters: int) -> str:
-    """Why a mention row is not testable: the method lost the role, or the gate is underpowered
-    (its 90% interval reaches further below the change than ``tol``: even a direction that
-    changes nothing would fail it), then with the number of item clusters that would bring that
-    reach to ``tol / 2`` (it shrinks as 1/sqrt(clusters))."""
+    """Why a mention row is not testable: the method lost the role (its change is below
+    ``-tol``, or the interval is narrow enough to show a loss), or the gate is underpowered (the
+    change is within ``tol`` but its 90% interval reaches further below it than ``tol``: a
+    direction that changes nothing would fail too), then with the number of item clusters
+    that would bring that reach to ``tol / 2`` (it shrinks as 1/sqrt(clusters))."""
     head = (f"role retention {keep.loc[m, 'role named']:.2f} vs {keep.loc['unsteered', 'role named']:.2f} unsteered "
             f"(90% interval of the change {keep.loc[m, '90% interval']}) is not shown above -{tol:g}")
     reach = float(keep.loc[m, "reach below"]) if "reach below" in keep.columns else float("nan")
-    if np.isfinite(reach) and reach >= tol:
+    change = float(keep.loc[m, "role named"] - keep.loc["unsteered", "role named"])
+    if np.isfinite(reach) and reach >= tol and change >= -tol:
         need = int(np.ceil(n_clusters * (reach / (tol / 2)) ** 2))
         return (f"{head}; the gate is underpowered at {n_clusters} item clusters (its interval reaches {reach:.2f} "
                 f"below the change, more than the tolerance, so a direction that changes nothing would fail too; "
