@@ -64,7 +64,7 @@
 # fit them, `MAX_BENIGN_KL` the bound of the selection rule, `BATCH_SIZE` rows per forward or generation batch, `N_NULL_DRAWS` random directions
 # for the null (row $r$ of the grid ablates draw $r \bmod$ `N_NULL_DRAWS`, so the draws share
 # one evaluation set), `ROLE_TOL` the role-retention tolerance that gates a mention verdict,
-# `N_LOSS_ITEMS` items for the loss comparison.
+# `N_LOSS_ITEMS` items for the loss comparison (its MSE directions and generations are the main grid's).
 
 # %% tags=["parameters"]
 PROFILE = "embedded"
@@ -77,7 +77,7 @@ MAX_NEW_TOKENS = 24
 N_CANDIDATES = None
 N_FIT = 32
 MAX_BENIGN_KL = 0.1
-BATCH_SIZE = 64
+BATCH_SIZE = 128
 N_NULL_DRAWS = 20
 ROLE_TOL = 0.1
 N_LOSS_ITEMS = 8
@@ -130,7 +130,7 @@ from fairvlm.verdicts import Claim, judge, tally, verdict_table
 
 set_theme()
 torch.manual_seed(SEED)
-T0 = time.perf_counter()
+T0, C0 = time.perf_counter(), time.process_time()
 
 # %% [markdown]
 # ## Directions
@@ -228,7 +228,10 @@ display(bg.style.hide(axis="index").format(precision=2))
 # within `ROLE_TOL` (absolute share) of the unsteered model's: the lower end of the 90%
 # interval of the change, bootstrapped over item clusters, at or above $-$`ROLE_TOL` (column
 # `kept`; a non-inferiority check, the lower half of a TOST: naming the role more often is
-# no damage). Table 2: VADER compound per
+# no damage). Column `reach below` is how far that interval reaches below the change: where it
+# is at least `ROLE_TOL`, the gate is underpowered (a direction that changes nothing would fail
+# it too), and the verdict says so and how many item clusters would be needed, rather than
+# blaming the method. Table 2: VADER compound per
 # sentence, negative at $\le -0.05$; negative sentences per 1,000 generations per race group,
 # their variance (ddof = 1) and range across groups, and the fewest negative sentences of any
 # group (a spread verdict needs at least 5 in every group, and an unsteered variance above 0).
@@ -284,10 +287,16 @@ savefig(fig, "05_steering_token_shifts")
 loss_tabs, loss_rows = {}, []
 for k, r in runs.items():
     pre = r["item_prefixes"]["gender"][0]
+    n_l = min(N_LOSS_ITEMS, len(r["setting"].items))
+    # the MSE directions, their log p(T) changes and the unsteered and MSE-steered first-prompt
+    # generations are the main grid's (same items, layer, prefixes): reused, not recomputed
     la = se.loss_analysis(loaded[k], r["setting"], r["target_ids"]["gender"], layer=r["layer"]["gender"],
-                          n_items=N_LOSS_ITEMS, attribute="gender", prefixes=pre)
+                          n_items=n_l, attribute="gender", prefixes=pre,
+                          given={"mse": (r["gradient_directions"]["gender"], r["gradient_logp_change"]["gender"])})
     md = se.loss_mention_drop(loaded[k], r["setting"], la["directions"], attribute="gender",
-                              max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE, seed=SEED)
+                              max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE, seed=SEED,
+                              given_texts={"unsteered": se.first_prompt_texts(r, "unsteered", n_l),
+                                           "mse": se.first_prompt_texts(r, "gradient:gender", n_l)})
     tab = la["table"].merge(md, on="loss")
     tab.insert(0, "model", k)
     la["cosines"].insert(0, "model", k)
@@ -377,6 +386,7 @@ for k, tag in ((VLM, "tb"), ("SmolLM2", "sm")):
 glue("planted_sentence", "; ".join(f"{r['claim']}: {r['verdict']}" for _, r in vt.iterrows()
                                    if "planted" in r["claim"]) or "not run (no testbed model)", display=False)
 glue("minutes", f"{(time.perf_counter() - T0) / 60:.1f}", display=False)
+glue("cpu_minutes", f"{(time.process_time() - C0) / 60:.1f}", display=False)
 
 # %% [markdown]
 # ## Summary and what's next
@@ -400,7 +410,7 @@ glue("minutes", f"{(time.perf_counter() - T0) / 60:.1f}", display=False)
 # {glue:text}`planted_sentence`. The orthogonalised weights reproduce the hook ablation to
 # {glue:text}`tb_eq` and {glue:text}`sm_eq` in the logits, so a steered model can be served by
 # any runtime at the cost of the plain one (see `benchmarks/bench_steering.py`). This run took
-# {glue:text}`minutes` minutes. To generate at the paper's scale, shard the grid with
+# {glue:text}`minutes` minutes ({glue:text}`cpu_minutes` CPU-minutes over all threads). To generate at the paper's scale, shard the grid with
 # `accelerate launch -m fairvlm.shardgen` (README, "Scaling out"); its fingerprint covers the
 # direction file's bytes, the model's weights, the images and the library version, and a run
 # that would resume or merge across a changed input stops with one error. Chapter 06 turns

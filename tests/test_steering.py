@@ -299,3 +299,25 @@ def test_kl_and_ce_give_the_same_sign_step(tiny):
     g = {k: steering.gradient_direction(lm, _enc(lm), ids, layer=1, loss=k, check_logits=True) for k in ("kl", "ce")}
     assert torch.allclose(g["kl"].per_row, g["ce"].per_row)
     assert g["kl"].extra["logp_change_rows"].shape == (2,)
+
+
+@pytest.mark.parametrize("name", ("tiny-llava", "tiny-qwen2-vl"))
+def test_mean_activations_stop_early_and_equal_a_full_pass(tiny, name):
+    """The pass stops after the deepest layer asked for; the means equal those of a full
+    forward pass, by hand: the mean of each row's resid_post at the position counted from the end."""
+    lm = tiny[name]
+    enc = _enc(lm)
+    texts = ["Describe the person.", "Who is it?"]
+    ims = [Image.new("RGB", (40, 40), (200, 30, 30)), Image.new("RGB", (40, 40), (20, 30, 230))]
+    layers = [0, 1] if lm.n_layers > 2 else [0]
+    with torch.no_grad(), hooks.capture(lm, [f"resid_post.{l}" for l in layers]) as full:
+        lm.model(**enc, use_cache=False)
+    want = torch.stack([torch.stack([full[f"resid_post.{l}"][:, p].double().mean(0) for p in (-2, -1)])
+                        for l in layers])
+    calls = []
+    with hooks.capture(lm, [f"resid_post.{lm.n_layers - 1}"]) as top:
+        got = steering.mean_activations(lm, texts, ims, layers=layers, positions=[-2, -1], batch_size=2)
+        calls.append(len(top))
+    assert torch.allclose(got, want, atol=1e-5)
+    if max(layers) < lm.n_layers - 1:
+        assert calls == [0]            # the last layer never ran

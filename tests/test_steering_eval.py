@@ -95,3 +95,55 @@ def test_role_retention_table():
     assert not t.loc["gradient:race", "kept"] and t.loc["dataset:race", "kept"]
     assert t.loc["gradient:race", "change"] < -0.4
     assert set(t.index) == set(se.METHODS)
+
+
+def test_gate_why_tells_an_underpowered_gate_from_damage():
+    """Hand-computed: a change of -0.083 whose 90% interval starts at -0.222 reaches 0.139 below
+    it, more than tol = 0.1: underpowered; 12 clusters x (0.139 / 0.05)^2 = 92.7 -> 93 clusters."""
+    keep = pd.DataFrame({"role named": [0.86, 0.78, 0.14, 0.70],
+                         "90% interval": ["", "[-0.222, 0.028]", "[-0.861, -0.500]", "[-0.200, -0.120]"],
+                         "reach below": [np.nan, 0.139, 0.139, 0.04]},
+                        index=["unsteered", "dataset:gender", "gradient:race", "damage"])
+    why = se._gate_why(keep, "dataset:gender", 0.1, 12)
+    assert "underpowered at 12 item clusters" in why and "about 93 clusters" in why
+    # a change of -0.72 is a lost role however wide the interval; a narrow interval at -0.16 too
+    for m in ("gradient:race", "damage"):
+        why = se._gate_why(keep, m, 0.1, 12)
+        assert why.endswith("a drop could be generation damage") and "underpowered" not in why
+
+
+def test_negatives_needed_hand_computed():
+    g = _gen(n_clusters=4)                     # 4 scenes x 2 variants x 3 prompts = 24 rows per race group
+    g["neg"] = 0
+    u = g.index[(g["method"] == "unsteered") & (g["race"] == "black")][:2]
+    w = g.index[(g["method"] == "unsteered") & (g["race"] == "white")][:1]
+    g.loc[u, "neg"] = 1
+    g.loc[w, "neg"] = 1
+    assert se._negatives_needed(g) == "at the unsteered rates about 120 generations per group would be needed (here 24)"
+    g.loc[w, "neg"] = 0                        # white: none in 24 -> more than 5 x 24
+    assert se._negatives_needed(g).endswith("at least 121 generations per group would be needed")
+    rows = se.verdict_rows(_run(g))
+    v = _v(rows, "dataset race direction lowers")[0]
+    assert v.verdict == "not testable here" and "at least 121" in v.why
+
+
+def test_first_prompt_texts_picks_the_grid_rows_in_item_order():
+    g = pd.DataFrame({"method": ["unsteered"] * 6 + ["gradient:gender"] * 2, "prompt_id": [1, 0, 0, 0, 0, 1, 0, 0],
+                      "seed": [0, 0, 0, 0, 1, 0, 0, 0], "item": [0, 1, 0, 2, 0, 1, 0, 1],
+                      "text": ["p1", "b", "a", "c", "seed1", "p1b", "ga", "gb"]})
+    run = {"generations": g}
+    assert se.first_prompt_texts(run, "unsteered", 3) == ["a", "b", "c"]
+    assert se.first_prompt_texts(run, "gradient:gender", 2) == ["ga", "gb"]
+    with pytest.raises(FairVLMError, match="lacks first-prompt rows"):
+        se.first_prompt_texts(run, "gradient:gender", 3)
+
+
+def test_given_loss_directions_are_checked():
+    D = np.zeros((4, 6))
+    D[:, 0] = 1.0
+    out = se._check_given({"mse": (D, np.arange(4.0))}, 3, 6)
+    assert out["mse"][0].shape == (3, 6) and list(out["mse"][1]) == [0.0, 1.0, 2.0]
+    with pytest.raises(FairVLMError, match="need at least"):
+        se._check_given({"mse": (D, np.arange(4.0))}, 5, 6)
+    with pytest.raises(FairVLMError, match="must map losses"):
+        se._check_given({"hinge": (D, np.arange(4.0))}, 3, 6)

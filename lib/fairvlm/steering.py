@@ -251,7 +251,7 @@ def mean_activations(lm, texts: Sequence[str], images=None, *, layers: Sequence[
                      positions: Sequence[int] = (-1,), batch_size: int = 8, system=None) -> torch.Tensor:
     """Mean ``resid_post`` over prompts at each (layer, position): ``(len(layers), len(positions), d)``
     float64. Positions count from the end of the prompt (left padding: ``-1`` is every row's
-    last prompt token)."""
+    last prompt token). Each forward pass stops after the deepest layer asked for."""
     V.loaded("lm", lm)
     texts = V.strings("texts", texts)
     layers = V.integers("layers", layers, low=-lm.n_layers, high=lm.n_layers - 1)
@@ -263,11 +263,21 @@ def mean_activations(lm, texts: Sequence[str], images=None, *, layers: Sequence[
         raise FairVLMError(f"positions count from the end of the prompt (negative), got {list(positions)}")
     total = torch.zeros(len(layers), len(positions), lm.d_model, dtype=torch.float64)
     sites = [f"resid_post.{l}" for l in layers]
+    # the pass stops once the deepest requested layer is captured: the layers above it and the
+    # unembedding of every prompt position would be computed for nothing
+    last = f"resid_post.{max(l % lm.n_layers for l in layers)}"
+
+    def stop(x):
+        raise _Stop
+
     for sl in _batches(len(texts), batch_size):
         ims = None if images is None else list(images[sl])
         enc = lm.inputs(texts[sl], ims, system=system)
-        with capture(lm, sites) as cache:
-            lm.model(**enc, use_cache=False)
+        with capture(lm, sites) as cache, edit(lm, {last: stop}, check_finite=False):
+            try:
+                lm.model(**enc, use_cache=False)
+            except _Stop:
+                pass
         for i, s in enumerate(sites):
             x = cache[s][:, list(positions)].double().cpu()     # (B, P, d)
             total[i] += x.sum(0)

@@ -35,6 +35,7 @@ __all__ = [
     "persona_setting", "socialcf_image_setting", "eval_rows", "run_setting", "table1", "mentions_by_group", "table2",
     "table3", "paired_drop", "spread_bootstrap", "loss_analysis", "random_step_change", "gradient_step_change",
     "check_setting_sizes", "role_retention", "candidate_table", "verdict_rows", "loss_mention_drop",
+    "first_prompt_texts",
 ]
 
 #: Open-ended prompts. The first two are the ones REFERENCE.md quotes from the paper's group
@@ -293,7 +294,7 @@ def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, m
         raise FairVLMError(f"words={V.show(words)} must be load_word_lists()'s dict with lists for {ATTRIBUTES}")
     held = list(setting.held)[:n_held]
     timings = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     target = _target_ids(lm, words)
     # 1. dataset directions, one per attribute: means of each prompt set on the fitting inputs
     grid = steering.candidate_grid(lm.n_layers, n_candidates, n_positions=min(4, n_candidates))
@@ -376,6 +377,7 @@ def run_setting(lm, setting: Setting, *, n_seeds: int = 3, n_prompts: int = 5, m
     gen = pd.concat(out, ignore_index=True)
     gen.insert(0, "model", setting.label)
     timings["total_s"] = time.perf_counter() - t0
+    timings["total_cpu_s"] = time.process_time() - c0     # every thread of this process
     mean_grad = {a: steering.unit(grad[a].double().mean(0)) for a in ATTRIBUTES}
     return {"setting": setting, "generations": gen, "selection": sel, "target_ids": target,
             "dataset_direction": {a: sel[a].direction for a in ATTRIBUTES}, "gradient_directions": grad,
@@ -509,7 +511,10 @@ def role_retention(gen: pd.DataFrame, *, tol: float = ROLE_TOL, seed: int = 0) -
                           clusters=cl, binary=True, seed=seed)
                 lo = v.difference_interval[0]
                 row.update({"90% interval": f"[{v.difference_interval[0]:.3f}, {v.difference_interval[1]:.3f}]",
-                            "kept": bool(np.isfinite(lo) and lo >= -tol)})
+                            "kept": bool(np.isfinite(lo) and lo >= -tol),
+                            # how far the interval reaches below the change: at or above tol, even a
+                            # direction that changes nothing could not pass the gate (underpowered)
+                            "reach below": float(row["change"] - lo) if np.isfinite(lo) else float("nan")})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -593,9 +598,7 @@ def verdict_rows(run: dict, *, planted: pd.DataFrame | None = None, role_table: 
     for m in STEERED:
         kind, _, a = m.partition(":")
         ok = bool(keep.loc[m, "kept"])
-        why = "" if ok else (f"role retention {keep.loc[m, 'role named']:.2f} vs {keep.loc['unsteered', 'role named']:.2f}"
-                             f" unsteered (90% interval of the change {keep.loc[m, '90% interval']}) is not shown "
-                             f"above -{tol:g}: a drop could be generation damage")
+        why = "" if ok else _gate_why(keep, m, tol, gen[gen["method"] == "unsteered"]["cluster"].nunique())
         for ctrl, ctext, asserts in (("random", f"{run['n_null_draws']} random directions", "other"),
                                      ("damage", "the generation-damage control", "other")):
             u, s, cl = _paired(gen, m, f"m_{a}")
@@ -615,7 +618,7 @@ def verdict_rows(run: dict, *, planted: pd.DataFrame | None = None, role_table: 
         testable = bool(tu["variance"] > 0 and tu["min negatives in a group"] >= MIN_NEGATIVE)
         why = "" if testable else (f"unsteered: variance {tu['variance']:.3g}, fewest negative sentences in a group "
                                    f"{int(tu['min negatives in a group'])} (a verdict needs variance > 0 and at least "
-                                   f"{MIN_NEGATIVE} per group)")
+                                   f"{MIN_NEGATIVE} per group); {_negatives_needed(gen)}")
         claim = Claim(f"{m.split(':')[0]} race direction lowers the cross-group variance of negative sentiment",
                       "debias", "greater", min_effect=max(1e-9, 0.25 * float(tu["variance"])))
         rows.append({"model": label, "paper": "Table 2: LLaVA-1.5 variance 57.6 -> 41.6 (dataset), 16.4 (gradient)",
@@ -626,6 +629,37 @@ def verdict_rows(run: dict, *, planted: pd.DataFrame | None = None, role_table: 
     if planted is not None:
         rows += _planted_rows(gen, label, planted, seed)
     return rows
+
+
+def _gate_why(keep: pd.DataFrame, m: str, tol: float, n_clusters: int) -> str:
+    """Why a mention row is not testable: the method lost the role (its change is below
+    ``-tol``, or the interval is narrow enough to show a loss), or the gate is underpowered (the
+    change is within ``tol`` but its 90% interval reaches further below it than ``tol``: a
+    direction that changes nothing would fail too), then with the number of item clusters
+    that would bring that reach to ``tol / 2`` (it shrinks as 1/sqrt(clusters))."""
+    head = (f"role retention {keep.loc[m, 'role named']:.2f} vs {keep.loc['unsteered', 'role named']:.2f} unsteered "
+            f"(90% interval of the change {keep.loc[m, '90% interval']}) is not shown above -{tol:g}")
+    reach = float(keep.loc[m, "reach below"]) if "reach below" in keep.columns else float("nan")
+    change = float(keep.loc[m, "role named"] - keep.loc["unsteered", "role named"])
+    if np.isfinite(reach) and reach >= tol and change >= -tol:
+        need = int(np.ceil(n_clusters * (reach / (tol / 2)) ** 2))
+        return (f"{head}; the gate is underpowered at {n_clusters} item clusters (its interval reaches {reach:.2f} "
+                f"below the change, more than the tolerance, so a direction that changes nothing would fail too; "
+                f"about {need} clusters would be needed)")
+    return f"{head}: a drop could be generation damage"
+
+
+def _negatives_needed(gen: pd.DataFrame, group_col: str = "race") -> str:
+    """How many unsteered generations per group would give :data:`MIN_NEGATIVE` negative
+    sentences in every group at the observed rates."""
+    u = gen[gen["method"] == "unsteered"]
+    per = u.groupby(group_col)["neg"].agg(["sum", "size"])
+    if (per["sum"] == 0).any():
+        g = per.index[per["sum"] == 0][0]
+        return (f"group {g!r} has no negative sentence in {int(per.loc[g, 'size'])} generations, so at least "
+                f"{MIN_NEGATIVE * int(per.loc[g, 'size']) + 1} generations per group would be needed")
+    need = int(np.ceil((MIN_NEGATIVE / (per["sum"] / per["size"])).max()))
+    return f"at the unsteered rates about {need} generations per group would be needed (here {int(per['size'].min())})"
 
 
 def _gap_per_cluster(gen: pd.DataFrame, method: str, attribute: str, high: str) -> pd.Series:
@@ -673,12 +707,15 @@ def _items_input(setting: Setting, n_items: int):
 
 
 def loss_analysis(lm, setting: Setting, target_ids, *, layer: int, n_items: int = 8, attribute: str = "gender",
-                  prefixes=None) -> dict:
+                  prefixes=None, given: dict | None = None) -> dict:
     """Paper 5.2 on this model, for ``attribute``'s question read at ``prefixes`` (the token that
     names the attribute): the logit gradients of KL / column CE / MSE, and each loss's
     one-step direction scored by the change of log p(T) (per item) and the cosines between
     the directions. KL against a uniform target on T is CE / |T| plus a constant, so the two
-    gradients are proportional and their sign steps identical."""
+    gradients are proportional and their sign steps identical. ``given``: ``{loss: (directions
+    (n_items, d), log p(T) changes (n_items,))}`` already computed by the same procedure (the
+    MSE directions of :func:`run_setting`, ``gradient_directions`` and ``gradient_logp_change``
+    for the same items, layer and prefixes); those losses are not recomputed."""
     V.loaded("lm", lm)
     _check_setting(setting)
     V.integers("target_ids", target_ids, low=0)
@@ -695,9 +732,13 @@ def loss_analysis(lm, setting: Setting, target_ids, *, layer: int, n_items: int 
     grads = steering.loss_gradients(z, target_ids)
     dirs, logp = {}, {}
     sub = Setting(setting.name, setting.label, setting.items.iloc[:n], setting.fit, setting.held, setting.text)
+    given = _check_given(given, n, lm.d_model)
     for k in steering.LOSSES:
-        d, lp = _gradient_dirs(lm, sub, attribute, target_ids, layer=layer, prefixes=prefixes, batch_size=n, loss=k)
-        dirs[k], logp[k] = steering.units(d), lp
+        if k in given:
+            d, lp = given[k]
+        else:
+            d, lp = _gradient_dirs(lm, sub, attribute, target_ids, layer=layer, prefixes=prefixes, batch_size=n, loss=k)
+        dirs[k], logp[k] = steering.units(d), np.asarray(lp, float)
     rows = [{"loss": k, "logit_grad_norm": grads["norm"][k], "target_share": grads["target_share"][k],
              "delta_log_p_T": float(logp[k].mean())} for k in steering.LOSSES]
     cos = pd.DataFrame([{"pair": f"{a}-{b}", "logit_grad_cosine": grads["cosine"][(a, b)],
@@ -707,10 +748,13 @@ def loss_analysis(lm, setting: Setting, target_ids, *, layer: int, n_items: int 
 
 
 def loss_mention_drop(lm, setting: Setting, directions: dict, *, attribute: str, words: dict | None = None,
-                      max_new_tokens: int = 32, batch_size: int = 16, seed: int = 0) -> pd.DataFrame:
+                      max_new_tokens: int = 32, batch_size: int = 16, seed: int = 0,
+                      given_texts: dict | None = None) -> pd.DataFrame:
     """Mentions of ``attribute`` per generation (first prompt, the items the ``directions``
     were fitted on) unsteered and with each loss's per-item directions ablated; losses whose
-    directions coincide (KL and CE under a sign step) are generated once."""
+    directions coincide (KL and CE under a sign step) are generated once. ``given_texts``:
+    ``{"unsteered" or loss: texts}`` already generated the same way (e.g. :func:`first_prompt_texts`
+    of the main grid: its unsteered rows and the MSE gradient rows); those are not generated again."""
     V.loaded("lm", lm)
     _check_setting(setting)
     V.choice("attribute", attribute, ATTRIBUTES)
@@ -732,11 +776,20 @@ def loss_mention_drop(lm, setting: Setting, directions: dict, *, attribute: str,
         c = textmetrics.testbed_mentions(texts) if testbed else textmetrics.count_mentions(texts, words, [attribute])
         return c[attribute].to_numpy(float)
 
-    base = count(generate_texts(lm, prompts, ims, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size))
+    given_texts = {} if given_texts is None else given_texts
+    if not isinstance(given_texts, dict) or any(
+            not isinstance(t, (list, tuple)) or len(t) != n or not all(isinstance(x, str) for x in t)
+            for t in given_texts.values()):
+        raise FairVLMError(f"given_texts={V.show(given_texts)} must map 'unsteered' or a loss to {n} generated texts")
+    base = count(given_texts["unsteered"] if "unsteered" in given_texts else
+                 generate_texts(lm, prompts, ims, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size))
     out, done = [], {}
     for k, D in directions.items():
         same = next((j for j, E in done.items() if torch.allclose(D, E, atol=1e-5)), None)
-        if same is None:
+        if same is None and k in given_texts:
+            done[k] = D
+            vals = count(list(given_texts[k]))
+        elif same is None:
             texts = generate_texts(lm, prompts, ims, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    steer=lambda sl, D=D: steering.ablate(lm, D[sl]))
             done[k] = D
@@ -748,6 +801,38 @@ def loss_mention_drop(lm, setting: Setting, directions: dict, *, attribute: str,
                           "mentions steered": float(r["steered"].mean()),
                           "mention drop": float((base - r["steered"]).mean()),
                           "same direction as": r["same direction as"]} for r in out])
+
+
+def first_prompt_texts(run: dict, method: str, n: int) -> list[str]:
+    """The texts of ``run``'s grid for ``method`` on the first prompt and first seed, items
+    ``0..n-1`` in order: what :func:`loss_mention_drop` would generate for them."""
+    if not isinstance(run, dict) or "generations" not in run:
+        raise FairVLMError(f"run={V.show(run)} must be one run_setting() result")
+    V.choice("method", method, METHODS)
+    V.integer("n", n, low=1)
+    g = run["generations"]
+    g = g[(g["method"] == method) & (g["prompt_id"] == 0) & (g["seed"] == 0) & (g["item"] < n)].sort_values("item")
+    if list(g["item"]) != list(range(n)):
+        raise FairVLMError(f"the run's grid lacks first-prompt rows of {method!r} for items 0..{n - 1}")
+    return list(g["text"])
+
+
+def _check_given(given, n: int, d: int) -> dict:
+    if given is None:
+        return {}
+    if not isinstance(given, dict) or any(k not in steering.LOSSES for k in given):
+        raise FairVLMError(f"given={V.show(given)} must map losses of {steering.LOSSES} to (directions, logp)")
+    out = {}
+    for k, v in given.items():
+        if not isinstance(v, (tuple, list)) or len(v) != 2:
+            raise FairVLMError(f"given[{k!r}] must be (directions (n, d), log p(T) changes (n,))")
+        D = V.tensor(f"given[{k!r}] directions", v[0], ndim=2)
+        lp = np.asarray(v[1], float)
+        if D.shape[0] < n or D.shape[1] != d or lp.ndim != 1 or len(lp) < n:
+            raise FairVLMError(f"given[{k!r}] holds {tuple(D.shape)} directions and {lp.shape} changes; "
+                               f"need at least ({n}, {d}) and ({n},)")
+        out[k] = (D[:n], lp[:n])
+    return out
 
 
 def random_step_change(lm, setting: Setting, target_ids, *, n_items: int = 8, seed: int = 0, attribute: str = "gender",

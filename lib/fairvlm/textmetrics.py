@@ -311,6 +311,15 @@ def relative_change(steered: float, unsteered: float) -> float:
 # --------------------------------------------------------------------------------------
 
 
+def _takes_logits_to_keep(lm) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer, *, images=None,
                  top: int = 10, batch_size: int = 8):
     """Mean next-token probability of every token over the generated positions, plain vs
@@ -352,9 +361,13 @@ def token_shifts(lm, prompts: Sequence[str], generations: Sequence[str], steer, 
         full["input_ids"], full["attention_mask"] = ids, mask
         # positions n_prompt-1 .. end-1 predict the generated tokens
         sel = gen["attention_mask"].bool().cpu()
+        n_gen = gen["input_ids"].shape[1]
+        # unembed only the positions that predict a generated token (not the prompt's)
+        keep = {"logits_to_keep": n_gen + 1} if _takes_logits_to_keep(lm) else {}
         for key, ctx in (("plain", None), *steers.items()):
             with torch.no_grad(), (ctx() if ctx is not None else _nullctx()):
-                logits = lm.model(**full, use_cache=False).logits[:, n_prompt - 1:-1].float()
+                logits = lm.model(**full, use_cache=False, **keep).logits
+                logits = logits[:, logits.shape[1] - n_gen - 1:-1].float()
             p = logits.softmax(-1).cpu()
             sums[key] += p[sel].double().sum(0)
         n_pos += int(sel.sum())
