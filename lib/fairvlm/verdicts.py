@@ -598,11 +598,12 @@ def judge(claim: Claim, effect, control, *, paired: bool = True, clusters=None, 
     level = TOST_LEVEL if claim.direction == "within" else LEVEL
     if paired:
         est = paired_estimates(effect, control, clusters=clusters, level=level, n_resamples=n_resamples, seed=seed)
-        diffs = _as_values("effect", effect) - _as_values("control", control)
+        rows = _as_values("effect", effect)
+        diffs = rows - _as_values("control", control)
     else:
         est = unpaired_estimates(effect, control, clusters=clusters, control_clusters=control_clusters, level=level,
                                  n_resamples=n_resamples, seed=seed)
-        diffs = _as_values("effect", effect)
+        diffs = rows = _as_values("effect", effect)
     e, c, d = est
     resolution = float(np.abs(diffs).max() / d.n_units) if d.n_units and diffs.size else None
     if binary and claim.direction == "within" and d.n_units >= 2 and not d.spread:
@@ -617,18 +618,15 @@ def judge(claim: Claim, effect, control, *, paired: bool = True, clusters=None, 
         codes = _as_clusters("clusters", clusters, diffs.size)
         counts = np.bincount(codes, minlength=d.n_units).astype(float)
 
-        def unit_means(rows):
-            return _unit_sums(rows, codes, d.n_units) / counts
-
-        def exact(estimate, rows):
-            means = unit_means(rows)
+        def exact(estimate, values):
+            means = _unit_sums(values, codes, d.n_units) / counts
             if np.ptp(means) > 1e-12 * max(1.0, float(np.abs(means).max())):
                 return estimate, False
             v = float(np.median(means))
             return Estimate(v, v, v, estimate.n_units, True), True
 
         d, const_d = exact(d, diffs)
-        e, const_e = exact(e, _as_values("effect", effect))
+        e, const_e = exact(e, rows)
         constant_units = const_d or const_e
     if after is not None and after.verdict != "reproduced":
         testable, why = False, (why + "; " if why else "") + (
