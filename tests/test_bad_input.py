@@ -68,6 +68,8 @@ def fails(exc_type=FairVLMError, *needles: str):
             return self.info
 
         def __exit__(self, *exc):
+            if exc[0] is not None and issubclass(exc[0], pytest.skip.Exception):
+                return False          # a case whose real test data is absent skips, it does not fail
             handled = self.cm.__exit__(*exc)
             assert isinstance(self.info.value, FairVLMError), type(self.info.value)
             msg = str(self.info.value)
